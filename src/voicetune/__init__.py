@@ -1,0 +1,41 @@
+"""voicetune: finetune a voice-cloning TTS model on your own recordings, and measure when it is good.
+
+The stages are library functions; the CLI and the web UI only call them::
+
+    import voicetune
+    voicetune.prepare("recordings/", "dataset/")
+    voicetune.make_tiny_base("xtts", "tiny_base/")
+    voicetune.train("dataset/", base="tiny_base/", out="run/")
+    voicetune.evaluate("run/")
+    voicetune.export("run/", "package/")
+    voicetune.synthesize("package/", "Hello there.", "hello.wav")
+
+Nothing heavy is imported until a stage is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "prepare": "voicetune.data.prepare:prepare",
+    "make_tiny_base": "voicetune.backends.tiny:make_tiny_base",
+    "train": "voicetune.train.loop:train",
+    "evaluate": "voicetune.evaluate.harness:evaluate",
+    "export": "voicetune.export:export",
+    "synthesize": "voicetune.synthesize:synthesize",
+    "doctor": "voicetune.doctor:doctor",
+    "demo": "voicetune.demo:demo",
+}
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        module, attr = _API[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'voicetune' has no attribute {name!r}")

@@ -1,0 +1,197 @@
+"""Typed configs for every stage, with one help text per field, validation at load time and YAML I/O.
+
+Each field is declared with :func:`opt`, whose ``help`` is the field's documentation: the CLI builds
+``--help`` from it and validation errors quote the option that fixes them. YAML is only a
+serialisation of these dataclasses; unknown keys are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from voicetune.utils.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the option that fixes it."""
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = True) -> Any:  # noqa: A002
+    """Declare a config field with its documentation (and optional allowed values)."""
+    meta = {"help": help, "choices": choices, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def field_help(cls: type, name: str) -> str:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _check_choices(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        if choices and getattr(obj, f.name) not in choices:
+            raise ConfigError(
+                f"{f.name}={getattr(obj, f.name)!r} is not one of {list(choices)}; "
+                f"set --{f.name.replace('_', '-')} to one of them"
+            )
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of `voicetune prepare`: audio in, Coqui/AllTalk-format dataset out."""
+
+    language: str = opt("en", "Language code of the recordings (ISO 639-1, e.g. en, de).")
+    asr_model: str = opt(
+        "auto",
+        "faster-whisper model name (e.g. large-v3, downloaded when the hub is reachable) or a local "
+        "CTranslate2 folder. 'auto' picks the best available: a cached or downloadable large model, "
+        "else the packaged tiny.en (English only).",
+    )
+    speaker_name: str = opt("speaker", "Speaker name written into the metadata CSVs.")
+    sample_rate: int = opt(22050, "Sample rate of the written clips (XTTS trains at 22050 Hz).")
+    min_seconds: float = opt(1.0, "Shorter speech segments are merged with neighbours or extended.")
+    max_seconds: float = opt(11.6, "Longer segments are split at the longest pause (XTTS max_wav_length is 11.6 s).")
+    vad_threshold: float = opt(0.5, "Silero VAD speech probability threshold (0-1).")
+    min_silence_ms: int = opt(300, "Silence shorter than this does not end a speech segment.")
+    pad_ms: int = opt(150, "Audio kept before and after each speech segment.")
+    target_lufs: float = opt(-23.0, "Loudness target of written clips (EBU R128 integrated loudness).")
+    eval_fraction: float = opt(0.15, "Fraction of clips held out for evaluation.")
+    min_eval_clips: int = opt(2, "At least this many clips go to the eval split (when there are enough).")
+    seed: int = opt(1234, "Seed of the deterministic train/eval split.")
+    device: str = opt("auto", "Device for VAD/ASR: auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        _check(0 < self.min_seconds < self.max_seconds,
+               f"min_seconds ({self.min_seconds}) must be > 0 and < max_seconds ({self.max_seconds}); "
+               "fix --min-seconds/--max-seconds")
+        _check(0.0 < self.vad_threshold < 1.0, "vad_threshold must lie in (0, 1); fix --vad-threshold")
+        _check(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1); fix --eval-fraction")
+        _check(self.sample_rate in (16000, 22050, 24000, 44100, 48000),
+               "sample_rate must be one of 16000, 22050, 24000, 44100, 48000; fix --sample-rate")
+        _check(bool(self.speaker_name.strip()) and "|" not in self.speaker_name,
+               "speaker_name must be non-empty and contain no '|'; fix --speaker-name")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `voicetune train`."""
+
+    backend: str = opt("xtts", "Model backend.", choices=("xtts",))
+    max_steps: int = opt(0, "Stop after this many optimizer steps (0: use --epochs).")
+    epochs: int = opt(10, "Passes over the training split (used when --max-steps is 0).")
+    batch_size: int = opt(2, "Clips per micro-batch.")
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum).")
+    lr: float = opt(5e-6, "Peak learning rate of AdamW (the Coqui XTTS recipe uses 5e-6).")
+    weight_decay: float = opt(1e-2, "AdamW weight decay (applied to weight matrices only).")
+    betas: list = opt([0.9, 0.96], "AdamW betas.")
+    warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.")
+    grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
+    precision: str = opt(
+        "auto", "auto: bf16 autocast on CUDA GPUs that support it, fp32 on CPU.", choices=("auto", "bf16", "fp32")
+    )
+    text_ce_weight: float = opt(0.01, "Weight of the text cross-entropy in the total loss (Coqui default 0.01).")
+    mel_ce_weight: float = opt(1.0, "Weight of the audio-code (mel) cross-entropy in the total loss.")
+    save_every: int = opt(0, "Write a checkpoint every N optimizer steps (0: only at the end).")
+    keep_last: int = opt(3, "Keep this many most recent step checkpoints on disk.")
+    log_every: int = opt(1, "Log losses every N optimizer steps.")
+    seed: int = opt(1, "Seed for data order and initialisation.")
+    device: str = opt("auto", "auto, cpu or cuda (or cuda:N).")
+    num_workers: int = opt(0, "DataLoader worker processes (features are cached, so 0 is usually enough).")
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        _check(self.max_steps >= 0, "max_steps must be >= 0; fix --max-steps")
+        _check(self.epochs >= 1 or self.max_steps > 0, "set --epochs >= 1 or --max-steps > 0")
+        _check(self.batch_size >= 1, "batch_size must be >= 1; fix --batch-size")
+        _check(self.grad_accum >= 1, "grad_accum must be >= 1; fix --grad-accum")
+        _check(self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number; fix --lr")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)")
+        _check(self.grad_clip >= 0, "grad_clip must be >= 0; fix --grad-clip")
+        _check(self.keep_last >= 1, "keep_last must be >= 1; fix --keep-last")
+        _check(self.log_every >= 1, "log_every must be >= 1; fix --log-every")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `voicetune evaluate`."""
+
+    max_sentences: int = opt(8, "Evaluate at most this many eval-split sentences.")
+    num_references: int = opt(3, "Reference clips (longest of the train split) used to condition synthesis.")
+    asr_model: str = opt("auto", "ASR model for the round trip (same meaning as in prepare).")
+    seed: int = opt(0, "Sampling seed: every checkpoint is rendered on the same inputs with the same seed.")
+    device: str = opt("auto", "auto, cpu or cuda.")
+
+    def __post_init__(self) -> None:
+        _check(self.max_sentences >= 1, "max_sentences must be >= 1; fix --max-sentences")
+        _check(self.num_references >= 1, "num_references must be >= 1; fix --num-references")
+
+
+_CONFIGS = {"prepare": PrepareConfig, "train": TrainConfig, "evaluate": EvalConfig}
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp) or tp
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (int, float, str, bool) and not isinstance(value, origin):
+        raise ConfigError(f"{name} must be of type {origin.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of options, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {unknown}; valid options are {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(cls: type[T], path: Path) -> T:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    return from_dict(cls, data, source=str(path))
+
+
+def save_yaml(cfg: Any, path: Path) -> None:
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def merge(cfg: T, overrides: dict[str, Any]) -> T:
+    """Return a copy of ``cfg`` with the non-None ``overrides`` applied (and validated)."""
+    data = to_dict(cfg)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(type(cfg), data, source="options")
