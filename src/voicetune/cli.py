@@ -1,0 +1,271 @@
+"""`voicetune` command line: parse arguments, call the library, print results. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from voicetune import __version__
+from voicetune.config import ConfigError, EvalConfig, PrepareConfig, TrainConfig
+
+logger = logging.getLogger("voicetune")
+
+EPILOG = """\
+typical use:
+  voicetune doctor --base xtts_v2/                 # check disk, RAM, GPU and the base model folder
+  voicetune prepare recordings/ --out dataset/     # cut, transcribe and check your recordings
+  voicetune train dataset/ --base xtts_v2/ --out run/
+  voicetune evaluate run/                          # base vs finetuned: similarity, WER, MOS, ...
+  voicetune export run/ --out my_voice/
+  voicetune synthesize my_voice/ --text "Hello there." --out hello.wav
+  voicetune demo                                   # all of the above on generated recordings
+"""
+
+
+def _add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One --flag per dataclass field, its help taken from the field's documentation."""
+    group = parser.add_argument_group(f"{cls.__name__} options (also settable in a YAML config)")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        tp = typing.get_origin(hints[f.name]) or hints[f.name]
+        kwargs: dict[str, Any] = {"default": None, "help": help_text, "dest": f.name}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif tp is list:
+            kwargs.update(nargs="+", type=float, metavar="X")
+        else:
+            kwargs["type"] = tp
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(flag, **kwargs)
+
+
+def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _progress_bar() -> Callable[[int, int, str], None]:
+    """A tqdm bar driven by the library's progress callbacks (one bar per stage name)."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(done: int, total: int, what: str) -> None:
+        key = what.split(" ")[0] if what.startswith("loss") else what
+        key = "train" if what.startswith("loss") else key
+        bar = bars.get(key)
+        if bar is None or bar.total != total:
+            if bar is not None:
+                bar.close()
+            bar = bars[key] = tqdm(total=total, desc=key, unit="it", dynamic_ncols=True, leave=True)
+        bar.n = done
+        if what.startswith("loss"):
+            bar.set_postfix_str(what)
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            bars.pop(key, None)
+
+    return update
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from voicetune.data.prepare import prepare
+
+    cfg = PrepareConfig(**_overrides(args, PrepareConfig))
+    result = prepare(args.input_dir, args.out, cfg, progress=_progress_bar())
+    print(result.summary())
+    return 0
+
+
+def cmd_make_tiny_base(args: argparse.Namespace) -> int:
+    from voicetune.backends.tiny import make_tiny_base
+
+    out = make_tiny_base(args.backend, Path(args.out), dataset=Path(args.dataset) if args.dataset else None,
+                         seed=args.seed)
+    print(f"wrote an UNTRAINED tiny random {args.backend} base model to {out}")
+    print("It exists for tests and the demo: it cannot produce usable speech. For real use, pass an")
+    print("XTTS-v2 base folder (config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json) to --base.")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from voicetune.train.loop import train
+
+    result = train(args.dataset_dir, args.base, args.out, config_file=args.config, progress=_progress_bar(),
+                   **_overrides(args, TrainConfig))
+    first, last = result.losses[0]["loss"], result.losses[-1]["loss"]
+    print(f"trained {result.steps} steps on {result.clips} clips in {result.seconds:.0f} s "
+          f"(loss {first:.4f} → {last:.4f})")
+    print(f"run folder: {result.run_dir}   last checkpoint: {result.final_checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from voicetune.evaluate.harness import evaluate
+
+    result = evaluate(args.run_dir, EvalConfig(**_overrides(args, EvalConfig)), checkpoint=args.checkpoint,
+                      progress=_progress_bar())
+    print(result.table())
+    print(f"metrics: {result.metrics_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from voicetune.export import export
+
+    out = export(args.run_dir, args.out, checkpoint=args.checkpoint)
+    print(f"exported model package: {out}")
+    return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from voicetune.synthesize import synthesize
+
+    wav = synthesize(args.package_dir, args.text, args.out, reference=args.reference, language=args.language,
+                     seed=args.seed)
+    print(f"wrote {args.out} ({wav.duration:.2f} s at {wav.sample_rate} Hz)")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from voicetune.doctor import doctor
+
+    report = doctor(base=Path(args.base) if args.base else None)
+    print(report.text())
+    return 1 if report.failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voicetune.demo import demo
+
+    result = demo(Path(args.workdir), max_steps=args.max_steps, progress=_progress_bar())
+    print(result.summary())
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="voicetune", formatter_class=fmt, epilog=EPILOG,
+        description="Turn your own recordings into a finetuned voice-cloning TTS model, "
+        "and measure (speaker similarity, intelligibility, naturalness) whether it got better.",
+    )
+    p.add_argument("--version", action="version", version=f"voicetune {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("prepare", help="recordings → transcribed, checked, split dataset", formatter_class=fmt,
+                       description="Decode every audio file under INPUT_DIR (wav/flac/mp3/ogg/m4a, any rate, mono or "
+                       "stereo), cut speech clips with Silero VAD, transcribe them with faster-whisper, normalise "
+                       "loudness and write a Coqui/AllTalk-format dataset. Input files are never modified.")
+    s.add_argument("input_dir", help="folder (or single file) of recordings")
+    s.add_argument("--out", required=True, help="dataset folder to write")
+    _add_config_args(s, PrepareConfig)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("make-tiny-base", help="write an UNTRAINED tiny base model (tests/demo only)",
+                       description="Write a tiny, randomly initialised base model in the backend's exact native "
+                       "layout (for XTTS-v2: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json, "
+                       "speakers_xtts.pth) with a locally trained BPE vocab. It cannot speak: it exists so the "
+                       "whole pipeline can be exercised without downloading real weights.")
+    s.add_argument("--backend", default="xtts", choices=["xtts"])
+    s.add_argument("--out", required=True, help="folder to write")
+    s.add_argument("--dataset", help="optional dataset folder: its transcripts train the BPE vocab and its audio "
+                   "gives the mel statistics")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_make_tiny_base)
+
+    s = sub.add_parser("train", help="finetune a base model on a prepared dataset", formatter_class=fmt,
+                       description="Finetune BASE on DATASET_DIR's train split. Audio codes and conditioning inputs "
+                       "are computed once and cached in the run folder; then an explicit AdamW loop trains the "
+                       "GPT, logging text/mel cross-entropy, writing metrics.jsonl, TensorBoard events and atomic "
+                       "checkpoints under OUT/checkpoints/.")
+    s.add_argument("dataset_dir")
+    s.add_argument("--base", required=True, help="base model folder (XTTS-v2 layout)")
+    s.add_argument("--out", required=True, help="run folder to create")
+    s.add_argument("--config", help="YAML TrainConfig; command-line options override it")
+    _add_config_args(s, TrainConfig)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="score base vs finetuned on the eval split", formatter_class=fmt,
+                       description="Synthesize the eval-split sentences with the base model and with a checkpoint, "
+                       "then report speaker similarity, ASR round-trip WER/CER, predicted MOS and distances to "
+                       "the real recordings, base vs finetuned.")
+    s.add_argument("run_dir")
+    s.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder name like step_100")
+    _add_config_args(s, EvalConfig)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("export", help="write a self-contained model package",
+                       description="Write the backend's native layout (loadable by coqui-tts unchanged), "
+                       "reference clips sorted by length, voicetune.json and a README model card.")
+    s.add_argument("run_dir")
+    s.add_argument("--out", required=True, help="package folder to write")
+    s.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder name")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("synthesize", help="speak text with an exported package")
+    s.add_argument("package_dir")
+    s.add_argument("--text", required=True)
+    s.add_argument("--out", required=True, help="wav file to write")
+    s.add_argument("--reference", action="append", help="reference clip(s); default: the package's reference/")
+    s.add_argument("--language", help="default: the dataset language recorded in the package")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synthesize)
+
+    s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, CUDA, base folder")
+    s.add_argument("--base", help="base model folder to check for completeness")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("demo", help="the whole pipeline on generated recordings (what `make demo` runs)",
+                       description="Generate ~3 minutes of recordings of one speaker with the packaged Piper "
+                       "voice, then run prepare → make-tiny-base → train → evaluate → export → synthesize. "
+                       "The tiny base is UNTRAINED, so the resulting voice is not usable: real use takes an "
+                       "XTTS-v2 base folder.")
+    s.add_argument("--workdir", default="demo_run", help="folder for all demo outputs")
+    s.add_argument("--max-steps", type=int, default=None, help="training steps (default: a few minutes on CPU)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from voicetune.utils.log import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        logger.error("invalid option: %s", e)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        if args.verbose:
+            logger.exception("%s failed", args.command)
+        else:
+            logger.error("%s failed: %s", args.command, e)
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The run folder written by `voicetune train` and read by evaluate/export.
+
+Layout::
+
+    RUN_DIR/
+      run.json                 backend, base folder, dataset folder (absolute), versions, seed
+      config.yaml              the TrainConfig
+      metrics.jsonl            one JSON object per logged step (and per evaluation)
+      tensorboard/             event files
+      features/                cached model-ready features (by content hash)
+      checkpoints/step_N/      trainable.pt (backend.save), state.pt (optimizer, scheduler, RNG,
+                               data position), meta.json (step, epoch, losses)
+      checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
+      eval/<name>/             metrics.json and rendered wavs
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voicetune.utils.io import atomic_write_json, atomic_write_text
+
+
+class RunError(ValueError):
+    """A run folder is missing or incomplete; the message names what."""
+
+
+@dataclass
+class RunInfo:
+    backend: str
+    base: str
+    dataset: str
+    seed: int = 1
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_json(Path(run_dir) / "run.json", asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunInfo:
+        path = Path(run_dir) / "run.json"
+        if not path.is_file():
+            raise RunError(f"{path}: missing; is {run_dir} a folder written by `voicetune train`?")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RunError(f"{path}: unreadable ({e})") from e
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def software_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("voicetune", "torch", "torchaudio", "coqui-tts", "transformers", "faster-whisper"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (those with meta.json), oldest step first."""
+    d = checkpoints_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.glob("step_*") if p.is_dir() and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    marker = checkpoints_dir(run_dir) / "latest"
+    if marker.is_file():
+        p = checkpoints_dir(run_dir) / marker.read_text().strip()
+        if (p / "meta.json").is_file():
+            return p
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def set_latest(run_dir: Path, ckpt: Path) -> None:
+    atomic_write_text(checkpoints_dir(run_dir) / "latest", ckpt.name + "\n")
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / "meta.json").read_text())
