@@ -73,6 +73,17 @@ class PrepareConfig:
     vad_threshold: float = opt(0.5, "Silero VAD speech probability threshold (0-1).")
     min_silence_ms: int = opt(300, "Silence shorter than this does not end a speech segment.")
     pad_ms: int = opt(150, "Audio kept before and after each speech segment.")
+    min_speech_ms: int = opt(250, "VAD speech shorter than this is ignored (clicks, breaths).")
+    merge_gap_ms: int = opt(
+        700, "Segments shorter than --min-seconds are merged with a neighbour across pauses up to this long."
+    )
+    asr_beam_size: int = opt(5, "Beam size of the ASR decoder (1 is fastest, 5 is Whisper's default).")
+    max_no_speech_prob: float = opt(
+        0.6, "Clips whose ASR no-speech probability exceeds this are quarantined (no usable speech)."
+    )
+    min_avg_logprob: float = opt(
+        -1.0, "Clips whose ASR average token log-probability is below this are quarantined (unreliable text)."
+    )
     target_lufs: float = opt(-23.0, "Loudness target of written clips (EBU R128 integrated loudness).")
     eval_fraction: float = opt(0.15, "Fraction of clips held out for evaluation.")
     min_eval_clips: int = opt(2, "At least this many clips go to the eval split (when there are enough).")
@@ -85,6 +96,11 @@ class PrepareConfig:
                f"min_seconds ({self.min_seconds}) must be > 0 and < max_seconds ({self.max_seconds}); "
                "fix --min-seconds/--max-seconds")
         _check(0.0 < self.vad_threshold < 1.0, "vad_threshold must lie in (0, 1); fix --vad-threshold")
+        for name in ("min_silence_ms", "pad_ms", "min_speech_ms", "merge_gap_ms"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0; fix --{name.replace('_', '-')}")
+        _check(self.asr_beam_size >= 1, "asr_beam_size must be >= 1; fix --asr-beam-size")
+        _check(0.0 < self.max_no_speech_prob <= 1.0, "max_no_speech_prob must lie in (0, 1]; fix --max-no-speech-prob")
+        _check(self.min_avg_logprob < 0.0, "min_avg_logprob must be < 0; fix --min-avg-logprob")
         _check(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1); fix --eval-fraction")
         _check(self.sample_rate in (16000, 22050, 24000, 44100, 48000),
                "sample_rate must be one of 16000, 22050, 24000, 44100, 48000; fix --sample-rate")
