@@ -1,0 +1,40 @@
+"""Atomic output helpers: a failed write leaves the old file (or nothing), never a partial one."""
+
+import pytest
+
+from voicetune.utils.io import append_jsonl, atomic_dir, atomic_path, atomic_write_json, read_jsonl
+
+
+def test_failed_atomic_write_keeps_the_previous_content(tmp_path):
+    target = tmp_path / "manifest.json"
+    atomic_write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"v": 2, "trunc')
+            raise RuntimeError("interrupted")
+    assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp file left behind
+
+
+def test_atomic_dir_replaces_only_when_complete(tmp_path):
+    d = tmp_path / "ckpt"
+    with atomic_dir(d) as tmp:
+        (tmp / "a.pt").write_text("first")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(d) as tmp:
+            (tmp / "a.pt").write_text("second, half")
+            raise KeyboardInterrupt
+    assert (d / "a.pt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    with atomic_dir(d) as tmp:
+        (tmp / "b.pt").write_text("third")
+    assert sorted(p.name for p in d.iterdir()) == ["b.pt"]
+
+
+def test_jsonl_ignores_a_torn_last_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    append_jsonl(p, {"step": 1})
+    append_jsonl(p, {"step": 2})
+    with open(p, "a") as f:
+        f.write('{"step": 3, "lo')
+    assert [r["step"] for r in read_jsonl(p)] == [1, 2]
