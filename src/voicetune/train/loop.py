@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,40 @@ logger = logging.getLogger(__name__)
 
 class TrainError(RuntimeError):
     """Training cannot start or continue; the message says why and what to change."""
+
+
+@dataclass
+class LoopState:
+    """What callbacks see (and may change: ``should_stop``) after every optimizer step."""
+
+    run_dir: Path
+    backend: Backend
+    cfg: TrainConfig
+    total_steps: int
+    step: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+    should_stop: bool = False
+    stop_reason: str = ""
+    checkpoint: Path | None = None
+
+
+class TrainCallback(Protocol):
+    """Hooks into the loop (e.g. the in-loop evaluation harness). All methods are optional no-ops."""
+
+    def on_train_start(self, state: LoopState) -> None: ...
+
+    def on_step_end(self, state: LoopState) -> None: ...
+
+    def on_checkpoint(self, state: LoopState) -> None: ...
+
+    def on_train_end(self, state: LoopState) -> None: ...
+
+
+def _call(callbacks: list[Any], hook: str, state: LoopState) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(state)
 
 
 @dataclass
@@ -132,6 +166,7 @@ def train(
     *,
     config_file: Path | str | None = None,
     progress: Progress | None = None,
+    callbacks: list[Any] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Finetune ``base`` on the dataset's train split, writing the run folder ``out``.
@@ -169,25 +204,38 @@ def train(
         total / steps_per_epoch,
     )
 
+    callbacks = list(callbacks or [])
+    state = LoopState(run_dir, backend, cfg, total)
+    _call(callbacks, "on_train_start", state)
     backend.set_train(True)
-    batches, history, ckpt = iter(sampler), [], None
+    batches, history = iter(sampler), []
     for step in range(1, total + 1):
         t_step = time.time()
         parts = _optimizer_step(backend, store, batches, cfg, optimizer, device, precision)
         scheduler.step()
         parts.update(lr=scheduler.get_last_lr()[0], step_seconds=time.time() - t_step, epoch=sampler.epoch)
         history.append(parts)
+        state.step, state.last = step, parts
         if step % cfg.log_every == 0 or step == total:
             _log_step(run_dir, writer, step, total, parts)
         if progress:
             progress(step, total, f"loss {parts['loss']:.4f}")
-        if (cfg.save_every and step % cfg.save_every == 0) or step == total:
-            ckpt = save_checkpoint(run_dir, step, backend, optimizer, scheduler,
-                                   {"epoch": sampler.epoch, "loss": parts["loss"]}, sampler.state(), cfg.keep_last)
+        _call(callbacks, "on_step_end", state)
+        backend.set_train(True)  # a callback may have switched the model to inference mode
+        last_step = step == total or state.should_stop
+        if (cfg.save_every and step % cfg.save_every == 0) or last_step:
+            state.checkpoint = save_checkpoint(
+                run_dir, step, backend, optimizer, scheduler, {"epoch": sampler.epoch, "loss": parts["loss"]},
+                sampler.state(), cfg.keep_last)
+            _call(callbacks, "on_checkpoint", state)
+        if state.should_stop:
+            logger.info("stopping at step %d: %s", step, state.stop_reason)
+            break
+    _call(callbacks, "on_train_end", state)
     if writer:
         writer.close()
-    assert ckpt is not None
-    return TrainResult(run_dir, total, ckpt, history, time.time() - t0, len(store))
+    assert state.checkpoint is not None
+    return TrainResult(run_dir, state.step, state.checkpoint, history, time.time() - t0, len(store))
 
 
 def _tensorboard(run_dir: Path) -> Any:
