@@ -1,0 +1,348 @@
+"""XTTS-v2 (coqui-tts) backend: finetune the GPT of XTTS on cached features, synthesize, export.
+
+What is trained: the GPT (text + audio-code language model with its conditioning encoder/perceiver), as
+in Coqui's GPTTrainer. The HiFi-GAN decoder, its speaker encoder and the DVAE stay frozen. Coqui's
+``Trainer``/``GPTTrainer`` are not used: voicetune's loop drives ``GPT.forward`` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from voicetune.backends.base import BaseModelError, FeatureStore, Progress, Waveform
+from voicetune.backends.xtts import layout
+from voicetune.config import TrainConfig
+from voicetune.data.manifest import Clip
+from voicetune.utils.io import atomic_path, atomic_torch_save, atomic_write_text, file_sha256
+
+logger = logging.getLogger(__name__)
+
+_INFERENCE_KEYS = layout.INFERENCE_ONLY_GPT_PREFIXES  # keys of the GPT's inference-only aliases
+
+
+class XttsBackend:
+    """The :class:`~voicetune.backends.base.Backend` for XTTS-v2.
+
+    ``synthesis_max_audio_tokens`` caps generation (one token = 1024 samples at 22.05 kHz, ~46 ms);
+    by default the cap of config.json's ``voicetune.synthesis_max_audio_tokens`` (the tiny model sets it)
+    or the model's own maximum.
+    """
+
+    name = "xtts"
+
+    def __init__(self, synthesis_max_audio_tokens: int | None = None):
+        self.device = torch.device("cpu")
+        self.model: Any = None
+        self.config: Any = None
+        self.base_dir: Path | None = None
+        self.synthesis_max_audio_tokens = synthesis_max_audio_tokens
+        self._files: dict[str, Path] = {}
+        self._config_dict: dict[str, Any] = {}
+        self._dvae: Any = None
+        self._mel_stats: torch.Tensor | None = None
+        self._extractor: Any = None
+        self._train_mode = True
+
+    # ---------------------------------------------------------------- loading
+    def load_base(self, path: Path, device: torch.device) -> None:
+        """Validate the XTTS-v2 folder (naming any missing/unreadable file) and load it onto ``device``."""
+        from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
+        from TTS.tts.models.xtts import Xtts
+
+        path = Path(path)
+        files = layout.validate_base_dir(path)
+        self._config_dict = layout.read_config_dict(files[layout.CONFIG])
+        config = layout.load_config(files[layout.CONFIG])
+        # Build the GPT once, after the tokenizer is known (Xtts.__init__ would build it a first time).
+        config.model_args.gpt_number_text_tokens = None
+        try:
+            model = Xtts(config)
+            model.tokenizer = VoiceBpeTokenizer(vocab_file=str(files[layout.VOCAB]))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types for a bad vocab
+            raise BaseModelError(f"{files[layout.VOCAB]}: cannot build the XTTS model/tokenizer ({e})") from e
+        if model.tokenizer.tokenizer.token_to_id("[START]") is None:
+            raise BaseModelError(f"{files[layout.VOCAB]}: the vocabulary has no [START] token; not an XTTS vocab")
+        model.init_models()
+        state = layout.load_model_state(files[layout.MODEL])
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise BaseModelError(
+                f"{files[layout.MODEL]}: weights do not match config.json / vocab.json ({str(e)[:600]})"
+            ) from e
+        self._dvae = layout.load_dvae(files[layout.DVAE], config.model_args.gpt_num_audio_tokens - 2)
+        self._mel_stats = layout.load_mel_stats(files[layout.MEL_STATS])
+        if not torch.allclose(self._mel_stats, model.mel_stats.float().cpu()):
+            logger.warning("%s differs from the mel_stats inside %s; training features use mel_stats.pth "
+                           "(as Coqui's GPTTrainer does)", files[layout.MEL_STATS], files[layout.MODEL])
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.gpt.parameters():
+            p.requires_grad_(True)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self._dvae = self._dvae.to(self.device)
+        self.config, self.base_dir, self._files, self._extractor = config, path, files, None
+        self.set_train(True)
+        logger.info("loaded XTTS base %s (GPT: %d layers x %d, %.1f M parameters) on %s", path,
+                    config.model_args.gpt_layers, config.model_args.gpt_n_model_channels,
+                    sum(p.numel() for p in model.gpt.parameters()) / 1e6, self.device)
+
+    def _require(self) -> Any:
+        if self.model is None:
+            raise RuntimeError("no base model loaded; call load_base(path, device) first")
+        return self.model
+
+    # ---------------------------------------------------------------- features
+    def _feature_extractor(self) -> Any:
+        from voicetune.backends.xtts.features import (
+            MAX_TEXT_LENGTH,
+            MAX_WAV_LENGTH,
+            FeatureSettings,
+            XttsFeatureExtractor,
+        )
+
+        if self._extractor is None:
+            args, audio = self.config.model_args, self.config.audio
+            hashes = {name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_STATS, layout.VOCAB)}
+            settings = FeatureSettings(
+                sample_rate=int(audio.sample_rate),
+                dvae_sample_rate=int(audio.dvae_sample_rate),
+                code_stride=int(args.gpt_code_stride_len),
+                use_perceiver=bool(args.gpt_use_perceiver_resampler),
+                # The GPT's position table holds gpt_max_audio_tokens + 3 codes: start, stop and 3 extra.
+                max_wav_length=min(MAX_WAV_LENGTH, (args.gpt_max_audio_tokens - 2) * args.gpt_code_stride_len),
+                max_text_length=min(MAX_TEXT_LENGTH, args.gpt_max_text_tokens),
+                base_hashes=hashes,
+            )
+            self._extractor = XttsFeatureExtractor(
+                self.model.tokenizer, self._dvae, self._mel_stats, settings, self.device
+            )
+        return self._extractor
+
+    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+        """Tokens, DVAE codes and conditioning mels of ``clips``, cached under ``cache`` by content hash.
+
+        The store's conditioning crops are seeded from ``torch.initial_seed()`` (the loop seeds torch
+        with the run's seed first), so a rerun draws the same crops.
+        """
+        from voicetune.backends.xtts.features import build_feature_store
+
+        self._require()
+        return build_feature_store(clips, Path(cache), self._feature_extractor(), progress,
+                                   seed=torch.initial_seed() % (2**31))
+
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Pad feature items into a batch for :meth:`loss`."""
+        from voicetune.backends.xtts.features import collate
+
+        return collate(items, int(self._require().config.model_args.gpt_stop_audio_token))
+
+    # ---------------------------------------------------------------- training
+    def trainable(self) -> torch.nn.Module:
+        """The GPT (the HiFi-GAN decoder and the DVAE are frozen)."""
+        return self._require().gpt
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
+        """AdamW groups: weight decay on the weight matrices of Linear/Conv layers only.
+
+        Biases, LayerNorm gains, token/position embeddings and the perceiver's latent queries are not
+        decayed (common practice; Coqui's ``optimizer_wd_only_on_weights`` excludes the same kinds).
+        """
+        from transformers.pytorch_utils import Conv1D
+
+        matrix_modules = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+        decay, no_decay, seen = [], [], set()
+        for module in self.trainable().modules():
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                (decay if isinstance(module, matrix_modules) and name == "weight" else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        ]
+
+    def loss(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        """GPT text and audio-code cross-entropies (GPTTrainer.train_step), weighted by the config.
+
+        ``cond_idxs`` is None: with the perceiver, GPT.forward's conditioning mask is replaced inside
+        get_logits, and cond_idxs would only mask mel targets of the last batch row in the wrong units
+        (and it modifies the batch tensor in place). ``cond_lens`` likewise only feeds that mask.
+        """
+        text_ce, mel_ce, _ = self._require().gpt(
+            batch["text_inputs"], batch["text_lengths"], batch["audio_codes"], batch["wav_lengths"],
+            cond_mels=batch["cond_mels"], cond_idxs=None, cond_lens=batch["cond_lens"],
+        )
+        total = cfg.text_ce_weight * text_ce + cfg.mel_ce_weight * mel_ce
+        return {"loss": total, "text_ce": text_ce.detach(), "mel_ce": mel_ce.detach()}
+
+    def set_train(self, mode: bool) -> None:
+        """True: GPT in training mode, without the inference-only modules. False: GPT ready to generate."""
+        gpt = self._require().gpt
+        self.model.hifigan_decoder.eval()
+        if mode:
+            # init_gpt_for_inference adds aliases (gpt_inference, gpt.wte) that must not reach saved states.
+            if hasattr(gpt, "gpt_inference"):
+                del gpt.gpt_inference
+            if "wte" in gpt.gpt._modules:
+                del gpt.gpt.wte
+            gpt.train()
+        else:
+            if not hasattr(gpt, "gpt_inference"):
+                gpt.init_gpt_for_inference(kv_cache=bool(self.config.model_args.kv_cache))
+            gpt.eval()
+        self._train_mode = bool(mode)
+
+    # ---------------------------------------------------------------- synthesis
+    def _conditioning(self, refs: Sequence[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        """GPT conditioning latents and the decoder's speaker embedding (Xtts.get_conditioning_latents)."""
+        from voicetune.backends.xtts.features import load_wav_tensor
+
+        model, cfg, sr = self.model, self.config, 22050
+        audios, embeddings = [], []
+        for ref in refs:
+            audio = load_wav_tensor(ref, sr)[:, : sr * int(cfg.max_ref_len)]
+            if cfg.sound_norm_refs:
+                audio = audio / audio.abs().max().clamp(min=1e-8) * 0.75
+            embeddings.append(model.get_speaker_embedding(audio.to(self.device), sr))
+            audios.append(audio)
+        try:
+            latents = model.get_gpt_cond_latents(
+                torch.cat(audios, dim=-1), sr, length=int(cfg.gpt_cond_len), chunk_length=int(cfg.gpt_cond_chunk_len)
+            )
+        except RuntimeError as e:  # "Provided reference audio too short"
+            raise ValueError(f"reference audio {[str(r) for r in refs]}: {e}") from e
+        return latents, torch.stack(embeddings).mean(dim=0)
+
+    def _max_audio_tokens(self) -> int:
+        own = int(self.model.gpt.max_gen_mel_tokens)
+        cap = self.synthesis_max_audio_tokens
+        if cap is None:
+            cap = layout.voicetune_settings(self._config_dict).get("synthesis_max_audio_tokens")
+        return min(own, int(cap)) if cap else own
+
+    def synthesize(self, text: str, refs: Sequence[Path], language: str, seed: int) -> Waveform:
+        """Render ``text`` in the voice of ``refs`` (same seed, same audio); the global RNG is left untouched.
+
+        ``meta``: ``hit_max_length`` (a piece reached the token cap without a stop token: usually babble),
+        ``num_tokens`` (audio tokens generated), ``max_audio_tokens`` (the cap).
+        """
+        model, cfg = self._require(), self.config
+        if not refs:
+            raise ValueError("synthesize needs at least one reference clip (refs)")
+        if not text.strip():
+            raise ValueError("synthesize: the text is empty")
+        supported = {lang.split("-")[0] for lang in cfg.languages}
+        if language.split("-")[0] not in supported:
+            raise ValueError(f"language {language!r} is not supported by this model; choose one of {cfg.languages}")
+        was_training = self._train_mode
+        self.set_train(False)
+        gpt = model.gpt
+        own_cap, cap = gpt.max_gen_mel_tokens, self._max_audio_tokens()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.inference_mode():
+                torch.manual_seed(seed)
+                latents, speaker = self._conditioning(refs)
+                gpt.max_gen_mel_tokens = cap
+                wavs, counts = [], []
+                for piece in self._split(text, language):
+                    out = model.inference(
+                        piece, language, latents, speaker, temperature=cfg.temperature,
+                        length_penalty=cfg.length_penalty, repetition_penalty=cfg.repetition_penalty,
+                        top_k=cfg.top_k, top_p=cfg.top_p, enable_text_splitting=False,
+                    )
+                    wavs.append(np.asarray(out["wav"], dtype=np.float32).reshape(-1))
+                    counts.append(int(out["gpt_latents"].shape[1]))
+        finally:
+            gpt.max_gen_mel_tokens = own_cap
+            if was_training:
+                self.set_train(True)
+        audio = np.clip(np.concatenate(wavs), -1.0, 1.0).astype(np.float32)
+        meta = {"hit_max_length": any(c >= cap for c in counts), "num_tokens": sum(counts), "max_audio_tokens": cap}
+        return Waveform(audio, int(cfg.model_args.output_sample_rate), meta)
+
+    def _split(self, text: str, language: str) -> list[str]:
+        """Sentences packed up to the tokenizer's character limit (Xtts's split_sentence without spaCy)."""
+        limit = self.model.tokenizer.char_limits.get(language.split("-")[0], 250)
+        text = " ".join(text.split())
+        if len(text) < limit:
+            pieces = [text]
+        else:
+            pieces = [""]
+            for sentence in re.split(r"(?<=[.!?;:])\s+", text):
+                for part in textwrap.wrap(sentence, width=limit, break_on_hyphens=False) or [sentence]:
+                    if pieces[-1] and len(pieces[-1]) + 1 + len(part) > limit:
+                        pieces.append(part)
+                    else:
+                        pieces[-1] = f"{pieces[-1]} {part}".strip()
+        max_tokens = int(self.config.model_args.gpt_max_text_tokens)
+        for piece in pieces:
+            n = len(self.model.tokenizer.encode(piece.lower(), language))
+            if n >= max_tokens:
+                raise ValueError(f"text piece of {n} tokens exceeds the model's {max_tokens}-token limit: {piece[:60]!r}")
+        return pieces
+
+    # ---------------------------------------------------------------- state
+    def _gpt_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self._require().gpt.state_dict().items()
+                if not k.startswith(_INFERENCE_KEYS)}
+
+    def save(self, path: Path) -> None:
+        """Write the GPT state dict (inference-only aliases excluded), atomically."""
+        atomic_torch_save(self._gpt_state(), Path(path))
+
+    def load_trained(self, path: Path) -> None:
+        """Load a GPT state written by :meth:`save` (or the gpt.* part of an XTTS model.pth)."""
+        gpt = self._require().gpt
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            raise BaseModelError(f"{path}: cannot load the trained XTTS GPT state ({e})") from e
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            full = layout.normalize_model_state(state["model"])
+            state = {k[len("gpt."):]: v for k, v in full.items() if k.startswith("gpt.")}
+        state = {k: v for k, v in state.items() if not k.startswith(_INFERENCE_KEYS)}
+        try:
+            missing, unexpected = gpt.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatch: trained on another base model
+            raise BaseModelError(f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})") from e
+        missing = [k for k in missing if not k.startswith(_INFERENCE_KEYS)]
+        if missing or unexpected:
+            raise BaseModelError(
+                f"{path}: not a GPT state of this base model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+
+    def export(self, out: Path) -> None:
+        """Write the native XTTS-v2 layout with the finetuned GPT; coqui-tts loads it unchanged.
+
+        ``Xtts.init_from_config(cfg); model.load_checkpoint(cfg, checkpoint_dir=out, strict=True)``.
+        """
+        self._require()
+        out = Path(out)
+        if self.base_dir is not None and out.resolve() == self.base_dir.resolve():
+            raise ValueError(f"{out}: refusing to export onto the base model folder; choose another folder")
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()
+                 if not k.startswith(tuple("gpt." + p for p in _INFERENCE_KEYS))}
+        atomic_write_text(out / layout.CONFIG, json.dumps(self._config_dict, indent=2) + "\n")
+        atomic_torch_save({"model": state}, out / layout.MODEL)
+        for name in (layout.VOCAB, layout.DVAE, layout.MEL_STATS, layout.SPEAKERS):
+            if name in self._files:
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(self._files[name], tmp)
+            else:
+                atomic_torch_save({}, out / name)
+        logger.info("exported the XTTS-v2 model to %s", out)

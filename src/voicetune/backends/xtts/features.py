@@ -1,0 +1,325 @@
+"""The XTTS feature cache: everything the GPT loss needs, computed once per clip and stored on disk.
+
+Per clip (what Coqui's GPTTrainer recomputes at every step, done here once):
+
+* ``text_tokens``: ``VoiceBpeTokenizer.encode(text, language)`` exactly as XTTSDataset.get_text
+  (the tokenizer's cleaners lowercase and expand numbers).
+* ``audio_codes``: the DVAE codes of the clip: resampled to the DVAE rate with the Kaiser filter of
+  GPTTrainer.format_batch_on_device, log-mel by TorchMelSpectrogram normalised by mel_stats,
+  ``dvae.get_codebook_indices``. Coqui computes them on the zero-padded batch; per clip is the same
+  except for the code or two at the end of a shorter clip, which the loss masks anyway.
+* ``cond_mel``: the style-encoder mel of the WHOLE clip (80 x frames). XTTS-v2 trains with the
+  "masking ground-truth prompt" approach: the conditioning is a random 3-6 s crop of the same clip
+  (XTTSDataset.get_prompt_slice), drawn anew every time the clip is used. We store the full mel and crop
+  in ``__getitem__`` with a seeded RNG rather than precompute one fixed crop: a fixed crop would turn
+  that augmentation off (the model could learn to copy one segment), and cropping the mel is cheap and
+  exact up to the one frame at each crop edge. Crops are padded to the 6 s maximum with the mel of
+  silence, as Coqui pads the conditioning waveform with zeros.
+* ``wav_length``: samples at the model's sample rate (22050 Hz), which sets the GPT's code lengths.
+
+Cache key: sha256 of (audio file content, text, language, dvae.pth + mel_stats.pth + vocab.json hashes,
+the audio/mel settings of config.json, FEATURE_VERSION). One ``<key>.pt`` file per clip, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from voicetune.backends.base import FeatureStore, Progress
+from voicetune.data.manifest import Clip
+from voicetune.utils.io import atomic_torch_save, file_sha256
+
+logger = logging.getLogger(__name__)
+
+FEATURE_VERSION = 1
+# Coqui GPTArgs training limits (at the 22050 Hz model rate).
+MAX_WAV_LENGTH = 255995  # ~11.6 s
+MAX_TEXT_LENGTH = 200
+MIN_WAV_LENGTH_S = 0.5  # XTTSDataset: "ultra short clips are also useless"
+MIN_CONDITIONING_LENGTH = 66150  # 3 s
+MAX_CONDITIONING_LENGTH = 132300  # 6 s
+SILENCE_LOG = math.log(1e-5)  # TorchMelSpectrogram clamps the mel power at 1e-5 before the log
+
+
+# Limits applied when reading the cache, not when computing it: changing them does not invalidate features.
+_NOT_IN_KEY = ("max_wav_length", "max_text_length", "min_cond_length", "max_cond_length")
+
+
+@dataclass
+class FeatureSettings:
+    """Everything about the base model that changes the features (part of the cache key)."""
+
+    sample_rate: int
+    dvae_sample_rate: int
+    code_stride: int
+    use_perceiver: bool
+    max_wav_length: int
+    max_text_length: int
+    min_cond_length: int = MIN_CONDITIONING_LENGTH
+    max_cond_length: int = MAX_CONDITIONING_LENGTH
+    base_hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def style_hop(self) -> int:
+        return 256 if self.use_perceiver else 1024
+
+    def key(self, audio_hash: str, text: str, language: str) -> str:
+        payload = json.dumps(
+            {"v": FEATURE_VERSION, "audio": audio_hash, "text": text, "language": language,
+             "settings": {k: v for k, v in self.__dict__.items() if k not in _NOT_IN_KEY}},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def load_wav_tensor(path: Path | str, sample_rate: int) -> torch.Tensor:
+    """[1, T] float waveform at ``sample_rate``, clipped to [-1, 1]: coqui-tts's ``load_audio`` (torchaudio
+    resampling, clipping) but decoded with voicetune's decoder instead of ``torchaudio.load``."""
+    import torchaudio
+
+    from voicetune.audio.io import load_audio
+
+    audio, sr = load_audio(path)
+    wav = torch.from_numpy(audio)[None]
+    if sr != sample_rate:
+        wav = torchaudio.functional.resample(wav, sr, sample_rate)
+    return wav.clamp_(-1.0, 1.0)
+
+
+class XttsFeatureExtractor:
+    """Turns one clip into tokens, DVAE codes and the conditioning mel (no caching here)."""
+
+    def __init__(self, tokenizer: Any, dvae: torch.nn.Module, mel_stats: torch.Tensor,
+                 settings: FeatureSettings, device: torch.device):
+        from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
+
+        self.tokenizer, self.dvae, self.settings, self.device = tokenizer, dvae, settings, device
+        self.mel_stats = mel_stats.float().cpu()
+        s = settings
+        # mel_norm_file=None (its default is a URL); the normaliser is set from mel_stats.pth instead.
+        self.dvae_mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=s.dvae_sample_rate)
+        if s.use_perceiver:
+            self.style_mel = TorchMelSpectrogram(
+                filter_length=2048, hop_length=256, win_length=1024, normalize=False,
+                sampling_rate=s.sample_rate, mel_fmin=0, mel_fmax=8000, n_mel_channels=80, mel_norm_file=None,
+            )
+        else:
+            self.style_mel = TorchMelSpectrogram(
+                filter_length=4096, hop_length=1024, win_length=4096, normalize=False,
+                sampling_rate=s.sample_rate, mel_fmin=0, mel_fmax=8000, n_mel_channels=80, mel_norm_file=None,
+            )
+        for m in (self.dvae_mel, self.style_mel):
+            m.mel_norms = self.mel_stats.to(device)
+        self.unk_id = tokenizer.tokenizer.token_to_id("[UNK]")
+
+    def tokens(self, text: str, language: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer.encode(text.strip(), language), dtype=torch.int32)
+
+    def text_problem(self, tokens: torch.Tensor) -> str | None:
+        if tokens.numel() <= 1:  # only the language token
+            return "empty transcript"
+        if tokens.numel() > self.settings.max_text_length:
+            return f"transcript is {tokens.numel()} tokens, more than max_text_length={self.settings.max_text_length}"
+        if self.unk_id is not None and bool((tokens == self.unk_id).any()):
+            return "transcript has characters the model's vocabulary cannot encode ([UNK])"
+        return None
+
+    def wav_problem(self, n_samples: int) -> str | None:
+        s = self.settings
+        if n_samples < MIN_WAV_LENGTH_S * s.sample_rate:
+            return f"clip is shorter than {MIN_WAV_LENGTH_S} s"
+        if n_samples > s.max_wav_length:
+            return (f"clip is {n_samples / s.sample_rate:.2f} s, longer than max_wav_length "
+                    f"({s.max_wav_length / s.sample_rate:.2f} s)")
+        return None
+
+    def load_wav(self, path: Path) -> torch.Tensor:
+        return load_wav_tensor(path, self.settings.sample_rate)
+
+    @torch.no_grad()
+    def audio_features(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+        """DVAE codes [n] and the full-clip conditioning mel [80, frames] of a [1, T] waveform."""
+        import torchaudio
+
+        s = self.settings
+        wav = wav.to(self.device)
+        dvae_wav = wav
+        if s.dvae_sample_rate != s.sample_rate:
+            dvae_wav = torchaudio.functional.resample(
+                wav, orig_freq=s.sample_rate, new_freq=s.dvae_sample_rate, lowpass_filter_width=64,
+                rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser", beta=14.769656459379492,
+            )
+        codes = self.dvae.get_codebook_indices(self.dvae_mel(dvae_wav))[0]
+        cond_mel = self.style_mel(wav)[0]
+        return {"audio_codes": codes.to(torch.int32).cpu(), "cond_mel": cond_mel.float().cpu()}
+
+
+class XttsFeatureStore(FeatureStore):
+    """Cached per-clip features; ``__getitem__`` loads one file and draws the conditioning crop.
+
+    ``random_crop`` (default True, for training) draws a 3-6 s crop at a random position, seeded by
+    (seed, epoch, index, how often the item was read), so that every epoch sees new crops and a rerun sees
+    the same ones. False gives Coqui's evaluation crop: 4.5 s from the start.
+    """
+
+    def __init__(self, files: list[Path], lengths: list[int], settings: FeatureSettings,
+                 mel_stats: torch.Tensor, seed: int = 0):
+        self.files, self._lengths, self.settings = files, lengths, settings
+        self.silence = (SILENCE_LOG / mel_stats.float().cpu())[:, None]  # [80, 1]: mel of digital silence
+        self.seed, self.epoch, self.random_crop = seed, 0, True
+        self._reads = [0] * len(files)
+        self.dropped: list[tuple[str, str]] = []  # (audio path, reason)
+        self.computed = 0
+        self.reused = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def lengths(self) -> list[int]:
+        """Audio codes per item (for length-bucketed batching)."""
+        return list(self._lengths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Optional: reseed the conditioning crops per epoch (resumable determinism)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = torch.load(self.files[i], map_location="cpu", weights_only=True)
+        mel = item["cond_mel"]
+        self._reads[i] += 1
+        cond_mel, cond_len = self._crop(mel, int(item["wav_length"]), i)
+        return {
+            "text_tokens": item["text_tokens"].long(),
+            "audio_codes": item["audio_codes"].long(),
+            "wav_length": torch.tensor(int(item["wav_length"]), dtype=torch.long),
+            "cond_mel": cond_mel,
+            "cond_len": torch.tensor(cond_len, dtype=torch.long),
+        }
+
+    def _crop(self, mel: torch.Tensor, n_samples: int, i: int) -> tuple[torch.Tensor, int]:
+        """XTTSDataset.get_prompt_slice on the mel: a crop, padded with silence to the maximum length."""
+        import random
+
+        s, hop = self.settings, self.settings.style_hop
+        if self.random_crop:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{i}/{self._reads[i]}")
+            length = rng.randint(s.min_cond_length, s.max_cond_length)
+        else:
+            rng, length = None, (s.min_cond_length + s.max_cond_length) // 2
+        if n_samples - length < 0:
+            length = n_samples // 2
+        start = rng.randint(0, n_samples - length) if rng else 0
+        f0, n = start // hop, length // hop + 1
+        crop = mel[:, f0 : f0 + n]
+        total = s.max_cond_length // hop + 1
+        pad = total - crop.shape[1]
+        if pad > 0:
+            crop = torch.cat([crop, self.silence.expand(-1, pad)], dim=1)
+        return crop[:, :total].contiguous(), length
+
+
+def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:
+    """Pad items into the batch GPT.forward takes (XTTSDataset.collate_fn + format_batch_on_device)."""
+    b = len(items)
+    text_lengths = torch.tensor([it["text_tokens"].numel() for it in items], dtype=torch.long)
+    code_lengths = [it["audio_codes"].numel() for it in items]
+    text = torch.zeros(b, int(text_lengths.max()), dtype=torch.long)
+    codes = torch.full((b, max(code_lengths)), stop_audio_token, dtype=torch.long)
+    for i, it in enumerate(items):
+        text[i, : text_lengths[i]] = it["text_tokens"]
+        codes[i, : code_lengths[i]] = it["audio_codes"]
+    return {
+        "text_inputs": text,
+        "text_lengths": text_lengths,
+        "audio_codes": codes,
+        "wav_lengths": torch.stack([it["wav_length"] for it in items]),
+        "cond_mels": torch.stack([it["cond_mel"] for it in items])[:, None],  # [B, 1, 80, frames]
+        "cond_lens": torch.stack([it["cond_len"] for it in items]),
+    }
+
+
+def build_feature_store(
+    clips: Sequence[Clip], cache: Path, extractor: XttsFeatureExtractor, progress: Progress | None = None,
+    seed: int = 0,
+) -> XttsFeatureStore:
+    """Compute (or reuse) the features of every clip; unusable clips are skipped with a warning each."""
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    files, lengths, dropped, computed, reused = [], [], [], 0, 0
+    total = len(clips)
+    for n, clip in enumerate(clips):
+        if progress:
+            progress(n, total, "XTTS features")
+        target, n_codes, status = _clip_features(clip, cache, extractor)
+        if target is None:
+            logger.warning("skipping clip %s: %s", clip.audio_path, status)
+            dropped.append((str(clip.audio_path), status))
+            continue
+        files.append(target)
+        lengths.append(n_codes)
+        computed += status == "computed"
+        reused += status == "reused"
+    if progress:
+        progress(total, total, "XTTS features")
+    if dropped:
+        logger.warning("dropped %d of %d clips (see the warnings above)", len(dropped), total)
+    logger.info("XTTS features: %d computed, %d reused from %s", computed, reused, cache)
+    store = XttsFeatureStore(files, lengths, extractor.settings, extractor.mel_stats, seed)
+    store.dropped, store.computed, store.reused = dropped, computed, reused
+    return store
+
+
+def _clip_features(clip: Clip, cache: Path, extractor: XttsFeatureExtractor) -> tuple[Path | None, int, str]:
+    """(cache file, number of audio codes, "computed" | "reused") or (None, 0, why the clip is unusable)."""
+    from voicetune.audio.io import AudioDecodeError, audio_duration
+
+    s, path = extractor.settings, Path(clip.audio_path)
+    try:
+        tokens = extractor.tokens(clip.text, clip.language)
+    except NotImplementedError as e:  # the tokenizer has no cleaner for this language
+        return None, 0, f"language {clip.language!r} is not supported ({e})"
+    problem = extractor.text_problem(tokens)
+    if problem:
+        return None, 0, problem
+    try:
+        approx = int(audio_duration(path) * s.sample_rate)
+        if approx > s.max_wav_length + s.sample_rate // 100:  # from the header: skip without decoding
+            return None, 0, str(extractor.wav_problem(approx))
+        target = cache / f"{s.key(file_sha256(path), clip.text, clip.language)}.pt"
+        item = _load_cached(target)
+        if item is not None:
+            problem = extractor.wav_problem(int(item["wav_length"]))
+            return (None, 0, problem) if problem else (target, int(item["audio_codes"].numel()), "reused")
+        wav = extractor.load_wav(path)
+    except (OSError, AudioDecodeError) as e:
+        return None, 0, f"cannot read the audio ({e})"
+    problem = extractor.wav_problem(wav.shape[-1])
+    if problem:
+        return None, 0, problem
+    feats = extractor.audio_features(wav)
+    record = {"text_tokens": tokens, "wav_length": int(wav.shape[-1]), **feats, "audio_path": str(path),
+              "text": clip.text, "language": clip.language, "version": FEATURE_VERSION}
+    atomic_torch_save(record, target)
+    return target, int(feats["audio_codes"].numel()), "computed"
+
+
+def _load_cached(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        item = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        logger.warning("feature cache file %s is unreadable (%s); recomputing it", path, e)
+        return None
+    if not isinstance(item, dict) or item.get("version") != FEATURE_VERSION:
+        return None
+    return item
