@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +48,15 @@ def _load_model() -> tuple[str, Any]:
     # silero_vad.model calls torch.set_num_threads(1) at import; keep the process-wide setting intact
     threads = torch.get_num_threads()
     try:
-        import silero_vad
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # silero's use of importlib.resources.path
+            import silero_vad
 
-        try:
-            return "sequence", silero_vad.load_silero_vad(sequence=True)
-        except (TypeError, ImportError, FileNotFoundError, OSError) as e:
-            logger.debug("silero sequence model unavailable (%s); using the streaming ONNX model", e)
-            return "stream", silero_vad.load_silero_vad(onnx=True)
+            try:
+                return "sequence", silero_vad.load_silero_vad(sequence=True)
+            except (TypeError, ImportError, FileNotFoundError, OSError) as e:
+                logger.debug("silero sequence model unavailable (%s); using the streaming ONNX model", e)
+                return "stream", silero_vad.load_silero_vad(onnx=True)
     finally:
         torch.set_num_threads(threads)
 

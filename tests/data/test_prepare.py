@@ -1,0 +1,161 @@
+import json
+import re
+import shutil
+
+import jiwer
+import pytest
+import soundfile as sf
+
+from voicetune.config import PrepareConfig, load_yaml
+from voicetune.data.manifest import Dataset, read_clips_jsonl
+from voicetune.data.prepare import PrepareError, clean_text, prepare, quality_reasons
+from voicetune.data.transcribe import Transcript
+from voicetune.utils.io import file_sha256
+
+CFG = PrepareConfig(min_seconds=1.0, max_seconds=11.6, seed=5)
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^a-z' ]", " ", text.lower())).strip()
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): (file_sha256(p), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prepared(piper_recordings, tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepare")
+    src = root / "recordings"
+    shutil.copytree(piper_recordings, src)
+    (src / "broken.wav").write_text("this is not audio, just text renamed to .wav\n")
+    before = snapshot(src)
+    calls = []
+    result = prepare(src, root / "dataset", CFG, progress=lambda d, t, w: calls.append((d, t, w)))
+    return src, root / "dataset", result, before, calls
+
+
+def test_unreadable_file_is_skipped_and_named_while_the_rest_is_processed(prepared):
+    _, _, result, _, _ = prepared
+    assert list(result.errors) == ["broken.wav"]
+    assert "broken.wav" in result.errors["broken.wav"]
+    assert result.n_files == 3 and result.n_files_failed == 1
+    assert result.n_kept > 0
+
+
+def test_input_folder_is_untouched(prepared):
+    src, _, _, before, _ = prepared
+    assert snapshot(src) == before
+
+
+def test_clip_count_matches_the_sentences_and_transcripts_cover_the_text(prepared, piper_recordings):
+    _, out, result, _, _ = prepared
+    truth = json.loads((piper_recordings / "transcripts.json").read_text())
+    n_sentences = sum(len(v) for v in truth.values())
+    assert n_sentences / 3 <= result.n_kept <= n_sentences + 2
+    records = [r for r in read_clips_jsonl(out / "clips.jsonl") if r.status == "kept"]
+    for name, sentences in truth.items():
+        clips = sorted((r for r in records if r.source_file == name), key=lambda r: r.start)
+        assert clips, name
+        hyp = normalise(" ".join(r.text for r in clips))
+        assert jiwer.wer(normalise(" ".join(sentences)), hyp) < 0.25, (sentences, hyp)
+
+
+def test_every_clip_is_within_bounds_at_the_dataset_rate(prepared):
+    _, out, _, _, _ = prepared
+    ds = Dataset.load(out)
+    assert ds.train and ds.eval
+    for clip in ds.train + ds.eval:
+        info = sf.info(str(clip.audio_path))
+        assert info.samplerate == CFG.sample_rate and info.channels == 1
+        assert CFG.min_seconds - 0.01 <= info.duration <= CFG.max_seconds + 0.01
+        assert clip.text.strip() and "|" not in clip.text
+        assert clip.speaker == CFG.speaker_name
+    assert {c.audio_path.parent.name for c in ds.train + ds.eval} == {"wavs"}
+
+
+def test_metadata_is_consistent_with_clips_jsonl_and_config(prepared):
+    _, out, result, _, _ = prepared
+    records = read_clips_jsonl(out / "clips.jsonl")
+    kept = [r for r in records if r.status == "kept"]
+    assert len(kept) == result.n_kept == result.n_train + result.n_eval
+    assert {r.split for r in kept} == {"train", "eval"}
+    assert all(not r.reasons and r.asr["model"] == result.asr_model for r in kept)
+    assert all(r.audio_file == f"wavs/{r.id}.wav" and r.end - r.start == pytest.approx(r.duration, abs=1e-3)
+               for r in kept)
+    assert all(re.fullmatch(r"session_\d_\d{4}", r.id) for r in records)
+    assert load_yaml(PrepareConfig, out / "prepare.yaml") == CFG
+    summary = json.loads((out / "prepare_result.json").read_text())
+    assert summary["n_kept"] == result.n_kept and summary["errors"] == result.errors
+    assert "tiny.en" in result.asr_model or "large" in result.asr_model
+    assert 0 < result.real_time_factor < 2.0
+
+
+def test_progress_is_reported_per_file_and_ends_done(prepared):
+    _, _, _, _, calls = prepared
+    assert calls[-1] == (3, 3, "done")
+    assert any("broken.wav" in w for _, _, w in calls)
+    assert all(0 <= d <= t == 3 for d, t, _ in calls)
+
+
+def test_rerun_is_deterministic_and_may_overwrite_its_own_output(prepared):
+    src, out, result, _, _ = prepared
+    eval_before = (out / "metadata_eval.csv").read_text()
+    again = prepare(src, out, CFG)
+    assert (out / "metadata_eval.csv").read_text() == eval_before
+    assert again.n_eval == result.n_eval > 0
+
+
+def test_refuses_output_inside_or_equal_to_the_input(piper_recordings):
+    for out in (piper_recordings, piper_recordings / "dataset"):
+        with pytest.raises(PrepareError, match="inside the input folder"):
+            prepare(piper_recordings, out, CFG)
+    assert not (piper_recordings / "dataset").exists()
+
+
+def test_refuses_a_foreign_non_empty_output_folder(piper_recordings, tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(PrepareError, match="not written by `voicetune prepare`"):
+        prepare(piper_recordings, tmp_path, CFG)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_refuses_an_input_inside_the_output_folder(piper_recordings, tmp_path):
+    src = tmp_path / "out" / "raw"
+    shutil.copytree(piper_recordings, src)
+    with pytest.raises(PrepareError, match="inside the output folder"):
+        prepare(src, tmp_path / "out", CFG)
+
+
+def test_folder_without_decodable_audio_is_an_error(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.wav").write_bytes(b"RIFF....WAVE")
+    with pytest.raises(PrepareError, match="a.wav"):
+        prepare(src, tmp_path / "out", CFG)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PrepareError, match="no audio files"):
+        prepare(empty, tmp_path / "out3", CFG)
+    assert not (tmp_path / "out").exists()
+
+
+def test_quality_rules_quarantine_unusable_transcripts():
+    good = Transcript("Hello there, how are you?", "en", -0.3, 0.01, [])
+    assert quality_reasons(good, 2.0, CFG) == []
+    assert "empty transcript" in quality_reasons(Transcript(" ... ", "en", -0.3, 0.01, []), 2.0, CFG)
+    assert any("no speech" in r for r in quality_reasons(Transcript("Thank you.", "en", -0.3, 0.9, []), 2.0, CFG))
+    assert any("confidence" in r for r in quality_reasons(Transcript("Mumble", "en", -1.6, 0.1, []), 2.0, CFG))
+    assert any("implausible" in r for r in quality_reasons(Transcript("word " * 40, "en", -0.2, 0.0, []), 2.0, CFG))
+
+
+def test_clean_text_removes_the_csv_delimiter_and_newlines():
+    assert clean_text("  a | b\n c  ") == "a b c"
+
+
+def test_overrides_are_validated():
+    from voicetune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="min_seconds"):
+        prepare("/nonexistent", "/tmp/x", CFG, min_seconds=20.0)
