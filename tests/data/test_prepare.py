@@ -20,8 +20,11 @@ def normalise(text: str) -> str:
 
 
 def snapshot(folder):
-    return {str(p.relative_to(folder)): (file_sha256(p), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (file_sha256(p), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,10 @@ def test_metadata_is_consistent_with_clips_jsonl_and_config(prepared):
     assert len(kept) == result.n_kept == result.n_train + result.n_eval
     assert {r.split for r in kept} == {"train", "eval"}
     assert all(not r.reasons and r.asr["model"] == result.asr_model for r in kept)
-    assert all(r.audio_file == f"wavs/{r.id}.wav" and r.end - r.start == pytest.approx(r.duration, abs=1e-3)
-               for r in kept)
+    assert all(
+        r.audio_file == f"wavs/{r.id}.wav" and r.end - r.start == pytest.approx(r.duration, abs=1e-3)
+        for r in kept
+    )
     assert all(re.fullmatch(r"session_\d_\d{4}", r.id) for r in records)
     assert load_yaml(PrepareConfig, out / "prepare.yaml") == CFG
     summary = json.loads((out / "prepare_result.json").read_text())
@@ -145,9 +150,15 @@ def test_quality_rules_quarantine_unusable_transcripts():
     good = Transcript("Hello there, how are you?", "en", -0.3, 0.01, [])
     assert quality_reasons(good, 2.0, CFG) == []
     assert "empty transcript" in quality_reasons(Transcript(" ... ", "en", -0.3, 0.01, []), 2.0, CFG)
-    assert any("no speech" in r for r in quality_reasons(Transcript("Thank you.", "en", -0.3, 0.9, []), 2.0, CFG))
-    assert any("confidence" in r for r in quality_reasons(Transcript("Mumble", "en", -1.6, 0.1, []), 2.0, CFG))
-    assert any("implausible" in r for r in quality_reasons(Transcript("word " * 40, "en", -0.2, 0.0, []), 2.0, CFG))
+    assert any(
+        "no speech" in r for r in quality_reasons(Transcript("Thank you.", "en", -0.3, 0.9, []), 2.0, CFG)
+    )
+    assert any(
+        "confidence" in r for r in quality_reasons(Transcript("Mumble", "en", -1.6, 0.1, []), 2.0, CFG)
+    )
+    assert any(
+        "implausible" in r for r in quality_reasons(Transcript("word " * 40, "en", -0.2, 0.0, []), 2.0, CFG)
+    )
 
 
 def test_clean_text_removes_the_csv_delimiter_and_newlines():

@@ -14,8 +14,10 @@ from voicetune.data.segment import (
 FS = 0.02  # envelope frame length
 
 
-def envelope(duration: float, speech: list[tuple[float, float]], dips: list[tuple[float, float, float]] = ()) -> Envelope:
-    """Speech probability 0.9 inside ``speech`` spans, 0.05 elsewhere; ``dips`` (start, end, value) lower it."""
+def envelope(
+    duration: float, speech: list[tuple[float, float]], dips: list[tuple[float, float, float]] = ()
+) -> Envelope:
+    """Speech probability 0.9 inside ``speech``, 0.05 elsewhere; ``dips`` (start, end, value) lower it."""
     t = (np.arange(int(np.ceil(duration / FS))) + 0.5) * FS
     v = np.full(t.size, 0.05, np.float32)
     for s, e in speech:
@@ -100,7 +102,9 @@ def test_plan_produces_clips_in_bounds_for_realistic_speech():
     assert all(c.ok for c in clips), clips
     assert all(1.0 - 1e-3 <= c.duration <= 11.6 + 1e-3 for c in clips)
     assert clips[0].n_spans == 2  # the 0.4 s span joined its neighbour
-    assert any(c.start <= 9.5 + 0.2 and c.end >= 9.0 - 0.2 and c.end < 10 for c in clips)  # split at the pause
+    assert any(
+        c.start <= 9.5 + 0.2 and c.end >= 9.0 - 0.2 and c.end < 10 for c in clips
+    )  # split at the pause
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -112,7 +116,9 @@ def test_plan_invariants_on_random_speech(seed):
         speech.append((t, t + length))
         t += length + rng.uniform(0.1, 2.5)
     duration = t + rng.uniform(0, 1)
-    dips = [(s + f * (e - s), s + f * (e - s) + 0.2, 0.1) for s, e in speech for f in rng.uniform(0.1, 0.9, 2)]
+    dips = [
+        (s + f * (e - s), s + f * (e - s) + 0.2, 0.1) for s, e in speech for f in rng.uniform(0.1, 0.9, 2)
+    ]
     env = envelope(duration, speech, dips)
     clips = plan_clips(speech, duration, env, min_seconds=1.0, max_seconds=11.6, pad_seconds=0.15)
     for c in clips:
@@ -132,7 +138,7 @@ def test_plan_invariants_on_random_speech(seed):
 def test_energy_envelope_marks_silence_low_and_sound_high():
     sr = 16000
     audio = np.zeros(sr * 2, np.float32)
-    audio[sr // 2: sr] = 0.3 * np.sin(np.arange(sr // 2) * 0.3)
+    audio[sr // 2 : sr] = 0.3 * np.sin(np.arange(sr // 2) * 0.3)
     env = energy_envelope(audio, sr)
     i0, i1 = env.frames(0.6, 0.9)
     assert env.values[i0:i1].min() > 0.9

@@ -19,7 +19,7 @@ def spoken_file(piper_sentences):
     for i, (path, _) in enumerate(piper_sentences[:4]):
         audio, _ = load_audio(path, sr=SR)
         nz = np.flatnonzero(np.abs(audio) > 0.01)
-        audio = audio[nz[0]:nz[-1] + 1]  # trim Piper's own leading/trailing silence
+        audio = audio[nz[0] : nz[-1] + 1]  # trim Piper's own leading/trailing silence
         parts.append(audio)
         spans.append((pos / SR, (pos + len(audio)) / SR))
         pos += len(audio)
@@ -70,7 +70,9 @@ def test_loading_vad_keeps_the_torch_thread_setting():
         "detect_speech(np.zeros(16000, np.float32))\n"
         "print(torch.get_num_threads())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "2"
 
 

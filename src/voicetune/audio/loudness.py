@@ -82,7 +82,9 @@ def _moving_average(x: np.ndarray, half: int) -> np.ndarray:
     return ((c[w:] - c[:-w]) / w)[: x.size]
 
 
-def peak_limit(audio: np.ndarray, sr: int, ceiling_dbfs: float = -1.0, lookahead_ms: float = 5.0) -> np.ndarray:
+def peak_limit(
+    audio: np.ndarray, sr: int, ceiling_dbfs: float = -1.0, lookahead_ms: float = 5.0
+) -> np.ndarray:
     """Limit (oversampled) peaks of mono ``audio`` to ``ceiling_dbfs`` with smooth gain ramps.
 
     The required gain at each peak is spread over +-``lookahead_ms`` (a sliding minimum) and then smoothed
@@ -107,8 +109,9 @@ def peak_limit(audio: np.ndarray, sr: int, ceiling_dbfs: float = -1.0, lookahead
     return y
 
 
-def normalize_loudness(audio: np.ndarray, sr: int, target_lufs: float = -23.0, peak_dbfs: float = -1.0,
-                       max_gain_db: float = 40.0) -> tuple[np.ndarray, LoudnessInfo]:
+def normalize_loudness(
+    audio: np.ndarray, sr: int, target_lufs: float = -23.0, peak_dbfs: float = -1.0, max_gain_db: float = 40.0
+) -> tuple[np.ndarray, LoudnessInfo]:
     """Bring mono ``audio`` to ``target_lufs`` (EBU R128) and limit peaks to ``peak_dbfs``.
 
     Silent audio is returned unchanged; the gain is capped at ``max_gain_db`` so that a clip of near

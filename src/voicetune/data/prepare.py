@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from voicetune.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, find_audio_files, load_audio, resample, write_wav
+from voicetune.audio.io import (
+    AUDIO_EXTENSIONS,
+    AudioDecodeError,
+    find_audio_files,
+    load_audio,
+    resample,
+    write_wav,
+)
 from voicetune.audio.loudness import normalize_loudness
 from voicetune.config import PrepareConfig, merge, save_yaml
 from voicetune.data.manifest import ClipRecord, write_clips_jsonl, write_metadata_csv
@@ -107,17 +114,23 @@ def check_folders(input_dir: Path, out_dir: Path) -> None:
         raise PrepareError(f"{input_dir}: input folder does not exist")
     src_folder = src if src.is_dir() else src.parent
     if _is_within(out, src_folder):
-        raise PrepareError(f"output folder {out} is inside the input folder {src_folder}; prepare never writes "
-                           "into the recordings folder: choose an output folder outside it")
+        raise PrepareError(
+            f"output folder {out} is inside the input folder {src_folder}; prepare never writes "
+            "into the recordings folder: choose an output folder outside it"
+        )
     if _is_within(src, out):
-        raise PrepareError(f"input {src} is inside the output folder {out}; the output folder is replaced "
-                           "as a whole: choose an output folder that does not contain the recordings")
+        raise PrepareError(
+            f"input {src} is inside the output folder {out}; the output folder is replaced "
+            "as a whole: choose an output folder that does not contain the recordings"
+        )
     if out.exists():
         if not out.is_dir():
             raise PrepareError(f"{out}: exists and is not a folder")
         if any(out.iterdir()) and not (out / "prepare.yaml").is_file():
-            raise PrepareError(f"{out}: folder is not empty and was not written by `voicetune prepare` (no "
-                               "prepare.yaml); choose a new or empty output folder")
+            raise PrepareError(
+                f"{out}: folder is not empty and was not written by `voicetune prepare` (no "
+                "prepare.yaml); choose a new or empty output folder"
+            )
 
 
 def _unique_stems(files: list[Path]) -> list[str]:
@@ -143,8 +156,9 @@ def quality_reasons(tr: Transcript, duration: float, cfg: PrepareConfig) -> list
     if not re.search(r"\w", text):
         reasons.append("empty transcript")
     if tr.no_speech_prob > cfg.max_no_speech_prob:
-        reasons.append(f"no speech detected by ASR (no_speech_prob {tr.no_speech_prob:.2f} > "
-                       f"{cfg.max_no_speech_prob:g})")
+        reasons.append(
+            f"no speech detected by ASR (no_speech_prob {tr.no_speech_prob:.2f} > {cfg.max_no_speech_prob:g})"
+        )
     if tr.avg_logprob < cfg.min_avg_logprob:
         reasons.append(f"low ASR confidence (avg_logprob {tr.avg_logprob:.2f} < {cfg.min_avg_logprob:g})")
     if duration > 0 and len(text) / duration > MAX_CHARS_PER_SECOND:
@@ -177,35 +191,58 @@ class _FileContext:
 def _plan(audio16: np.ndarray, cfg: PrepareConfig) -> list[ClipSpan]:
     vad = detect_speech(audio16, cfg.vad_threshold, cfg.min_speech_ms, cfg.min_silence_ms)
     return plan_clips(
-        vad.spans, vad.duration, Envelope(vad.probs, vad.frame_seconds),
-        min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds, pad_seconds=cfg.pad_ms / 1000,
-        max_merge_gap=cfg.merge_gap_ms / 1000, pause_threshold=max(0.01, cfg.vad_threshold - 0.15),
+        vad.spans,
+        vad.duration,
+        Envelope(vad.probs, vad.frame_seconds),
+        min_seconds=cfg.min_seconds,
+        max_seconds=cfg.max_seconds,
+        pad_seconds=cfg.pad_ms / 1000,
+        max_merge_gap=cfg.merge_gap_ms / 1000,
+        pause_threshold=max(0.01, cfg.vad_threshold - 0.15),
     )
 
 
-def _clip_record(ctx: _FileContext, k: int, span: ClipSpan, audio: np.ndarray, sr: int,
-                 audio16: np.ndarray) -> ClipRecord:
+def _clip_record(
+    ctx: _FileContext, k: int, span: ClipSpan, audio: np.ndarray, sr: int, audio16: np.ndarray
+) -> ClipRecord:
     """Transcribe, check and write one planned clip; returns its record (kept or quarantined)."""
     cfg = ctx.cfg
     cid = f"{ctx.stem}_{k:04d}"
-    rec = ClipRecord(id=cid, audio_file="", source_file=ctx.rel, start=span.start, end=span.end,
-                     duration=round(span.duration, 4), text="", language=cfg.language, speaker=cfg.speaker_name,
-                     split="", status="quarantined")
+    rec = ClipRecord(
+        id=cid,
+        audio_file="",
+        source_file=ctx.rel,
+        start=span.start,
+        end=span.end,
+        duration=round(span.duration, 4),
+        text="",
+        language=cfg.language,
+        speaker=cfg.speaker_name,
+        split="",
+        status="quarantined",
+    )
     if not span.ok:
         rec.reasons = [span.reason]
         return rec
-    tr = ctx.asr.transcribe(audio16[int(span.start * VAD_SAMPLE_RATE):int(span.end * VAD_SAMPLE_RATE)],
-                            cfg.language)
+    tr = ctx.asr.transcribe(
+        audio16[int(span.start * VAD_SAMPLE_RATE) : int(span.end * VAD_SAMPLE_RATE)], cfg.language
+    )
     rec.raw_text, rec.text, rec.language = tr.text, clean_text(tr.text), tr.language or cfg.language
-    rec.asr = {"model": ctx.asr.name, "avg_logprob": round(tr.avg_logprob, 4),
-               "no_speech_prob": round(tr.no_speech_prob, 4),
-               "words": [[w, round(s, 3), round(e, 3)] for w, s, e in tr.words]}
+    rec.asr = {
+        "model": ctx.asr.name,
+        "avg_logprob": round(tr.avg_logprob, 4),
+        "no_speech_prob": round(tr.no_speech_prob, 4),
+        "words": [[w, round(s, 3), round(e, 3)] for w, s, e in tr.words],
+    }
     rec.reasons = quality_reasons(tr, span.duration, cfg)
-    clip = resample(audio[int(round(span.start * sr)):int(round(span.end * sr))], sr, cfg.sample_rate)
+    clip = resample(audio[int(round(span.start * sr)) : int(round(span.end * sr))], sr, cfg.sample_rate)
     clip, info = normalize_loudness(clip, cfg.sample_rate, cfg.target_lufs)
-    rec.quality = {"input_lufs": None if info.input_lufs is None else round(info.input_lufs, 2),
-                   "gain_db": round(info.gain_db, 2), "peak_dbfs": round(info.output_peak_dbfs, 2),
-                   "limited": info.limited}
+    rec.quality = {
+        "input_lufs": None if info.input_lufs is None else round(info.input_lufs, 2),
+        "gain_db": round(info.gain_db, 2),
+        "peak_dbfs": round(info.output_peak_dbfs, 2),
+        "limited": info.limited,
+    }
     if info.input_lufs is None and "empty transcript" not in rec.reasons:
         rec.reasons.append("silent audio")
     rec.status = "quarantined" if rec.reasons else "kept"
@@ -214,7 +251,9 @@ def _clip_record(ctx: _FileContext, k: int, span: ClipSpan, audio: np.ndarray, s
     return rec
 
 
-def _process_file(ctx: _FileContext, progress: Progress | None, done: int, total: int) -> tuple[list[ClipRecord], float]:
+def _process_file(
+    ctx: _FileContext, progress: Progress | None, done: int, total: int
+) -> tuple[list[ClipRecord], float]:
     """All clips of one source file, and its duration in seconds. Raises AudioDecodeError for bad files."""
     audio, sr = load_audio(ctx.path)
     duration = len(audio) / sr
@@ -241,10 +280,12 @@ def _finish(tmp: Path, records: list[ClipRecord], cfg: PrepareConfig, result: Pr
     for i in split.eval:
         kept[i].split = "eval"
     result.warnings.extend(split.warnings)
-    write_metadata_csv(tmp / "metadata_train.csv", [(r.audio_file, r.text, r.speaker) for r in kept
-                                                     if r.split == "train"])
-    write_metadata_csv(tmp / "metadata_eval.csv", [(r.audio_file, r.text, r.speaker) for r in kept
-                                                    if r.split == "eval"])
+    write_metadata_csv(
+        tmp / "metadata_train.csv", [(r.audio_file, r.text, r.speaker) for r in kept if r.split == "train"]
+    )
+    write_metadata_csv(
+        tmp / "metadata_eval.csv", [(r.audio_file, r.text, r.speaker) for r in kept if r.split == "eval"]
+    )
     write_clips_jsonl(tmp / "clips.jsonl", records)
     save_yaml(cfg, tmp / "prepare.yaml")
     result.n_clips, result.n_kept = len(records), len(kept)
@@ -254,8 +295,13 @@ def _finish(tmp: Path, records: list[ClipRecord], cfg: PrepareConfig, result: Pr
     result.quarantine_reasons = dict(Counter(reason.split(" (")[0] for r in records for reason in r.reasons))
 
 
-def prepare(input_dir: Path | str, out_dir: Path | str, cfg: PrepareConfig | None = None, progress: Progress | None = None,
-            **overrides: Any) -> PrepareResult:
+def prepare(
+    input_dir: Path | str,
+    out_dir: Path | str,
+    cfg: PrepareConfig | None = None,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> PrepareResult:
     """Build a dataset folder in ``out_dir`` from the recordings in ``input_dir`` (a folder or one file).
 
     ``cfg`` defaults to :class:`PrepareConfig`; ``overrides`` (e.g. ``language="de"``) replace its fields
@@ -281,7 +327,9 @@ def prepare(input_dir: Path | str, out_dir: Path | str, cfg: PrepareConfig | Non
             if progress is not None:
                 progress(i, len(files), f"{rel}: decoding")
             try:
-                recs, seconds = _process_file(_FileContext(path, rel, stem, cfg, asr, tmp), progress, i, len(files))
+                recs, seconds = _process_file(
+                    _FileContext(path, rel, stem, cfg, asr, tmp), progress, i, len(files)
+                )
             except AudioDecodeError as e:
                 logger.warning("skipping %s: %s", rel, e)
                 result.errors[rel] = str(e)
@@ -290,8 +338,10 @@ def prepare(input_dir: Path | str, out_dir: Path | str, cfg: PrepareConfig | Non
             input_seconds += seconds
         result.n_files_failed = len(result.errors)
         if not records and result.errors:
-            raise PrepareError(f"none of the {len(files)} audio file(s) in {input_dir} could be decoded: "
-                               + "; ".join(f"{k}: {v}" for k, v in result.errors.items()))
+            raise PrepareError(
+                f"none of the {len(files)} audio file(s) in {input_dir} could be decoded: "
+                + "; ".join(f"{k}: {v}" for k, v in result.errors.items())
+            )
         _finish(tmp, records, cfg, result)
         result.minutes_input = round(input_seconds / 60, 3)
         result.seconds_elapsed = round(time.monotonic() - t0, 2)
@@ -299,13 +349,24 @@ def prepare(input_dir: Path | str, out_dir: Path | str, cfg: PrepareConfig | Non
         atomic_write_json(tmp / "prepare_result.json", result.to_json())
     if progress is not None:
         progress(len(files), len(files), "done")
-    logger.info("prepared %s: %d clip(s) kept (%.1f min, %d train / %d eval), %d quarantined, %d file(s) "
-                "skipped; %.1f s for %.1f min of audio (real-time factor %.3f) with ASR %s",
-                result.out_dir, result.n_kept, result.minutes_kept, result.n_train, result.n_eval,
-                result.n_quarantined, result.n_files_failed, result.seconds_elapsed, result.minutes_input,
-                result.real_time_factor, result.asr_model)
+    logger.info(
+        "prepared %s: %d clip(s) kept (%.1f min, %d train / %d eval), %d quarantined, %d file(s) "
+        "skipped; %.1f s for %.1f min of audio (real-time factor %.3f) with ASR %s",
+        result.out_dir,
+        result.n_kept,
+        result.minutes_kept,
+        result.n_train,
+        result.n_eval,
+        result.n_quarantined,
+        result.n_files_failed,
+        result.seconds_elapsed,
+        result.minutes_input,
+        result.real_time_factor,
+        result.asr_model,
+    )
     if result.n_kept == 0:
-        raise PrepareError(f"no usable clip in {input_dir}: {result.n_quarantined} clip(s) quarantined "
-                           f"({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl}")
+        raise PrepareError(
+            f"no usable clip in {input_dir}: {result.n_quarantined} clip(s) quarantined "
+            f"({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl}"
+        )
     return result
-

@@ -98,6 +98,7 @@ def find_cut(span: Span, env: Envelope | None, min_piece: float, threshold: floa
     runs = _below_runs(vals < threshold)
     fs = env.frame_seconds
     if runs:
+
         def key(run: tuple[int, int]) -> tuple[int, float]:
             centre = (i0 + (run[0] + run[1]) / 2) * fs
             return run[1] - run[0], -abs(centre - mid)
@@ -110,8 +111,9 @@ def find_cut(span: Span, env: Envelope | None, min_piece: float, threshold: floa
     return t, t
 
 
-def split_long(spans: list[Span], env: Envelope | None, max_len: float, min_len: float,
-               threshold: float = 0.35) -> list[Span]:
+def split_long(
+    spans: list[Span], env: Envelope | None, max_len: float, min_len: float, threshold: float = 0.35
+) -> list[Span]:
     """Split every span longer than ``max_len`` at its longest internal pause, recursively.
 
     Pieces are kept at least ``min_len`` long where the span allows it (``min_len`` is capped at a third
@@ -133,7 +135,9 @@ def split_long(spans: list[Span], env: Envelope | None, max_len: float, min_len:
     return out
 
 
-def merge_short(spans: list[Span], min_len: float, max_len: float, max_gap: float, pad: float = 0.0) -> list[Span]:
+def merge_short(
+    spans: list[Span], min_len: float, max_len: float, max_gap: float, pad: float = 0.0
+) -> list[Span]:
     """Merge spans shorter than ``min_len`` (counting ``pad`` on both sides) with a neighbour.
 
     The shortest span is merged first, with the neighbour across the shorter pause, provided that pause is
@@ -164,12 +168,13 @@ def merge_short(spans: list[Span], min_len: float, max_len: float, max_gap: floa
             continue
         _, j, merged = min(options, key=lambda o: (o[0], o[1]))
         lo = min(i, j)
-        groups[lo:lo + 2] = [merged]
+        groups[lo : lo + 2] = [merged]
     return [(g[0], g[1]) for g in groups]
 
 
-def pad_and_extend(spans: list[Span], duration: float, pad: float, min_len: float,
-                   max_len: float) -> list[Span]:
+def pad_and_extend(
+    spans: list[Span], duration: float, pad: float, min_len: float, max_len: float
+) -> list[Span]:
     """Pad each span by ``pad`` (never past the midpoint of the pause to its neighbour nor the audio
     bounds), then extend spans still shorter than ``min_len`` into the free audio around them, evenly on
     both sides where possible, without overlapping a neighbour or growing past ``max_len``.
@@ -195,9 +200,17 @@ def pad_and_extend(spans: list[Span], duration: float, pad: float, min_len: floa
     return [(max(0.0, c[0]), min(duration, c[1])) for c in out]
 
 
-def plan_clips(speech: list[Span], duration: float, env: Envelope | None = None, *, min_seconds: float = 1.0,
-               max_seconds: float = 11.6, pad_seconds: float = 0.15, max_merge_gap: float = 0.7,
-               pause_threshold: float = 0.35) -> list[ClipSpan]:
+def plan_clips(
+    speech: list[Span],
+    duration: float,
+    env: Envelope | None = None,
+    *,
+    min_seconds: float = 1.0,
+    max_seconds: float = 11.6,
+    pad_seconds: float = 0.15,
+    max_merge_gap: float = 0.7,
+    pause_threshold: float = 0.35,
+) -> list[ClipSpan]:
     """Clips from VAD speech spans: split long ones, merge short neighbours, pad, extend short ones.
 
     ``speech``: unpadded speech spans in seconds; ``duration``: length of the audio; ``env``: frame

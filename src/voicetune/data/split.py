@@ -36,8 +36,9 @@ def eval_count(n: int, eval_fraction: float, min_eval_clips: int) -> int:
     return min(want, n // 2)
 
 
-def split_train_eval(durations: Sequence[float], eval_fraction: float = 0.15, min_eval_clips: int = 2,
-                     seed: int = 1234) -> SplitResult:
+def split_train_eval(
+    durations: Sequence[float], eval_fraction: float = 0.15, min_eval_clips: int = 2, seed: int = 1234
+) -> SplitResult:
     """Split clips with the given ``durations`` (seconds) into train and eval index lists.
 
     Stratified by duration: clips sorted by length (ties by index), eval takes positions
@@ -51,12 +52,14 @@ def split_train_eval(durations: Sequence[float], eval_fraction: float = 0.15, mi
     total = float(sum(durations))
     if total < MIN_RECOMMENDED_SECONDS:
         warnings.append(
-            f"only {total / 60:.1f} minutes ({total:.0f} s) of usable speech in {n} clips; at least 3 minutes "
-            "are recommended for finetuning (10+ minutes give clearly better results)"
+            f"only {total / 60:.1f} minutes ({total:.0f} s) of usable speech in {n} clips; at least 3 minutes"
+            " are recommended for finetuning (10+ minutes give clearly better results)"
         )
     n_eval = eval_count(n, eval_fraction, min_eval_clips)
     if n_eval < min_eval_clips and eval_fraction > 0:
-        warnings.append(f"only {n} clip(s): {n_eval} held out for evaluation (wanted at least {min_eval_clips})")
+        warnings.append(
+            f"only {n} clip(s): {n_eval} held out for evaluation (wanted at least {min_eval_clips})"
+        )
     order = sorted(range(n), key=lambda i: (float(durations[i]), i))
     eval_idx: list[int] = []
     if n_eval:

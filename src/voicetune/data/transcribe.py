@@ -107,7 +107,7 @@ def _hub_reachable(repo_id: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
 
 
 def _hub_model(name: str, allow_download: bool = True) -> str | None:
-    """Local folder of faster-whisper model ``name``: from the HF cache, else downloaded if the hub answers."""
+    """Local folder of faster-whisper model ``name``: HF cache, else downloaded if the hub answers."""
     from faster_whisper.utils import _MODELS, download_model
 
     try:
@@ -167,8 +167,10 @@ def resolve_asr_model(model: str, language: str) -> tuple[str, str]:
             raise _need_multilingual_error(language, f"the English-only model in {folder}")
         return str(folder.resolve()), f"{folder.name} (local folder {folder.resolve()})"
     if model not in available_models() and "/" not in model:
-        raise AsrError(f"unknown ASR model {model!r}; use 'auto', one of {available_models()}, "
-                       "a Hugging Face repo id, or a local CTranslate2 Whisper folder")
+        raise AsrError(
+            f"unknown ASR model {model!r}; use 'auto', one of {available_models()}, "
+            "a Hugging Face repo id, or a local CTranslate2 Whisper folder"
+        )
     if not english and not _is_multilingual_name(model):
         raise _need_multilingual_error(language, model)
     path = _hub_model(model)
@@ -177,8 +179,10 @@ def resolve_asr_model(model: str, language: str) -> tuple[str, str]:
     packaged = packaged_model_path()
     if model == "tiny.en" and packaged is not None:
         return str(packaged), PACKAGED_DESCRIPTION
-    raise AsrError(f"ASR model {model!r} is not in the local Hugging Face cache and the hub is unreachable; "
-                   "connect to the internet once, or pass a local CTranslate2 Whisper folder with --asr-model")
+    raise AsrError(
+        f"ASR model {model!r} is not in the local Hugging Face cache and the hub is unreachable; "
+        "connect to the internet once, or pass a local CTranslate2 Whisper folder with --asr-model"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -200,8 +204,16 @@ def _resolve_device(device: str) -> str:
 class Asr:
     """A loaded Whisper model; :meth:`transcribe` turns 16 kHz mono audio into a :class:`Transcript`."""
 
-    def __init__(self, model: Any, name: str, path: str, device: str, multilingual: bool,
-                 default_language: str = "en", beam_size: int = 5) -> None:
+    def __init__(
+        self,
+        model: Any,
+        name: str,
+        path: str,
+        device: str,
+        multilingual: bool,
+        default_language: str = "en",
+        beam_size: int = 5,
+    ) -> None:
         self._model = model
         self.name = name
         self.path = path
@@ -225,7 +237,11 @@ class Asr:
         if audio.size < 1600:  # < 0.1 s: Whisper cannot hear anything in it
             return Transcript("", lang or "en", NO_TOKENS_LOGPROB, 1.0, [])
         segments, info = self._model.transcribe(
-            audio, language=lang, beam_size=self.beam_size, word_timestamps=True, vad_filter=False,
+            audio,
+            language=lang,
+            beam_size=self.beam_size,
+            word_timestamps=True,
+            vad_filter=False,
             condition_on_previous_text=False,
         )
         segments = list(segments)
@@ -240,8 +256,14 @@ class Asr:
         return Transcript(text, info.language or lang or "en", avg, no_speech, words)
 
 
-def load_asr(model: str = "auto", language: str = "en", device: str = "auto", *, beam_size: int = 5,
-             cpu_threads: int = 2) -> Asr:
+def load_asr(
+    model: str = "auto",
+    language: str = "en",
+    device: str = "auto",
+    *,
+    beam_size: int = 5,
+    cpu_threads: int = 2,
+) -> Asr:
     """Resolve (see :func:`resolve_asr_model`) and load a faster-whisper model, cached per (path, device).
 
     int8 on CPU with ``cpu_threads`` threads, float16 on CUDA. Logs which model is used.
@@ -257,8 +279,13 @@ def load_asr(model: str = "auto", language: str = "en", device: str = "auto", *,
             compute_type = "float16" if dev.startswith("cuda") else "int8"
             device_name, _, index = dev.partition(":")
             try:
-                whisper = WhisperModel(path, device=device_name, device_index=int(index or 0),
-                                       compute_type=compute_type, cpu_threads=cpu_threads)
+                whisper = WhisperModel(
+                    path,
+                    device=device_name,
+                    device_index=int(index or 0),
+                    compute_type=compute_type,
+                    cpu_threads=cpu_threads,
+                )
             except (RuntimeError, ValueError, OSError) as e:
                 raise AsrError(f"cannot load ASR model {description} from {path} on {dev}: {e}") from e
             _MODEL_CACHE[key] = whisper

@@ -77,8 +77,13 @@ def speech_probabilities(audio_16k: np.ndarray) -> np.ndarray:
     return np.asarray(probs, dtype=np.float32).reshape(-1)
 
 
-def spans_from_probs(probs: np.ndarray, n_samples: int, threshold: float = 0.5, min_speech_ms: int = 250,
-                     min_silence_ms: int = 300) -> list[tuple[float, float]]:
+def spans_from_probs(
+    probs: np.ndarray,
+    n_samples: int,
+    threshold: float = 0.5,
+    min_speech_ms: int = 250,
+    min_silence_ms: int = 300,
+) -> list[tuple[float, float]]:
     """Speech spans in seconds (unpadded) from per-frame probabilities, by silero's state machine."""
     from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
@@ -94,8 +99,9 @@ def spans_from_probs(probs: np.ndarray, n_samples: int, threshold: float = 0.5, 
     return [(s["start"] / VAD_SAMPLE_RATE, s["end"] / VAD_SAMPLE_RATE) for s in stamps]
 
 
-def detect_speech(audio_16k: np.ndarray, threshold: float = 0.5, min_speech_ms: int = 250,
-                  min_silence_ms: int = 300) -> VadResult:
+def detect_speech(
+    audio_16k: np.ndarray, threshold: float = 0.5, min_speech_ms: int = 250, min_silence_ms: int = 300
+) -> VadResult:
     """Find speech in 16 kHz mono audio with Silero VAD.
 
     ``threshold``: speech probability above which a frame is speech; ``min_speech_ms``: shorter bursts are
@@ -105,8 +111,11 @@ def detect_speech(audio_16k: np.ndarray, threshold: float = 0.5, min_speech_ms: 
         raise ValueError(f"VAD threshold must lie in (0, 1), got {threshold}")
     audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
     probs = speech_probabilities(audio)
-    spans = spans_from_probs(probs, audio.size, threshold, min_speech_ms, min_silence_ms) if probs.size else []
+    spans = (
+        spans_from_probs(probs, audio.size, threshold, min_speech_ms, min_silence_ms) if probs.size else []
+    )
     result = VadResult(spans, probs, FRAME_SECONDS, audio.size / VAD_SAMPLE_RATE)
-    logger.debug("VAD: %d speech spans, %.1f s of speech in %.1f s", len(spans), result.speech_seconds,
-                 result.duration)
+    logger.debug(
+        "VAD: %d speech spans, %.1f s of speech in %.1f s", len(spans), result.speech_seconds, result.duration
+    )
     return result
