@@ -104,12 +104,36 @@ def test_progress_is_reported_per_file_and_ends_done(prepared):
     assert all(0 <= d <= t == 3 for d, t, _ in calls)
 
 
-def test_rerun_is_deterministic_and_may_overwrite_its_own_output(prepared):
+def test_rerun_is_deterministic_reuses_transcripts_and_may_overwrite_its_own_output(prepared):
     src, out, result, _, _ = prepared
     eval_before = (out / "metadata_eval.csv").read_text()
+    transcribed = [r for r in read_clips_jsonl(out / "clips.jsonl") if r.asr]
     again = prepare(src, out, CFG)
     assert (out / "metadata_eval.csv").read_text() == eval_before
     assert again.n_eval == result.n_eval > 0
+    assert again.n_asr_cached == len(transcribed) > 0
+    assert [r.text for r in read_clips_jsonl(out / "clips.jsonl") if r.asr] == [r.text for r in transcribed]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_leaves_no_dataset_and_resumes_from_its_transcripts(piper_recordings, tmp_path):
+    out = tmp_path / "dataset"
+    calls = []
+
+    def stop_after_three_clips(done, total, what):
+        calls.append(what)
+        if sum("clip" in w for w in calls) > 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        prepare(piper_recordings, out, CFG, progress=stop_after_three_clips)
+    assert [p.name for p in out.iterdir()] == ["asr_cache.jsonl"]  # no half-written dataset
+    result = prepare(piper_recordings, out, CFG)
+    assert result.n_asr_cached == 3
+    assert (out / "prepare.yaml").is_file() and result.n_kept > 3
 
 
 def test_refuses_output_inside_or_equal_to_the_input(piper_recordings):

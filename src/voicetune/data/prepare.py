@@ -7,11 +7,16 @@ the rest and write them as ``wavs/<source>_<NNNN>.wav``. Then split train/eval a
 ``metadata_train.csv``, ``metadata_eval.csv``, ``clips.jsonl``, ``prepare.yaml`` and
 ``prepare_result.json``. The dataset folder is built under a temporary name and moved into place when
 complete; the input folder is only ever read.
+
+Transcripts are the expensive part, so each one is appended to ``OUT/asr_cache.jsonl`` as soon as it
+exists, keyed by the source file's content hash, the clip's span and the ASR settings: an interrupted or
+repeated run (e.g. with another eval split or loudness target) transcribes only what is new.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -38,7 +43,14 @@ from voicetune.data.segment import ClipSpan, Envelope, plan_clips
 from voicetune.data.split import split_train_eval
 from voicetune.data.transcribe import Asr, Transcript, load_asr
 from voicetune.data.vad import VAD_SAMPLE_RATE, detect_speech
-from voicetune.utils.io import atomic_dir, atomic_write_json
+from voicetune.utils.io import (
+    append_jsonl,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    read_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +58,7 @@ Progress = Callable[[int, int, str], None]  # same shape as voicetune.backends.b
 
 MAX_CHARS_PER_SECOND = 25.0  # faster than any human speech: the transcript is a hallucination
 FADE_SECONDS = 0.005
+ASR_CACHE = "asr_cache.jsonl"
 
 
 class PrepareError(ValueError):
@@ -67,6 +80,7 @@ class PrepareResult:
     n_eval: int = 0
     minutes_input: float = 0.0
     minutes_kept: float = 0.0
+    n_asr_cached: int = 0  # clips whose transcript came from asr_cache.jsonl of an earlier run
     seconds_elapsed: float = 0.0
     real_time_factor: float = 0.0  # processing seconds per second of input audio
     errors: dict[str, str] = field(default_factory=dict)  # input file -> why it was skipped
@@ -126,7 +140,8 @@ def check_folders(input_dir: Path, out_dir: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise PrepareError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / "prepare.yaml").is_file():
+        names = {p.name for p in out.iterdir()}
+        if names - {ASR_CACHE} and not (out / "prepare.yaml").is_file():
             raise PrepareError(
                 f"{out}: folder is not empty and was not written by `voicetune prepare` (no "
                 "prepare.yaml); choose a new or empty output folder"
@@ -175,6 +190,40 @@ def _fade(audio: np.ndarray, sr: int) -> np.ndarray:
     return audio
 
 
+# ---------------------------------------------------------------------------------------------- ASR cache
+
+
+class _AsrCache:
+    """Transcripts of earlier (possibly interrupted) runs, appended to ``OUT/asr_cache.jsonl`` one by one."""
+
+    def __init__(self, path: Path, asr: Asr, cfg: PrepareConfig) -> None:
+        self.path = path
+        self.settings = f"{asr.path}|beam={cfg.asr_beam_size}|lang={cfg.language}"
+        self.entries = {e["key"]: e for e in read_jsonl(path) if isinstance(e, dict) and "key" in e}
+        self.used: dict[str, dict[str, Any]] = {}
+        self.hits = 0
+
+    def key(self, source_sha: str, span: ClipSpan) -> str:
+        return f"{source_sha}|{span.start:.3f}|{span.end:.3f}|{self.settings}"
+
+    def get(self, key: str) -> Transcript | None:
+        e = self.entries.get(key)
+        if e is None:
+            return None
+        self.used[key], self.hits = e, self.hits + 1
+        words = [(str(w), float(a), float(b)) for w, a, b in e["words"]]
+        return Transcript(e["text"], e["language"], e["avg_logprob"], e["no_speech_prob"], words)
+
+    def put(self, key: str, tr: Transcript) -> None:
+        entry = {"key": key, **dataclasses.asdict(tr)}
+        self.entries[key] = self.used[key] = entry
+        append_jsonl(self.path, entry)
+
+    def export(self, dest: Path) -> None:
+        """Write the entries this run used (so the cache does not grow without bound)."""
+        atomic_write_text(dest, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.used.values()))
+
+
 # ----------------------------------------------------------------------------------------------- per file
 
 
@@ -186,6 +235,8 @@ class _FileContext:
     cfg: PrepareConfig
     asr: Asr
     out: Path
+    cache: _AsrCache
+    source_sha: str = ""
 
 
 def _plan(audio16: np.ndarray, cfg: PrepareConfig) -> list[ClipSpan]:
@@ -224,9 +275,13 @@ def _clip_record(
     if not span.ok:
         rec.reasons = [span.reason]
         return rec
-    tr = ctx.asr.transcribe(
-        audio16[int(span.start * VAD_SAMPLE_RATE) : int(span.end * VAD_SAMPLE_RATE)], cfg.language
-    )
+    key = ctx.cache.key(ctx.source_sha, span)
+    tr = ctx.cache.get(key)
+    if tr is None:
+        tr = ctx.asr.transcribe(
+            audio16[int(span.start * VAD_SAMPLE_RATE) : int(span.end * VAD_SAMPLE_RATE)], cfg.language
+        )
+        ctx.cache.put(key, tr)
     rec.raw_text, rec.text, rec.language = tr.text, clean_text(tr.text), tr.language or cfg.language
     rec.asr = {
         "model": ctx.asr.name,
@@ -256,6 +311,7 @@ def _process_file(
 ) -> tuple[list[ClipRecord], float]:
     """All clips of one source file, and its duration in seconds. Raises AudioDecodeError for bad files."""
     audio, sr = load_audio(ctx.path)
+    ctx.source_sha = file_sha256(ctx.path)
     duration = len(audio) / sr
     audio16 = resample(audio, sr, VAD_SAMPLE_RATE)
     spans = _plan(audio16, ctx.cfg)
@@ -295,6 +351,41 @@ def _finish(tmp: Path, records: list[ClipRecord], cfg: PrepareConfig, result: Pr
     result.quarantine_reasons = dict(Counter(reason.split(" (")[0] for r in records for reason in r.reasons))
 
 
+def _process_all(
+    files: list[Path],
+    base: Path,
+    cfg: PrepareConfig,
+    asr: Asr,
+    tmp: Path,
+    cache: _AsrCache,
+    result: PrepareResult,
+    progress: Progress | None,
+) -> tuple[list[ClipRecord], float]:
+    """Process every file (skipping undecodable ones into ``result.errors``); records and input seconds."""
+    records: list[ClipRecord] = []
+    input_seconds = 0.0
+    for i, (path, stem) in enumerate(zip(files, _unique_stems(files))):
+        rel = str(path.relative_to(base))
+        if progress is not None:
+            progress(i, len(files), f"{rel}: decoding")
+        try:
+            ctx = _FileContext(path, rel, stem, cfg, asr, tmp, cache)
+            recs, seconds = _process_file(ctx, progress, i, len(files))
+        except AudioDecodeError as e:
+            logger.warning("skipping %s: %s", rel, e)
+            result.errors[rel] = str(e)
+            continue
+        records.extend(recs)
+        input_seconds += seconds
+    result.n_files_failed = len(result.errors)
+    if not records and result.errors:
+        raise PrepareError(
+            f"none of the {len(files)} audio file(s) in {base} could be decoded: "
+            + "; ".join(f"{k}: {v}" for k, v in result.errors.items())
+        )
+    return records, input_seconds
+
+
 def prepare(
     input_dir: Path | str,
     out_dir: Path | str,
@@ -319,34 +410,22 @@ def prepare(
     asr = load_asr(cfg.asr_model, cfg.language, cfg.device, beam_size=cfg.asr_beam_size)
     result = PrepareResult(out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(files))
     base = input_dir if input_dir.is_dir() else input_dir.parent
-    records: list[ClipRecord] = []
-    input_seconds = 0.0
-    with atomic_dir(out_dir) as tmp:
-        for i, (path, stem) in enumerate(zip(files, _unique_stems(files))):
-            rel = str(path.relative_to(base))
-            if progress is not None:
-                progress(i, len(files), f"{rel}: decoding")
-            try:
-                recs, seconds = _process_file(
-                    _FileContext(path, rel, stem, cfg, asr, tmp), progress, i, len(files)
-                )
-            except AudioDecodeError as e:
-                logger.warning("skipping %s: %s", rel, e)
-                result.errors[rel] = str(e)
-                continue
-            records.extend(recs)
-            input_seconds += seconds
-        result.n_files_failed = len(result.errors)
-        if not records and result.errors:
-            raise PrepareError(
-                f"none of the {len(files)} audio file(s) in {input_dir} could be decoded: "
-                + "; ".join(f"{k}: {v}" for k, v in result.errors.items())
-            )
-        _finish(tmp, records, cfg, result)
-        result.minutes_input = round(input_seconds / 60, 3)
-        result.seconds_elapsed = round(time.monotonic() - t0, 2)
-        result.real_time_factor = round(result.seconds_elapsed / max(input_seconds, 1e-9), 4)
-        atomic_write_json(tmp / "prepare_result.json", result.to_json())
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = _AsrCache(out_dir / ASR_CACHE, asr, cfg)
+    try:
+        with atomic_dir(out_dir) as tmp:
+            records, input_seconds = _process_all(files, base, cfg, asr, tmp, cache, result, progress)
+            _finish(tmp, records, cfg, result)
+            cache.export(tmp / ASR_CACHE)
+            result.n_asr_cached = cache.hits
+            result.minutes_input = round(input_seconds / 60, 3)
+            result.seconds_elapsed = round(time.monotonic() - t0, 2)
+            result.real_time_factor = round(result.seconds_elapsed / max(input_seconds, 1e-9), 4)
+            atomic_write_json(tmp / "prepare_result.json", result.to_json())
+    finally:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # failed before anything worth keeping: leave no empty folder behind
     if progress is not None:
         progress(len(files), len(files), "done")
     logger.info(
