@@ -183,6 +183,10 @@ def test_quality_rules_quarantine_unusable_transcripts():
     assert any(
         "implausible" in r for r in quality_reasons(Transcript("word " * 40, "en", -0.2, 0.0, []), 2.0, CFG)
     )
+    looping = Transcript("and then we went home " * 8, "en", -0.2, 0.0, [])
+    assert any("repetitive" in r for r in quality_reasons(looping, 11.0, CFG))
+    natural = "The morning light crept slowly across the kitchen table, and nobody noticed the clock."
+    assert quality_reasons(Transcript(natural, "en", -0.2, 0.0, []), 6.0, CFG) == []
 
 
 def test_clean_text_removes_the_csv_delimiter_and_newlines():

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # same shape as voicetune.backends.base.Progress
 
 MAX_CHARS_PER_SECOND = 25.0  # faster than any human speech: the transcript is a hallucination
+MAX_COMPRESSION_RATIO = 2.4  # Whisper's own threshold for repetitive (looping) output
 FADE_SECONDS = 0.005
 ASR_CACHE = "asr_cache.jsonl"
 
@@ -164,6 +166,12 @@ def clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", text.replace("|", " ")).strip()
 
 
+def compression_ratio(text: str) -> float:
+    """zlib compression ratio of ``text``: high for looping, repeated ASR output."""
+    raw = text.encode("utf-8")
+    return len(raw) / max(1, len(zlib.compress(raw)))
+
+
 def quality_reasons(tr: Transcript, duration: float, cfg: PrepareConfig) -> list[str]:
     """Why a transcribed clip should not be used for training (empty list: keep it)."""
     reasons = []
@@ -176,6 +184,8 @@ def quality_reasons(tr: Transcript, duration: float, cfg: PrepareConfig) -> list
         )
     if tr.avg_logprob < cfg.min_avg_logprob:
         reasons.append(f"low ASR confidence (avg_logprob {tr.avg_logprob:.2f} < {cfg.min_avg_logprob:g})")
+    if len(text) >= 40 and compression_ratio(text) > MAX_COMPRESSION_RATIO:
+        reasons.append(f"repetitive transcript (compression ratio {compression_ratio(text):.1f})")
     if duration > 0 and len(text) / duration > MAX_CHARS_PER_SECOND:
         reasons.append(f"implausible transcript ({len(text) / duration:.0f} characters per second)")
     return reasons

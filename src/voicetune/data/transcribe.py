@@ -262,12 +262,14 @@ def load_asr(
     device: str = "auto",
     *,
     beam_size: int = 5,
-    cpu_threads: int = 2,
+    cpu_threads: int | None = None,
 ) -> Asr:
     """Resolve (see :func:`resolve_asr_model`) and load a faster-whisper model, cached per (path, device).
 
-    int8 on CPU with ``cpu_threads`` threads, float16 on CUDA. Logs which model is used.
+    int8 on CPU with ``cpu_threads`` threads (default: the CPU count, at most 4; more gains little),
+    float16 on CUDA. Logs which model is used.
     """
+    threads = cpu_threads or min(4, os.cpu_count() or 1)
     path, description = resolve_asr_model(model, language)
     dev = _resolve_device(device)
     key = (path, dev)
@@ -284,7 +286,7 @@ def load_asr(
                     device=device_name,
                     device_index=int(index or 0),
                     compute_type=compute_type,
-                    cpu_threads=cpu_threads,
+                    cpu_threads=threads,
                 )
             except (RuntimeError, ValueError, OSError) as e:
                 raise AsrError(f"cannot load ASR model {description} from {path} on {dev}: {e}") from e
