@@ -95,6 +95,9 @@ def test_metadata_is_consistent_with_clips_jsonl_and_config(prepared):
     assert summary["n_kept"] == result.n_kept and summary["errors"] == result.errors
     assert "tiny.en" in result.asr_model or "large" in result.asr_model
     assert 0 < result.real_time_factor < 2.0
+    text = result.summary()
+    assert text.splitlines()[0].startswith(f"{result.n_kept} clip(s) kept")
+    assert "broken.wav" in text and str(out.resolve()) in text and result.asr_model in text
 
 
 def test_progress_is_reported_per_file_and_ends_done(prepared):

@@ -109,6 +109,20 @@ class PrepareResult:
     def wavs_dir(self) -> Path:
         return self.out_dir / "wavs"
 
+    def summary(self) -> str:
+        """Human-readable report: one summary line, the dataset folder, then reasons, skips and warnings."""
+        lines = [
+            f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min input; "
+            f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined, "
+            f"{self.n_files - self.n_files_failed}/{self.n_files} file(s) used, {self.seconds_elapsed:.0f} s "
+            f"(real-time factor {self.real_time_factor:.2f}); ASR: {self.asr_model}",
+            f"dataset: {self.out_dir}",
+        ]
+        lines += [f"  quarantined {n}x: {reason}" for reason, n in sorted(self.quarantine_reasons.items())]
+        lines += [f"  skipped {name}: {why}" for name, why in self.errors.items()]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["out_dir"] = str(self.out_dir)
