@@ -8,7 +8,7 @@ import soundfile as sf
 
 from voicetune.config import PrepareConfig, load_yaml
 from voicetune.data.manifest import Dataset, read_clips_jsonl
-from voicetune.data.prepare import PrepareError, clean_text, prepare, quality_reasons
+from voicetune.data.prepare import PrepareError, clean_text, prepare, quality_reasons, unique_stems
 from voicetune.data.transcribe import Transcript
 from voicetune.utils.io import file_sha256
 
@@ -190,6 +190,14 @@ def test_quality_rules_quarantine_unusable_transcripts():
     assert any("repetitive" in r for r in quality_reasons(looping, 11.0, CFG))
     natural = "The morning light crept slowly across the kitchen table, and nobody noticed the clock."
     assert quality_reasons(Transcript(natural, "en", -0.2, 0.0, []), 6.0, CFG) == []
+
+
+def test_clip_name_prefixes_are_unique_and_filesystem_safe(tmp_path):
+    files = [tmp_path / n for n in ("talk.mp3", "talk.wav", "talk_2.wav", "my talk (1).flac", "äö.wav")]
+    stems = unique_stems(files)
+    assert len(set(stems)) == len(stems)
+    assert stems[:2] == ["talk", "talk_2"] and stems[3] == "my_talk_1"
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", s) for s in stems)
 
 
 def test_clean_text_removes_the_csv_delimiter_and_newlines():

@@ -164,14 +164,18 @@ def check_folders(input_dir: Path, out_dir: Path) -> None:
             )
 
 
-def _unique_stems(files: list[Path]) -> list[str]:
-    """Filesystem-safe, unique clip-name prefixes (``talk``, ``talk_2`` for talk.wav and talk.mp3)."""
-    seen: Counter[str] = Counter()
+def unique_stems(files: list[Path]) -> list[str]:
+    """Filesystem-safe, unique clip-name prefixes (``talk``, ``talk_2`` for talk.mp3 and talk.wav)."""
+    used: set[str] = set()
     out = []
     for f in files:
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", f.stem).strip("_") or "audio"
-        seen[stem] += 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", f.stem).strip("_") or "audio"
+        stem, n = base, 1
+        while stem in used:
+            n += 1
+            stem = f"{base}_{n}"
+        used.add(stem)
+        out.append(stem)
     return out
 
 
@@ -388,7 +392,7 @@ def _process_all(
     """Process every file (skipping undecodable ones into ``result.errors``); records and input seconds."""
     records: list[ClipRecord] = []
     input_seconds = 0.0
-    for i, (path, stem) in enumerate(zip(files, _unique_stems(files))):
+    for i, (path, stem) in enumerate(zip(files, unique_stems(files))):
         rel = str(path.relative_to(base))
         if progress is not None:
             progress(i, len(files), f"{rel}: decoding")
