@@ -63,16 +63,19 @@ class XttsBackend:
         files = layout.validate_base_dir(path)
         self._config_dict = layout.read_config_dict(files[layout.CONFIG])
         config = layout.load_config(files[layout.CONFIG])
-        # Build the GPT once, after the tokenizer is known (Xtts.__init__ would build it a first time).
-        config.model_args.gpt_number_text_tokens = None
         try:
-            model = Xtts(config)
-            model.tokenizer = VoiceBpeTokenizer(vocab_file=str(files[layout.VOCAB]))
+            tokenizer = VoiceBpeTokenizer(vocab_file=str(files[layout.VOCAB]))
         except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types for a bad vocab
-            raise BaseModelError(f"{files[layout.VOCAB]}: cannot build the XTTS model/tokenizer ({e})") from e
-        if model.tokenizer.tokenizer.token_to_id("[START]") is None:
+            raise BaseModelError(f"{files[layout.VOCAB]}: cannot read the tokenizer ({e})") from e
+        if tokenizer.tokenizer.token_to_id("[START]") is None:
             raise BaseModelError(f"{files[layout.VOCAB]}: the vocabulary has no [START] token; not an XTTS vocab")
-        model.init_models()
+        # What Xtts.init_models derives from the tokenizer, set first so that the model is built only once.
+        args = config.model_args
+        args.gpt_number_text_tokens = tokenizer.get_number_tokens()
+        args.gpt_start_text_token = tokenizer.tokenizer.token_to_id("[START]")
+        args.gpt_stop_text_token = tokenizer.tokenizer.token_to_id("[STOP]")
+        model = Xtts(config)
+        model.tokenizer = tokenizer
         state = layout.load_model_state(files[layout.MODEL])
         try:
             model.load_state_dict(state, strict=True)

@@ -146,7 +146,7 @@ def make_tiny_xtts_base(
     """Write an UNTRAINED, tiny, randomly initialised XTTS-v2 base model folder at ``out``.
 
     ``corpus_texts`` trains the BPE vocabulary (a built-in English list when None); ``stats_audio``
-    (paths) gives the mel statistics (seeded noise when None). Same arguments, same files.
+    (paths) gives the mel statistics (seeded noise when None). Same arguments, same weights.
     Returns ``out``. Every file is written atomically; other files in ``out`` are left alone.
     """
     import torch
