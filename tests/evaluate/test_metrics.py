@@ -1,4 +1,4 @@
-"""The metrics on REAL speech: the packaged Piper voice (tests/conftest.py) and espeak-ng as a second voice."""
+"""The metrics on REAL speech: the packaged Piper voice (tests/conftest.py), espeak-ng as a second voice."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def piper(piper_sentences: list[tuple[Path, str]]) -> list[tuple[np.ndarray, str
 
 
 @pytest.fixture(scope="module")
-def espeak(piper_sentences: list[tuple[Path, str]], tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+def espeak(
+    piper_sentences: list[tuple[Path, str]], tmp_path_factory: pytest.TempPathFactory
+) -> list[np.ndarray]:
     """The same sentences in a different real voice (espeak-ng's formant synthesizer)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
@@ -83,7 +85,10 @@ def test_speaker_similarity_of_silence_is_nan_not_a_crash(piper):
         ("Hello,   World!", "hello world"),
         ("It's a well-known fact.", "its a well known fact"),
         ("I have 3 cats and 21 dogs.", "i have three cats and twenty one dogs"),
-        ("The 2nd of May costs 1,000 dollars, or 3.5%.", "the second of may costs one thousand dollars or three point five percent"),
+        (
+            "The 2nd of May costs 1,000 dollars, or 3.5%.",
+            "the second of may costs one thousand dollars or three point five percent",
+        ),
         ("Ｆｕｌｌ\u00a0width — dash", "full width dash"),
     ],
 )
@@ -116,7 +121,9 @@ def test_asr_round_trip_on_clean_piper_speech_has_low_wer(piper_sentences, asr):
 
 def test_predicted_mos_drops_monotonically_with_white_noise(piper):
     for audio, _ in piper[:2]:
-        scores = [M.predicted_mos(audio, SR)] + [M.predicted_mos(add_white_noise(audio, snr), SR) for snr in (30, 10, 0)]
+        scores = [M.predicted_mos(audio, SR)] + [
+            M.predicted_mos(add_white_noise(audio, snr), SR) for snr in (30, 10, 0)
+        ]
         assert all(1.0 <= s <= 5.0 for s in scores)
         assert scores == sorted(scores, reverse=True), scores
         assert scores[0] - scores[-1] > 1.5, scores
@@ -188,7 +195,7 @@ def test_detectors_flag_a_silent_clip(piper, rate):
 
 def test_detectors_flag_a_looped_clip(piper, rate):
     audio, text = piper[0]
-    looped = np.concatenate([audio, audio[len(audio) // 3:], audio])
+    looped = np.concatenate([audio, audio[len(audio) // 3 :], audio])
     flags = M.detect_failures(looped, SR, text, rate)
     assert "repetition" in flags and "runaway" in flags
     assert M.acoustic_self_similarity(looped, SR) > 0.9

@@ -57,7 +57,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def audio_at(x: AudioLike, sr: int | None, target_sr: int) -> np.ndarray:
-    """``x`` (path or array) as float32 mono at ``target_sr`` (paths are decoded, arrays resampled from ``sr``)."""
+    """``x`` as float32 mono at ``target_sr``: a path is decoded, an array is resampled from ``sr``."""
     if isinstance(x, (str, Path)):
         audio, _ = load_audio(x, sr=target_sr)
         return audio
@@ -122,7 +122,9 @@ def speaker_embedding(audio: AudioLike, sr: int | None = None, device: str = "cp
     return emb if np.all(np.isfinite(emb)) else None
 
 
-def speaker_centroid(references: Sequence[AudioLike], sr: int | None = None, device: str = "cpu") -> np.ndarray:
+def speaker_centroid(
+    references: Sequence[AudioLike], sr: int | None = None, device: str = "cpu"
+) -> np.ndarray:
     """L2-normalised mean Resemblyzer embedding of a speaker's real clips (clips without speech skipped)."""
     if not references:
         raise ValueError("a speaker centroid needs at least one reference clip")
@@ -134,7 +136,10 @@ def speaker_centroid(references: Sequence[AudioLike], sr: int | None = None, dev
 
 
 def speaker_similarity(
-    generated: Sequence[AudioLike], references: Sequence[AudioLike], sr: int | None = None, device: str = "cpu",
+    generated: Sequence[AudioLike],
+    references: Sequence[AudioLike],
+    sr: int | None = None,
+    device: str = "cpu",
     centroid: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Cosine similarity of each generated clip to the centroid of real (held-out) clips of the speaker.
@@ -240,12 +245,19 @@ def wer_cer(
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     refs = [normalize_text(t, language) for t in refs]
     hyps = [normalize_text(t, language) for t in hyps]
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
-    n_empty_bad = sum(1 for r, h in zip(refs, hyps) if not r and h)
+    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
+    n_empty_bad = sum(1 for r, h in zip(refs, hyps, strict=True) if not r and h)
     if not pairs:
         rate = 1.0 if n_empty_bad else 0.0
-        return {"wer": rate, "cer": rate, "hits": 0, "substitutions": 0, "deletions": 0,
-                "insertions": n_empty_bad, "ref_words": 0}
+        return {
+            "wer": rate,
+            "cer": rate,
+            "hits": 0,
+            "substitutions": 0,
+            "deletions": 0,
+            "insertions": n_empty_bad,
+            "ref_words": 0,
+        }
     words = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
     chars = jiwer.process_characters([r for r, _ in pairs], [h for _, h in pairs])
     ref_words = words.hits + words.substitutions + words.deletions
@@ -253,8 +265,15 @@ def wer_cer(
     insertions = words.insertions + n_empty_bad
     wer = (words.substitutions + words.deletions + insertions) / ref_words
     cer = (chars.substitutions + chars.deletions + chars.insertions + n_empty_bad) / ref_chars
-    return {"wer": float(wer), "cer": float(cer), "hits": words.hits, "substitutions": words.substitutions,
-            "deletions": words.deletions, "insertions": insertions, "ref_words": ref_words}
+    return {
+        "wer": float(wer),
+        "cer": float(cer),
+        "hits": words.hits,
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": insertions,
+        "ref_words": ref_words,
+    }
 
 
 def get_asr(model: str = "auto", language: str = "en", device: str = "auto") -> Any:
@@ -269,8 +288,12 @@ def get_asr(model: str = "auto", language: str = "en", device: str = "auto") -> 
 
 
 def asr_round_trip(
-    audios: Sequence[AudioLike], texts: Sequence[str], sr: int | None = None, asr: Any = "auto",
-    language: str = "en", device: str = "auto",
+    audios: Sequence[AudioLike],
+    texts: Sequence[str],
+    sr: int | None = None,
+    asr: Any = "auto",
+    language: str = "en",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Transcribe each clip and score it against the text it should say (WER/CER, LOWER is better).
 
@@ -285,14 +308,19 @@ def asr_round_trip(
     if isinstance(asr, str):
         asr = get_asr(asr, language, device)
     hyps, per_clip = [], []
-    for audio, text in zip(audios, texts):
+    for audio, text in zip(audios, texts, strict=True):
         hyp = transcribe_text(asr, audio_at(audio, sr, 16000), language)
         scores = wer_cer(text, hyp, language)
         hyps.append(hyp)
         per_clip.append({"text": text, "hypothesis": hyp, "wer": scores["wer"], "cer": scores["cer"]})
     total = wer_cer(list(texts), hyps, language) if texts else {"wer": float("nan"), "cer": float("nan")}
-    return {"wer": total["wer"], "cer": total["cer"], "mean_wer": nanmean([c["wer"] for c in per_clip]),
-            "asr_model": getattr(asr, "name", str(asr)), "per_clip": per_clip}
+    return {
+        "wer": total["wer"],
+        "cer": total["cer"],
+        "mean_wer": nanmean([c["wer"] for c in per_clip]),
+        "asr_model": getattr(asr, "name", str(asr)),
+        "per_clip": per_clip,
+    }
 
 
 def transcribe_text(asr: Any, audio_16k: np.ndarray, language: str | None = None) -> str:
@@ -342,7 +370,9 @@ def predicted_mos(audio: AudioLike, sr: int | None = None, device: str = "cpu") 
 MCD_SR = 22050
 MCD_N_MELS = 80
 MCD_ORDER = 24
-MCD_FMAX = 8000.0  # the band every input shares (16 kHz recordings included), so bandwidth is not "distortion"
+MCD_FMAX = (
+    8000.0  # the band every input shares (16 kHz recordings included), so bandwidth is not "distortion"
+)
 
 
 def mel_cepstrum(audio: np.ndarray, sr: int, order: int = MCD_ORDER) -> np.ndarray:
@@ -356,11 +386,12 @@ def mel_cepstrum(audio: np.ndarray, sr: int, order: int = MCD_ORDER) -> np.ndarr
     import librosa
     from scipy.fft import dct
 
-    mel = librosa.feature.melspectrogram(y=audio, sr=sr, n_fft=1024, hop_length=256, n_mels=MCD_N_MELS,
-                                         fmax=min(MCD_FMAX, sr / 2), power=1.0)
+    mel = librosa.feature.melspectrogram(
+        y=audio, sr=sr, n_fft=1024, hop_length=256, n_mels=MCD_N_MELS, fmax=min(MCD_FMAX, sr / 2), power=1.0
+    )
     log_mel = np.log(np.maximum(mel, 1e-5))
     cep = dct(log_mel, type=2, axis=0, norm=None) / (2.0 * MCD_N_MELS)  # scipy's DCT-II carries a factor 2
-    return cep[1:order + 1].T
+    return cep[1 : order + 1].T
 
 
 def _trim(audio: np.ndarray, top_db: float = 40.0) -> np.ndarray:
@@ -493,7 +524,7 @@ def voiced_fraction(audio: np.ndarray, sr: int, aggressiveness: int = 2) -> floa
         return 0.0
     pcm = (np.clip(wav[: n * frame], -1, 1) * 32767).astype("<i2")
     vad = webrtcvad.Vad(aggressiveness)
-    voiced = sum(vad.is_speech(pcm[i * frame:(i + 1) * frame].tobytes(), 16000) for i in range(n))
+    voiced = sum(vad.is_speech(pcm[i * frame : (i + 1) * frame].tobytes(), 16000) for i in range(n))
     return voiced / n
 
 
@@ -546,15 +577,20 @@ def repeated_ngrams(transcript: str, text: str, n: int = 3, language: str = "en"
 
     def grams(s: str) -> Counter:
         w = normalize_text(s, language).split()
-        return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+        return Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
 
     said, expected = grams(transcript), grams(text)
     return [" ".join(g) for g, c in said.items() if c >= 2 and c > expected.get(g, 0)]
 
 
 def detect_failures(
-    audio: np.ndarray, sr: int, text: str, chars_per_second: float, hit_max_length: bool = False,
-    transcript: str | None = None, language: str = "en",
+    audio: np.ndarray,
+    sr: int,
+    text: str,
+    chars_per_second: float,
+    hit_max_length: bool = False,
+    transcript: str | None = None,
+    language: str = "en",
 ) -> list[str]:
     """Flags of obvious synthesis failures (an empty list means none was detected):
 
@@ -562,7 +598,8 @@ def detect_failures(
     - ``"too_short"``: duration ratio < 0.4;
     - ``"near_silence"``: RMS below -50 dBFS, or fewer than 10% of 30 ms frames voiced (WebRTC VAD);
     - ``"repetition"``: :func:`acoustic_self_similarity` >= 0.85 (a stretch of >= 1.2 s of audio repeats
-      at a lag of at least 1 s; clean read sentences score <= ~0.75, loops >= ~0.9), or, when an ASR ``transcript`` is given, a word 3-gram repeated beyond the text.
+      at a lag of at least 1 s; clean read sentences score <= ~0.75, loops >= ~0.9), or, when an ASR
+      ``transcript`` is given, a word 3-gram said more often than the text has it (at least twice).
     """
     flags: list[str] = []
     audio = np.asarray(audio, dtype=np.float32)
