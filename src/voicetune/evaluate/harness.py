@@ -10,7 +10,8 @@ Protocol (fixed, so checkpoints and runs are comparable):
 3. For the real recordings, the base renders and the finetuned renders, each scored with the metrics of
    :mod:`voicetune.evaluate.metrics`: speaker similarity to the centroid of ALL held-out eval clips of
    the speaker, ASR round-trip WER/CER (the ``asr_model`` of prepare), predicted MOS, failure flags,
-   and for renders MCD/PESQ/STOI against the real recording of the same sentence.
+   and for renders MCD/PESQ/STOI against the real recording of the same sentence. (The real clips'
+   own similarity is optimistic, as they are part of the centroid: read it as a ceiling.)
 4. ``RUN_DIR/eval/<checkpoint>/`` receives ``metrics.json`` and ``real/NN.wav``, ``base/NN.wav``,
    ``finetuned/NN.wav``; the folder is built aside and moved into place only when complete.
    metrics.json: run/checkpoint facts (``checkpoint``, ``step``, ``seed``, ``asr_model``, ``speaker``,

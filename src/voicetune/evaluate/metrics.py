@@ -351,7 +351,8 @@ def predicted_mos(audio: AudioLike, sr: int | None = None, device: str = "cpu") 
     """DistillMOS predicted mean opinion score of one clip: range [1, 5], HIGHER is better.
 
     The model (weights shipped in the ``distillmos`` package) runs on 16 kHz audio; it normalises
-    the peak itself, so the level of the clip does not matter. NaN for an empty clip.
+    the peak itself, so the level of the clip does not matter. NaN for an empty clip; digital
+    silence gets 1.0, the floor of the scale.
     """
     import torch
 
