@@ -22,14 +22,13 @@ PIPER_TEST_SENTENCES = [
 @pytest.fixture(scope="session")
 def piper_sentences(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
     """~6 single-sentence wavs (22.05 kHz mono, Piper voice) and their known text."""
-    pytest.importorskip("piper")
     from voicetune.audio.io import write_wav
     from voicetune.demo_audio import speak
 
     folder = tmp_path_factory.mktemp("piper_sentences")
     out = []
     for i, text in enumerate(PIPER_TEST_SENTENCES):
-        audio, sr = speak(text, sample_rate=22050)
+        audio, sr = speak(text, sample_rate=22050, deterministic=True)
         path = folder / f"sentence_{i:02d}.wav"
         write_wav(path, audio, sr)
         out.append((path, text))
@@ -39,7 +38,6 @@ def piper_sentences(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path
 @pytest.fixture(scope="session")
 def piper_recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of 2 demo recordings (~45 s in all, different formats) plus ``transcripts.json``."""
-    pytest.importorskip("piper")
     from voicetune.demo_audio import generate_recordings
 
     folder = tmp_path_factory.mktemp("piper_recordings")

@@ -60,7 +60,7 @@ def test_recordings_to_exported_model_and_speech(piper_recordings: Path, tmp_pat
 
     cfg = XttsConfig()
     cfg.load_json(str(pkg / "config.json"))
-    model = Xtts.init_from_config(cfg)
+    model = Xtts(cfg)
     model.load_checkpoint(cfg, checkpoint_dir=str(pkg), strict=True, eval=True)
 
     out = tmp_path / "hello.wav"

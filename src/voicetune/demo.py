@@ -17,7 +17,7 @@ from voicetune.backends.base import Progress
 logger = logging.getLogger(__name__)
 
 MARKER = ".voicetune-demo"
-DEMO_STEPS = 60
+DEMO_STEPS = 200
 DISCLAIMER = (
     "NOTE: the demo trains an UNTRAINED, tiny, randomly initialised base model, so the voice it produces is "
     "noise-like and NOT usable. Everything around it (data preparation, training loop, evaluation, export, "

@@ -129,15 +129,22 @@ def _voice() -> Any:
     return PiperVoice.load(path, config_path=f"{path}.json")
 
 
-def speak(text: str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+def speak(text: str, sample_rate: int | None = None, deterministic: bool = False) -> tuple[np.ndarray, int]:
     """Render one utterance with the Piper voice: float32 mono in [-1, 1] and its sample rate.
 
     The voice renders at 22050 Hz; ``sample_rate`` resamples the result. Peak level is about -1 dBFS.
+    Piper samples prosody noise inside its ONNX graph, which cannot be seeded: ``deterministic=True``
+    turns that noise off (same text → identical samples, slightly flatter prosody), which tests use.
     """
     if not text.strip():
         raise ValueError("speak(): empty text")
     voice = _voice()
-    chunks = [c.audio_float_array for c in voice.synthesize(text)]
+    syn_config = None
+    if deterministic:
+        from piper.config import SynthesisConfig
+
+        syn_config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    chunks = [c.audio_float_array for c in voice.synthesize(text, syn_config=syn_config)]
     if not chunks:
         raise DemoAudioError(f"Piper produced no audio for {text!r}")
     audio = np.concatenate(chunks).astype(np.float32) * 0.89  # normalised to full scale by Piper
@@ -170,7 +177,7 @@ def _assemble(
     parts.append(lead)
     pos += len(lead)
     for k, text in enumerate(sentences):
-        audio, sr = speak(text)
+        audio, sr = speak(text, deterministic=True)  # same seed → byte-identical recordings
         gain = 10 ** (rng.uniform(-3.0, 3.0) / 20)  # the speaker moves a little relative to the mic
         parts.append(audio * gain)
         spans.append((pos / sr, (pos + len(audio)) / sr))

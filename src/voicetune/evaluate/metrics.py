@@ -109,15 +109,23 @@ def _voice_encoder(device: str):
 
 
 def speaker_embedding(audio: AudioLike, sr: int | None = None, device: str = "cpu") -> np.ndarray | None:
-    """L2-normalised 256-d Resemblyzer embedding, or None when no speech is left after its VAD trim."""
+    """L2-normalised 256-d Resemblyzer embedding; None for digital silence or clips under 0.1 s."""
     from resemblyzer import preprocess_wav
 
     wav = audio_at(audio, sr, 16000)
     if rms_dbfs(wav) < -80.0:  # digital silence: resemblyzer's volume normalisation would divide by zero
         return None
-    wav = preprocess_wav(wav)  # 16 kHz already: only volume norm + silence trim
-    if len(wav) < 1600:  # < 0.1 s of speech: nothing to embed
-        return None
+    trimmed = preprocess_wav(wav)  # 16 kHz already: only volume norm + silence trim
+    if len(trimmed) < 1600:
+        # Resemblyzer's VAD found (almost) no speech: embed the volume-normalised clip untrimmed, so that a
+        # noise-like or mumbled rendering gets a (low) similarity instead of no score at all.
+        from resemblyzer.audio import normalize_volume
+        from resemblyzer.hparams import audio_norm_target_dBFS
+
+        trimmed = normalize_volume(wav, audio_norm_target_dBFS, increase_only=True)
+        if len(trimmed) < 1600:  # < 0.1 s of audio: nothing to embed
+            return None
+    wav = trimmed
     emb = _voice_encoder(_device_name(device)).embed_utterance(wav)
     return emb if np.all(np.isfinite(emb)) else None
 
@@ -146,8 +154,9 @@ def speaker_similarity(
 
     Embeddings are Resemblyzer d-vectors (GE2E LSTM, weights shipped in the package). Range [0, 1]
     in practice (the embeddings are non-negative), HIGHER is better: clips of the same voice score
-    ~0.9+, another voice ~0.5 (Piper vs espeak-ng measurements). Clips without detectable speech
-    get NaN. ``centroid`` (from :func:`speaker_centroid`) skips re-embedding the references.
+    ~0.9+, another voice ~0.5 (Piper vs espeak-ng measurements). Clips with no speech that the VAD
+    finds are embedded untrimmed (they score low); digital silence gets NaN. ``centroid`` (from
+    :func:`speaker_centroid`) skips re-embedding the references.
 
     Returns ``{"mean": float, "per_clip": [float], "n_references": int}``.
     """
