@@ -8,9 +8,15 @@ PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 DEMO_DIR ?= demo_run
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow clean-venv
+.PHONY: setup system-deps demo test test-slow clean-venv
 
-setup: $(STAMP)
+setup: system-deps $(STAMP)
+
+# espeak-ng gives the metric tests a second real voice (Debian package; needs root, as on CI machines).
+system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else echo "WARNING: espeak-ng is missing; install it (sudo apt-get install espeak-ng) for the metric tests"; fi; }
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
