@@ -38,3 +38,17 @@ def test_jsonl_ignores_a_torn_last_line(tmp_path):
     with open(p, "a") as f:
         f.write('{"step": 3, "lo')
     assert [r["step"] for r in read_jsonl(p)] == [1, 2]
+
+
+def test_atomic_outputs_get_normal_permissions_not_mkstemp_0600(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
