@@ -133,6 +133,35 @@ class TrainConfig:
     seed: int = opt(1, "Seed for data order and initialisation.")
     device: str = opt("auto", "auto, cpu or cuda (or cuda:N).")
     num_workers: int = opt(0, "DataLoader worker processes (features are cached, so 0 is usually enough).")
+    # Speed and memory (benchmarks/README.md has the measurements behind the defaults).
+    fast_loss: bool = opt(
+        True, "Packed GPT forward for the training loss (padding at the end of each row, so attention needs no "
+        "mask and runs the flash kernel; same loss as coqui-tts's GPT.forward). false: coqui-tts's GPT.forward.")
+    attention: str = opt(
+        "sdpa", "Attention kernels: sdpa (fused scaled_dot_product_attention) or eager (the original math).",
+        choices=("sdpa", "eager"))
+    compile: str = opt(
+        "auto", "torch.compile the training loss: auto (on CUDA GPUs with Triton), on, off. The first step of "
+        "each padded length compiles (about a minute); later steps reuse it.", choices=("auto", "on", "off"))
+    compile_mode: str = opt(
+        "default", "torch.compile mode; reduce-overhead adds CUDA graphs (fewer launches, more memory).",
+        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"))
+    compile_scope: str = opt(
+        "layers", "What one compiled graph covers: layers (one transformer layer, reused by all 30, plus the "
+        "conditioning encoder and the loss head: compiles in seconds) or model (the whole loss: fewer launches, "
+        "minutes of compiling per padded length).", choices=("layers", "model"))
+    pad_multiple: int = opt(
+        64, "Pad each batch's sequence length up to a multiple of this (1: no padding), so that a compiled graph "
+        "is reused; padding is ignored by the loss.")
+    gradient_checkpointing: bool = opt(
+        False, "Recompute each transformer layer's activations in the backward pass (less memory, ~30% slower).")
+    param_dtype: str = opt(
+        "fp32", "Dtype of the trained weights and gradients. bf16 halves their memory; the optimizer then keeps "
+        "the updates exact on average by stochastic rounding (needs --precision bf16 or auto on a GPU).",
+        choices=("fp32", "bf16"))
+    optimizer_state_dtype: str = opt(
+        "fp32", "Dtype of AdamW's moment estimates (bf16: stochastically rounded, half the memory; needs "
+        "--param-dtype bf16).", choices=("fp32", "bf16"))
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -145,6 +174,12 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "grad_clip must be >= 0; fix --grad-clip")
         _check(self.keep_last >= 1, "keep_last must be >= 1; fix --keep-last")
         _check(self.log_every >= 1, "log_every must be >= 1; fix --log-every")
+        _check(self.pad_multiple >= 1, "pad_multiple must be >= 1; fix --pad-multiple")
+        _check(self.param_dtype == "fp32" or self.precision != "fp32",
+               "param_dtype bf16 trains under bf16 autocast; set --precision auto or bf16 (or --param-dtype fp32)")
+        _check(self.optimizer_state_dtype == "fp32" or self.param_dtype == "bf16",
+               "optimizer_state_dtype bf16 needs --param-dtype bf16")
+        _check(self.fast_loss or self.compile != "on", "compile needs the packed loss; set --fast-loss or --compile off")
 
 
 @dataclass

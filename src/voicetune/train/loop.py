@@ -195,6 +195,8 @@ def train(
     sampler = EpochBatches(len(store), min(cfg.batch_size, len(store)), cfg.seed)
     steps_per_epoch = max(1, sampler.batches_per_epoch() // cfg.grad_accum)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    if hasattr(backend, "configure_training"):  # speed/memory options (bf16 weights etc.) before the optimizer
+        backend.configure_training(cfg)
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
     scheduler = build_scheduler(optimizer, cfg, total)
     writer = _tensorboard(run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,6 +16,9 @@ def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig, device
     if not groups:
         raise ValueError("the backend exposes no trainable parameters")
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
+    if getattr(cfg, "param_dtype", "fp32") == "bf16":
+        state_dtype = torch.bfloat16 if getattr(cfg, "optimizer_state_dtype", "fp32") == "bf16" else torch.float32
+        return FlatAdamW(groups, state_dtype=state_dtype, **kwargs)
     if device.type == "cuda":
         kwargs["fused"] = True
     return torch.optim.AdamW(groups, **kwargs)
@@ -30,3 +34,138 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ------------------------------------------------------------------------------ AdamW for bf16 weights
+_CHUNK = 1 << 22  # elements per eager update (bounds the temporaries of stochastic rounding)
+_compiled_update: Any = None
+
+
+def stochastic_round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round float32 ``x`` to ``dtype`` (bf16) up or down at random, with the probability that makes the
+    result exact on average: tiny updates (lr 5e-6 on weights ~0.02, below bf16's spacing) are not lost."""
+    if dtype == torch.float32:
+        return x
+    if dtype != torch.bfloat16:
+        raise ValueError(f"stochastic rounding to {dtype} is not supported (float32 or bfloat16)")
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def _adamw_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, s: Any) -> None:
+    """One AdamW step in float32 on flat tensors, written back (stochastically rounded) in their dtypes.
+
+    ``s`` = (1 - lr * weight_decay, beta1, beta2, lr / bias_correction1, sqrt(bias_correction2), eps).
+    Same arithmetic as ``torch.optim.AdamW``.
+    """
+    g32 = g.float()
+    m32 = m.float() * s[1] + g32 * (1 - s[1])
+    v32 = v.float() * s[2] + g32 * g32 * (1 - s[2])
+    p32 = p.float() * s[0] - s[3] * m32 / (v32.sqrt() / s[4] + s[5])
+    p.copy_(stochastic_round(p32, p.dtype))
+    m.copy_(stochastic_round(m32, m.dtype))
+    v.copy_(stochastic_round(v32, v.dtype))
+
+
+class FlatAdamW(torch.optim.Optimizer):
+    """AdamW for bf16 (or fp32) weights: each group's weights, gradients and moments live in flat buffers.
+
+    * The parameters become views of one buffer per group, and their ``.grad`` views of another (backward
+      accumulates into it; ``zero_grad`` zeroes it, whatever ``set_to_none`` says), so a step is one fused
+      pass over each group instead of hundreds of small kernels.
+    * The update is computed in float32 and rounded stochastically into bf16 weights and (optionally bf16)
+      moments, so that it is exact on average even when it is far below bf16's resolution.
+    * On CUDA with Triton the update is compiled (one kernel, random bits generated inside it).
+    """
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, state_dtype: torch.dtype = torch.float32, compiled: bool | None = None):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.state_dtype = state_dtype
+        self._flat = [self._flatten(group) for group in self.param_groups]
+        device = self._flat[0]["param"].device
+        if compiled is None:
+            compiled = device.type == "cuda" and _has_triton()
+        self.compiled = compiled
+
+    def _flatten(self, group: dict[str, Any]) -> dict[str, Any]:
+        params = group["params"]
+        dtype, device = params[0].dtype, params[0].device
+        if any(p.dtype != dtype or p.device != device for p in params):
+            raise ValueError("FlatAdamW needs every parameter of a group on one device with one dtype")
+        total = sum(p.numel() for p in params)
+        flat = torch.empty(total, dtype=dtype, device=device)
+        grad = torch.zeros(total, dtype=dtype, device=device)
+        views, offset = [], 0
+        with torch.no_grad():
+            for p in params:
+                n = p.numel()
+                flat[offset : offset + n].copy_(p.reshape(-1))
+                p.data = flat[offset : offset + n].view_as(p)
+                view = grad[offset : offset + n].view_as(p)
+                p.grad = view
+                views.append(view)
+                offset += n
+        return {"param": flat, "grad": grad, "views": views, "step": 0,
+                "exp_avg": torch.zeros(total, dtype=self.state_dtype, device=device),
+                "exp_avg_sq": torch.zeros(total, dtype=self.state_dtype, device=device)}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the flat gradient buffers (the views stay attached; ``set_to_none`` is ignored)."""
+        for group, flat in zip(self.param_groups, self._flat):
+            flat["grad"].zero_()
+            for p, view in zip(group["params"], flat["views"]):
+                if p.grad is not view:
+                    p.grad = view
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, flat in zip(self.param_groups, self._flat):
+            flat["step"] += 1
+            t, (b1, b2) = flat["step"], group["betas"]
+            lr, wd = float(group["lr"]), float(group["weight_decay"])
+            scalars = (1.0 - lr * wd, b1, b2, lr / (1.0 - b1**t), math.sqrt(1.0 - b2**t), group["eps"])
+            tensors = (flat["param"], flat["grad"], flat["exp_avg"], flat["exp_avg_sq"])
+            if self.compiled:
+                _compiled()(*tensors, torch.tensor(scalars, dtype=torch.float32).to(flat["param"].device))
+            else:
+                for start in range(0, flat["param"].numel(), _CHUNK):
+                    _adamw_update(*(x[start : start + _CHUNK] for x in tensors), scalars)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["flat_state"] = [{"step": f["step"], "exp_avg": f["exp_avg"], "exp_avg_sq": f["exp_avg_sq"]}
+                               for f in self._flat]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        flat_state = state_dict.pop("flat_state", None)
+        if flat_state is None or len(flat_state) != len(self._flat):
+            raise ValueError("not a FlatAdamW state (saved by another optimizer or for other parameter groups)")
+        super().load_state_dict(state_dict)
+        for flat, saved in zip(self._flat, flat_state):
+            flat["step"] = int(saved["step"])
+            flat["exp_avg"].copy_(saved["exp_avg"])
+            flat["exp_avg_sq"].copy_(saved["exp_avg_sq"])
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _compiled() -> Any:
+    global _compiled_update
+    if _compiled_update is None:
+        _compiled_update = torch.compile(_adamw_update, dynamic=False)
+    return _compiled_update

@@ -7,6 +7,7 @@ in Coqui's GPTTrainer. The HiFi-GAN decoder, its speaker encoder and the DVAE st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -52,6 +53,7 @@ class XttsBackend:
         self._mel_stats: torch.Tensor | None = None
         self._extractor: Any = None
         self._train_mode = True
+        self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
@@ -96,6 +98,7 @@ class XttsBackend:
         self.model = model.to(self.device)
         self._dvae = self._dvae.to(self.device)
         self.config, self.base_dir, self._files, self._extractor = config, path, files, None
+        self._speed = None
         self.set_train(True)
         logger.info("loaded XTTS base %s (GPT: %d layers x %d, %.1f M parameters) on %s", path,
                     config.model_args.gpt_layers, config.model_args.gpt_n_model_channels,
@@ -149,7 +152,14 @@ class XttsBackend:
         """Pad feature items into a batch for :meth:`loss`."""
         from voicetune.backends.xtts.features import collate
 
-        return collate(items, int(self._require().config.model_args.gpt_stop_audio_token))
+        batch = collate(items, int(self._require().config.model_args.gpt_stop_audio_token))
+        return self._speed.pack(batch) if self._speed is not None else batch
+
+    def configure_training(self, cfg: TrainConfig) -> None:
+        """Apply cfg's speed/memory options (attention, packed loss, compile, bf16 weights); before the optimizer."""
+        from voicetune.backends.xtts.speed import configure_training
+
+        self._speed = configure_training(self._require().gpt, cfg, self.device)
 
     # ---------------------------------------------------------------- training
     def trainable(self) -> torch.nn.Module:
@@ -184,10 +194,13 @@ class XttsBackend:
         get_logits, and cond_idxs would only mask mel targets of the last batch row in the wrong units
         (and it modifies the batch tensor in place). ``cond_lens`` likewise only feeds that mask.
         """
-        text_ce, mel_ce, _ = self._require().gpt(
-            batch["text_inputs"], batch["text_lengths"], batch["audio_codes"], batch["wav_lengths"],
-            cond_mels=batch["cond_mels"], cond_idxs=None, cond_lens=batch["cond_lens"],
-        )
+        parts = self._speed.loss(batch) if self._speed is not None else None
+        if parts is None:
+            parts = self._require().gpt(
+                batch["text_inputs"], batch["text_lengths"], batch["audio_codes"], batch["wav_lengths"],
+                cond_mels=batch["cond_mels"], cond_idxs=None, cond_lens=batch["cond_lens"],
+            )
+        text_ce, mel_ce = parts[0], parts[1]
         total = cfg.text_ce_weight * text_ce + cfg.mel_ce_weight * mel_ce
         return {"loss": total, "text_ce": text_ce.detach(), "mel_ce": mel_ce.detach()}
 
@@ -256,7 +269,8 @@ class XttsBackend:
         own_cap, cap = gpt.max_gen_mel_tokens, self._max_audio_tokens()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            speed_ctx = self._speed.inference_context(self.device) if self._speed else contextlib.nullcontext()
+            with torch.random.fork_rng(devices=devices), torch.inference_mode(), speed_ctx:
                 torch.manual_seed(seed)
                 latents, speaker = self._conditioning(refs)
                 gpt.max_gen_mel_tokens = cap

@@ -1,0 +1,370 @@
+"""Fast, lean training of the XTTS GPT: packed sequences, SDPA attention, torch.compile, bf16 parameters.
+
+coqui-tts's ``GPT.forward`` lays a batch out as ``[conditioning | text + padding | audio codes + padding]``
+and masks the padding in the middle with an attention mask; that mask keeps PyTorch off the flash-attention
+kernel, its Python loops synchronise with the GPU several times per step, and its shapes change with every
+batch, which defeats ``torch.compile``. The *packed* layout used here puts each clip's conditioning latents,
+text and audio codes side by side, with all padding at the END of the row::
+
+    clip i:  [cond (32) | start, text_1..text_t | start, code_1..code_c, stop x 3 | pad ...]
+
+The GPT has no position embedding of its own (text and audio positions are embedded per segment, before the
+segments are joined), so with a plain causal mask every real token sees exactly the tokens it saw in
+coqui's layout, and the padding, at the end, is seen by no real token. The loss is the same (checked against
+``GPT.forward`` in the tests); attention needs no mask (``is_causal``, the flash kernel), and the row length
+is padded up to a multiple of ``pad_multiple`` so that a compiled graph is reused from batch to batch.
+
+The packing itself happens on the CPU when the batch is collated (lengths are known there), so the step
+has no host-device synchronisation before the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+PACKED_KEYS = ("text_ids", "text_pos", "mel_ids", "mel_pos", "is_text", "text_targets", "mel_targets")
+
+
+@dataclass(frozen=True)
+class GptConstants:
+    """The token ids and limits of a coqui-tts ``GPT`` that the packing needs."""
+
+    start_text: int
+    stop_text: int
+    start_audio: int
+    stop_audio: int
+    code_stride: int
+    cond_tokens: int  # perceiver latents (32 in XTTS-v2)
+    max_text_positions: int
+    max_mel_positions: int
+
+    @classmethod
+    def of(cls, gpt: Any) -> GptConstants:
+        return cls(
+            start_text=int(gpt.start_text_token), stop_text=int(gpt.stop_text_token),
+            start_audio=int(gpt.start_audio_token), stop_audio=int(gpt.stop_audio_token),
+            code_stride=int(gpt.code_stride_len),
+            cond_tokens=int(gpt.conditioning_perceiver.latents.shape[0]),
+            max_text_positions=int(gpt.text_pos_embedding.emb.num_embeddings),
+            max_mel_positions=int(gpt.mel_pos_embedding.emb.num_embeddings),
+        )
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (1: unchanged)."""
+    return -(-n // multiple) * multiple if multiple > 1 else n
+
+
+def coqui_targets(batch: dict[str, torch.Tensor], c: GptConstants) -> dict[str, torch.Tensor]:
+    """Inputs and targets exactly as ``GPT.forward`` builds them (padded layout), vectorised on the host.
+
+    Returns text/mel inputs and targets ``[B, T+2]`` / ``[B, M+2]`` (targets -1 where ignored) and the
+    per-clip counts of valid positions (``text_lengths + 1``, ``code_lengths + 1``).
+    """
+    text_lengths = batch["text_lengths"].long().cpu()
+    wav_lengths = batch["wav_lengths"].long().cpu()
+    t_max = int(text_lengths.max())
+    text = F.pad(batch["text_inputs"].long().cpu()[:, :t_max], (0, 1), value=c.stop_text)
+    text_in = F.pad(text, (1, 0), value=c.start_text)
+    text_tg = F.pad(text, (0, 1), value=c.stop_text)
+    n_text = text_lengths + 1
+    text_tg[torch.arange(t_max + 2)[None, :] >= n_text[:, None]] = -1
+
+    code_lengths = (wav_lengths + c.code_stride - 1) // c.code_stride + 3  # ceil(wav / stride) + 3
+    m_max = int(code_lengths.max())
+    codes = batch["audio_codes"].long().cpu()
+    if m_max > codes.shape[-1]:
+        codes = F.pad(codes, (0, m_max - codes.shape[-1]))
+    codes = F.pad(codes[:, :m_max], (0, 1), value=c.stop_audio)
+    codes[torch.arange(m_max + 1)[None, :] >= (code_lengths - 3)[:, None]] = c.stop_audio
+    mel_in = F.pad(codes, (1, 0), value=c.start_audio)
+    mel_tg = F.pad(codes, (0, 1), value=c.stop_audio)
+    n_mel = code_lengths + 1
+    mel_tg[torch.arange(m_max + 2)[None, :] >= n_mel[:, None]] = -1
+    return {"text_in": text_in, "text_tg": text_tg, "mel_in": mel_in, "mel_tg": mel_tg,
+            "n_text": n_text, "n_mel": n_mel}
+
+
+def pack_batch(batch: dict[str, torch.Tensor], c: GptConstants, pad_multiple: int = 64) -> dict[str, torch.Tensor]:
+    """Add the packed-layout tensors (see the module doc) to a batch from ``features.collate``.
+
+    Every packed tensor is ``[B, L]`` (``L`` = the longest clip's cond + text + audio positions, rounded up
+    to ``pad_multiple``); ``text_*``/``mel_*`` ids and positions cover the ``L - cond_tokens`` positions after
+    the conditioning; targets cover all ``L`` positions, -1 where ignored.
+    """
+    t = coqui_targets(batch, c)
+    n_text, n_mel = t["n_text"], t["n_mel"]
+    if int(n_text.max()) > c.max_text_positions or int(n_mel.max()) > c.max_mel_positions:
+        raise ValueError(
+            f"a clip needs {int(n_text.max())} text / {int(n_mel.max())} audio positions; the model has "
+            f"{c.max_text_positions} / {c.max_mel_positions}")
+    b = n_text.shape[0]
+    length = round_up(c.cond_tokens + int((n_text + n_mel).max()), pad_multiple)
+    span = length - c.cond_tokens
+    q = torch.arange(span)[None, :].expand(b, span)
+    is_text = q < n_text[:, None]
+    mel_q = q - n_text[:, None]
+    is_mel = (mel_q >= 0) & (mel_q < n_mel[:, None])
+    text_pos = torch.where(is_text, q, 0)
+    mel_pos = torch.where(is_mel, mel_q, 0)
+    text_ids = torch.where(is_text, t["text_in"].gather(1, text_pos.clamp(max=t["text_in"].shape[1] - 1)), 0)
+    mel_ids = torch.where(is_mel, t["mel_in"].gather(1, mel_pos.clamp(max=t["mel_in"].shape[1] - 1)), 0)
+    ignore = torch.full((b, c.cond_tokens), -1, dtype=torch.long)
+    text_tg = torch.where(is_text, t["text_tg"].gather(1, text_pos.clamp(max=t["text_tg"].shape[1] - 1)), -1)
+    mel_tg = torch.where(is_mel, t["mel_tg"].gather(1, mel_pos.clamp(max=t["mel_tg"].shape[1] - 1)), -1)
+    packed = {
+        "text_ids": text_ids, "text_pos": text_pos, "mel_ids": mel_ids, "mel_pos": mel_pos, "is_text": is_text,
+        "text_targets": torch.cat([ignore, text_tg], dim=1), "mel_targets": torch.cat([ignore, mel_tg], dim=1),
+    }
+    return {**batch, **packed}
+
+
+# ----------------------------------------------------------------------------------------- model pieces
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, sdpa: bool) -> torch.Tensor:
+    """Causal attention over ``[B, H, L, d]``: SDPA (flash on GPUs) or the explicit softmax (for checking)."""
+    if sdpa:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+    length = q.shape[-2]
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    weights = torch.softmax(scores.masked_fill(~causal, float("-inf")).float(), dim=-1).to(v.dtype)
+    return F.dropout(weights, dropout) @ v
+
+
+def _block(block: Any, h: torch.Tensor, sdpa: bool) -> torch.Tensor:
+    """One transformers ``GPT2Block`` (pre-LN attention + MLP) with a plain causal mask."""
+    attn = block.attn
+    b, length, d = h.shape
+    heads = attn.num_heads
+    x = block.ln_1(h)
+    q, k, v = attn.c_attn(x).split(d, dim=2)
+    q, k, v = (t.view(b, length, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    dropout = attn.attn_dropout.p if block.training else 0.0
+    y = _attention(q, k, v, dropout, sdpa).transpose(1, 2).reshape(b, length, d)
+    h = h + attn.resid_dropout(attn.c_proj(y))
+    return h + block.mlp(block.ln_2(h))
+
+
+def _check_gpt2_blocks(gpt2: Any) -> None:
+    """The packed forward reimplements GPT2Block: refuse configurations it does not cover."""
+    cfg = gpt2.config
+    unsupported = [name for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention")
+                   if getattr(cfg, name, False)]
+    if not getattr(cfg, "scale_attn_weights", True):
+        unsupported.append("scale_attn_weights=False")
+    if unsupported:
+        raise ValueError(f"the packed XTTS forward does not support GPT2Config {unsupported}; set fast_loss: false")
+
+
+def layers(gpt2: Any, h: torch.Tensor, sdpa: bool = True, checkpointing: bool = False,
+           block_fn: Any = None) -> torch.Tensor:
+    """The layers of transformers' ``GPT2Model`` on input embeddings, without its final LayerNorm (its
+    position table is coqui's zero function). ``block_fn(block, h, sdpa)`` runs one layer (default
+    :func:`_block`; a compiled one for speed); checkpointing recomputes each layer in the backward pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    block_fn = block_fn or _block
+    h = gpt2.drop(h)
+    for block in gpt2.h:
+        if checkpointing and torch.is_grad_enabled():
+            h = checkpoint(block_fn, block, h, sdpa, use_reentrant=False)
+        else:
+            h = block_fn(block, h, sdpa)
+    return h
+
+
+def conditioning(gpt: Any, cond_mels: torch.Tensor) -> torch.Tensor:
+    """Perceiver conditioning latents ``[B, 32, D]`` of ``[B, 1, 80, frames]`` conditioning mels."""
+    return gpt.get_style_emb(cond_mels).transpose(1, 2)
+
+
+def embed(gpt: Any, cond: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The packed input embeddings: conditioning latents, then text or audio-code embeddings + positions."""
+    text = gpt.text_embedding(batch["text_ids"]) + gpt.text_pos_embedding.emb(batch["text_pos"])
+    mel = gpt.mel_embedding(batch["mel_ids"]) + gpt.mel_pos_embedding.emb(batch["mel_pos"])
+    x = torch.where(batch["is_text"][..., None], text, mel)
+    dtype = torch.promote_types(cond.dtype, x.dtype)  # what torch.cat does in coqui's layout
+    return torch.cat([cond.to(dtype), x.to(dtype)], dim=1)
+
+
+def head_loss(gpt: Any, h: torch.Tensor, text_targets: torch.Tensor,
+              mel_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final norms, both heads on every position, and the two cross-entropies (-1 targets ignored)."""
+    h = gpt.final_norm(gpt.gpt.ln_f(h))
+    smoothing = float(gpt.label_smoothing)
+    text_logits = gpt.text_head(h).flatten(0, 1).float()
+    mel_logits = gpt.mel_head(h).flatten(0, 1).float()
+    text_ce = F.cross_entropy(text_logits, text_targets.flatten(), ignore_index=-1, label_smoothing=smoothing)
+    mel_ce = F.cross_entropy(mel_logits, mel_targets.flatten(), ignore_index=-1, label_smoothing=smoothing)
+    return text_ce, mel_ce
+
+
+def packed_loss(gpt: Any, batch: dict[str, torch.Tensor], sdpa: bool = True, checkpointing: bool = False,
+                fns: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text CE, mel CE) of coqui-tts's ``GPT.forward`` computed on a :func:`pack_batch` batch.
+
+    ``fns`` may replace the pieces (``conditioning``, ``block``, ``head_loss``) by compiled versions.
+    """
+    fns = fns or {}
+    cond = fns.get("conditioning", conditioning)(gpt, batch["cond_mels"])
+    h = layers(gpt.gpt, embed(gpt, cond, batch), sdpa, checkpointing, fns.get("block"))
+    return fns.get("head_loss", head_loss)(gpt, h, batch["text_targets"], batch["mel_targets"])
+
+
+class SdpaQKVAttention(torch.nn.Module):
+    """Drop-in for tortoise's ``QKVAttentionLegacy`` (the conditioning encoder's attention) through SDPA.
+
+    Same math (softmax(q k^T / sqrt(d)) v over ``[N, H*3*C, T]`` qkv), one fused kernel instead of two
+    einsums and a materialised ``T x T`` matrix. No parameters: state dicts are unchanged.
+    """
+
+    def __init__(self, legacy: torch.nn.Module):
+        super().__init__()
+        self.n_heads = legacy.n_heads
+        self.legacy = legacy  # masks and relative positions (unused by XTTS) go to the original
+
+    def forward(self, qkv: torch.Tensor, mask: torch.Tensor | None = None, rel_pos: Any = None) -> torch.Tensor:
+        if mask is not None or rel_pos is not None:
+            return self.legacy(qkv, mask, rel_pos)
+        bs, width, length = qkv.shape
+        ch = width // (3 * self.n_heads)
+        q, k, v = qkv.reshape(bs, self.n_heads, ch * 3, length).transpose(-1, -2).split(ch, dim=-1)
+        a = F.scaled_dot_product_attention(q, k, v)  # [bs, H, T, ch]
+        return a.transpose(-1, -2).reshape(bs, -1, length)
+
+
+def set_attention(gpt: Any, attention: str) -> None:
+    """``sdpa``: SDPA in the conditioning encoder and transformers' GPT2; ``eager``: the original kernels."""
+    from TTS.tts.layers.tortoise.arch_utils import AttentionBlock
+
+    for module in gpt.conditioning_encoder.modules():
+        if isinstance(module, AttentionBlock):
+            current = module.attention
+            legacy = current.legacy if isinstance(current, SdpaQKVAttention) else current
+            module.attention = SdpaQKVAttention(legacy) if attention == "sdpa" else legacy
+    hf = gpt.gpt
+    if hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation(attention)
+    else:  # transformers < 4.48
+        hf.config._attn_implementation = attention
+
+
+# ----------------------------------------------------------------------------------------- settings
+@dataclass
+class SpeedSettings:
+    """The resolved speed/memory options of a TrainConfig for one device."""
+
+    fast_loss: bool
+    attention: str
+    compile: bool
+    compile_mode: str
+    compile_scope: str
+    pad_multiple: int
+    gradient_checkpointing: bool
+    param_dtype: torch.dtype
+
+    @classmethod
+    def resolve(cls, cfg: Any, device: torch.device) -> SpeedSettings:
+        compile_on = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and _triton_available())
+        if compile_on and not cfg.fast_loss:
+            raise ValueError("compile needs the packed loss; set fast_loss: true or compile: off")
+        from voicetune.utils.device import resolve_precision
+
+        if cfg.param_dtype == "bf16" and resolve_precision(cfg.precision, device) == "fp32":
+            raise ValueError(f"param_dtype bf16 trains under bf16 autocast, but precision {cfg.precision!r} is fp32 "
+                             f"on {device}; set precision: bf16")
+        return cls(
+            fast_loss=bool(cfg.fast_loss), attention=cfg.attention, compile=compile_on,
+            compile_mode=cfg.compile_mode, compile_scope=cfg.compile_scope, pad_multiple=int(cfg.pad_multiple),
+            gradient_checkpointing=bool(cfg.gradient_checkpointing),
+            param_dtype=torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32,
+        )
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Each padded length is one compiled graph; allow more than dynamo's default of 8 per function."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
+
+
+class GptTrainingSpeed:
+    """Applies :class:`SpeedSettings` to a coqui-tts ``GPT`` and computes its training loss.
+
+    ``pack`` runs on the host at collate time; ``loss`` returns (text CE, mel CE).
+    """
+
+    def __init__(self, gpt: Any, settings: SpeedSettings):
+        self.settings = settings
+        self.gpt = gpt
+        set_attention(gpt, settings.attention)
+        if settings.param_dtype != torch.float32:
+            gpt.to(settings.param_dtype)
+        self.constants: GptConstants | None = None
+        if settings.fast_loss:
+            if not getattr(gpt, "use_perceiver_resampler", False):
+                raise ValueError("the packed XTTS loss needs the perceiver conditioning of XTTS-v2; set fast_loss: false")
+            _check_gpt2_blocks(gpt.gpt)
+            self.constants = GptConstants.of(gpt)
+        elif settings.gradient_checkpointing:
+            gpt.gpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._fn, self._fns = packed_loss, {}
+        if settings.compile:
+            _raise_recompile_limit()
+            mode = None if settings.compile_mode == "default" else settings.compile_mode
+            if settings.compile_scope == "model":
+                self._fn = torch.compile(packed_loss, mode=mode, dynamic=False)
+            else:  # one compiled layer serves all 30 (its weights are inputs of the graph, not constants)
+                self._fns = {name: torch.compile(fn, mode=mode, dynamic=False)
+                             for name, fn in (("conditioning", conditioning), ("block", _block), ("head_loss", head_loss))}
+        logger.info("XTTS training speed settings: %s", settings)
+
+    def pack(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.constants is None:
+            return batch
+        return pack_batch(batch, self.constants, self.settings.pad_multiple)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(text CE, mel CE) on a packed batch; None when the batch is not packed (use coqui's forward)."""
+        if self.constants is None or "text_targets" not in batch:
+            return None
+        if self.settings.compile and self.settings.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._fn(self.gpt, batch, self.settings.attention == "sdpa", self.settings.gradient_checkpointing,
+                        self._fns)
+
+    def inference_context(self, device: torch.device) -> Any:
+        """bf16 parameters: synthesis runs under bf16 autocast (the frozen decoder stays fp32)."""
+        import contextlib
+
+        if self.settings.param_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.settings.param_dtype)
+
+
+def configure_training(gpt: Any, cfg: Any, device: torch.device) -> GptTrainingSpeed:
+    """Resolve ``cfg``'s speed options for ``device`` and apply them to ``gpt`` (before the optimizer is built)."""
+    return GptTrainingSpeed(gpt, SpeedSettings.resolve(cfg, device))
+
+
+__all__ = [
+    "GptConstants", "GptTrainingSpeed", "SdpaQKVAttention", "SpeedSettings", "configure_training", "coqui_targets",
+    "conditioning", "embed", "head_loss", "layers", "pack_batch", "packed_loss", "round_up", "set_attention",
+]
