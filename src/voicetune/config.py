@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,14 +60,21 @@ def _check_choices(obj: Any) -> None:
 class PrepareConfig:
     """Settings of `voicetune prepare`: audio in, Coqui/AllTalk-format dataset out."""
 
-    language: str = opt("en", "Language code of the recordings (ISO 639-1, e.g. en, de).")
+    language: str = opt(
+        "en", "Language code of the recordings (ISO 639-1, e.g. en, de), or 'auto' to detect it per file."
+    )
     asr_model: str = opt(
         "auto",
         "faster-whisper model name (e.g. large-v3, downloaded when the hub is reachable) or a local "
         "CTranslate2 folder. 'auto' picks the best available: a cached or downloadable large model, "
         "else the packaged tiny.en (English only).",
     )
-    speaker_name: str = opt("speaker", "Speaker name written into the metadata CSVs.")
+    speaker_name: str = opt(
+        "speaker", "Speaker name written into the metadata CSVs (inputs given without a speaker of their own)."
+    )
+    speaker_folders: bool = opt(
+        False, "Each first-level subfolder of INPUT_DIR holds one speaker, named after the folder."
+    )
     sample_rate: int = opt(22050, "Sample rate of the written clips (XTTS trains at 22050 Hz).")
     min_seconds: float = opt(1.0, "Shorter speech segments are merged with neighbours or extended.")
     max_seconds: float = opt(11.6, "Longer segments are split at the longest pause (XTTS max_wav_length is 11.6 s).")
@@ -78,6 +86,33 @@ class PrepareConfig:
         700, "Segments shorter than --min-seconds are merged with a neighbour across pauses up to this long."
     )
     asr_beam_size: int = opt(5, "Beam size of the ASR decoder (1 is fastest, 5 is Whisper's default).")
+    asr_batch_size: int = opt(
+        8, "Windows of ~28 s (several clips packed together) decoded per batched ASR call; larger is faster "
+        "on a GPU."
+    )
+    asr_verify: str = opt(
+        "uncertain",
+        "Second ASR opinion (greedy decoding with temperature fallback, or --asr-verify-model): for "
+        "'uncertain' clips only (low confidence, no words, repetition), for 'all' clips, or 'off'. Clips whose "
+        "two transcripts disagree, or stay unconfident, are quarantined as needs_review.",
+        choices=("off", "uncertain", "all"),
+    )
+    asr_verify_model: str = opt(
+        "", "Model for the second opinion (name or local folder); empty: the same model, decoded differently."
+    )
+    asr_recheck_logprob: float = opt(
+        -0.5, "First-pass transcripts whose mean word log-probability is below this get a second opinion."
+    )
+    max_asr_disagreement: float = opt(
+        0.25, "Word error rate between the two ASR opinions (or a given transcript and ASR) above which a "
+        "clip needs review."
+    )
+    text_normalization: str = opt(
+        "xtts",
+        "Training text from the transcript: 'xtts' spells out numbers, abbreviations and symbols with "
+        "coqui-tts's XTTS rules (the raw transcript is kept as raw_text); 'none' only cleans whitespace.",
+        choices=("xtts", "none"),
+    )
     max_no_speech_prob: float = opt(
         0.6, "Clips whose ASR no-speech probability exceeds this are quarantined (no usable speech)."
     )
@@ -85,6 +120,28 @@ class PrepareConfig:
         -1.0, "Clips whose ASR average token log-probability is below this are quarantined (unreliable text)."
     )
     target_lufs: float = opt(-23.0, "Loudness target of written clips (EBU R128 integrated loudness).")
+    peak_dbfs: float = opt(-1.0, "True-peak ceiling of written clips (a look-ahead limiter enforces it).")
+    max_clipping_ratio: float = opt(
+        0.001, "Clips with more than this share of clipped samples (in the source) are quarantined."
+    )
+    min_snr_db: float = opt(15.0, "Clips whose estimated signal-to-noise ratio is below this (dB) are quarantined.")
+    max_silence_ratio: float = opt(0.6, "Clips whose share of non-speech (VAD) frames exceeds this are quarantined.")
+    max_rate_z: float = opt(
+        3.5, "Clips whose speaking rate (characters/s) is a robust z-score further than this from the "
+        "speaker's median are quarantined (wrong transcript or audio)."
+    )
+    qa_mos: str = opt(
+        "auto",
+        "Predicted MOS (DistillMOS) per clip: 'on', 'off', or 'auto' (on with a CUDA GPU, off on CPU where "
+        "it costs ~4x the rest of prepare).",
+        choices=("auto", "on", "off"),
+    )
+    min_mos: float = opt(2.5, "Clips whose predicted MOS (1-5) is below this are quarantined.")
+    qa_speaker: bool = opt(True, "Check that every clip has the voice of its speaker (Resemblyzer).")
+    min_speaker_similarity: float = opt(
+        0.75, "Clips whose speaker-embedding cosine to their speaker's centroid is below this are "
+        "quarantined (another voice)."
+    )
     eval_fraction: float = opt(0.15, "Fraction of clips held out for evaluation.")
     min_eval_clips: int = opt(2, "At least this many clips go to the eval split (when there are enough).")
     seed: int = opt(1234, "Seed of the deterministic train/eval split.")
@@ -92,6 +149,19 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        _check(self.max_seconds <= 29.0, "max_seconds must be <= 29 (Whisper hears 30 s); fix --max-seconds")
+        _check(self.asr_batch_size >= 1, "asr_batch_size must be >= 1; fix --asr-batch-size")
+        _check(self.asr_recheck_logprob < 0.0, "asr_recheck_logprob must be < 0; fix --asr-recheck-logprob")
+        _check(self.max_asr_disagreement >= 0.0, "max_asr_disagreement must be >= 0; fix --max-asr-disagreement")
+        _check(self.peak_dbfs <= 0.0, "peak_dbfs must be <= 0; fix --peak-dbfs")
+        _check(0.0 <= self.max_clipping_ratio <= 1.0, "max_clipping_ratio must lie in [0, 1]; fix --max-clipping-ratio")
+        _check(0.0 < self.max_silence_ratio <= 1.0, "max_silence_ratio must lie in (0, 1]; fix --max-silence-ratio")
+        _check(self.max_rate_z > 0.0, "max_rate_z must be > 0; fix --max-rate-z")
+        _check(1.0 <= self.min_mos <= 5.0, "min_mos must lie in [1, 5]; fix --min-mos")
+        _check(-1.0 <= self.min_speaker_similarity <= 1.0,
+               "min_speaker_similarity must lie in [-1, 1]; fix --min-speaker-similarity")
+        _check(bool(re.fullmatch(r"auto|[a-z]{2,3}(-[A-Za-z]+)?", self.language)),
+               f"language {self.language!r} must be an ISO 639-1 code like en or de, or auto; fix --language")
         _check(0 < self.min_seconds < self.max_seconds,
                f"min_seconds ({self.min_seconds}) must be > 0 and < max_seconds ({self.max_seconds}); "
                "fix --min-seconds/--max-seconds")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import shutil
@@ -94,7 +95,7 @@ def test_metadata_is_consistent_with_clips_jsonl_and_config(prepared):
     summary = json.loads((out / "prepare_result.json").read_text())
     assert summary["n_kept"] == result.n_kept and summary["errors"] == result.errors
     assert "tiny.en" in result.asr_model or "large" in result.asr_model
-    assert 0 < result.real_time_factor < 2.0
+    assert 0 < result.real_time_factor < 2.0 and (out / "report.html").is_file()
     text = result.summary()
     assert text.splitlines()[0].startswith(f"{result.n_kept} clip(s) kept")
     assert "broken.wav" in text and str(out.resolve()) in text and result.asr_model in text
@@ -128,14 +129,16 @@ def test_interrupted_run_leaves_no_dataset_and_resumes_from_its_transcripts(pipe
 
     def stop_after_three_clips(done, total, what):
         calls.append(what)
-        if sum("clip" in w for w in calls) > 3:
+        if sum("clips" in w for w in calls) > 1:  # after the first batch of clips is done
             raise Interrupt
 
+    small_batches = dataclasses.replace(CFG, asr_batch_size=1)  # 6 clips per batch
     with pytest.raises(Interrupt):
-        prepare(piper_recordings, out, CFG, progress=stop_after_three_clips)
-    assert [p.name for p in out.iterdir()] == ["asr_cache.jsonl"]  # no half-written dataset
-    result = prepare(piper_recordings, out, CFG)
-    assert result.n_asr_cached == 3
+        prepare(piper_recordings, out, small_batches, progress=stop_after_three_clips)
+    assert [p.name for p in out.iterdir()] == ["cache"]  # no half-written dataset, only the stage caches
+    result = prepare(piper_recordings, out, small_batches)
+    assert result.n_asr_cached == 6  # the batches finished before the interruption are not transcribed again
+    assert result.n_files_decoded == 0  # both files' VAD analyses were cached before the interruption
     assert (out / "prepare.yaml").is_file() and result.n_kept > 3
 
 

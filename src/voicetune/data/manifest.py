@@ -48,6 +48,10 @@ class ClipRecord:
     raw_text: str = ""
     asr: dict[str, Any] = field(default_factory=dict)  # model, avg_logprob, no_speech_prob, ...
     quality: dict[str, Any] = field(default_factory=dict)
+    needs_review: bool = False  # the transcript is uncertain: a person should listen (reasons say why)
+    manual: str = ""  # "restored" / "quarantined" when a person decided (voicetune dataset ...)
+    source_sha256: str = ""  # content hash of the source file (cache and curation key)
+    audio_key: str = ""  # what the wav was made from (source, span, rate, loudness): reused when unchanged
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClipRecord:

@@ -1,66 +1,63 @@
-"""`voicetune prepare`: a folder of recordings in, a Coqui/AllTalk-format dataset folder out.
+"""`voicetune prepare`: folders of recordings in, a Coqui/AllTalk-format dataset folder out.
 
-For every audio file (any format/rate/channel count), one at a time: decode, resample to 16 kHz, find
-speech (Silero VAD), plan clips within [min_seconds, max_seconds] (merge / split at pauses / extend),
-transcribe each clip (faster-whisper), quarantine clips with no usable transcript, loudness-normalise
-the rest and write them as ``wavs/<source>_<NNNN>.wav``. Then split train/eval and write
-``metadata_train.csv``, ``metadata_eval.csv``, ``clips.jsonl``, ``prepare.yaml`` and
-``prepare_result.json``. The dataset folder is built under a temporary name and moved into place when
-complete; the input folder is only ever read.
+For every audio file (any format/rate/channel count; one or several speakers): hash it, decode it block by
+block into a streaming Silero VAD (long recordings are never held in memory whole), plan clips within
+[min_seconds, max_seconds] (merge / split at pauses, else between words / extend), then, in batches of
+clips: packed + batched faster-whisper ASR, a second opinion for uncertain transcripts (``needs_review``
+when they still disagree), text normalisation for the backend, audio QA (clipping, SNR, silence, MOS) and
+speaker embeddings, loudness normalisation + true-peak limiting, and the wav. Over the whole dataset:
+speaker consistency and speaking-rate outliers per speaker, the manual decisions of ``voicetune dataset
+restore/quarantine``, the train/eval split per speaker, and ``report.html``.
 
-Transcripts are the expensive part, so each one is appended to ``OUT/asr_cache.jsonl`` as soon as it
-exists, keyed by the source file's content hash, the clip's span and the ASR settings: an interrupted or
-repeated run (e.g. with another eval split or loudness target) transcribes only what is new.
+Layout written (built under a temporary name, moved into place when complete; inputs are only read)::
+
+    wavs/ quarantine/ metadata_train.csv metadata_eval.csv clips.jsonl prepare.yaml prepare_result.json
+    report.html curation.json cache/
+
+``cache/`` (see :mod:`voicetune.data.cache`) makes re-runs incremental: new files are processed, known
+ones come from the cache, and a changed setting re-runs only the stages that depend on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
+import shutil
 import time
-import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from voicetune.audio.io import (
-    AUDIO_EXTENSIONS,
-    AudioDecodeError,
-    find_audio_files,
-    load_audio,
-    resample,
-    write_wav,
+from voicetune.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, find_audio_files
+from voicetune.config import PrepareConfig, merge
+from voicetune.data import finalize
+from voicetune.data.cache import CACHE_DIR, LEGACY_ASR_CACHE, StageCache
+from voicetune.data.manifest import ClipRecord
+from voicetune.data.pipeline import (
+    ClipJob,
+    ClipProcessor,
+    SourceFile,
+    analyse_source,
+    detect_language,
+    finish_record,
+    plan_source,
+    word_splitter,
 )
-from voicetune.audio.loudness import normalize_loudness
-from voicetune.config import PrepareConfig, merge, save_yaml
-from voicetune.data.manifest import ClipRecord, write_clips_jsonl, write_metadata_csv
-from voicetune.data.segment import ClipSpan, Envelope, plan_clips
-from voicetune.data.split import split_train_eval
-from voicetune.data.transcribe import Asr, Transcript, load_asr
-from voicetune.data.vad import VAD_SAMPLE_RATE, detect_speech
-from voicetune.utils.io import (
-    append_jsonl,
-    atomic_dir,
-    atomic_write_json,
-    atomic_write_text,
-    file_sha256,
-    read_jsonl,
-)
+from voicetune.data.quality import compression_ratio, transcript_reasons  # noqa: F401 - public re-exports
+from voicetune.data.textnorm import clean_text  # noqa: F401 - public re-export
+from voicetune.data.transcribe import Asr, load_asr
+from voicetune.utils.io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]  # same shape as voicetune.backends.base.Progress
 
-MAX_CHARS_PER_SECOND = 25.0  # faster than any human speech: the transcript is a hallucination
-MAX_COMPRESSION_RATIO = 2.4  # Whisper's own threshold for repetitive (looping) output
-FADE_SECONDS = 0.005
-ASR_CACHE = "asr_cache.jsonl"
+quality_reasons = transcript_reasons  # the name of the first version
+
+_OWN_NAMES = {CACHE_DIR, LEGACY_ASR_CACHE}  # what an interrupted run leaves in the output folder
 
 
 class PrepareError(ValueError):
@@ -78,14 +75,22 @@ class PrepareResult:
     n_clips: int = 0
     n_kept: int = 0
     n_quarantined: int = 0
+    n_needs_review: int = 0
     n_train: int = 0
     n_eval: int = 0
     minutes_input: float = 0.0
     minutes_kept: float = 0.0
-    n_asr_cached: int = 0  # clips whose transcript came from asr_cache.jsonl of an earlier run
+    minutes_quarantined: float = 0.0
+    n_asr_cached: int = 0  # clips whose transcript came from the cache of an earlier run
+    n_files_decoded: int = 0  # files that had to be decoded (the rest came from the cache entirely)
+    n_second_opinions: int = 0  # clips transcribed a second time (uncertain, or asr_verify=all)
     seconds_elapsed: float = 0.0
     real_time_factor: float = 0.0  # processing seconds per second of input audio
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    mos_checked: bool = False
+    speakers: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> clips/kept/minutes
     errors: dict[str, str] = field(default_factory=dict)  # input file -> why it was skipped
+    duplicates: list[str] = field(default_factory=list)  # duplicate inputs and how they were resolved
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -109,17 +114,40 @@ class PrepareResult:
     def wavs_dir(self) -> Path:
         return self.out_dir / "wavs"
 
+    @property
+    def report_html(self) -> Path:
+        return self.out_dir / "report.html"
+
+    @property
+    def speed(self) -> float:
+        """Seconds of input audio processed per second (the inverse of the real-time factor)."""
+        return 1.0 / self.real_time_factor if self.real_time_factor > 0 else 0.0
+
     def summary(self) -> str:
         """Human-readable report: one summary line, the dataset folder, then reasons, skips and warnings."""
         lines = [
             f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min input; "
-            f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined, "
+            f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
+            f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
             f"{self.n_files - self.n_files_failed}/{self.n_files} file(s) used, {self.seconds_elapsed:.0f} s "
-            f"(real-time factor {self.real_time_factor:.2f}); ASR: {self.asr_model}",
-            f"dataset: {self.out_dir}",
+            f"(real-time factor {self.real_time_factor:.3f}, {self.speed:.0f}x real time); ASR: {self.asr_model}",
+            f"dataset: {self.out_dir}   report: {self.report_html}",
         ]
+        if len(self.speakers) > 1:
+            lines += [
+                f"  speaker {name}: {int(s['kept'])}/{int(s['clips'])} clip(s) kept, {s['minutes_kept']:.1f} min"
+                for name, s in sorted(self.speakers.items())
+            ]
         lines += [f"  quarantined {n}x: {reason}" for reason, n in sorted(self.quarantine_reasons.items())]
         lines += [f"  skipped {name}: {why}" for name, why in self.errors.items()]
+        lines += [f"  duplicate: {d}" for d in self.duplicates]
+        if self.n_asr_cached or self.n_files_decoded < self.n_files - self.n_files_failed:
+            lines.append(
+                f"  incremental: {self.n_files_decoded} file(s) decoded, {self.n_asr_cached} transcript(s) "
+                "from the cache of an earlier run"
+            )
+        if not self.mos_checked:
+            lines.append("  predicted MOS not checked (CPU; --qa-mos on enables it, ~4x slower)")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -153,11 +181,16 @@ def check_folders(input_dir: Path, out_dir: Path) -> None:
             f"input {src} is inside the output folder {out}; the output folder is replaced "
             "as a whole: choose an output folder that does not contain the recordings"
         )
+    check_output(out)
+
+
+def check_output(out: Path) -> None:
+    """Refuse a non-empty output folder that prepare did not write."""
     if out.exists():
         if not out.is_dir():
             raise PrepareError(f"{out}: exists and is not a folder")
         names = {p.name for p in out.iterdir()}
-        if names - {ASR_CACHE} and not (out / "prepare.yaml").is_file():
+        if names - _OWN_NAMES and not (out / "prepare.yaml").is_file():
             raise PrepareError(
                 f"{out}: folder is not empty and was not written by `voicetune prepare` (no "
                 "prepare.yaml); choose a new or empty output folder"
@@ -179,301 +212,240 @@ def unique_stems(files: list[Path]) -> list[str]:
     return out
 
 
-def clean_text(text: str) -> str:
-    """One line of text safe for the '|'-separated metadata (Coqui's formatter splits on '|' naively)."""
-    return re.sub(r"\s+", " ", text.replace("|", " ")).strip()
+def _safe_speaker(name: str) -> str:
+    name = name.strip()
+    if not name or "|" in name or "\n" in name:
+        raise PrepareError(f"speaker name {name!r} must be non-empty and contain no '|' or newline")
+    return name
 
 
-def compression_ratio(text: str) -> float:
-    """zlib compression ratio of ``text``: high for looping, repeated ASR output."""
-    raw = text.encode("utf-8")
-    return len(raw) / max(1, len(zlib.compress(raw)))
+def discover_inputs(
+    input_dir: Path | None, speakers: Mapping[str, Path | str] | None, cfg: PrepareConfig
+) -> list[tuple[Path, Path, str]]:
+    """(file, base folder, speaker) for every audio file: ``input_dir`` (speaker ``cfg.speaker_name``, or
+    one speaker per first-level subfolder with ``cfg.speaker_folders``) plus each ``speakers`` entry."""
+    out: list[tuple[Path, Path, str]] = []
+    if input_dir is not None:
+        base = input_dir if input_dir.is_dir() else input_dir.parent
+        for f in find_audio_files(input_dir):
+            rel = f.relative_to(base)
+            if cfg.speaker_folders and input_dir.is_dir():
+                if len(rel.parts) < 2:
+                    logger.warning("%s: not inside a speaker subfolder; skipped (--speaker-folders)", rel)
+                    continue
+                out.append((f, base, _safe_speaker(rel.parts[0])))
+            else:
+                out.append((f, base, cfg.speaker_name))
+    for name, folder in (speakers or {}).items():
+        folder = Path(folder).expanduser()
+        if not folder.exists():
+            raise PrepareError(f"{folder}: input folder of speaker {name!r} does not exist")
+        base = folder if folder.is_dir() else folder.parent
+        out.extend((f, base, _safe_speaker(name)) for f in find_audio_files(folder))
+    return out
 
 
-def quality_reasons(tr: Transcript, duration: float, cfg: PrepareConfig) -> list[str]:
-    """Why a transcribed clip should not be used for training (empty list: keep it)."""
-    reasons = []
-    text = clean_text(tr.text)
-    if not re.search(r"\w", text):
-        reasons.append("empty transcript")
-    if tr.no_speech_prob > cfg.max_no_speech_prob:
-        reasons.append(
-            f"no speech detected by ASR (no_speech_prob {tr.no_speech_prob:.2f} > {cfg.max_no_speech_prob:g})"
-        )
-    if tr.avg_logprob < cfg.min_avg_logprob:
-        reasons.append(f"low ASR confidence (avg_logprob {tr.avg_logprob:.2f} < {cfg.min_avg_logprob:g})")
-    if len(text) >= 40 and compression_ratio(text) > MAX_COMPRESSION_RATIO:
-        reasons.append(f"repetitive transcript (compression ratio {compression_ratio(text):.1f})")
-    if duration > 0 and len(text) / duration > MAX_CHARS_PER_SECOND:
-        reasons.append(f"implausible transcript ({len(text) / duration:.0f} characters per second)")
-    return reasons
-
-
-def _fade(audio: np.ndarray, sr: int) -> np.ndarray:
-    n = min(int(sr * FADE_SECONDS), len(audio) // 2)
-    if n > 1:
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        audio[:n] *= ramp
-        audio[-n:] *= ramp[::-1]
-    return audio
-
-
-# ---------------------------------------------------------------------------------------------- ASR cache
-
-
-class _AsrCache:
-    """Transcripts of earlier (possibly interrupted) runs, appended to ``OUT/asr_cache.jsonl`` one by one."""
-
-    def __init__(self, path: Path, asr: Asr, cfg: PrepareConfig) -> None:
-        self.path = path
-        self.settings = f"{asr.path}|beam={cfg.asr_beam_size}|lang={cfg.language}"
-        self.entries = {e["key"]: e for e in read_jsonl(path) if isinstance(e, dict) and "key" in e}
-        self.used: dict[str, dict[str, Any]] = {}
-        self.hits = 0
-
-    def key(self, source_sha: str, span: ClipSpan) -> str:
-        return f"{source_sha}|{span.start:.3f}|{span.end:.3f}|{self.settings}"
-
-    def get(self, key: str) -> Transcript | None:
-        e = self.entries.get(key)
-        if e is None:
-            return None
-        self.used[key], self.hits = e, self.hits + 1
-        words = [(str(w), float(a), float(b)) for w, a, b in e["words"]]
-        return Transcript(e["text"], e["language"], e["avg_logprob"], e["no_speech_prob"], words)
-
-    def put(self, key: str, tr: Transcript) -> None:
-        entry = {"key": key, **dataclasses.asdict(tr)}
-        self.entries[key] = self.used[key] = entry
-        append_jsonl(self.path, entry)
-
-    def export(self, dest: Path) -> None:
-        """Write the entries this run used (so the cache does not grow without bound)."""
-        atomic_write_text(dest, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.used.values()))
-
-
-# ----------------------------------------------------------------------------------------------- per file
-
-
-@dataclass
-class _FileContext:
-    path: Path
-    rel: str
-    stem: str
-    cfg: PrepareConfig
-    asr: Asr
-    out: Path
-    cache: _AsrCache
-    source_sha: str = ""
-
-
-def _plan(audio16: np.ndarray, cfg: PrepareConfig) -> list[ClipSpan]:
-    vad = detect_speech(audio16, cfg.vad_threshold, cfg.min_speech_ms, cfg.min_silence_ms)
-    return plan_clips(
-        vad.spans,
-        vad.duration,
-        Envelope(vad.probs, vad.frame_seconds),
-        min_seconds=cfg.min_seconds,
-        max_seconds=cfg.max_seconds,
-        pad_seconds=cfg.pad_ms / 1000,
-        max_merge_gap=cfg.merge_gap_ms / 1000,
-        pause_threshold=max(0.01, cfg.vad_threshold - 0.15),
+def _sources(found: list[tuple[Path, Path, str]]) -> list[SourceFile]:
+    multi = len({s for _, _, s in found}) > 1
+    stems = unique_stems(
+        [Path(f"{re.sub(r'[^A-Za-z0-9_-]+', '_', spk)}_{f.stem}") if multi else f for f, _, spk in found]
     )
-
-
-def _clip_record(
-    ctx: _FileContext, k: int, span: ClipSpan, audio: np.ndarray, sr: int, audio16: np.ndarray
-) -> ClipRecord:
-    """Transcribe, check and write one planned clip; returns its record (kept or quarantined)."""
-    cfg = ctx.cfg
-    cid = f"{ctx.stem}_{k:04d}"
-    rec = ClipRecord(
-        id=cid,
-        audio_file="",
-        source_file=ctx.rel,
-        start=span.start,
-        end=span.end,
-        duration=round(span.duration, 4),
-        text="",
-        language=cfg.language,
-        speaker=cfg.speaker_name,
-        split="",
-        status="quarantined",
-    )
-    if not span.ok:
-        rec.reasons = [span.reason]
-        return rec
-    key = ctx.cache.key(ctx.source_sha, span)
-    tr = ctx.cache.get(key)
-    if tr is None:
-        tr = ctx.asr.transcribe(
-            audio16[int(span.start * VAD_SAMPLE_RATE) : int(span.end * VAD_SAMPLE_RATE)], cfg.language
-        )
-        ctx.cache.put(key, tr)
-    rec.raw_text, rec.text, rec.language = tr.text, clean_text(tr.text), tr.language or cfg.language
-    rec.asr = {
-        "model": ctx.asr.name,
-        "avg_logprob": round(tr.avg_logprob, 4),
-        "no_speech_prob": round(tr.no_speech_prob, 4),
-        "words": [[w, round(s, 3), round(e, 3)] for w, s, e in tr.words],
-    }
-    rec.reasons = quality_reasons(tr, span.duration, cfg)
-    clip = resample(audio[int(round(span.start * sr)) : int(round(span.end * sr))], sr, cfg.sample_rate)
-    clip, info = normalize_loudness(clip, cfg.sample_rate, cfg.target_lufs)
-    rec.quality = {
-        "input_lufs": None if info.input_lufs is None else round(info.input_lufs, 2),
-        "gain_db": round(info.gain_db, 2),
-        "peak_dbfs": round(info.output_peak_dbfs, 2),
-        "limited": info.limited,
-    }
-    if info.input_lufs is None and "empty transcript" not in rec.reasons:
-        rec.reasons.append("silent audio")
-    rec.status = "quarantined" if rec.reasons else "kept"
-    rec.audio_file = f"{'quarantine' if rec.reasons else 'wavs'}/{cid}.wav"
-    write_wav(ctx.out / rec.audio_file, _fade(clip, cfg.sample_rate), cfg.sample_rate)
-    return rec
-
-
-def _process_file(
-    ctx: _FileContext, progress: Progress | None, done: int, total: int
-) -> tuple[list[ClipRecord], float]:
-    """All clips of one source file, and its duration in seconds. Raises AudioDecodeError for bad files."""
-    audio, sr = load_audio(ctx.path)
-    ctx.source_sha = file_sha256(ctx.path)
-    duration = len(audio) / sr
-    audio16 = resample(audio, sr, VAD_SAMPLE_RATE)
-    spans = _plan(audio16, ctx.cfg)
-    logger.info("%s: %.1f s, %d clip(s) planned", ctx.rel, duration, len(spans))
-    records = []
-    for k, span in enumerate(spans):
-        if progress is not None:
-            progress(done, total, f"{ctx.rel}: clip {k + 1}/{len(spans)}")
-        records.append(_clip_record(ctx, k, span, audio, sr, audio16))
-    return records, duration
+    out = []
+    for (f, base, spk), stem in zip(found, stems):
+        rel = str(f.relative_to(base))
+        out.append(SourceFile(f, f"{spk}/{rel}" if multi and not rel.startswith(f"{spk}/") else rel, stem, spk))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- driver
 
+JobMaker = Callable[[SourceFile, Asr, StageCache], list[ClipJob]]
 
-def _finish(tmp: Path, records: list[ClipRecord], cfg: PrepareConfig, result: PrepareResult) -> None:
-    """Split the kept clips and write the metadata files into the (temporary) dataset folder."""
-    kept = [r for r in records if r.status == "kept"]
-    split = split_train_eval([r.duration for r in kept], cfg.eval_fraction, cfg.min_eval_clips, cfg.seed)
-    for i in split.train:
-        kept[i].split = "train"
-    for i in split.eval:
-        kept[i].split = "eval"
-    result.warnings.extend(split.warnings)
-    write_metadata_csv(
-        tmp / "metadata_train.csv", [(r.audio_file, r.text, r.speaker) for r in kept if r.split == "train"]
+
+def _prepare_jobs(cfg: PrepareConfig) -> JobMaker:
+    """Clip jobs of one analysed recording: the clip plan (see :func:`plan_source`)."""
+
+    def make(sf: SourceFile, asr: Asr, cache: StageCache) -> list[ClipJob]:
+        sf.language = cfg.language if cfg.language != "auto" else ""
+        splitter = word_splitter(sf, asr, cache, cfg)
+        spans = plan_source(sf, cfg, splitter)
+        if cfg.language == "auto":
+            sf.language = detect_language(sf, [s for s in spans if s.ok], asr, cache)
+        jobs = []
+        for k, span in enumerate(spans):
+            rec = ClipRecord(
+                id=f"{sf.stem}_{k:04d}", audio_file="", source_file=sf.rel, start=span.start, end=span.end,
+                duration=round(span.duration, 4), text="", language=sf.language or "en", speaker=sf.speaker,
+                split="", status="quarantined", source_sha256=sf.sha,
+            )
+            rec.asr["model"] = asr.name
+            if not span.ok:
+                rec.reasons = [span.reason]
+            jobs.append(ClipJob(sf, span, rec))
+        return jobs
+
+    return make
+
+
+def build_dataset(
+    sources: list[SourceFile],
+    out_dir: Path,
+    cfg: PrepareConfig,
+    make_jobs: JobMaker,
+    progress: Progress | None,
+    what: str,
+    after_batch: Callable[[list[ClipJob]], None] | None = None,
+) -> PrepareResult:
+    """Run the pipeline over ``sources`` into ``out_dir`` (shared by prepare and import)."""
+    t0 = time.monotonic()
+    asr = load_asr(cfg.asr_model, cfg.language, cfg.device, beam_size=cfg.asr_beam_size)
+    verify_asr = (
+        load_asr(cfg.asr_verify_model, cfg.language, cfg.device, beam_size=cfg.asr_beam_size)
+        if cfg.asr_verify_model and cfg.asr_verify != "off"
+        else None
     )
-    write_metadata_csv(
-        tmp / "metadata_eval.csv", [(r.audio_file, r.text, r.speaker) for r in kept if r.split == "eval"]
-    )
-    write_clips_jsonl(tmp / "clips.jsonl", records)
-    save_yaml(cfg, tmp / "prepare.yaml")
-    result.n_clips, result.n_kept = len(records), len(kept)
-    result.n_quarantined = len(records) - len(kept)
-    result.n_train, result.n_eval = len(split.train), len(split.eval)
-    result.minutes_kept = round(sum(r.duration for r in kept) / 60, 3)
-    result.quarantine_reasons = dict(Counter(reason.split(" (")[0] for r in records for reason in r.reasons))
+    mos_on = cfg.qa_mos == "on" or (cfg.qa_mos == "auto" and asr.device.startswith("cuda"))
+    result = PrepareResult(out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(sources), mos_checked=mos_on)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(out_dir)
+    previous = finalize.previous_dataset(out_dir)
+    try:
+        with atomic_dir(out_dir) as tmp:
+            proc = ClipProcessor(cfg, asr, verify_asr, cache, tmp, previous.wavs, mos_on)
+            records, seconds = _run_sources(sources, cfg, asr, cache, proc, tmp, make_jobs, result, progress,
+                                            after_batch)
+            result.n_asr_cached, result.n_second_opinions = proc.n_asr_cached, proc.n_verified
+            result.stage_seconds = {k: round(v, 2) for k, v in proc.seconds.items()}
+            if progress is not None:
+                progress(len(sources), len(sources), "writing the dataset")
+            finalize.finish(tmp, records, proc.embeddings, cfg, result, previous.curation)
+            cache.export(tmp)
+            result.minutes_input = round(seconds / 60, 3)
+            result.seconds_elapsed = round(time.monotonic() - t0, 2)
+            result.real_time_factor = round(result.seconds_elapsed / max(seconds, 1e-9), 4)
+            finalize.write_report(tmp, records, cfg, result)
+            atomic_write_json(tmp / "prepare_result.json", result.to_json())
+    except PrepareError:
+        if created:  # nothing usable was found: the caches of a folder we created are worth nothing
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # failed before anything worth keeping: leave no empty folder behind
+    if progress is not None:
+        progress(len(sources), len(sources), "done")
+    logger.info("%s %s: %s", what, result.out_dir, result.summary().splitlines()[0])
+    return result
 
 
-def _process_all(
-    files: list[Path],
-    base: Path,
+def _run_sources(
+    sources: list[SourceFile],
     cfg: PrepareConfig,
     asr: Asr,
+    cache: StageCache,
+    proc: ClipProcessor,
     tmp: Path,
-    cache: _AsrCache,
+    make_jobs: JobMaker,
     result: PrepareResult,
     progress: Progress | None,
+    after_batch: Callable[[list[ClipJob]], None] | None,
 ) -> tuple[list[ClipRecord], float]:
-    """Process every file (skipping undecodable ones into ``result.errors``); records and input seconds."""
+    """Analyse and plan every source, processing clip jobs in batches as they accumulate."""
     records: list[ClipRecord] = []
-    input_seconds = 0.0
-    for i, (path, stem) in enumerate(zip(files, unique_stems(files))):
-        rel = str(path.relative_to(base))
+    batch: list[ClipJob] = []
+    seen: dict[str, str] = {}
+    seconds = 0.0
+    batch_clips = max(4, cfg.asr_batch_size * 6)  # ~5 clips fill one packed ASR window
+    scratch = tmp / ".scratch"
+
+    def flush(jobs: list[ClipJob], i: int) -> None:
         if progress is not None:
-            progress(i, len(files), f"{rel}: decoding")
+            progress(min(i, len(sources)), len(sources), f"{jobs[0].file.rel}: clips {jobs[0].rec.id}..{jobs[-1].rec.id}")
+        proc.run(jobs)
+        for j in jobs:
+            finish_record(j, cfg)
+        if after_batch is not None:
+            after_batch(jobs)
+
+    for i, sf in enumerate(sources):
+        if progress is not None:
+            progress(i, len(sources), f"{sf.rel}: analysing")
+        hits = cache.analysis_hits
         try:
-            ctx = _FileContext(path, rel, stem, cfg, asr, tmp, cache)
-            recs, seconds = _process_file(ctx, progress, i, len(files))
+            analyse_source(sf, cache, scratch)
+            if sf.sha in seen:
+                result.duplicates.append(f"{sf.rel}: same audio as {seen[sf.sha]} (skipped)")
+                sf.release()
+                continue
+            seen[sf.sha] = sf.rel
+            jobs = make_jobs(sf, asr, cache)
         except AudioDecodeError as e:
-            logger.warning("skipping %s: %s", rel, e)
-            result.errors[rel] = str(e)
+            logger.warning("skipping %s: %s", sf.rel, e)
+            result.errors[sf.rel] = str(e)
+            sf.release()
             continue
-        records.extend(recs)
-        input_seconds += seconds
+        result.n_files_decoded += int(cache.analysis_hits == hits)
+        seconds += float(sf.analysis["duration"])
+        records.extend(j.rec for j in jobs)
+        ready = [j for j in jobs if j.span.ok]
+        sf.pending = len(ready)
+        if not ready:
+            sf.release()
+        batch.extend(ready)
+        while len(batch) >= batch_clips:
+            flush(batch[:batch_clips], i)
+            batch = batch[batch_clips:]
+    if batch:
+        flush(batch, len(sources))
     result.n_files_failed = len(result.errors)
     if not records and result.errors:
         raise PrepareError(
-            f"none of the {len(files)} audio file(s) in {base} could be decoded: "
+            f"none of the {len(sources)} audio file(s) could be decoded: "
             + "; ".join(f"{k}: {v}" for k, v in result.errors.items())
         )
-    return records, input_seconds
+    return records, seconds
 
 
 def prepare(
-    input_dir: Path | str,
+    input_dir: Path | str | None,
     out_dir: Path | str,
     cfg: PrepareConfig | None = None,
     progress: Progress | None = None,
+    *,
+    speakers: Mapping[str, Path | str] | None = None,
     **overrides: Any,
 ) -> PrepareResult:
     """Build a dataset folder in ``out_dir`` from the recordings in ``input_dir`` (a folder or one file).
 
     ``cfg`` defaults to :class:`PrepareConfig`; ``overrides`` (e.g. ``language="de"``) replace its fields
-    (None values are ignored). ``progress(done_files, total_files, what)`` is called as work proceeds.
-    Unreadable files are skipped with a warning and listed in ``result.errors``. Raises
+    (None values are ignored). ``speakers`` maps speaker names to more input folders (one dataset, several
+    voices); ``input_dir`` may then be None. ``progress(done_files, total_files, what)`` is called as work
+    proceeds. Unreadable files are skipped with a warning and listed in ``result.errors``. Re-running on
+    the same ``out_dir`` reuses every cached stage (new files only are processed). Raises
     :class:`PrepareError` for unusable folders or when no clip survives.
     """
-    t0 = time.monotonic()
     cfg = merge(cfg or PrepareConfig(), overrides)
-    input_dir, out_dir = Path(input_dir).expanduser(), Path(out_dir).expanduser()
-    check_folders(input_dir, out_dir)
-    files = find_audio_files(input_dir)
-    if not files:
-        raise PrepareError(f"{input_dir}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    asr = load_asr(cfg.asr_model, cfg.language, cfg.device, beam_size=cfg.asr_beam_size)
-    result = PrepareResult(out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(files))
-    base = input_dir if input_dir.is_dir() else input_dir.parent
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = _AsrCache(out_dir / ASR_CACHE, asr, cfg)
-    try:
-        with atomic_dir(out_dir) as tmp:
-            records, input_seconds = _process_all(files, base, cfg, asr, tmp, cache, result, progress)
-            _finish(tmp, records, cfg, result)
-            cache.export(tmp / ASR_CACHE)
-            result.n_asr_cached = cache.hits
-            result.minutes_input = round(input_seconds / 60, 3)
-            result.seconds_elapsed = round(time.monotonic() - t0, 2)
-            result.real_time_factor = round(result.seconds_elapsed / max(input_seconds, 1e-9), 4)
-            atomic_write_json(tmp / "prepare_result.json", result.to_json())
-    finally:
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # failed before anything worth keeping: leave no empty folder behind
-    if progress is not None:
-        progress(len(files), len(files), "done")
-    logger.info(
-        "prepared %s: %d clip(s) kept (%.1f min, %d train / %d eval), %d quarantined, %d file(s) "
-        "skipped; %.1f s for %.1f min of audio (real-time factor %.3f) with ASR %s",
-        result.out_dir,
-        result.n_kept,
-        result.minutes_kept,
-        result.n_train,
-        result.n_eval,
-        result.n_quarantined,
-        result.n_files_failed,
-        result.seconds_elapsed,
-        result.minutes_input,
-        result.real_time_factor,
-        result.asr_model,
-    )
+    out = Path(out_dir).expanduser()
+    inputs = [Path(input_dir).expanduser()] if input_dir is not None else []
+    inputs += [Path(p).expanduser() for p in (speakers or {}).values()]
+    if not inputs:
+        raise PrepareError("no input: give an input folder and/or --speaker NAME=FOLDER")
+    for folder in inputs:
+        check_folders(folder, out)
+    found = discover_inputs(inputs[0] if input_dir is not None else None, speakers, cfg)
+    if not found:
+        where = ", ".join(str(p) for p in inputs)
+        raise PrepareError(f"{where}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    result = build_dataset(_sources(found), out, cfg, _prepare_jobs(cfg), progress, "prepared")
     if result.n_kept == 0:
         raise PrepareError(
-            f"no usable clip in {input_dir}: {result.n_quarantined} clip(s) quarantined "
-            f"({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl}"
+            f"no usable clip in {', '.join(str(p) for p in inputs)}: {result.n_quarantined} clip(s) quarantined "
+            f"({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl} and {result.report_html}"
         )
     return result
+
+
+def reason_counts(records: list[ClipRecord]) -> dict[str, int]:
+    """How often each kind of reason occurs (the part before the first parenthesis or colon)."""
+    return dict(Counter(re.split(r" \(|: ", reason)[0] for r in records for reason in r.reasons))

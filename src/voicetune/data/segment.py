@@ -4,8 +4,10 @@ Pure functions on (start, end) lists in seconds plus a frame-level envelope (spe
 normalised energy); no models, so every rule is unit-testable:
 
 1. :func:`split_long` cuts spans longer than the maximum at their longest internal pause (frames of the
-   envelope below a threshold), recursively, so each piece fits; with no pause at all it cuts at the
-   quietest frame, away from the edges.
+   envelope below a threshold), recursively, so each piece fits; with no pause at all it asks a
+   ``word_splitter`` (prepare passes one built on faster-whisper word timestamps, see
+   :func:`split_at_words`: cuts only between words, preferring punctuation and wide gaps) and, without
+   one or without words, cuts at the quietest frame, away from the edges.
 2. :func:`merge_short` joins a span shorter than the minimum with the neighbour across the shorter
    pause, when that pause is short and the result still fits.
 3. :func:`pad_and_extend` adds padding (never past the midpoint between two clips' speech) and extends
@@ -16,11 +18,14 @@ normalised energy); no models, so every rule is unit-testable:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 Span = tuple[float, float]
+Word = tuple[str, float, float]  # (word, start_s, end_s), absolute times
+WordSplitter = Callable[[Span, float, float], "list[Span] | None"]  # (span, max_len, min_len) -> pieces
 
 _EPS = 1e-6
 
@@ -112,12 +117,18 @@ def find_cut(span: Span, env: Envelope | None, min_piece: float, threshold: floa
 
 
 def split_long(
-    spans: list[Span], env: Envelope | None, max_len: float, min_len: float, threshold: float = 0.35
+    spans: list[Span],
+    env: Envelope | None,
+    max_len: float,
+    min_len: float,
+    threshold: float = 0.35,
+    word_splitter: WordSplitter | None = None,
 ) -> list[Span]:
     """Split every span longer than ``max_len`` at its longest internal pause, recursively.
 
     Pieces are kept at least ``min_len`` long where the span allows it (``min_len`` is capped at a third
-    of the span so that a cut always exists).
+    of the span so that a cut always exists). A span without any pause goes to ``word_splitter`` (when
+    given), which returns pieces cut between words, or None to fall back to the quietest frame.
     """
     if max_len <= 0:
         raise ValueError("max_len must be > 0")
@@ -129,10 +140,75 @@ def split_long(
             out.append((s, e))
             continue
         a, b = find_cut((s, e), env, min(min_len, (e - s) / 3), threshold)
+        if a == b and word_splitter is not None:
+            pieces = word_splitter((s, e), max_len, min_len)
+            if pieces and len(pieces) > 1:
+                out.extend(sorted(pieces))
+                continue
         # right piece pushed first so the left one is handled first (output stays sorted)
         stack.append((b, e))
         stack.append((s, a))
     return out
+
+
+def _gap_cut(gap: Span, env: Envelope | None, search: float) -> Span:
+    """The cut inside an inter-word gap: the gap itself when it is a real pause (>= 40 ms), else the
+    quietest envelope frame within ``search`` seconds of it (word timestamps are only ~50 ms accurate)."""
+    g0, g1 = gap
+    if g1 - g0 >= 0.04 or env is None or len(env.values) == 0:
+        return g0, g1
+    i0, i1 = env.frames(g0 - search, g1 + search)
+    if i1 <= i0:
+        return g0, g1
+    t = (i0 + int(np.argmin(env.values[i0:i1])) + 0.5) * env.frame_seconds
+    return t, t
+
+
+def split_at_words(
+    span: Span,
+    words: Sequence[Word],
+    max_len: float,
+    min_len: float,
+    env: Envelope | None = None,
+    search: float = 0.08,
+) -> list[Span] | None:
+    """Cut ``span`` into pieces of at most ``max_len`` seconds, only between words (never mid-word).
+
+    ``words``: (word, start, end) in absolute seconds, e.g. faster-whisper word timestamps. Each cut is
+    made in the gap between two consecutive words, chosen by (gap length + a bonus after punctuation,
+    closeness to the middle), leaving at least ``min(min_len, span / 3)`` on both sides; recursively
+    until every piece fits. A gap narrower than 40 ms is refined to the quietest ``env`` frame near it.
+    Returns None when ``span`` has fewer than two words or no admissible gap.
+    """
+    ws = sorted((float(a), float(b), str(w)) for w, a, b in words if b > span[0] and a < span[1])
+
+    def cut(s: float, e: float, ws: list[tuple[float, float, str]]) -> list[Span] | None:
+        if e - s <= max_len + _EPS:
+            return [(s, e)]
+        min_piece = min(min_len, (e - s) / 3)
+        best: tuple[float, int, float, float] | None = None
+        for i in range(len(ws) - 1):
+            g0, g1 = ws[i][1], ws[i + 1][0]
+            if g1 < g0:
+                g0 = g1 = (g0 + g1) / 2
+            if g0 - s < min_piece or e - g1 < min_piece:
+                continue
+            punct = ws[i][2].rstrip()[-1:] in ".,;:!?"
+            score = (g1 - g0) + (0.25 if punct else 0.0) - 0.2 * abs((g0 + g1) / 2 - (s + e) / 2) / (e - s)
+            if best is None or score > best[0]:
+                best = (score, i, g0, g1)
+        if best is None:
+            return None
+        _, i, g0, g1 = best
+        a, b = _gap_cut((g0, g1), env, search)
+        left, right = cut(s, a, ws[: i + 1]), cut(b, e, ws[i + 1 :])
+        if left is None or right is None:
+            return None
+        return left + right
+
+    if len(ws) < 2:
+        return None
+    return cut(span[0], span[1], ws)
 
 
 def merge_short(
@@ -210,11 +286,13 @@ def plan_clips(
     pad_seconds: float = 0.15,
     max_merge_gap: float = 0.7,
     pause_threshold: float = 0.35,
+    word_splitter: WordSplitter | None = None,
 ) -> list[ClipSpan]:
     """Clips from VAD speech spans: split long ones, merge short neighbours, pad, extend short ones.
 
     ``speech``: unpadded speech spans in seconds; ``duration``: length of the audio; ``env``: frame
-    envelope in which pauses are frames below ``pause_threshold``. Every clip lies within [0, duration]
+    envelope in which pauses are frames below ``pause_threshold``; ``word_splitter``: see
+    :func:`split_long` (used for long stretches of speech without any pause). Every clip lies within [0, duration]
     and clips never overlap. A clip that cannot be brought within [min_seconds, max_seconds] (an isolated
     short utterance with no room around it) carries a ``reason``.
     """
@@ -222,7 +300,7 @@ def plan_clips(
         raise ValueError(f"need 0 < min_seconds ({min_seconds}) < max_seconds ({max_seconds})")
     spans = sorted((max(0.0, s), min(duration, e)) for s, e in speech if min(duration, e) > max(0.0, s))
     inner_max = max(max_seconds - 2 * pad_seconds, max_seconds / 2)
-    spans = split_long(spans, env, inner_max, min_seconds, pause_threshold)
+    spans = split_long(spans, env, inner_max, min_seconds, pause_threshold, word_splitter)
     spans = merge_short(spans, min_seconds, max_seconds, max_merge_gap, pad_seconds)
     clips = pad_and_extend(spans, duration, pad_seconds, min_seconds, max_seconds)
     out = []

