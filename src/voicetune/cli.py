@@ -88,8 +88,31 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from voicetune.data.prepare import prepare
 
     cfg = PrepareConfig(**_overrides(args, PrepareConfig))
-    result = prepare(args.input_dir, args.out, cfg, progress=_progress_bar())
+    speakers = {}
+    for item in args.speaker or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ValueError(f"--speaker {item!r}: expected NAME=FOLDER")
+        speakers[name.strip()] = Path(folder)
+    result = prepare(args.input_dir, args.out, cfg, progress=_progress_bar(), speakers=speakers or None)
     print(result.summary())
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from voicetune.data import curate
+
+    if args.dataset_command == "import":
+        from voicetune.data.importer import import_dataset
+
+        result = import_dataset(args.src, args.out, PrepareConfig(**_overrides(args, PrepareConfig)),
+                                progress=_progress_bar())
+        print(result.summary())
+        return 0
+    if args.dataset_command == "restore":
+        print(curate.restore(args.dataset_dir, args.clip_ids, text=args.text).summary())
+    else:
+        print(curate.quarantine(args.dataset_dir, args.clip_ids).summary())
     return 0
 
 
@@ -177,10 +200,31 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode every audio file under INPUT_DIR (wav/flac/mp3/ogg/m4a, any rate, mono or "
                        "stereo), cut speech clips with Silero VAD, transcribe them with faster-whisper, normalise "
                        "loudness and write a Coqui/AllTalk-format dataset. Input files are never modified.")
-    s.add_argument("input_dir", help="folder (or single file) of recordings")
+    s.add_argument("input_dir", nargs="?", help="folder (or single file) of recordings")
     s.add_argument("--out", required=True, help="dataset folder to write")
+    s.add_argument("--speaker", action="append", metavar="NAME=FOLDER",
+                   help="another input folder holding speaker NAME (repeatable: one dataset, several voices)")
     _add_config_args(s, PrepareConfig)
     s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("dataset", help="curate or import a dataset (restore / quarantine / import)",
+                       description="Change a prepared dataset by hand, or import an existing one.")
+    dsub = s.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    d = dsub.add_parser("restore", help="keep quarantined clips after listening to them")
+    d.add_argument("dataset_dir")
+    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID")
+    d.add_argument("--text", help="corrected transcript (one clip)")
+    d.set_defaults(func=cmd_dataset)
+    d = dsub.add_parser("quarantine", help="take clips out of training (they stay on disk)")
+    d.add_argument("dataset_dir")
+    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID")
+    d.set_defaults(func=cmd_dataset)
+    d = dsub.add_parser("import", help="LJSpeech or Coqui/AllTalk folder → voicetune dataset (with QA)",
+                        formatter_class=fmt)
+    d.add_argument("src", help="folder with metadata.csv + wavs/ (LJSpeech) or metadata_train/eval.csv")
+    d.add_argument("--out", required=True, help="dataset folder to write")
+    _add_config_args(d, PrepareConfig)
+    d.set_defaults(func=cmd_dataset)
 
     s = sub.add_parser("make-tiny-base", help="write an UNTRAINED tiny base model (tests/demo only)",
                        description="Write a tiny, randomly initialised base model in the backend's exact native "

@@ -294,3 +294,83 @@ def generate_recordings(
         )
     atomic_write_json(out_dir / "transcripts.json", transcripts)
     return paths
+
+
+# ------------------------------------------------------------------------------ recordings with known faults
+
+FAULTS = ("clean", "second_voice", "clipping", "noise")
+
+
+def espeak(text: str, sample_rate: int = 22050) -> tuple[np.ndarray, int]:
+    """The same kind of utterance in a clearly different real voice: espeak-ng's formant synthesizer.
+
+    Raises DemoAudioError when espeak-ng is not installed (``apt-get install espeak-ng``).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from voicetune.audio.io import load_audio
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise DemoAudioError("espeak-ng is not installed (apt-get install espeak-ng; `make setup` does it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "say.wav"
+        subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
+        audio, _ = load_audio(wav, sr=sample_rate)
+    peak = float(np.max(np.abs(audio))) or 1.0
+    return (audio / peak * 0.7).astype(np.float32), sample_rate
+
+
+def _trimmed(audio: np.ndarray) -> np.ndarray:
+    nz = np.flatnonzero(np.abs(audio) > 0.01)
+    return audio[nz[0] : nz[-1] + 1] if nz.size else audio
+
+
+def fault_recordings(out_dir: Path, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Recordings of known sentences with known faults, for measuring prepare's quality control.
+
+    Writes ``clean.wav`` (10 Piper sentences), ``mixed.flac`` (10 sentences, of which two are spoken by
+    espeak-ng, two hard-clipped and two buried in noise at ~0 dB SNR) and ``extra.wav`` (6 Piper
+    sentences), all with 35 dB room tone, and ``faults.json``: per file, each sentence's
+    ``{"start", "end", "text", "fault"}`` with fault in :data:`FAULTS`. Returns that mapping.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sentences = [DEMO_SENTENCES[i] for i in rng.permutation(len(DEMO_SENTENCES))[:26]]
+    plan = {
+        "clean.wav": [(t, "clean") for t in sentences[:10]],
+        "mixed.flac": [
+            (t, f) for t, f in zip(sentences[10:20], ["clean", "second_voice", "clean", "clipping", "noise",
+                                                      "clean", "second_voice", "clipping", "noise", "clean"])
+        ],
+        "extra.wav": [(t, "clean") for t in sentences[20:26]],
+    }
+    sr = 22050
+    truth: dict[str, list[dict[str, Any]]] = {}
+    for name, items in plan.items():
+        parts, spans, pos = [np.zeros(int(0.8 * sr), np.float32)], [], int(0.8 * sr)
+        noise_spans: list[tuple[int, int, float]] = []
+        clip_spans: list[tuple[int, int]] = []
+        for k, (text, fault) in enumerate(items):
+            audio = _trimmed(espeak(text, sr)[0] if fault == "second_voice" else speak(text, sr)[0])
+            audio = audio * np.float32(10 ** (rng.uniform(-2.0, 2.0) / 20))
+            if fault == "clipping":  # a too-hot input level: the converter clips (after the room noise)
+                clip_spans.append((pos, pos + len(audio)))
+            pause = 1.6 if fault == "noise" or (k + 1 < len(items) and items[k + 1][1] == "noise") else rng.uniform(0.6, 1.1)
+            spans.append({"start": pos / sr, "end": (pos + len(audio)) / sr, "text": text, "fault": fault})
+            if fault == "noise":
+                noise_spans.append((pos - int(1.2 * sr), pos + len(audio) + int(1.2 * sr), float(np.std(audio))))
+            parts += [audio, np.zeros(int(pause * sr), np.float32)]
+            pos += len(audio) + int(pause * sr)
+        signal = _add_room(np.concatenate(parts), rng)
+        for a, b, level in noise_spans:  # white noise at about the speech level: ~0 dB SNR
+            signal[a:b] += (level * rng.standard_normal(b - a)).astype(np.float32)
+        for a, b in clip_spans:
+            signal[a:b] = np.clip(signal[a:b] * 6.0, -1.0, 1.0)
+        _write_any(out_dir / name, np.clip(signal, -1.0, 1.0), sr)
+        truth[name] = spans
+    atomic_write_json(out_dir / "faults.json", truth)
+    return truth

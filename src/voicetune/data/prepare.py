@@ -295,8 +295,10 @@ def build_dataset(
     progress: Progress | None,
     what: str,
     after_batch: Callable[[list[ClipJob]], None] | None = None,
+    notes: list[str] | None = None,
 ) -> PrepareResult:
-    """Run the pipeline over ``sources`` into ``out_dir`` (shared by prepare and import)."""
+    """Run the pipeline over ``sources`` into ``out_dir`` (shared by prepare and import). ``after_batch``
+    sees each processed batch of jobs; ``notes`` (filled as it runs) are reported as duplicates."""
     t0 = time.monotonic()
     asr = load_asr(cfg.asr_model, cfg.language, cfg.device, beam_size=cfg.asr_beam_size)
     verify_asr = (
@@ -316,6 +318,7 @@ def build_dataset(
             records, seconds = _run_sources(sources, cfg, asr, cache, proc, tmp, make_jobs, result, progress,
                                             after_batch)
             result.n_asr_cached, result.n_second_opinions = proc.n_asr_cached, proc.n_verified
+            result.duplicates.extend(notes or [])
             result.stage_seconds = {k: round(v, 2) for k, v in proc.seconds.items()}
             if progress is not None:
                 progress(len(sources), len(sources), "writing the dataset")
