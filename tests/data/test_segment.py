@@ -144,3 +144,55 @@ def test_energy_envelope_marks_silence_low_and_sound_high():
     assert env.values[i0:i1].min() > 0.9
     j0, j1 = env.frames(1.3, 1.9)
     assert env.values[j0:j1].max() < 0.1
+
+
+# ------------------------------------------------------------------ cutting between words (no pause at all)
+
+from voicetune.data.segment import split_at_words  # noqa: E402
+
+
+def _words(n, start=0.0, dur=0.4, gap=0.02, punct_at=()):
+    out, t = [], start
+    for i in range(n):
+        out.append((f"w{i}{'.' if i in punct_at else ''}", t, t + dur))
+        t += dur + gap
+    return out
+
+
+def test_split_at_words_cuts_only_in_gaps_between_words_and_fits_max():
+    words = _words(40)  # 40 words of 0.4 s, 20 ms apart: 16.8 s without any pause
+    pieces = split_at_words((0.0, 16.8), words, max_len=6.0, min_len=1.0)
+    assert pieces and all(b - a <= 6.0 + 1e-6 for a, b in pieces)
+    for (_, b), (c, _) in zip(pieces, pieces[1:]):
+        assert not any(s + 1e-6 < b < e - 1e-6 or s + 1e-6 < c < e - 1e-6 for _, s, e in words), (b, c)
+
+
+def test_split_at_words_prefers_punctuation_and_wide_gaps_near_the_middle():
+    words = _words(20, punct_at=(8,))  # a sentence ends after word 8 (at ~3.8 s of 8.4 s)
+    pieces = split_at_words((0.0, 8.4), words, max_len=6.0, min_len=1.0)
+    assert len(pieces) == 2 and abs(pieces[0][1] - words[8][2]) < 0.05
+
+
+def test_split_at_words_refines_a_tight_gap_on_the_envelope():
+    words = [("one", 0.0, 3.0), ("two", 3.0, 6.0), ("three", 6.0, 9.0)]
+    env = envelope(9.0, [(0.0, 9.0)], dips=[(3.06, 3.1, 0.2)])  # the real boundary is 60 ms later
+    pieces = split_at_words((0.0, 9.0), words, max_len=6.5, min_len=1.0, env=env)
+    assert pieces[0][1] == pytest.approx(3.07, abs=0.021)
+
+
+def test_split_at_words_gives_up_without_words():
+    assert split_at_words((0.0, 20.0), [("one", 1.0, 2.0)], 6.0, 1.0) is None
+
+
+def test_plan_clips_asks_the_word_splitter_only_for_pause_less_speech():
+    env = envelope(30.0, [(1.0, 14.0), (16.0, 27.0)], dips=[(21.0, 21.5, 0.05)])
+    asked = []
+
+    def splitter(span, max_len, min_len):
+        asked.append(span)
+        return split_at_words(span, _words(30, start=span[0]), max_len, min_len)
+
+    clips = plan_clips([(1.0, 14.0), (16.0, 27.0)], 30.0, env, min_seconds=1.0, max_seconds=8.0,
+                       word_splitter=splitter)
+    assert all(c.ok for c in clips)
+    assert asked == [(1.0, 14.0)]  # the second span had a pause to cut at instead

@@ -1,9 +1,10 @@
 """Read long recordings in blocks and cut spans out of them, without decoding a whole file into memory.
 
-:func:`open_source` opens a file for block-wise decoding: with soundfile (libsndfile: wav, flac, ogg, mp3)
-the file can also be read at any position later (:meth:`AudioSource.read`); formats only PyAV decodes
-(m4a, aac, wma, webm, odd mp3s) are streamed once and, where spans must be read later, mirrored into a
-temporary mono wav (:meth:`AudioSource.spool_to`). Blocks are mono float32 at the file's own rate.
+:func:`open_source` opens a file for block-wise decoding: with soundfile (libsndfile: wav, flac, ogg)
+the file can also be read at any position later (:meth:`AudioSource.read`); mp3 (whose first frame after a
+seek lacks its bit reservoir) and formats only PyAV decodes (m4a, aac, wma, webm) are streamed once and,
+where spans must be read later, mirrored into a temporary mono wav (:meth:`AudioSource.spool_to`).
+Blocks are mono float32 at the file's own rate.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class AudioSource:
         self.sr = 0
         self.channels = 1
         self.seekable = False
+        self._soundfile = False
         self._spool: Path | None = None
         if not self.path.is_file():
             raise AudioDecodeError(f"{self.path}: no such file")
@@ -39,7 +41,11 @@ class AudioSource:
         errors = []
         try:
             with sf.SoundFile(str(self.path)) as f:
-                self.sr, self.channels, self.seekable = int(f.samplerate), int(f.channels), bool(f.seekable())
+                self.sr, self.channels = int(f.samplerate), int(f.channels)
+                # MPEG: libmpg123 decodes the first frame after a seek without its bit reservoir (and
+                # says so on stderr); mp3s are read sequentially and spooled like PyAV formats instead
+                self.seekable = bool(f.seekable()) and f.format != "MPEG"
+                self._soundfile = True
                 if f.frames == 0:
                     raise AudioDecodeError(f"{self.path}: contains no samples")
             return
@@ -65,7 +71,7 @@ class AudioSource:
         """Mono float32 blocks of about ``block_seconds`` each, in order. Raises AudioDecodeError."""
         n = max(1, int(block_seconds * self.sr))
         got = 0
-        if self.seekable or self._is_soundfile():
+        if self._soundfile:
             with sf.SoundFile(str(self.path)) as f:
                 while True:
                     data = f.read(n, dtype="float32", always_2d=True)
@@ -101,18 +107,23 @@ class AudioSource:
         self._spool = path
         return sf.SoundFile(str(path), "w", samplerate=self.sr, channels=1, subtype="FLOAT", format="WAV")
 
+    def ensure_readable(self, scratch: Path, name: str) -> None:
+        """Make :meth:`read` work: spool a non-seekable source into ``scratch/name`` (one decoding pass)."""
+        if self.seekable or (self._spool is not None and self._spool.is_file()):
+            return
+        spool = self.spool_to(scratch / name)
+        assert spool is not None
+        try:
+            for block in self.blocks():
+                spool.write(block)
+        finally:
+            spool.close()
+
     def close(self) -> None:
         """Delete the spooled copy, if any."""
         if self._spool is not None and self._spool.exists():
             self._spool.unlink()
         self._spool = None
-
-    def _is_soundfile(self) -> bool:
-        try:
-            sf.info(str(self.path))
-            return True
-        except Exception:  # noqa: BLE001 - any libsndfile failure means "use PyAV"
-            return False
 
     def _checked(self, block: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(block)):

@@ -54,11 +54,14 @@ class SourceFile:
     language: str = ""
     source: AudioSource | None = None
     pending: int = 0  # clips not yet processed (the spooled copy is deleted at 0)
+    scratch: Path | None = None  # where non-seekable sources are spooled
 
     def audio(self, start: float, end: float) -> tuple[np.ndarray, int]:
         """Source samples (mono, native rate) of [start, end)."""
         if self.source is None:
             self.source = open_source(self.path)
+        if self.scratch is not None:
+            self.source.ensure_readable(self.scratch, f"{self.sha}.wav")
         return self.source.read(start, end), self.source.sr
 
     def release(self) -> None:
@@ -97,6 +100,7 @@ class ClipJob:
 def analyse_source(sf: SourceFile, cache: StageCache, scratch: Path) -> None:
     """Hash the file and run (or load) its streaming VAD analysis. Raises AudioDecodeError."""
     sf.sha = cache.sha256(sf.path)
+    sf.scratch = scratch
     sf.analysis = cache.load_analysis(sf.sha)
     if sf.analysis is not None:
         return
