@@ -61,11 +61,15 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
                                   "optimizer_state_dtype": "bf16"},
     "vt_model_compiled_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
                                       "optimizer_state_dtype": "bf16"},
+    "vt_model_cudagraphs_bf16w_bf16s": {"compile": "on", "compile_mode": "reduce-overhead", "compile_scope": "model",
+                                        "param_dtype": "bf16", "optimizer_state_dtype": "bf16"},
+    "vt_model_cudagraphs_bf16w": {"compile": "on", "compile_mode": "reduce-overhead", "compile_scope": "model",
+                                  "param_dtype": "bf16"},
     "vt_lowmem": {"compile": "on", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
                   "gradient_checkpointing": True},
 }
 DEFAULT_CONFIGS = ("reference,vt_coqui_bf16,vt_packed_eager,vt_compiled,vt_compiled_bf16w,"
-                   "vt_compiled_bf16w_bf16s,vt_cudagraphs_bf16w_bf16s,vt_lowmem")
+                   "vt_compiled_bf16w_bf16s,vt_cudagraphs_bf16w_bf16s,vt_model_cudagraphs_bf16w_bf16s,vt_lowmem")
 
 
 # ----------------------------------------------------------------------------------------- set-up
@@ -175,6 +179,11 @@ def peaks(device: torch.device) -> tuple[float, float]:
 
 def measure(step, device: torch.device, warmup: int, steps: int) -> dict[str, Any]:
     """Warm-up steps (compiling happens here), then ``steps`` timed steps, each ended by a device sync."""
+    gc_time = [0.0, 0.0]
+
+    def gc_timer(phase: str, info: dict) -> None:  # time spent in Python's garbage collector
+        gc_time[0 if phase == "start" else 1] += time.perf_counter() * (1 if phase == "stop" else -1)
+
     t0 = time.perf_counter()
     warm_times = []
     for _ in range(warmup):
@@ -187,15 +196,20 @@ def measure(step, device: torch.device, warmup: int, steps: int) -> dict[str, An
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t)
+    gc.callbacks.append(gc_timer)
+    try:
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - t)
+    finally:
+        gc.callbacks.remove(gc_timer)
     alloc, reserved = peaks(device)
     median = float(np.median(times))
     return {"step_s_mean": float(np.mean(times)), "step_s_median": median, "step_s_min": float(np.min(times)),
-            "step_s_max": float(np.max(times)), "warmup_s": warmup_s, "warmup_step_s": warm_times,
+            "step_s_max": float(np.max(times)), "gc_s_per_step": (gc_time[0] + gc_time[1]) / steps,
+            "warmup_s": warmup_s, "warmup_step_s": warm_times,
             "compile_and_warmup_overhead_s": max(0.0, warmup_s - warmup * median),
             "peak_alloc_gib": alloc, "peak_reserved_gib": reserved,
             "peak_alloc_incl_warmup_gib": max(alloc, alloc_w), "peak_reserved_incl_warmup_gib": max(reserved, reserved_w)}
@@ -236,6 +250,68 @@ def _busy(step, device: torch.device, n: int) -> float:
             total += e - end
             end = e
     return total / 1e6 / wall
+
+
+def voicetune_step(backend: Any, store: Any, order: Any, cfg: Any, optimizer: Any, device: torch.device,
+                   precision: str) -> tuple[Any, str]:
+    """One optimizer step exactly as voicetune's training loop runs it: ``StepEngine.run`` (or, in revisions
+    before it, ``loop._optimizer_step``). Returns (step function, which driver)."""
+    try:
+        from voicetune.train.distributed import Dist
+        from voicetune.train.oom import MicroBatchPlan
+        from voicetune.train.step import StepEngine, make_scaler
+    except ImportError:
+        from voicetune.train.loop import _optimizer_step
+
+        return (lambda: _optimizer_step(backend, store, order, cfg, optimizer, device, precision),
+                "voicetune.train.loop._optimizer_step")
+    plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
+    engine = StepEngine(backend, store, optimizer, cfg, device, precision, Dist(), plan, make_scaler(precision, device))
+    counter = itertools.count(1)
+    return (lambda: engine.run(next(counter), [(i, 0) for i in next(order)]), "voicetune.train.step.StepEngine.run")
+
+
+def breakdown(backend: Any, store: Any, order: Any, cfg: Any, optimizer: Any, device: torch.device,
+              precision: str, n: int = 5) -> dict[str, float]:
+    """Median ms of each part of ``_optimizer_step`` (same calls), each part ended by a device sync.
+
+    ``*_cpu`` is the host time until the part's calls return (before the sync): launch and Python overhead.
+    """
+    from voicetune.utils.device import autocast
+
+    parts: dict[str, list[float]] = {}
+
+    def mark(name: str, t: float, t_cpu: float | None = None) -> float:
+        sync(device)
+        now = time.perf_counter()
+        parts.setdefault(name, []).append(1e3 * (now - t))
+        if t_cpu is not None:
+            parts.setdefault(name + "_cpu", []).append(1e3 * (t_cpu - t))
+        return now
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for _ in range(n):
+        t = time.perf_counter()
+        idx = next(order)
+        items = [store[i] for i in idx]
+        t = mark("load_items", t)
+        batch = backend.collate(items)
+        t = mark("collate_pack", t)
+        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        t = mark("to_device", t)
+        with autocast(device, precision):
+            out = backend.loss(batch, cfg)
+        t = mark("forward", t, time.perf_counter())
+        out["loss"].backward()
+        t = mark("backward", t, time.perf_counter())
+        [float(v.detach()) for v in out.values()]
+        if cfg.grad_clip > 0:
+            float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        t = mark("clip", t)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mark("optimizer", t, time.perf_counter())
+    return {k: float(np.median(v)) for k, v in parts.items()}
 
 
 # ----------------------------------------------------------------------------------------- FLOPs
@@ -337,7 +413,6 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
     from voicetune.backends.base import get_backend
     from voicetune.backends.xtts.speed import conditioning
     from voicetune.config import TrainConfig
-    from voicetune.train.loop import _optimizer_step
     from voicetune.train.optim import build_optimizer
     from voicetune.utils.device import resolve_precision
 
@@ -354,16 +429,16 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
     backend.set_train(True)
     order = itertools.cycle(batches)
-
-    def step() -> None:
-        _optimizer_step(backend, store, order, cfg, optimizer, device, precision)
+    step, driver = voicetune_step(backend, store, order, cfg, optimizer, device, precision)
 
     result = measure(step, device, args.warmup, args.steps)
     result["gpu_busy"] = gpu_busy_fraction(step, device)
+    result["breakdown_ms"] = breakdown(backend, store, order, cfg, optimizer, device, precision)
     lengths = sorted({int(backend.collate([store[i] for i in idx]).get("text_targets", torch.zeros(1, 0)).shape[1])
                       for idx in batches})
     result["packed_lengths"] = lengths
-    result["settings"] = {**settings, "resolved_precision": precision, "optimizer": type(optimizer).__name__}
+    result["settings"] = {**settings, "resolved_precision": precision, "optimizer": type(optimizer).__name__,
+                          "driver": driver}
     if args.cond_flops is None:
         from torch.utils.flop_counter import FlopCounterMode
 

@@ -167,5 +167,5 @@ def _has_triton() -> bool:
 def _compiled() -> Any:
     global _compiled_update
     if _compiled_update is None:
-        _compiled_update = torch.compile(_adamw_update, dynamic=False)
+        _compiled_update = torch.compile(_adamw_update, dynamic=True)  # one graph for every group's size
     return _compiled_update
