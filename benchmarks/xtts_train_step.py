@@ -252,6 +252,20 @@ def _busy(step, device: torch.device, n: int) -> float:
     return total / 1e6 / wall
 
 
+def conditioning_flops(backend: Any, store: Any, batches: list[list[int]], device: torch.device,
+                       precision: str) -> float:
+    """Forward FLOPs of the conditioning encoder + perceiver for one clip (counted, under the step's autocast)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from voicetune.backends.xtts.speed import conditioning
+    from voicetune.utils.device import autocast
+
+    cond = backend.collate([store[i] for i in batches[0]])["cond_mels"][:1].to(device)
+    with FlopCounterMode(display=False) as counter, autocast(device, precision):  # (no no_grad: its tracker fails)
+        conditioning(backend.model.gpt, cond)
+    return float(counter.get_total_flops())
+
+
 def voicetune_step(backend: Any, store: Any, order: Any, cfg: Any, optimizer: Any, device: torch.device,
                    precision: str) -> tuple[Any, str]:
     """One optimizer step exactly as voicetune's training loop runs it: ``StepEngine.run`` (or, in revisions
@@ -411,7 +425,6 @@ def run_reference(base: Path, clips: list[Any], batches: list[list[int]], device
 def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[Any], batches: list[list[int]],
                   device: torch.device, args: Any, work: Path) -> dict:
     from voicetune.backends.base import get_backend
-    from voicetune.backends.xtts.speed import conditioning
     from voicetune.config import TrainConfig
     from voicetune.train.optim import build_optimizer
     from voicetune.utils.device import resolve_precision
@@ -440,12 +453,10 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
     result["settings"] = {**settings, "resolved_precision": precision, "optimizer": type(optimizer).__name__,
                           "driver": driver}
     if args.cond_flops is None:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        cond = backend.collate([store[i] for i in batches[0]])["cond_mels"][:1].to(device)
-        with FlopCounterMode(display=False) as counter:  # (its module tracker fails under no_grad)
-            conditioning(backend.model.gpt, cond.to(next(backend.model.gpt.parameters()).dtype))
-        args.cond_flops = float(counter.get_total_flops())
+        try:
+            args.cond_flops = conditioning_flops(backend, store, batches, device, precision)
+        except RuntimeError as e:  # the FLOP count must never lose the measurement
+            logger.warning("counting the conditioning FLOPs failed: %s", e)
     del backend, store, optimizer
     importlib.import_module("torch._dynamo").reset()  # drop compiled graphs (and CUDA-graph pools)
     return result

@@ -69,11 +69,11 @@ def _adamw_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Te
 
 
 class FlatAdamW(torch.optim.Optimizer):
-    """AdamW for bf16 (or fp32) weights: each group's weights, gradients and moments live in flat buffers.
+    """AdamW for bf16 (or fp32) weights: weights, gradients and moments live in flat buffers.
 
-    * The parameters become views of one buffer per group, and their ``.grad`` views of another (backward
-      accumulates into it; ``zero_grad`` zeroes it, whatever ``set_to_none`` says), so a step is one fused
-      pass over each group instead of hundreds of small kernels.
+    * The parameters of a group (one buffer per dtype in it: bf16 weights, fp32 norm gains) become views of
+      one buffer, and their ``.grad`` views of another (backward accumulates into it; ``zero_grad`` zeroes it,
+      whatever ``set_to_none`` says), so a step is one fused pass per buffer instead of hundreds of kernels.
     * The update is computed in float32 and rounded stochastically into bf16 weights and (optionally bf16)
       moments, so that it is exact on average even when it is far below bf16's resolution.
     * On CUDA with Triton the update is compiled (one kernel, random bits generated inside it).
@@ -83,17 +83,18 @@ class FlatAdamW(torch.optim.Optimizer):
                  weight_decay: float = 0.0, state_dtype: torch.dtype = torch.float32, compiled: bool | None = None):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.state_dtype = state_dtype
-        self._flat = [self._flatten(group) for group in self.param_groups]
-        device = self._flat[0]["param"].device
+        self._flat: list[dict[str, Any]] = []  # buckets: one per (group, dtype, device)
+        for index, group in enumerate(self.param_groups):
+            kinds: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+            for p in group["params"]:
+                kinds.setdefault((p.dtype, p.device), []).append(p)
+            self._flat += [self._flatten(index, ps) for ps in kinds.values()]
         if compiled is None:
-            compiled = device.type == "cuda" and _has_triton()
+            compiled = self._flat[0]["param"].device.type == "cuda" and _has_triton()
         self.compiled = compiled
 
-    def _flatten(self, group: dict[str, Any]) -> dict[str, Any]:
-        params = group["params"]
+    def _flatten(self, group: int, params: list[torch.Tensor]) -> dict[str, Any]:
         dtype, device = params[0].dtype, params[0].device
-        if any(p.dtype != dtype or p.device != device for p in params):
-            raise ValueError("FlatAdamW needs every parameter of a group on one device with one dtype")
         total = sum(p.numel() for p in params)
         flat = torch.empty(total, dtype=dtype, device=device)
         grad = torch.zeros(total, dtype=dtype, device=device)
@@ -107,15 +108,15 @@ class FlatAdamW(torch.optim.Optimizer):
                 p.grad = view
                 views.append(view)
                 offset += n
-        return {"param": flat, "grad": grad, "views": views, "step": 0,
+        return {"group": group, "params": params, "param": flat, "grad": grad, "views": views, "step": 0,
                 "exp_avg": torch.zeros(total, dtype=self.state_dtype, device=device),
                 "exp_avg_sq": torch.zeros(total, dtype=self.state_dtype, device=device)}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient buffers (the views stay attached; ``set_to_none`` is ignored)."""
-        for group, flat in zip(self.param_groups, self._flat):
+        for flat in self._flat:
             flat["grad"].zero_()
-            for p, view in zip(group["params"], flat["views"]):
+            for p, view in zip(flat["params"], flat["views"]):
                 if p.grad is not view:
                     p.grad = view
 
@@ -125,7 +126,8 @@ class FlatAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, flat in zip(self.param_groups, self._flat):
+        for flat in self._flat:
+            group = self.param_groups[flat["group"]]
             flat["step"] += 1
             t, (b1, b2) = flat["step"], group["betas"]
             lr, wd = float(group["lr"]), float(group["weight_decay"])
@@ -147,8 +149,8 @@ class FlatAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         flat_state = state_dict.pop("flat_state", None)
-        if flat_state is None or len(flat_state) != len(self._flat):
-            raise ValueError("not a FlatAdamW state (saved by another optimizer or for other parameter groups)")
+        if flat_state is None or [s["exp_avg"].numel() for s in flat_state] != [f["param"].numel() for f in self._flat]:
+            raise ValueError("not a FlatAdamW state of these parameters (another optimizer, or other groups)")
         super().load_state_dict(state_dict)
         for flat, saved in zip(self._flat, flat_state):
             flat["step"] = int(saved["step"])

@@ -269,7 +269,8 @@ class XttsBackend:
         own_cap, cap = gpt.max_gen_mel_tokens, self._max_audio_tokens()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            speed_ctx = self._speed.inference_context(self.device) if self._speed else contextlib.nullcontext()
+            speed_ctx = (self._speed.inference_context(self.device, model.hifigan_decoder) if self._speed
+                         else contextlib.nullcontext())
             with torch.random.fork_rng(devices=devices), torch.inference_mode(), speed_ctx:
                 torch.manual_seed(seed)
                 latents, speaker = self._conditioning(refs)

@@ -20,7 +20,9 @@ has no host-device synchronisation before the loss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,6 +319,9 @@ class GptTrainingSpeed:
         set_attention(gpt, settings.attention)
         if settings.param_dtype != torch.float32:
             gpt.to(settings.param_dtype)
+            for module in gpt.modules():  # norms stay fp32: the conditioning encoder's GroupNorm runs in fp32
+                if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                    module.float()
         self.constants: GptConstants | None = None
         if settings.fast_loss:
             if not getattr(gpt, "use_perceiver_resampler", False):
@@ -350,13 +355,36 @@ class GptTrainingSpeed:
         return self._fn(self.gpt, batch, self.settings.attention == "sdpa", self.settings.gradient_checkpointing,
                         self._fns)
 
-    def inference_context(self, device: torch.device) -> Any:
-        """bf16 parameters: synthesis runs under bf16 autocast (the frozen decoder stays fp32)."""
-        import contextlib
-
+    @contextlib.contextmanager
+    def inference_context(self, device: torch.device, decoder: torch.nn.Module | None = None) -> Iterator[None]:
+        """bf16 weights: synthesis runs under bf16 autocast, except ``decoder`` (the frozen fp32 HiFi-GAN),
+        which gets float32 inputs and no autocast, so that the waveform is float32 as with fp32 weights."""
         if self.settings.param_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.settings.param_dtype)
+            yield
+            return
+        contexts: list[Any] = []
+
+        def to_fp32(x: Any) -> Any:
+            return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+
+        def before(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            contexts.append(torch.autocast(device_type=device.type, enabled=False))
+            contexts[-1].__enter__()
+            return tuple(to_fp32(a) for a in args), {k: to_fp32(v) for k, v in kwargs.items()}
+
+        def after(module: Any, args: tuple, output: Any) -> Any:
+            contexts.pop().__exit__(None, None, None)
+            return output
+
+        handles = []
+        if decoder is not None:
+            handles = [decoder.register_forward_pre_hook(before, with_kwargs=True), decoder.register_forward_hook(after)]
+        try:
+            with torch.autocast(device_type=device.type, dtype=self.settings.param_dtype):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def configure_training(gpt: Any, cfg: Any, device: torch.device) -> GptTrainingSpeed:
