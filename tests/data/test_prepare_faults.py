@@ -69,7 +69,7 @@ def test_kept_transcripts_match_the_spoken_sentences(faults):
     said = " ".join(overlapping(r, truth)[0]["text"] for r in kept)
     heard = " ".join(r.raw_text for r in kept)
     assert jiwer.wer(words(said), words(heard)) < 0.12
-    assert all(r.text and r.asr["words"] and r.quality["snr_db"] > 20 for r in kept)
+    assert all(r.text and r.asr["words"] and r.quality["snr_db"] > CFG.min_snr_db for r in kept)
 
 
 def test_split_is_deterministic_and_report_is_self_contained(faults, tmp_path):

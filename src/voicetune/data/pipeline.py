@@ -14,7 +14,9 @@ is looked up in / added to :class:`~voicetune.data.cache.StageCache` first.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,13 +99,14 @@ class ClipJob:
 # --------------------------------------------------------------------------------------- per source file
 
 
-def analyse_source(sf: SourceFile, cache: StageCache, scratch: Path) -> None:
-    """Hash the file and run (or load) its streaming VAD analysis. Raises AudioDecodeError."""
+def analyse_source(sf: SourceFile, cache: StageCache, scratch: Path) -> bool:
+    """Hash the file and run (or load) its streaming VAD analysis; True when it had to be decoded.
+    Raises AudioDecodeError."""
     sf.sha = cache.sha256(sf.path)
     sf.scratch = scratch
     sf.analysis = cache.load_analysis(sf.sha)
     if sf.analysis is not None:
-        return
+        return False
     import soxr
 
     src = open_source(sf.path)
@@ -131,6 +134,7 @@ def analyse_source(sf: SourceFile, cache: StageCache, scratch: Path) -> None:
         "duration": np.float64(n_native / src.sr),
     }
     cache.save_analysis(sf.sha, sf.analysis)
+    return True
 
 
 def plan_source(sf: SourceFile, cfg: PrepareConfig, splitter: Callable | None) -> list[ClipSpan]:
@@ -245,12 +249,19 @@ class ClipProcessor:
         self.n_wavs_reused = 0
         self.n_verified = 0
         self.seconds: dict[str, float] = {}
+        # per-clip audio work (reading, resampling, loudness, writing) runs in threads: soxr, soundfile,
+        # numpy and the filters release the GIL, so a many-core GPU box keeps the GPU fed
+        self.pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="voicetune-clip")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
     def _timed(self, stage: str, t0: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.monotonic() - t0
 
     def run(self, jobs: list[ClipJob]) -> None:
         """Process one batch of jobs (records are filled in place; audio is dropped afterwards)."""
+        self._prefetch(jobs)
         self._asr_first_pass(jobs)
         self._asr_second_pass(jobs)
         self._quality(jobs)
@@ -260,6 +271,31 @@ class ClipProcessor:
             j.file.pending -= 1
             if j.file.pending <= 0:
                 j.file.release()
+
+    def _wav_key(self, j: ClipJob) -> str:
+        cfg = self.cfg
+        return f"{j.key}|sr={cfg.sample_rate}|lufs={cfg.target_lufs:g}|peak={cfg.peak_dbfs:g}|{WAV_VERSION}"
+
+    def _prefetch(self, jobs: list[ClipJob]) -> None:
+        """Read (in parallel) the audio of every job that some stage cannot take from the cache."""
+        t0 = time.monotonic()
+
+        def needs_audio(j: ClipJob) -> bool:
+            wav = self.previous_wavs.get(self._wav_key(j))
+            return (
+                f"{j.key}|{self.settings1}|{j.file.language}" not in self.cache.asr.entries
+                or f"{j.key}|{QA_VERSION}" not in self.cache.qa.entries
+                or (self.mos_on and f"{j.key}|mos-v1" not in self.cache.qa.entries)
+                or wav is None
+                or f"{self._wav_key(j)}|loudness" not in self.cache.qa.entries
+            )
+
+        todo = [j for j in jobs if needs_audio(j)]
+        for j in todo:  # open each source once, in this thread (spooling a non-seekable one if needed)
+            if j.file.source is None or not j.file.source.seekable:
+                j.file.audio(j.span.start, j.span.start)
+        list(self.pool.map(ClipJob.load, todo))
+        self._timed("decode", t0)
 
     def _asr_first_pass(self, jobs: list[ClipJob]) -> None:
         t0 = time.monotonic()
@@ -365,7 +401,8 @@ class ClipProcessor:
                     j.rec.quality["mos"] = mos["mos"]
         if need_emb and self.cfg.qa_speaker:
             t1 = time.monotonic()
-            for j, e in zip(need_emb, qa.speaker_embeddings([j.audio16 for j in need_emb], self._device())):
+            audios = [j.audio16 for j in need_emb]
+            for j, e in zip(need_emb, qa.speaker_embeddings(audios, self._device(), pool=self.pool)):
                 j.embedding = e
             self._timed("speaker", t1)
         for j in need_emb:
@@ -388,32 +425,42 @@ class ClipProcessor:
 
     def _write(self, jobs: list[ClipJob]) -> None:
         t0 = time.monotonic()
-        cfg = self.cfg
+        render = []
         for j in jobs:
             rec = j.rec
-            rec.audio_key = f"{j.key}|sr={cfg.sample_rate}|lufs={cfg.target_lufs:g}|peak={cfg.peak_dbfs:g}|{WAV_VERSION}"
+            rec.audio_key = self._wav_key(j)
             rec.audio_file = f"wavs/{rec.id}.wav"
-            dest = self.out / rec.audio_file
             prev = self.previous_wavs.get(rec.audio_key)
             loud = self.cache.qa.get(f"{rec.audio_key}|loudness")
             if prev is not None and prev.is_file() and loud is not None:
-                link_or_copy(prev, dest)
+                link_or_copy(prev, self.out / rec.audio_file)
                 self.n_wavs_reused += 1
                 rec.quality.update(loud["loudness"])
-                continue
-            j.load()
-            clip = resample(j.native, j.sr, cfg.sample_rate)
-            clip, info = normalize_loudness(clip, cfg.sample_rate, cfg.target_lufs, cfg.peak_dbfs)
-            loudness = {
-                "input_lufs": None if info.input_lufs is None else round(info.input_lufs, 2),
-                "gain_db": round(info.gain_db, 2),
-                "peak_dbfs": round(info.output_peak_dbfs, 2),
-                "limited": info.limited,
-            }
-            rec.quality.update(loudness)
-            self.cache.qa.put(f"{rec.audio_key}|loudness", {"loudness": loudness})
-            write_wav(dest, _fade(clip, cfg.sample_rate), cfg.sample_rate)
+            else:
+                render.append(j)
+        for j, loudness in zip(render, self.pool.map(self._render, render)):
+            j.rec.quality.update(loudness)
+            self.cache.qa.put(f"{j.rec.audio_key}|loudness", {"loudness": loudness})
         self._timed("write", t0)
+
+    def _render(self, j: ClipJob) -> dict[str, Any]:
+        """Resample, loudness-normalise, limit, fade and write one clip (runs in a worker thread)."""
+        cfg = self.cfg
+        j.load()
+        clip = resample(j.native, j.sr, cfg.sample_rate)
+        clip, info = normalize_loudness(clip, cfg.sample_rate, cfg.target_lufs, cfg.peak_dbfs)
+        write_wav(self.out / j.rec.audio_file, _fade(clip, cfg.sample_rate), cfg.sample_rate)
+        return {
+            "input_lufs": None if info.input_lufs is None else round(info.input_lufs, 2),
+            "gain_db": round(info.gain_db, 2),
+            "peak_dbfs": round(info.output_peak_dbfs, 2),
+            "limited": info.limited,
+        }
+
+
+def workers() -> int:
+    """Threads for per-clip audio work: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def finish_record(j: ClipJob, cfg: PrepareConfig) -> None:

@@ -25,7 +25,8 @@ import logging
 import re
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,8 +316,11 @@ def build_dataset(
     try:
         with atomic_dir(out_dir) as tmp:
             proc = ClipProcessor(cfg, asr, verify_asr, cache, tmp, previous.wavs, mos_on)
-            records, seconds = _run_sources(sources, cfg, asr, cache, proc, tmp, make_jobs, result, progress,
-                                            after_batch)
+            try:
+                records, seconds = _run_sources(sources, cfg, asr, cache, proc, tmp, make_jobs, result, progress,
+                                                after_batch)
+            finally:
+                proc.close()
             result.n_asr_cached, result.n_second_opinions = proc.n_asr_cached, proc.n_verified
             result.duplicates.extend(notes or [])
             result.stage_seconds = {k: round(v, 2) for k, v in proc.seconds.items()}
@@ -371,34 +375,50 @@ def _run_sources(
         if after_batch is not None:
             after_batch(jobs)
 
-    for i, sf in enumerate(sources):
-        if progress is not None:
-            progress(i, len(sources), f"{sf.rel}: analysing")
-        hits = cache.analysis_hits
+    def analyse(sf: SourceFile) -> bool | AudioDecodeError:
         try:
-            analyse_source(sf, cache, scratch)
-            if sf.sha in seen:
-                result.duplicates.append(f"{sf.rel}: same audio as {seen[sf.sha]} (skipped)")
+            return analyse_source(sf, cache, scratch)
+        except AudioDecodeError as e:
+            return e
+
+    from voicetune.data.vad import _load_model
+
+    _load_model()  # once, before analysis threads share it
+    ahead: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="voicetune-analyse") as ex:
+        # the next file is decoded and analysed while the clips of this one are transcribed (two at most,
+        # so spooled copies of non-seekable sources do not pile up on disk)
+        for i, sf in enumerate(sources):
+            while len(ahead) < 2 and i + len(ahead) < len(sources):
+                ahead.append(ex.submit(analyse, sources[i + len(ahead)]))
+            if progress is not None:
+                progress(i, len(sources), f"{sf.rel}: analysing")
+            decoded = ahead.popleft().result()
+            try:
+                if isinstance(decoded, AudioDecodeError):
+                    raise decoded
+                if sf.sha in seen:
+                    result.duplicates.append(f"{sf.rel}: same audio as {seen[sf.sha]} (skipped)")
+                    sf.release()
+                    continue
+                seen[sf.sha] = sf.rel
+                jobs = make_jobs(sf, asr, cache)
+            except AudioDecodeError as e:
+                logger.warning("skipping %s: %s", sf.rel, e)
+                result.errors[sf.rel] = str(e)
                 sf.release()
                 continue
-            seen[sf.sha] = sf.rel
-            jobs = make_jobs(sf, asr, cache)
-        except AudioDecodeError as e:
-            logger.warning("skipping %s: %s", sf.rel, e)
-            result.errors[sf.rel] = str(e)
-            sf.release()
-            continue
-        result.n_files_decoded += int(cache.analysis_hits == hits)
-        seconds += float(sf.analysis["duration"])
-        records.extend(j.rec for j in jobs)
-        ready = [j for j in jobs if j.span.ok]
-        sf.pending = len(ready)
-        if not ready:
-            sf.release()
-        batch.extend(ready)
-        while len(batch) >= batch_clips:
-            flush(batch[:batch_clips], i)
-            batch = batch[batch_clips:]
+            result.n_files_decoded += int(decoded)
+            seconds += float(sf.analysis["duration"])
+            records.extend(j.rec for j in jobs)
+            ready = [j for j in jobs if j.span.ok]
+            sf.pending = len(ready)
+            if not ready:
+                sf.release()
+            batch.extend(ready)
+            while len(batch) >= batch_clips:
+                flush(batch[:batch_clips], i)
+                batch = batch[batch_clips:]
     if batch:
         flush(batch, len(sources))
     result.n_files_failed = len(result.errors)

@@ -6,8 +6,9 @@ Measured per clip (cached by the source's content hash and the clip's span, see 
 |------------------|----------------------------------------------------------|--------------------------------------|
 | clipping_ratio   | samples at full scale or in flat runs of >= 3 equal loud  | > ``max_clipping_ratio``             |
 |                  | samples, in the source audio before any gain             |                                      |
-| snr_db           | speech-frame power vs the nearest non-speech frames       | < ``min_snr_db``                     |
-|                  | (Silero VAD probability < 0.2, within 10 s of the clip)   |                                      |
+| snr_db           | speech-frame power vs the noise floor of the nearest      | < ``min_snr_db``                     |
+|                  | non-speech frames (VAD prob. < 0.2, within 10 s; a low    |                                      |
+|                  | percentile, so speech tails do not count as noise)        |                                      |
 | silence_ratio    | share of the clip's VAD frames below the VAD threshold    | > ``max_silence_ratio``              |
 | mos              | DistillMOS (``voicetune.evaluate.metrics``), batched      | < ``min_mos``                        |
 | embedding        | Resemblyzer d-vector, batched (same as metrics)           | cosine to the speaker's centroid     |
@@ -27,6 +28,7 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +42,8 @@ logger = logging.getLogger(__name__)
 MAX_CHARS_PER_SECOND = 25.0  # faster than any human speech: the transcript is a hallucination
 MAX_COMPRESSION_RATIO = 2.4  # Whisper's own threshold for repetitive (looping) output
 NOISE_PROB = 0.2  # VAD frames below this probability are taken as background (noise floor)
-NOISE_FRAMES = 24  # ~0.8 s of the nearest background frames estimate a clip's noise floor
+NOISE_FRAMES = 48  # ~1.5 s of the nearest background frames estimate a clip's noise floor
+NOISE_PERCENTILE = 30  # of their energies (dB): robust to speech tails the VAD calls background
 MIN_RATE_CLIPS = 8  # speaking-rate outliers need at least this many clips of the speaker
 MIN_CENTROID_CLIPS = 5  # speaker consistency needs at least this many clips of the speaker
 MOS_WINDOW = 122880  # DistillMOS analyses 7.68 s windows at 16 kHz (shorter clips are zero-padded)
@@ -148,8 +151,9 @@ def _power_db(values_db: np.ndarray) -> float:
 def snr_db(
     probs: np.ndarray, energy_db: np.ndarray, frame_seconds: float, start: float, end: float, threshold: float
 ) -> float | None:
-    """Estimated SNR (dB) of the clip [start, end): power of its speech frames over the power of the
-    :data:`NOISE_FRAMES` background frames nearest to it (within 10 s; else the file's background).
+    """Estimated SNR (dB) of the clip [start, end): power of its speech frames over the noise floor, the
+    :data:`NOISE_PERCENTILE` th percentile of the energies of the :data:`NOISE_FRAMES` background frames
+    nearest to it (within 10 s; else the file's background).
     None when the clip has no speech frame; 99 when the background is digital silence."""
     n = min(len(probs), len(energy_db))
     i0, i1 = _frames(start, end, frame_seconds, n)
@@ -166,7 +170,7 @@ def snr_db(
     else:
         dist = np.where(quiet < i0, i0 - quiet, np.where(quiet >= i1, quiet - i1 + 1, 0))
         nearest = quiet[np.argsort(dist, kind="stable")[:NOISE_FRAMES]]
-        noise = _power_db(energy_db[nearest])
+        noise = float(np.percentile(energy_db[nearest], NOISE_PERCENTILE))
     if noise <= -100.0:
         return 99.0
     signal = _power_db(speech)
@@ -215,12 +219,15 @@ def audio_reasons(q: dict, cfg: PrepareConfig) -> list[str]:
 # --------------------------------------------------------------------------------------- batched models
 
 
-def speaker_embeddings(audios_16k: Sequence[np.ndarray], device: str = "cpu") -> list[np.ndarray | None]:
+def speaker_embeddings(
+    audios_16k: Sequence[np.ndarray], device: str = "cpu", pool: Executor | None = None
+) -> list[np.ndarray | None]:
     """Resemblyzer embeddings of many 16 kHz clips in one batched forward pass.
 
     The same numbers as ``voicetune.evaluate.metrics.speaker_embedding`` per clip (same preprocessing,
     partial windows and averaging), but all partial windows of all clips go through the network
-    together, ~10x faster on CPU. None for clips without speech.
+    together, ~10x faster on CPU. None for clips without speech. ``pool`` computes the mel spectrograms
+    in parallel.
     """
     import torch
     from resemblyzer import preprocess_wav
@@ -229,29 +236,29 @@ def speaker_embeddings(audios_16k: Sequence[np.ndarray], device: str = "cpu") ->
     from voicetune.evaluate import metrics
 
     encoder = metrics._voice_encoder(metrics._device_name(device))  # the cached model metrics uses
-    mels: list[np.ndarray] = []
-    owner: list[int] = []
-    for i, audio in enumerate(audios_16k):
+    def partials(audio: np.ndarray) -> list[np.ndarray]:
         wav = np.asarray(audio, dtype=np.float32)
         if wav.size == 0 or metrics.rms_dbfs(wav) < -80.0:
-            continue
+            return []
         wav = preprocess_wav(wav)
         if len(wav) < 1600:
-            continue
+            return []
         wav_slices, mel_slices = encoder.compute_partial_slices(len(wav), 1.3, 0.75)
         if wav_slices[-1].stop >= len(wav):
             wav = np.pad(wav, (0, wav_slices[-1].stop - len(wav)))
         mel = wav_to_mel_spectrogram(wav)
-        for s in mel_slices:
-            mels.append(mel[s])
-            owner.append(i)
+        return [mel[s] for s in mel_slices]
+
+    per_clip = list(pool.map(partials, audios_16k)) if pool is not None else [partials(a) for a in audios_16k]
+    mels = [m for ms in per_clip for m in ms]
+    owner = [i for i, ms in enumerate(per_clip) for _ in ms]
     out: list[np.ndarray | None] = [None] * len(audios_16k)
     if not mels:
         return out
     parts = []
     with torch.no_grad():
-        for b in range(0, len(mels), 256):
-            batch = torch.from_numpy(np.stack(mels[b : b + 256])).to(encoder.device)
+        for b in range(0, len(mels), 64):  # 64 partials: most of the speed-up, bounded activation memory
+            batch = torch.from_numpy(np.stack(mels[b : b + 64])).to(encoder.device)
             parts.append(encoder(batch).cpu().numpy())
     partial = np.concatenate(parts)
     owners = np.asarray(owner)
