@@ -80,6 +80,7 @@ def main() -> int:
     ap.add_argument("--asr-batch-size", type=int, default=8)
     ap.add_argument("--qa-mos", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--note", default="", help="free text stored with the result (e.g. how the box was set up)")
     ap.add_argument("--result", type=Path, help="JSON to write (default: benchmarks/results/prepare_speed_<device>.json)")
     args = ap.parse_args()
     if not list(args.input.glob("*.mp3")):
@@ -119,6 +120,7 @@ def main() -> int:
         "second_opinions": result.n_second_opinions,
         "mos_checked": result.mos_checked,
         "torch_threads_env": os.environ.get("OMP_NUM_THREADS", ""),
+        "note": args.note,
     }
     dest = args.result or ROOT / "benchmarks" / "results" / f"prepare_speed_{args.device.split(':')[0]}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
