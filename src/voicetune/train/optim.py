@@ -81,14 +81,22 @@ class FlatAdamW(torch.optim.Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, state_dtype: torch.dtype = torch.float32, compiled: bool | None = None):
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
         self.state_dtype = state_dtype
         self._flat: list[dict[str, Any]] = []  # buckets: one per (group, dtype, device)
-        for index, group in enumerate(self.param_groups):
+        flat_groups = []
+        for index, group in enumerate(groups):
             kinds: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
             for p in group["params"]:
                 kinds.setdefault((p.dtype, p.device), []).append(p)
-            self._flat += [self._flatten(index, ps) for ps in kinds.values()]
+            buckets = [self._flatten(index, ps) for ps in kinds.values()]
+            self._flat += buckets
+            # What the optimizer's groups hold (and what a loop clips, all-reduces and counts): the flat
+            # buffers, a handful of tensors instead of hundreds.
+            flat_groups.append({**group, "params": [b["param"] for b in buckets]})
+        super().__init__(flat_groups, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         if compiled is None:
             compiled = self._flat[0]["param"].device.type == "cuda" and _has_triton()
         self.compiled = compiled
@@ -108,6 +116,8 @@ class FlatAdamW(torch.optim.Optimizer):
                 p.grad = view
                 views.append(view)
                 offset += n
+        flat.requires_grad_(True)  # a leaf outside any graph: it only carries .grad for the loop
+        flat.grad = grad
         return {"group": group, "params": params, "param": flat, "grad": grad, "views": views, "step": 0,
                 "exp_avg": torch.zeros(total, dtype=self.state_dtype, device=device),
                 "exp_avg_sq": torch.zeros(total, dtype=self.state_dtype, device=device)}
@@ -116,6 +126,8 @@ class FlatAdamW(torch.optim.Optimizer):
         """Zero the flat gradient buffers (the views stay attached; ``set_to_none`` is ignored)."""
         for flat in self._flat:
             flat["grad"].zero_()
+            if flat["param"].grad is not flat["grad"]:
+                flat["param"].grad = flat["grad"]
             for p, view in zip(flat["params"], flat["views"]):
                 if p.grad is not view:
                     p.grad = view
@@ -126,18 +138,21 @@ class FlatAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        all_scalars = []
         for flat in self._flat:
             group = self.param_groups[flat["group"]]
             flat["step"] += 1
             t, (b1, b2) = flat["step"], group["betas"]
             lr, wd = float(group["lr"]), float(group["weight_decay"])
-            scalars = (1.0 - lr * wd, b1, b2, lr / (1.0 - b1**t), math.sqrt(1.0 - b2**t), group["eps"])
-            tensors = (flat["param"], flat["grad"], flat["exp_avg"], flat["exp_avg_sq"])
-            if self.compiled:
-                _compiled()(*tensors, torch.tensor(scalars, dtype=torch.float32).to(flat["param"].device))
-            else:
-                for start in range(0, flat["param"].numel(), _CHUNK):
-                    _adamw_update(*(x[start : start + _CHUNK] for x in tensors), scalars)
+            all_scalars.append((1.0 - lr * wd, b1, b2, lr / (1.0 - b1**t), math.sqrt(1.0 - b2**t), group["eps"]))
+        tensors = [(f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"]) for f in self._flat]
+        if self.compiled:  # one call (one host-to-device copy of the scalars) for every bucket
+            device = self._flat[0]["param"].device
+            _compiled()(tensors, torch.tensor(all_scalars, dtype=torch.float32).to(device, non_blocking=True))
+        else:
+            for bucket, scalars in zip(tensors, all_scalars):
+                for start in range(0, bucket[0].numel(), _CHUNK):
+                    _adamw_update(*(x[start : start + _CHUNK] for x in bucket), scalars)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -166,8 +181,13 @@ def _has_triton() -> bool:
     return True
 
 
+def _update_all(buckets: list[tuple[torch.Tensor, ...]], scalars: torch.Tensor) -> None:
+    for bucket, s in zip(buckets, scalars):
+        _adamw_update(*bucket, s)
+
+
 def _compiled() -> Any:
     global _compiled_update
     if _compiled_update is None:
-        _compiled_update = torch.compile(_adamw_update, dynamic=True)  # one graph for every group's size
+        _compiled_update = torch.compile(_update_all, dynamic=True)  # one graph for any bucket sizes
     return _compiled_update

@@ -1,0 +1,154 @@
+"""The fast XTTS training path (voicetune.backends.xtts.speed) gives coqui-tts's loss, gradients and behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from voicetune.backends.xtts import speed
+from voicetune.config import ConfigError, TrainConfig
+
+
+@pytest.fixture
+def batch(xtts_backend, xtts_clips, tmp_path):
+    """Four clips of different lengths, collated as the loop does (not packed yet)."""
+    store = xtts_backend.build_features(xtts_clips[:4], tmp_path / "features")
+    return xtts_backend.collate([store[i] for i in range(len(store))])
+
+
+def _coqui(gpt, batch):
+    return gpt(batch["text_inputs"], batch["text_lengths"], batch["audio_codes"], batch["wav_lengths"],
+               cond_mels=batch["cond_mels"], cond_idxs=None, cond_lens=batch["cond_lens"])[:2]
+
+
+@pytest.mark.parametrize("pad_multiple", [1, 16, 64])
+@pytest.mark.parametrize("sdpa", [True, False])
+def test_packed_loss_equals_coqui_forward(xtts_backend, batch, pad_multiple, sdpa):
+    gpt = xtts_backend.model.gpt.eval()  # no dropout: both sides compute the same function
+    constants = speed.GptConstants.of(gpt)
+    packed = speed.pack_batch(batch, constants, pad_multiple)
+    with torch.no_grad():
+        ref = _coqui(gpt, batch)
+        ours = speed.packed_loss(gpt, packed, sdpa=sdpa)
+    for a, b in zip(ours, ref):
+        assert abs(float(a) - float(b)) < 1e-5
+
+
+def test_packed_gradients_equal_coqui_gradients(xtts_backend, batch):
+    gpt = xtts_backend.model.gpt.eval()
+    names = ["text_embedding.weight", "mel_head.weight", "gpt.h.0.attn.c_attn.weight",
+             "conditioning_encoder.init.weight", "conditioning_perceiver.latents", "mel_pos_embedding.emb.weight"]
+    params = dict(gpt.named_parameters())
+    grads = []
+    for fn in (lambda: _coqui(gpt, batch), lambda: speed.packed_loss(gpt, speed.pack_batch(batch, speed.GptConstants.of(gpt), 64))):
+        gpt.zero_grad(set_to_none=True)
+        text_ce, mel_ce = fn()
+        (0.01 * text_ce + mel_ce).backward()
+        grads.append([params[n].grad.clone() for n in names])
+    for name, a, b in zip(names, *grads):
+        assert b.abs().max() > 0, name
+        assert (a - b).norm() <= 1e-4 * b.norm(), name
+
+
+def test_packed_rows_are_padded_at_the_end_to_the_multiple(xtts_backend, batch):
+    gpt = xtts_backend.model.gpt
+    constants = speed.GptConstants.of(gpt)
+    coqui = speed.coqui_targets(batch, constants)
+    packed = speed.pack_batch(batch, constants, 64)
+    b, length = packed["text_targets"].shape
+    assert length % 64 == 0 and packed["text_ids"].shape == (b, length - constants.cond_tokens)
+    # the same targets, in the same order, as coqui's padded layout
+    for row in range(b):
+        for ours, theirs in (("text_targets", "text_tg"), ("mel_targets", "mel_tg")):
+            mine = packed[ours][row]
+            ref = coqui[theirs][row]
+            assert torch.equal(mine[mine != -1], ref[ref != -1])
+        real = constants.cond_tokens + int(coqui["n_text"][row] + coqui["n_mel"][row])
+        assert (packed["text_targets"][row, real:] == -1).all() and (packed["mel_targets"][row, real:] == -1).all()
+    # one multiple for every batch of the same longest clip: a compiled graph is reused
+    assert speed.round_up(1, 64) == 64 and speed.round_up(64, 64) == 64 and speed.round_up(65, 64) == 128
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(xtts_backend, batch):
+    gpt = xtts_backend.model.gpt.train()  # dropout on: checkpointing must replay the same masks
+    packed = speed.pack_batch(batch, speed.GptConstants.of(gpt), 64)
+    results = []
+    for checkpointing in (False, True):
+        gpt.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        text_ce, mel_ce = speed.packed_loss(gpt, packed, checkpointing=checkpointing)
+        (text_ce + mel_ce).backward()
+        results.append((float(mel_ce.detach()), gpt.gpt.h[0].mlp.c_fc.weight.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+
+
+def test_sdpa_conditioning_attention_matches_the_original(xtts_backend):
+    from TTS.tts.layers.tortoise.arch_utils import AttentionBlock, QKVAttentionLegacy
+
+    gpt = xtts_backend.model.gpt
+    keys = set(gpt.state_dict())
+    legacy = QKVAttentionLegacy(4)
+    qkv = torch.randn(2, 4 * 3 * 16, 50)
+    torch.testing.assert_close(speed.SdpaQKVAttention(legacy)(qkv), legacy(qkv), rtol=1e-5, atol=1e-5)
+    speed.set_attention(gpt, "sdpa")
+    blocks = [m for m in gpt.conditioning_encoder.modules() if isinstance(m, AttentionBlock)]
+    assert blocks and all(isinstance(b.attention, speed.SdpaQKVAttention) for b in blocks)
+    speed.set_attention(gpt, "eager")
+    assert all(isinstance(b.attention, QKVAttentionLegacy) for b in blocks)
+    assert set(gpt.state_dict()) == keys  # nothing saved changes
+
+
+def test_speed_settings_resolve_per_device_and_explain_bad_combinations():
+    cpu = torch.device("cpu")
+    assert speed.SpeedSettings.resolve(TrainConfig(), cpu).compile is False  # auto: only on CUDA
+    with pytest.raises(ValueError, match="precision"):
+        speed.SpeedSettings.resolve(TrainConfig(param_dtype="bf16"), cpu)  # auto is fp32 on a CPU
+    with pytest.raises(ConfigError, match="packed loss"):
+        TrainConfig(fast_loss=False, compile="on")
+    with pytest.raises(ConfigError, match="param-dtype"):
+        TrainConfig(optimizer_state_dtype="bf16")
+    with pytest.raises(ConfigError, match="pad-multiple"):
+        TrainConfig(pad_multiple=0)
+
+
+def test_bf16_weights_train_at_a_tiny_lr_and_still_synthesize(xtts_backend, xtts_clips, tmp_path):
+    from voicetune.train.optim import FlatAdamW, build_optimizer
+
+    cfg = TrainConfig(precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16", compile="off", lr=5e-6)
+    store = xtts_backend.build_features(xtts_clips[:2], tmp_path / "features")
+    xtts_backend.configure_training(cfg)
+    gpt = xtts_backend.model.gpt
+    assert gpt.mel_head.weight.dtype == torch.bfloat16 and gpt.final_norm.weight.dtype == torch.float32
+    optimizer = build_optimizer(xtts_backend.param_groups(cfg), cfg, torch.device("cpu"))
+    assert isinstance(optimizer, FlatAdamW)
+    before = gpt.gpt.h[0].attn.c_attn.weight.detach().clone()
+    batch = xtts_backend.collate([store[0], store[1]])
+    assert "text_targets" in batch  # packed at collate time
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = xtts_backend.loss(batch, cfg)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    optimizer.step()
+    assert (gpt.gpt.h[0].attn.c_attn.weight != before).float().mean() > 0.01
+    wav = xtts_backend.synthesize("Hello there.", [xtts_clips[0].audio_path], "en", seed=0)
+    assert wav.audio.dtype.name == "float32" and wav.audio.size > 0
+
+
+@pytest.mark.gpu
+def test_compiled_loss_matches_eager_on_cuda(xtts_base, xtts_clips, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from voicetune.backends.base import get_backend
+
+    b = get_backend("xtts")
+    b.load_base(xtts_base, torch.device("cuda"))
+    store = b.build_features(xtts_clips[:4], tmp_path / "f")
+    b.configure_training(TrainConfig(compile="on"))
+    gpt = b.model.gpt.eval()
+    batch = {k: v.cuda() for k, v in b.collate([store[i] for i in range(len(store))]).items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        compiled = b._speed.loss(batch)
+        eager = speed.packed_loss(gpt, batch)
+    for a, e in zip(compiled, eager):
+        assert abs(float(a) - float(e)) < 2e-2
