@@ -39,11 +39,16 @@ def test_recordings_to_exported_model_and_speech(piper_recordings: Path, tmp_pat
 
     assert main(["make-tiny-base", "--backend", "xtts", "--out", str(base), "--dataset", str(data)]) == 0
     assert main(["train", str(data), "--base", str(base), "--out", str(run), "--max-steps", "6",
-                 "--batch-size", "2", "--lr", "5e-4"]) == 0
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+                 "--batch-size", "2", "--lr", "5e-4", "--eval-max-sentences", "1", "--eval-probes", "1"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r.get("kind") != "eval"]
+    # in-loop evaluation is on by default: the base model's baseline first, the last step always evaluated
+    eval_steps = [r["step"] for r in records if r.get("kind") == "eval"]
+    assert eval_steps[0] == 0 and eval_steps[-1] == 6
+    assert (run / "report.html").is_file() and (run / "checkpoints" / "best").is_file()
     assert len(losses) == 6 and all(v == v and v < 1e4 for v in losses)  # finite
 
-    assert main(["evaluate", str(run), "--max-sentences", "2", "--num-references", "1"]) == 0
+    assert main(["evaluate", str(run)]) == 0  # re-scores the latest checkpoint with the run's protocol
     metrics = json.loads((run / "eval" / "step_6" / "metrics.json").read_text())
     assert {"base", "finetuned"} <= set(metrics)
 

@@ -136,16 +136,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {result.steps} steps on {result.clips} clips in {result.seconds:.0f} s "
           f"(loss {first:.4f} → {last:.4f})")
     print(f"run folder: {result.run_dir}   last checkpoint: {result.final_checkpoint}")
+    if (result.run_dir / "report.html").is_file():  # in-loop evaluation ran
+        from voicetune.evaluate.report import text_report
+
+        print(text_report(result.run_dir))
+        print(f"report: {result.run_dir / 'report.html'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from voicetune.evaluate.harness import evaluate
+    from voicetune.evaluate.rescore import evaluate_base, rescore_run
 
-    result = evaluate(args.run_dir, EvalConfig(**_overrides(args, EvalConfig)), checkpoint=args.checkpoint,
-                      progress=_progress_bar())
-    print(result.table())
-    print(f"metrics: {result.metrics_path}")
+    options = _overrides(args, EvalConfig)
+    device = options.pop("device", "auto")
+    if args.base or args.dataset:
+        if not (args.base and args.dataset) or args.run_dir:
+            raise ConfigError("score a base model with --base DIR --dataset DIR (and no RUN_DIR)")
+        res = evaluate_base(args.base, args.dataset, args.out, progress=_progress_bar(), device=device, **options)
+        print(res.text)
+        print(f"metrics: {res.out / 'metrics.json'}")
+        return 0
+    if not args.run_dir:
+        raise ConfigError("give a RUN_DIR to evaluate (or --base DIR --dataset DIR for a base model alone)")
+    result = rescore_run(args.run_dir, args.checkpoints or args.checkpoint, progress=_progress_bar(),
+                         device=device, **options)
+    print(result.text)
+    print(f"report: {result.report}")
     return 0
 
 
@@ -250,12 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s, TrainConfig)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="score base vs finetuned on the eval split", formatter_class=fmt,
-                       description="Synthesize the eval-split sentences with the base model and with a checkpoint, "
-                       "then report speaker similarity, ASR round-trip WER/CER, predicted MOS and distances to "
-                       "the real recordings, base vs finetuned.")
-    s.add_argument("run_dir")
-    s.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder name like step_100")
+    s = sub.add_parser("evaluate", help="score checkpoints (or a base model) against the base model",
+                       formatter_class=fmt,
+                       description="Render the run's probe set (eval-split sentences with their recordings, plus "
+                       "fixed probe sentences) with checkpoints of RUN_DIR, score speaker similarity, ASR "
+                       "round-trip WER/CER, predicted MOS, MCD/PESQ/STOI and failure flags against the base "
+                       "model's baseline, re-decide checkpoints/best and rewrite RUN_DIR/report.html. "
+                       "With --base DIR --dataset DIR: score a base model alone.")
+    s.add_argument("run_dir", nargs="?", help="run folder written by `voicetune train`")
+    s.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint folder name like step_100")
+    s.add_argument("--checkpoints", help="'all' (every checkpoint on disk) or a comma-separated list of names")
+    s.add_argument("--base", help="score this base model folder alone (with --dataset)")
+    s.add_argument("--dataset", help="dataset folder whose speaker and eval split --base is scored on")
+    s.add_argument("--out", default="base_eval", help="folder for the --base scores (default: base_eval)")
     _add_config_args(s, EvalConfig)
     s.set_defaults(func=cmd_evaluate)
 
@@ -264,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "reference clips sorted by length, voicetune.json and a README model card.")
     s.add_argument("run_dir")
     s.add_argument("--out", required=True, help="package folder to write")
-    s.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder name")
+    s.add_argument("--checkpoint", default="latest",
+                   help="'latest', 'best' (the best evaluation, when training marked one) or a checkpoint folder name")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synthesize", help="speak text with an exported package")

@@ -203,6 +203,39 @@ class TrainConfig:
     seed: int = opt(1, "Seed for data order and initialisation.")
     device: str = opt("auto", "auto, cpu or cuda (or cuda:N).")
     num_workers: int = opt(0, "DataLoader worker processes (features are cached, so 0 is usually enough).")
+    # In-loop evaluation (voicetune.evaluate.in_loop): the best checkpoint and early stopping follow voice
+    # quality on a fixed probe set, not the loss. --eval-every 0 --eval-every-epochs 0 turns it off.
+    eval_every: int = opt(0, "Evaluate voice quality every N optimizer steps (0: use --eval-every-epochs).")
+    eval_every_epochs: int = opt(
+        1, "Evaluate at the end of every N epochs (when --eval-every is 0). With both 0, no in-loop evaluation "
+        "(no baseline, no best checkpoint, no early stopping).")
+    eval_max_overhead: float = opt(
+        0.15, "Skip scheduled evaluations that would make evaluation take more than this fraction of the wall "
+        "time (measured as training goes; 0: never skip). The last step is always evaluated.")
+    eval_max_sentences: int = opt(4, "Eval-split sentences (with their real recordings) in every evaluation.")
+    eval_probes: int = opt(
+        4, "Fixed probe sentences of the language in every evaluation (4 covers short, numbers/names, question "
+        "and long).")
+    eval_num_references: int = opt(3, "Reference clips (longest of the train split) that condition synthesis.")
+    eval_seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).")
+    eval_asr_model: str = opt("auto", "ASR model of the WER round trip (same meaning as in prepare).")
+    eval_intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
+    eval_weight_similarity: float = opt(
+        1.0, "Composite score weight of the speaker-similarity gain (as a share of the gap between the base model "
+        "and the real recordings).")
+    eval_weight_wer: float = opt(2.0, "Composite score weight of the WER change (lower is better).")
+    eval_weight_cer: float = opt(0.0, "Composite score weight of the CER change (use it instead of WER for zh/ja).")
+    eval_weight_mos: float = opt(0.5, "Composite score weight of the predicted-MOS change (per MOS point).")
+    eval_weight_failures: float = opt(
+        1.0, "Composite score weight of the change in the share of sentences flagged as failures (runaway, too "
+        "short, near silence, repetition).")
+    early_stop_patience: int = opt(
+        3, "Stop when the composite score has not improved for this many evaluations (0: never stop early).")
+    early_stop_min_delta: float = opt(0.01, "A composite-score improvement must exceed this to count.")
+    wer_guard: str = opt(
+        "stop", "When an evaluation's WER exceeds the base model's by more than --wer-guard-margin: stop "
+        "training, warn, or do nothing (off).", choices=("stop", "warn", "off"))
+    wer_guard_margin: float = opt(0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).")
     # Speed and memory (benchmarks/README.md has the measurements behind the defaults).
     fast_loss: bool = opt(
         True, "Packed GPT forward for the training loss (padding at the end of each row, so attention needs no "
@@ -244,6 +277,16 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "grad_clip must be >= 0; fix --grad-clip")
         _check(self.keep_last >= 1, "keep_last must be >= 1; fix --keep-last")
         _check(self.log_every >= 1, "log_every must be >= 1; fix --log-every")
+        for name in ("eval_every", "eval_every_epochs", "eval_max_sentences", "eval_probes", "early_stop_patience"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0; fix --{name.replace('_', '-')}")
+        _check(0.0 <= self.eval_max_overhead < 1.0, "eval_max_overhead must lie in [0, 1); fix --eval-max-overhead")
+        _check(self.eval_max_sentences + self.eval_probes >= 1,
+               "an evaluation needs sentences: set --eval-max-sentences or --eval-probes >= 1")
+        _check(self.eval_num_references >= 1, "eval_num_references must be >= 1; fix --eval-num-references")
+        for name in ("eval_weight_similarity", "eval_weight_wer", "eval_weight_cer", "eval_weight_mos",
+                     "eval_weight_failures", "early_stop_min_delta", "wer_guard_margin"):
+            value = getattr(self, name)
+            _check(value >= 0 and math.isfinite(value), f"{name} must be >= 0; fix --{name.replace('_', '-')}")
         _check(self.pad_multiple >= 1, "pad_multiple must be >= 1; fix --pad-multiple")
         _check(self.param_dtype == "fp32" or self.precision != "fp32",
                "param_dtype bf16 trains under bf16 autocast; set --precision auto or bf16 (or --param-dtype fp32)")
@@ -261,9 +304,14 @@ class EvalConfig:
     asr_model: str = opt("auto", "ASR model for the round trip (same meaning as in prepare).")
     seed: int = opt(0, "Sampling seed: every checkpoint is rendered on the same inputs with the same seed.")
     device: str = opt("auto", "auto, cpu or cuda.")
+    probes: int = opt(
+        4, "Fixed probe sentences of the language rendered besides the eval-split ones (probe-set evaluation; "
+        "`voicetune evaluate RUN_DIR` uses the run's own settings unless given).")
+    intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
 
     def __post_init__(self) -> None:
         _check(self.max_sentences >= 1, "max_sentences must be >= 1; fix --max-sentences")
+        _check(self.probes >= 0, "probes must be >= 0; fix --probes")
         _check(self.num_references >= 1, "num_references must be >= 1; fix --num-references")
 
 

@@ -60,7 +60,7 @@ def demo(workdir: Path | str = "demo_run", max_steps: int | None = None, progres
     from voicetune.backends.tiny import make_tiny_base
     from voicetune.data.prepare import prepare
     from voicetune.demo_audio import generate_recordings
-    from voicetune.evaluate.harness import evaluate
+    from voicetune.evaluate.report import text_report
     from voicetune.export import export
     from voicetune.synthesize import synthesize
     from voicetune.train.loop import train
@@ -93,21 +93,24 @@ def demo(workdir: Path | str = "demo_run", max_steps: int | None = None, progres
     stage("tiny base")
 
     t = time.time()
-    trained = train(workdir / "dataset", base, workdir / "run", max_steps=max_steps or DEMO_STEPS, batch_size=2,
-                    lr=2e-4, warmup_steps=5, save_every=max(10, (max_steps or DEMO_STEPS) // 2), progress=progress)
+    steps = max_steps or DEMO_STEPS
+    # In-loop evaluation: the baseline, then two evaluations (half-way and at the end) decide the best
+    # checkpoint. Shown whatever they cost (no overhead cap) and never stopped early: it is a demo.
+    trained = train(workdir / "dataset", base, workdir / "run", max_steps=steps, batch_size=2,
+                    lr=2e-4, warmup_steps=5, save_every=max(10, steps // 2), progress=progress,
+                    eval_every=max(1, steps // 2), eval_max_overhead=0.0, eval_num_references=2,
+                    early_stop_patience=0, wer_guard="warn")
     res.outputs["run"] = trained.run_dir
     res.notes.append(f"  train: loss {trained.losses[0]['loss']:.3f} → {trained.losses[-1]['loss']:.3f} "
                      f"over {trained.steps} steps")
-    stage("train")
+    stage("train (with evaluation)")
+    res.eval_table = text_report(trained.run_dir)
+    if (trained.run_dir / "report.html").is_file():
+        res.outputs["report"] = trained.run_dir / "report.html"
 
     t = time.time()
-    ev = evaluate(workdir / "run", max_sentences=4, num_references=2, progress=progress)
-    res.eval_table = ev.table()
-    res.outputs["eval"] = ev.metrics_path
-    stage("evaluate")
-
-    t = time.time()
-    res.outputs["package"] = export(workdir / "run", workdir / "package")
+    best = (trained.run_dir / "checkpoints" / "best").is_file()
+    res.outputs["package"] = export(workdir / "run", workdir / "package", checkpoint="best" if best else "latest")
     stage("export")
 
     t = time.time()

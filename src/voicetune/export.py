@@ -21,7 +21,7 @@ import yaml
 
 from voicetune.backends.base import get_backend
 from voicetune.data.manifest import Dataset
-from voicetune.run import RunInfo, latest_checkpoint, read_meta, software_versions
+from voicetune.run import RunInfo, best_checkpoint, latest_checkpoint, read_meta, software_versions
 from voicetune.utils.device import pick_device
 from voicetune.utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -36,6 +36,11 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str = "latest") -> Path:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"{run_dir}/checkpoints: no complete checkpoint; has training finished a step?")
+        return ckpt
+    if checkpoint == "best":  # marked by the evaluation harness (in-loop or `voicetune evaluate`)
+        ckpt = best_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"{run_dir}/checkpoints/best: no best checkpoint marked; use --checkpoint latest")
         return ckpt
     ckpt = run_dir / "checkpoints" / checkpoint
     if not (ckpt / "meta.json").is_file():

@@ -11,7 +11,10 @@ Layout::
       checkpoints/step_N/      trainable.pt (backend.save), state.pt (optimizer, scheduler, RNG,
                                data position), meta.json (step, epoch, losses)
       checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
-      eval/<name>/             metrics.json and rendered wavs
+      checkpoints/best         text file naming the checkpoint with the best evaluation (never pruned)
+      best.json                why it is best: step, composite score, metrics vs the baseline
+      eval/<name>/             metrics.json and rendered wavs (baseline, step_N: see evaluate/suite.py)
+      report.html              loss and metric curves, per-evaluation table, audio, warnings
 """
 
 from __future__ import annotations
@@ -89,6 +92,21 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def set_latest(run_dir: Path, ckpt: Path) -> None:
     atomic_write_text(checkpoints_dir(run_dir) / "latest", ckpt.name + "\n")
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint named by the ``best`` marker, when there is one and it is complete."""
+    marker = checkpoints_dir(run_dir) / "best"
+    if marker.is_file():
+        p = checkpoints_dir(run_dir) / marker.read_text().strip()
+        if (p / "meta.json").is_file():
+            return p
+    return None
+
+
+def set_best(run_dir: Path, ckpt: Path) -> None:
+    """Mark ``ckpt`` (a complete checkpoint folder of this run) as the best one; pruning keeps it."""
+    atomic_write_text(checkpoints_dir(run_dir) / "best", Path(ckpt).name + "\n")
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:

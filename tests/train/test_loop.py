@@ -10,10 +10,12 @@ import torch
 from voicetune.run import RunInfo, latest_checkpoint, list_checkpoints
 from voicetune.train.loop import EpochBatches, TrainError, train
 
+NO_EVAL = {"eval_every": 0, "eval_every_epochs": 0}  # these tests are about the loop; tests/evaluate covers evaluation
+
 
 def test_loss_is_finite_and_decreases_on_a_repeated_batch(tiny_dataset, tiny_base, tmp_path):
     # batch 4 = the whole train split, so every step sees the same batch
-    res = train(tiny_dataset, tiny_base, tmp_path / "run", max_steps=12, batch_size=4, lr=1e-3, seed=3)
+    res = train(tiny_dataset, tiny_base, tmp_path / "run", max_steps=12, batch_size=4, lr=1e-3, seed=3, **NO_EVAL)
     losses = [h["loss"] for h in res.losses]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.8 * losses[0], losses
@@ -22,7 +24,7 @@ def test_loss_is_finite_and_decreases_on_a_repeated_batch(tiny_dataset, tiny_bas
 
 def test_run_folder_has_config_metrics_tensorboard_and_checkpoints(tiny_dataset, tiny_base, tmp_path):
     run = tmp_path / "run"
-    train(tiny_dataset, tiny_base, run, max_steps=4, batch_size=2, save_every=1, keep_last=2, lr=1e-4)
+    train(tiny_dataset, tiny_base, run, max_steps=4, batch_size=2, save_every=1, keep_last=2, lr=1e-4, **NO_EVAL)
     assert (run / "config.yaml").is_file()
     info = RunInfo.load(run)
     assert info.backend == "xtts" and info.base.endswith("base")
@@ -41,7 +43,7 @@ def test_run_folder_has_config_metrics_tensorboard_and_checkpoints(tiny_dataset,
 
 def test_features_are_cached_once_per_run_folder(tiny_dataset, tiny_base, tmp_path):
     run = tmp_path / "run"
-    train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2)
+    train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2, **NO_EVAL)
     cached = sorted(p for p in (run / "features").rglob("*") if p.is_file())
     assert len(cached) >= 4
     mtimes = [p.stat().st_mtime_ns for p in cached]
@@ -50,7 +52,7 @@ def test_features_are_cached_once_per_run_folder(tiny_dataset, tiny_base, tmp_pa
 
     run2 = tmp_path / "run2"
     shutil.copytree(run / "features", run2 / "features")
-    train(tiny_dataset, tiny_base, run2, max_steps=1, batch_size=2)
+    train(tiny_dataset, tiny_base, run2, max_steps=1, batch_size=2, **NO_EVAL)
     cached2 = sorted(p for p in (run2 / "features").rglob("*") if p.is_file())
     assert [p.name for p in cached2] == [p.name for p in cached]
     assert [p.stat().st_mtime_ns for p in cached2] == mtimes  # copytree kept mtimes; nothing rewritten
@@ -58,9 +60,9 @@ def test_features_are_cached_once_per_run_folder(tiny_dataset, tiny_base, tmp_pa
 
 def test_existing_run_is_never_overwritten(tiny_dataset, tiny_base, tmp_path):
     run = tmp_path / "run"
-    train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2)
+    train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2, **NO_EVAL)
     with pytest.raises(TrainError, match="already holds checkpoints"):
-        train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2)
+        train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2, **NO_EVAL)
 
 
 def test_epoch_batches_cover_every_item_once_per_epoch_and_are_seeded():

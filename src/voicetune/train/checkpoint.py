@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from voicetune.backends.base import Backend
-from voicetune.run import checkpoints_dir, list_checkpoints, set_latest
+from voicetune.run import best_checkpoint, checkpoints_dir, list_checkpoints, set_latest
 from voicetune.utils.io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ def save_checkpoint(
         )
         atomic_write_json(tmp / "meta.json", {"step": step, **meta})
     set_latest(run_dir, final)
-    _prune(run_dir, keep_last, protect={final.name})
+    best = best_checkpoint(run_dir)  # the evaluation harness's pick survives any keep_last
+    _prune(run_dir, keep_last, protect={final.name} | ({best.name} if best else set()))
     logger.info("checkpoint written: %s", final)
     return final
 

@@ -49,6 +49,8 @@ class LoopState:
     should_stop: bool = False
     stop_reason: str = ""
     checkpoint: Path | None = None
+    steps_per_epoch: int = 1
+    save_requested: bool = False  # a callback asks for a checkpoint of this step (e.g. a new best evaluation)
 
 
 class TrainCallback(Protocol):
@@ -207,7 +209,12 @@ def train(
     )
 
     callbacks = list(callbacks or [])
-    state = LoopState(run_dir, backend, cfg, total)
+    if cfg.eval_every or cfg.eval_every_epochs:  # in-loop evaluation: baseline, best checkpoint, early stop
+        from voicetune.evaluate.in_loop import InLoopEvaluator
+
+        if not any(isinstance(cb, InLoopEvaluator) for cb in callbacks):
+            callbacks.append(InLoopEvaluator(progress=progress))
+    state = LoopState(run_dir, backend, cfg, total, steps_per_epoch=steps_per_epoch)
     _call(callbacks, "on_train_start", state)
     backend.set_train(True)
     batches, history = iter(sampler), []
@@ -225,7 +232,8 @@ def train(
         _call(callbacks, "on_step_end", state)
         backend.set_train(True)  # a callback may have switched the model to inference mode
         last_step = step == total or state.should_stop
-        if (cfg.save_every and step % cfg.save_every == 0) or last_step:
+        if (cfg.save_every and step % cfg.save_every == 0) or last_step or state.save_requested:
+            state.save_requested = False
             state.checkpoint = save_checkpoint(
                 run_dir, step, backend, optimizer, scheduler, {"epoch": sampler.epoch, "loss": parts["loss"]},
                 sampler.state(), cfg.keep_last)

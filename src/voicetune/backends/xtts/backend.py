@@ -54,6 +54,9 @@ class XttsBackend:
         self._extractor: Any = None
         self._train_mode = True
         self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
+        # Conditioning of the references, reused while the model stays in inference mode (the weights
+        # cannot change there); cleared by set_train(True), load_trained and load_base.
+        self._cond_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
@@ -99,6 +102,7 @@ class XttsBackend:
         self._dvae = self._dvae.to(self.device)
         self.config, self.base_dir, self._files, self._extractor = config, path, files, None
         self._speed = None
+        self._cond_cache.clear()
         self.set_train(True)
         logger.info("loaded XTTS base %s (GPT: %d layers x %d, %.1f M parameters) on %s", path,
                     config.model_args.gpt_layers, config.model_args.gpt_n_model_channels,
@@ -209,6 +213,7 @@ class XttsBackend:
         gpt = self._require().gpt
         self.model.hifigan_decoder.eval()
         if mode:
+            self._cond_cache.clear()  # the GPT's conditioning encoder is about to change
             # init_gpt_for_inference adds aliases (gpt_inference, gpt.wte) that must not reach saved states.
             if hasattr(gpt, "gpt_inference"):
                 del gpt.gpt_inference
@@ -226,6 +231,10 @@ class XttsBackend:
         """GPT conditioning latents and the decoder's speaker embedding (Xtts.get_conditioning_latents)."""
         from voicetune.backends.xtts.features import load_wav_tensor
 
+        stats = [Path(r).stat() for r in refs]
+        key = tuple((str(r), s.st_size, s.st_mtime_ns) for r, s in zip(refs, stats, strict=True))
+        if not self._train_mode and key in self._cond_cache:
+            return self._cond_cache[key]  # same references, same weights: an evaluation's later sentences
         model, cfg, sr = self.model, self.config, 22050
         audios, embeddings = [], []
         for ref in refs:
@@ -240,7 +249,10 @@ class XttsBackend:
             )
         except RuntimeError as e:  # "Provided reference audio too short"
             raise ValueError(f"reference audio {[str(r) for r in refs]}: {e}") from e
-        return latents, torch.stack(embeddings).mean(dim=0)
+        result = latents, torch.stack(embeddings).mean(dim=0)
+        if not self._train_mode:
+            self._cond_cache[key] = result
+        return result
 
     def _max_audio_tokens(self) -> int:
         own = int(self.model.gpt.max_gen_mel_tokens)
@@ -325,6 +337,7 @@ class XttsBackend:
     def load_trained(self, path: Path) -> None:
         """Load a GPT state written by :meth:`save` (or the gpt.* part of an XTTS model.pth)."""
         gpt = self._require().gpt
+        self._cond_cache.clear()
         try:
             state = torch.load(Path(path), map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError) as e:
