@@ -127,15 +127,42 @@ def cmd_make_tiny_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_gpus(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from voicetune.train.distributed import env_world, launch
+
+    if args.gpus > 1 and env_world() <= 1:  # re-run this command under torchrun, one process per GPU
+        return launch(_without_gpus(list(args.argv)), args.gpus)
     from voicetune.train.loop import train
 
-    result = train(args.dataset_dir, args.base, args.out, config_file=args.config, progress=_progress_bar(),
-                   **_overrides(args, TrainConfig))
-    first, last = result.losses[0]["loss"], result.losses[-1]["loss"]
-    print(f"trained {result.steps} steps on {result.clips} clips in {result.seconds:.0f} s "
-          f"(loss {first:.4f} → {last:.4f})")
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if not main_rank:  # rank 0 speaks for the job
+        logging.getLogger("voicetune").setLevel(logging.WARNING)
+    result = train(args.dataset_dir, args.base, args.out, config_file=args.config, resume=args.resume,
+                   progress=_progress_bar() if main_rank else None, **_overrides(args, TrainConfig))
+    if not main_rank:
+        return 130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0
+    losses = [h["loss"] for h in result.losses]
+    if losses:
+        print(f"trained steps {result.resumed_from + 1}-{result.steps} on {result.clips} clips in "
+              f"{result.seconds:.0f} s (loss {losses[0]:.4f} → {losses[-1]:.4f})")
     print(f"run folder: {result.run_dir}   last checkpoint: {result.final_checkpoint}")
+    if result.interrupted:
+        print(f"stopped by {result.interrupted}; continue with: voicetune train --resume {result.run_dir}")
+        return 130 if result.interrupted == "SIGINT" else 143
     if (result.run_dir / "report.html").is_file():  # in-loop evaluation ran
         from voicetune.evaluate.report import text_report
 
@@ -185,7 +212,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from voicetune.doctor import doctor
 
-    report = doctor(base=Path(args.base) if args.base else None)
+    report = doctor(base=Path(args.base) if args.base else None,
+                    dataset=Path(args.dataset) if args.dataset else None)
     print(report.text())
     return 1 if report.failed else 0
 
@@ -259,10 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "are computed once and cached in the run folder; then an explicit AdamW loop trains the "
                        "GPT, logging text/mel cross-entropy, writing metrics.jsonl, TensorBoard events and atomic "
                        "checkpoints under OUT/checkpoints/.")
-    s.add_argument("dataset_dir")
-    s.add_argument("--base", required=True, help="base model folder (XTTS-v2 layout)")
-    s.add_argument("--out", required=True, help="run folder to create")
+    s.add_argument("dataset_dir", nargs="?", help="prepared dataset folder (not needed with --resume)")
+    s.add_argument("--base", help="base model folder (XTTS-v2 layout, or a package from `voicetune export`)")
+    s.add_argument("--out", help="run folder to create")
     s.add_argument("--config", help="YAML TrainConfig; command-line options override it")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its latest checkpoint (its "
+                   "dataset, base and config.yaml; options given here may change its length, checkpointing, logging "
+                   "and evaluation). Ctrl+C or SIGTERM during training saves a checkpoint to resume from.")
+    s.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine: re-launches this command "
+                   "under torchrun (global batch = batch size x grad accum x N). `torchrun --nproc-per-node N -m "
+                   "voicetune.cli train ...` and `accelerate launch -m voicetune.cli train ...` work too.")
     _add_config_args(s, TrainConfig)
     s.set_defaults(func=cmd_train)
 
@@ -302,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, CUDA, base folder")
     s.add_argument("--base", help="base model folder to check for completeness")
+    s.add_argument("--dataset", help="prepared dataset folder: with --base, a short training dry run on the GPU "
+                   "measures peak memory and recommends batch size, accumulation, precision and checkpointing")
     s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("demo", help="the whole pipeline on generated recordings (what `make demo` runs)",
@@ -319,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     from voicetune.utils.log import setup_logging
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(args.verbose)
     try:
         return args.func(args)

@@ -193,7 +193,8 @@ class TrainConfig:
     warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.")
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
     precision: str = opt(
-        "auto", "auto: bf16 autocast on CUDA GPUs that support it, fp32 on CPU.", choices=("auto", "bf16", "fp32")
+        "auto", "auto: bf16 autocast on CUDA GPUs that support it, fp32 on CPU. fp16: autocast with dynamic loss "
+        "scaling (GPUs without bf16); fp32: no autocast.", choices=("auto", "bf16", "fp16", "fp32")
     )
     text_ce_weight: float = opt(0.01, "Weight of the text cross-entropy in the total loss (Coqui default 0.01).")
     mel_ce_weight: float = opt(1.0, "Weight of the audio-code (mel) cross-entropy in the total loss.")
@@ -265,6 +266,61 @@ class TrainConfig:
     optimizer_state_dtype: str = opt(
         "fp32", "Dtype of AdamW's moment estimates (bf16: stochastically rounded, half the memory; needs "
         "--param-dtype bf16).", choices=("fp32", "bf16"))
+    # Optimizer, schedule, what trains, data, robustness and observability (voicetune.train).
+    optimizer: str = opt(
+        "adamw", "Optimizer: adamw (decoupled weight decay), adam, sgd (with --momentum) or rmsprop (with "
+        "--momentum); fused or foreach kernels where available.", choices=("adamw", "adam", "sgd", "rmsprop"))
+    momentum: float = opt(0.9, "Momentum of --optimizer sgd and rmsprop.")
+    scheduler: str = opt(
+        "constant", "Learning-rate schedule after the --warmup-steps: constant; cosine (down to lr x --min-lr-ratio "
+        "at the last step); cosine_restarts (warm restarts every --restart-steps); linear (down to lr x "
+        "--min-lr-ratio); step (x --lr-gamma every --step-size steps); multistep (x --lr-gamma after each of "
+        "--milestones); exponential (x --lr-gamma every step).",
+        choices=("constant", "cosine", "cosine_restarts", "linear", "step", "multistep", "exponential"))
+    min_lr_ratio: float = opt(0.0, "Floor of the cosine, cosine_restarts and linear schedules, as a fraction of --lr.")
+    restart_steps: int = opt(0, "Length of the first cosine_restarts period in steps (0: a quarter of the run).")
+    restart_mult: int = opt(1, "Each cosine_restarts period is this many times as long as the previous one.")
+    step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).")
+    milestones: list = opt([], "Steps after which --scheduler multistep multiplies the LR by --lr-gamma.")
+    lr_gamma: float = opt(0.5, "LR factor of the step, multistep and exponential schedules.")
+    finetune: str = opt(
+        "full", "What trains: full (every GPT weight not in --freeze) or lora (low-rank adapters on the transformer "
+        "layers, --lora-*; checkpoints hold only the adapters, export merges them into the weights).",
+        choices=("full", "lora"))
+    lora_rank: int = opt(16, "LoRA rank.")
+    lora_alpha: float = opt(32.0, "LoRA alpha (the adapter update is scaled by alpha / rank).")
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA adapters' input.")
+    lora_targets: str = opt(
+        "c_attn,c_proj,c_fc", "Comma-separated GPT-2 modules that get LoRA adapters: c_attn (fused q/k/v), c_proj "
+        "(attention output and MLP output), c_fc (MLP input).")
+    freeze: str = opt(
+        "", "Comma-separated GPT parts that do not train: conditioning_encoder, conditioning_perceiver, "
+        "text_embedding, text_pos_embedding, text_head, mel_embedding, mel_pos_embedding, mel_head, transformer, "
+        "final_norm.")
+    lr_text_mult: float = opt(1.0, "LR multiplier of the text side (text_embedding, text_pos_embedding, text_head).")
+    lr_audio_mult: float = opt(1.0, "LR multiplier of the audio side (mel_embedding, mel_pos_embedding, mel_head).")
+    lr_cond_mult: float = opt(1.0, "LR multiplier of the conditioning encoder and perceiver.")
+    dropout: float = opt(-1.0, "Dropout of the GPT-2 layers while training (-1: the base model's, 0.1 in XTTS-v2).")
+    extend_vocab: bool = opt(
+        False, "Extend the BPE vocabulary with the characters (and merges for the words) of the transcripts that it "
+        "cannot encode (new scripts, accented names); text_embedding and text_head grow, new rows start at the mean "
+        "of the old ones. The run keeps the extended vocab.json and export writes it.")
+    extend_vocab_size: int = opt(
+        256, "At most this many new tokens from --extend-vocab (every missing character is added regardless).")
+    max_audio_seconds: float = opt(
+        0.0, "Drop training clips longer than this (0: the model's limit, 11.6 s for XTTS-v2); the log and "
+        "run.json count the clips dropped and why.")
+    max_text_tokens: int = opt(0, "Drop training clips with more transcript tokens (0: the model's limit, 200 for XTTS).")
+    bucket_window: int = opt(
+        16, "Length-bucketed batching: within windows of this many steps of each shuffled epoch, clips are sorted "
+        "by length, so a micro-batch holds clips of similar length (less padding). 0 or 1: plain shuffling.")
+    auto: bool = opt(
+        False, "Before training, measure peak GPU memory over a few steps at growing batch sizes (as `voicetune "
+        "doctor --dataset` does) and set --batch-size, --grad-accum, --precision and --gradient-checkpointing for "
+        "this GPU, keeping the effective batch (batch_size x grad_accum). On a CPU: CPU settings.")
+    mem_every: int = opt(
+        50, "Log a parseable memory line every N steps ([mem] step=N alloc_gib=.. peak_gib=.. reserved_gib=..; "
+        "rss_gib on CPU); 0: never.")
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -293,6 +349,46 @@ class TrainConfig:
         _check(self.optimizer_state_dtype == "fp32" or self.param_dtype == "bf16",
                "optimizer_state_dtype bf16 needs --param-dtype bf16")
         _check(self.fast_loss or self.compile != "on", "compile needs the packed loss; set --fast-loss or --compile off")
+        self._check_training()
+
+    def _check_training(self) -> None:
+        """Optimizer, schedule, what trains, data and observability options (voicetune.train)."""
+        from voicetune.backends.xtts.parts import LORA_TARGETS, PARTS, split_names
+
+        _check(0.0 <= self.momentum < 1.0, "momentum must lie in [0, 1); fix --momentum")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]; fix --min-lr-ratio")
+        _check(self.restart_steps >= 0, "restart_steps must be >= 0; fix --restart-steps")
+        _check(self.restart_mult >= 1, "restart_mult must be >= 1; fix --restart-mult")
+        _check(self.step_size >= 0, "step_size must be >= 0; fix --step-size")
+        _check(0.0 < self.lr_gamma <= 1.0, "lr_gamma must lie in (0, 1]; fix --lr-gamma")
+        _check(all(float(m) >= 1 and float(m) == int(m) for m in self.milestones),
+               "milestones must be whole step numbers >= 1; fix --milestones")
+        _check(self.scheduler != "multistep" or bool(self.milestones), "--scheduler multistep needs --milestones")
+        _check(self.lora_rank >= 1, "lora_rank must be >= 1; fix --lora-rank")
+        _check(self.lora_alpha > 0, "lora_alpha must be > 0; fix --lora-alpha")
+        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout must lie in [0, 1); fix --lora-dropout")
+        targets = split_names(self.lora_targets)
+        _check(bool(targets) and set(targets) <= set(LORA_TARGETS),
+               f"lora_targets {self.lora_targets!r}: choose from {list(LORA_TARGETS)}; fix --lora-targets")
+        frozen = split_names(self.freeze)
+        unknown = sorted(set(frozen) - set(PARTS))
+        _check(not unknown, f"freeze: unknown part(s) {unknown}; choose from {list(PARTS)}; fix --freeze")
+        _check(self.finetune == "lora" or set(PARTS) - set(frozen),
+               "--freeze names every part: nothing would train; remove some, or use --finetune lora")
+        for name in ("lr_text_mult", "lr_audio_mult", "lr_cond_mult"):
+            value = getattr(self, name)
+            _check(value > 0 and math.isfinite(value),
+                   f"{name} must be > 0 (to stop a part training use --freeze); fix --{name.replace('_', '-')}")
+        _check(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0, "dropout must be -1 or lie in [0, 1); fix --dropout")
+        _check(self.extend_vocab_size >= 1, "extend_vocab_size must be >= 1; fix --extend-vocab-size")
+        _check(self.max_audio_seconds >= 0, "max_audio_seconds must be >= 0; fix --max-audio-seconds")
+        _check(self.max_text_tokens >= 0, "max_text_tokens must be >= 0; fix --max-text-tokens")
+        _check(self.bucket_window >= 0, "bucket_window must be >= 0; fix --bucket-window")
+        _check(self.mem_every >= 0, "mem_every must be >= 0; fix --mem-every")
+        _check(self.param_dtype == "fp32" or self.precision != "fp16",
+               "param_dtype bf16 cannot train under --precision fp16; use --precision bf16 (or --param-dtype fp32)")
+        _check(self.param_dtype == "fp32" or self.optimizer == "adamw",
+               "param_dtype bf16 has its own AdamW; use --optimizer adamw (or --param-dtype fp32)")
 
 
 @dataclass

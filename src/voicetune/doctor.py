@@ -121,8 +121,53 @@ def _check_base(r: DoctorReport, base: Path) -> None:
     r.add("base model", "warn" if note else "pass", f"{base}: complete XTTS-v2 layout ({size:.2f} GiB){note}")
 
 
-def doctor(base: Path | None = None, workdir: Path | None = None) -> DoctorReport:
-    """Run every check and return the report (the CLI prints ``report.text()``)."""
+def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, clips: int = 64) -> None:
+    """A dry run of training on the dataset's longest clips: measured peak memory -> recommended settings."""
+    import tempfile
+
+    import torch
+
+    from voicetune.audio.io import AudioDecodeError, audio_duration
+    from voicetune.backends.base import BaseModelError, get_backend
+    from voicetune.config import TrainConfig
+    from voicetune.data.manifest import Dataset, DatasetError
+    from voicetune.train.autotune import cpu_recommendation, recommend
+
+    cfg = TrainConfig(batch_size=4, grad_accum=8)  # the effective batch the recommendation keeps (32)
+    if not torch.cuda.is_available():
+        rec = cpu_recommendation(cfg)
+        r.add("training dry run", "warn", "no CUDA GPU: cannot measure GPU memory; recommending CPU settings")
+        r.recommendations.append(rec.text())
+        return
+    try:
+        data = Dataset.load(dataset)
+        longest = sorted(data.train, key=lambda c: -audio_duration(c.audio_path))[:clips]
+        backend = get_backend(cfg.backend)
+        backend.load_base(base, torch.device("cuda"))
+        with tempfile.TemporaryDirectory(prefix="voicetune-doctor-") as tmp:
+            backend.configure_model(cfg)
+            store = backend.build_features(longest, Path(tmp))
+            if len(store) == 0:
+                r.add("training dry run", "fail", f"{dataset}: no usable training clip (see the warnings above)")
+                return
+            backend.configure_training(cfg)
+            rec = recommend(backend, store, cfg, torch.device("cuda"))
+    except (BaseModelError, DatasetError, AudioDecodeError, OSError, ValueError) as e:
+        r.add("training dry run", "fail", str(e))
+        return
+    fits = any(p.fits for p in rec.probes)
+    r.add("training dry run", "pass" if fits else "fail",
+          f"peak memory measured on {len(store)} longest clips at micro-batches "
+          f"{', '.join(str(p.batch_size) for p in rec.probes)}")
+    r.recommendations.append(rec.text() + "\n    (voicetune train --auto measures and applies this itself)")
+
+
+def doctor(base: Path | None = None, workdir: Path | None = None, dataset: Path | None = None) -> DoctorReport:
+    """Run every check and return the report (the CLI prints ``report.text()``).
+
+    With ``base`` and ``dataset``, a short training dry run on the GPU measures peak memory at growing batch
+    sizes and recommends batch size, accumulation, precision and checkpointing (voicetune.train.autotune).
+    """
     r = DoctorReport()
     _check_python(r)
     _check_disk(r, Path(workdir or Path.cwd()))
@@ -132,4 +177,9 @@ def doctor(base: Path | None = None, workdir: Path | None = None) -> DoctorRepor
     _check_asr(r)
     if base is not None:
         _check_base(r, Path(base))
+    if dataset is not None:
+        if base is None or any(c.name == "base model" and c.status == "fail" for c in r.checks):
+            r.add("training dry run", "fail", "needs a usable --base model folder as well as --dataset")
+        else:
+            _check_training_memory(r, Path(base), Path(dataset))
     return r

@@ -3,7 +3,9 @@
 Layout::
 
     RUN_DIR/
-      run.json                 backend, base folder, dataset folder (absolute), versions, seed
+      run.json                 backend, base folder, dataset folder (absolute), versions, seed, and "training":
+                               clips kept/dropped (by reason), padding, global batch, what trains
+      vocab.json               the extended vocabulary (only with --extend-vocab)
       config.yaml              the TrainConfig
       metrics.jsonl            one JSON object per logged step (and per evaluation)
       tensorboard/             event files
@@ -39,6 +41,8 @@ class RunInfo:
     dataset: str
     seed: int = 1
     versions: dict[str, str] = field(default_factory=dict)
+    # How the run trains (voicetune.train): clips kept/dropped and why, padding, batch geometry, what trains.
+    training: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:
         atomic_write_json(Path(run_dir) / "run.json", asdict(self))

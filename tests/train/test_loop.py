@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from voicetune.run import RunInfo, latest_checkpoint, list_checkpoints
-from voicetune.train.loop import EpochBatches, TrainError, train
+from voicetune.train.loop import TrainError, train
 
 NO_EVAL = {"eval_every": 0, "eval_every_epochs": 0}  # these tests are about the loop; tests/evaluate covers evaluation
 
@@ -63,13 +63,3 @@ def test_existing_run_is_never_overwritten(tiny_dataset, tiny_base, tmp_path):
     train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2, **NO_EVAL)
     with pytest.raises(TrainError, match="already holds checkpoints"):
         train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2, **NO_EVAL)
-
-
-def test_epoch_batches_cover_every_item_once_per_epoch_and_are_seeded():
-    a, b = EpochBatches(10, 3, seed=5), EpochBatches(10, 3, seed=5)
-    it_a, it_b = iter(a), iter(b)
-    first_epoch = [next(it_a) for _ in range(a.batches_per_epoch())]
-    assert sorted(i for batch in first_epoch for i in batch) == list(range(10))
-    assert first_epoch == [next(it_b) for _ in range(4)]
-    second = [next(it_a) for _ in range(4)]
-    assert second != first_epoch and a.epoch == 1

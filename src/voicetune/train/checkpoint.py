@@ -25,9 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and (when CUDA is in use) this process's current-GPU RNG states.
+
+    Only the current GPU: ``get_rng_state_all`` would create a CUDA context on every visible GPU from every
+    rank of a multi-GPU job.
+    """
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -36,7 +41,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if isinstance(state["cuda"], (list, tuple)):  # checkpoints of earlier versions: every GPU's state
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_checkpoint(
@@ -48,8 +56,13 @@ def save_checkpoint(
     meta: dict[str, Any],
     data_state: dict[str, Any],
     keep_last: int,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_<step>`` atomically, mark it latest, prune older ones beyond ``keep_last``."""
+    """Write ``checkpoints/step_<step>`` atomically, mark it latest, prune older ones beyond ``keep_last``.
+
+    ``extra`` (e.g. the GradScaler, every rank's RNG, the micro-batch plan: voicetune.train.resume) is stored in
+    state.pt next to the optimizer, scheduler, RNG and data-order state.
+    """
     final = checkpoints_dir(run_dir) / f"step_{step}"
     with atomic_dir(final) as tmp:
         backend.save(tmp / "trainable.pt")
@@ -60,6 +73,7 @@ def save_checkpoint(
                 "rng": rng_state(),
                 "data": data_state,
                 "step": step,
+                **(extra or {}),
             },
             tmp / "state.pt",
         )
@@ -75,4 +89,11 @@ def _prune(run_dir: Path, keep_last: int, protect: set[str]) -> None:
     ckpts = list_checkpoints(run_dir)
     for old in ckpts[:-keep_last]:
         if old.name not in protect:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first (atomic), so an interrupted deletion never leaves a half-deleted "complete" checkpoint
+            doomed = old.with_name(f".{old.name}.deleting")
+            try:
+                old.rename(doomed)
+            except OSError as e:
+                logger.warning("could not prune %s: %s", old, e)
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)

@@ -11,29 +11,44 @@ from voicetune.config import TrainConfig
 
 
 def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over the backend's parameter groups; the fused kernel on CUDA."""
-    groups = [g for g in param_groups if any(p.requires_grad for p in g["params"])]
+    """``cfg.optimizer`` (AdamW by default) over the backend's parameter groups (only parameters that train).
+
+    Groups may carry their own ``lr`` (per-part multipliers) and ``weight_decay``. Fused kernels on CUDA for
+    AdamW/Adam/SGD, foreach elsewhere; bf16 weights (``param_dtype``) get :class:`FlatAdamW`.
+    """
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in param_groups]
+    groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("the backend exposes no trainable parameters")
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
     if getattr(cfg, "param_dtype", "fp32") == "bf16":
         state_dtype = torch.bfloat16 if getattr(cfg, "optimizer_state_dtype", "fp32") == "bf16" else torch.float32
         return FlatAdamW(groups, state_dtype=state_dtype, **kwargs)
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW(groups, **kwargs)
+    return make_torch_optimizer(groups, cfg, device, kwargs)
+
+
+def make_torch_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device,
+                         kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    """The torch.optim optimizer named by ``cfg.optimizer`` (adamw, adam, sgd, rmsprop)."""
+    kind = getattr(cfg, "optimizer", "adamw")
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, **kwargs, **fast)
+    if kind == "adam":  # L2 weight decay through the gradient, as torch.optim.Adam does
+        return torch.optim.Adam(groups, **kwargs, **fast)
+    momentum, lr, wd = float(cfg.momentum), kwargs["lr"], kwargs["weight_decay"]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=wd, **fast)
+    if kind == "rmsprop":  # no fused kernel
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=wd, foreach=True)
+    raise ValueError(f"unknown optimizer {kind!r}; choose adamw, adam, sgd or rmsprop with --optimizer")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over ``cfg.warmup_steps``, then constant (the Coqui XTTS recipe's shape)."""
-    warmup = max(0, cfg.warmup_steps)
+    """Linear warm-up over ``cfg.warmup_steps``, then ``cfg.scheduler`` (see voicetune.train.schedulers)."""
+    from voicetune.train.schedulers import build_scheduler as _build
 
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return _build(optimizer, cfg, total_steps)
 
 
 # ------------------------------------------------------------------------------ AdamW for bf16 weights

@@ -49,6 +49,12 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
         flags = ", ".join(f"--{k.replace('_', '-')} ({before[k]!r} -> {after[k]!r})" for k in forbidden)
         raise TrainError(f"cannot resume {run_dir} with {flags}: these change the model, the optimizer or the data "
                          "order of the run; resume without them, or start a new run (--out) from this one's export")
+    planned = (saved.scheduler in ("cosine", "linear") or (saved.scheduler == "step" and not saved.step_size)
+               or (saved.scheduler == "cosine_restarts" and not saved.restart_steps))
+    if planned and {"max_steps", "epochs"} & set(changed):
+        raise TrainError(f"--scheduler {saved.scheduler} of {run_dir} was planned for the run's original length; a "
+                         "resumed run cannot change --max-steps/--epochs (start a new run from this one's export, "
+                         "or use a schedule that does not depend on the length)")
     if changed:
         logger.info("resuming with changed options: %s", ", ".join(f"{k}={after[k]!r}" for k in changed))
     return cfg

@@ -7,11 +7,16 @@ most the checkpoint being written, never corrupts the previous one.
 
 Handlers are only installed from the main thread (Python delivers signals there); elsewhere (e.g. a UI worker
 thread) the loop simply never sees a request and callers stop it through a callback instead.
+
+Under torchrun/accelerate a Ctrl+C reaches every worker twice: from the terminal and forwarded by the launcher
+(which sends SIGKILL 30 s later). There, a second signal within :data:`LAUNCHER_DEBOUNCE_S` of the first counts
+as the same request; a later one stops at once as usual.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -21,18 +26,28 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LAUNCHER_DEBOUNCE_S = 2.0
+
+
+def _under_launcher() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 class GracefulStop:
     """Context manager: ``requested`` becomes the signal's name after the first SIGINT/SIGTERM."""
 
-    def __init__(self) -> None:
+    def __init__(self, debounce_s: float | None = None) -> None:
         self.requested: str = ""
         self.at: float = 0.0
+        self.debounce_s = (LAUNCHER_DEBOUNCE_S if _under_launcher() else 0.0) if debounce_s is None else debounce_s
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self.requested and time.time() - self.at < self.debounce_s:
+            logger.info("%s again within %.0f s: the same stop request (forwarded by the launcher)", name,
+                        self.debounce_s)
+            return
         if self.requested:
             logger.warning("second %s: stopping now, without a final checkpoint (the last complete one is kept)",
                            name)

@@ -27,11 +27,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16"
         return "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU does not support bf16; use --precision fp32")
+        raise ValueError("this GPU does not support bf16; use --precision fp16 (with loss scaling) or fp32")
     return precision
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision autocast for 'bf16' or 'fp16' (fp16 needs a GradScaler: voicetune.train.step); none for fp32."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
     return contextlib.nullcontext()

@@ -8,6 +8,7 @@ in Coqui's GPTTrainer. The HiFi-GAN decoder, its speaker encoder and the DVAE st
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -54,6 +55,10 @@ class XttsBackend:
         self._extractor: Any = None
         self._train_mode = True
         self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
+        # What trains (configure_model): an extended vocabulary (vocab.json text), LoRA adapters, length limits.
+        self._vocab_json: str | None = None
+        self._lora: Any = None  # lora.LoraSettings
+        self._limits: dict[str, float] = {}
         # Conditioning of the references, reused while the model stays in inference mode (the weights
         # cannot change there); cleared by set_train(True), load_trained and load_base.
         self._cond_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -102,6 +107,7 @@ class XttsBackend:
         self._dvae = self._dvae.to(self.device)
         self.config, self.base_dir, self._files, self._extractor = config, path, files, None
         self._speed = None
+        self._vocab_json, self._lora = None, None
         self._cond_cache.clear()
         self.set_train(True)
         logger.info("loaded XTTS base %s (GPT: %d layers x %d, %.1f M parameters) on %s", path,
@@ -125,6 +131,8 @@ class XttsBackend:
         if self._extractor is None:
             args, audio = self.config.model_args, self.config.audio
             hashes = {name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_STATS, layout.VOCAB)}
+            if self._vocab_json is not None:  # an extended vocabulary (configure_model) tokenizes differently
+                hashes[layout.VOCAB] = hashlib.sha256(self._vocab_json.encode("utf-8")).hexdigest()
             settings = FeatureSettings(
                 sample_rate=int(audio.sample_rate),
                 dvae_sample_rate=int(audio.dvae_sample_rate),
@@ -135,6 +143,11 @@ class XttsBackend:
                 max_text_length=min(MAX_TEXT_LENGTH, args.gpt_max_text_tokens),
                 base_hashes=hashes,
             )
+            if self._limits.get("max_audio_seconds"):
+                settings.max_wav_length = min(settings.max_wav_length,
+                                              int(self._limits["max_audio_seconds"] * settings.sample_rate))
+            if self._limits.get("max_text_tokens"):
+                settings.max_text_length = min(settings.max_text_length, int(self._limits["max_text_tokens"]))
             self._extractor = XttsFeatureExtractor(
                 self.model.tokenizer, self._dvae, self._mel_stats, settings, self.device
             )
@@ -165,31 +178,91 @@ class XttsBackend:
 
         self._speed = configure_training(self._require().gpt, cfg, self.device)
 
+    # ---------------------------------------------------------------- what trains (backends/xtts/structure.py)
+    def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
+                        texts: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        """Shape the model for training, before features and the optimizer: vocabulary, dropout, LoRA, freezing.
+
+        The vocabulary: ``run_dir/vocab.json`` when the run already has one (a resumed run), else with
+        ``cfg.extend_vocab`` it is extended for ``texts`` ((transcript, language) pairs) and written there.
+        Returns a summary for run.json.
+        """
+        from voicetune.backends.xtts import structure
+        from voicetune.backends.xtts.lora import apply_lora, has_lora
+        from voicetune.backends.xtts.vocab import extend_vocab
+
+        gpt = self._require().gpt
+        summary: dict[str, Any] = {}
+        vocab = structure.read_run_vocab(run_dir)
+        if vocab is None and cfg.extend_vocab:
+            ext = extend_vocab(self.model.tokenizer, list(texts), cfg.extend_vocab_size)
+            summary["vocab"] = {"old_tokens": ext.old_size, "new_tokens": ext.new_size, "new_chars": ext.new_chars,
+                                "new_merges": len(ext.new_merges), "still_unknown": ext.still_unknown}
+            if ext.new_size > ext.old_size:
+                vocab = ext.text
+                if run_dir is not None:
+                    atomic_write_text(Path(run_dir) / structure.RUN_VOCAB, vocab)
+        if vocab is not None:
+            self.apply_vocab(vocab)
+        if cfg.dropout >= 0:
+            structure.set_dropout(gpt, cfg.dropout)
+        self._lora = structure.lora_settings(cfg)
+        if self._lora is not None and not has_lora(gpt):
+            apply_lora(gpt, self._lora)
+        trainable, total = structure.set_trainable(gpt, cfg, self._vocab_json is not None)
+        logger.info("training %.2f M of %.2f M GPT parameters (%s): %s", trainable / 1e6, total / 1e6, cfg.finetune,
+                    structure.summarize(gpt))
+        return {**summary, "finetune": cfg.finetune, "trainable_params": trainable, "gpt_params": total}
+
+    def apply_vocab(self, vocab_json: str) -> None:
+        """Switch to an extended vocabulary (vocab.json text) and grow text_embedding/text_head to fit it."""
+        from tokenizers import Tokenizer
+        from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
+
+        from voicetune.backends.xtts.vocab import check_extends, number_of_tokens, resize_text_tokens
+
+        model = self._require()
+        if vocab_json == self._vocab_json:
+            return
+        try:
+            check_extends(model.tokenizer.tokenizer.to_str(), vocab_json)
+            tok = VoiceBpeTokenizer()
+            tok.tokenizer = Tokenizer.from_str(vocab_json)
+        except Exception as e:  # noqa: BLE001 - check_extends' ValueError, and tokenizers' own exception types
+            raise BaseModelError(f"the extended vocabulary does not fit the base {self.base_dir}: {e}") from e
+        n = number_of_tokens(vocab_json)
+        added = resize_text_tokens(model.gpt, n)
+        model.tokenizer, model.args.gpt_number_text_tokens = tok, n
+        self._config_dict.setdefault("model_args", {})["gpt_number_text_tokens"] = n
+        self._vocab_json, self._extractor = vocab_json, None
+        logger.info("vocabulary extended to %d tokens (%d new text_embedding/text_head rows)", n, added)
+
+    def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
+        """Training clips longer than these are dropped (0: the model's own limits); before build_features."""
+        self._limits = {"max_audio_seconds": float(max_audio_seconds), "max_text_tokens": int(max_text_tokens)}
+        self._extractor = None
+
+    def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Audio seconds and GPT tokens (conditioning latents + text + audio codes) of a collated batch."""
+        args = self._require().config.model_args
+        wav = batch["wav_lengths"].long()
+        codes = (wav + args.gpt_code_stride_len - 1) // args.gpt_code_stride_len + 3
+        cond = 32 if args.gpt_use_perceiver_resampler else 1
+        tokens = int((batch["text_lengths"].long() + 2).sum() + (codes + 1).sum()) + cond * int(wav.numel())
+        return {"audio_seconds": float(wav.sum()) / float(self.config.audio.sample_rate), "tokens": float(tokens)}
+
     # ---------------------------------------------------------------- training
     def trainable(self) -> torch.nn.Module:
         """The GPT (the HiFi-GAN decoder and the DVAE are frozen)."""
         return self._require().gpt
 
     def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
-        """AdamW groups: weight decay on the weight matrices of Linear/Conv layers only.
+        """Optimizer groups of the parameters that train: by learning-rate side (text, audio, conditioning,
+        the rest; --lr-*-mult) x weight decay (on the weight matrices of Linear/Conv layers only: biases, norms,
+        embeddings and the perceiver's latent queries are not decayed, as in Coqui's recipe)."""
+        from voicetune.backends.xtts.structure import param_groups
 
-        Biases, LayerNorm gains, token/position embeddings and the perceiver's latent queries are not
-        decayed (common practice; Coqui's ``optimizer_wd_only_on_weights`` excludes the same kinds).
-        """
-        from transformers.pytorch_utils import Conv1D
-
-        matrix_modules = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
-        decay, no_decay, seen = [], [], set()
-        for module in self.trainable().modules():
-            for name, p in module.named_parameters(recurse=False):
-                if not p.requires_grad or id(p) in seen:
-                    continue
-                seen.add(id(p))
-                (decay if isinstance(module, matrix_modules) and name == "weight" else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-        ]
+        return param_groups(self.trainable(), cfg)
 
     def loss(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         """GPT text and audio-code cross-entropies (GPTTrainer.train_step), weighted by the config.
@@ -326,13 +399,26 @@ class XttsBackend:
         return pieces
 
     # ---------------------------------------------------------------- state
-    def _gpt_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self._require().gpt.state_dict().items()
-                if not k.startswith(_INFERENCE_KEYS)}
-
     def save(self, path: Path) -> None:
-        """Write the GPT state dict (inference-only aliases excluded), atomically."""
-        atomic_torch_save(self._gpt_state(), Path(path))
+        """Write the trainable state atomically: the GPT state dict (inference-only aliases excluded), or only
+        the tensors that train (LoRA adapters, unfrozen parts) with the structure they need (structure.py)."""
+        from voicetune.backends.xtts.structure import trainable_state
+
+        atomic_torch_save(trainable_state(self._require().gpt, self._vocab_json, self._lora), Path(path))
+
+    def _adopt_structure(self, meta: dict[str, Any], path: Path) -> None:
+        """Rebuild what a checkpoint's structure needs on the loaded base: its vocabulary, its LoRA adapters."""
+        from voicetune.backends.xtts.lora import LoraSettings, apply_lora, has_lora
+
+        if meta.get("vocab") and meta["vocab"] != self._vocab_json:
+            self.apply_vocab(meta["vocab"])
+        if meta.get("lora"):
+            settings = LoraSettings.from_dict(meta["lora"])
+            if not has_lora(self.model.gpt):
+                apply_lora(self.model.gpt, settings)
+            elif self._lora is not None and settings != self._lora:
+                raise BaseModelError(f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}")
+            self._lora = settings
 
     def load_trained(self, path: Path) -> None:
         """Load a GPT state written by :meth:`save` (or the gpt.* part of an XTTS model.pth)."""
@@ -345,12 +431,16 @@ class XttsBackend:
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             full = layout.normalize_model_state(state["model"])
             state = {k[len("gpt."):]: v for k, v in full.items() if k.startswith("gpt.")}
+        from voicetune.backends.xtts.structure import split_meta
+
+        state, meta = split_meta(state)
+        self._adopt_structure(meta, Path(path))
         state = {k: v for k, v in state.items() if not k.startswith(_INFERENCE_KEYS)}
         try:
             missing, unexpected = gpt.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatch: trained on another base model
             raise BaseModelError(f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})") from e
-        missing = [k for k in missing if not k.startswith(_INFERENCE_KEYS)]
+        missing = [] if meta.get("partial") else [k for k in missing if not k.startswith(_INFERENCE_KEYS)]
         if missing or unexpected:
             raise BaseModelError(
                 f"{path}: not a GPT state of this base model (missing {missing[:5]}, unexpected {unexpected[:5]})"
@@ -366,11 +456,19 @@ class XttsBackend:
         if self.base_dir is not None and out.resolve() == self.base_dir.resolve():
             raise ValueError(f"{out}: refusing to export onto the base model folder; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()
-                 if not k.startswith(tuple("gpt." + p for p in _INFERENCE_KEYS))}
+        from voicetune.backends.xtts.lora import merged_state_dict
+
+        # LoRA adapters are folded into the GPT weights: model.pth has exactly the keys coqui-tts expects.
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if not k.startswith("gpt.")}
+        state.update({k: v.cpu() for k, v in merged_state_dict(self.model.gpt, prefix="gpt.").items()
+                      if not k.startswith(tuple("gpt." + p for p in _INFERENCE_KEYS))})
         atomic_write_text(out / layout.CONFIG, json.dumps(self._config_dict, indent=2) + "\n")
         atomic_torch_save({"model": state}, out / layout.MODEL)
+        if self._vocab_json is not None:  # the extended vocabulary the GPT's text embedding was grown for
+            atomic_write_text(out / layout.VOCAB, self._vocab_json)
         for name in (layout.VOCAB, layout.DVAE, layout.MEL_STATS, layout.SPEAKERS):
+            if name == layout.VOCAB and self._vocab_json is not None:
+                continue
             if name in self._files:
                 with atomic_path(out / name) as tmp:
                     shutil.copyfile(self._files[name], tmp)

@@ -167,8 +167,10 @@ class XttsFeatureStore(FeatureStore):
     """Cached per-clip features; ``__getitem__`` loads one file and draws the conditioning crop.
 
     ``random_crop`` (default True, for training) draws a 3-6 s crop at a random position, seeded by
-    (seed, epoch, index, how often the item was read), so that every epoch sees new crops and a rerun sees
-    the same ones. False gives Coqui's evaluation crop: 4.5 s from the start.
+    (seed, epoch, index, how often the item was read in this epoch), so that every epoch sees new crops and a
+    rerun sees the same ones. The training loop calls :meth:`set_epoch` before each item, so the crops depend
+    only on the data stream: not on how the clips are spread over processes, nor on where a run was resumed.
+    False gives Coqui's evaluation crop: 4.5 s from the start.
     """
 
     def __init__(self, files: list[Path], lengths: list[int], settings: FeatureSettings,
@@ -189,8 +191,28 @@ class XttsFeatureStore(FeatureStore):
         return list(self._lengths)
 
     def set_epoch(self, epoch: int) -> None:
-        """Optional: reseed the conditioning crops per epoch (resumable determinism)."""
-        self.epoch = int(epoch)
+        """Reseed the conditioning crops for ``epoch`` (the per-epoch read counts restart at a new epoch)."""
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self._reads = [0] * len(self.files)
+
+    def forget(self, indices: list[int]) -> None:
+        """The next read of these items draws the crop of a first read in this epoch (the training loop reads
+        each clip once per epoch, so its crops depend only on (seed, epoch, clip), also when a step is redone)."""
+        for i in indices:
+            self._reads[i] = 0
+
+    def durations(self) -> list[float]:
+        """Seconds of audio per item (from the audio-code counts: one code per ``code_stride`` samples)."""
+        return [n * self.settings.code_stride / self.settings.sample_rate for n in self._lengths]
+
+    def drop_summary(self) -> dict[str, int]:
+        """How many clips were dropped, by kind of reason (too_long_audio, too_long_text, unknown_characters...)."""
+        out: dict[str, int] = {}
+        for _, reason in self.dropped:
+            kind = drop_kind(reason)
+            out[kind] = out.get(kind, 0) + 1
+        return out
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = torch.load(self.files[i], map_location="cpu", weights_only=True)
@@ -225,6 +247,17 @@ class XttsFeatureStore(FeatureStore):
         if pad > 0:
             crop = torch.cat([crop, self.silence.expand(-1, pad)], dim=1)
         return crop[:, :total].contiguous(), length
+
+
+def drop_kind(reason: str) -> str:
+    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and run.json)."""
+    kinds = (("longer than max_wav_length", "too_long_audio"), ("more than max_text_length", "too_long_text"),
+             ("shorter than", "too_short"), ("[UNK]", "unknown_characters"), ("empty transcript", "empty_text"),
+             ("cannot read the audio", "unreadable"), ("is not supported", "unsupported_language"))
+    for fragment, kind in kinds:
+        if fragment in reason:
+            return kind
+    return "other"
 
 
 def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:

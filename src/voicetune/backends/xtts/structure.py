@@ -68,8 +68,9 @@ def param_groups(gpt: Any, cfg: Any) -> list[dict[str, Any]]:
 
     Weight decay applies to the weight matrices of Linear/Conv layers only: biases, LayerNorm gains, token and
     position embeddings and the perceiver's latent queries are not decayed (Coqui's
-    ``optimizer_wd_only_on_weights`` excludes the same kinds). A side's group carries ``lr = cfg.lr x
-    multiplier`` only when its multiplier is not 1 (otherwise the optimizer's default applies).
+    ``optimizer_wd_only_on_weights`` excludes the same kinds). A side whose multiplier is not 1 gets its own
+    groups (``text/decay``...) with ``lr = cfg.lr x multiplier``; everything else is in ``decay``/``no_decay``
+    (the optimizer's default LR): with every multiplier at 1 that is the two groups of Coqui's recipe.
     """
     from transformers.pytorch_utils import Conv1D
 
@@ -83,12 +84,14 @@ def param_groups(gpt: Any, cfg: Any) -> list[dict[str, Any]]:
                 continue
             seen.add(id(p))
             side = side_of(gpt_part(f"{module_name}.{name}" if module_name else name))
+            side = side if mults[side] != 1.0 else "other"  # a side gets its own groups only for its own LR
             decay = isinstance(module, matrix_modules) and name == "weight"
             group = groups.get((side, decay))
             if group is None:
+                kind = "decay" if decay else "no_decay"
                 group = groups[(side, decay)] = {"params": [], "weight_decay": cfg.weight_decay if decay else 0.0,
-                                                 "name": f"{side}/{'decay' if decay else 'no_decay'}"}
-                if mults[side] != 1.0:
+                                                 "name": kind if side == "other" else f"{side}/{kind}"}
+                if side != "other":
                     group["lr"] = cfg.lr * mults[side]
             group["params"].append(p)
     order = ["other", "text", "audio", "conditioning"]

@@ -117,13 +117,13 @@ def compute_mel_stats(stats_audio: list[Path] | None, seed: int = 0) -> Any:
     return (sums / max(frames, 1)).clamp(max=-0.1)
 
 
-def _tiny_config(vocab: Path) -> tuple[Any, dict[str, Any]]:
+def _tiny_config(vocab: Path, gpt: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     from TTS.tts.configs.xtts_config import XttsArgs, XttsAudioConfig, XttsConfig
     from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
     tok = VoiceBpeTokenizer(vocab_file=str(vocab))
     args = XttsArgs(
-        **TINY_GPT,
+        **{**TINY_GPT, **(gpt or {})},
         gpt_number_text_tokens=tok.get_number_tokens(),
         gpt_start_text_token=tok.tokenizer.token_to_id("[START]"),
         gpt_stop_text_token=tok.tokenizer.token_to_id("[STOP]"),
@@ -142,12 +142,14 @@ def make_tiny_xtts_base(
     corpus_texts: list[str] | None = None,
     stats_audio: list[Path] | None = None,
     seed: int = 0,
+    gpt: dict[str, Any] | None = None,
 ) -> Path:
     """Write an UNTRAINED, tiny, randomly initialised XTTS-v2 base model folder at ``out``.
 
     ``corpus_texts`` trains the BPE vocabulary (a built-in English list when None); ``stats_audio``
-    (paths) gives the mel statistics (seeded noise when None). Same arguments, same weights.
-    Returns ``out``. Every file is written atomically; other files in ``out`` are left alone.
+    (paths) gives the mel statistics (seeded noise when None). ``gpt`` overrides :data:`TINY_GPT` entries
+    (e.g. a mid-size GPT for benchmarks; ``decoder_input_dim`` must equal ``gpt_n_model_channels``).
+    Same arguments, same weights. Returns ``out``. Every file is written atomically; other files in ``out`` are left alone.
     """
     import torch
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
@@ -157,7 +159,7 @@ def make_tiny_xtts_base(
     out.mkdir(parents=True, exist_ok=True)
     logger.warning("writing %s to %s", TINY_NOTE, out)
     train_bpe_vocab(list(corpus_texts or []) + BUILTIN_CORPUS, out / layout.VOCAB)
-    cfg, cfg_dict = _tiny_config(out / layout.VOCAB)
+    cfg, cfg_dict = _tiny_config(out / layout.VOCAB, gpt)
     mel_stats = compute_mel_stats(stats_audio, seed)
 
     with torch.random.fork_rng(devices=[]):
