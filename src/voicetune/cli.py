@@ -284,9 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="finetune a base model on a prepared dataset", formatter_class=fmt,
                        description="Finetune BASE on DATASET_DIR's train split. Audio codes and conditioning inputs "
-                       "are computed once and cached in the run folder; then an explicit AdamW loop trains the "
-                       "GPT, logging text/mel cross-entropy, writing metrics.jsonl, TensorBoard events and atomic "
-                       "checkpoints under OUT/checkpoints/.")
+                       "are computed once and cached in the run folder; then an explicit loop trains the GPT "
+                       "(fully, with LoRA, or with frozen parts), logging losses, LR, throughput, ETA and memory to "
+                       "the console, metrics.jsonl and TensorBoard, and writing atomic checkpoints under "
+                       "OUT/checkpoints/. Ctrl+C or SIGTERM saves and stops; --resume OUT continues exactly; "
+                       "--gpus N trains on N GPUs; --auto measures this GPU and picks the batch geometry.")
     s.add_argument("dataset_dir", nargs="?", help="prepared dataset folder (not needed with --resume)")
     s.add_argument("--base", help="base model folder (XTTS-v2 layout, or a package from `voicetune export`)")
     s.add_argument("--out", help="run folder to create")

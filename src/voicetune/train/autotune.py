@@ -54,13 +54,17 @@ class Recommendation:
     note: str = ""
 
     def text(self) -> str:
-        flags = (f"--batch-size {self.batch_size} --grad-accum {self.grad_accum} --precision {self.precision}"
-                 + (" --gradient-checkpointing" if self.gradient_checkpointing else ""))
+        flags = (
+            f"--batch-size {self.batch_size} --grad-accum {self.grad_accum} --precision {self.precision}"
+            + (" --gradient-checkpointing" if self.gradient_checkpointing else "")
+        )
         lines = [f"{self.device}: {flags}"]
         for p in self.probes:
-            lines.append(f"    micro-batch {p.batch_size:>3}{' (checkpointing)' if p.checkpointing else ''}: "
-                         f"{'peak %.2f GiB + optimizer = %.2f GiB' % (p.peak_gib, p.total_gib) if p.fits else 'OOM'}"
-                         f" ({p.seconds:.2f} s)")
+            lines.append(
+                f"    micro-batch {p.batch_size:>3}{' (checkpointing)' if p.checkpointing else ''}: "
+                f"{'peak %.2f GiB + optimizer = %.2f GiB' % (p.peak_gib, p.total_gib) if p.fits else 'OOM'}"
+                f" ({p.seconds:.2f} s)"
+            )
         if self.note:
             lines.append(f"    {self.note}")
         return "\n".join(lines)
@@ -77,8 +81,9 @@ def _optimizer_gib(backend: Any, cfg: Any) -> float:
     return trained * per / GIB
 
 
-def _probe(backend: Any, store: Any, order: list[int], b: int, cfg: Any, device: torch.device,
-           precision: str) -> tuple[float, float] | None:
+def _probe(
+    backend: Any, store: Any, order: list[int], b: int, cfg: Any, device: torch.device, precision: str
+) -> tuple[float, float] | None:
     """(peak GiB, seconds) of forward + backward on the ``b`` longest clips; None when out of memory."""
     gpt = backend.trainable()
     torch.cuda.empty_cache()
@@ -105,7 +110,9 @@ def _probe(backend: Any, store: Any, order: list[int], b: int, cfg: Any, device:
     return torch.cuda.max_memory_allocated(device) / GIB, (time.perf_counter() - t0) / 2
 
 
-def measure(backend: Any, store: Any, cfg: Any, device: torch.device, checkpointing: bool = False) -> list[Probe]:
+def measure(
+    backend: Any, store: Any, cfg: Any, device: torch.device, checkpointing: bool = False
+) -> list[Probe]:
     """Peak memory of forward + backward at growing micro-batch sizes (until OOM or the headroom is used)."""
     precision = resolve_precision(cfg.precision, device)
     total = torch.cuda.get_device_properties(device).total_memory / GIB
@@ -122,8 +129,16 @@ def measure(backend: Any, store: Any, cfg: Any, device: torch.device, checkpoint
                 probes.append(Probe(b, float("inf"), float("inf"), 0.0, False, checkpointing))
                 break
             peak, seconds = got
-            probes.append(Probe(b, round(peak, 3), round(peak + opt, 3), round(seconds, 3),
-                                peak + opt <= HEADROOM * total, checkpointing))
+            probes.append(
+                Probe(
+                    b,
+                    round(peak, 3),
+                    round(peak + opt, 3),
+                    round(seconds, 3),
+                    peak + opt <= HEADROOM * total,
+                    checkpointing,
+                )
+            )
             if not probes[-1].fits:
                 break
     backend.set_train(True)
@@ -133,9 +148,15 @@ def measure(backend: Any, store: Any, cfg: Any, device: torch.device, checkpoint
 def cpu_recommendation(cfg: Any) -> Recommendation:
     target = cfg.batch_size * cfg.grad_accum
     batch = min(cfg.batch_size, 2)
-    return Recommendation("CPU", batch, max(1, -(-target // batch)), "fp32", False,
-                          note="no CUDA GPU: GPU memory cannot be measured here; CPU training is only practical for "
-                               "the tiny test model")
+    return Recommendation(
+        "CPU",
+        batch,
+        max(1, -(-target // batch)),
+        "fp32",
+        False,
+        note="no CUDA GPU: GPU memory cannot be measured here; CPU training is only practical for "
+        "the tiny test model",
+    )
 
 
 def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recommendation:
@@ -159,13 +180,29 @@ def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recom
     name = torch.cuda.get_device_name(device)
     total = torch.cuda.get_device_properties(device).total_memory / GIB
     if best == 0:
-        return Recommendation(name, 1, target, precision, True, total, probes,
-                              note="even one clip does not fit: try --finetune lora, --param-dtype bf16 or a lower "
-                                   "--max-audio-seconds")
+        return Recommendation(
+            name,
+            1,
+            target,
+            precision,
+            True,
+            total,
+            probes,
+            note="even one clip does not fit: try --finetune lora, --param-dtype bf16 or a lower "
+            "--max-audio-seconds",
+        )
     batch = min(best, target) if target >= 1 else best
-    return Recommendation(name, batch, max(1, -(-target // batch)), precision, checkpointing, round(total, 2), probes,
-                          note=f"measured on the {min(len(store), max(p.batch_size for p in probes))} longest clips; "
-                               f"plans at most {int(HEADROOM * 100)}% of {total:.1f} GiB")
+    return Recommendation(
+        name,
+        batch,
+        max(1, -(-target // batch)),
+        precision,
+        checkpointing,
+        round(total, 2),
+        probes,
+        note=f"measured on the {min(len(store), max(p.batch_size for p in probes))} longest clips; "
+        f"plans at most {int(HEADROOM * 100)}% of {total:.1f} GiB",
+    )
 
 
 def _with(cfg: Any, **changes: Any) -> Any:
@@ -178,5 +215,10 @@ def apply_recommendation(backend: Any, store: Any, cfg: Any, device: torch.devic
     """``train --auto``: measure and return ``cfg`` with the recommended batch geometry and precision."""
     rec = recommend(backend, store, cfg, device)
     logger.info("--auto recommendation:\n%s", rec.text())
-    return _with(cfg, batch_size=rec.batch_size, grad_accum=rec.grad_accum, precision=rec.precision,
-                 gradient_checkpointing=rec.gradient_checkpointing)
+    return _with(
+        cfg,
+        batch_size=rec.batch_size,
+        grad_accum=rec.grad_accum,
+        precision=rec.precision,
+        gradient_checkpointing=rec.gradient_checkpointing,
+    )

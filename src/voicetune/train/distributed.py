@@ -2,14 +2,14 @@
 
 ``voicetune train --gpus N`` re-runs itself under ``torch.distributed.run`` (torchrun); users may equally
 start ``torchrun --nproc-per-node N -m voicetune.cli train ...`` or ``accelerate launch --num-processes N -m
-voicetune.cli train ...``: all of them set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``,
-which :func:`init_distributed` reads (NCCL on GPUs, gloo on CPUs).
+voicetune.cli train ...``: all of them set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``, which :func:`init_distributed` reads (NCCL on GPUs, gloo on CPUs).
 
 Each rank computes the gradients of its share of the step's clips (see :mod:`voicetune.train.sampler`); after
 the last micro-batch the gradients are averaged with one all-reduce per bucket (:func:`all_reduce_gradients`).
 The loop drives the backend's loss directly rather than through ``DistributedDataParallel``'s forward, so the
-averaging is explicit; it also lets every rank agree on skipped steps (out of memory, fp16 overflow) before any
-gradient is exchanged. Rank 0 alone writes logs, metrics and checkpoints.
+averaging is explicit; it also lets every rank agree on skipped steps (out of memory, fp16 overflow) before
+any gradient is exchanged. Rank 0 alone writes logs, metrics and checkpoints.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def env_world() -> int:
 
 
 def init_distributed(device_name: str) -> tuple[Dist, str]:
-    """Join the process group when launched by torchrun/accelerate; returns (Dist, the device this rank uses)."""
+    """Join the process group when launched by torchrun/accelerate; returns (Dist, this rank's device)."""
     world = env_world()
     if world <= 1:
         return Dist(), device_name
@@ -91,7 +91,9 @@ def init_distributed(device_name: str) -> tuple[Dist, str]:
         device_name = f"cuda:{local_rank}"
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    logger.info("distributed training: rank %d of %d (local rank %d) on %s", rank, world, local_rank, device_name)
+    logger.info(
+        "distributed training: rank %d of %d (local rank %d) on %s", rank, world, local_rank, device_name
+    )
     return Dist(rank, world, local_rank), device_name
 
 
@@ -137,8 +139,16 @@ def _reduce_bucket(bucket: list[torch.Tensor], world: int) -> None:
 
 def launch_command(argv: Sequence[str], gpus: int) -> list[str]:
     """The torchrun command that runs ``voicetune <argv>`` on ``gpus`` processes of this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-            "-m", "voicetune.cli", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={gpus}",
+        "-m",
+        "voicetune.cli",
+        *argv,
+    ]
 
 
 def launch(argv: Sequence[str], gpus: int) -> int:

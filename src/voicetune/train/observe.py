@@ -59,9 +59,11 @@ def step_flops(params: int, trainable: int, tokens: int) -> float:
 def memory(device: torch.device) -> dict[str, float]:
     """GiB allocated / peak allocated / reserved on a CUDA device; resident set size on CPU."""
     if device.type == "cuda":
-        return {"mem_alloc_gib": torch.cuda.memory_allocated(device) / GIB,
-                "mem_peak_gib": torch.cuda.max_memory_allocated(device) / GIB,
-                "mem_reserved_gib": torch.cuda.memory_reserved(device) / GIB}
+        return {
+            "mem_alloc_gib": torch.cuda.memory_allocated(device) / GIB,
+            "mem_peak_gib": torch.cuda.max_memory_allocated(device) / GIB,
+            "mem_reserved_gib": torch.cuda.memory_reserved(device) / GIB,
+        }
     try:
         import psutil
     except ImportError:  # psutil is a dependency; without it the memory line is just left out
@@ -71,7 +73,7 @@ def memory(device: torch.device) -> dict[str, float]:
 
 def mem_line(step: int, mem: dict[str, float]) -> str:
     """``[mem] step=N alloc_gib=.. peak_gib=.. reserved_gib=..`` (or ``rss_gib=..`` on CPU)."""
-    fields = " ".join(f"{k[len('mem_'):]}={v:.2f}" for k, v in mem.items())
+    fields = " ".join(f"{k[len('mem_') :]}={v:.2f}" for k, v in mem.items())
     return f"[mem] step={step} {fields}"
 
 
@@ -93,12 +95,15 @@ class Meter:
     peak: float | None
     t0: float = field(default_factory=time.perf_counter)
 
-    def record(self, step: int, step_seconds: float, samples: int, audio_seconds: float,
-               tokens: int, world: int) -> dict[str, float]:
+    def record(
+        self, step: int, step_seconds: float, samples: int, audio_seconds: float, tokens: int, world: int
+    ) -> dict[str, float]:
         """Rates of this step (all ranks together) and the ETA of the run."""
-        out = {"samples_per_s": samples * world / step_seconds if step_seconds > 0 else 0.0,
-               "audio_s_per_s": audio_seconds * world / step_seconds if step_seconds > 0 else 0.0,
-               "tokens": float(tokens * world)}
+        out = {
+            "samples_per_s": samples * world / step_seconds if step_seconds > 0 else 0.0,
+            "audio_s_per_s": audio_seconds * world / step_seconds if step_seconds > 0 else 0.0,
+            "tokens": float(tokens * world),
+        }
         done = step - self.start_step
         elapsed = time.perf_counter() - self.t0
         out["eta_s"] = elapsed / done * (self.total_steps - step) if done > 0 else 0.0

@@ -83,15 +83,23 @@ class StepSampler:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "n": self.n, "step_size": self.step_size,
-                "bucket_window": self.bucket_window}
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "seed": self.seed,
+            "n": self.n,
+            "step_size": self.step_size,
+            "bucket_window": self.bucket_window,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from a saved position; the data and batch geometry must be the ones it was saved with."""
         for key in ("seed", "n", "step_size", "bucket_window"):
             if key in state and int(state[key]) != getattr(self, key):
-                raise ValueError(f"the saved data order has {key}={state[key]}, this run {getattr(self, key)}: "
-                                 "the dataset or the batch geometry changed since the checkpoint")
+                raise ValueError(
+                    f"the saved data order has {key}={state[key]}, this run {getattr(self, key)}: "
+                    "the dataset or the batch geometry changed since the checkpoint"
+                )
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
     # ------------------------------------------------------------------ reporting

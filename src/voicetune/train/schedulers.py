@@ -1,12 +1,13 @@
 """Learning-rate schedules: a linear warm-up (``--warmup-steps``) composed with the chosen decay.
 
 Every schedule is a ``torch.optim.lr_scheduler`` built from a TrainConfig; warm-up and decay are joined with
-``SequentialLR`` so the state dict (and so a resumed run) covers both. One scheduler step = one optimizer step.
+``SequentialLR`` so the state dict (and so a resumed run) covers both. One scheduler step per optimizer
+step.
 
 ============== ==========================================================================================
 constant       the peak LR after warm-up (the Coqui XTTS recipe)
 cosine         cosine from the peak down to ``lr x min_lr_ratio`` at the last step
-cosine_restarts cosine with warm restarts every ``restart_steps`` steps, the period x ``restart_mult`` each time
+cosine_restarts cosine with warm restarts every ``restart_steps`` steps (period x ``restart_mult`` each time)
 linear         linear from the peak down to ``lr x min_lr_ratio`` at the last step
 step           x ``lr_gamma`` every ``step_size`` steps
 multistep      x ``lr_gamma`` at each of ``milestones`` (steps counted from the start of training)
@@ -34,10 +35,13 @@ def _decay(optimizer: torch.optim.Optimizer, cfg: Any, steps: int, warmup: int) 
         return S.CosineAnnealingLR(optimizer, T_max=last, eta_min=cfg.lr * cfg.min_lr_ratio)
     if kind == "cosine_restarts":
         period = cfg.restart_steps or max(1, steps // 4)
-        return S.CosineAnnealingWarmRestarts(optimizer, T_0=period, T_mult=cfg.restart_mult,
-                                             eta_min=cfg.lr * cfg.min_lr_ratio)
+        return S.CosineAnnealingWarmRestarts(
+            optimizer, T_0=period, T_mult=cfg.restart_mult, eta_min=cfg.lr * cfg.min_lr_ratio
+        )
     if kind == "linear":
-        return S.LinearLR(optimizer, start_factor=1.0, end_factor=max(cfg.min_lr_ratio, 1e-8), total_iters=last)
+        return S.LinearLR(
+            optimizer, start_factor=1.0, end_factor=max(cfg.min_lr_ratio, 1e-8), total_iters=last
+        )
     if kind == "step":
         return S.StepLR(optimizer, step_size=cfg.step_size or max(1, steps // 3), gamma=cfg.lr_gamma)
     if kind == "multistep":

@@ -9,8 +9,8 @@ Handlers are only installed from the main thread (Python delivers signals there)
 thread) the loop simply never sees a request and callers stop it through a callback instead.
 
 Under torchrun/accelerate a Ctrl+C reaches every worker twice: from the terminal and forwarded by the launcher
-(which sends SIGKILL 30 s later). There, a second signal within :data:`LAUNCHER_DEBOUNCE_S` of the first counts
-as the same request; a later one stops at once as usual.
+(which sends SIGKILL 30 s later). There, a second signal within :data:`LAUNCHER_DEBOUNCE_S` of the first
+counts as the same request; a later one stops at once as usual.
 """
 
 from __future__ import annotations
@@ -39,22 +39,31 @@ class GracefulStop:
     def __init__(self, debounce_s: float | None = None) -> None:
         self.requested: str = ""
         self.at: float = 0.0
-        self.debounce_s = (LAUNCHER_DEBOUNCE_S if _under_launcher() else 0.0) if debounce_s is None else debounce_s
+        self.debounce_s = (
+            (LAUNCHER_DEBOUNCE_S if _under_launcher() else 0.0) if debounce_s is None else debounce_s
+        )
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.requested and time.time() - self.at < self.debounce_s:
-            logger.info("%s again within %.0f s: the same stop request (forwarded by the launcher)", name,
-                        self.debounce_s)
+            logger.info(
+                "%s again within %.0f s: the same stop request (forwarded by the launcher)",
+                name,
+                self.debounce_s,
+            )
             return
         if self.requested:
-            logger.warning("second %s: stopping now, without a final checkpoint (the last complete one is kept)",
-                           name)
+            logger.warning(
+                "second %s: stopping now, without a final checkpoint (the last complete one is kept)", name
+            )
             raise KeyboardInterrupt
         self.requested, self.at = name, time.time()
-        logger.warning("%s received: finishing this step, then saving a checkpoint and stopping "
-                       "(press Ctrl+C again to stop at once)", name)
+        logger.warning(
+            "%s received: finishing this step, then saving a checkpoint and stopping "
+            "(press Ctrl+C again to stop at once)",
+            name,
+        )
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():

@@ -1,7 +1,8 @@
-"""One optimizer step: micro-batches → autocast forward → scaled backward → all-reduce → unscale → clip → step.
+"""One optimizer step: micro-batches → autocast forward → scaled backward → all-reduce → unscale → clip →
+step.
 
 * Precision: bf16 or fp16 autocast, or fp32. fp16 scales the loss with ``torch.amp.GradScaler``: gradients
-  are unscaled before clipping, and a step whose gradients overflowed is skipped (the scaler lowers the scale).
+  are unscaled before clipping, and a step whose gradients overflowed is skipped (the scale is lowered).
 * The rank's clips of the step are cut into micro-batches (:class:`~voicetune.train.oom.MicroBatchPlan`);
   each micro-batch's loss is weighted by its share of the clips, so the gradient is the mean over the step
   whatever the micro-batch size.
@@ -126,8 +127,10 @@ class StepEngine:
         self.skipped_total += 1
         logger.warning("step %d skipped: %s (%d in a row)", step, why, self.skipped_in_a_row)
         if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            raise TrainError(f"{self.skipped_in_a_row} steps in a row had a non-finite loss or gradient ({why}); "
-                             "lower --lr, raise --warmup-steps, or use --precision bf16/fp32")
+            raise TrainError(
+                f"{self.skipped_in_a_row} steps in a row had a non-finite loss or gradient ({why}); "
+                "lower --lr, raise --warmup-steps, or use --precision bf16/fp32"
+            )
         return {"loss": float("nan"), "skipped": 1.0, "micro_batch": float(self.plan.size)}
 
     def _update(self, step: int, parts: dict[str, float]) -> dict[str, float]:
@@ -150,8 +153,11 @@ class StepEngine:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if skipped:
-            logger.warning("step %d: fp16 gradients overflowed; the step was skipped and the loss scale lowered "
-                           "to %g", step, self.scaler.get_scale() if self.scaler else 0)
+            logger.warning(
+                "step %d: fp16 gradients overflowed; the step was skipped and the loss scale lowered to %g",
+                step,
+                self.scaler.get_scale() if self.scaler else 0,
+            )
         else:
             self.skipped_in_a_row = 0
         parts.update(grad_norm=norm, micro_batch=float(self.plan.size), skipped=float(skipped))

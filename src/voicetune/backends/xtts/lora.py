@@ -61,8 +61,14 @@ def apply_lora(gpt: Any, settings: LoraSettings) -> int:
 
     if has_lora(gpt):
         raise ValueError("LoRA adapters are already injected into this model")
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.targets), fan_in_fan_out=True, bias="none")
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        fan_in_fan_out=True,
+        bias="none",
+    )
     device = next(gpt.gpt.parameters()).device
     dtype = next(gpt.gpt.parameters()).dtype
     inject_adapter_in_model(config, gpt.gpt, adapter_name=ADAPTER)
@@ -74,8 +80,14 @@ def apply_lora(gpt: Any, settings: LoraSettings) -> int:
             n += p.numel()
     if n == 0:
         raise ValueError(f"LoRA found no target module among {list(settings.targets)}; fix --lora-targets")
-    logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters", settings.rank, settings.alpha,
-                settings.dropout, ",".join(settings.targets), n / 1e6)
+    logger.info(
+        "LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters",
+        settings.rank,
+        settings.alpha,
+        settings.dropout,
+        ",".join(settings.targets),
+        n / 1e6,
+    )
     return n
 
 

@@ -56,7 +56,9 @@ def set_trainable(gpt: Any, cfg: Any, vocab_extended: bool) -> tuple[int, int]:
         if is_lora_key(name):
             p.requires_grad_(True)
         elif lora:
-            p.requires_grad_(vocab_extended and part in ("text_embedding", "text_head") and part not in frozen)
+            p.requires_grad_(
+                vocab_extended and part in ("text_embedding", "text_head") and part not in frozen
+            )
         else:
             p.requires_grad_(part not in frozen)
     counts = [(p.numel(), p.requires_grad) for p in gpt.parameters()]
@@ -75,7 +77,12 @@ def param_groups(gpt: Any, cfg: Any) -> list[dict[str, Any]]:
     from transformers.pytorch_utils import Conv1D
 
     matrix_modules = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
-    mults = {"text": cfg.lr_text_mult, "audio": cfg.lr_audio_mult, "conditioning": cfg.lr_cond_mult, "other": 1.0}
+    mults = {
+        "text": cfg.lr_text_mult,
+        "audio": cfg.lr_audio_mult,
+        "conditioning": cfg.lr_cond_mult,
+        "other": 1.0,
+    }
     groups: dict[tuple[str, bool], dict[str, Any]] = {}
     seen: set[int] = set()
     for module_name, module in gpt.named_modules():
@@ -89,8 +96,11 @@ def param_groups(gpt: Any, cfg: Any) -> list[dict[str, Any]]:
             group = groups.get((side, decay))
             if group is None:
                 kind = "decay" if decay else "no_decay"
-                group = groups[(side, decay)] = {"params": [], "weight_decay": cfg.weight_decay if decay else 0.0,
-                                                 "name": kind if side == "other" else f"{side}/{kind}"}
+                group = groups[(side, decay)] = {
+                    "params": [],
+                    "weight_decay": cfg.weight_decay if decay else 0.0,
+                    "name": kind if side == "other" else f"{side}/{kind}",
+                }
                 if side != "other":
                     group["lr"] = cfg.lr * mults[side]
             group["params"].append(p)
@@ -102,13 +112,21 @@ def trainable_state(gpt: Any, vocab_json: str | None, lora: LoraSettings | None)
     """What a checkpoint holds: the whole GPT state, or (when only part trains) just the trained tensors."""
     from voicetune.backends.xtts.layout import INFERENCE_ONLY_GPT_PREFIXES
 
-    full = {k: v.detach().cpu() for k, v in gpt.state_dict().items() if not k.startswith(INFERENCE_ONLY_GPT_PREFIXES)}
+    full = {
+        k: v.detach().cpu()
+        for k, v in gpt.state_dict().items()
+        if not k.startswith(INFERENCE_ONLY_GPT_PREFIXES)
+    }
     trains = {n for n, p in gpt.named_parameters() if p.requires_grad}
     partial = trains != {n for n, _ in gpt.named_parameters()}
     state = {k: v for k, v in full.items() if k in trains} if partial else full
     if partial or vocab_json is not None or lora is not None:
-        state[META_KEY] = {"format": 1, "partial": partial, "vocab": vocab_json,
-                           "lora": lora.to_dict() if lora is not None else None}
+        state[META_KEY] = {
+            "format": 1,
+            "partial": partial,
+            "vocab": vocab_json,
+            "lora": lora.to_dict() if lora is not None else None,
+        }
     return state
 
 

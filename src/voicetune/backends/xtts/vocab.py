@@ -42,9 +42,11 @@ class VocabExtension:
         if self.new_size == self.old_size:
             return f"the vocabulary ({self.old_size} tokens) already covers every transcript"
         chars = " ".join(self.new_chars[:30]) + (" ..." if len(self.new_chars) > 30 else "")
-        return (f"extended the vocabulary from {self.old_size} to {self.new_size} tokens: "
-                f"{len(self.new_chars)} new characters ({chars}), {len(self.new_merges)} new merges; "
-                f"{self.still_unknown} transcripts still hold unknown characters")
+        return (
+            f"extended the vocabulary from {self.old_size} to {self.new_size} tokens: "
+            f"{len(self.new_chars)} new characters ({chars}), {len(self.new_merges)} new merges; "
+            f"{self.still_unknown} transcripts still hold unknown characters"
+        )
 
 
 def number_of_tokens(tokenizer_json: str) -> int:
@@ -74,8 +76,14 @@ def _cleaned(voice_tokenizer: Any, texts: Iterable[tuple[str, str]]) -> list[str
     return out
 
 
-def _learn_merges(seqs: dict[str, list[str]], counts: Counter, new_chars: set[str], known: set[str],
-                  budget: int, min_frequency: int = 2) -> list[tuple[str, str]]:
+def _learn_merges(
+    seqs: dict[str, list[str]],
+    counts: Counter,
+    new_chars: set[str],
+    known: set[str],
+    budget: int,
+    min_frequency: int = 2,
+) -> list[tuple[str, str]]:
     """Greedy BPE merge learning on ``seqs`` (word -> symbols), keeping only merges that touch a new char."""
     merges: list[tuple[str, str]] = []
     while len(merges) < budget:
@@ -104,7 +112,9 @@ def _learn_merges(seqs: dict[str, list[str]], counts: Counter, new_chars: set[st
     return merges
 
 
-def extend_vocab(voice_tokenizer: Any, texts: Sequence[tuple[str, str]], max_new_tokens: int = 256) -> VocabExtension:
+def extend_vocab(
+    voice_tokenizer: Any, texts: Sequence[tuple[str, str]], max_new_tokens: int = 256
+) -> VocabExtension:
     """Extend the BPE of a coqui-tts ``VoiceBpeTokenizer`` to cover ``texts`` ((transcript, language) pairs).
 
     Every missing character is added even beyond ``max_new_tokens`` (a warning says so); merges fill the rest
@@ -117,16 +127,23 @@ def extend_vocab(voice_tokenizer: Any, texts: Sequence[tuple[str, str]], max_new
     data = json.loads(original)
     model = data["model"]
     if model.get("type") != "BPE":
-        raise ValueError(f"vocab.json holds a {model.get('type')} model; only BPE vocabularies can be extended")
+        raise ValueError(
+            f"vocab.json holds a {model.get('type')} model; only BPE vocabularies can be extended"
+        )
     vocab: dict[str, int] = model["vocab"]
     old_size = number_of_tokens(original)
     cleaned = _cleaned(voice_tokenizer, texts)
     words: Counter = Counter(w for c in cleaned for w in _words(tok, c))
-    char_counts: Counter = Counter(ch for w, n in words.items() for ch in w for _ in range(n) if ch not in vocab)
+    char_counts: Counter = Counter(
+        ch for w, n in words.items() for ch in w for _ in range(n) if ch not in vocab
+    )
     new_chars = sorted(char_counts, key=lambda ch: (-char_counts[ch], ch))
     if len(new_chars) > max_new_tokens:
-        logger.warning("%d characters are missing from the vocabulary, more than --extend-vocab-size %d; all are "
-                       "added", len(new_chars), max_new_tokens)
+        logger.warning(
+            "%d characters are missing from the vocabulary, more than --extend-vocab-size %d; all are added",
+            len(new_chars),
+            max_new_tokens,
+        )
     next_id = old_size
     for ch in new_chars:
         vocab[ch] = next_id
@@ -136,8 +153,9 @@ def extend_vocab(voice_tokenizer: Any, texts: Sequence[tuple[str, str]], max_new
     if uncovered and max_new_tokens > len(new_chars):
         chars_only = Tokenizer.from_str(json.dumps(data))
         seqs = {w: [t.value for t in chars_only.model.tokenize(w)] for w in uncovered}
-        merges = _learn_merges(seqs, Counter(uncovered), set(new_chars), set(vocab),
-                               max_new_tokens - len(new_chars))
+        merges = _learn_merges(
+            seqs, Counter(uncovered), set(new_chars), set(vocab), max_new_tokens - len(new_chars)
+        )
     string_merges = bool(model["merges"]) and isinstance(model["merges"][0], str)
     for a, b in merges:
         vocab[a + b] = next_id
@@ -150,7 +168,9 @@ def extend_vocab(voice_tokenizer: Any, texts: Sequence[tuple[str, str]], max_new
     for c in cleaned:
         ids = extended.encode(c.replace(" ", "[SPACE]")).ids
         still += unk is not None and unk in ids
-    ext = VocabExtension(text, old_size, number_of_tokens(text), new_chars, [f"{a} {b}" for a, b in merges], still)
+    ext = VocabExtension(
+        text, old_size, number_of_tokens(text), new_chars, [f"{a} {b}" for a, b in merges], still
+    )
     logger.info("%s", ext.summary())
     return ext
 
@@ -160,13 +180,15 @@ def check_extends(old_json: str, new_json: str) -> None:
     old, new = json.loads(old_json)["model"]["vocab"], json.loads(new_json)["model"]["vocab"]
     moved = [t for t, i in old.items() if new.get(t) != i]
     if moved:
-        raise ValueError(f"the vocabulary is not an extension of the base's: {len(moved)} tokens moved or vanished "
-                         f"(e.g. {moved[:5]})")
+        raise ValueError(
+            f"the vocabulary is not an extension of the base's: {len(moved)} tokens moved or vanished "
+            f"(e.g. {moved[:5]})"
+        )
 
 
 @torch.no_grad()
 def resize_text_tokens(gpt: Any, new_size: int) -> int:
-    """Grow ``gpt.text_embedding`` and ``gpt.text_head`` to ``new_size`` tokens; new rows = mean of the old rows.
+    """Grow ``gpt.text_embedding``, ``gpt.text_head`` to ``new_size`` tokens (new rows: the old rows' mean).
 
     Returns the number of rows added (0 when the size is unchanged). Shrinking is refused.
     """
@@ -177,10 +199,17 @@ def resize_text_tokens(gpt: Any, new_size: int) -> int:
     if new_size == old:
         return 0
     extra = new_size - old
-    new_emb = torch.nn.Embedding(new_size, emb.embedding_dim, device=emb.weight.device, dtype=emb.weight.dtype)
+    new_emb = torch.nn.Embedding(
+        new_size, emb.embedding_dim, device=emb.weight.device, dtype=emb.weight.dtype
+    )
     new_emb.weight.copy_(torch.cat([emb.weight, emb.weight.mean(0, keepdim=True).expand(extra, -1)]))
-    new_head = torch.nn.Linear(head.in_features, new_size, bias=head.bias is not None,
-                               device=head.weight.device, dtype=head.weight.dtype)
+    new_head = torch.nn.Linear(
+        head.in_features,
+        new_size,
+        bias=head.bias is not None,
+        device=head.weight.device,
+        dtype=head.weight.dtype,
+    )
     new_head.weight.copy_(torch.cat([head.weight, head.weight.mean(0, keepdim=True).expand(extra, -1)]))
     if head.bias is not None:
         new_head.bias.copy_(torch.cat([head.bias, head.bias.mean().expand(extra)]))
