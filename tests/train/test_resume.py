@@ -45,6 +45,7 @@ def test_a_resumed_run_computes_the_same_losses_as_an_uninterrupted_one(tiny_dat
     assert second.resumed_from == 3 and [h["loss"] for h in second.losses] == [
         h["loss"] for h in reference.losses[3:]]
     _assert_same_trajectory(run, reference.run_dir)
+    assert resume_config(run, {}).max_steps == 6  # the run remembers its new length for the next resume
 
 
 def _cli(dataset: Path, base: Path, run: Path, steps: int, options: dict, *extra: str) -> list[str]:

@@ -244,8 +244,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     step_size = cfg.batch_size * cfg.grad_accum * dist.world
     sampler = StepSampler(store.lengths(), step_size, cfg.seed, cfg.bucket_window)
     report = _data_report(store, len(dataset.train), sampler, cfg, dist)
-    if dist.is_main and ckpt is None:
+    if dist.is_main:  # a resumed run records its changed options (length, logging...) for the next resume
         save_yaml(cfg, run_dir / "config.yaml")
+    if dist.is_main and ckpt is None:
         RunInfo(cfg.backend, str(Path(base).resolve()), str(Path(dataset_dir).resolve()), cfg.seed,
                 software_versions(), training={**report, "model": model}).save(run_dir)
     steps_per_epoch = sampler.steps_per_epoch()
