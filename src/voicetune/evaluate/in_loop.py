@@ -46,6 +46,7 @@ from voicetune.evaluate.suite import (
     load_doc,
     rules_from_config,
     run_evaluation,
+    warm_up,
     write_baseline,
     write_best_json,
     write_evaluation,
@@ -151,6 +152,7 @@ class InLoopEvaluator:
             resumed_from = int(getattr(state, "resumed_from", 0) or 0)  # the step a resumed run continues after
             reused = self._reusable_baseline() if resumed_from else None
             if reused is None:
+                warm_up(state.backend, self.probe_set, self.scorer)  # so the baseline's time is the steady cost
                 ev = run_evaluation(state.backend, self.probe_set, self.scorer, BASELINE, 0, self.progress)
                 real = self.scorer.score_real()
         if reused is None:

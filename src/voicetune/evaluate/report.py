@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,9 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def loss_plot(train: list[dict[str, Any]]) -> str | None:
-    """Base64 PNG of the training losses (total, text CE, mel CE) against the step."""
+def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_step: int | None = None) -> str | None:
+    """Base64 PNG of the training losses (total, text CE, mel CE) against the step; evaluations dotted,
+    the best one red."""
     if not train:
         return None
     from matplotlib.figure import Figure
@@ -197,6 +199,8 @@ def loss_plot(train: list[dict[str, Any]]) -> str | None:
         ys = [t.get(key) for t in train]
         if any(isinstance(y, (int, float)) for y in ys):
             ax.plot(steps, ys, label=key, linewidth=1.2)
+    for step in eval_steps:
+        ax.axvline(step, linestyle=":", linewidth=1, color="tab:red" if step == best_step else "grey")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("training loss")
@@ -336,7 +340,7 @@ def render_html(r: RunEvals) -> str:
                      f"{len(r.in_loop.get('evaluations', []))} in-loop evaluations "
                      f"({100 * (r.in_loop.get('overhead_fraction') or 0):.1f}% of the training wall time), "
                      f"{r.in_loop.get('baseline_seconds', 0):.1f} s for the baseline.</p>")
-    for title, png in (("Metrics", metric_plot(r)), ("Training loss", loss_plot(r.train))):
+    for title, png in (("Metrics", metric_plot(r)), ("Training loss", loss_plot(r.train, [d["step"] for d in r.evals], r.best_step))):
         if png:
             parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>")
     audio = _audio_section(r)

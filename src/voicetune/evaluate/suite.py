@@ -288,6 +288,25 @@ def run_evaluation(
     return Evaluation(name, step, scores, renders, t1 - t0, t2 - t1)
 
 
+def warm_up(backend: Backend, probe_set: ProbeSet, scorer: Scorer) -> float:
+    """Render and score the shortest sentence once, unrecorded; returns the seconds it took.
+
+    The first render and score of a process pay one-time costs (kernel selection, lazily loaded metric
+    models, JIT compilation); after this, an evaluation's timing is its steady cost, which the in-loop
+    overhead cap plans with.
+    """
+    t0 = time.perf_counter()
+    m = probe_set.material
+    text = min(probe_set.texts, key=len)
+    r = render(backend, [text], m.references, m.language, probe_set.protocol.seed, what="eval warm-up")[0]
+    if r.audio is not None and r.audio.size:
+        M.transcribe_text(scorer.asr, M.audio_at(r.audio, r.sample_rate, 16000), m.language)
+        M.predicted_mos(r.audio, r.sample_rate, scorer.device)
+        M.speaker_similarity([r.audio], [], r.sample_rate, scorer.device, centroid=scorer.centroid)
+        M.detect_failures(r.audio, r.sample_rate, text, m.chars_per_second, language=m.language)
+    return time.perf_counter() - t0
+
+
 # ------------------------------------------------------------------------------------------ writing
 
 
