@@ -47,8 +47,9 @@ def _device_name(device: str) -> str:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -80,8 +81,12 @@ def main() -> int:
     ap.add_argument("--asr-batch-size", type=int, default=8)
     ap.add_argument("--qa-mos", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--generate-only", action="store_true")
-    ap.add_argument("--note", default="", help="free text stored with the result (e.g. how the box was set up)")
-    ap.add_argument("--result", type=Path, help="JSON to write (default: benchmarks/results/prepare_speed_<device>.json)")
+    ap.add_argument(
+        "--note", default="", help="free text stored with the result (e.g. how the box was set up)"
+    )
+    ap.add_argument(
+        "--result", type=Path, help="JSON to write (default: benchmarks/results/prepare_speed_<device>.json)"
+    )
     args = ap.parse_args()
     if not list(args.input.glob("*.mp3")):
         generate(args.input, args.minutes)
@@ -91,16 +96,26 @@ def main() -> int:
     from voicetune.data.transcribe import packaged_model_path
 
     model = str(packaged_model_path())
-    settings = {"asr_model": model, "device": args.device, "asr_batch_size": args.asr_batch_size,
-                "qa_mos": args.qa_mos}
+    settings = {
+        "asr_model": model,
+        "device": args.device,
+        "asr_batch_size": args.asr_batch_size,
+        "qa_mos": args.qa_mos,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         warm_in = Path(tmp) / "warm"
         warm_in.mkdir()
         first = sorted(args.input.glob("*.mp3"))[0]
         t0 = time.monotonic()
         shutil.copy(first, warm_in / first.name)
-        prepare(warm_in, Path(tmp) / "warm_out", qa_mos=args.qa_mos, device=args.device, asr_model=model,
-                asr_batch_size=args.asr_batch_size)
+        prepare(
+            warm_in,
+            Path(tmp) / "warm_out",
+            qa_mos=args.qa_mos,
+            device=args.device,
+            asr_model=model,
+            asr_batch_size=args.asr_batch_size,
+        )
         cold = time.monotonic() - t0
         result = prepare(args.input, Path(tmp) / "out", **settings)
     out = {

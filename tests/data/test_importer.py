@@ -67,7 +67,10 @@ def test_coqui_layout_through_the_cli_keeps_speakers(imported, tmp_path):
     out, _ = imported
     src = tmp_path / "coqui"
     shutil.copytree(out / "wavs", src / "wavs")
-    rows = [f"wavs/{p.name}|hello|{'ann' if i % 2 else 'ben'}" for i, p in enumerate(sorted((src / "wavs").iterdir()))]
+    rows = [
+        f"wavs/{p.name}|hello|{'ann' if i % 2 else 'ben'}"
+        for i, p in enumerate(sorted((src / "wavs").iterdir()))
+    ]
     (src / "metadata_train.csv").write_text("audio_file|text|speaker_name\n" + "\n".join(rows) + "\n")
     listing = read_listing(src, "speaker")
     assert {r[2] for rows_ in listing.values() for r in rows_} == {"ann", "ben"}

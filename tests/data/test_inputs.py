@@ -21,7 +21,11 @@ def test_speaker_subfolders_name_the_speakers_and_loose_files_are_skipped(tmp_pa
     _touch(tmp_path / "bob" / "b1.mp3")
     _touch(tmp_path / "stray.wav")
     found = discover_inputs(tmp_path, None, PrepareConfig(speaker_folders=True))
-    assert sorted((f.name, spk) for f, _, spk in found) == [("a1.wav", "alice"), ("a2.flac", "alice"), ("b1.mp3", "bob")]
+    assert sorted((f.name, spk) for f, _, spk in found) == [
+        ("a1.wav", "alice"),
+        ("a2.flac", "alice"),
+        ("b1.mp3", "bob"),
+    ]
     plain = discover_inputs(tmp_path, None, PrepareConfig(speaker_name="me"))
     assert {spk for _, _, spk in plain} == {"me"} and len(plain) == 4
 
@@ -38,8 +42,13 @@ def test_speaker_folders_from_the_command_line_are_added_and_checked(tmp_path):
 
 
 def test_new_quality_thresholds_are_validated():
-    for bad in ({"min_snr_db": 10, "max_silence_ratio": 0.0}, {"qa_mos": "maybe"}, {"min_mos": 7.0},
-                {"max_seconds": 40.0}, {"language": "English"}):
+    for bad in (
+        {"min_snr_db": 10, "max_silence_ratio": 0.0},
+        {"qa_mos": "maybe"},
+        {"min_mos": 7.0},
+        {"max_seconds": 40.0},
+        {"language": "English"},
+    ):
         with pytest.raises(ConfigError):
             PrepareConfig(**bad)
     assert PrepareConfig(language="auto").language == "auto"

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from voicetune.audio.io import load_audio, write_wav  # noqa: F401
+from voicetune.audio.io import load_audio, write_wav
 from voicetune.config import PrepareConfig
 from voicetune.data.manifest import read_clips_jsonl
 from voicetune.data.prepare import prepare
@@ -69,12 +69,25 @@ def test_twenty_minute_file_is_processed_with_bounded_memory(piper_sentences, tm
             seconds = 0.0
             while seconds < minutes * 60:
                 audio = sentences[int(rng.integers(len(sentences)))]
-                block = np.concatenate([audio, 0.001 * rng.standard_normal(int(0.8 * 48000)).astype(np.float32)])
+                block = np.concatenate(
+                    [audio, 0.001 * rng.standard_normal(int(0.8 * 48000)).astype(np.float32)]
+                )
                 f.write(np.stack([block, 0.9 * block], axis=1))
                 seconds += len(block) / 48000
     out = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, str(short), str(long_), str(tmp_path / "o1"), str(tmp_path / "o2")],
-        capture_output=True, text=True, timeout=1800, check=True,
+        [
+            sys.executable,
+            "-c",
+            MEMORY_SCRIPT,
+            str(short),
+            str(long_),
+            str(tmp_path / "o1"),
+            str(tmp_path / "o2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
     )
     mem = json.loads(out.stdout.strip().splitlines()[-1])
     print("memory:", {k: round(v) for k, v in mem.items()})

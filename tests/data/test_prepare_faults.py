@@ -47,7 +47,11 @@ def test_every_injected_fault_is_quarantined_for_its_reason_and_clean_speech_is_
     tp = fp = 0
     for name, sentences in truth.items():
         for s in sentences:
-            clips = [r for r in records if r.source_file == name and min(r.end, s["end"]) - max(r.start, s["start"]) > 0.3]
+            clips = [
+                r
+                for r in records
+                if r.source_file == name and min(r.end, s["end"]) - max(r.start, s["start"]) > 0.3
+            ]
             assert len(clips) == 1, (s, clips)  # one sentence -> one clip (pauses are >= 0.6 s)
             r = clips[0]
             if s["fault"] == "clean":
@@ -58,7 +62,9 @@ def test_every_injected_fault_is_quarantined_for_its_reason_and_clean_speech_is_
                 tp += 1
     n_faults = sum(s["fault"] != "clean" for v in truth.values() for s in v)
     precision, recall = tp / max(1, tp + fp), tp / n_faults
-    print(f"QA on injected faults: precision {precision:.2f}, recall {recall:.2f} ({tp} of {n_faults}, {fp} false)")
+    print(
+        f"QA on injected faults: precision {precision:.2f}, recall {recall:.2f} ({tp} of {n_faults}, {fp} false)"
+    )
     assert recall == 1.0 and precision >= 0.85
     assert result.quarantine_reasons.get("different voice", 0) >= 2
 
@@ -120,12 +126,23 @@ def test_rerun_processes_only_new_files_and_settings_rerun_only_their_stages(fau
     shutil.copy(tmp_path / "gen" / "session_1.flac", new_src / "new_take.flac")
     again = prepare(new_src, ds, CFG)
     assert again.n_files_decoded == 1  # only the new file
-    assert again.n_asr_cached == result.n_clips - sum(1 for r in read_clips_jsonl(out / "clips.jsonl") if not r.asr.get("words") and r.reasons and "min_seconds" in r.reasons[0])
+    assert again.n_asr_cached == result.n_clips - sum(
+        1
+        for r in read_clips_jsonl(out / "clips.jsonl")
+        if not r.asr.get("words") and r.reasons and "min_seconds" in r.reasons[0]
+    )
     assert any("extra_copy.wav" in d and "same audio" in d for d in again.duplicates)
-    assert any(r.source_file == "new_take.flac" and r.status == "kept" for r in read_clips_jsonl(ds / "clips.jsonl"))
+    assert any(
+        r.source_file == "new_take.flac" and r.status == "kept" for r in read_clips_jsonl(ds / "clips.jsonl")
+    )
     louder = prepare(new_src, ds, CFG, target_lufs=-18.0)
     assert louder.n_files_decoded == 0 and louder.n_asr_cached == again.n_asr_cached + len(
-        [r for r in read_clips_jsonl(ds / "clips.jsonl") if r.source_file == "new_take.flac" and r.asr.get("words")])
+        [
+            r
+            for r in read_clips_jsonl(ds / "clips.jsonl")
+            if r.source_file == "new_take.flac" and r.asr.get("words")
+        ]
+    )
     assert all(r.quality["gain_db"] != 0 for r in read_clips_jsonl(ds / "clips.jsonl") if r.status == "kept")
 
 
@@ -135,8 +152,22 @@ def test_several_speakers_in_one_dataset_from_the_command_line(faults, piper_rec
     alice.mkdir()
     shutil.copy(src / "clean.wav", alice / "take.wav")
     out = tmp_path / "multi"
-    assert main(["prepare", "--speaker", f"alice={alice}", "--speaker", f"bob={piper_recordings}",
-                 "--out", str(out), "--qa-mos", "off"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--speaker",
+                f"alice={alice}",
+                "--speaker",
+                f"bob={piper_recordings}",
+                "--out",
+                str(out),
+                "--qa-mos",
+                "off",
+            ]
+        )
+        == 0
+    )
     ds = Dataset.load(out)
     assert ds.speakers == ["alice", "bob"]
     for spk in ("alice", "bob"):

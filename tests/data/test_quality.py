@@ -46,8 +46,18 @@ def test_robust_z_ignores_the_outliers_it_measures():
 
 
 def _rec(i, rate, speaker="a"):
-    return ClipRecord(f"c{i}", f"wavs/c{i}.wav", "s.wav", 0, 3, 3, "some words here", "en", speaker,
-                      quality={"chars_per_second": rate})
+    return ClipRecord(
+        f"c{i}",
+        f"wavs/c{i}.wav",
+        "s.wav",
+        0,
+        3,
+        3,
+        "some words here",
+        "en",
+        speaker,
+        quality={"chars_per_second": rate},
+    )
 
 
 def test_speaking_rate_outliers_are_flagged_per_speaker():
@@ -56,7 +66,11 @@ def test_speaking_rate_outliers_are_flagged_per_speaker():
     recs += [_rec(100 + i, 8 + 0.2 * (i % 4), "b") for i in range(10)]  # a slow speaker is not an outlier
     qa.dataset_reasons(recs, {}, cfg)
     flagged = [r.id for r in recs if r.reasons]
-    assert flagged == ["c99"] and "speaking-rate outlier" in recs[12].reasons[0] and "fast" in recs[12].reasons[0]
+    assert (
+        flagged == ["c99"]
+        and "speaking-rate outlier" in recs[12].reasons[0]
+        and "fast" in recs[12].reasons[0]
+    )
 
 
 def test_speaker_check_flags_a_foreign_embedding_and_needs_enough_clips():

@@ -148,7 +148,7 @@ def test_energy_envelope_marks_silence_low_and_sound_high():
 
 # ------------------------------------------------------------------ cutting between words (no pause at all)
 
-from voicetune.data.segment import split_at_words  # noqa: E402
+from voicetune.data.segment import split_at_words
 
 
 def _words(n, start=0.0, dur=0.4, gap=0.02, punct_at=()):
@@ -192,7 +192,8 @@ def test_plan_clips_asks_the_word_splitter_only_for_pause_less_speech():
         asked.append(span)
         return split_at_words(span, _words(30, start=span[0]), max_len, min_len)
 
-    clips = plan_clips([(1.0, 14.0), (16.0, 27.0)], 30.0, env, min_seconds=1.0, max_seconds=8.0,
-                       word_splitter=splitter)
+    clips = plan_clips(
+        [(1.0, 14.0), (16.0, 27.0)], 30.0, env, min_seconds=1.0, max_seconds=8.0, word_splitter=splitter
+    )
     assert all(c.ok for c in clips)
     assert asked == [(1.0, 14.0)]  # the second span had a pause to cut at instead

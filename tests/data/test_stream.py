@@ -50,6 +50,8 @@ def test_streaming_vad_equals_one_pass_over_the_whole_signal(speech):
         stream.feed(audio[i : i + 7777])
     stream.finish()
     kind, model = _load_model()
-    whole = model.audio_forward(audio, sampling_rate=16000) if kind == "sequence" else speech_probabilities(audio)
+    whole = (
+        model.audio_forward(audio, sampling_rate=16000) if kind == "sequence" else speech_probabilities(audio)
+    )
     assert stream.probs.shape == whole.shape and np.array_equal(stream.probs, whole)
     assert stream.energy_db.shape == whole.shape and stream.energy_db.max() > -40

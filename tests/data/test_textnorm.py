@@ -5,8 +5,10 @@ from voicetune.data.textnorm import clean_text, normalize_transcript
 
 def test_english_numbers_times_abbreviations_and_symbols_are_spelled_out_keeping_case_and_punctuation():
     out = normalize_transcript("Dr. Smith paid $20 at 10:30 on the 3rd, in 1999, with 25% off & more.", "en")
-    assert out == ("doctor Smith paid twenty dollars at ten thirty on the third, in nineteen ninety-nine, "
-                   "with twenty-five percent off and more.")
+    assert out == (
+        "doctor Smith paid twenty dollars at ten thirty on the third, in nineteen ninety-nine, "
+        "with twenty-five percent off and more."
+    )
 
 
 def test_other_languages_use_xtts_rules_and_none_only_cleans():

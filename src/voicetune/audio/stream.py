@@ -63,7 +63,7 @@ class AudioSource:
                 self.sr, self.channels = int(ctx.sample_rate), int(ctx.channels or 1)
         except AudioDecodeError:
             raise
-        except Exception as e:  # noqa: BLE001 - PyAV/FFmpeg error types vary by container
+        except Exception as e:
             errors.append(f"av: {e}")
             raise AudioDecodeError(f"{self.path}: cannot decode audio ({'; '.join(errors)})") from e
 

@@ -138,7 +138,9 @@ class StageCache:
         dest.mkdir(parents=True, exist_ok=True)
         self.asr.export(dest)
         self.qa.export(dest)
-        atomic_write_text(dest / "files.jsonl", "".join(json.dumps(e) + "\n" for e in self._files_used.values()))
+        atomic_write_text(
+            dest / "files.jsonl", "".join(json.dumps(e) + "\n" for e in self._files_used.values())
+        )
         for sha in sorted(self._analyses_used):
             link_or_copy(self._analysis_path(sha), dest / "analysis" / f"{sha}.npz")
 

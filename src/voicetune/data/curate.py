@@ -41,7 +41,9 @@ class CurateResult:
     n_quarantined: int = 0
 
     def summary(self) -> str:
-        lines = [f"{len(self.changed)} clip(s) changed; dataset: {self.n_kept} kept, {self.n_quarantined} quarantined"]
+        lines = [
+            f"{len(self.changed)} clip(s) changed; dataset: {self.n_kept} kept, {self.n_quarantined} quarantined"
+        ]
         if self.unchanged:
             lines.append(f"  already so: {', '.join(self.unchanged)}")
         return "\n".join(lines)

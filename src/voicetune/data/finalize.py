@@ -81,7 +81,9 @@ def apply_status(r: ClipRecord) -> None:
         r.split = ""
 
 
-def apply_curation(records: list[ClipRecord], curation: dict[str, dict[str, Any]], warnings: list[str]) -> None:
+def apply_curation(
+    records: list[ClipRecord], curation: dict[str, dict[str, Any]], warnings: list[str]
+) -> None:
     """Re-apply manual restore/quarantine decisions to the matching clips."""
     matched = set()
     for r in records:
@@ -99,7 +101,9 @@ def apply_curation(records: list[ClipRecord], curation: dict[str, dict[str, Any]
                 r.reasons.append("quarantined by hand")
     stale = len(set(curation) - matched)
     if stale:
-        warnings.append(f"{stale} manual decision(s) in {CURATION} no longer match a clip (segmentation changed)")
+        warnings.append(
+            f"{stale} manual decision(s) in {CURATION} no longer match a clip (segmentation changed)"
+        )
 
 
 def place_wav(root: Path, r: ClipRecord) -> None:

@@ -24,7 +24,14 @@ from voicetune.config import PrepareConfig, merge
 from voicetune.data.cache import StageCache
 from voicetune.data.manifest import ClipRecord
 from voicetune.data.pipeline import ClipJob, SourceFile
-from voicetune.data.prepare import PrepareError, PrepareResult, Progress, build_dataset, check_output, unique_stems
+from voicetune.data.prepare import (
+    PrepareError,
+    PrepareResult,
+    Progress,
+    build_dataset,
+    check_output,
+    unique_stems,
+)
 from voicetune.data.quality import transcript_disagreement
 from voicetune.data.segment import ClipSpan
 from voicetune.data.textnorm import clean_text, normalize_transcript
@@ -78,9 +85,19 @@ def _import_jobs(listing: dict[Path, list[Row]], cfg: PrepareConfig, notes: list
         span = ClipSpan(0.0, round(duration, 4), 1, reason)
         texts = list(dict.fromkeys(clean_text(t) for t, _, _ in rows if clean_text(t)))
         rec = ClipRecord(
-            id=sf.stem, audio_file="", source_file=sf.rel, start=0.0, end=span.end, duration=span.end,
-            text="", language=sf.language, speaker=sf.speaker, split="", status="quarantined",
-            source_sha256=sf.sha, raw_text=texts[0] if texts else "",
+            id=sf.stem,
+            audio_file="",
+            source_file=sf.rel,
+            start=0.0,
+            end=span.end,
+            duration=span.end,
+            text="",
+            language=sf.language,
+            speaker=sf.speaker,
+            split="",
+            status="quarantined",
+            source_sha256=sf.sha,
+            raw_text=texts[0] if texts else "",
         )
         rec.asr["model"] = asr.name
         normalized = next((clean_text(nt) for _, nt, _ in rows if clean_text(nt)), "")
@@ -117,9 +134,13 @@ def _check_given(cfg: PrepareConfig, notes: list[str]):
                         f"(WER {best_wer:.2f}): {best!r}"
                     )
                 else:
-                    notes.append(f"{j.file.rel}: {len(scored)} different transcripts, none clearly right: needs review")
+                    notes.append(
+                        f"{j.file.rel}: {len(scored)} different transcripts, none clearly right: needs review"
+                    )
                     rec.needs_review = True
-                    rec.reasons.append(f"needs review: {len(scored)} different transcripts for the same audio: {listing}")
+                    rec.reasons.append(
+                        f"needs review: {len(scored)} different transcripts for the same audio: {listing}"
+                    )
                 rec.raw_text = best
                 rec.text = normalize_transcript(best, rec.language, cfg.text_normalization)
             elif best_wer > cfg.max_asr_disagreement:
@@ -133,7 +154,10 @@ def _check_given(cfg: PrepareConfig, notes: list[str]):
 
 
 def import_dataset(
-    src: Path | str, out_dir: Path | str, cfg: PrepareConfig | None = None, progress: Progress | None = None,
+    src: Path | str,
+    out_dir: Path | str,
+    cfg: PrepareConfig | None = None,
+    progress: Progress | None = None,
     **overrides: Any,
 ) -> PrepareResult:
     """Import an LJSpeech or Coqui/AllTalk dataset folder ``src`` into ``out_dir`` (see the module doc)."""
@@ -157,8 +181,14 @@ def import_dataset(
     ]
     notes: list[str] = [f"{p.relative_to(src)}: listed in the metadata but missing" for p in missing]
     result = build_dataset(
-        sources, out, cfg, _import_jobs(listing, cfg, notes), progress, "imported",
-        after_batch=_check_given(cfg, notes), notes=notes,
+        sources,
+        out,
+        cfg,
+        _import_jobs(listing, cfg, notes),
+        progress,
+        "imported",
+        after_batch=_check_given(cfg, notes),
+        notes=notes,
     )
     if result.n_kept == 0:
         raise PrepareError(f"no usable clip in {src}; see {result.clips_jsonl} and {result.report_html}")

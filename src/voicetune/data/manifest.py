@@ -97,7 +97,9 @@ def read_metadata_csv(path: Path) -> list[tuple[str, str, str]]:
 
 
 def write_clips_jsonl(path: Path, records: list[ClipRecord]) -> None:
-    atomic_write_text(path, "".join(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(
+        path, "".join(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n" for r in records)
+    )
 
 
 def read_clips_jsonl(path: Path) -> list[ClipRecord]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,9 @@ def plan_source(sf: SourceFile, cfg: PrepareConfig, splitter: Callable | None) -
     """The clip plan of an analysed file (VAD spans -> split / merge / pad / extend)."""
     a = sf.analysis
     assert a is not None
-    vad = vad_result(a["probs"], int(a["n_samples"]), cfg.vad_threshold, cfg.min_speech_ms, cfg.min_silence_ms)
+    vad = vad_result(
+        a["probs"], int(a["n_samples"]), cfg.vad_threshold, cfg.min_speech_ms, cfg.min_silence_ms
+    )
     return plan_clips(
         vad.spans,
         float(a["duration"]),
@@ -341,7 +343,11 @@ class ClipProcessor:
                 j.load()
                 second = self.verify_asr or self.asr
                 lang = j.file.language or None
-                tr2 = second.transcribe(j.audio16, lang) if self.verify_asr else second.transcribe_careful(j.audio16, lang)
+                tr2 = (
+                    second.transcribe(j.audio16, lang)
+                    if self.verify_asr
+                    else second.transcribe_careful(j.audio16, lang)
+                )
                 hit = _tr_to_json(tr2)
                 self.cache.asr.put(key, hit)
             self.n_verified += 1
@@ -383,7 +389,12 @@ class ClipProcessor:
                 j.load()
                 a = j.file.analysis
                 m = qa.measure_clip(
-                    j.native, a["probs"], a["energy_db"], FRAME_SECONDS, j.span.start, j.span.end,
+                    j.native,
+                    a["probs"],
+                    a["energy_db"],
+                    FRAME_SECONDS,
+                    j.span.start,
+                    j.span.end,
                     self.cfg.vad_threshold,
                 )
                 hit = {"measures": vars(m), "embedding": None}
@@ -414,7 +425,9 @@ class ClipProcessor:
             self.embeddings[j.rec.id] = j.embedding
         if need_mos:
             t1 = time.monotonic()
-            for j, score in zip(need_mos, qa.predicted_mos_batch([j.audio16 for j in need_mos], self._device())):
+            for j, score in zip(
+                need_mos, qa.predicted_mos_batch([j.audio16 for j in need_mos], self._device())
+            ):
                 j.rec.quality["mos"] = round(score, 3)
                 self.cache.qa.put(f"{j.key}|mos-v1", {"mos": round(score, 3)})
             self._timed("mos", t1)

@@ -26,8 +26,8 @@ import re
 import shutil
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,7 +254,9 @@ def _sources(found: list[tuple[Path, Path, str]]) -> list[SourceFile]:
     out = []
     for (f, base, spk), stem in zip(found, stems):
         rel = str(f.relative_to(base))
-        out.append(SourceFile(f, f"{spk}/{rel}" if multi and not rel.startswith(f"{spk}/") else rel, stem, spk))
+        out.append(
+            SourceFile(f, f"{spk}/{rel}" if multi and not rel.startswith(f"{spk}/") else rel, stem, spk)
+        )
     return out
 
 
@@ -275,9 +277,18 @@ def _prepare_jobs(cfg: PrepareConfig) -> JobMaker:
         jobs = []
         for k, span in enumerate(spans):
             rec = ClipRecord(
-                id=f"{sf.stem}_{k:04d}", audio_file="", source_file=sf.rel, start=span.start, end=span.end,
-                duration=round(span.duration, 4), text="", language=sf.language or "en", speaker=sf.speaker,
-                split="", status="quarantined", source_sha256=sf.sha,
+                id=f"{sf.stem}_{k:04d}",
+                audio_file="",
+                source_file=sf.rel,
+                start=span.start,
+                end=span.end,
+                duration=round(span.duration, 4),
+                text="",
+                language=sf.language or "en",
+                speaker=sf.speaker,
+                split="",
+                status="quarantined",
+                source_sha256=sf.sha,
             )
             rec.asr["model"] = asr.name
             if not span.ok:
@@ -308,7 +319,9 @@ def build_dataset(
         else None
     )
     mos_on = cfg.qa_mos == "on" or (cfg.qa_mos == "auto" and asr.device.startswith("cuda"))
-    result = PrepareResult(out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(sources), mos_checked=mos_on)
+    result = PrepareResult(
+        out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(sources), mos_checked=mos_on
+    )
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out_dir)
@@ -317,8 +330,9 @@ def build_dataset(
         with atomic_dir(out_dir) as tmp:
             proc = ClipProcessor(cfg, asr, verify_asr, cache, tmp, previous.wavs, mos_on)
             try:
-                records, seconds = _run_sources(sources, cfg, asr, cache, proc, tmp, make_jobs, result, progress,
-                                                after_batch)
+                records, seconds = _run_sources(
+                    sources, cfg, asr, cache, proc, tmp, make_jobs, result, progress, after_batch
+                )
             finally:
                 proc.close()
             result.n_asr_cached, result.n_second_opinions = proc.n_asr_cached, proc.n_verified
@@ -346,6 +360,30 @@ def build_dataset(
     return result
 
 
+def _jobs_for(
+    sf: SourceFile,
+    decoded: bool | AudioDecodeError,
+    seen: dict[str, str],
+    result: PrepareResult,
+    make: Callable[[SourceFile], list[ClipJob]],
+) -> list[ClipJob] | None:
+    """The clip jobs of an analysed source; None (recorded in ``result``) for undecodable or duplicate ones."""
+    try:
+        if isinstance(decoded, AudioDecodeError):
+            raise decoded
+        if sf.sha in seen:
+            result.duplicates.append(f"{sf.rel}: same audio as {seen[sf.sha]} (skipped)")
+            sf.release()
+            return None
+        seen[sf.sha] = sf.rel
+        return make(sf)
+    except AudioDecodeError as e:
+        logger.warning("skipping %s: %s", sf.rel, e)
+        result.errors[sf.rel] = str(e)
+        sf.release()
+        return None
+
+
 def _run_sources(
     sources: list[SourceFile],
     cfg: PrepareConfig,
@@ -368,7 +406,11 @@ def _run_sources(
 
     def flush(jobs: list[ClipJob], i: int) -> None:
         if progress is not None:
-            progress(min(i, len(sources)), len(sources), f"{jobs[0].file.rel}: clips {jobs[0].rec.id}..{jobs[-1].rec.id}")
+            progress(
+                min(i, len(sources)),
+                len(sources),
+                f"{jobs[0].file.rel}: clips {jobs[0].rec.id}..{jobs[-1].rec.id}",
+            )
         proc.run(jobs)
         for j in jobs:
             finish_record(j, cfg)
@@ -394,19 +436,8 @@ def _run_sources(
             if progress is not None:
                 progress(i, len(sources), f"{sf.rel}: analysing")
             decoded = ahead.popleft().result()
-            try:
-                if isinstance(decoded, AudioDecodeError):
-                    raise decoded
-                if sf.sha in seen:
-                    result.duplicates.append(f"{sf.rel}: same audio as {seen[sf.sha]} (skipped)")
-                    sf.release()
-                    continue
-                seen[sf.sha] = sf.rel
-                jobs = make_jobs(sf, asr, cache)
-            except AudioDecodeError as e:
-                logger.warning("skipping %s: %s", sf.rel, e)
-                result.errors[sf.rel] = str(e)
-                sf.release()
+            jobs = _jobs_for(sf, decoded, seen, result, lambda f: make_jobs(f, asr, cache))
+            if jobs is None:
                 continue
             result.n_files_decoded += int(decoded)
             seconds += float(sf.analysis["duration"])

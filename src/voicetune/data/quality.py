@@ -206,7 +206,9 @@ def audio_reasons(q: dict, cfg: PrepareConfig) -> list[str]:
     """Reasons from the per-clip audio measures stored in ``ClipRecord.quality``."""
     reasons = []
     if q.get("clipping_ratio") is not None and q["clipping_ratio"] > cfg.max_clipping_ratio:
-        reasons.append(f"clipping ({100 * q['clipping_ratio']:.2f}% of samples > {100 * cfg.max_clipping_ratio:g}%)")
+        reasons.append(
+            f"clipping ({100 * q['clipping_ratio']:.2f}% of samples > {100 * cfg.max_clipping_ratio:g}%)"
+        )
     if q.get("snr_db") is not None and q["snr_db"] < cfg.min_snr_db:
         reasons.append(f"low SNR ({q['snr_db']:.1f} dB < {cfg.min_snr_db:g} dB)")
     if q.get("silence_ratio") is not None and q["silence_ratio"] > cfg.max_silence_ratio:
@@ -236,6 +238,7 @@ def speaker_embeddings(
     from voicetune.evaluate import metrics
 
     encoder = metrics._voice_encoder(metrics._device_name(device))  # the cached model metrics uses
+
     def partials(audio: np.ndarray) -> list[np.ndarray]:
         wav = np.asarray(audio, dtype=np.float32)
         if wav.size == 0 or metrics.rms_dbfs(wav) < -80.0:
@@ -328,7 +331,9 @@ def robust_centroid(embeddings: np.ndarray) -> np.ndarray:
     return c / (np.linalg.norm(c) + 1e-12)
 
 
-def speaking_rates(texts: Sequence[str], seconds: Sequence[float], language: str = "en") -> list[float | None]:
+def speaking_rates(
+    texts: Sequence[str], seconds: Sequence[float], language: str = "en"
+) -> list[float | None]:
     """Spoken characters (letters/digits after normalisation) per second of speech, per clip."""
     from voicetune.evaluate.metrics import spoken_chars
 

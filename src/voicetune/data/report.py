@@ -76,10 +76,14 @@ def _scores_plot(records: list[ClipRecord], cfg: PrepareConfig) -> str | None:
 
     panels = []
     for key, label, limit, _ in _SCORES:
-        vals = [(r.quality.get(key), r.status) for r in records if isinstance(r.quality.get(key), (int, float))]
+        vals = [
+            (r.quality.get(key), r.status) for r in records if isinstance(r.quality.get(key), (int, float))
+        ]
         if vals:
             panels.append((key, label, limit, vals))
-    logprobs = [(r.asr.get("word_logprob"), r.status) for r in records if r.asr.get("word_logprob") is not None]
+    logprobs = [
+        (r.asr.get("word_logprob"), r.status) for r in records if r.asr.get("word_logprob") is not None
+    ]
     if logprobs:
         panels.append(("word_logprob", "ASR mean word log-prob", "asr_recheck_logprob", logprobs))
     if not panels:
@@ -110,11 +114,20 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
 
 def _totals(result: PrepareResult) -> str:
     rows = [
-        ["input files", f"{result.n_files} ({result.n_files_failed} unreadable, {len(result.duplicates)} duplicate)"],
-        ["clips", f"{result.n_clips}: {result.n_kept} kept, {result.n_quarantined} quarantined "
-                  f"({result.n_needs_review} need review)"],
-        ["minutes", f"{result.minutes_input:.1f} input, {result.minutes_kept:.1f} kept, "
-                    f"{result.minutes_quarantined:.1f} quarantined"],
+        [
+            "input files",
+            f"{result.n_files} ({result.n_files_failed} unreadable, {len(result.duplicates)} duplicate)",
+        ],
+        [
+            "clips",
+            f"{result.n_clips}: {result.n_kept} kept, {result.n_quarantined} quarantined "
+            f"({result.n_needs_review} need review)",
+        ],
+        [
+            "minutes",
+            f"{result.minutes_input:.1f} input, {result.minutes_kept:.1f} kept, "
+            f"{result.minutes_quarantined:.1f} quarantined",
+        ],
         ["split", f"{result.n_train} train / {result.n_eval} eval"],
         ["ASR", html.escape(result.asr_model) + f" ({result.n_second_opinions} second opinions)"],
         ["predicted MOS", "checked" if result.mos_checked else "not checked (CPU default; --qa-mos on)"],
@@ -128,23 +141,33 @@ def _clip_rows(records: list[ClipRecord]) -> str:
     rows = []
     for r in quar[:MAX_LISTED]:
         player = (
-            f'<audio controls preload="none" src="{html.escape(r.audio_file)}"></audio>' if r.audio_file else ""
+            f'<audio controls preload="none" src="{html.escape(r.audio_file)}"></audio>'
+            if r.audio_file
+            else ""
         )
         text = html.escape(r.text or r.asr.get("text", ""))
-        rows.append([
-            html.escape(r.id), html.escape(r.speaker), f"{r.duration:.1f}",
-            "<br>".join(html.escape(x) for x in r.reasons), text, player,
-        ])
+        rows.append(
+            [
+                html.escape(r.id),
+                html.escape(r.speaker),
+                f"{r.duration:.1f}",
+                "<br>".join(html.escape(x) for x in r.reasons),
+                text,
+                player,
+            ]
+        )
     more = f"<p>... and {len(quar) - MAX_LISTED} more (see clips.jsonl)</p>" if len(quar) > MAX_LISTED else ""
     hint = (
         "<p>Listen, then keep a clip with <code>voicetune dataset restore DATASET_DIR CLIP_ID</code> "
-        "(optionally <code>--text \"corrected transcript\"</code>), or drop a kept one with "
+        '(optionally <code>--text "corrected transcript"</code>), or drop a kept one with '
         "<code>voicetune dataset quarantine DATASET_DIR CLIP_ID</code>.</p>"
     )
     return hint + _table(rows, ["clip", "speaker", "s", "reasons", "text", ""]) + more
 
 
-def write_report_html(path: Path, records: list[ClipRecord], cfg: PrepareConfig, result: PrepareResult) -> None:
+def write_report_html(
+    path: Path, records: list[ClipRecord], cfg: PrepareConfig, result: PrepareResult
+) -> None:
     """Write the self-contained HTML report of a dataset (atomically)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>voicetune dataset report</title>",
@@ -153,16 +176,23 @@ def write_report_html(path: Path, records: list[ClipRecord], cfg: PrepareConfig,
         _totals(result),
     ]
     if result.warnings:
-        parts.append("<h2>Warnings</h2><ul>" + "".join(
-            f"<li class='warn'>{html.escape(w)}</li>" for w in result.warnings) + "</ul>")
+        parts.append(
+            "<h2>Warnings</h2><ul>"
+            + "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in result.warnings)
+            + "</ul>"
+        )
     if len(result.speakers) > 1 or result.speakers:
-        rows = [[html.escape(n), str(int(s["clips"])), str(int(s["kept"])), f"{s['minutes_kept']:.1f}"]
-                for n, s in sorted(result.speakers.items())]
+        rows = [
+            [html.escape(n), str(int(s["clips"])), str(int(s["kept"])), f"{s['minutes_kept']:.1f}"]
+            for n, s in sorted(result.speakers.items())
+        ]
         parts.append("<h2>Speakers</h2>" + _table(rows, ["speaker", "clips", "kept", "minutes kept"]))
     parts.append(f"<h2>Clip durations</h2><img alt='durations' src='{_duration_plot(records, cfg)}'>")
     scores = _scores_plot(records, cfg)
     if scores:
-        parts.append(f"<h2>Quality scores</h2><p>dashed: the quarantine threshold</p><img alt='scores' src='{scores}'>")
+        parts.append(
+            f"<h2>Quality scores</h2><p>dashed: the quarantine threshold</p><img alt='scores' src='{scores}'>"
+        )
     reasons = Counter(reason for r in records if r.status != "kept" for reason in result_reason_kinds(r))
     if reasons:
         rows = [[html.escape(k), str(n)] for k, n in reasons.most_common()]
@@ -170,7 +200,9 @@ def write_report_html(path: Path, records: list[ClipRecord], cfg: PrepareConfig,
     if result.errors or result.duplicates:
         items = [f"{html.escape(k)}: {html.escape(v)}" for k, v in result.errors.items()]
         items += [html.escape(d) for d in result.duplicates]
-        parts.append("<h2>Skipped and duplicate inputs</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+        parts.append(
+            "<h2>Skipped and duplicate inputs</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+        )
     parts.append("<h2>Clips for a person</h2>" + _clip_rows(records))
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))

@@ -137,7 +137,7 @@ def _hub_model(name: str, allow_download: bool = True) -> str | None:
     logger.info("downloading Whisper %s from the Hugging Face hub (once; cached afterwards)", name)
     try:
         return download_model(name)
-    except Exception as e:  # noqa: BLE001 - network/hub errors of many kinds; reported with the model name
+    except Exception as e:
         raise AsrError(f"downloading ASR model {name!r} failed: {e}") from e
 
 
@@ -259,7 +259,9 @@ class Asr:
         falls back to temperature > 0 on low confidence or repetition) instead of the beam search."""
         return self._decode(audio_16k, self._language(language), beam_size=1, best_of=5)
 
-    def _decode(self, audio_16k: np.ndarray, lang: str | None, beam_size: int, best_of: int = 5) -> Transcript:
+    def _decode(
+        self, audio_16k: np.ndarray, lang: str | None, beam_size: int, best_of: int = 5
+    ) -> Transcript:
         audio = np.ascontiguousarray(audio_16k, dtype=np.float32).reshape(-1)
         if audio.size < 1600:  # < 0.1 s: Whisper cannot hear anything in it
             return Transcript("", lang or "en", NO_TOKENS_LOGPROB, 1.0, [])

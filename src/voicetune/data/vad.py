@@ -125,7 +125,11 @@ class VadStream:
             if self._kind == "sequence":
                 values, h, c = self._model.session.run(
                     ["speech_probs", "hn", "cn"],
-                    {"input": np.concatenate([contexts, block], axis=1), "h": self._state[0], "c": self._state[1]},
+                    {
+                        "input": np.concatenate([contexts, block], axis=1),
+                        "h": self._state[0],
+                        "c": self._state[1],
+                    },
                 )
                 self._state = (h, c)
                 self._probs.append(np.asarray(values, np.float32).reshape(-1))
