@@ -176,3 +176,25 @@ def test_several_speakers_in_one_dataset_from_the_command_line(faults, piper_rec
     assert set(result["speakers"]) == {"alice", "bob"}
     ids = [r.id for r in read_clips_jsonl(out / "clips.jsonl")]
     assert any(i.startswith("alice_take_") for i in ids) and any(i.startswith("bob_session_1_") for i in ids)
+
+
+def test_second_opinions_for_every_clip_agree_on_clean_speech_and_language_auto_works(faults, tmp_path):
+    src, _, truth, _ = faults
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(src / "extra.wav", one / "extra.wav")
+    result = prepare(one, tmp_path / "ds", CFG, asr_verify="all", language="auto", qa_speaker=False)
+    records = read_clips_jsonl(tmp_path / "ds" / "clips.jsonl")
+    assert result.n_second_opinions == len(records) == len(truth["extra.wav"])
+    for r in records:
+        second = r.asr["second_opinion"]
+        assert second["why"] == "asr_verify=all" and second["disagreement_wer"] <= CFG.max_asr_disagreement
+        assert r.status == "kept" and not r.needs_review and r.language == "en"  # tiny.en: English
+
+
+def test_packed_word_times_are_relative_to_each_clip(faults):
+    _, out, _, _ = faults
+    for r in read_clips_jsonl(out / "clips.jsonl"):
+        if r.asr.get("words"):
+            starts = [s for _, s, _ in r.asr["words"]]
+            assert starts == sorted(starts) and 0.0 <= starts[0] and r.asr["words"][-1][2] <= r.duration + 0.3

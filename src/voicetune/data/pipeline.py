@@ -39,7 +39,9 @@ from voicetune.data.vad import FRAME_SECONDS, VAD_SAMPLE_RATE, VadStream, vad_re
 logger = logging.getLogger(__name__)
 
 FADE_SECONDS = 0.005
-QA_VERSION = "qa-v1"
+QA_VERSION = "qa-v2"  # audio measures
+SPEAKER_VERSION = "spk-v1"  # Resemblyzer embedding
+MOS_VERSION = "mos-v1"  # DistillMOS
 WAV_VERSION = "wav-v1"
 
 
@@ -287,7 +289,8 @@ class ClipProcessor:
             return (
                 f"{j.key}|{self.settings1}|{j.file.language}" not in self.cache.asr.entries
                 or f"{j.key}|{QA_VERSION}" not in self.cache.qa.entries
-                or (self.mos_on and f"{j.key}|mos-v1" not in self.cache.qa.entries)
+                or (self.cfg.qa_speaker and f"{j.key}|{SPEAKER_VERSION}" not in self.cache.qa.entries)
+                or (self.mos_on and f"{j.key}|{MOS_VERSION}" not in self.cache.qa.entries)
                 or wav is None
                 or f"{self._wav_key(j)}|loudness" not in self.cache.qa.entries
             )
@@ -381,6 +384,7 @@ class ClipProcessor:
             j.rec.reasons.append(f"needs review: {review}")
 
     def _quality(self, jobs: list[ClipJob]) -> None:
+        """Audio measures, speaker embedding and MOS of each clip (each cached under its own key)."""
         t0 = time.monotonic()
         need_emb, need_mos = [], []
         for j in jobs:
@@ -389,47 +393,42 @@ class ClipProcessor:
                 j.load()
                 a = j.file.analysis
                 m = qa.measure_clip(
-                    j.native,
-                    a["probs"],
-                    a["energy_db"],
-                    FRAME_SECONDS,
-                    j.span.start,
-                    j.span.end,
+                    j.native, a["probs"], a["energy_db"], FRAME_SECONDS, j.span.start, j.span.end,
                     self.cfg.vad_threshold,
-                )
-                hit = {"measures": vars(m), "embedding": None}
-                need_emb.append(j)
-            j.rec.quality.update({k: _round(v) for k, v in hit["measures"].items()})
-            if hit.get("embedding") is not None:
-                j.embedding = np.asarray(hit["embedding"], np.float32)
-            j.rec.quality["_qa"] = hit  # replaced below; carried to the cache write
+                )  # fmt: skip
+                hit = {"measures": {k: _round(v) for k, v in vars(m).items()}}
+                self.cache.qa.put(f"{j.key}|{QA_VERSION}", hit)
+            j.rec.quality.update(hit["measures"])
+            if self.cfg.qa_speaker:
+                emb = self.cache.qa.get(f"{j.key}|{SPEAKER_VERSION}")
+                if emb is None:
+                    j.load()
+                    need_emb.append(j)
+                elif emb["embedding"] is not None:
+                    j.embedding = np.asarray(emb["embedding"], np.float32)
             if self.mos_on:
-                mos = self.cache.qa.get(f"{j.key}|mos-v1")
+                mos = self.cache.qa.get(f"{j.key}|{MOS_VERSION}")
                 if mos is None:
                     j.load()
                     need_mos.append(j)
                 else:
                     j.rec.quality["mos"] = mos["mos"]
-        if need_emb and self.cfg.qa_speaker:
+        if need_emb:
             t1 = time.monotonic()
             audios = [j.audio16 for j in need_emb]
             for j, e in zip(need_emb, qa.speaker_embeddings(audios, self._device(), pool=self.pool)):
                 j.embedding = e
+                vec = None if e is None else [round(float(v), 5) for v in e]
+                self.cache.qa.put(f"{j.key}|{SPEAKER_VERSION}", {"embedding": vec})
             self._timed("speaker", t1)
-        for j in need_emb:
-            hit = j.rec.quality["_qa"]
-            hit["embedding"] = None if j.embedding is None else [round(float(v), 5) for v in j.embedding]
-            self.cache.qa.put(f"{j.key}|{QA_VERSION}", {k: v for k, v in hit.items() if k != "key"})
         for j in jobs:
-            j.rec.quality.pop("_qa", None)
             self.embeddings[j.rec.id] = j.embedding
         if need_mos:
             t1 = time.monotonic()
-            for j, score in zip(
-                need_mos, qa.predicted_mos_batch([j.audio16 for j in need_mos], self._device())
-            ):
+            scores = qa.predicted_mos_batch([j.audio16 for j in need_mos], self._device())
+            for j, score in zip(need_mos, scores):
                 j.rec.quality["mos"] = round(score, 3)
-                self.cache.qa.put(f"{j.key}|mos-v1", {"mos": round(score, 3)})
+                self.cache.qa.put(f"{j.key}|{MOS_VERSION}", {"mos": round(score, 3)})
             self._timed("mos", t1)
         self._timed("quality", t0)
 
