@@ -76,7 +76,7 @@ def timed(fn, device: torch.device) -> tuple[Any, float]:
 
 
 def render_all(backend: Any, texts: list[str], refs: list[Path], device: torch.device) -> tuple[list, list[float]]:
-    from voicetune.evaluate.metrics import spoken_chars
+    from voicetune.evaluation.metrics import spoken_chars
 
     backend.set_train(False)
     wavs, seconds = [], []
@@ -89,7 +89,7 @@ def render_all(backend: Any, texts: list[str], refs: list[Path], device: torch.d
 
 
 def score_all(wavs: list, texts: list[str], reals: list[Path], device: torch.device, asr: Any) -> dict[str, float]:
-    from voicetune.evaluate import metrics as M
+    from voicetune.evaluation import metrics as M
 
     metric_device = "cuda" if device.type == "cuda" else "cpu"
     centroid, t_centroid = timed(lambda: M.speaker_centroid(reals, device=metric_device), device)
@@ -131,7 +131,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     from voicetune.backends.xtts.backend import XttsBackend
-    from voicetune.evaluate.probes import probe_sentences
+    from voicetune.evaluation.probes import probe_sentences
 
     texts = EVAL_LIKE + probe_sentences("en", 4)
     work = Path(tempfile.mkdtemp(prefix="eval_overhead_"))
@@ -147,7 +147,7 @@ def main() -> None:
     _, t_load = timed(lambda: backend.load_base(base, device), device)
     asr = None
     if args.asr:
-        from voicetune.evaluate.metrics import get_asr
+        from voicetune.evaluation.metrics import get_asr
 
         model = args.asr
         if model == "packaged":

@@ -8,7 +8,7 @@ process, on the same synthetic 6-11 s clips (22.05 kHz, ~40 text tokens) at the 
   ``GPTTrainer.get_optimizer``, fp32 with TF32 off, DVAE codes and conditioning mels recomputed every step,
   DVAE and HiFi-GAN on the GPU: how the Coqui recipe and AllTalk train.
 * ``vt_*``: ``XttsBackend`` on features from ``build_features`` (codes computed once), driven by
-  ``voicetune.train.loop._optimizer_step`` with the optimizer of ``voicetune.train.optim.build_optimizer``,
+  ``voicetune.training.loop._optimizer_step`` with the optimizer of ``voicetune.training.optim.build_optimizer``,
   one TrainConfig per row.
 
 Reports samples/s, audio-seconds/s, peak allocated/reserved memory (steady state and including warm-up),
@@ -271,18 +271,18 @@ def voicetune_step(backend: Any, store: Any, order: Any, cfg: Any, optimizer: An
     """One optimizer step exactly as voicetune's training loop runs it: ``StepEngine.run`` (or, in revisions
     before it, ``loop._optimizer_step``). Returns (step function, which driver)."""
     try:
-        from voicetune.train.distributed import Dist
-        from voicetune.train.oom import MicroBatchPlan
-        from voicetune.train.step import StepEngine, make_scaler
+        from voicetune.training.distributed import Dist
+        from voicetune.training.oom import MicroBatchPlan
+        from voicetune.training.step import StepEngine, make_scaler
     except ImportError:
-        from voicetune.train.loop import _optimizer_step
+        from voicetune.training.loop import _optimizer_step
 
         return (lambda: _optimizer_step(backend, store, order, cfg, optimizer, device, precision),
-                "voicetune.train.loop._optimizer_step")
+                "voicetune.training.loop._optimizer_step")
     plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
     engine = StepEngine(backend, store, optimizer, cfg, device, precision, Dist(), plan, make_scaler(precision, device))
     counter = itertools.count(1)
-    return (lambda: engine.run(next(counter), [(i, 0) for i in next(order)]), "voicetune.train.step.StepEngine.run")
+    return (lambda: engine.run(next(counter), [(i, 0) for i in next(order)]), "voicetune.training.step.StepEngine.run")
 
 
 def breakdown(backend: Any, store: Any, order: Any, cfg: Any, optimizer: Any, device: torch.device,
@@ -426,7 +426,7 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
                   device: torch.device, args: Any, work: Path) -> dict:
     from voicetune.backends.base import get_backend
     from voicetune.config import TrainConfig
-    from voicetune.train.optim import build_optimizer
+    from voicetune.training.optim import build_optimizer
     from voicetune.utils.device import resolve_precision
 
     torch.backends.cuda.matmul.allow_tf32 = True

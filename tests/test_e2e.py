@@ -12,7 +12,7 @@ import soundfile as sf
 
 from voicetune.cli import main
 from voicetune.data.manifest import Dataset, read_clips_jsonl
-from voicetune.evaluate.metrics import normalize_text
+from voicetune.evaluation.metrics import normalize_text
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

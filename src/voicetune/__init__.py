@@ -23,12 +23,12 @@ __version__ = "0.1.0"
 _API = {
     "prepare": "voicetune.data.prepare:prepare",
     "make_tiny_base": "voicetune.backends.tiny:make_tiny_base",
-    "train": "voicetune.train.loop:train",
-    "evaluate": "voicetune.evaluate.harness:evaluate",
-    "export": "voicetune.export:export",
-    "synthesize": "voicetune.synthesize:synthesize",
-    "doctor": "voicetune.doctor:doctor",
-    "demo": "voicetune.demo:demo",
+    "train": "voicetune.training.loop:train",
+    "evaluate": "voicetune.evaluation.rescore:rescore_run",
+    "export": "voicetune.packaging:export",
+    "synthesize": "voicetune.synthesis:synthesize",
+    "doctor": "voicetune.preflight:doctor",
+    "demo": "voicetune.demo_pipeline:demo",
 }
 
 __all__ = [*_API, "__version__"]

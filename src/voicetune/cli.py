@@ -142,11 +142,11 @@ def _without_gpus(argv: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from voicetune.train.distributed import env_world, launch
+    from voicetune.training.distributed import env_world, launch
 
     if args.gpus > 1 and env_world() <= 1:  # re-run this command under torchrun, one process per GPU
         return launch(_without_gpus(list(args.argv)), args.gpus)
-    from voicetune.train.loop import train
+    from voicetune.training.loop import train
 
     main_rank = os.environ.get("RANK", "0") == "0"
     if not main_rank:  # rank 0 speaks for the job
@@ -164,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"stopped by {result.interrupted}; continue with: voicetune train --resume {result.run_dir}")
         return 130 if result.interrupted == "SIGINT" else 143
     if (result.run_dir / "report.html").is_file():  # in-loop evaluation ran
-        from voicetune.evaluate.report import text_report
+        from voicetune.evaluation.report import text_report
 
         print(text_report(result.run_dir))
         print(f"report: {result.run_dir / 'report.html'}")
@@ -172,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from voicetune.evaluate.rescore import evaluate_base, rescore_run
+    from voicetune.evaluation.rescore import evaluate_base, rescore_run
 
     options = _overrides(args, EvalConfig)
     device = options.pop("device", "auto")
@@ -193,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from voicetune.export import export
+    from voicetune.packaging import export
 
     out = export(args.run_dir, args.out, checkpoint=args.checkpoint)
     print(f"exported model package: {out}")
@@ -201,7 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from voicetune.synthesize import synthesize
+    from voicetune.synthesis import synthesize
 
     wav = synthesize(args.package_dir, args.text, args.out, reference=args.reference, language=args.language,
                      seed=args.seed)
@@ -210,7 +210,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from voicetune.doctor import doctor
+    from voicetune.preflight import doctor
 
     report = doctor(base=Path(args.base) if args.base else None,
                     dataset=Path(args.dataset) if args.dataset else None)
@@ -219,7 +219,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from voicetune.demo import demo
+    from voicetune.demo_pipeline import demo
 
     result = demo(Path(args.workdir), max_steps=args.max_steps, progress=_progress_bar())
     print(result.summary())

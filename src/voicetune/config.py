@@ -204,7 +204,7 @@ class TrainConfig:
     seed: int = opt(1, "Seed for data order and initialisation.")
     device: str = opt("auto", "auto, cpu or cuda (or cuda:N).")
     num_workers: int = opt(0, "DataLoader worker processes (features are cached, so 0 is usually enough).")
-    # In-loop evaluation (voicetune.evaluate.in_loop): the best checkpoint and early stopping follow voice
+    # In-loop evaluation (voicetune.evaluation.in_loop): the best checkpoint and early stopping follow voice
     # quality on a fixed probe set, not the loss. --eval-every 0 --eval-every-epochs 0 turns it off.
     eval_every: int = opt(0, "Evaluate voice quality every N optimizer steps (0: use --eval-every-epochs).")
     eval_every_epochs: int = opt(
@@ -266,7 +266,7 @@ class TrainConfig:
     optimizer_state_dtype: str = opt(
         "fp32", "Dtype of AdamW's moment estimates (bf16: stochastically rounded, half the memory; needs "
         "--param-dtype bf16).", choices=("fp32", "bf16"))
-    # Optimizer, schedule, what trains, data, robustness and observability (voicetune.train).
+    # Optimizer, schedule, what trains, data, robustness and observability (voicetune.training).
     optimizer: str = opt(
         "adamw", "Optimizer: adamw (decoupled weight decay), adam, sgd (with --momentum) or rmsprop (with "
         "--momentum); fused or foreach kernels where available.", choices=("adamw", "adam", "sgd", "rmsprop"))
@@ -352,7 +352,7 @@ class TrainConfig:
         self._check_training()
 
     def _check_training(self) -> None:
-        """Optimizer, schedule, what trains, data and observability options (voicetune.train)."""
+        """Optimizer, schedule, what trains, data and observability options (voicetune.training)."""
         from voicetune.backends.xtts.parts import LORA_TARGETS, PARTS, split_names
 
         _check(0.0 <= self.momentum < 1.0, "momentum must lie in [0, 1); fix --momentum")

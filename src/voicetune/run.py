@@ -41,7 +41,7 @@ class RunInfo:
     dataset: str
     seed: int = 1
     versions: dict[str, str] = field(default_factory=dict)
-    # How the run trains (voicetune.train): clips kept/dropped and why, padding, batch geometry, what trains.
+    # How the run trains (voicetune.training): clips kept/dropped and why, padding, batch geometry, what trains.
     training: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:

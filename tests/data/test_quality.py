@@ -9,7 +9,7 @@ from voicetune.config import PrepareConfig
 from voicetune.data import quality as qa
 from voicetune.data.manifest import ClipRecord
 from voicetune.data.transcribe import Transcript
-from voicetune.evaluate import metrics
+from voicetune.evaluation import metrics
 
 CFG = PrepareConfig()
 

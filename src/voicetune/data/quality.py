@@ -10,7 +10,7 @@ Measured per clip (cached by the source's content hash and the clip's span, see 
 |                  | non-speech frames (VAD prob. < 0.2, within 10 s; a low    |                                      |
 |                  | percentile, so speech tails do not count as noise)        |                                      |
 | silence_ratio    | share of the clip's VAD frames below the VAD threshold    | > ``max_silence_ratio``              |
-| mos              | DistillMOS (``voicetune.evaluate.metrics``), batched      | < ``min_mos``                        |
+| mos              | DistillMOS (``voicetune.evaluation.metrics``), batched      | < ``min_mos``                        |
 | embedding        | Resemblyzer d-vector, batched (same as metrics)           | cosine to the speaker's centroid     |
 |                  |                                                           | < ``min_speaker_similarity``         |
 
@@ -107,7 +107,7 @@ def is_uncertain(tr: Transcript, duration: float, cfg: PrepareConfig) -> str:
 
 def transcript_disagreement(a: str, b: str, language: str = "en") -> float:
     """WER between two transcripts of the same audio after normalisation (0: identical words)."""
-    from voicetune.evaluate.metrics import wer_cer
+    from voicetune.evaluation.metrics import wer_cer
 
     if not a.strip() and not b.strip():
         return 0.0
@@ -226,7 +226,7 @@ def speaker_embeddings(
 ) -> list[np.ndarray | None]:
     """Resemblyzer embeddings of many 16 kHz clips in one batched forward pass.
 
-    The same numbers as ``voicetune.evaluate.metrics.speaker_embedding`` per clip (same preprocessing,
+    The same numbers as ``voicetune.evaluation.metrics.speaker_embedding`` per clip (same preprocessing,
     partial windows and averaging), but all partial windows of all clips go through the network
     together, ~10x faster on CPU. None for clips without speech. ``pool`` computes the mel spectrograms
     in parallel.
@@ -235,7 +235,7 @@ def speaker_embeddings(
     from resemblyzer import preprocess_wav
     from resemblyzer.audio import wav_to_mel_spectrogram
 
-    from voicetune.evaluate import metrics
+    from voicetune.evaluation import metrics
 
     encoder = metrics._voice_encoder(metrics._device_name(device))  # the cached model metrics uses
 
@@ -276,11 +276,11 @@ def speaker_embeddings(
 def predicted_mos_batch(
     audios_16k: Sequence[np.ndarray], device: str = "cpu", batch_size: int = 16
 ) -> list[float]:
-    """DistillMOS of many 16 kHz clips: ``voicetune.evaluate.metrics.predicted_mos`` per clip, with the
+    """DistillMOS of many 16 kHz clips: ``voicetune.evaluation.metrics.predicted_mos`` per clip, with the
     clips that fit one 7.68 s analysis window scored in batches (identical numbers, fewer calls)."""
     import torch
 
-    from voicetune.evaluate import metrics
+    from voicetune.evaluation import metrics
 
     out = [float("nan")] * len(audios_16k)
     short = []
@@ -335,7 +335,7 @@ def speaking_rates(
     texts: Sequence[str], seconds: Sequence[float], language: str = "en"
 ) -> list[float | None]:
     """Spoken characters (letters/digits after normalisation) per second of speech, per clip."""
-    from voicetune.evaluate.metrics import spoken_chars
+    from voicetune.evaluation.metrics import spoken_chars
 
     out: list[float | None] = []
     for text, sec in zip(texts, seconds):

@@ -114,7 +114,7 @@ def test_speed_settings_resolve_per_device_and_explain_bad_combinations():
 
 
 def test_bf16_weights_train_at_a_tiny_lr_and_still_synthesize(xtts_backend, xtts_clips, tmp_path):
-    from voicetune.train.optim import FlatAdamW, build_optimizer
+    from voicetune.training.optim import FlatAdamW, build_optimizer
 
     cfg = TrainConfig(precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16", compile="off", lr=5e-6)
     store = xtts_backend.build_features(xtts_clips[:2], tmp_path / "features")

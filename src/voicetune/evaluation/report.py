@@ -1,0 +1,357 @@
+"""``RUN_DIR/report.html`` (self-contained apart from the run's own wavs) and its compact text version.
+
+The report reads only files of the run folder: metrics.jsonl (loss curves), ``eval/baseline`` and
+``eval/step_N`` metrics.json (metric curves, the table), ``best.json`` and ``eval/in_loop.json``.
+Plots are PNGs inlined as base64; audio players link the wavs under ``eval/`` relatively, so the report
+works wherever the run folder is opened or copied to. Only evaluations of the baseline's protocol (same
+sentences, seed, references, ASR model) are compared; others are counted and left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voicetune.evaluation.harness import TABLE_METRICS
+from voicetune.evaluation.metrics import DIRECTIONS
+from voicetune.evaluation.suite import BASELINE, eval_docs, load_doc
+from voicetune.run import best_checkpoint, list_checkpoints
+from voicetune.utils.io import atomic_write_text, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SENTENCES = 4  # sentences with players: the first eval-split ones and the first probes
+CURVES = [("composite", "composite score"), ("speaker_similarity", "speaker similarity"), ("wer", "WER"),
+          ("mos", "predicted MOS"), ("failure_rate", "failure rate"), ("mcd", "MCD (dB), eval split")]
+
+
+@dataclass
+class RunEvals:
+    """Everything the report shows, read from the run folder."""
+
+    run_dir: Path
+    eval_root: Path  # RUN_DIR/eval, or a folder of evaluations made with another protocol
+    baseline: dict[str, Any] | None
+    evals: list[dict[str, Any]]
+    train: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    in_loop: dict[str, Any] | None
+    kept: set[str]
+    other_protocol: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def base_agg(self) -> dict[str, Any]:
+        return (self.baseline or {}).get("base", {}).get("aggregate", {})
+
+    @property
+    def best_step(self) -> int | None:
+        return self.best.get("step") if self.best else None
+
+    @property
+    def report_path(self) -> Path:
+        main = self.eval_root.resolve() == (self.run_dir / "eval").resolve()
+        return self.run_dir / "report.html" if main else self.eval_root / "report.html"
+
+
+def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEvals:
+    """Read a run's evaluations (under ``eval_root``, default RUN_DIR/eval), losses and selection.
+
+    Missing parts are simply absent. For RUN_DIR/eval the best is the one ``checkpoints/best`` marks
+    (described by RUN_DIR/best.json); for another folder, that folder's best.json.
+    """
+    run_dir = Path(run_dir)
+    root = Path(eval_root) if eval_root else run_dir / "eval"
+    main = root.resolve() == (run_dir / "eval").resolve()
+    baseline = load_doc(root / BASELINE / "metrics.json")
+    key = (baseline or {}).get("protocol", {}).get("key")
+    every = eval_docs(root)
+    evals = [d for d in every if key is None or d.get("protocol", {}).get("key") == key]
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "kind" not in r and "loss" in r]
+    best = load_doc((run_dir if main else root) / "best.json")
+    marked = best_checkpoint(run_dir)
+    if main and best and (marked is None or marked.name != best.get("checkpoint")):
+        best = None  # best.json from an older decision whose checkpoint is no longer marked
+    in_loop = load_doc(root / "in_loop.json") if main else None
+    out = RunEvals(run_dir, root, baseline, evals, train, best, in_loop,
+                   {p.name for p in list_checkpoints(run_dir)}, other_protocol=len(every) - len(evals))
+    out.warnings = _warnings(out)
+    return out
+
+
+def _warnings(r: RunEvals) -> list[str]:
+    out = []
+    if r.baseline is None:
+        out.append("no baseline evaluation (eval/baseline): deltas and the composite score are unavailable")
+    for d in r.evals:
+        out += [f"step {d['step']}: {w}" for w in d.get("selection", {}).get("warnings", [])]
+    # failure flags of the baseline, the best and the last evaluation (every step's are in its metrics.json)
+    shown = [("baseline", r.base_agg)]
+    picks = [d for d in r.evals if d["step"] == r.best_step] + r.evals[-1:]
+    for d in {d["step"]: d for d in picks}.values():
+        label = f"step {d['step']}" + (" (best)" if d["step"] == r.best_step else " (last)")
+        shown.append((label, d.get("finetuned", {}).get("aggregate", {})))
+    for label, agg in shown:
+        failures = agg.get("failures") or {}
+        if failures:
+            n = agg.get("n_sentences") or "?"
+            flags = ", ".join(f"{k} in {v}/{n}" for k, v in sorted(failures.items()))
+            out.append(f"{label}: failure detectors flagged {flags} sentences")
+    if r.best and not r.best.get("beats_baseline"):
+        out.append(f"no evaluated checkpoint beats the base model: the best, {r.best['checkpoint']}, scores "
+                   f"{r.best['composite']:+.3f}; consider the base model, more data or a lower learning rate")
+    if r.in_loop and r.in_loop.get("stop_reason"):
+        out.append(f"training stopped early: {r.in_loop['stop_reason']}")
+    if r.in_loop and r.in_loop.get("skipped_steps"):
+        n = len(r.in_loop["skipped_steps"])
+        out.append(f"{n} scheduled evaluation(s) skipped to keep evaluation under "
+                   f"{100 * r.in_loop['max_overhead']:.0f}% of the wall time")
+    if r.other_protocol:
+        out.append(f"{r.other_protocol} evaluation(s) made with another protocol (sentences, seed, references or "
+                   "ASR model) are not compared here")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ text
+
+
+def _f(v: Any, fmt: str, signed: bool = False) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "n/a"
+    return ("+" if signed and v > 0 else "") + fmt.format(v)
+
+
+def _rows(r: RunEvals) -> list[dict[str, Any]]:
+    """Table rows: the baseline, then each evaluation, with deltas against the baseline."""
+    rows = []
+    if r.baseline:
+        rows.append({"name": BASELINE, "step": 0, "composite": 0.0, "agg": r.base_agg, "kept": "", "best": False})
+    for d in r.evals:
+        name = d.get("name") or f"step_{d['step']}"
+        rows.append({"name": name, "step": d["step"], "composite": d.get("composite"),
+                     "agg": d.get("finetuned", {}).get("aggregate", {}),
+                     "kept": "yes" if name in r.kept else "no", "best": d["step"] == r.best_step})
+    return rows
+
+
+def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str:
+    """A compact text version of the report: one line per evaluation, the best, the warnings."""
+    r = collect(run_dir, eval_root)
+    base = r.base_agg
+    cols = [("speaker_similarity", "sim", "{:.3f}"), ("wer", "WER", "{:.3f}"), ("mos", "MOS", "{:.2f}"),
+            ("failure_rate", "fail", "{:.2f}")]
+    header = ["evaluation", "composite"] + [c[1] for c in cols] + ["kept"]
+    lines = [header]
+    for row in _rows(r):
+        cells = [row["name"] + (" *" if row["best"] else ""), _f(row["composite"], "{:.3f}", True)]
+        for key, _, fmt in cols:
+            v, b = row["agg"].get(key), base.get(key)
+            delta = "" if row["name"] == BASELINE or not isinstance(b, (int, float)) or not isinstance(
+                v, (int, float)) else f" ({_f(v - b, fmt, True)})"
+            cells.append(_f(v, fmt) + delta)
+        cells.append(row["kept"])
+        lines.append(cells)
+    widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
+            for x in lines]
+    if r.best:
+        where = "marked in checkpoints/best" if r.report_path == r.run_dir / "report.html" else "this protocol"
+        text.append(f"best: {r.best['checkpoint']} (composite {r.best['composite']:+.3f}, {where})")
+    elif r.evals:
+        text.append("best: none marked")
+    if r.in_loop and r.in_loop.get("overhead_fraction") is not None:
+        text.append(f"evaluation cost: {r.in_loop['eval_seconds']:.1f} s in {len(r.in_loop['evaluations'])} "
+                    f"evaluations = {100 * r.in_loop['overhead_fraction']:.1f}% of the training wall time "
+                    f"(+{r.in_loop['baseline_seconds']:.1f} s baseline)")
+    text += [f"warning: {w}" for w in r.warnings]
+    return "\n".join(text)
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_step: int | None = None) -> str | None:
+    """Base64 PNG of the training losses (total, text CE, mel CE) against the step; evaluations dotted,
+    the best one red."""
+    if not train:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [t["step"] for t in train]
+    for key in ("loss", "mel_ce", "text_ce"):
+        ys = [t.get(key) for t in train]
+        if any(isinstance(y, (int, float)) for y in ys):
+            ax.plot(steps, ys, label=key, linewidth=1.2)
+    for step in eval_steps:
+        ax.axvline(step, linestyle=":", linewidth=1, color="tab:red" if step == best_step else "grey")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def metric_plot(r: RunEvals) -> str | None:
+    """Base64 PNG: composite score and the main metrics per evaluation, baseline dashed, best starred."""
+    if not r.evals:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 5.5))
+    steps = [d["step"] for d in r.evals]
+    for i, (key, label) in enumerate(CURVES):
+        ax = fig.add_subplot(2, 3, i + 1)
+        if key == "composite":
+            ys, base = [d.get("composite") for d in r.evals], 0.0
+        else:
+            ys = [d.get("finetuned", {}).get("aggregate", {}).get(key) for d in r.evals]
+            base = r.base_agg.get(key)
+        ys = [y if isinstance(y, (int, float)) else math.nan for y in ys]
+        ax.plot(steps, ys, marker="o", linewidth=1.2)
+        if isinstance(base, (int, float)):
+            ax.axhline(base, linestyle="--", color="grey", linewidth=1, label="baseline")
+        if r.best_step in steps:
+            j = steps.index(r.best_step)
+            ax.plot([r.best_step], [ys[j]], marker="*", markersize=14, color="tab:red", label="best")
+        arrow = "" if key == "composite" else (" ↑" if DIRECTIONS.get(key) == "higher" else " ↓")
+        ax.set_title(label + ("" if key == "composite" else arrow), fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------ html
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{background:#fff6d6}
+.good{color:#11772d}.bad{color:#b3261e}.warn{background:#fff3f0;border-left:4px solid #b3261e;padding:4px 10px;
+margin:4px 0}audio{height:32px;width:220px}.small{color:#666;font-size:12px}"""
+
+
+def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool) -> str:
+    value = _f(v, fmt)
+    if is_baseline or not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
+        return f"<td>{value}</td>"
+    delta = v - base
+    if not math.isfinite(delta):
+        return f"<td>{value}</td>"
+    good = (delta > 0) == (DIRECTIONS.get(key) == "higher")
+    cls = "" if delta == 0 else ("good" if good else "bad")
+    return f'<td>{value} <span class="{cls}">({_f(delta, fmt, True)})</span></td>'
+
+
+def _table(r: RunEvals) -> str:
+    head = "".join(f"<th>{html.escape(label)} {'↑' if DIRECTIONS[k] == 'higher' else '↓'}</th>"
+                   for k, label, _ in TABLE_METRICS)
+    out = [f"<table><tr><th>evaluation</th><th>composite</th>{head}<th>checkpoint kept</th></tr>"]
+    for row in _rows(r):
+        is_base = row["name"] == BASELINE
+        cells = "".join(_cell(row["agg"].get(k), r.base_agg.get(k), k, fmt, is_base) for k, _, fmt in TABLE_METRICS)
+        name = html.escape(row["name"]) + (" ★ best" if row["best"] else "")
+        cls = ' class="best"' if row["best"] else ""
+        out.append(f"<tr{cls}><td>{name}</td><td>{_f(row['composite'], '{:.3f}', True)}</td>{cells}"
+                   f"<td>{row['kept']}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _audio_tag(path: Path | None, report_dir: Path) -> str:
+    """A player for ``path``, linked relative to the report's folder (the report travels with the run)."""
+    if path is None or not path.is_file():
+        return "<td>—</td>"
+    rel = Path(os.path.relpath(path, report_dir)).as_posix()
+    return f'<td><audio controls preload="none" src="{html.escape(rel)}"></audio></td>'
+
+
+def _file(folder: Path, rows: list[dict[str, Any]], i: int) -> Path | None:
+    return folder / rows[i]["audio_file"] if i < len(rows) and rows[i].get("audio_file") else None
+
+
+def _audio_section(r: RunEvals) -> str:
+    if not r.baseline:
+        return ""
+    shown = r.best_step if r.best_step is not None else (r.evals[-1]["step"] if r.evals else None)
+    doc = next((d for d in r.evals if d["step"] == shown), None)
+    sentences = r.baseline.get("sentences", [])
+    picks = [s for s in sentences if s["group"] == "eval"][:AUDIO_SENTENCES // 2]
+    picks += [s for s in sentences if s["group"] == "probe"][: AUDIO_SENTENCES - len(picks)]
+    label = f"step_{shown}" + (" (best)" if shown == r.best_step else " (last)") if doc else "—"
+    out = [f"<table><tr><th>sentence</th><th>ground truth</th><th>baseline</th><th>{html.escape(label)}</th></tr>"]
+    base_rows = r.baseline.get("base", {}).get("per_sentence", [])
+    real_rows = r.baseline.get("real", {}).get("per_sentence", [])
+    for s in picks:
+        i = s["index"]
+        real = _file(r.eval_root / BASELINE, real_rows, i) if s["group"] == "eval" else None
+        base = _file(r.eval_root / BASELINE, base_rows, i)
+        ft = None
+        if doc:
+            ft = _file(r.eval_root / doc.get("name", f"step_{shown}"), doc.get("finetuned", {}).get("per_sentence", []), i)
+        text = html.escape(s["text"]) + f' <span class="small">({s["group"]})</span>'
+        where = r.report_path.parent
+        out.append(f"<tr><td style='max-width:380px'>{text}</td>{_audio_tag(real, where)}"
+                   f"{_audio_tag(base, where)}{_audio_tag(ft, where)}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def render_html(r: RunEvals) -> str:
+    """The report page as a string."""
+    b = r.baseline or {}
+    facts = [("run", str(r.run_dir.resolve())), ("base model", b.get("base_model")),
+             ("dataset", b.get("dataset")), ("speaker", b.get("speaker")), ("language", b.get("language")),
+             ("ASR model", b.get("asr_model")), ("protocol", json.dumps(b.get("protocol", {})))]
+    facts = [(k, v) for k, v in facts if v]
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>voicetune report</title>"
+              f"<style>{_CSS}</style></head><body><h1>voicetune report</h1>"),
+             "<p>" + "<br>".join(f"<b>{html.escape(k)}:</b> {html.escape(str(v))}" for k, v in facts) + "</p>"]
+    if r.best:
+        parts.append(f"<h2>Best checkpoint: {html.escape(r.best['checkpoint'])} "
+                     f"(composite {r.best['composite']:+.3f})</h2>"
+                     "<p class='small'>Composite = weighted change against the baseline: "
+                     + html.escape(json.dumps(r.best.get("weights", {}))) + " (see voicetune/evaluation/selection.py)."
+                     "</p>")
+    if r.warnings:
+        parts.append("<h2>Warnings</h2>" + "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in r.warnings))
+    parts.append("<h2>Evaluations</h2>" + _table(r) if (r.baseline or r.evals) else "")
+    if r.in_loop:
+        parts.append(f"<p class='small'>Evaluation cost: {r.in_loop.get('eval_seconds', 0):.1f} s over "
+                     f"{len(r.in_loop.get('evaluations', []))} in-loop evaluations "
+                     f"({100 * (r.in_loop.get('overhead_fraction') or 0):.1f}% of the training wall time), "
+                     f"{r.in_loop.get('baseline_seconds', 0):.1f} s for the baseline.</p>")
+    for title, png in (("Metrics", metric_plot(r)), ("Training loss", loss_plot(r.train, [d["step"] for d in r.evals], r.best_step))):
+        if png:
+            parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>")
+    audio = _audio_section(r)
+    if audio:
+        parts.append("<h2>Listen</h2>" + audio)
+    parts.append("</body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def write_report(run_dir: Path | str, eval_root: Path | str | None = None) -> Path:
+    """Write the report (RUN_DIR/report.html, or EVAL_ROOT/report.html for another protocol's folder)."""
+    data = collect(run_dir, eval_root)
+    atomic_write_text(data.report_path, render_html(data))
+    return data.report_path

@@ -1,0 +1,234 @@
+"""`voicetune evaluate`: score checkpoints of a run after the fact, or a base model on its own.
+
+* :func:`rescore_run` renders and scores checkpoints of a run on its probe set (the protocol of the
+  run's config.yaml, the one in-loop evaluation used), re-decides the best checkpoint among the
+  evaluated steps whose checkpoint still exists, and rewrites ``report.html``. Options that change the
+  protocol (more sentences, another seed or ASR model...) write a separate, self-contained set under
+  ``RUN_DIR/eval/protocol_<key>/`` (baseline, steps, best.json, report.html): results of different
+  protocols are never compared, and the run's ``checkpoints/best`` only follows its own protocol.
+* :func:`evaluate_base` scores a base model alone (zero-shot on a dataset's speaker), as the
+  baseline of a run would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voicetune.backends.base import Backend, Progress, get_backend
+from voicetune.config import ConfigError, TrainConfig, load_yaml
+from voicetune.data.manifest import Dataset
+from voicetune.evaluation.harness import TABLE_METRICS, resolve_checkpoint
+from voicetune.evaluation.selection import Selector, best_of, replay
+from voicetune.evaluation.suite import (
+    BASELINE,
+    ProbeSet,
+    Protocol,
+    Scorer,
+    build_probe_set,
+    eval_docs,
+    load_doc,
+    rules_from_config,
+    run_evaluation,
+    write_baseline,
+    write_best_json,
+    write_evaluation,
+)
+from voicetune.run import RunError, RunInfo, list_checkpoints, read_meta, set_best
+from voicetune.utils.device import pick_device
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_FIELDS = ("max_sentences", "probes", "num_references", "seed", "asr_model", "intrusive")
+
+
+@dataclass
+class RescoreResult:
+    """What :func:`rescore_run` evaluated and decided."""
+
+    run_dir: Path
+    eval_root: Path
+    evaluated: list[str]
+    best: str | None
+    report: Path
+    text: str
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        logger.warning("%s: missing; scoring with the default evaluation settings", path)
+        return TrainConfig()
+    try:
+        return load_yaml(TrainConfig, path)
+    except ConfigError as e:
+        logger.warning("%s: %s; scoring with the default evaluation settings", path, e)
+        return TrainConfig()
+
+
+def _devices(device: str) -> tuple[Any, str, str]:
+    dev = pick_device(device)
+    return dev, ("cuda" if dev.type == "cuda" else "cpu"), (str(dev) if dev.type == "cuda" else "cpu")
+
+
+def _checkpoints(run_dir: Path, checkpoints: str) -> list[Path]:
+    if checkpoints == "all":
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise RunError(f"{run_dir / 'checkpoints'}: no complete checkpoint to evaluate")
+        return found
+    return [resolve_checkpoint(run_dir, name.strip()) for name in checkpoints.split(",") if name.strip()]
+
+
+def _baseline(
+    eval_root: Path, probe_set: ProbeSet, scorer: Scorer, backend: Backend, info: dict[str, Any],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The baseline of this protocol: reused when eval_root holds one with the same key, else rendered."""
+    doc = load_doc(eval_root / BASELINE / "metrics.json")
+    if doc and doc.get("protocol", {}).get("key") == probe_set.key():
+        logger.info("baseline reused from %s", eval_root / BASELINE)
+        return doc
+    ev = run_evaluation(backend, probe_set, scorer, BASELINE, 0, progress)
+    return write_baseline(eval_root / BASELINE, probe_set, ev, scorer.score_real(), info)
+
+
+def rescore_run(
+    run_dir: Path | str,
+    checkpoints: str = "latest",
+    progress: Progress | None = None,
+    backend: Backend | None = None,
+    device: str = "auto",
+    **overrides: Any,
+) -> RescoreResult:
+    """Score ``checkpoints`` ("latest", "best", "all", or names like "step_100,step_200") of a run.
+
+    ``overrides``: EvalConfig-style protocol options (``max_sentences``, ``probes``, ``num_references``,
+    ``seed``, ``asr_model``, ``intrusive``); None values are ignored. ``backend``: an unloaded backend
+    instance to use instead of the run's registered one. Returns what was evaluated, the best and the
+    report's path and text.
+    """
+    run_dir = Path(run_dir)
+    info = RunInfo.load(run_dir)
+    cfg = _run_config(run_dir)
+    ckpts = _checkpoints(run_dir, checkpoints)
+    dataset = Dataset.load(info.dataset)
+    run_protocol = Protocol.from_train_config(cfg)
+    protocol = run_protocol.replace(**{k: overrides.get(k) for k in PROTOCOL_FIELDS})
+    probe_set = build_probe_set(dataset, protocol)
+    own = protocol == run_protocol
+    eval_root = run_dir / "eval" if own else run_dir / "eval" / f"protocol_{probe_set.key()}"
+    if not own:
+        logger.info("these options change the run's evaluation protocol: results go to %s", eval_root)
+
+    dev, metric_device, asr_device = _devices(device)
+    scorer = Scorer(probe_set, metric_device, asr_device)
+    backend = backend or get_backend(info.backend)
+    backend.load_base(Path(info.base), dev)
+    base_info = {"backend": info.backend, "base_model": info.base, "dataset": info.dataset,
+                 "asr_model": scorer.asr_name}
+    baseline_doc = _baseline(eval_root, probe_set, scorer, backend, base_info, progress)
+    rules = rules_from_config(cfg)
+    scorer0 = Selector(baseline_doc["base"]["aggregate"], rules, _real_similarity(baseline_doc))
+    docs = {}
+    for ckpt in ckpts:
+        backend.load_trained(ckpt / "trainable.pt")
+        step = int(read_meta(ckpt).get("step") or 0)
+        ev = run_evaluation(backend, probe_set, scorer, ckpt.name, step, progress)
+        composite, parts = scorer0.score(ev.aggregate)
+        docs[ckpt.name] = write_evaluation(
+            eval_root / ckpt.name, probe_set, ev, baseline_doc,
+            selection={"composite": composite, "composite_parts": parts, "selection": {"decided_by": "rescore"}},
+            info={**base_info, "checkpoint": ckpt.name})
+        logger.info("%s: composite %+.3f", ckpt.name, composite)
+
+    best = _decide_best(run_dir, eval_root, own, baseline_doc, rules, probe_set.key())
+    from voicetune.evaluation.report import text_report, write_report
+
+    report = write_report(run_dir, eval_root)
+    return RescoreResult(run_dir, eval_root, [c.name for c in ckpts], best, report,
+                         text_report(run_dir, eval_root), docs)
+
+
+def _real_similarity(baseline_doc: dict[str, Any]) -> float | None:
+    return (baseline_doc.get("real") or {}).get("aggregate", {}).get("speaker_similarity")
+
+
+def _decide_best(
+    run_dir: Path, eval_root: Path, own: bool, baseline_doc: dict[str, Any], rules: Any, key: str
+) -> str | None:
+    """Replay selection over every evaluation of this protocol; mark the best whose checkpoint exists."""
+    docs = eval_docs(eval_root, key)
+    evaluations = [(int(d["step"]), d["finetuned"]["aggregate"]) for d in docs]
+    selector, decisions = replay(baseline_doc["base"]["aggregate"], evaluations, rules,
+                                 _real_similarity(baseline_doc))
+    existing = {int(read_meta(c).get("step") or 0): c for c in list_checkpoints(run_dir)}
+    best = best_of(decisions, set(existing), rules.min_delta)
+    if best is None:
+        return None
+    ckpt = existing[best.step]
+    aggregate = next(d["finetuned"]["aggregate"] for d in docs if int(d["step"]) == best.step)
+    if own:
+        set_best(run_dir, ckpt)
+        write_best_json(run_dir / "best.json", best, selector, ckpt.name, aggregate, "rescore")
+    else:
+        write_best_json(eval_root / "best.json", best, selector, ckpt.name, aggregate, "rescore")
+    return ckpt.name
+
+
+@dataclass
+class BaseResult:
+    """The base model scored alone (:func:`evaluate_base`)."""
+
+    out: Path
+    doc: dict[str, Any]
+    text: str
+
+
+def evaluate_base(
+    base: Path | str,
+    dataset: Path | str,
+    out: Path | str,
+    backend_name: str = "xtts",
+    progress: Progress | None = None,
+    backend: Backend | None = None,
+    device: str = "auto",
+    **overrides: Any,
+) -> BaseResult:
+    """Score a base model zero-shot on a dataset's probe set; write ``out/`` like a run's eval/baseline.
+
+    ``overrides``: protocol options as for :func:`rescore_run` (defaults: TrainConfig's ``eval_*``).
+    """
+    protocol = Protocol.from_train_config(TrainConfig()).replace(**{k: overrides.get(k) for k in PROTOCOL_FIELDS})
+    probe_set = build_probe_set(Dataset.load(dataset), protocol)
+    dev, metric_device, asr_device = _devices(device)
+    scorer = Scorer(probe_set, metric_device, asr_device)
+    backend = backend or get_backend(backend_name)
+    backend.load_base(Path(base), dev)
+    ev = run_evaluation(backend, probe_set, scorer, BASELINE, 0, progress)
+    info = {"backend": backend_name, "base_model": str(Path(base).resolve()),
+            "dataset": str(Path(dataset).resolve()), "asr_model": scorer.asr_name}
+    doc = write_baseline(Path(out), probe_set, ev, scorer.score_real(), info)
+    return BaseResult(Path(out), doc, base_table(doc))
+
+
+def base_table(doc: dict[str, Any]) -> str:
+    """metric | base (all sentences) | base (eval split) | base (probes) | real recordings."""
+    base, real = doc["base"], doc.get("real") or {}
+    cols = [("all", base["aggregate"]), ("eval split", base.get("groups", {}).get("eval", {})),
+            ("probes", base.get("groups", {}).get("probe", {})), ("real", real.get("aggregate", {}))]
+    header = ["metric"] + [c[0] for c in cols]
+    lines = [header]
+    for key, label, fmt in TABLE_METRICS:
+        cells = [label]
+        for _, agg in cols:
+            v = agg.get(key)
+            cells.append(fmt.format(v) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a")
+        lines.append(cells)
+    widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                               enumerate(zip(row, widths, strict=True))) for row in lines)

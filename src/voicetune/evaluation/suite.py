@@ -1,0 +1,419 @@
+"""The probe-set evaluation shared by in-loop evaluation, `voicetune evaluate` re-scoring and base scoring.
+
+Protocol (fixed per run, so every checkpoint is rendered on the same inputs):
+
+* the sentences: up to ``max_sentences`` EVAL-split clips of the speaker (text + real recording, so the
+  intrusive metrics MCD/PESQ/STOI can compare with the recording), then the first ``probes`` fixed probe
+  sentences of the language (:mod:`voicetune.evaluation.probes`: short, numbers/names, questions, long);
+* the conditioning: the speaker's ``num_references`` longest TRAIN clips; every sentence rendered with
+  sampling seed ``seed``;
+* the metrics (:mod:`voicetune.evaluation.metrics`, models loaded once per process and reused): speaker
+  similarity to the centroid of the speaker's held-out clips, ASR round-trip WER/CER, predicted MOS and
+  failure flags on every sentence; MCD/PESQ/STOI on the eval-split sentences only (``intrusive``).
+
+On disk (``RUN_DIR/eval/``)::
+
+    baseline/metrics.json    kind "baseline": the base model zero-shot ("base") and the real recordings
+                             ("real", eval split only), the protocol and its key
+    baseline/base/NN.wav     base renders (NN: index in the probe set, eval sentences first)
+    baseline/real/NN.wav     copies of the real recordings of the eval sentences
+    step_N/metrics.json      kind "eval": "finetuned" (this step), "base"/"real" (copied from the
+                             baseline), "summary" (per metric: base, finetuned, delta, better),
+                             "composite" and "selection" (see selection.py)
+    step_N/finetuned/NN.wav  this step's renders
+
+Each scored model is ``{"aggregate", "per_sentence", "groups": {"eval": aggregate, "probe": aggregate}}``;
+``aggregate`` covers all sentences (WER/CER corpus-level), except MCD/PESQ/STOI (eval sentences only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from voicetune.audio.io import load_audio, write_wav
+from voicetune.backends.base import Backend, Progress
+from voicetune.config import EvalConfig, TrainConfig
+from voicetune.data.manifest import Clip, Dataset
+from voicetune.evaluation import metrics as M
+from voicetune.evaluation.harness import (
+    EvalError,
+    EvalMaterial,
+    Render,
+    _json_safe,
+    aggregate,
+    render,
+    score,
+    select_material,
+    summarize,
+)
+from voicetune.evaluation.probes import PROBES_VERSION, probe_sentences
+from voicetune.evaluation.selection import Decision, ScoreWeights, SelectionRules, Selector
+from voicetune.utils.io import atomic_dir, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+BASELINE = "baseline"
+INTRUSIVE = ("mcd", "pesq", "stoi")
+LOGGED_METRICS = ("speaker_similarity", "wer", "cer", "mos", "mcd", "pesq", "stoi", "failure_rate")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What an evaluation renders and how it scores it (TrainConfig's ``eval_*`` fields)."""
+
+    max_sentences: int = 4
+    probes: int = 4
+    num_references: int = 3
+    seed: int = 0
+    asr_model: str = "auto"
+    intrusive: bool = True
+
+    @classmethod
+    def from_train_config(cls, cfg: TrainConfig) -> Protocol:
+        return cls(
+            max_sentences=cfg.eval_max_sentences, probes=cfg.eval_probes,
+            num_references=cfg.eval_num_references, seed=cfg.eval_seed, asr_model=cfg.eval_asr_model,
+            intrusive=cfg.eval_intrusive,
+        )
+
+    def replace(self, **overrides: Any) -> Protocol:
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def rules_from_config(cfg: TrainConfig) -> SelectionRules:
+    """The composite-score weights, early stopping and WER guard of a TrainConfig."""
+    weights = ScoreWeights(
+        similarity=cfg.eval_weight_similarity, wer=cfg.eval_weight_wer, cer=cfg.eval_weight_cer,
+        mos=cfg.eval_weight_mos, failures=cfg.eval_weight_failures,
+    )
+    return SelectionRules(weights, patience=cfg.early_stop_patience, min_delta=cfg.early_stop_min_delta,
+                          wer_guard=cfg.wer_guard, wer_margin=cfg.wer_guard_margin)
+
+
+@dataclass
+class ProbeSet:
+    """The fixed inputs of every evaluation of a run."""
+
+    material: EvalMaterial  # speaker, references, eval-split sentences (with recordings), held-out clips
+    probes: list[str]
+    protocol: Protocol
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.material.sentences] + list(self.probes)
+
+    @property
+    def groups(self) -> list[str]:
+        return ["eval"] * len(self.material.sentences) + ["probe"] * len(self.probes)
+
+    @property
+    def n_eval(self) -> int:
+        return len(self.material.sentences)
+
+    def key(self) -> str:
+        """Hash of everything a score depends on: equal keys mean comparable evaluations."""
+        blob = json.dumps(
+            {
+                "v": PROTOCOL_VERSION, "probes_version": PROBES_VERSION, "texts": self.texts,
+                "references": [str(p) for p in self.material.references], "language": self.material.language,
+                "protocol": dataclasses.asdict(self.protocol),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        m = self.material
+        return {
+            "protocol": {**dataclasses.asdict(self.protocol), "key": self.key(), "probes_version": PROBES_VERSION},
+            "speaker": m.speaker,
+            "language": m.language,
+            "chars_per_second": m.chars_per_second,
+            "references": [str(p) for p in m.references],
+            "held_out_clips": len(m.held_out),
+            "sentences": [
+                {"index": i, "text": t, "group": g,
+                 "real_audio": str(m.sentences[i].audio_path) if g == "eval" else None}
+                for i, (t, g) in enumerate(zip(self.texts, self.groups, strict=True))
+            ],
+        }
+
+
+def build_probe_set(dataset: Dataset, protocol: Protocol) -> ProbeSet:
+    """Select the speaker, references and eval sentences (:func:`harness.select_material`) and the probes.
+
+    Raises :class:`EvalError` when the dataset has no eval clips of the speaker (the similarity centroid
+    and the intrusive metrics need real held-out recordings).
+    """
+    cfg = EvalConfig(max_sentences=max(1, protocol.max_sentences), num_references=protocol.num_references)
+    material = select_material(dataset, cfg)
+    material.sentences = material.sentences[: protocol.max_sentences]
+    probes = probe_sentences(dataset.language, protocol.probes) if protocol.probes else []
+    if not material.sentences and not probes:
+        raise EvalError("the evaluation protocol has no sentences: set eval_max_sentences or eval_probes >= 1")
+    return ProbeSet(material, probes, protocol)
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+class Scorer:
+    """The metric models (ASR, speaker encoder, MOS predictor) and the speaker centroid, loaded once.
+
+    ``device``: "cuda" or "cpu" for the speaker encoder and MOS model; ``asr_device``: as in prepare.
+    """
+
+    def __init__(self, probe_set: ProbeSet, device: str = "cpu", asr_device: str = "auto"):
+        self.probe_set = probe_set
+        self.device = device
+        lang = probe_set.material.language
+        self.asr = M.get_asr(probe_set.protocol.asr_model, lang, asr_device)
+        self.centroid = M.speaker_centroid(probe_set.material.held_out, device=device)
+
+    @property
+    def asr_name(self) -> str:
+        return getattr(self.asr, "name", str(self.asr))
+
+    def score(self, renders: list[Render], progress: Progress | None = None, what: str = "score") -> dict:
+        """Every metric of every render: ``{"aggregate", "per_sentence", "groups"}``."""
+        ps, m = self.probe_set, self.probe_set.material
+        n_eval, total = ps.n_eval, len(renders)
+        tick = _ticker(progress, total, what)
+        eval_part = score(renders[:n_eval], m, self.asr, self.centroid, self.device,
+                          intrusive=ps.protocol.intrusive, progress=tick) if n_eval else None
+        probe_part = None
+        if ps.probes:
+            # probe sentences have no recording: Clip.audio_path is never read with intrusive=False
+            clips = [Clip(None, t, m.speaker, m.language) for t in ps.probes]  # type: ignore[arg-type]
+            probe_material = dataclasses.replace(m, sentences=clips)
+            probe_part = score(renders[n_eval:], probe_material, self.asr, self.centroid, self.device,
+                               intrusive=False, progress=_offset(tick, n_eval))
+        return combine(eval_part, probe_part, ps.texts, m.language)
+
+    def score_real(self) -> dict:
+        """The real recordings of the eval sentences, scored like renders (the ceiling of each metric)."""
+        m = self.probe_set.material
+        if not m.sentences:
+            return {"aggregate": {}, "per_sentence": [], "groups": {}}
+        real = [Render(*load_audio(c.audio_path)) for c in m.sentences]
+        part = score(real, m, self.asr, self.centroid, self.device, intrusive=False)
+        for row in part["per_sentence"]:
+            row["group"] = "eval"
+        return {**part, "groups": {"eval": part["aggregate"]}}
+
+
+def _ticker(progress: Progress | None, total: int, what: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda done, _total, _what: progress(done, total, what)
+
+
+def _offset(tick: Progress | None, offset: int) -> Progress | None:
+    if tick is None:
+        return None
+    return lambda done, total, what: tick(offset + done, total, what)
+
+
+def combine(eval_part: dict | None, probe_part: dict | None, texts: list[str], language: str) -> dict:
+    """One scored model from its eval-split and probe parts: overall aggregate + per-group aggregates."""
+    rows, groups = [], {}
+    for name, part in (("eval", eval_part), ("probe", probe_part)):
+        if part is None:
+            continue
+        groups[name] = part["aggregate"]
+        for row in part["per_sentence"]:
+            rows.append({**row, "index": len(rows), "group": name})
+    overall = aggregate(rows, texts, language, intrusive=False)
+    if eval_part is not None:
+        for key in INTRUSIVE:
+            if key in eval_part["aggregate"]:
+                overall[key] = eval_part["aggregate"][key]
+    return {"aggregate": overall, "per_sentence": rows, "groups": groups}
+
+
+# ------------------------------------------------------------------------------------- evaluations
+
+
+@dataclass
+class Evaluation:
+    """One model rendered and scored on the probe set."""
+
+    name: str  # "baseline" or "step_N"
+    step: int
+    scores: dict[str, Any]
+    renders: list[Render]
+    render_seconds: float = 0.0
+    score_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.render_seconds + self.score_seconds
+
+    @property
+    def aggregate(self) -> dict[str, Any]:
+        return self.scores["aggregate"]
+
+
+def run_evaluation(
+    backend: Backend, probe_set: ProbeSet, scorer: Scorer, name: str, step: int,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Render the probe set with the backend's CURRENT weights (inference mode, fixed seed) and score it.
+
+    The backend is left in inference mode; callers switch it back (the training loop does).
+    """
+    ps = probe_set
+    n, label = len(ps.texts), f"eval {name}"
+    # one steady label per evaluation (progress bars are keyed by it): render n, then score n
+    tick = None if progress is None else (lambda done, _total, _what: progress(done, 2 * n, label))
+    t0 = time.perf_counter()
+    renders = render(backend, ps.texts, ps.material.references, ps.material.language, ps.protocol.seed,
+                     progress=tick, total=2 * n, what=label)
+    t1 = time.perf_counter()
+    scores = scorer.score(renders, _offset(tick, n), what=label)
+    t2 = time.perf_counter()
+    if progress:
+        progress(2 * n, 2 * n, label)
+    return Evaluation(name, step, scores, renders, t1 - t0, t2 - t1)
+
+
+def warm_up(backend: Backend, probe_set: ProbeSet, scorer: Scorer) -> float:
+    """Render and score the shortest sentence once, unrecorded; returns the seconds it took.
+
+    The first render and score of a process pay one-time costs (kernel selection, lazily loaded metric
+    models, JIT compilation); after this, an evaluation's timing is its steady cost, which the in-loop
+    overhead cap plans with.
+    """
+    t0 = time.perf_counter()
+    m = probe_set.material
+    text = min(probe_set.texts, key=len)
+    r = render(backend, [text], m.references, m.language, probe_set.protocol.seed, what="eval warm-up")[0]
+    if r.audio is not None and r.audio.size:
+        M.transcribe_text(scorer.asr, M.audio_at(r.audio, r.sample_rate, 16000), m.language)
+        M.predicted_mos(r.audio, r.sample_rate, scorer.device)
+        M.speaker_similarity([r.audio], [], r.sample_rate, scorer.device, centroid=scorer.centroid)
+        M.detect_failures(r.audio, r.sample_rate, text, m.chars_per_second, language=m.language)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def _timing(ev: Evaluation) -> dict[str, float]:
+    return {"render": round(ev.render_seconds, 3), "score": round(ev.score_seconds, 3),
+            "total": round(ev.seconds, 3)}
+
+
+def write_baseline(
+    out: Path, probe_set: ProbeSet, ev: Evaluation, real: dict, info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``out/`` (metrics.json, base/NN.wav, real/NN.wav) atomically; return the document."""
+    m = probe_set.material
+    base = json.loads(json.dumps(_json_safe(ev.scores)))  # a copy the writer may annotate
+    real = json.loads(json.dumps(_json_safe(real)))
+    with atomic_dir(out) as tmp:
+        for i, clip in enumerate(m.sentences):
+            (tmp / "real").mkdir(exist_ok=True)
+            shutil.copyfile(clip.audio_path, tmp / "real" / f"{i:02d}.wav")
+            real["per_sentence"][i]["audio_file"] = f"real/{i:02d}.wav"
+        _write_renders(tmp, "base", ev.renders, base)
+        doc = {
+            "kind": "baseline", "name": BASELINE, "step": 0, **(info or {}), **probe_set.describe(),
+            "seconds": _timing(ev), "base": base, "real": real,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(tmp / "metrics.json", _json_safe(doc))
+    return doc
+
+
+def write_evaluation(
+    out: Path,
+    probe_set: ProbeSet,
+    ev: Evaluation,
+    baseline_doc: dict[str, Any],
+    selection: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``out/`` (metrics.json, finetuned/NN.wav) atomically; return the document.
+
+    ``base`` and ``real`` are copied from ``baseline_doc`` with audio paths relative to ``out``
+    (``../baseline/...``), so each step's metrics.json reads on its own.
+    """
+    finetuned = json.loads(json.dumps(_json_safe(ev.scores)))
+    models = {"finetuned": finetuned}
+    for name in ("base", "real"):
+        copy = json.loads(json.dumps(baseline_doc.get(name) or {"aggregate": {}, "per_sentence": []}))
+        for row in copy.get("per_sentence", []):
+            if row.get("audio_file"):
+                row["audio_file"] = f"../{BASELINE}/{row['audio_file']}"
+        models[name] = copy
+    with atomic_dir(out) as tmp:
+        _write_renders(tmp, "finetuned", ev.renders, finetuned)
+        doc = {
+            "kind": "eval", "name": ev.name, "step": ev.step, **(info or {}), **probe_set.describe(),
+            "seconds": _timing(ev), "summary": summarize(models), **(selection or {}), **models,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(tmp / "metrics.json", _json_safe(doc))
+    return doc
+
+
+def _write_renders(folder: Path, name: str, renders: list[Render], scored: dict[str, Any]) -> None:
+    for i, r in enumerate(renders):
+        path = None
+        if r.audio is not None:
+            write_wav(folder / name / f"{i:02d}.wav", r.audio, r.sample_rate)
+            path = f"{name}/{i:02d}.wav"
+        scored["per_sentence"][i]["audio_file"] = path
+
+
+def load_doc(path: Path) -> dict[str, Any] | None:
+    """A metrics.json written here, or None when it is missing or unreadable (logged)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        logger.warning("%s: unreadable (%s); ignored", path, e)
+        return None
+
+
+def eval_docs(eval_root: Path, key: str | None = None) -> list[dict[str, Any]]:
+    """The step evaluations under ``eval_root`` (kind "eval"), in step order; only protocol ``key``'s if given."""
+    out = []
+    root = Path(eval_root)
+    for folder in root.glob("step_*") if root.is_dir() else []:
+        doc = load_doc(folder / "metrics.json")
+        if doc and doc.get("kind") == "eval" and (key is None or doc.get("protocol", {}).get("key") == key):
+            out.append(doc)
+    return sorted(out, key=lambda d: int(d.get("step") or 0))
+
+
+def write_best_json(
+    path: Path, d: Decision, selector: Selector, checkpoint: str, aggregate: dict[str, Any], decided_by: str
+) -> None:
+    """``best.json``: which checkpoint is best, its composite score, metrics and the baseline's."""
+    base = selector.baseline
+    atomic_write_json(Path(path), _json_safe({
+        "checkpoint": checkpoint,
+        "step": d.step,
+        "composite": d.composite,
+        "composite_parts": d.parts,
+        "beats_baseline": d.composite > 0,
+        "metrics": {k: aggregate.get(k) for k in LOGGED_METRICS},
+        "baseline": {k: base.get(k) for k in LOGGED_METRICS},
+        "weights": selector.rules.weights.as_dict(),
+        "evaluation": f"eval/step_{d.step}/metrics.json",
+        "decided_by": decided_by,
+    }))

@@ -1,0 +1,1 @@
+"""Training: the loop, step engine, optimizers, schedules, sampler, checkpoints and resume."""

@@ -1,0 +1,224 @@
+"""Batch size, accumulation, precision and checkpointing for this GPU, from a short measured dry run.
+
+:func:`measure` runs forward + backward on the longest clips (memory peaks on the longest batch) at growing
+micro-batch sizes and records the peak allocated GPU memory; the optimizer's state is added by arithmetic
+(AdamW: two fp32 moments per trained parameter), so no weight changes. :func:`recommend` picks the largest
+micro-batch whose peak stays under :data:`HEADROOM` of the GPU's memory, and the accumulation that keeps the
+configured effective batch (``batch_size x grad_accum``). Without room for two clips it measures again with
+gradient checkpointing and recommends it when that helps.
+
+``voicetune doctor --base B --dataset D`` prints the recommendation; ``voicetune train --auto`` applies it.
+On a CPU nothing is measured: the recommendation is the CPU settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from voicetune.training.oom import is_oom
+from voicetune.training.step import to_device
+from voicetune.utils.device import autocast, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+HEADROOM = 0.85  # share of the GPU's memory a recommendation may plan to use (fragmentation, other processes)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+_STATE_BYTES = {"adamw": 8, "adam": 8, "sgd": 4, "rmsprop": 8}  # optimizer state per trained fp32 parameter
+
+
+@dataclass
+class Probe:
+    batch_size: int
+    peak_gib: float  # measured forward + backward peak
+    total_gib: float  # + the optimizer state
+    seconds: float
+    fits: bool
+    checkpointing: bool = False
+
+
+@dataclass
+class Recommendation:
+    device: str
+    batch_size: int
+    grad_accum: int
+    precision: str
+    gradient_checkpointing: bool
+    memory_gib: float | None = None
+    probes: list[Probe] = field(default_factory=list)
+    note: str = ""
+
+    def text(self) -> str:
+        flags = (
+            f"--batch-size {self.batch_size} --grad-accum {self.grad_accum} --precision {self.precision}"
+            + (" --gradient-checkpointing" if self.gradient_checkpointing else "")
+        )
+        lines = [f"{self.device}: {flags}"]
+        for p in self.probes:
+            lines.append(
+                f"    micro-batch {p.batch_size:>3}{' (checkpointing)' if p.checkpointing else ''}: "
+                f"{'peak %.2f GiB + optimizer = %.2f GiB' % (p.peak_gib, p.total_gib) if p.fits else 'OOM'}"
+                f" ({p.seconds:.2f} s)"
+            )
+        if self.note:
+            lines.append(f"    {self.note}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _optimizer_gib(backend: Any, cfg: Any) -> float:
+    trained = sum(p.numel() for p in backend.trainable().parameters() if p.requires_grad)
+    per = _STATE_BYTES.get(cfg.optimizer, 8)
+    if getattr(cfg, "optimizer_state_dtype", "fp32") == "bf16":
+        per //= 2
+    return trained * per / GIB
+
+
+def _probe(
+    backend: Any, store: Any, order: list[int], b: int, cfg: Any, device: torch.device, precision: str
+) -> tuple[float, float] | None:
+    """(peak GiB, seconds) of forward + backward on the ``b`` longest clips; None when out of memory."""
+    gpt = backend.trainable()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    oom = False
+    try:
+        for _ in range(2):  # the second pass runs warm (compiled graphs, allocator caches)
+            batch = to_device(backend.collate([store[i] for i in order[:b]]), device)
+            with autocast(device, precision):
+                loss = backend.loss(batch, cfg)["loss"]
+            loss.backward()
+            del batch, loss
+            gpt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_oom(e):
+            raise
+        oom = True
+    gpt.zero_grad(set_to_none=True)
+    if oom:
+        torch.cuda.empty_cache()
+        return None
+    return torch.cuda.max_memory_allocated(device) / GIB, (time.perf_counter() - t0) / 2
+
+
+def measure(
+    backend: Any, store: Any, cfg: Any, device: torch.device, checkpointing: bool = False
+) -> list[Probe]:
+    """Peak memory of forward + backward at growing micro-batch sizes (until OOM or the headroom is used)."""
+    precision = resolve_precision(cfg.precision, device)
+    total = torch.cuda.get_device_properties(device).total_memory / GIB
+    lengths = store.lengths()
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    opt = _optimizer_gib(backend, cfg)
+    probes: list[Probe] = []
+    with torch.random.fork_rng(devices=[device]):
+        for b in BATCH_SIZES:
+            if b > len(order):
+                break
+            got = _probe(backend, store, order, b, cfg, device, precision)
+            if got is None:
+                probes.append(Probe(b, float("inf"), float("inf"), 0.0, False, checkpointing))
+                break
+            peak, seconds = got
+            probes.append(
+                Probe(
+                    b,
+                    round(peak, 3),
+                    round(peak + opt, 3),
+                    round(seconds, 3),
+                    peak + opt <= HEADROOM * total,
+                    checkpointing,
+                )
+            )
+            if not probes[-1].fits:
+                break
+    backend.set_train(True)
+    return probes
+
+
+def cpu_recommendation(cfg: Any) -> Recommendation:
+    target = cfg.batch_size * cfg.grad_accum
+    batch = min(cfg.batch_size, 2)
+    return Recommendation(
+        "CPU",
+        batch,
+        max(1, -(-target // batch)),
+        "fp32",
+        False,
+        note="no CUDA GPU: GPU memory cannot be measured here; CPU training is only practical for "
+        "the tiny test model",
+    )
+
+
+def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recommendation:
+    """Measure on ``device`` (a CUDA GPU) and recommend settings that keep ``cfg``'s effective batch."""
+    if device.type != "cuda":
+        return cpu_recommendation(cfg)
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    cfg_m = _with(cfg, precision=precision)
+    target = cfg.batch_size * cfg.grad_accum
+    probes = measure(backend, store, cfg_m, device, checkpointing=bool(cfg.gradient_checkpointing))
+    best = max((p.batch_size for p in probes if p.fits), default=0)
+    checkpointing = bool(cfg.gradient_checkpointing)
+    if best < min(2, target) and not checkpointing and hasattr(backend, "configure_training"):
+        backend.configure_training(_with(cfg_m, gradient_checkpointing=True))
+        more = measure(backend, store, _with(cfg_m, gradient_checkpointing=True), device, checkpointing=True)
+        probes += more
+        best_ckpt = max((p.batch_size for p in more if p.fits), default=0)
+        if best_ckpt > best:
+            best, checkpointing = best_ckpt, True
+        backend.configure_training(_with(cfg_m, gradient_checkpointing=checkpointing))
+    name = torch.cuda.get_device_name(device)
+    total = torch.cuda.get_device_properties(device).total_memory / GIB
+    if best == 0:
+        return Recommendation(
+            name,
+            1,
+            target,
+            precision,
+            True,
+            total,
+            probes,
+            note="even one clip does not fit: try --finetune lora, --param-dtype bf16 or a lower "
+            "--max-audio-seconds",
+        )
+    batch = min(best, target) if target >= 1 else best
+    return Recommendation(
+        name,
+        batch,
+        max(1, -(-target // batch)),
+        precision,
+        checkpointing,
+        round(total, 2),
+        probes,
+        note=f"measured on the {min(len(store), max(p.batch_size for p in probes))} longest clips; "
+        f"plans at most {int(HEADROOM * 100)}% of {total:.1f} GiB",
+    )
+
+
+def _with(cfg: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def apply_recommendation(backend: Any, store: Any, cfg: Any, device: torch.device) -> Any:
+    """``train --auto``: measure and return ``cfg`` with the recommended batch geometry and precision."""
+    rec = recommend(backend, store, cfg, device)
+    logger.info("--auto recommendation:\n%s", rec.text())
+    return _with(
+        cfg,
+        batch_size=rec.batch_size,
+        grad_accum=rec.grad_accum,
+        precision=rec.precision,
+        gradient_checkpointing=rec.gradient_checkpointing,
+    )

@@ -1,0 +1,431 @@
+"""The training loop: one function you can read in one sitting.
+
+    model structure (vocabulary, LoRA, frozen parts) → features (cached once) → length-bucketed, seeded,
+    resumable data stream (sampler.py) → per step: micro-batches → autocast forward → (scaled) backward →
+    all-reduce across ranks → unscale → clip → optimizer step (step.py; out-of-memory: halve the micro-batch)
+    → LR schedule → log (console, metrics.jsonl, TensorBoard: observe.py) → atomic checkpoint
+
+A run can be resumed exactly (resume.py), stops cleanly on Ctrl+C/SIGTERM (signals.py), and runs on several
+GPUs under torchrun/accelerate (distributed.py). Everything model-specific goes through the
+:class:`~voicetune.backends.base.Backend` interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from voicetune.backends.base import Backend, Progress, get_backend
+from voicetune.config import TrainConfig, load_yaml, merge, save_yaml
+from voicetune.data.manifest import Dataset
+from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, software_versions
+from voicetune.training.checkpoint import save_checkpoint
+from voicetune.training.distributed import Dist, init_distributed, shutdown
+from voicetune.training.errors import TrainError
+from voicetune.training.observe import Meter, mem_line, memory, peak_flops, progress_text
+from voicetune.training.oom import MicroBatchPlan
+from voicetune.training.optim import build_optimizer, build_scheduler
+from voicetune.training.resume import (
+    clean_leftovers,
+    extra_state,
+    load_state,
+    restore,
+    resume_config,
+    resume_point,
+    resume_sources,
+    truncate_metrics,
+)
+from voicetune.training.sampler import StepSampler, rank_share
+from voicetune.training.signals import GracefulStop
+from voicetune.training.step import StepEngine, make_scaler
+from voicetune.utils.device import pick_device, resolve_precision
+from voicetune.utils.io import append_jsonl
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LoopState", "TrainCallback", "TrainError", "TrainResult", "train"]
+
+
+@dataclass
+class LoopState:
+    """What callbacks see (and may change: ``should_stop``) after every optimizer step."""
+
+    run_dir: Path
+    backend: Backend
+    cfg: TrainConfig
+    total_steps: int
+    step: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+    should_stop: bool = False
+    stop_reason: str = ""
+    checkpoint: Path | None = None
+    steps_per_epoch: int = 1
+    save_requested: bool = False  # a callback asks for a checkpoint of this step (e.g. a new best evaluation)
+    resumed_from: int = 0  # the checkpoint step a resumed run continues after (0: a new run)
+
+
+class TrainCallback(Protocol):
+    """Hooks into the loop (e.g. the in-loop evaluation harness). All methods are optional no-ops."""
+
+    def on_train_start(self, state: LoopState) -> None: ...
+
+    def on_step_end(self, state: LoopState) -> None: ...
+
+    def on_checkpoint(self, state: LoopState) -> None: ...
+
+    def on_train_end(self, state: LoopState) -> None: ...
+
+
+def _call(callbacks: list[Any], hook: str, state: LoopState) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(state)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_checkpoint: Path
+    losses: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    clips: int = 0
+    interrupted: str = ""  # the signal (SIGINT/SIGTERM) that stopped the run early; "" when it was not stopped
+    resumed_from: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    cfg = load_yaml(TrainConfig, Path(config_file)) if config_file else TrainConfig()
+    return merge(cfg, overrides)
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    if latest_checkpoint(run_dir) is not None:
+        raise TrainError(
+            f"{run_dir} already holds checkpoints from an earlier run; choose a new --out folder, or continue "
+            f"it with --resume {run_dir} (voicetune never overwrites a run)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds (built by :func:`_setup`, driven by :func:`_loop`)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    dist: Dist
+    device: torch.device
+    precision: str
+    backend: Backend
+    store: Any
+    sampler: StepSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    engine: StepEngine
+    state: LoopState
+    callbacks: list[Any]
+    progress: Progress | None
+    meter: Meter | None = None
+    writer: Any = None
+    start_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    interrupted: str = ""
+
+
+def _sources(dataset_dir: Path | str | None, base: Path | str | None, out: Path | str | None,
+             cfg: TrainConfig | None, config_file: Path | str | None, overrides: dict[str, Any],
+             resume: Path | str | None) -> tuple[TrainConfig, Path, Path, Path, Path | None]:
+    """(config, run folder, dataset, base, checkpoint to resume from or None) of a new or resumed run."""
+    if resume is not None:
+        if cfg is not None or config_file is not None:
+            raise TrainError("--resume continues with the run's own config.yaml; pass only the options to change")
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise TrainError(f"--resume {resume} writes into that run folder; drop --out {out}")
+        run_dir = Path(resume)
+        cfg = resume_config(run_dir, overrides)
+        ckpt = resume_point(run_dir)
+        dataset, base_dir = resume_sources(run_dir, dataset_dir, base)
+        return cfg, run_dir, dataset, base_dir, ckpt
+    if dataset_dir is None or base is None or out is None:
+        raise TrainError("a new run needs a dataset folder, --base and --out (or --resume RUN_DIR)")
+    cfg = merge(cfg, overrides) if cfg else resolve_config(Path(config_file) if config_file else None, overrides)
+    return cfg, Path(out), Path(dataset_dir), Path(base), None
+
+
+def _features(backend: Backend, cfg: TrainConfig, dataset: Dataset, run_dir: Path, dist: Dist,
+              progress: Progress | None) -> tuple[Any, dict[str, Any]]:
+    """The model and its features: structure (vocabulary, LoRA, frozen parts), length limits, cached features.
+
+    Rank 0 computes the features first (and extends the vocabulary); the other ranks then read them.
+    Returns (feature store, what the structure step reported).
+    """
+    model: dict[str, Any] = {}
+    if hasattr(backend, "configure_model"):  # what trains: extended vocabulary, LoRA, frozen parts, dropout
+        texts = [(c.text, c.language) for c in dataset.train]
+        if dist.is_main:
+            model = backend.configure_model(cfg, run_dir, texts)
+        dist.barrier()  # run_dir/vocab.json exists now, when the vocabulary was extended
+        if not dist.is_main:
+            model = backend.configure_model(cfg, run_dir, texts)
+    if hasattr(backend, "set_length_limits"):
+        backend.set_length_limits(cfg.max_audio_seconds, cfg.max_text_tokens)
+    store = None
+    for turn in (0, 1):
+        if (turn == 0) == dist.is_main:
+            store = backend.build_features(dataset.train, run_dir / "features", progress if dist.is_main else None)
+        dist.barrier()
+    if len(store) == 0:
+        raise TrainError(f"no usable training clips in {dataset.root} (all were dropped; see the warnings above)")
+    return store, model
+
+
+def _data_report(store: Any, n_clips: int, sampler: StepSampler, cfg: TrainConfig, dist: Dist) -> dict[str, Any]:
+    """Clips kept and dropped (by reason), padding with and without length bucketing, batch geometry; logged."""
+    dropped = store.drop_summary() if hasattr(store, "drop_summary") else {}
+    report: dict[str, Any] = {"clips": n_clips, "clips_used": len(store), "clips_dropped": dropped,
+                              "world_size": dist.world, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                              "global_batch": cfg.batch_size * cfg.grad_accum * dist.world}
+    if dropped:
+        logger.warning("dropped %d of %d training clips: %s (limits: --max-audio-seconds, --max-text-tokens; "
+                       "--extend-vocab for unknown characters)", sum(dropped.values()), n_clips,
+                       ", ".join(f"{n} {kind}" for kind, n in sorted(dropped.items())))
+    if hasattr(store, "durations"):
+        report["audio_hours"] = round(sum(store.durations()) / 3600, 4)
+    shuffled = sampler.padding_fraction(cfg.batch_size, bucketed=False)
+    bucketed = sampler.padding_fraction(cfg.batch_size, bucketed=True)
+    report["padding_fraction"] = {"shuffled": round(shuffled, 4), "bucketed": round(bucketed, 4),
+                                  "in_use": round(bucketed if cfg.bucket_window > 1 else shuffled, 4)}
+    if cfg.bucket_window > 1:
+        logger.info("length bucketing: padding %.1f%% of audio positions instead of %.1f%% with plain shuffling",
+                    100 * bucketed, 100 * shuffled)
+    logger.info("global batch %d = batch %d x accumulation %d x %d process(es)", report["global_batch"],
+                cfg.batch_size, cfg.grad_accum, dist.world)
+    return report
+
+
+def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt: Path | None, dist: Dist,
+           device_name: str, progress: Progress | None, callbacks: list[Any] | None) -> _Run:
+    """Build the run: model, features, data order, optimizer, schedule; restore a checkpoint when resuming."""
+    if ckpt is None and dist.is_main:
+        _prepare_run_dir(run_dir)
+    elif ckpt is not None and dist.is_main:
+        clean_leftovers(run_dir)
+    dist.barrier()
+    seed_everything(cfg.seed)
+    device = pick_device(device_name)
+    dataset = Dataset.load(dataset_dir)
+    backend = get_backend(cfg.backend)
+    backend.load_base(Path(base), device)
+    store, model = _features(backend, cfg, dataset, run_dir, dist, progress)
+    if hasattr(backend, "configure_training"):  # speed/memory options (bf16 weights etc.) before the optimizer
+        backend.configure_training(cfg)
+    if cfg.auto and ckpt is None:  # measured batch geometry for this GPU (a resumed run keeps its own)
+        from voicetune.training.autotune import apply_recommendation
+
+        cfg = apply_recommendation(backend, store, cfg, device)
+        seed_everything(cfg.seed)
+    precision = resolve_precision(cfg.precision, device)
+    step_size = cfg.batch_size * cfg.grad_accum * dist.world
+    sampler = StepSampler(store.lengths(), step_size, cfg.seed, cfg.bucket_window)
+    report = _data_report(store, len(dataset.train), sampler, cfg, dist)
+    if dist.is_main:  # a resumed run records its changed options (length, logging...) for the next resume
+        save_yaml(cfg, run_dir / "config.yaml")
+    if dist.is_main and ckpt is None:
+        RunInfo(cfg.backend, str(Path(base).resolve()), str(Path(dataset_dir).resolve()), cfg.seed,
+                software_versions(), training={**report, "model": model}).save(run_dir)
+    steps_per_epoch = sampler.steps_per_epoch()
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, total)
+    plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
+    engine = StepEngine(backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device))
+    state = LoopState(run_dir, backend, cfg, total, steps_per_epoch=steps_per_epoch)
+    run = _Run(cfg, run_dir, dist, device, precision, backend, store, sampler, optimizer, scheduler, engine,
+               state, _callbacks(cfg, callbacks, progress, dist), progress)
+    if ckpt is not None:
+        run.start_step = restore(ckpt, load_state(ckpt), backend=backend, optimizer=optimizer, scheduler=scheduler,
+                                engine=engine, sampler=sampler, dist=dist)
+        run.state.resumed_from = run.start_step
+        run.state.step, run.state.checkpoint = run.start_step, ckpt
+        if dist.is_main:
+            truncate_metrics(run_dir, run.start_step)
+    run.meter = _meter(backend, engine, device, precision, total, run.start_step)
+    logger.info("training %s on %s (%s): %d clips, batch %d x accum %d x %d process(es), steps %d..%d of %d "
+                "(%.1f epochs)", cfg.backend, device, precision, len(store), cfg.batch_size, cfg.grad_accum,
+                dist.world, run.start_step + 1, total, total, total / steps_per_epoch)
+    return run
+
+
+def _meter(backend: Backend, engine: StepEngine, device: torch.device, precision: str, total: int,
+           start: int = 0) -> Meter:
+    params = sum(p.numel() for p in backend.trainable().parameters())
+    trainable = sum(p.numel() for p in engine.params)
+    peak, what = peak_flops(device, precision)
+    if start == 0:
+        logger.info("MFU: %s; model FLOPs per token = 4 x %.1f M params + 2 x %.1f M trainable", what,
+                    params / 1e6, trainable / 1e6)
+    return Meter(total, start, params, trainable, peak)
+
+
+def _callbacks(cfg: TrainConfig, callbacks: list[Any] | None, progress: Progress | None, dist: Dist) -> list[Any]:
+    """The caller's callbacks plus the in-loop evaluator when evaluation is on; rank 0 only."""
+    if not dist.is_main:
+        return []
+    callbacks = list(callbacks or [])
+    if cfg.eval_every or cfg.eval_every_epochs:  # in-loop evaluation: baseline, best checkpoint, early stop
+        from voicetune.evaluation.in_loop import InLoopEvaluator
+
+        if not any(isinstance(cb, InLoopEvaluator) for cb in callbacks):
+            callbacks.append(InLoopEvaluator(progress=progress))
+    return callbacks
+
+
+def train(
+    dataset_dir: Path | str | None = None,
+    base: Path | str | None = None,
+    out: Path | str | None = None,
+    cfg: TrainConfig | None = None,
+    *,
+    config_file: Path | str | None = None,
+    progress: Progress | None = None,
+    callbacks: list[Any] | None = None,
+    resume: Path | str | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Finetune ``base`` on the dataset's train split, writing the run folder ``out``.
+
+    ``cfg`` (or ``config_file``, a YAML TrainConfig) gives the settings; keyword ``overrides``
+    (e.g. ``max_steps=50``) are applied on top and validated. ``resume=RUN_DIR`` continues that run from its
+    latest checkpoint exactly (dataset, base and config come from the run; ``overrides`` may change its length,
+    checkpointing, logging and evaluation). Under torchrun/accelerate every process calls this; rank 0 writes.
+    The first Ctrl+C/SIGTERM ends the current step, saves and returns (``TrainResult.interrupted``).
+    """
+    t0 = time.time()
+    cfg, run_dir, dataset_dir, base, ckpt = _sources(dataset_dir, base, out, cfg, config_file, overrides, resume)
+    dist, device_name = init_distributed(cfg.device)
+    try:
+        run = _setup(cfg, run_dir, dataset_dir, base, ckpt, dist, device_name, progress, callbacks)
+        if run.start_step >= run.state.total_steps:
+            logger.info("%s is already complete (step %d of %d); raise --max-steps or --epochs to train longer",
+                        run_dir, run.start_step, run.state.total_steps)
+        else:
+            with GracefulStop() as stopper:
+                _loop(run, stopper)
+        return _finish(run, time.time() - t0)
+    finally:
+        shutdown(dist)
+
+
+def _loop(run: _Run, stopper: GracefulStop) -> None:
+    """Steps from the start (or resume) point to the end, an early stop or a signal."""
+    state, cfg, dist = run.state, run.cfg, run.dist
+    if dist.is_main:
+        run.writer = _tensorboard(run.run_dir, purge_step=run.start_step + 1 if run.start_step else None)
+    _call(run.callbacks, "on_train_start", state)
+    run.backend.set_train(True)
+    total = state.total_steps
+    for step in range(run.start_step + 1, total + 1):
+        t_step = time.perf_counter()
+        share = rank_share(run.sampler.next_step(), dist.rank, dist.world)
+        parts = run.engine.run(step, share)
+        with warnings.catch_warnings():  # one schedule step per optimizer step, also when fp16 skipped it
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            run.scheduler.step()
+        parts = _observe(run, step, parts, time.perf_counter() - t_step)
+        run.history.append(parts)
+        state.step, state.last = step, parts
+        if dist.is_main:
+            if step % cfg.log_every == 0 or step == total:
+                _log_step(run.run_dir, run.writer, step, total, parts)
+            if cfg.mem_every and step % cfg.mem_every == 0:
+                logger.info("%s", mem_line(step, {k: v for k, v in parts.items() if k.startswith("mem_")}))
+            if run.progress:
+                run.progress(step, total, progress_text(parts))
+        _call(run.callbacks, "on_step_end", state)
+        run.backend.set_train(True)  # a callback may have switched the model to inference mode
+        signal_stop, cb_stop, requested = (dist.any(f, run.device) for f in
+                                           (bool(stopper.requested), state.should_stop, state.save_requested))
+        state.should_stop = state.should_stop or cb_stop or signal_stop
+        if signal_stop and not run.interrupted:
+            run.interrupted = stopper.requested or "signal on another rank"
+            state.stop_reason = state.stop_reason or f"{run.interrupted}: stopped by the user"
+        if (cfg.save_every and step % cfg.save_every == 0) or step == total or state.should_stop or requested:
+            state.save_requested = False
+            _save(run, step, parts)
+        if state.should_stop:
+            logger.info("stopping at step %d: %s", step, state.stop_reason)
+            break
+
+
+def _observe(run: _Run, step: int, parts: dict[str, float], seconds: float) -> dict[str, float]:
+    """The step's logged values: loss parts averaged over ranks, LR, epoch, rates, ETA, MFU, memory."""
+    counts = {k: parts.pop(k) for k in ("samples", "audio_seconds", "tokens") if k in parts}
+    parts = run.dist.mean(parts, run.device)
+    parts.update(lr=run.scheduler.get_last_lr()[0], step_seconds=seconds, epoch=run.sampler.progress_epochs)
+    assert run.meter is not None
+    parts.update(run.meter.record(step, seconds, int(counts.get("samples", 0)), counts.get("audio_seconds", 0.0),
+                                  int(counts.get("tokens", 0)), run.dist.world))
+    parts.update(memory(run.device))
+    return parts
+
+
+def _save(run: _Run, step: int, parts: dict[str, float]) -> None:
+    """A checkpoint of this step (every rank takes part: the RNG states are gathered; rank 0 writes)."""
+    extra = extra_state(run.engine, run.dist)
+    if run.dist.is_main:
+        run.state.checkpoint = save_checkpoint(
+            run.run_dir, step, run.backend, run.optimizer, run.scheduler,
+            {"epoch": run.sampler.progress_epochs, "loss": parts.get("loss")}, run.sampler.state_dict(),
+            run.cfg.keep_last, extra=extra)
+        _call(run.callbacks, "on_checkpoint", run.state)
+    else:
+        run.state.checkpoint = checkpoints_dir(run.run_dir) / f"step_{step}"
+    run.dist.barrier()
+
+
+def _finish(run: _Run, seconds: float) -> TrainResult:
+    _call(run.callbacks, "on_train_end", run.state)
+    if run.writer:
+        run.writer.close()
+    if run.interrupted:
+        logger.warning("interrupted (%s) at step %d; checkpoint %s. Continue with: voicetune train --resume %s",
+                       run.interrupted, run.state.step, run.state.checkpoint, run.run_dir)
+    assert run.state.checkpoint is not None
+    return TrainResult(run.run_dir, run.state.step, Path(run.state.checkpoint), run.history, seconds, len(run.store),
+                       interrupted=run.interrupted, resumed_from=run.start_step)
+
+
+def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:
+    """The run's TensorBoard writer; a resumed run purges the events logged after its checkpoint."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but a broken install should not stop training
+        logger.warning("tensorboard is not importable; TensorBoard events are not written")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def _log_step(run_dir: Path, writer: Any, step: int, total: int, parts: dict[str, float]) -> None:
+    record = {"step": step, "time": time.time(), **{k: float(f"{v:.7g}") for k, v in parts.items()}}
+    append_jsonl(run_dir / "metrics.jsonl", record)
+    if writer:
+        for k, v in parts.items():
+            if k not in ("epoch",):
+                writer.add_scalar(f"train/{k}", v, step)
+    logger.info("step %d/%d %s", step, total, progress_text(parts))

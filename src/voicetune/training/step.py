@@ -1,0 +1,164 @@
+"""One optimizer step: micro-batches → autocast forward → scaled backward → all-reduce → unscale → clip →
+step.
+
+* Precision: bf16 or fp16 autocast, or fp32. fp16 scales the loss with ``torch.amp.GradScaler``: gradients
+  are unscaled before clipping, and a step whose gradients overflowed is skipped (the scale is lowered).
+* The rank's clips of the step are cut into micro-batches (:class:`~voicetune.training.oom.MicroBatchPlan`);
+  each micro-batch's loss is weighted by its share of the clips, so the gradient is the mean over the step
+  whatever the micro-batch size.
+* Out of memory: every rank learns about it (an all-reduced flag), the partial gradients are dropped, the
+  micro-batch is halved and the same step is redone on the same clips.
+* A non-finite loss or gradient norm never reaches the weights: the step is skipped with a warning; several in
+  a row stop training with advice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from voicetune.training import oom
+from voicetune.training.distributed import Dist, all_reduce_gradients
+from voicetune.training.errors import TrainError
+from voicetune.training.sampler import micro_batches
+from voicetune.utils.device import autocast
+
+logger = logging.getLogger(__name__)
+
+MAX_SKIPPED_IN_A_ROW = 5
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 training, None otherwise (bf16 and fp32 need no loss scaling)."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+@dataclass
+class StepEngine:
+    """Runs optimizer steps; holds what persists between them (micro-batch plan, skip streak)."""
+
+    backend: Any
+    store: Any
+    optimizer: torch.optim.Optimizer
+    cfg: Any
+    device: torch.device
+    precision: str
+    dist: Dist
+    plan: oom.MicroBatchPlan
+    scaler: torch.amp.GradScaler | None = None
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    skipped_in_a_row: int = 0
+    skipped_total: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+
+    # ------------------------------------------------------------------ micro-batches
+    def _load(self, items: list[tuple[int, int]]) -> dict[str, Any]:
+        loaded = []
+        for idx, epoch in items:
+            if hasattr(self.store, "set_epoch"):  # conditioning crops follow (seed, epoch, clip): resumable,
+                self.store.set_epoch(epoch)  # the same on any number of processes, and when a step is redone
+                self.store.forget([idx])
+            loaded.append(self.store[idx])
+        return self.backend.collate(loaded)
+
+    def _accumulate(self, share: list[tuple[int, int]]) -> tuple[dict[str, float], str]:
+        """Forward/backward over the rank's share; returns (weighted loss parts + counts, problem)."""
+        sums: dict[str, float] = {}
+        counts = {"samples": float(len(share)), "audio_seconds": 0.0, "tokens": 0.0}
+        try:
+            for chunk in micro_batches(share, self.plan.size):
+                batch = self._load(chunk)
+                if hasattr(self.backend, "batch_stats"):
+                    stats = self.backend.batch_stats(batch)
+                    counts["audio_seconds"] += stats.get("audio_seconds", 0.0)
+                    counts["tokens"] += stats.get("tokens", 0.0)
+                batch = to_device(batch, self.device)
+                oom.check_simulated(len(chunk))
+                weight = len(chunk) / len(share)
+                with autocast(self.device, self.precision):
+                    out = self.backend.loss(batch, self.cfg)
+                loss = out["loss"]
+                if not bool(torch.isfinite(loss.detach())):
+                    return sums, f"loss became {float(loss)}"
+                scaled = loss * weight
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * weight
+                del batch, out, loss, scaled
+        except torch.OutOfMemoryError:
+            return sums, "oom"
+        except RuntimeError as e:  # some kernels report CUDA OOM as a plain RuntimeError
+            if not oom.is_oom(e):
+                raise
+            return sums, "oom"
+        return {**sums, **counts}, ""
+
+    # ------------------------------------------------------------------ one step
+    def run(self, step: int, share: list[tuple[int, int]]) -> dict[str, float]:
+        """One optimizer step over ``share`` (this rank's clips); returns its logged values."""
+        while True:
+            parts, problem = self._accumulate(share)
+            if self.dist.any(problem == "oom", self.device):
+                self.optimizer.zero_grad(set_to_none=True)
+                oom.free_memory(self.device)
+                try:
+                    self.plan.shrink(step)
+                except MemoryError as e:
+                    raise TrainError(str(e)) from None
+                continue
+            if self.dist.any(bool(problem), self.device):
+                return self._skip(step, problem or "another rank's loss was not finite")
+            return self._update(step, parts)
+
+    def _skip(self, step: int, why: str) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_in_a_row += 1
+        self.skipped_total += 1
+        logger.warning("step %d skipped: %s (%d in a row)", step, why, self.skipped_in_a_row)
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise TrainError(
+                f"{self.skipped_in_a_row} steps in a row had a non-finite loss or gradient ({why}); "
+                "lower --lr, raise --warmup-steps, or use --precision bf16/fp32"
+            )
+        return {"loss": float("nan"), "skipped": 1.0, "micro_batch": float(self.plan.size)}
+
+    def _update(self, step: int, parts: dict[str, float]) -> dict[str, float]:
+        all_reduce_gradients(self.params, self.dist)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped by the scaler when the gradients overflowed
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
+            parts["loss_scale"] = scale
+        else:
+            skipped = not math.isfinite(norm)
+            if skipped:
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._skip(step, f"gradient norm {norm}")
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if skipped:
+            logger.warning(
+                "step %d: fp16 gradients overflowed; the step was skipped and the loss scale lowered to %g",
+                step,
+                self.scaler.get_scale() if self.scaler else 0,
+            )
+        else:
+            self.skipped_in_a_row = 0
+        parts.update(grad_norm=norm, micro_batch=float(self.plan.size), skipped=float(skipped))
+        return parts

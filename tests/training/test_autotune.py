@@ -1,0 +1,52 @@
+"""Batch size, accumulation, precision and checkpointing from a measured dry run (`doctor --dataset`, `--auto`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from voicetune.run import RunInfo
+from voicetune.training.loop import train
+
+
+def test_doctor_on_a_cpu_says_it_cannot_measure_and_recommends_cpu_settings(tiny_dataset, tiny_base):
+    from voicetune import doctor as doctor_module
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: see the gpu-marked test")
+    report = doctor_module.doctor(base=tiny_base, dataset=tiny_dataset)
+    dry = [c for c in report.checks if c.name == "training dry run"]
+    assert dry and dry[0].status == "warn" and "cannot measure GPU memory" in dry[0].detail
+    assert any("--precision fp32" in r and r.startswith("CPU") for r in report.recommendations)
+
+
+def test_train_auto_on_a_cpu_applies_cpu_settings_and_keeps_the_effective_batch(tiny_dataset, tiny_base, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: see the gpu-marked test")
+    train(tiny_dataset, tiny_base, tmp_path / "run", max_steps=1, batch_size=4, grad_accum=1, auto=True,
+          eval_every=0, eval_every_epochs=0)
+    training = RunInfo.load(tmp_path / "run").training
+    assert (training["batch_size"], training["grad_accum"], training["global_batch"]) == (2, 2, 4)
+
+
+@pytest.mark.gpu
+def test_the_gpu_dry_run_measures_peak_memory_and_recommends_a_batch_that_fits(tiny_dataset, tiny_base):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from voicetune.backends.base import get_backend
+    from voicetune.config import TrainConfig
+    from voicetune.data.manifest import Dataset
+    from voicetune.training.autotune import HEADROOM, recommend
+
+    cfg = TrainConfig(batch_size=2, grad_accum=4)
+    backend = get_backend("xtts")
+    backend.load_base(tiny_base, torch.device("cuda"))
+    backend.configure_model(cfg)
+    store = backend.build_features(Dataset.load(tiny_dataset).train, tiny_base.parent / "doctor_features")
+    backend.configure_training(cfg)
+    rec = recommend(backend, store, cfg, torch.device("cuda"))
+    total = torch.cuda.get_device_properties(0).total_memory / 1024**3
+    assert rec.probes and all(p.peak_gib > 0 for p in rec.probes if p.fits)
+    assert rec.batch_size * rec.grad_accum >= 8 and rec.precision in ("bf16", "fp16")
+    assert all(p.total_gib <= HEADROOM * total for p in rec.probes if p.fits)
+    assert [p.batch_size for p in rec.probes] == sorted(p.batch_size for p in rec.probes)

@@ -1,0 +1,73 @@
+"""What training reports: per-step rates, ETA, memory and MFU in the log, metrics.jsonl, TensorBoard, run.json."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from voicetune.run import RunInfo
+from voicetune.training.observe import mem_line, peak_flops, progress_text, step_flops
+
+STEP_FIELDS = {"loss", "text_ce", "mel_ce", "lr", "grad_norm", "samples_per_s", "audio_s_per_s", "tokens", "eta_s",
+               "epoch", "micro_batch", "step_seconds", "mem_rss_gib"}
+
+
+def test_every_logged_step_carries_rates_eta_and_memory(reference_run):
+    result, _ = reference_run
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    for r in records:
+        assert STEP_FIELDS <= set(r), STEP_FIELDS - set(r)
+        assert r["samples_per_s"] > 0 and r["audio_s_per_s"] > 0 and r["tokens"] > 2 * 32
+        assert r["mem_rss_gib"] > 0.1 and r["micro_batch"] == 2
+    assert records[-1]["eta_s"] == 0 and records[0]["eta_s"] > 0
+    # 2 clips per step, 4 clips: the epoch counter advances by half an epoch per step
+    assert [r["epoch"] for r in records] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+
+
+def test_the_console_gets_progress_lines_and_parseable_memory_lines(reference_run):
+    _, lines = reference_run
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 6
+    assert re.search(r"loss \d+\.\d+ \(text [\d.]+ mel [\d.]+\) lr [\d.e+-]+ [\d.]+ samples/s \d+ audio-s/s "
+                     r"ETA \d+:\d\d:\d\d", steps[0]), steps[0]
+    mem = [line for line in lines if line.startswith("[mem]")]
+    assert [int(re.match(r"\[mem\] step=(\d+) rss_gib=\d+\.\d\d$", m).group(1)) for m in mem] == [2, 4, 6]
+    assert any("global batch 2 = batch 2 x accumulation 1 x 1 process" in line for line in lines)
+
+
+def test_tensorboard_gets_the_same_fields(reference_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(reference_run[0].run_dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {f"train/{k}" for k in STEP_FIELDS - {"epoch"}} <= tags
+    assert [e.step for e in acc.Scalars("train/samples_per_s")] == list(range(1, 7))
+
+
+def test_run_json_reports_clips_padding_and_batch_geometry(reference_run):
+    training = RunInfo.load(reference_run[0].run_dir).training
+    assert training["clips"] == training["clips_used"] == 4 and training["clips_dropped"] == {}
+    assert training["global_batch"] == 2 and training["world_size"] == 1
+    pad = training["padding_fraction"]
+    assert 0 <= pad["bucketed"] <= pad["shuffled"] < 1 and pad["in_use"] == pad["bucketed"]
+    assert training["model"]["finetune"] == "full" and training["model"]["trainable_params"] > 0
+
+
+def test_memory_line_and_progress_text_formats():
+    cuda = {"mem_alloc_gib": 3.214, "mem_peak_gib": 4.05, "mem_reserved_gib": 5.0}
+    assert mem_line(100, cuda) == "[mem] step=100 alloc_gib=3.21 peak_gib=4.05 reserved_gib=5.00"
+    text = progress_text({"loss": 1.5, "text_ce": 2.0, "mel_ce": 1.4, "lr": 5e-6, "samples_per_s": 30.0,
+                          "audio_s_per_s": 200.0, "eta_s": 3725, **cuda, "mfu": 0.42})
+    assert text == ("loss 1.5000 (text 2.000 mel 1.400) lr 5.00e-06 30.0 samples/s 200 audio-s/s ETA 1:02:05 "
+                    "mem 3.2/4.0 GiB MFU 42%")
+
+
+def test_model_flops_follow_six_times_params_times_tokens_for_full_training():
+    assert step_flops(params=100, trainable=100, tokens=10) == 6 * 100 * 10
+    assert step_flops(params=100, trainable=0, tokens=10) == 4 * 100 * 10  # frozen weights: no weight gradients
+    assert peak_flops(torch.device("cpu"), "fp32")[0] is None

@@ -1,0 +1,61 @@
+"""One optimizer step: out-of-memory recovery, fp16 loss scaling, non-finite steps never reach the weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from voicetune.training import oom
+from voicetune.training.loop import train
+
+
+def _losses(run) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def simulated_gpu_limit():
+    oom.simulate_limit(1)  # micro-batches of more than one clip "run out of memory"
+    yield
+    oom.simulate_limit(None)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(
+        tiny_dataset, tiny_base, tmp_path, train_options, simulated_gpu_limit, caplog):
+    caplog.set_level(logging.WARNING, logger="voicetune.training.oom")
+    recovered = train(tiny_dataset, tiny_base, tmp_path / "oom", max_steps=3, **train_options)
+    assert [h["micro_batch"] for h in recovered.losses] == [1, 1, 1]
+    assert sum("out of memory at step 1 with micro-batch 2" in r.getMessage() for r in caplog.records) == 1
+    # the same computation as a run configured with micro-batch 1 x accumulation 2 from the start
+    oom.simulate_limit(None)
+    planned = train(tiny_dataset, tiny_base, tmp_path / "planned", max_steps=3,
+                    **{**train_options, "batch_size": 1, "grad_accum": 2})
+    assert _losses(tmp_path / "oom") == pytest.approx(_losses(tmp_path / "planned"), abs=1e-6)
+    assert planned.steps == recovered.steps == 3
+
+
+def test_out_of_memory_at_one_clip_stops_with_advice(tiny_dataset, tiny_base, tmp_path, train_options):
+    from voicetune.training.errors import TrainError
+
+    oom.simulate_limit(0)
+    try:
+        with pytest.raises(TrainError, match="gradient-checkpointing"):
+            train(tiny_dataset, tiny_base, tmp_path / "run", max_steps=1, **train_options)
+    finally:
+        oom.simulate_limit(None)
+
+
+def test_fp16_scales_the_loss_and_skips_steps_whose_gradients_overflow(tiny_dataset, tiny_base, tmp_path,
+                                                                       train_options):
+    result = train(tiny_dataset, tiny_base, tmp_path / "run", max_steps=3, precision="fp16", **train_options)
+    scales = [h["loss_scale"] for h in result.losses]
+    skipped = [h["skipped"] for h in result.losses]
+    assert all(torch.isfinite(torch.tensor([h["loss"] for h in result.losses])))
+    assert scales[0] == 65536.0  # GradScaler's initial scale
+    # an overflow halves the scale and skips that step; a clean step keeps the scale
+    for s0, s1, skip in zip(scales, scales[1:], skipped):
+        assert (s1 == s0 / 2) if skip else (s1 == s0)
+    assert result.steps == 3
