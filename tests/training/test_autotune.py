@@ -10,7 +10,7 @@ from voicetune.training.loop import train
 
 
 def test_doctor_on_a_cpu_says_it_cannot_measure_and_recommends_cpu_settings(tiny_dataset, tiny_base):
-    from voicetune import doctor as doctor_module
+    from voicetune import preflight as doctor_module
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: see the gpu-marked test")

@@ -377,7 +377,7 @@ class Asr:
                 lo = c0 - gap_seconds / 2
                 hi = c1 + gap_seconds / 2
                 mine = [w for w in words if lo <= (w.start + w.end) / 2 < hi]
-                out[i] = _packed_transcript(mine, c0, no_speech, language)
+                out[i] = _packed_transcript(mine, c0, no_speech, language, c1 - c0)
 
     def _batched(self) -> Any:
         if self._pipeline is None:
@@ -404,12 +404,20 @@ def pack_windows(durations: list[float], window_seconds: float, gap_seconds: flo
     return windows
 
 
-def _packed_transcript(words: list[Any], offset: float, no_speech: float, language: str) -> Transcript:
+def _packed_transcript(
+    words: list[Any], offset: float, no_speech: float, language: str, duration: float
+) -> Transcript:
+    """A clip's transcript from the words of its packed window; word times are made relative to the clip and
+    kept inside it (Whisper's word boundaries can run into the gap after the clip)."""
     if not words:
         return Transcript("", language, NO_TOKENS_LOGPROB, 1.0, [])
     text = re.sub(r"\s+", " ", "".join(w.word for w in words)).strip()
     logp = float(np.mean([np.log(max(float(w.probability), 1e-6)) for w in words]))
-    tw = [(w.word.strip(), max(0.0, float(w.start) - offset), max(0.0, float(w.end) - offset)) for w in words]
+
+    def rel(t: float) -> float:
+        return min(duration, max(0.0, float(t) - offset))
+
+    tw = [(w.word.strip(), rel(w.start), rel(w.end)) for w in words]
     return Transcript(text, language, logp, no_speech, tw, 1.0, logp)
 
 
