@@ -7,7 +7,7 @@ import pytest
 
 from voicetune.cli import build_parser, main
 
-SUBCOMMANDS = ["prepare", "make-tiny-base", "train", "evaluate", "export", "synthesize", "doctor", "demo"]
+SUBCOMMANDS = ["prepare", "dataset", "make-tiny-base", "train", "evaluate", "export", "synthesize", "doctor", "demo"]
 
 
 def test_top_level_help_lists_every_subcommand(capsys):

@@ -229,17 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="voicetune", formatter_class=fmt, epilog=EPILOG,
-        description="Turn your own recordings into a finetuned voice-cloning TTS model, "
-        "and measure (speaker similarity, intelligibility, naturalness) whether it got better.",
-    )
-    p.add_argument("--version", action="version", version=f"voicetune {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_data_commands(sub: Any, fmt: type) -> None:
     s = sub.add_parser("prepare", help="recordings → transcribed, checked, split dataset", formatter_class=fmt,
                        description="Decode every audio file under INPUT_DIR (wav/flac/mp3/ogg/m4a, any rate, mono or "
                        "stereo), cut speech clips with Silero VAD, transcribe them with faster-whisper, normalise "
@@ -270,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(d, PrepareConfig)
     d.set_defaults(func=cmd_dataset)
 
+
+def _add_model_commands(sub: Any, fmt: type) -> None:
     s = sub.add_parser("make-tiny-base", help="write an UNTRAINED tiny base model (tests/demo only)",
                        description="Write a tiny, randomly initialised base model in the backend's exact native "
                        "layout (for XTTS-v2: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json, "
@@ -302,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s, TrainConfig)
     s.set_defaults(func=cmd_train)
 
+
+def _add_result_commands(sub: Any, fmt: type) -> None:
     s = sub.add_parser("evaluate", help="score checkpoints (or a base model) against the base model",
                        formatter_class=fmt,
                        description="Render the run's probe set (eval-split sentences with their recordings, plus "
@@ -350,8 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="demo_run", help="folder for all demo outputs")
     s.add_argument("--max-steps", type=int, default=None, help="training steps (default: a few minutes on CPU)")
     s.set_defaults(func=cmd_demo)
-    return p
 
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="voicetune", formatter_class=fmt, epilog=EPILOG,
+        description="Turn your own recordings into a finetuned voice-cloning TTS model, "
+        "and measure (speaker similarity, intelligibility, naturalness) whether it got better.",
+    )
+    p.add_argument("--version", action="version", version=f"voicetune {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_data_commands, _add_model_commands, _add_result_commands):
+        add(sub, fmt)
+    return p
 
 def main(argv: list[str] | None = None) -> int:
     from voicetune.utils.log import setup_logging
