@@ -57,26 +57,32 @@ def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _progress_bar() -> Callable[[int, int, str], None]:
-    """A tqdm bar driven by the library's progress callbacks (one bar per stage name)."""
+    """One tqdm bar at a time, driven by the library's progress callbacks ``(done, total, what)``.
+
+    A new bar starts when the total changes or the count goes back (a new stage); ``what`` becomes the bar's
+    description (training's "loss ..." text goes to the postfix, so the bar keeps its "train" label).
+    """
     from tqdm import tqdm
 
-    bars: dict[str, Any] = {}
+    state: dict[str, Any] = {"bar": None}
 
     def update(done: int, total: int, what: str) -> None:
-        key = what.split(" ")[0] if what.startswith("loss") else what
-        key = "train" if what.startswith("loss") else key
-        bar = bars.get(key)
-        if bar is None or bar.total != total:
+        bar = state["bar"]
+        training = what.startswith("loss")
+        if bar is None or bar.total != total or done < bar.n:
             if bar is not None:
                 bar.close()
-            bar = bars[key] = tqdm(total=total, desc=key, unit="it", dynamic_ncols=True, leave=True)
+            bar = state["bar"] = tqdm(total=total, unit="it", dynamic_ncols=True, leave=True,
+                                      desc="train" if training else None)
+        if training:
+            bar.set_postfix_str(what, refresh=False)
+        else:
+            bar.set_description_str(what[:48], refresh=False)
         bar.n = done
-        if what.startswith("loss"):
-            bar.set_postfix_str(what)
         bar.refresh()
         if done >= total:
             bar.close()
-            bars.pop(key, None)
+            state["bar"] = None
 
     return update
 
