@@ -43,3 +43,40 @@ def piper_recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("piper_recordings")
     generate_recordings(folder, total_seconds=45, n_files=2, seed=0)
     return folder
+
+
+def write_piper_dataset(piper_sentences: list[tuple[Path, str]], root: Path, n_train: int,
+                        speaker: str = "piper") -> Path:
+    """A Coqui-format dataset folder of the known Piper sentences: the first ``n_train`` train, the rest eval."""
+    import shutil
+
+    from voicetune.data.manifest import write_metadata_csv
+
+    (root / "wavs").mkdir(parents=True)
+    rows = []
+    for path, text in piper_sentences:
+        shutil.copyfile(path, root / "wavs" / path.name)
+        rows.append((f"wavs/{path.name}", text, speaker))
+    write_metadata_csv(root / "metadata_train.csv", rows[:n_train])
+    write_metadata_csv(root / "metadata_eval.csv", rows[n_train:])
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_piper_dataset():
+    """:func:`write_piper_dataset`, for tests that need another train/eval split of the known sentences."""
+    return write_piper_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(piper_sentences, tmp_path_factory) -> Path:
+    """4 train + 2 eval clips of real Piper speech (read-only: tests must not change it)."""
+    return write_piper_dataset(piper_sentences, tmp_path_factory.mktemp("tiny_dataset"), n_train=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_dataset, tmp_path_factory) -> Path:
+    """An UNTRAINED tiny XTTS base whose vocab and mel stats come from ``tiny_dataset`` (read-only)."""
+    from voicetune.backends.tiny import make_tiny_base
+
+    return make_tiny_base("xtts", tmp_path_factory.mktemp("tiny_base") / "base", dataset=tiny_dataset, seed=0)

@@ -70,17 +70,9 @@ class NoisyCopyBackend:
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(piper_sentences, tmp_path_factory) -> Path:
+def dataset_dir(piper_sentences, make_piper_dataset, tmp_path_factory) -> Path:
     """A Coqui-format dataset of real Piper speech: 3 train clips, 3 eval clips."""
-    root = tmp_path_factory.mktemp("eval_dataset")
-    (root / "wavs").mkdir()
-    rows = []
-    for path, text in piper_sentences:
-        shutil.copyfile(path, root / "wavs" / path.name)
-        rows.append((f"wavs/{path.name}", text, "piper"))
-    write_metadata_csv(root / "metadata_train.csv", rows[:3])
-    write_metadata_csv(root / "metadata_eval.csv", rows[3:])
-    return root
+    return make_piper_dataset(piper_sentences, tmp_path_factory.mktemp("eval_dataset"), n_train=3)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +238,6 @@ def test_missing_run_checkpoint_or_eval_split_give_clear_errors(tmp_path, datase
 
 def test_evaluate_runs_on_a_tiny_xtts_base(tmp_path, dataset_dir, asr_model):
     """Wiring to the real backend: an untrained 'finetuned' state equal to the base renders the same audio."""
-    pytest.importorskip("TTS")
     from voicetune.backends.base import get_backend
     from voicetune.backends.tiny import make_tiny_base
 

@@ -17,7 +17,6 @@ import torch
 
 from voicetune.audio.io import load_audio
 from voicetune.cli import main
-from voicetune.data.manifest import write_metadata_csv
 from voicetune.evaluation.selection import replay
 from voicetune.evaluation.suite import rules_from_config
 from voicetune.run import best_checkpoint, latest_checkpoint, list_checkpoints
@@ -29,25 +28,14 @@ SMALL_EVAL = {"eval_max_sentences": 1, "eval_probes": 1, "eval_num_references": 
 
 
 @pytest.fixture(scope="module")
-def dataset(piper_sentences, tmp_path_factory) -> Path:
+def dataset(tiny_dataset) -> Path:
     """4 train + 2 eval clips of real Piper speech."""
-    root = tmp_path_factory.mktemp("in_loop_dataset")
-    (root / "wavs").mkdir()
-    rows = []
-    for path, text in piper_sentences:
-        shutil.copyfile(path, root / "wavs" / path.name)
-        rows.append((f"wavs/{path.name}", text, "piper"))
-    write_metadata_csv(root / "metadata_train.csv", rows[:4])
-    write_metadata_csv(root / "metadata_eval.csv", rows[4:])
-    return root
+    return tiny_dataset
 
 
 @pytest.fixture(scope="module")
-def base(dataset, tmp_path_factory) -> Path:
-    pytest.importorskip("TTS")
-    from voicetune.backends.tiny import make_tiny_base
-
-    return make_tiny_base("xtts", tmp_path_factory.mktemp("in_loop_base") / "base", dataset=dataset, seed=0)
+def base(tiny_base) -> Path:
+    return tiny_base
 
 
 @pytest.fixture(scope="module")
