@@ -1,15 +1,14 @@
+"""Demo recordings from the packaged Piper voice: formats, pauses, noise and matching transcripts."""
+
 import json
 import re
 
 import numpy as np
-import pytest
 import soundfile as sf
 
+from voicetune import demo_audio
 from voicetune.audio.io import load_audio
 from voicetune.data.vad import detect_speech
-
-demo_audio = pytest.importorskip("voicetune.demo_audio")
-pytest.importorskip("piper")
 
 
 def test_demo_sentences_are_varied_natural_text():
