@@ -121,7 +121,7 @@ def evaluated(tmp_path_factory, dataset_dir, recordings, asr_model):
 
 def test_evaluate_writes_metrics_json_and_all_wavs(evaluated, dataset_dir, asr_model):
     run, result, _, progress = evaluated
-    assert result.eval_dir == run / "eval" / "step_10"
+    assert result.eval_dir == run / "eval" / "compare_step_10"  # never an in-loop eval/step_N folder
     doc = json.loads(result.metrics_path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     for model in ("base", "finetuned", "real"):
         for i in range(3):

@@ -451,7 +451,11 @@ def evaluate(
     backend: Backend | None = None,
     **overrides: Any,
 ) -> EvalResult:
-    """Score the base model and ``checkpoint`` of ``run_dir`` on the eval split; write ``eval/<checkpoint>/``.
+    """Score the base model and ``checkpoint`` of ``run_dir`` on the eval split; write ``eval/compare_<checkpoint>/``.
+
+    A one-off side-by-side comparison on the eval split alone (the CLI's ``evaluate`` re-scores with the run's
+    in-loop protocol instead, :func:`voicetune.evaluation.rescore.rescore_run`); its folder name never collides
+    with the in-loop ``eval/step_N/`` folders.
 
     ``overrides`` are EvalConfig fields (e.g. ``max_sentences=4``). ``backend`` is an unloaded backend
     instance to use instead of the run's registered one (in-process callers, tests).
@@ -484,7 +488,7 @@ def evaluate(
     for k, (name, rs) in enumerate([("real", renders_real), *renders.items()]):
         models[name] = score(rs, material, asr, centroid, metric_device, intrusive=name != "real",
                              progress=progress, done=(2 + k) * n, total=5 * n, what=name)
-    eval_dir = run_dir / "eval" / ckpt.name
+    eval_dir = run_dir / "eval" / f"compare_{ckpt.name}"
     info_out = _run_info(info, ckpt, cfg, material, asr, run_dir)
     _write(eval_dir, models, info_out, renders, material)
     if progress:
