@@ -1,1 +1,0 @@
-"""voicetune.ui."""
