@@ -150,18 +150,31 @@ def voicetune_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, what: str) -> Any:
     """torch.load with weights_only; the original XTTS-v2 model.pth pickles an XttsConfig object, which is
-    allowed through coqui-tts's legacy allow-list. The file is never rewritten (coqui-tts would)."""
+    allowed through coqui-tts's legacy allow-list. The file is never rewritten (coqui-tts would).
+
+    An unreadable file raises :class:`BaseModelError` naming it and ``what`` it should hold.
+    """
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        from TTS.tts.models.xtts import _legacy_safe_globals
-
-        with _legacy_safe_globals():
+        try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            from TTS.tts.models.xtts import _legacy_safe_globals
+
+            with _legacy_safe_globals():
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise BaseModelError(f"{path}: cannot load {what} ({e})") from e
+
+
+def _unwrap_model(obj: Any) -> Any:
+    """``{"model": state_dict}`` (the Coqui checkpoint wrapper) → the state dict; anything else unchanged."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        return obj["model"]
+    return obj
 
 
 def normalize_model_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -185,12 +198,7 @@ def normalize_model_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def load_model_state(path: Path) -> dict[str, Any]:
     """The normalised state dict of model.pth (``{"model": state_dict}``, or a bare state dict)."""
-    try:
-        ckpt = _torch_load(path)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise BaseModelError(f"{path}: cannot load the XTTS checkpoint ({e})") from e
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        ckpt = ckpt["model"]
+    ckpt = _unwrap_model(_torch_load(path, "the XTTS checkpoint"))
     if not isinstance(ckpt, dict) or not any(str(k).startswith(("gpt.", "xtts.gpt.")) for k in ckpt):
         raise BaseModelError(f"{path}: not an XTTS checkpoint (expected {{'model': state_dict}} with gpt.* keys)")
     return normalize_model_state(ckpt)
@@ -200,10 +208,7 @@ def load_mel_stats(path: Path) -> Any:
     """The [80] mel normaliser tensor of mel_stats.pth."""
     import torch
 
-    try:
-        stats = _torch_load(path)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise BaseModelError(f"{path}: cannot load the mel statistics ({e})") from e
+    stats = _torch_load(path, "the mel statistics")
     if not torch.is_tensor(stats) or stats.numel() != 80:
         shape = tuple(stats.shape) if torch.is_tensor(stats) else type(stats).__name__
         raise BaseModelError(f"{path}: expected a tensor of 80 mel-channel statistics, got {shape}")
@@ -246,12 +251,7 @@ def load_dvae(path: Path, expected_tokens: int | None = None) -> Any:
     """Build the DiscreteVAE of dvae.pth (in eval mode, on CPU)."""
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
-    try:
-        state = _torch_load(path)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise BaseModelError(f"{path}: cannot load the DVAE ({e})") from e
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = _unwrap_model(_torch_load(path, "the DVAE"))
     if not isinstance(state, dict):
         raise BaseModelError(f"{path}: expected a DiscreteVAE state dict, got {type(state).__name__}")
     hp = infer_dvae_hparams(state, path)
@@ -276,10 +276,7 @@ def load_speakers(path: Path) -> dict[str, Any]:
     """The built-in speakers of speakers_xtts.pth ({} when absent)."""
     if not Path(path).is_file():
         return {}
-    try:
-        speakers = _torch_load(path)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise BaseModelError(f"{path}: cannot load the speaker latents ({e})") from e
+    speakers = _torch_load(path, "the speaker latents")
     if not isinstance(speakers, dict):
         raise BaseModelError(f"{path}: expected a dict of speakers, got {type(speakers).__name__}")
     return speakers
