@@ -96,7 +96,7 @@ def git_commit() -> str:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("VOICETUNE_COMMIT", "unknown")  # the GPU box has no git: the caller passes it
 
 
 def device_name(device: str) -> str:

@@ -51,7 +51,7 @@ def _commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("VOICETUNE_COMMIT", "unknown")  # the GPU box has no git: the caller passes it
 
 
 def generate(folder: Path, minutes: float) -> None:

@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import platform
 import random
 import subprocess
@@ -467,7 +468,7 @@ def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("VOICETUNE_COMMIT", "unknown")  # the GPU box has no git: the caller passes it
 
 
 def main(argv: list[str] | None = None) -> int:
