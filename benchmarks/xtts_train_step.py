@@ -436,7 +436,9 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
     backend = get_backend("xtts")
     backend.load_base(base, device)
     store = backend.build_features(clips, work / "features")
-    settings = {"batch_size": args.batch, "precision": "auto", "seed": args.seed, **overrides}
+    # "auto" is bf16 on the GPU; a CPU smoke run of bf16 weights needs bf16 said outright
+    auto = "bf16" if overrides.get("param_dtype") == "bf16" and device.type == "cpu" else "auto"
+    settings = {"batch_size": args.batch, "precision": auto, "seed": args.seed, **overrides}
     cfg = TrainConfig(**settings)
     precision = resolve_precision(cfg.precision, device)
     backend.configure_training(cfg)

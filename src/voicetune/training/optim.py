@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from voicetune.config import TrainConfig
+from voicetune.utils import flat as flat_params
 
 
 def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -89,6 +90,8 @@ class FlatAdamW(torch.optim.Optimizer):
     * The parameters of a group (one buffer per dtype in it: bf16 weights, fp32 norm gains) become views of
       one buffer, and their ``.grad`` views of another (backward accumulates into it; ``zero_grad`` zeroes it,
       whatever ``set_to_none`` says), so a step is one fused pass per buffer instead of hundreds of kernels.
+      The buffer is a leaf that requires grad and is recorded on each parameter (:mod:`voicetune.utils.flat`):
+      a loss computed on the buffer (parameters split out of it) leaves its gradient in the same place.
     * The update is computed in float32 and rounded stochastically into bf16 weights and (optionally bf16)
       moments, so that it is exact on average even when it is far below bf16's resolution.
     * On CUDA with Triton the update is compiled (one kernel, random bits generated inside it).
@@ -131,8 +134,9 @@ class FlatAdamW(torch.optim.Optimizer):
                 p.grad = view
                 views.append(view)
                 offset += n
-        flat.requires_grad_(True)  # a leaf outside any graph: it only carries .grad for the loop
+        flat.requires_grad_(True)  # a leaf outside any graph: it carries .grad, and may be a loss's input
         flat.grad = grad
+        flat_params.attach(params, flat)  # a backend may compute its loss on `flat` (voicetune.utils.flat)
         return {"group": group, "params": params, "param": flat, "grad": grad, "views": views, "step": 0,
                 "exp_avg": torch.zeros(total, dtype=self.state_dtype, device=device),
                 "exp_avg_sq": torch.zeros(total, dtype=self.state_dtype, device=device)}

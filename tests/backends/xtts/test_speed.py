@@ -153,3 +153,64 @@ def test_compiled_loss_matches_eager_on_cuda(xtts_base, xtts_clips, tmp_path):
         eager = speed.packed_loss(gpt, batch)
     for a, e in zip(compiled, eager):
         assert abs(float(a) - float(e)) < 2e-2
+
+
+def _flat_setup(xtts_backend, xtts_clips, tmp_path, **overrides):
+    from voicetune.training.optim import build_optimizer
+
+    cfg = TrainConfig(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, **overrides)
+    store = xtts_backend.build_features(xtts_clips[:4], tmp_path / "features")
+    xtts_backend.configure_training(cfg)
+    xtts_backend.model.gpt.eval()  # no dropout: both paths compute the same function
+    optimizer = build_optimizer(xtts_backend.param_groups(cfg), cfg, torch.device("cpu"))
+    return cfg, xtts_backend.collate([store[i] for i in range(len(store))]), optimizer
+
+
+def _grads(optimizer):
+    return [p.grad.detach().float().clone() for g in optimizer.param_groups for p in g["params"]]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_loss_on_flat_weight_buffers_equals_the_loss_on_the_modules(xtts_backend, xtts_clips, tmp_path,
+                                                                       checkpointing):
+    cfg, batch, optimizer = _flat_setup(xtts_backend, xtts_clips, tmp_path, gradient_checkpointing=checkpointing)
+    fast = xtts_backend._speed
+    assert fast._flat_loss() is not None  # FlatAdamW's buffers are found
+    results = []
+    for use_flat in (True, False):
+        fast._flat_allowed = use_flat
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = xtts_backend.loss(batch, cfg)
+        out["loss"].backward()
+        results.append((float(out["loss"].detach()), _grads(optimizer)))
+    (flat_loss, flat_grads), (module_loss, module_grads) = results
+    assert flat_loss == pytest.approx(module_loss, rel=1e-6)
+    assert len(flat_grads) <= 8 < sum(1 for p in xtts_backend.model.gpt.parameters() if p.requires_grad)
+    for a, b in zip(flat_grads, module_grads):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same kernels on the same values
+    # the per-parameter gradient views see the flat gradient
+    w = xtts_backend.model.gpt.gpt.h[0].attn.c_attn.weight
+    assert w.grad is not None and w.grad.abs().max() > 0
+
+
+def test_a_new_optimizer_moves_the_weights_and_the_flat_loss_follows(xtts_backend, xtts_clips, tmp_path):
+    from voicetune.training.optim import build_optimizer
+
+    cfg, batch, first = _flat_setup(xtts_backend, xtts_clips, tmp_path)
+    fast = xtts_backend._speed
+    old_layout = fast._flat_loss()[0]
+    second = build_optimizer(xtts_backend.param_groups(cfg), cfg, torch.device("cpu"))  # flattens again
+    second.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xtts_backend.loss(batch, cfg)["loss"].backward()
+    assert fast._flat is not old_layout and fast._flat.current()
+    assert all(g.abs().max() > 0 for g in _grads(second))  # the gradients reached the new buffers
+
+
+def test_without_flat_buffers_the_loss_runs_on_the_modules(xtts_backend, xtts_clips, tmp_path):
+    cfg = TrainConfig(precision="bf16", compile="off")  # fp32 weights: torch AdamW, no flat buffers
+    xtts_backend.configure_training(cfg)
+    torch.optim.AdamW(xtts_backend.param_groups(cfg))
+    assert xtts_backend._speed._flat_loss() is None

@@ -16,6 +16,12 @@ is padded up to a multiple of ``pad_multiple`` so that a compiled graph is reuse
 
 The packing itself happens on the CPU when the batch is collated (lengths are known there), so the step
 has no host-device synchronisation before the loss.
+
+When the optimizer keeps the trainable weights in flat buffers (``FlatAdamW``, bf16 weights), the loss takes
+those buffers as its inputs and splits the weights out of them inside the graph (``torch.func.functional_call``
+over :class:`FlatLayout`): backward then yields one gradient per buffer, added into the optimizer's gradient
+buffer in one kernel, instead of ~450 per-parameter accumulations, and a compiled graph has a few weight
+inputs instead of hundreds. Both were host time that left the GPU idle.
 """
 
 from __future__ import annotations
@@ -258,6 +264,69 @@ def set_attention(gpt: Any, attention: str) -> None:
         hf.config._attn_implementation = attention
 
 
+# ----------------------------------------------------------------------------------------- flat weights
+class PackedLossModule(torch.nn.Module):
+    """:func:`packed_loss` as a module's forward, so that ``torch.func.functional_call`` can run it on other
+    tensors than the GPT's own parameters (parameter names get a ``gpt.`` prefix)."""
+
+    def __init__(self, gpt: Any):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, batch: dict[str, torch.Tensor], sdpa: bool, checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return packed_loss(self.gpt, batch, sdpa, checkpointing)
+
+
+@dataclass(frozen=True, eq=False)
+class FlatLayout:
+    """Where each trainable GPT parameter lives in the optimizer's flat buffers (:mod:`voicetune.utils.flat`)."""
+
+    flats: tuple[torch.Tensor, ...]
+    names: tuple[tuple[str, ...], ...]  # per buffer, in buffer order, as PackedLossModule names them
+    shapes: tuple[tuple[torch.Size, ...], ...]
+    sizes: tuple[tuple[int, ...], ...]
+    first: tuple[torch.Tensor, ...]  # one parameter per buffer: the layout is stale once it lives elsewhere
+
+    @classmethod
+    def of(cls, gpt: Any) -> FlatLayout | None:
+        """The layout of ``gpt``'s trainable parameters; None unless flat buffers hold exactly them."""
+        from voicetune.utils import flat
+
+        groups = flat.buckets(p for p in gpt.parameters() if p.requires_grad)
+        if not groups:
+            return None
+        names = {id(p): "gpt." + n for n, p in gpt.named_parameters()}
+        return cls(
+            flats=tuple(f for f, _ in groups), names=tuple(tuple(names[id(p)] for p in ps) for _, ps in groups),
+            shapes=tuple(tuple(p.shape for p in ps) for _, ps in groups),
+            sizes=tuple(tuple(p.numel() for p in ps) for _, ps in groups), first=tuple(ps[0] for _, ps in groups),
+        )
+
+    def current(self) -> bool:
+        from voicetune.utils import flat
+
+        return all(flat.owner(p) is f for p, f in zip(self.first, self.flats))
+
+    def tensors(self, flats: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """The parameters as views split out of ``flats`` (inside autograd: their gradients reach the buffers)."""
+        out = {}
+        for buffer, names, shapes, sizes in zip(flats, self.names, self.shapes, self.sizes):
+            for name, shape, piece in zip(names, shapes, buffer.split(sizes)):
+                out[name] = piece.view(shape)
+        return out
+
+
+def flat_loss_fn(layout: FlatLayout) -> Any:
+    """``fn(flats, module, batch, sdpa, checkpointing)``: :func:`packed_loss` with the trainable weights taken
+    from ``flats`` (a :class:`PackedLossModule` for ``module``)."""
+
+    def fn(flats: list[torch.Tensor], module: PackedLossModule, batch: dict[str, torch.Tensor], sdpa: bool,
+           checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.func.functional_call(module, layout.tensors(flats), (batch, sdpa, checkpointing), strict=False)
+
+    return fn
+
+
 # ----------------------------------------------------------------------------------------- settings
 @dataclass
 class SpeedSettings:
@@ -331,15 +400,46 @@ class GptTrainingSpeed:
         elif settings.gradient_checkpointing:
             gpt.gpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._fn, self._fns = packed_loss, {}
+        self._compile_mode = None if settings.compile_mode == "default" else settings.compile_mode
         if settings.compile:
             _raise_recompile_limit()
-            mode = None if settings.compile_mode == "default" else settings.compile_mode
             if settings.compile_scope == "model":
-                self._fn = torch.compile(packed_loss, mode=mode, dynamic=False)
+                self._fn = torch.compile(packed_loss, mode=self._compile_mode, dynamic=False)
             else:  # one compiled layer serves all 30 (its weights are inputs of the graph, not constants)
-                self._fns = {name: torch.compile(fn, mode=mode, dynamic=False)
+                self._fns = {name: torch.compile(fn, mode=self._compile_mode, dynamic=False)
                              for name, fn in (("conditioning", conditioning), ("block", _block), ("head_loss", head_loss))}
+        # The flat-buffer loss (module doc) replaces the whole-loss path; a per-layer compiled block would see
+        # the split-out weights as ordinary inputs (copied into CUDA graphs every step), so not with "layers".
+        self._flat_allowed = settings.fast_loss and (not settings.compile or settings.compile_scope == "model")
+        self._module = PackedLossModule(gpt)
+        self._flat: FlatLayout | None = None
+        self._flat_fn: Any = None
         logger.info("XTTS training speed settings: %s", settings)
+
+    def _flat_loss(self) -> tuple[FlatLayout, Any] | None:
+        """The flat-buffer loss and its layout, when the optimizer keeps the weights in flat buffers."""
+        if not self._flat_allowed:
+            return None
+        if self._flat is not None and self._flat.current():
+            return self._flat, self._flat_fn
+        from voicetune.utils import flat
+
+        first = next((p for p in self.gpt.parameters() if p.requires_grad), None)
+        if first is None or flat.owner(first) is None:  # cheap test: no flat buffers (another optimizer)
+            return None
+        self._flat = FlatLayout.of(self.gpt)
+        if self._flat is None:
+            return None
+        fn = flat_loss_fn(self._flat)
+        if self.settings.compile:
+            if self._compile_mode == "reduce-overhead":  # fixed addresses: CUDA graphs need not copy the weights
+                for buffer in self._flat.flats:
+                    torch._dynamo.mark_static_address(buffer)
+            fn = torch.compile(fn, mode=self._compile_mode, dynamic=False)
+        self._flat_fn = fn
+        logger.info("XTTS loss on %d flat weight buffers (%d parameters)", len(self._flat.flats),
+                    sum(len(n) for n in self._flat.names))
+        return self._flat, self._flat_fn
 
     def pack(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.constants is None:
@@ -352,8 +452,11 @@ class GptTrainingSpeed:
             return None
         if self.settings.compile and self.settings.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        return self._fn(self.gpt, batch, self.settings.attention == "sdpa", self.settings.gradient_checkpointing,
-                        self._fns)
+        sdpa, checkpointing = self.settings.attention == "sdpa", self.settings.gradient_checkpointing
+        flat = self._flat_loss()
+        if flat is not None:
+            return flat[1](list(flat[0].flats), self._module, batch, sdpa, checkpointing)
+        return self._fn(self.gpt, batch, sdpa, checkpointing, self._fns)
 
     @contextlib.contextmanager
     def inference_context(self, device: torch.device, decoder: torch.nn.Module | None = None) -> Iterator[None]:
@@ -393,6 +496,6 @@ def configure_training(gpt: Any, cfg: Any, device: torch.device) -> GptTrainingS
 
 
 __all__ = [
-    "GptConstants", "GptTrainingSpeed", "SdpaQKVAttention", "SpeedSettings", "configure_training", "coqui_targets",
+    "FlatLayout", "GptConstants", "PackedLossModule", "flat_loss_fn", "GptTrainingSpeed", "SdpaQKVAttention", "SpeedSettings", "configure_training", "coqui_targets",
     "conditioning", "embed", "head_loss", "layers", "pack_batch", "packed_loss", "round_up", "set_attention",
 ]
