@@ -59,3 +59,58 @@ def test_fp16_scales_the_loss_and_skips_steps_whose_gradients_overflow(tiny_data
     for s0, s1, skip in zip(scales, scales[1:], skipped):
         assert (s1 == s0 / 2) if skip else (s1 == s0)
     assert result.steps == 3
+
+
+class _Diverging:
+    """The real backend whose loss turns NaN while ``diverged`` is set (as after a bad update)."""
+
+    def __init__(self, backend):
+        self.backend, self.diverged = backend, False
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def loss(self, batch, cfg):
+        out = self.backend.loss(batch, cfg)
+        return {**out, "loss": out["loss"] * float("nan")} if self.diverged else out
+
+
+def test_a_non_finite_loss_skips_the_step_and_a_streak_of_them_stops_training(tiny_dataset, tiny_base, tmp_path,
+                                                                             caplog):
+    from voicetune.backends.base import get_backend
+    from voicetune.config import TrainConfig
+    from voicetune.data.manifest import Dataset
+    from voicetune.training.distributed import Dist
+    from voicetune.training.errors import TrainError
+    from voicetune.training.optim import build_optimizer
+    from voicetune.training.step import MAX_SKIPPED_IN_A_ROW, StepEngine
+
+    caplog.set_level(logging.WARNING, logger="voicetune.training.step")
+    cfg = TrainConfig(batch_size=2, precision="fp32", dropout=0.0)
+    device = torch.device("cpu")
+    real = get_backend("xtts")
+    real.load_base(tiny_base, device)
+    real.configure_model(cfg)
+    store = real.build_features(Dataset.load(tiny_dataset).train, tmp_path / "features")
+    real.configure_training(cfg)
+    real.set_train(True)
+    backend = _Diverging(real)
+    optimizer = build_optimizer(real.param_groups(cfg), cfg, device)
+    engine = StepEngine(backend, store, optimizer, cfg, device, "fp32", Dist(), oom.MicroBatchPlan(per_rank=2, size=2))
+    weights = lambda: [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]  # noqa: E731
+    share = [(0, 0), (1, 0)]
+
+    before = weights()
+    backend.diverged = True
+    logged = engine.run(1, share)
+    assert logged["skipped"] == 1.0 and all(torch.equal(a, b) for a, b in zip(before, weights()))
+    assert "step 1 skipped: loss became nan" in caplog.text
+    backend.diverged = False
+    logged = engine.run(2, share)
+    assert logged["skipped"] == 0.0 and torch.isfinite(torch.tensor(logged["loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, weights()))
+    backend.diverged = True
+    for step in range(3, 3 + MAX_SKIPPED_IN_A_ROW - 1):
+        engine.run(step, share)
+    with pytest.raises(TrainError, match="non-finite"):
+        engine.run(99, share)

@@ -73,8 +73,13 @@ class StepEngine:
         return self.backend.collate(loaded)
 
     def _accumulate(self, share: list[tuple[int, int]]) -> tuple[dict[str, float], str]:
-        """Forward/backward over the rank's share; returns (weighted loss parts + counts, problem)."""
-        sums: dict[str, float] = {}
+        """Forward/backward over the rank's share; returns (weighted loss parts + counts, problem).
+
+        The loss parts stay on the device until every micro-batch is done, then are read in one transfer: no
+        host-device synchronisation between forward and backward, so the host queues the backward while the
+        GPU still runs the forward. A non-finite loss is found then; its step is skipped before any update.
+        """
+        sums: dict[str, torch.Tensor] = {}
         counts = {"samples": float(len(share)), "audio_seconds": 0.0, "tokens": 0.0}
         try:
             for chunk in micro_batches(share, self.plan.size):
@@ -88,21 +93,22 @@ class StepEngine:
                 weight = len(chunk) / len(share)
                 with autocast(self.device, self.precision):
                     out = self.backend.loss(batch, self.cfg)
-                loss = out["loss"]
-                if not bool(torch.isfinite(loss.detach())):
-                    return sums, f"loss became {float(loss)}"
-                scaled = loss * weight
+                scaled = out["loss"] * weight
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * weight
-                del batch, out, loss, scaled
+                    part = v.detach().float() * weight
+                    sums[k] = sums[k] + part if k in sums else part
+                del batch, out, scaled
         except torch.OutOfMemoryError:
-            return sums, "oom"
+            return {}, "oom"
         except RuntimeError as e:  # some kernels report CUDA OOM as a plain RuntimeError
             if not oom.is_oom(e):
                 raise
-            return sums, "oom"
-        return {**sums, **counts}, ""
+            return {}, "oom"
+        values = dict(zip(sums, torch.stack(list(sums.values())).tolist())) if sums else {}
+        if not math.isfinite(values.get("loss", 0.0)):
+            return values, f"loss became {values['loss']}"
+        return {**values, **counts}, ""
 
     # ------------------------------------------------------------------ one step
     def run(self, step: int, share: list[tuple[int, int]]) -> dict[str, float]:
