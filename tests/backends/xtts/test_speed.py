@@ -198,7 +198,7 @@ def test_the_loss_on_flat_weight_buffers_equals_the_loss_on_the_modules(xtts_bac
 def test_a_new_optimizer_moves_the_weights_and_the_flat_loss_follows(xtts_backend, xtts_clips, tmp_path):
     from voicetune.training.optim import build_optimizer
 
-    cfg, batch, first = _flat_setup(xtts_backend, xtts_clips, tmp_path)
+    cfg, batch, _ = _flat_setup(xtts_backend, xtts_clips, tmp_path)
     fast = xtts_backend._speed
     old_layout = fast._flat_loss()[0]
     second = build_optimizer(xtts_backend.param_groups(cfg), cfg, torch.device("cpu"))  # flattens again

@@ -496,6 +496,21 @@ def configure_training(gpt: Any, cfg: Any, device: torch.device) -> GptTrainingS
 
 
 __all__ = [
-    "FlatLayout", "GptConstants", "PackedLossModule", "flat_loss_fn", "GptTrainingSpeed", "SdpaQKVAttention", "SpeedSettings", "configure_training", "coqui_targets",
-    "conditioning", "embed", "head_loss", "layers", "pack_batch", "packed_loss", "round_up", "set_attention",
+    "FlatLayout",
+    "GptConstants",
+    "GptTrainingSpeed",
+    "PackedLossModule",
+    "SdpaQKVAttention",
+    "SpeedSettings",
+    "conditioning",
+    "configure_training",
+    "coqui_targets",
+    "embed",
+    "flat_loss_fn",
+    "head_loss",
+    "layers",
+    "pack_batch",
+    "packed_loss",
+    "round_up",
+    "set_attention",
 ]
