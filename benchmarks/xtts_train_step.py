@@ -216,18 +216,19 @@ def measure(step, device: torch.device, warmup: int, steps: int) -> dict[str, An
             "peak_alloc_incl_warmup_gib": max(alloc, alloc_w), "peak_reserved_incl_warmup_gib": max(reserved, reserved_w)}
 
 
-def gpu_busy_fraction(step, device: torch.device, n: int = 3) -> float | None:
-    """Fraction of wall time the GPU executes kernels (torch.profiler), over ``n`` steps."""
+def gpu_busy_fraction(step, device: torch.device, n: int = 3, kernels: dict | None = None) -> float | None:
+    """Fraction of wall time the GPU executes kernels (torch.profiler), over ``n`` steps. ``kernels``, if
+    given, receives the 25 kernels with the most GPU time: name -> [ms per step, launches per step]."""
     if device.type != "cuda":
         return None
     try:
-        return _busy(step, device, n)
+        return _busy(step, device, n, kernels)
     except RuntimeError as e:  # the profiler is diagnostics only
         logger.warning("profiling failed: %s", e)
         return None
 
 
-def _busy(step, device: torch.device, n: int) -> float:
+def _busy(step, device: torch.device, n: int, kernels: dict | None = None) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     sync(device)
@@ -238,9 +239,18 @@ def _busy(step, device: torch.device, n: int) -> float:
         sync(device)
     wall = time.perf_counter() - t
     busy = []
+    per_name: dict[str, list[float]] = {}
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.elapsed_us() > 0:
             busy.append((e.time_range.start, e.time_range.end))
+            entry = per_name.setdefault(e.name[:100], [0.0, 0.0])
+            entry[0] += e.time_range.elapsed_us() / 1e3 / n
+            entry[1] += 1 / n
+    if kernels is not None:
+        top = sorted(per_name.items(), key=lambda kv: -kv[1][0])[:25]
+        kernels.update({name: [round(ms, 3), round(count, 1)] for name, (ms, count) in top})
+        kernels["(all kernels)"] = [round(sum(v[0] for v in per_name.values()), 3),
+                                    round(sum(v[1] for v in per_name.values()), 1)]
     busy.sort()
     total, end = 0.0, -1.0
     for s, e in busy:  # union of kernel intervals
@@ -448,7 +458,8 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
     step, driver = voicetune_step(backend, store, order, cfg, optimizer, device, precision)
 
     result = measure(step, device, args.warmup, args.steps)
-    result["gpu_busy"] = gpu_busy_fraction(step, device)
+    result["gpu_kernels_ms_per_step"] = {}
+    result["gpu_busy"] = gpu_busy_fraction(step, device, kernels=result["gpu_kernels_ms_per_step"])
     result["breakdown_ms"] = breakdown(backend, store, order, cfg, optimizer, device, precision)
     lengths = sorted({int(backend.collate([store[i] for i in idx]).get("text_targets", torch.zeros(1, 0)).shape[1])
                       for idx in batches})
