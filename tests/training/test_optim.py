@@ -118,3 +118,33 @@ def test_build_optimizer_uses_flat_adamw_for_bf16_weights():
     opt = build_optimizer(_groups(m), cfg, torch.device("cpu"))
     assert isinstance(opt, FlatAdamW) and opt.state_dtype == torch.bfloat16
     assert isinstance(build_optimizer(_groups(_model()), TrainConfig(), torch.device("cpu")), torch.optim.AdamW)
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+def test_clipping_folded_into_the_step_equals_clip_grad_norm_then_adamw(max_norm):
+    ours, ref = _model(), _model()
+    opt = FlatAdamW(_groups(ours), lr=1e-2, compiled=False)
+    ref_opt = torch.optim.AdamW(_groups(ref), lr=1e-2, foreach=False)
+    for step in range(3):
+        _backward(ours, step)
+        _backward(ref, step)
+        norm = opt.clip_gradients(max_norm)
+        ref_norm = torch.nn.utils.clip_grad_norm_(list(ref.parameters()), max_norm)
+        assert float(norm) == pytest.approx(float(ref_norm), rel=1e-5)
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad()
+        ref_opt.zero_grad()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # the scale applies to one step only: after it (or zero_grad) the next step is unclipped
+    assert opt._grad_scale is None
+
+
+def test_a_skipped_step_forgets_its_clipping():
+    m = _model()
+    opt = FlatAdamW(_groups(m), lr=1e-2, compiled=False)
+    _backward(m, 0)
+    opt.clip_gradients(1e-9)  # would scale the next update to almost nothing
+    opt.zero_grad()  # the loop skips this step
+    assert opt._grad_scale is None

@@ -57,31 +57,39 @@ _CHUNK = 1 << 22  # elements per eager update (bounds the temporaries of stochas
 _compiled_update: Any = None
 
 
-def stochastic_round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def stochastic_round(x: torch.Tensor, dtype: torch.dtype, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Round float32 ``x`` to ``dtype`` (bf16) up or down at random, with the probability that makes the
-    result exact on average: tiny updates (lr 5e-6 on weights ~0.02, below bf16's spacing) are not lost."""
+    result exact on average: tiny updates (lr 5e-6 on weights ~0.02, below bf16's spacing) are not lost.
+
+    ``noise``: uniform integers in [0, 2**16) (int32 or int64), one per element; drawn here when None.
+    """
     if dtype == torch.float32:
         return x
     if dtype != torch.bfloat16:
         raise ValueError(f"stochastic rounding to {dtype} is not supported (float32 or bfloat16)")
+    if noise is None:
+        noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
     bits = x.contiguous().view(torch.int32)
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
-    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+    return ((bits + noise.to(torch.int32)) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
-def _adamw_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, s: Any) -> None:
+def _adamw_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, s: Any,
+                  grad_scale: Any = 1.0) -> None:
     """One AdamW step in float32 on flat tensors, written back (stochastically rounded) in their dtypes.
 
-    ``s`` = (1 - lr * weight_decay, beta1, beta2, lr / bias_correction1, sqrt(bias_correction2), eps).
-    Same arithmetic as ``torch.optim.AdamW``.
+    ``s`` = (1 - lr * weight_decay, beta1, beta2, lr / bias_correction1, sqrt(bias_correction2), eps);
+    ``grad_scale`` multiplies the gradient first (gradient clipping folded into the update). Same arithmetic
+    as ``torch.optim.AdamW``. One 48-bit random draw per element gives the three independent 16-bit rounding
+    noises (generating random numbers, not memory traffic, was what this kernel spent its time on).
     """
-    g32 = g.float()
+    g32 = g.float() * grad_scale
     m32 = m.float() * s[1] + g32 * (1 - s[1])
     v32 = v.float() * s[2] + g32 * g32 * (1 - s[2])
     p32 = p.float() * s[0] - s[3] * m32 / (v32.sqrt() / s[4] + s[5])
-    p.copy_(stochastic_round(p32, p.dtype))
-    m.copy_(stochastic_round(m32, m.dtype))
-    v.copy_(stochastic_round(v32, v.dtype))
+    r = torch.randint(0, 1 << 48, p.shape, dtype=torch.int64, device=p.device)
+    p.copy_(stochastic_round(p32, p.dtype, r & 65535))
+    m.copy_(stochastic_round(m32, m.dtype, (r >> 16) & 65535))
+    v.copy_(stochastic_round(v32, v.dtype, r >> 32))
 
 
 class FlatAdamW(torch.optim.Optimizer):
@@ -118,6 +126,7 @@ class FlatAdamW(torch.optim.Optimizer):
         if compiled is None:
             compiled = self._flat[0]["param"].device.type == "cuda" and _has_triton()
         self.compiled = compiled
+        self._grad_scale: torch.Tensor | None = None  # set by clip_gradients, used by the next step
 
     def _flatten(self, group: int, params: list[torch.Tensor]) -> dict[str, Any]:
         dtype, device = params[0].dtype, params[0].device
@@ -141,8 +150,18 @@ class FlatAdamW(torch.optim.Optimizer):
                 "exp_avg": torch.zeros(total, dtype=self.state_dtype, device=device),
                 "exp_avg_sq": torch.zeros(total, dtype=self.state_dtype, device=device)}
 
+    def clip_gradients(self, max_norm: float) -> torch.Tensor:
+        """The gradients' total L2 norm (a device tensor; no synchronisation); the next :meth:`step` scales the
+        gradients by ``min(1, max_norm / norm)`` inside its update, as ``clip_grad_norm_`` would have, without a
+        separate pass over them. The gradient buffers themselves are left as they are."""
+        grads = [f["grad"] for f in self._flat]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+        self._grad_scale = (max_norm / (norm + 1e-6)).clamp(max=1.0) if math.isfinite(max_norm) else None
+        return norm
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient buffers (the views stay attached; ``set_to_none`` is ignored)."""
+        self._grad_scale = None
         for flat in self._flat:
             flat["grad"].zero_()
             if flat["param"].grad is not flat["grad"]:
@@ -165,13 +184,15 @@ class FlatAdamW(torch.optim.Optimizer):
             lr, wd = float(group["lr"]), float(group["weight_decay"])
             all_scalars.append((1.0 - lr * wd, b1, b2, lr / (1.0 - b1**t), math.sqrt(1.0 - b2**t), group["eps"]))
         tensors = [(f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"]) for f in self._flat]
+        device = self._flat[0]["param"].device
+        scale = self._grad_scale if self._grad_scale is not None else torch.ones((), device=device)
+        self._grad_scale = None
         if self.compiled:  # one call (one host-to-device copy of the scalars) for every bucket
-            device = self._flat[0]["param"].device
-            _compiled()(tensors, torch.tensor(all_scalars, dtype=torch.float32).to(device, non_blocking=True))
+            _compiled()(tensors, torch.tensor(all_scalars, dtype=torch.float32).to(device, non_blocking=True), scale)
         else:
             for bucket, scalars in zip(tensors, all_scalars):
                 for start in range(0, bucket[0].numel(), _CHUNK):
-                    _adamw_update(*(x[start : start + _CHUNK] for x in bucket), scalars)
+                    _adamw_update(*(x[start : start + _CHUNK] for x in bucket), scalars, scale)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -200,9 +221,9 @@ def _has_triton() -> bool:
     return True
 
 
-def _update_all(buckets: list[tuple[torch.Tensor, ...]], scalars: torch.Tensor) -> None:
+def _update_all(buckets: list[tuple[torch.Tensor, ...]], scalars: torch.Tensor, grad_scale: torch.Tensor) -> None:
     for bucket, s in zip(buckets, scalars):
-        _adamw_update(*bucket, s)
+        _adamw_update(*bucket, s, grad_scale)
 
 
 def _compiled() -> Any:

@@ -144,7 +144,8 @@ class StepEngine:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        clip = getattr(self.optimizer, "clip_gradients", None)  # FlatAdamW: clipping folded into its update
+        norm = float(clip(max_norm) if clip is not None else torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)  # skipped by the scaler when the gradients overflowed
