@@ -91,7 +91,9 @@ def test_codes_and_conditioning_match_coqui_computed_on_the_waveform(xtts_shared
     style.mel_norms = mel_stats
     padded = torch.nn.functional.pad(wav[:, :length], (0, MAX_CONDITIONING_LENGTH - length))
     expected = style(padded)[0]
-    assert item["cond_mel"].shape == expected.shape == (80, MAX_CONDITIONING_LENGTH // 256 + 1)
+    # Coqui's 517 frames, then silence up to 520 (a multiple of 8, for aligned GPU kernels)
+    assert expected.shape == (80, MAX_CONDITIONING_LENGTH // 256 + 1) and item["cond_mel"].shape == (80, 520)
+    torch.testing.assert_close(item["cond_mel"][:, 517:], item["cond_mel"][:, 516:517].expand(-1, 3))
     inner = length // 256 - 4  # frames whose STFT window lies inside the crop
     torch.testing.assert_close(item["cond_mel"][:, :inner], expected[:, :inner], rtol=1e-4, atol=1e-4)
     tail = MAX_CONDITIONING_LENGTH // 256 - 1  # well inside the padding: silence in both
@@ -122,7 +124,7 @@ def test_collate_pads_into_the_gpt_batch(xtts_shared_backend, xtts_clips, tmp_pa
     n = len(items)
     assert batch["text_inputs"].shape == (n, max(len(i["text_tokens"]) for i in items))
     assert batch["audio_codes"].shape == (n, max(store.lengths()))
-    assert batch["cond_mels"].shape == (n, 1, 80, MAX_CONDITIONING_LENGTH // 256 + 1)
+    assert batch["cond_mels"].shape == (n, 1, 80, 520)
     assert batch["text_lengths"].tolist() == [len(i["text_tokens"]) for i in items]
     assert all(v.dtype == torch.long for k, v in batch.items() if k != "cond_mels")
     short = min(range(n), key=lambda i: store.lengths()[i])

@@ -214,3 +214,19 @@ def test_without_flat_buffers_the_loss_runs_on_the_modules(xtts_backend, xtts_cl
     xtts_backend.configure_training(cfg)
     torch.optim.AdamW(xtts_backend.param_groups(cfg))
     assert xtts_backend._speed._flat_loss() is None
+
+
+def test_aligned_linear_gives_the_heads_outputs_and_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 13)  # an odd output size, like XTTS's 6681 text tokens
+    x = torch.randn(5, 16, requires_grad=True)
+    ours = speed.aligned_linear(x, head, multiple=8)
+    ours.sum().backward()
+    grads = (x.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+    x.grad = head.weight.grad = head.bias.grad = None
+    ref = head(x)
+    ref.sum().backward()
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads, (x.grad, head.weight.grad, head.bias.grad)):
+        torch.testing.assert_close(a, b)
+    assert ours.shape == (5, 13)

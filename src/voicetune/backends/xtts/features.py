@@ -14,7 +14,7 @@ Per clip (what Coqui's GPTTrainer recomputes at every step, done here once):
   in ``__getitem__`` with a seeded RNG rather than precompute one fixed crop: a fixed crop would turn
   that augmentation off (the model could learn to copy one segment), and cropping the mel is cheap and
   exact up to the one frame at each crop edge. Crops are padded to the 6 s maximum with the mel of
-  silence, as Coqui pads the conditioning waveform with zeros.
+  silence, as Coqui pads the conditioning waveform with zeros (and 3 frames more: :func:`cond_frames`).
 * ``wav_length``: samples at the model's sample rate (22050 Hz), which sets the GPT's code lengths.
 
 Cache key: sha256 of (audio file content, text, language, dvae.pth + mel_stats.pth + vocab.json hashes,
@@ -251,11 +251,23 @@ class XttsFeatureStore(FeatureStore):
         start = rng.randint(0, n_samples - length) if rng else 0
         f0, n = start // hop, length // hop + 1
         crop = mel[:, f0 : f0 + n]
-        total = s.max_cond_length // hop + 1
+        total = cond_frames(s.max_cond_length, hop)
         pad = total - crop.shape[1]
         if pad > 0:
             crop = torch.cat([crop, self.silence.expand(-1, pad)], dim=1)
         return crop[:, :total].contiguous(), length
+
+
+COND_FRAME_MULTIPLE = 8
+
+
+def cond_frames(max_cond_length: int, hop: int) -> int:
+    """Frames of a conditioning crop as training sees it: the mel of ``max_cond_length`` samples (517 at 6 s,
+    as Coqui pads), plus silence frames up to a multiple of 8. Conditioning-encoder convolutions over an odd
+    number of frames have unaligned strides and fall back to slow GPU kernels; the 3 extra frames are of the
+    same silence that already pads every crop shorter than 6 s."""
+    frames = max_cond_length // hop + 1
+    return -(-frames // COND_FRAME_MULTIPLE) * COND_FRAME_MULTIPLE
 
 
 def drop_kind(reason: str) -> str:

@@ -202,13 +202,25 @@ def embed(gpt: Any, cond: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch
     return torch.cat([cond.to(dtype), x.to(dtype)], dim=1)
 
 
+def aligned_linear(x: torch.Tensor, layer: torch.nn.Linear, multiple: int = 64) -> torch.Tensor:
+    """``layer(x)`` computed with the output dimension padded (zero rows) to a multiple of ``multiple`` and
+    sliced back: the same numbers, but matrix shapes the fast tensor-core kernels accept (the XTTS heads have
+    6681 and 1026 outputs; odd sizes fall back to slow unaligned kernels)."""
+    n = layer.weight.shape[0]
+    pad = -n % multiple
+    if not pad:
+        return layer(x)
+    bias = None if layer.bias is None else F.pad(layer.bias, (0, pad))
+    return F.linear(x, F.pad(layer.weight, (0, 0, 0, pad)), bias)[..., :n]
+
+
 def head_loss(gpt: Any, h: torch.Tensor, text_targets: torch.Tensor,
               mel_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Final norms, both heads on every position, and the two cross-entropies (-1 targets ignored)."""
     h = gpt.final_norm(gpt.gpt.ln_f(h))
     smoothing = float(gpt.label_smoothing)
-    text_logits = gpt.text_head(h).flatten(0, 1).float()
-    mel_logits = gpt.mel_head(h).flatten(0, 1).float()
+    text_logits = aligned_linear(h, gpt.text_head).flatten(0, 1).float()
+    mel_logits = aligned_linear(h, gpt.mel_head).flatten(0, 1).float()
     text_ce = F.cross_entropy(text_logits, text_targets.flatten(), ignore_index=-1, label_smoothing=smoothing)
     mel_ce = F.cross_entropy(mel_logits, mel_targets.flatten(), ignore_index=-1, label_smoothing=smoothing)
     return text_ce, mel_ce
