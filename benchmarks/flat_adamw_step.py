@@ -1,8 +1,8 @@
 """How long FlatAdamW's update takes for the full XTTS-v2 GPT (441 M bf16 weights), against the memory traffic.
 
 Times ``FlatAdamW.step`` (compiled: one kernel per buffer, stochastic rounding of weights and moments) and,
-for scale, ``torch.optim.AdamW(fused=True)`` on fp32 weights, plus variants of the update that draw fewer random
-numbers (to see what the rounding costs). Writes JSON with the device, date and commit.
+for scale, ``torch.optim.AdamW(fused=True)`` on fp32 weights, plus variants of the update (one random draw per rounding, as before;
+no stochastic rounding at all) to see what the rounding costs. Writes JSON with the device, date and commit.
 
     python3 benchmarks/flat_adamw_step.py --out $OUT/flat_adamw.json        # on the GPU box
     python3 benchmarks/flat_adamw_step.py --numel 1000000 --device cpu --out /tmp/f.json   # CPU check
@@ -24,20 +24,15 @@ import torch
 from voicetune.training import optim
 
 
-def _round_with(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    return ((x.contiguous().view(torch.int32) + noise) & -65536).view(torch.float32).to(torch.bfloat16)
-
-
-def update_two_draws(p, g, m, v, s) -> None:
-    """As optim._adamw_update, but the weight and first moment share one 32-bit draw (16 bits each)."""
+def update_three_draws(p, g, m, v, s) -> None:
+    """The update before: one 16-bit draw (one random-number evaluation) per rounding."""
     g32 = g.float()
     m32 = m.float() * s[1] + g32 * (1 - s[1])
     v32 = v.float() * s[2] + g32 * g32 * (1 - s[2])
     p32 = p.float() * s[0] - s[3] * m32 / (v32.sqrt() / s[4] + s[5])
-    r = torch.randint(0, 1 << 32, p.shape, dtype=torch.int64, device=p.device)
-    p.copy_(_round_with(p32, (r & 65535).to(torch.int32)))
-    m.copy_(_round_with(m32, (r >> 16).to(torch.int32)))
-    v.copy_(_round_with(v32, torch.randint(0, 1 << 16, p.shape, dtype=torch.int32, device=p.device)))
+    p.copy_(optim.stochastic_round(p32, p.dtype))
+    m.copy_(optim.stochastic_round(m32, m.dtype))
+    v.copy_(optim.stochastic_round(v32, v.dtype))
 
 
 def update_weight_only(p, g, m, v, s) -> None:
@@ -97,11 +92,12 @@ def main() -> int:
             f = opt._flat[0]
             bucket = [(f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"])]
             scalars = torch.tensor([[1 - 1e-7, 0.9, 0.999, 1e-5, 0.03, 1e-8]], device=device)
-            for name, fn in (("two draws", update_two_draws), ("weight-only rounding", update_weight_only),
+            for name, fn in (("three draws (before)", update_three_draws), ("weight-only rounding", update_weight_only),
                              ("round to nearest", update_nearest)):
                 compiled = torch.compile(lambda b, s, fn=fn: [fn(*x, y) for x, y in zip(b, s)], dynamic=True)
                 try:
-                    ms = timed(lambda c=compiled: c(bucket, scalars), device)
+                    with torch.no_grad():
+                        ms = timed(lambda c=compiled: c(bucket, scalars), device)
                 except Exception as e:  # an experiment failing must not lose the other numbers
                     results[f"variant: {name}, bf16 moments"] = {"error": f"{type(e).__name__}: {e}"[:300]}
                     continue
