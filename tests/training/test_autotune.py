@@ -29,27 +29,6 @@ def test_train_auto_on_a_cpu_applies_cpu_settings_and_keeps_the_effective_batch(
     assert (training["batch_size"], training["grad_accum"], training["global_batch"]) == (2, 2, 4)
 
 
-@pytest.fixture
-def tone_dataset(tmp_path):
-    """A Coqui-format dataset of 6 voiced tones (GPU boxes have no Piper voice; memory does not depend on it)."""
-    import numpy as np
-
-    from voicetune.audio.io import write_wav
-    from voicetune.data.manifest import write_metadata_csv
-
-    (tmp_path / "data" / "wavs").mkdir(parents=True)
-    rows = [(f"wavs/t{i}.wav", text, "tone") for i, text in enumerate(
-        ["Good morning to you all.", "The rain has stopped at last.", "Please pass me the salt.",
-         "We met at the station.", "It is a lovely day.", "Thank you for coming."])]
-    for i, (wav, _, _) in enumerate(rows):
-        t = np.arange(int(22050 * (2.0 + 0.7 * i))) / 22050
-        voice = sum(np.sin(2 * np.pi * (100.0 + 15 * i) * k * t) / k for k in range(1, 6))
-        write_wav(tmp_path / "data" / wav, (0.2 * voice * (0.6 + 0.4 * np.sin(6 * np.pi * t))).astype(np.float32), 22050)
-    write_metadata_csv(tmp_path / "data" / "metadata_train.csv", rows[:4])
-    write_metadata_csv(tmp_path / "data" / "metadata_eval.csv", rows[4:])
-    return tmp_path / "data"
-
-
 @pytest.mark.gpu
 def test_the_gpu_dry_run_measures_peak_memory_and_recommends_a_batch_that_fits(tone_dataset, tmp_path):
     if not torch.cuda.is_available():

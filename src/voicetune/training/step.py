@@ -57,10 +57,14 @@ class StepEngine:
     params: list[torch.nn.Parameter] = field(default_factory=list)
     skipped_in_a_row: int = 0
     skipped_total: int = 0
+    graphs: Any = None  # voicetune.training.graphs.GraphedMicroBatches, or None (eager micro-batches)
 
     def __post_init__(self) -> None:
+        from voicetune.training import graphs
+
         if not self.params:
             self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+        self.graphs = graphs.build(self.backend, self.optimizer, self.cfg, self.device, self.precision)
 
     # ------------------------------------------------------------------ micro-batches
     def _load(self, items: list[tuple[int, int]]) -> dict[str, Any]:
@@ -82,33 +86,49 @@ class StepEngine:
         sums: dict[str, torch.Tensor] = {}
         counts = {"samples": float(len(share)), "audio_seconds": 0.0, "tokens": 0.0}
         try:
-            for chunk in micro_batches(share, self.plan.size):
+            for n, chunk in enumerate(micro_batches(share, self.plan.size)):
                 batch = self._load(chunk)
                 if hasattr(self.backend, "batch_stats"):
                     stats = self.backend.batch_stats(batch)
                     counts["audio_seconds"] += stats.get("audio_seconds", 0.0)
                     counts["tokens"] += stats.get("tokens", 0.0)
-                batch = to_device(batch, self.device)
                 oom.check_simulated(len(chunk))
                 weight = len(chunk) / len(share)
-                with autocast(self.device, self.precision):
-                    out = self.backend.loss(batch, self.cfg)
-                scaled = out["loss"] * weight
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                out = self._graphed(batch, weight, grads_are_zero=n == 0)  # each step starts with zero gradients
+                if out is None:
+                    out = self._eager(batch, weight)
                 for k, v in out.items():
                     part = v.detach().float() * weight
                     sums[k] = sums[k] + part if k in sums else part
-                del batch, out, scaled
+                del batch, out
         except torch.OutOfMemoryError:
-            return {}, "oom"
+            return self._out_of_memory()
         except RuntimeError as e:  # some kernels report CUDA OOM as a plain RuntimeError
             if not oom.is_oom(e):
                 raise
-            return {}, "oom"
+            return self._out_of_memory()
         values = dict(zip(sums, torch.stack(list(sums.values())).tolist())) if sums else {}
         if not math.isfinite(values.get("loss", 0.0)):
             return values, f"loss became {values['loss']}"
         return {**values, **counts}, ""
+
+    def _eager(self, batch: dict[str, Any], weight: float) -> dict[str, torch.Tensor]:
+        batch = to_device(batch, self.device)
+        with autocast(self.device, self.precision):
+            out = self.backend.loss(batch, self.cfg)
+        scaled = out["loss"] * weight
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return out
+
+    def _graphed(self, batch: dict[str, Any], weight: float, grads_are_zero: bool) -> dict[str, torch.Tensor] | None:
+        inputs = self.backend.graph_inputs(batch) if self.graphs is not None else None
+        return None if inputs is None else self.graphs.run(inputs, weight, grads_are_zero)
+
+    def _out_of_memory(self) -> tuple[dict[str, float], str]:
+        if self.graphs is not None:  # graphs hold memory pools; a capture cut short is not reusable
+            logger.warning("out of memory with CUDA graphs: continuing without them (--cuda-graphs off)")
+            self.graphs = None
+        return {}, "oom"
 
     # ------------------------------------------------------------------ one step
     def run(self, step: int, share: list[tuple[int, int]]) -> dict[str, float]:

@@ -172,6 +172,15 @@ class XttsBackend:
         batch = collate(items, int(self._require().config.model_args.gpt_stop_audio_token))
         return self._speed.pack(batch) if self._speed is not None else batch
 
+    def graph_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The tensors of a collated batch that the packed loss reads (CUDA graphs copy only these, and one
+        graph serves every batch of the same packed shape); None for an unpacked batch."""
+        from voicetune.backends.xtts.speed import PACKED_KEYS
+
+        if "text_targets" not in batch:
+            return None
+        return {k: batch[k] for k in (*PACKED_KEYS, "cond_mels")}
+
     def configure_training(self, cfg: TrainConfig) -> None:
         """Apply cfg's speed/memory options (attention, packed loss, compile, bf16 weights); before the optimizer."""
         from voicetune.backends.xtts.speed import configure_training

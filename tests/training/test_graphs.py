@@ -1,0 +1,86 @@
+"""CUDA graphs of a micro-batch's forward + backward: when they apply, and that replays train like eager steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from voicetune.config import ConfigError, TrainConfig
+from voicetune.training import graphs
+from voicetune.training.optim import FlatAdamW
+
+
+class _PackedBackend:
+    def graph_inputs(self, batch):
+        return batch
+
+    def loss(self, batch, cfg):
+        raise AssertionError("not called in these tests")
+
+
+def _flat_optimizer():
+    return FlatAdamW([torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))], compiled=False)
+
+
+def test_graphs_are_off_where_they_cannot_apply_and_on_says_why():
+    cpu = torch.device("cpu")
+    auto, on = TrainConfig(param_dtype="bf16", precision="bf16"), TrainConfig(param_dtype="bf16", precision="bf16",
+                                                                              cuda_graphs="on")
+    assert graphs.build(_PackedBackend(), _flat_optimizer(), auto, cpu, "bf16") is None
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        graphs.build(_PackedBackend(), _flat_optimizer(), on, cpu, "bf16")
+    reasons = [
+        graphs._unsupported(_PackedBackend(), torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), auto,
+                            torch.device("cuda"), "bf16"),
+        graphs._unsupported(object(), _flat_optimizer(), auto, torch.device("cuda"), "bf16"),
+        graphs._unsupported(_PackedBackend(), _flat_optimizer(), TrainConfig(compile_mode="reduce-overhead"),
+                            torch.device("cuda"), "bf16"),
+    ]
+    assert "--param-dtype bf16" in reasons[0] and "does not say which batch tensors" in reasons[1]
+    assert "captures its own CUDA graphs" in reasons[2]
+    assert graphs.build(_PackedBackend(), _flat_optimizer(), TrainConfig(cuda_graphs="off"), cpu, "bf16") is None
+
+
+def test_config_refuses_cuda_graphs_on_without_fixed_gradient_buffers():
+    with pytest.raises(ConfigError, match="param-dtype bf16"):
+        TrainConfig(cuda_graphs="on")
+    with pytest.raises(ConfigError, match="compile-mode default"):
+        TrainConfig(cuda_graphs="on", param_dtype="bf16", precision="bf16", compile_mode="reduce-overhead")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_mode", ["off", "default"])
+def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, tmp_path, compile_mode):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from voicetune.backends.base import get_backend
+    from voicetune.backends.tiny import make_tiny_base
+    from voicetune.data.manifest import Dataset
+    from voicetune.training.distributed import Dist
+    from voicetune.training.oom import MicroBatchPlan
+    from voicetune.training.optim import build_optimizer
+    from voicetune.training.step import StepEngine
+
+    base = make_tiny_base("xtts", tmp_path / "base", dataset=tone_dataset, seed=0)
+    device = torch.device("cuda")
+    losses = {}
+    for setting in ("off", "on"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(batch_size=2, grad_accum=2, precision="bf16", param_dtype="bf16", dropout=0.0,
+                          compile="off" if compile_mode == "off" else "on", compile_scope="model",
+                          cuda_graphs=setting)
+        backend = get_backend("xtts")
+        backend.load_base(base, device)
+        backend.configure_model(cfg)
+        store = backend.build_features(Dataset.load(tone_dataset).train, tmp_path / "features")
+        backend.configure_training(cfg)
+        backend.set_train(True)
+        optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
+        engine = StepEngine(backend, store, optimizer, cfg, device, "bf16", Dist(), MicroBatchPlan(per_rank=4, size=2))
+        assert (engine.graphs is not None) == (setting == "on")
+        losses[setting] = [engine.run(step, [(i % len(store), 0) for i in range(step, step + 4)])["loss"]
+                           for step in range(1, 6)]
+        if setting == "on":
+            assert engine.graphs.graphs  # at least one shape was captured and replayed
+    assert losses["on"] == pytest.approx(losses["off"], rel=2e-2)
+    assert losses["on"][-1] < losses["on"][0]
