@@ -76,8 +76,6 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "vt_graphs_bf16w": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16", "cuda_graphs": "on"},
     "vt_graphs_eager_bf16w_bf16s": {"compile": "off", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
                                     "cuda_graphs": "on"},
-    "vt_graphs_lowmem": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
-                         "optimizer_state_dtype": "bf16", "gradient_checkpointing": True, "cuda_graphs": "on"},
 }
 DEFAULT_CONFIGS = ("reference,vt_coqui_bf16,vt_packed_eager,vt_compiled,vt_compiled_bf16w,"
                    "vt_compiled_bf16w_bf16s,vt_cudagraphs_bf16w_bf16s,vt_model_cudagraphs_bf16w_bf16s,vt_lowmem")

@@ -359,6 +359,9 @@ class TrainConfig:
         _check(self.cuda_graphs != "on" or self.compile_mode not in ("reduce-overhead", "max-autotune"),
                f"--compile-mode {self.compile_mode} captures its own CUDA graphs; use --compile-mode default with "
                "--cuda-graphs on (or --cuda-graphs off)")
+        _check(self.cuda_graphs != "on" or not self.gradient_checkpointing,
+               "cuda_graphs on cannot capture gradient checkpointing (it saves and restores the RNG state); "
+               "drop --gradient-checkpointing or set --cuda-graphs auto/off")
         self._check_training()
 
     def _check_training(self) -> None:

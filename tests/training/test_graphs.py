@@ -33,7 +33,8 @@ def test_graphs_are_off_where_they_cannot_apply_and_on_says_why():
         graphs._unsupported(_PackedBackend(), torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), auto,
                             torch.device("cuda"), "bf16"),
         graphs._unsupported(object(), _flat_optimizer(), auto, torch.device("cuda"), "bf16"),
-        graphs._unsupported(_PackedBackend(), _flat_optimizer(), TrainConfig(compile_mode="reduce-overhead"),
+        graphs._unsupported(_PackedBackend(), _flat_optimizer(),
+                            TrainConfig(compile_mode="reduce-overhead", param_dtype="bf16", precision="bf16"),
                             torch.device("cuda"), "bf16"),
     ]
     assert "--param-dtype bf16" in reasons[0] and "does not say which batch tensors" in reasons[1]
@@ -84,3 +85,13 @@ def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, tmp_path, co
             assert engine.graphs.graphs  # at least one shape was captured and replayed
     assert losses["on"] == pytest.approx(losses["off"], rel=2e-2)
     assert losses["on"][-1] < losses["on"][0]
+
+
+def test_checkpointing_and_fp32_weights_rule_graphs_out_before_the_optimizer_exists():
+    cuda = torch.device("cuda")
+    assert graphs.config_allows(TrainConfig(param_dtype="bf16", precision="bf16"), cuda) == ""
+    assert "checkpointing" in graphs.config_allows(
+        TrainConfig(param_dtype="bf16", precision="bf16", gradient_checkpointing=True), cuda)
+    assert "bf16" in graphs.config_allows(TrainConfig(), cuda)
+    with pytest.raises(ConfigError, match="gradient-checkpointing"):
+        TrainConfig(param_dtype="bf16", precision="bf16", cuda_graphs="on", gradient_checkpointing=True)

@@ -117,11 +117,29 @@ def build(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precisio
     return GraphedMicroBatches(fn, optimizer.zero_grad, device)
 
 
+def config_allows(cfg: Any, device: torch.device) -> str:
+    """Why ``cfg`` on ``device`` rules CUDA graphs out ("" when it does not). Backends ask this before the
+    optimizer exists: the XTTS loss skips its flat-buffer form under graphs, where per-parameter gradient
+    accumulation costs no host time and frees each gradient as it goes (a lower memory peak)."""
+    if getattr(cfg, "cuda_graphs", "off") == "off":
+        return "--cuda-graphs off"
+    if device.type != "cuda":
+        return f"needs a CUDA GPU (training on {device})"
+    if getattr(cfg, "param_dtype", "fp32") != "bf16":
+        return "needs gradients in fixed buffers: set --param-dtype bf16 (FlatAdamW)"
+    if getattr(cfg, "compile_mode", "default") in ("reduce-overhead", "max-autotune"):
+        return f"--compile-mode {cfg.compile_mode} captures its own CUDA graphs"
+    if getattr(cfg, "gradient_checkpointing", False):
+        return "gradient checkpointing saves and restores the RNG state, which a capture cannot"
+    return ""
+
+
 def _unsupported(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precision: str) -> str:
     from voicetune.training.optim import FlatAdamW
 
-    if getattr(cfg, "compile_mode", "default") in ("reduce-overhead", "max-autotune"):
-        return f"--compile-mode {cfg.compile_mode} captures its own CUDA graphs"
+    why = config_allows(cfg, device)
+    if why:
+        return why
     if device.type != "cuda":
         return f"needs a CUDA GPU (training on {device})"
     if not isinstance(optimizer, FlatAdamW):

@@ -352,12 +352,14 @@ class SpeedSettings:
     pad_multiple: int
     gradient_checkpointing: bool
     param_dtype: torch.dtype
+    cuda_graphs_excluded: bool = True  # the config rules voicetune's CUDA graphs out on this device
 
     @classmethod
     def resolve(cls, cfg: Any, device: torch.device) -> SpeedSettings:
         compile_on = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and _triton_available())
         if compile_on and not cfg.fast_loss:
             raise ValueError("compile needs the packed loss; set fast_loss: true or compile: off")
+        from voicetune.training import graphs
         from voicetune.utils.device import resolve_precision
 
         if cfg.param_dtype == "bf16" and resolve_precision(cfg.precision, device) == "fp32":
@@ -368,6 +370,7 @@ class SpeedSettings:
             compile_mode=cfg.compile_mode, compile_scope=cfg.compile_scope, pad_multiple=int(cfg.pad_multiple),
             gradient_checkpointing=bool(cfg.gradient_checkpointing),
             param_dtype=torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32,
+            cuda_graphs_excluded=bool(graphs.config_allows(cfg, device)),
         )
 
 
@@ -422,7 +425,10 @@ class GptTrainingSpeed:
                              for name, fn in (("conditioning", conditioning), ("block", _block), ("head_loss", head_loss))}
         # The flat-buffer loss (module doc) replaces the whole-loss path; a per-layer compiled block would see
         # the split-out weights as ordinary inputs (copied into CUDA graphs every step), so not with "layers".
-        self._flat_allowed = settings.fast_loss and (not settings.compile or settings.compile_scope == "model")
+        # Under CUDA graphs (voicetune.training.graphs) per-parameter accumulation costs no host time and frees
+        # each gradient as it goes, where the flat form holds a whole flat gradient extra at the end of backward.
+        self._flat_allowed = (settings.fast_loss and (not settings.compile or settings.compile_scope == "model")
+                              and settings.cuda_graphs_excluded)
         self._module = PackedLossModule(gpt)
         self._flat: FlatLayout | None = None
         self._flat_fn: Any = None
