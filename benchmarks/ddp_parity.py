@@ -92,11 +92,13 @@ def run_training(dataset: Path, base: Path, out: Path, gpus: int, args: argparse
 
 
 def git_commit() -> str:
+    if os.environ.get("VOICETUNE_COMMIT"):  # the GPU box's copy of .git can be stale: the caller says
+        return os.environ["VOICETUNE_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("VOICETUNE_COMMIT", "unknown")  # the GPU box has no git: the caller passes it
+        return "unknown"
 
 
 def device_name(device: str) -> str:

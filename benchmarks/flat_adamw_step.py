@@ -109,10 +109,13 @@ def main() -> int:
     ref = torch.optim.AdamW([w32], lr=1e-5, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     ms = timed(ref.step, device)
     results["torch AdamW fused, fp32 weights + moments"] = {"ms": round(ms, 3), "GB_per_s": round(n * 28 / ms / 1e6, 1)}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("VOICETUNE_COMMIT", "unknown")
+    commit = os.environ.get("VOICETUNE_COMMIT")  # the GPU box's copy of .git can be stale: the caller says
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
     report = {"benchmark": "flat_adamw_step", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "date": datetime.date.today().isoformat(), "git_commit": commit, "torch": torch.__version__,
               "command": " ".join(["python3", "benchmarks/flat_adamw_step.py", f"--numel {n}", f"--device {args.device}"]),

@@ -46,12 +46,14 @@ def _device_name(device: str) -> str:
 
 
 def _commit() -> str:
+    if os.environ.get("VOICETUNE_COMMIT"):  # the GPU box's copy of .git can be stale: the caller says
+        return os.environ["VOICETUNE_COMMIT"]
     try:
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("VOICETUNE_COMMIT", "unknown")  # the GPU box has no git: the caller passes it
+        return "unknown"
 
 
 def generate(folder: Path, minutes: float) -> None:

@@ -493,10 +493,12 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
 
 # ----------------------------------------------------------------------------------------- main
 def git_commit() -> str:
+    if os.environ.get("VOICETUNE_COMMIT"):  # the GPU box's copy of .git can be stale: the caller says
+        return os.environ["VOICETUNE_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("VOICETUNE_COMMIT", "unknown")  # the GPU box has no git: the caller passes it
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
