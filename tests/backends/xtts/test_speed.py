@@ -230,3 +230,25 @@ def test_aligned_linear_gives_the_heads_outputs_and_gradients():
     for a, b in zip(grads, (x.grad, head.weight.grad, head.bias.grad)):
         torch.testing.assert_close(a, b)
     assert ours.shape == (5, 13)
+
+
+def test_sdpa_conditioning_attention_keeps_no_attention_matrix_for_backward():
+    from TTS.tts.layers.tortoise.arch_utils import QKVAttentionLegacy
+
+    def saved_bytes(attention, qkv):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            attention(qkv)
+        return sum(storages.values())
+
+    heads, ch, length = 4, 16, 256
+    qkv = torch.randn(2, heads * 3 * ch, length, requires_grad=True)
+    matrix = 2 * heads * length * length * 4  # one float32 [T, T] matrix per head
+    legacy = QKVAttentionLegacy(heads)
+    assert saved_bytes(legacy, qkv) >= matrix
+    assert saved_bytes(speed.SdpaQKVAttention(legacy), qkv) < matrix / 2

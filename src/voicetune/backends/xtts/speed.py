@@ -242,7 +242,8 @@ class SdpaQKVAttention(torch.nn.Module):
     """Drop-in for tortoise's ``QKVAttentionLegacy`` (the conditioning encoder's attention) through SDPA.
 
     Same math (softmax(q k^T / sqrt(d)) v over ``[N, H*3*C, T]`` qkv), one fused kernel instead of two
-    einsums and a materialised ``T x T`` matrix. No parameters: state dicts are unchanged.
+    einsums and a materialised ``T x T`` matrix (q, k, v are made contiguous first, or SDPA would take its
+    math path and materialise it anyway). No parameters: state dicts are unchanged.
     """
 
     def __init__(self, legacy: torch.nn.Module):
@@ -255,7 +256,10 @@ class SdpaQKVAttention(torch.nn.Module):
             return self.legacy(qkv, mask, rel_pos)
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs, self.n_heads, ch * 3, length).transpose(-1, -2).split(ch, dim=-1)
+        # contiguous head dims: the fused kernels need a unit stride there, and without one SDPA falls back to
+        # the math path, which materialises (and keeps for backward) every [T, T] attention matrix
+        qkv = qkv.reshape(bs, self.n_heads, ch * 3, length).transpose(-1, -2).contiguous()
+        q, k, v = qkv.split(ch, dim=-1)
         a = F.scaled_dot_product_attention(q, k, v)  # [bs, H, T, ch]
         return a.transpose(-1, -2).reshape(bs, -1, length)
 
