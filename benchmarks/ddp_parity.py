@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -71,6 +72,7 @@ def run_training(dataset: Path, base: Path, out: Path, gpus: int, args: argparse
            "--grad-accum", str(2 // gpus), "--dropout", "0", "--seed", "1", "--lr", str(args.lr),
            "--precision", args.precision, "--compile", args.compile, "--device", args.device,
            "--eval-every", "0", "--eval-every-epochs", "0", "--mem-every", "0", "--log-every", "1"]
+    cmd += shlex.split(args.train_args)
     if gpus > 1:
         cmd += ["--gpus", str(gpus)]
     t0 = time.time()
@@ -122,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default) for a tight parity check; bf16 for production-like speed")
     p.add_argument("--compile", default="off", choices=("off", "on", "auto"))
+    p.add_argument("--train-args", default="",
+                   help="more `voicetune train` flags for both runs, e.g. the fast GPU configuration: "
+                        "'--param-dtype bf16 --optimizer-state-dtype bf16 --compile-scope model' (with --precision "
+                        "bf16 --compile on)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="largest allowed relative loss difference (default: 1e-4 for fp32, 2e-2 otherwise)")
     p.add_argument("--timeout", type=int, default=540, help="seconds per training run")

@@ -92,6 +92,8 @@ def test_sdpa_conditioning_attention_matches_the_original(xtts_backend):
     legacy = QKVAttentionLegacy(4)
     qkv = torch.randn(2, 4 * 3 * 16, 50)
     torch.testing.assert_close(speed.SdpaQKVAttention(legacy)(qkv), legacy(qkv), rtol=1e-5, atol=1e-5)
+    # evaluation and synthesis run the original kernels: the same audio as the exported model makes
+    assert torch.equal(speed.SdpaQKVAttention(legacy).eval()(qkv), legacy(qkv))
     speed.set_attention(gpt, "sdpa")
     blocks = [m for m in gpt.conditioning_encoder.modules() if isinstance(m, AttentionBlock)]
     assert blocks and all(isinstance(b.attention, speed.SdpaQKVAttention) for b in blocks)

@@ -252,7 +252,9 @@ class SdpaQKVAttention(torch.nn.Module):
         self.legacy = legacy  # masks and relative positions (unused by XTTS) go to the original
 
     def forward(self, qkv: torch.Tensor, mask: torch.Tensor | None = None, rel_pos: Any = None) -> torch.Tensor:
-        if mask is not None or rel_pos is not None:
+        # In eval mode the original kernels run: synthesis during training must sound exactly like synthesis from
+        # the exported model (which has no voicetune code in it); only training gets the fused kernel.
+        if mask is not None or rel_pos is not None or not self.training:
             return self.legacy(qkv, mask, rel_pos)
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
