@@ -97,8 +97,8 @@ def main() -> int:
                 compiled = torch.compile(lambda b, s, fn=fn: [fn(*x, y) for x, y in zip(b, s)], dynamic=True)
                 try:
                     with torch.no_grad():
-                        ms = timed(lambda c=compiled: c(bucket, scalars), device)
-                except Exception as e:  # an experiment failing must not lose the other numbers
+                        ms = timed(lambda c=compiled, b=bucket, s=scalars: c(b, s), device)
+                except Exception as e:  # noqa: BLE001 (an experiment failing must not lose the other numbers)
                     results[f"variant: {name}, bf16 moments"] = {"error": f"{type(e).__name__}: {e}"[:300]}
                     continue
                 results[f"variant: {name}, bf16 moments"] = {"ms": round(ms, 3),
