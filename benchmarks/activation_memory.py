@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from provenance import git_commit  # noqa: E402
 
 PARTS = ("conditioning_encoder", "conditioning_perceiver", "gpt", "text_head", "mel_head", "final_norm")
 
@@ -104,13 +103,7 @@ def main() -> int:
         for attention in ("sdpa", "eager"):
             speed.set_attention(backend.model.gpt, attention)
             results[f"attention={attention}"] = saved_bytes_by_part(backend, batch, cfg)
-    commit = os.environ.get("VOICETUNE_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = git_commit()
     report = {"benchmark": "activation_memory", "device": "cpu (counts, not timings)", "git_commit": commit,
               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
               "command": " ".join(["python3", *sys.argv]), "batch": args.batch, "smoke": args.smoke,

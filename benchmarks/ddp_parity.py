@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from provenance import git_commit
 
 MID_GPT = {"gpt_layers": 12, "gpt_n_model_channels": 512, "gpt_n_heads": 8, "decoder_input_dim": 512}
 TEXTS = [
@@ -91,16 +92,6 @@ def run_training(dataset: Path, base: Path, out: Path, gpus: int, args: argparse
         "peak_gib": max((r.get("mem_peak_gib", 0.0) for r in records), default=0.0),
         "global_batch": json.loads((out / "run.json").read_text())["training"]["global_batch"],
     }
-
-
-def git_commit() -> str:
-    if os.environ.get("VOICETUNE_COMMIT"):  # the GPU box's copy of .git can be stale: the caller says
-        return os.environ["VOICETUNE_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def device_name(device: str) -> str:

@@ -13,23 +13,27 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import git_commit
 
 from voicetune.training import optim
 
 
-def update_three_draws(p, g, m, v, s) -> None:
-    """The update before: one 16-bit draw (one random-number evaluation) per rounding."""
+def _adamw_fp32(p, g, m, v, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The float32 weight and moments after one AdamW step (the arithmetic of optim._adamw_update)."""
     g32 = g.float()
     m32 = m.float() * s[1] + g32 * (1 - s[1])
     v32 = v.float() * s[2] + g32 * g32 * (1 - s[2])
-    p32 = p.float() * s[0] - s[3] * m32 / (v32.sqrt() / s[4] + s[5])
+    return p.float() * s[0] - s[3] * m32 / (v32.sqrt() / s[4] + s[5]), m32, v32
+
+
+def update_three_draws(p, g, m, v, s) -> None:
+    """The update before: one 16-bit draw (one random-number evaluation) per rounding."""
+    p32, m32, v32 = _adamw_fp32(p, g, m, v, s)
     p.copy_(optim.stochastic_round(p32, p.dtype))
     m.copy_(optim.stochastic_round(m32, m.dtype))
     v.copy_(optim.stochastic_round(v32, v.dtype))
@@ -37,10 +41,7 @@ def update_three_draws(p, g, m, v, s) -> None:
 
 def update_weight_only(p, g, m, v, s) -> None:
     """Stochastic rounding of the weight only; moments rounded to nearest."""
-    g32 = g.float()
-    m32 = m.float() * s[1] + g32 * (1 - s[1])
-    v32 = v.float() * s[2] + g32 * g32 * (1 - s[2])
-    p32 = p.float() * s[0] - s[3] * m32 / (v32.sqrt() / s[4] + s[5])
+    p32, m32, v32 = _adamw_fp32(p, g, m, v, s)
     p.copy_(optim.stochastic_round(p32, p.dtype))
     m.copy_(m32.to(m.dtype))
     v.copy_(v32.to(v.dtype))
@@ -48,10 +49,7 @@ def update_weight_only(p, g, m, v, s) -> None:
 
 def update_nearest(p, g, m, v, s) -> None:
     """No stochastic rounding at all (the floor: memory traffic and arithmetic only)."""
-    g32 = g.float()
-    m32 = m.float() * s[1] + g32 * (1 - s[1])
-    v32 = v.float() * s[2] + g32 * g32 * (1 - s[2])
-    p32 = p.float() * s[0] - s[3] * m32 / (v32.sqrt() / s[4] + s[5])
+    p32, m32, v32 = _adamw_fp32(p, g, m, v, s)
     p.copy_(p32.to(p.dtype))
     m.copy_(m32.to(m.dtype))
     v.copy_(v32.to(v.dtype))
@@ -109,13 +107,7 @@ def main() -> int:
     ref = torch.optim.AdamW([w32], lr=1e-5, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     ms = timed(ref.step, device)
     results["torch AdamW fused, fp32 weights + moments"] = {"ms": round(ms, 3), "GB_per_s": round(n * 28 / ms / 1e6, 1)}
-    commit = os.environ.get("VOICETUNE_COMMIT")  # the GPU box's copy of .git can be stale: the caller says
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = git_commit()
     report = {"benchmark": "flat_adamw_step", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "date": datetime.date.today().isoformat(), "git_commit": commit, "torch": torch.__version__,
               "command": " ".join(["python3", "benchmarks/flat_adamw_step.py", f"--numel {n}", f"--device {args.device}"]),

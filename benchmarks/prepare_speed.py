@@ -17,11 +17,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,17 +44,6 @@ def _device_name(device: str) -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
-
-
-def _commit() -> str:
-    if os.environ.get("VOICETUNE_COMMIT"):  # the GPU box's copy of .git can be stale: the caller says
-        return os.environ["VOICETUNE_COMMIT"]
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def generate(folder: Path, minutes: float) -> None:
@@ -124,7 +114,7 @@ def main() -> int:
         "benchmark": "prepare_speed",
         "device": _device_name(args.device),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": _commit(),
+        "git_commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": settings | {"asr_model": "tiny.en (packaged)"},
         "input_minutes": result.minutes_input,

@@ -30,10 +30,8 @@ import itertools
 import json
 import logging
 import math
-import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from provenance import git_commit
 
 logger = logging.getLogger("xtts_train_step")
 
@@ -492,15 +491,6 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
 
 
 # ----------------------------------------------------------------------------------------- main
-def git_commit() -> str:
-    if os.environ.get("VOICETUNE_COMMIT"):  # the GPU box's copy of .git can be stale: the caller says
-        return os.environ["VOICETUNE_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="JSON file written after every configuration")

@@ -94,3 +94,23 @@ def tone_dataset(tmp_path):
     write_metadata_csv(tmp_path / "data" / "metadata_train.csv", rows[:4])
     write_metadata_csv(tmp_path / "data" / "metadata_eval.csv", rows[4:])
     return tmp_path / "data"
+
+
+@pytest.fixture
+def xtts_for_training(tmp_path):
+    """A factory ``(base, dataset, cfg, device) -> (backend, store)``: the XTTS backend loaded and configured
+    for ``cfg``, the train split's features built, in training mode (what the loop does before StepEngine)."""
+
+    def make(base: Path, dataset: Path, cfg, device):
+        from voicetune.backends.base import get_backend
+        from voicetune.data.manifest import Dataset
+
+        backend = get_backend("xtts")
+        backend.load_base(base, device)
+        backend.configure_model(cfg)
+        store = backend.build_features(Dataset.load(dataset).train, tmp_path / "features")
+        backend.configure_training(cfg)
+        backend.set_train(True)
+        return backend, store
+
+    return make

@@ -51,12 +51,10 @@ def test_config_refuses_cuda_graphs_on_without_fixed_gradient_buffers():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile_mode", ["off", "default"])
-def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, tmp_path, compile_mode):
+def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_training, tmp_path, compile_mode):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from voicetune.backends.base import get_backend
     from voicetune.backends.tiny import make_tiny_base
-    from voicetune.data.manifest import Dataset
     from voicetune.training.distributed import Dist
     from voicetune.training.oom import MicroBatchPlan
     from voicetune.training.optim import build_optimizer
@@ -70,12 +68,7 @@ def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, tmp_path, co
         cfg = TrainConfig(batch_size=2, grad_accum=2, precision="bf16", param_dtype="bf16", dropout=0.0,
                           compile="off" if compile_mode == "off" else "on", compile_scope="model",
                           cuda_graphs=setting)
-        backend = get_backend("xtts")
-        backend.load_base(base, device)
-        backend.configure_model(cfg)
-        store = backend.build_features(Dataset.load(tone_dataset).train, tmp_path / "features")
-        backend.configure_training(cfg)
-        backend.set_train(True)
+        backend, store = xtts_for_training(base, tone_dataset, cfg, device)
         optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
         engine = StepEngine(backend, store, optimizer, cfg, device, "bf16", Dist(), MicroBatchPlan(per_rank=4, size=2))
         assert (engine.graphs is not None) == (setting == "on")

@@ -75,11 +75,9 @@ class _Diverging:
         return {**out, "loss": out["loss"] * float("nan")} if self.diverged else out
 
 
-def test_a_non_finite_loss_skips_the_step_and_a_streak_of_them_stops_training(tiny_dataset, tiny_base, tmp_path,
-                                                                             caplog):
-    from voicetune.backends.base import get_backend
+def test_a_non_finite_loss_skips_the_step_and_a_streak_of_them_stops_training(tiny_dataset, tiny_base,
+                                                                             xtts_for_training, caplog):
     from voicetune.config import TrainConfig
-    from voicetune.data.manifest import Dataset
     from voicetune.training.distributed import Dist
     from voicetune.training.errors import TrainError
     from voicetune.training.optim import build_optimizer
@@ -88,12 +86,7 @@ def test_a_non_finite_loss_skips_the_step_and_a_streak_of_them_stops_training(ti
     caplog.set_level(logging.WARNING, logger="voicetune.training.step")
     cfg = TrainConfig(batch_size=2, precision="fp32", dropout=0.0)
     device = torch.device("cpu")
-    real = get_backend("xtts")
-    real.load_base(tiny_base, device)
-    real.configure_model(cfg)
-    store = real.build_features(Dataset.load(tiny_dataset).train, tmp_path / "features")
-    real.configure_training(cfg)
-    real.set_train(True)
+    real, store = xtts_for_training(tiny_base, tiny_dataset, cfg, device)
     backend = _Diverging(real)
     optimizer = build_optimizer(real.param_groups(cfg), cfg, device)
     engine = StepEngine(backend, store, optimizer, cfg, device, "fp32", Dist(), oom.MicroBatchPlan(per_rank=2, size=2))

@@ -140,8 +140,6 @@ def _unsupported(backend: Any, optimizer: Any, cfg: Any, device: torch.device, p
     why = config_allows(cfg, device)
     if why:
         return why
-    if device.type != "cuda":
-        return f"needs a CUDA GPU (training on {device})"
     if not isinstance(optimizer, FlatAdamW):
         return "needs gradients in fixed buffers: set --param-dtype bf16 (FlatAdamW)"
     if precision == "fp16":
