@@ -73,6 +73,11 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "vt_graphs_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
                               "optimizer_state_dtype": "bf16", "cuda_graphs": "on"},
     "vt_graphs_bf16w": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16", "cuda_graphs": "on"},
+    # one compiled layer (reused by all 30) inside the graph: each layer's weight gradients are accumulated as its
+    # backward finishes, where the whole-model graph returns all 441 M of them at once
+    "vt_graphs_layers_bf16w_bf16s": {"compile": "on", "compile_scope": "layers", "param_dtype": "bf16",
+                                     "optimizer_state_dtype": "bf16", "cuda_graphs": "on"},
+    "vt_graphs_layers_bf16w": {"compile": "on", "compile_scope": "layers", "param_dtype": "bf16", "cuda_graphs": "on"},
     "vt_graphs_eager_bf16w_bf16s": {"compile": "off", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
                                     "cuda_graphs": "on"},
 }
