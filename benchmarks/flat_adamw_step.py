@@ -68,6 +68,22 @@ def timed(fn, device: torch.device, warmup: int = 3, steps: int = 10) -> float:
     return (time.perf_counter() - t) / steps * 1e3
 
 
+def first_and_later_extra_gib(fn, device: torch.device) -> tuple[float, float]:
+    """GiB allocated above what was live before, at the peak of the first call (compiling included) and of a
+    later call: what the update needs beyond the weights, gradients and moments."""
+    if device.type != "cuda":
+        return float("nan"), float("nan")
+    extra = []
+    for _ in range(2):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        extra.append(round((torch.cuda.max_memory_allocated() - before) / 2**30, 3))
+    return extra[0], extra[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--numel", type=int, default=441_018_563)
@@ -84,8 +100,10 @@ def main() -> int:
         opt._flat[0]["grad"].normal_()
         state_bytes = 2 if state == "bf16" else 4
         traffic = n * (2 + 2 + 2 * state_bytes + 2 + 2 * state_bytes)  # read p, g, m, v; write p, m, v
+        first, later = first_and_later_extra_gib(opt.step, device)
         ms = timed(opt.step, device)
-        results[f"FlatAdamW step, {state} moments"] = {"ms": round(ms, 3), "GB_per_s": round(traffic / ms / 1e6, 1)}
+        results[f"FlatAdamW step, {state} moments"] = {"ms": round(ms, 3), "GB_per_s": round(traffic / ms / 1e6, 1),
+                                                       "extra_gib_first_call": first, "extra_gib_later_call": later}
         if state == "bf16" and device.type == "cuda":
             f = opt._flat[0]
             bucket = [(f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"])]

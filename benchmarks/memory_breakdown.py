@@ -51,26 +51,31 @@ def label(frames: list[dict[str, Any]]) -> str:
     return f"{where} [{', '.join(marks)}]" if marks else where
 
 
-def live_at_peak(snapshot: dict[str, Any], device: int = 0) -> tuple[float, dict[str, float], int]:
-    """Replay the allocation trace: (peak GiB, GiB live at the peak by :func:`label`, trace events)."""
-    live: dict[int, tuple[int, str]] = {}
+def live_at_peak(snapshot: dict[str, Any], device: int = 0) -> tuple[float, dict[str, float], int, list]:
+    """Replay the allocation trace: (peak GiB, GiB live at the peak by :func:`label`, trace events, the largest
+    blocks live at the peak with the innermost frames of their stacks)."""
+    live: dict[int, tuple[int, str, list]] = {}
     total = peak = 0
-    at_peak: dict[int, tuple[int, str]] = {}
+    at_peak: dict[int, tuple[int, str, list]] = {}
     trace = snapshot["device_traces"][device]
     for event in trace:
         action = event["action"]
         if action == "alloc":
-            live[event["addr"]] = (event["size"], label(event.get("frames", [])))
+            frames = event.get("frames", [])
+            live[event["addr"]] = (event["size"], label(frames), frames)
             total += event["size"]
             if total > peak:
                 peak, at_peak = total, dict(live)
         elif action in ("free_requested", "free_completed") and event["addr"] in live:
             total -= live.pop(event["addr"])[0]
     groups: dict[str, float] = {}
-    for size, name in at_peak.values():
+    for size, name, _ in at_peak.values():
         groups[name] = groups.get(name, 0.0) + size / GIB
     ordered = dict(sorted(((k, round(v, 3)) for k, v in groups.items()), key=lambda kv: -kv[1]))
-    return peak / GIB, ordered, len(trace)
+    largest = [{"gib": round(size / GIB, 3), "frames": [f"{f.get('filename', '?')}:{f.get('line', '?')} {f.get('name', '?')}"
+                                                        for f in frames[:12]]}
+               for size, _, frames in sorted(at_peak.values(), key=lambda x: -x[0])[:6]]
+    return peak / GIB, ordered, len(trace), largest
 
 
 def run(config: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -110,10 +115,10 @@ def run(config: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         mark(f"step {i + 1}")
     snapshot = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
-    peak, groups, events = live_at_peak(snapshot, torch.cuda.current_device())
+    peak, groups, events, largest = live_at_peak(snapshot, torch.cuda.current_device())
     return {"config": config, "settings": bench.CONFIGS[config], "peak_alloc_by_phase_gib": phases,
             "peak_alloc_gib_from_trace": round(peak, 3), "live_at_peak_gib": groups, "trace_events": events,
-            "trace_truncated": events >= args.max_entries}
+            "trace_truncated": events >= args.max_entries, "largest_live_at_peak": largest}
 
 
 def main() -> int:
