@@ -103,6 +103,10 @@ def main() -> int:
         for attention in ("sdpa", "eager"):
             speed.set_attention(backend.model.gpt, attention)
             results[f"attention={attention}"] = saved_bytes_by_part(backend, batch, cfg)
+        speed.set_attention(backend.model.gpt, "sdpa")
+        mlp_cfg = TrainConfig(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, checkpoint_mlp=True)
+        backend.configure_training(mlp_cfg)
+        results["attention=sdpa, checkpoint_mlp"] = saved_bytes_by_part(backend, batch, mlp_cfg)
     commit = git_commit()
     report = {"benchmark": "activation_memory", "device": "cpu (counts, not timings)", "git_commit": commit,
               "date": datetime.date.today().isoformat(), "torch": torch.__version__,

@@ -73,6 +73,9 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "vt_graphs_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
                               "optimizer_state_dtype": "bf16", "cuda_graphs": "on"},
     "vt_graphs_bf16w": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16", "cuda_graphs": "on"},
+    # + each layer's MLP recomputed in the backward pass (no random numbers inside: the graphs still capture it)
+    "vt_graphs_mlp_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
+                                  "optimizer_state_dtype": "bf16", "cuda_graphs": "on", "checkpoint_mlp": True},
     # one compiled layer (reused by all 30) inside the graph: each layer's weight gradients are accumulated as its
     # backward finishes, where the whole-model graph returns all 441 M of them at once
     "vt_graphs_layers_bf16w_bf16s": {"compile": "on", "compile_scope": "layers", "param_dtype": "bf16",

@@ -50,8 +50,8 @@ def test_config_refuses_cuda_graphs_on_without_fixed_gradient_buffers():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile_scope", ["off", "model", "layers"])  # off: not compiled
-def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_training, tmp_path, compile_scope):
+@pytest.mark.parametrize("variant", ["off", "model", "layers", "model+mlp"])  # compile scope (off: none) + recompute
+def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_training, tmp_path, variant):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from voicetune.backends.tiny import make_tiny_base
@@ -66,8 +66,8 @@ def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_tra
     for setting in ("off", "on"):
         torch.manual_seed(0)
         cfg = TrainConfig(batch_size=2, grad_accum=2, precision="bf16", param_dtype="bf16", dropout=0.0,
-                          compile="off" if compile_scope == "off" else "on",
-                          compile_scope="model" if compile_scope == "off" else compile_scope,
+                          compile="off" if variant == "off" else "on", checkpoint_mlp=variant.endswith("+mlp"),
+                          compile_scope="layers" if variant == "layers" else "model",
                           cuda_graphs=setting)
         backend, store = xtts_for_training(base, tone_dataset, cfg, device)
         optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)

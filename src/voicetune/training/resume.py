@@ -43,6 +43,7 @@ RESUMABLE_CHANGES = frozenset(
         "compile_scope",
         "attention",
         "gradient_checkpointing",
+        "checkpoint_mlp",
         "fast_loss",
         "pad_multiple",
         "auto",

@@ -70,18 +70,38 @@ def test_packed_rows_are_padded_at_the_end_to_the_multiple(xtts_backend, batch):
     assert speed.round_up(1, 64) == 64 and speed.round_up(64, 64) == 64 and speed.round_up(65, 64) == 128
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(xtts_backend, batch):
-    gpt = xtts_backend.model.gpt.train()  # dropout on: checkpointing must replay the same masks
+def test_recomputation_gives_the_same_loss_and_gradients(xtts_backend, batch):
+    gpt = xtts_backend.model.gpt.train()  # dropout on: recomputation must not change the masks
     packed = speed.pack_batch(batch, speed.GptConstants.of(gpt), 64)
-    results = []
-    for checkpointing in (False, True):
+    names = ["gpt.h.0.mlp.c_fc.weight", "gpt.h.1.ln_2.weight", "gpt.h.1.attn.c_attn.weight", "text_embedding.weight"]
+    params = dict(gpt.named_parameters())
+    results = {}
+    for checkpointing in speed.RECOMPUTE:
         gpt.zero_grad(set_to_none=True)
         torch.manual_seed(0)
         text_ce, mel_ce = speed.packed_loss(gpt, packed, checkpointing=checkpointing)
         (text_ce + mel_ce).backward()
-        results.append((float(mel_ce.detach()), gpt.gpt.h[0].mlp.c_fc.weight.grad.clone()))
-    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+        results[checkpointing] = (float(mel_ce.detach()), [params[n].grad.clone() for n in names])
+    loss, grads = results["none"]
+    for mode in ("mlp", "layer"):
+        assert results[mode][0] == pytest.approx(loss, abs=1e-6), mode
+        for name, a, b in zip(names, results[mode][1], grads):
+            assert b.abs().max() > 0, name
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=f"{mode}: {name}")
+    with pytest.raises(ValueError, match="checkpointing"):
+        speed.packed_loss(gpt, packed, checkpointing=True)
+
+
+def test_mlp_recomputation_is_a_speed_setting_that_cuda_graphs_allow():
+    from voicetune.training import graphs
+
+    cfg = TrainConfig(param_dtype="bf16", precision="bf16", checkpoint_mlp=True)
+    assert speed.SpeedSettings.resolve(cfg, torch.device("cpu")).recompute == "mlp"
+    assert graphs.config_allows(cfg, torch.device("cuda")) == ""
+    with pytest.raises(ConfigError, match="drop --checkpoint-mlp"):
+        TrainConfig(checkpoint_mlp=True, gradient_checkpointing=True)
+    with pytest.raises(ConfigError, match="packed loss"):
+        TrainConfig(checkpoint_mlp=True, fast_loss=False, compile="off")
 
 
 def test_sdpa_conditioning_attention_matches_the_original(xtts_backend):

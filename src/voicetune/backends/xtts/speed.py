@@ -146,8 +146,18 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float
     return F.dropout(weights, dropout) @ v
 
 
-def _block(block: Any, h: torch.Tensor, sdpa: bool) -> torch.Tensor:
-    """One transformers ``GPT2Block`` (pre-LN attention + MLP) with a plain causal mask."""
+def _mlp(block: Any, h: torch.Tensor) -> torch.Tensor:
+    """A ``GPT2Block``'s MLP on its second norm, up to (not including) the MLP's dropout: no random numbers
+    inside, so recomputing it needs no saved RNG state and can be captured in a CUDA graph."""
+    mlp = block.mlp
+    return mlp.c_proj(mlp.act(mlp.c_fc(block.ln_2(h))))
+
+
+def _block(block: Any, h: torch.Tensor, sdpa: bool, recompute_mlp: bool = False) -> torch.Tensor:
+    """One transformers ``GPT2Block`` (pre-LN attention + MLP) with a plain causal mask. ``recompute_mlp``:
+    keep only the MLP's input for the backward pass and recompute the rest there (its norm, first projection
+    and activation: the largest tensors of a layer)."""
+    from torch.utils.checkpoint import checkpoint
     attn = block.attn
     b, length, d = h.shape
     heads = attn.num_heads
@@ -157,7 +167,11 @@ def _block(block: Any, h: torch.Tensor, sdpa: bool) -> torch.Tensor:
     dropout = attn.attn_dropout.p if block.training else 0.0
     y = _attention(q, k, v, dropout, sdpa).transpose(1, 2).reshape(b, length, d)
     h = h + attn.resid_dropout(attn.c_proj(y))
-    return h + block.mlp(block.ln_2(h))
+    if recompute_mlp and torch.is_grad_enabled():
+        out = checkpoint(_mlp, block, h, use_reentrant=False, preserve_rng_state=False)
+    else:
+        out = _mlp(block, h)
+    return h + block.mlp.dropout(out)
 
 
 def _check_gpt2_blocks(gpt2: Any) -> None:
@@ -171,20 +185,27 @@ def _check_gpt2_blocks(gpt2: Any) -> None:
         raise ValueError(f"the packed XTTS forward does not support GPT2Config {unsupported}; set fast_loss: false")
 
 
-def layers(gpt2: Any, h: torch.Tensor, sdpa: bool = True, checkpointing: bool = False,
+RECOMPUTE = ("none", "mlp", "layer")  # what the backward pass recomputes instead of keeping (``checkpointing``)
+
+
+def layers(gpt2: Any, h: torch.Tensor, sdpa: bool = True, checkpointing: str = "none",
            block_fn: Any = None) -> torch.Tensor:
     """The layers of transformers' ``GPT2Model`` on input embeddings, without its final LayerNorm (its
-    position table is coqui's zero function). ``block_fn(block, h, sdpa)`` runs one layer (default
-    :func:`_block`; a compiled one for speed); checkpointing recomputes each layer in the backward pass."""
+    position table is coqui's zero function). ``block_fn(block, h, sdpa, recompute_mlp)`` runs one layer
+    (default :func:`_block`; a compiled one for speed). ``checkpointing`` (one of :data:`RECOMPUTE`): "layer"
+    recomputes each whole layer in the backward pass (saving and restoring the RNG state for its dropout),
+    "mlp" only each layer's MLP (no random numbers: CUDA graphs can capture it)."""
     from torch.utils.checkpoint import checkpoint
 
+    if checkpointing not in RECOMPUTE:
+        raise ValueError(f"checkpointing must be one of {RECOMPUTE}, not {checkpointing!r}")
     block_fn = block_fn or _block
     h = gpt2.drop(h)
     for block in gpt2.h:
-        if checkpointing and torch.is_grad_enabled():
-            h = checkpoint(block_fn, block, h, sdpa, use_reentrant=False)
+        if checkpointing == "layer" and torch.is_grad_enabled():
+            h = checkpoint(block_fn, block, h, sdpa, False, use_reentrant=False)
         else:
-            h = block_fn(block, h, sdpa)
+            h = block_fn(block, h, sdpa, checkpointing == "mlp")
     return h
 
 
@@ -226,7 +247,7 @@ def head_loss(gpt: Any, h: torch.Tensor, text_targets: torch.Tensor,
     return text_ce, mel_ce
 
 
-def packed_loss(gpt: Any, batch: dict[str, torch.Tensor], sdpa: bool = True, checkpointing: bool = False,
+def packed_loss(gpt: Any, batch: dict[str, torch.Tensor], sdpa: bool = True, checkpointing: str = "none",
                 fns: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(text CE, mel CE) of coqui-tts's ``GPT.forward`` computed on a :func:`pack_batch` batch.
 
@@ -291,7 +312,7 @@ class PackedLossModule(torch.nn.Module):
         super().__init__()
         self.gpt = gpt
 
-    def forward(self, batch: dict[str, torch.Tensor], sdpa: bool, checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], sdpa: bool, checkpointing: str) -> tuple[torch.Tensor, torch.Tensor]:
         return packed_loss(self.gpt, batch, sdpa, checkpointing)
 
 
@@ -339,7 +360,7 @@ def flat_loss_fn(layout: FlatLayout) -> Any:
     from ``flats`` (a :class:`PackedLossModule` for ``module``)."""
 
     def fn(flats: list[torch.Tensor], module: PackedLossModule, batch: dict[str, torch.Tensor], sdpa: bool,
-           checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+           checkpointing: str) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.func.functional_call(module, layout.tensors(flats), (batch, sdpa, checkpointing), strict=False)
 
     return fn
@@ -357,8 +378,14 @@ class SpeedSettings:
     compile_scope: str
     pad_multiple: int
     gradient_checkpointing: bool
+    checkpoint_mlp: bool
     param_dtype: torch.dtype
     cuda_graphs_excluded: bool = True  # the config rules voicetune's CUDA graphs out on this device
+
+    @property
+    def recompute(self) -> str:
+        """What the packed loss recomputes in the backward pass (one of :data:`RECOMPUTE`)."""
+        return "layer" if self.gradient_checkpointing else "mlp" if self.checkpoint_mlp else "none"
 
     @classmethod
     def resolve(cls, cfg: Any, device: torch.device) -> SpeedSettings:
@@ -374,7 +401,7 @@ class SpeedSettings:
         return cls(
             fast_loss=bool(cfg.fast_loss), attention=cfg.attention, compile=compile_on,
             compile_mode=cfg.compile_mode, compile_scope=cfg.compile_scope, pad_multiple=int(cfg.pad_multiple),
-            gradient_checkpointing=bool(cfg.gradient_checkpointing),
+            gradient_checkpointing=bool(cfg.gradient_checkpointing), checkpoint_mlp=bool(cfg.checkpoint_mlp),
             param_dtype=torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32,
             cuda_graphs_excluded=bool(graphs.config_allows(cfg, device)),
         )
@@ -476,7 +503,7 @@ class GptTrainingSpeed:
             return None
         if self.settings.compile and self.settings.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        sdpa, checkpointing = self.settings.attention == "sdpa", self.settings.gradient_checkpointing
+        sdpa, checkpointing = self.settings.attention == "sdpa", self.settings.recompute
         flat = self._flat_loss()
         if flat is not None:
             return flat[1](list(flat[0].flats), self._module, batch, sdpa, checkpointing)
