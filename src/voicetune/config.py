@@ -325,8 +325,8 @@ class TrainConfig:
         "by length, so a micro-batch holds clips of similar length (less padding). 0 or 1: plain shuffling.")
     auto: bool = opt(
         False, "Before training, measure peak GPU memory over a few steps at growing batch sizes (as `voicetune "
-        "doctor --dataset` does) and set --batch-size, --grad-accum, --precision and --gradient-checkpointing for "
-        "this GPU, keeping the effective batch (batch_size x grad_accum). On a CPU: CPU settings.")
+        "doctor --dataset` does) and set --batch-size, --grad-accum, --precision and the recomputation "
+        "(--checkpoint-mlp, then --gradient-checkpointing, when two clips do not fit) for this GPU, keeping the effective batch (batch_size x grad_accum). On a CPU: CPU settings.")
     mem_every: int = opt(
         50, "Log a parseable memory line every N steps ([mem] step=N alloc_gib=.. peak_gib=.. reserved_gib=..; "
         "rss_gib on CPU); 0: never.")

@@ -53,3 +53,32 @@ def test_the_gpu_dry_run_measures_peak_memory_and_recommends_a_batch_that_fits(t
     assert rec.batch_size * rec.grad_accum >= 8 and rec.precision in ("bf16", "fp16")
     assert all(p.total_gib <= HEADROOM * total for p in rec.probes if p.fits)
     assert [p.batch_size for p in rec.probes] == sorted(p.batch_size for p in rec.probes)
+
+
+def _probes(fitting: int, mode: str) -> list:
+    from voicetune.training.autotune import Probe
+
+    return [Probe(b, 1.0, 2.0, 0.1, b <= fitting, mode) for b in (1, 2, 4) if b <= fitting + 1]
+
+
+def test_recomputation_escalates_cheapest_first_and_only_while_two_clips_do_not_fit():
+    from voicetune.training.autotune import escalate, recompute_settings
+
+    fits = {"none": 1, "mlp": 4, "layer": 4}
+    asked = []
+
+    def measure_at(mode):
+        asked.append(mode)
+        return _probes(fits[mode], mode)
+
+    assert escalate(measure_at, "none", need=2)[:2] == (4, "mlp") and asked == ["none", "mlp"]
+    asked.clear()
+    assert escalate(measure_at, "none", need=2, allow_mlp=False)[:2] == (4, "layer") and asked == ["none", "layer"]
+    asked.clear()
+    fits.update(none=2)
+    best, mode, probes = escalate(measure_at, "none", need=2)
+    assert (best, mode, asked) == (2, "none", ["none"]) and all(p.recompute == "none" for p in probes)
+    fits.update(none=0, mlp=0, layer=0)  # nothing fits anywhere: stay with the fastest, measured all the way
+    asked.clear()
+    assert escalate(measure_at, "none", need=2)[:2] == (0, "none") and asked == ["none", "mlp", "layer"]
+    assert recompute_settings("mlp") == {"checkpoint_mlp": True, "gradient_checkpointing": False}

@@ -5,7 +5,8 @@ micro-batch sizes and records the peak allocated GPU memory; the optimizer's sta
 (AdamW: two fp32 moments per trained parameter), so no weight changes. :func:`recommend` picks the largest
 micro-batch whose peak stays under :data:`HEADROOM` of the GPU's memory, and the accumulation that keeps the
 configured effective batch (``batch_size x grad_accum``). Without room for two clips it measures again with
-gradient checkpointing and recommends it when that helps.
+more recomputation, the cheapest first (each layer's MLP, which CUDA graphs still capture; then whole layers,
+which they do not), and recommends the first that makes room.
 
 ``voicetune doctor --base B --dataset D`` prints the recommendation; ``voicetune train --auto`` applies it.
 On a CPU nothing is measured: the recommendation is the CPU settings.
@@ -39,7 +40,7 @@ class Probe:
     total_gib: float  # + the optimizer state
     seconds: float
     fits: bool
-    checkpointing: bool = False
+    recompute: str = "none"  # what the backward pass recomputed: none, mlp or layer (voicetune.backends.xtts.speed)
 
 
 @dataclass
@@ -52,16 +53,19 @@ class Recommendation:
     memory_gib: float | None = None
     probes: list[Probe] = field(default_factory=list)
     note: str = ""
+    checkpoint_mlp: bool = False
 
     def text(self) -> str:
         flags = (
             f"--batch-size {self.batch_size} --grad-accum {self.grad_accum} --precision {self.precision}"
             + (" --gradient-checkpointing" if self.gradient_checkpointing else "")
+            + (" --checkpoint-mlp" if self.checkpoint_mlp else "")
         )
         lines = [f"{self.device}: {flags}"]
         for p in self.probes:
+            recomputed = f" ({p.recompute} recomputed)" if p.recompute != "none" else ""
             lines.append(
-                f"    micro-batch {p.batch_size:>3}{' (checkpointing)' if p.checkpointing else ''}: "
+                f"    micro-batch {p.batch_size:>3}{recomputed}: "
                 f"{'peak %.2f GiB + optimizer = %.2f GiB' % (p.peak_gib, p.total_gib) if p.fits else 'OOM'}"
                 f" ({p.seconds:.2f} s)"
             )
@@ -111,7 +115,7 @@ def _probe(
 
 
 def measure(
-    backend: Any, store: Any, cfg: Any, device: torch.device, checkpointing: bool = False
+    backend: Any, store: Any, cfg: Any, device: torch.device, recompute: str = "none"
 ) -> list[Probe]:
     """Peak memory of forward + backward at growing micro-batch sizes (until OOM or the headroom is used)."""
     precision = resolve_precision(cfg.precision, device)
@@ -126,7 +130,7 @@ def measure(
                 break
             got = _probe(backend, store, order, b, cfg, device, precision)
             if got is None:
-                probes.append(Probe(b, float("inf"), float("inf"), 0.0, False, checkpointing))
+                probes.append(Probe(b, float("inf"), float("inf"), 0.0, False, recompute))
                 break
             peak, seconds = got
             probes.append(
@@ -136,7 +140,7 @@ def measure(
                     round(peak + opt, 3),
                     round(seconds, 3),
                     peak + opt <= HEADROOM * total,
-                    checkpointing,
+                    recompute,
                 )
             )
             if not probes[-1].fits:
@@ -159,6 +163,31 @@ def cpu_recommendation(cfg: Any) -> Recommendation:
     )
 
 
+RECOMPUTE_RUNGS = ("none", "mlp", "layer")  # least recomputation (fastest) first
+
+
+def recompute_settings(mode: str) -> dict[str, bool]:
+    """The TrainConfig fields of a recomputation mode (one of :data:`RECOMPUTE_RUNGS`)."""
+    return {"checkpoint_mlp": mode == "mlp", "gradient_checkpointing": mode == "layer"}
+
+
+def escalate(measure_at: Any, start: str, need: int, allow_mlp: bool = True) -> tuple[int, str, list[Probe]]:
+    """(largest micro-batch that fits, the recomputation it needs, every probe). ``measure_at(mode)`` gives the
+    probes of one mode; from ``start``, the next, more frugal mode is measured while fewer than ``need`` clips
+    fit, and a mode is chosen only where it fits more clips than the faster ones before it."""
+    modes = [m for m in RECOMPUTE_RUNGS[RECOMPUTE_RUNGS.index(start):] if allow_mlp or m != "mlp"]
+    best, chosen, probes = 0, start, []
+    for mode in modes:
+        more = measure_at(mode)
+        probes += more
+        fits = max((p.batch_size for p in more if p.fits), default=0)
+        if fits > best:
+            best, chosen = fits, mode
+        if best >= need:
+            break
+    return best, chosen, probes
+
+
 def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recommendation:
     """Measure on ``device`` (a CUDA GPU) and recommend settings that keep ``cfg``'s effective batch."""
     if device.type != "cuda":
@@ -166,17 +195,20 @@ def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recom
     precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     cfg_m = _with(cfg, precision=precision)
     target = cfg.batch_size * cfg.grad_accum
-    probes = measure(backend, store, cfg_m, device, checkpointing=bool(cfg.gradient_checkpointing))
-    best = max((p.batch_size for p in probes if p.fits), default=0)
-    checkpointing = bool(cfg.gradient_checkpointing)
-    if best < min(2, target) and not checkpointing and hasattr(backend, "configure_training"):
-        backend.configure_training(_with(cfg_m, gradient_checkpointing=True))
-        more = measure(backend, store, _with(cfg_m, gradient_checkpointing=True), device, checkpointing=True)
-        probes += more
-        best_ckpt = max((p.batch_size for p in more if p.fits), default=0)
-        if best_ckpt > best:
-            best, checkpointing = best_ckpt, True
-        backend.configure_training(_with(cfg_m, gradient_checkpointing=checkpointing))
+    start = "layer" if cfg.gradient_checkpointing else "mlp" if getattr(cfg, "checkpoint_mlp", False) else "none"
+    configurable = hasattr(backend, "configure_training")
+    measured = [start]
+
+    def measure_at(mode: str) -> list[Probe]:
+        if mode != measured[-1]:
+            backend.configure_training(_with(cfg_m, **recompute_settings(mode)))
+            measured.append(mode)
+        return measure(backend, store, _with(cfg_m, **recompute_settings(mode)), device, recompute=mode)
+
+    best, mode, probes = escalate(measure_at, start, min(2, target) if configurable else 0,
+                                  allow_mlp=bool(getattr(cfg, "fast_loss", False)))
+    if mode != measured[-1]:
+        backend.configure_training(_with(cfg_m, **recompute_settings(mode)))
     name = torch.cuda.get_device_name(device)
     total = torch.cuda.get_device_properties(device).total_memory / GIB
     if best == 0:
@@ -197,11 +229,12 @@ def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recom
         batch,
         max(1, -(-target // batch)),
         precision,
-        checkpointing,
+        mode == "layer",
         round(total, 2),
         probes,
         note=f"measured on the {min(len(store), max(p.batch_size for p in probes))} longest clips; "
         f"plans at most {int(HEADROOM * 100)}% of {total:.1f} GiB",
+        checkpoint_mlp=mode == "mlp",
     )
 
 
@@ -221,4 +254,5 @@ def apply_recommendation(backend: Any, store: Any, cfg: Any, device: torch.devic
         grad_accum=rec.grad_accum,
         precision=rec.precision,
         gradient_checkpointing=rec.gradient_checkpointing,
+        checkpoint_mlp=rec.checkpoint_mlp,
     )
