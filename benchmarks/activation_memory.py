@@ -46,7 +46,7 @@ def saved_bytes_by_part(backend: Any, batch: dict[str, torch.Tensor], cfg: Any) 
     handles = []
     tracked = [(name, getattr(gpt, name, None)) for name in PARTS]
     # the packed loss runs the transformer blocks piece by piece (voicetune.backends.xtts.speed._block)
-    tracked += [("transformer layers: norms, projections, MLP", m) for block in gpt.gpt.h for m in block.children()]
+    tracked += [("transformer layers: norms, projections, MLP", m) for block in gpt.gpt.h for m in block.modules() if m is not block]
     for name, module in tracked:
         if module is not None:
             handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave)]
