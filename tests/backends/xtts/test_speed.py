@@ -192,10 +192,12 @@ def _grads(optimizer):
     return [p.grad.detach().float().clone() for g in optimizer.param_groups for p in g["params"]]
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("recompute", ["none", "mlp", "layer"])
 def test_the_loss_on_flat_weight_buffers_equals_the_loss_on_the_modules(xtts_backend, xtts_clips, tmp_path,
-                                                                       checkpointing):
-    cfg, batch, optimizer = _flat_setup(xtts_backend, xtts_clips, tmp_path, gradient_checkpointing=checkpointing)
+                                                                       recompute):
+    from voicetune.training.autotune import recompute_settings
+
+    cfg, batch, optimizer = _flat_setup(xtts_backend, xtts_clips, tmp_path, **recompute_settings(recompute))
     fast = xtts_backend._speed
     assert fast._flat_loss() is not None  # FlatAdamW's buffers are found
     results = []

@@ -158,6 +158,7 @@ def _block(block: Any, h: torch.Tensor, sdpa: bool, recompute_mlp: bool = False)
     keep only the MLP's input for the backward pass and recompute the rest there (its norm, first projection
     and activation: the largest tensors of a layer)."""
     from torch.utils.checkpoint import checkpoint
+
     attn = block.attn
     b, length, d = h.shape
     heads = attn.num_heads
