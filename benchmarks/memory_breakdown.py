@@ -79,11 +79,6 @@ def live_at_peak(snapshot: dict[str, Any], device: int = 0) -> tuple[float, dict
 
 
 def run(config: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from voicetune.backends.base import get_backend
-    from voicetune.config import TrainConfig
-    from voicetune.training.optim import build_optimizer
-    from voicetune.utils.device import resolve_precision
-
     device = torch.device("cuda")
     base, _ = bench.make_base(work / "base", args.smoke, device)
     clips = bench.make_clips(work / "clips", args.clips, base / "vocab.json", args.seed)
@@ -96,18 +91,9 @@ def run(config: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         phases[name] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
         torch.cuda.reset_peak_memory_stats(device)
 
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(args.seed)
-    backend = get_backend("xtts")
-    backend.load_base(base, device)
-    store = backend.build_features(clips, work / "features")
-    cfg = TrainConfig(batch_size=args.batch, precision="auto", seed=args.seed, **bench.CONFIGS[config])
-    precision = resolve_precision(cfg.precision, device)
-    backend.configure_training(cfg)
-    mark("load, features, configure")
-    optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
-    backend.set_train(True)
-    mark("optimizer")
+    backend, store, cfg, _, optimizer, precision = bench.setup_voicetune(bench.CONFIGS[config], base, clips, device,
+                                                                          args, work)
+    mark("load, features, configure, optimizer")
     batches = [list(range(i, i + args.batch)) for i in range(0, args.clips - args.batch + 1, args.batch)]
     step, _ = bench.voicetune_step(backend, store, itertools.cycle(batches), cfg, optimizer, device, precision)
     for i in range(args.steps):

@@ -178,6 +178,16 @@ class PrepareConfig:
                "speaker_name must be non-empty and contain no '|'; fix --speaker-name")
 
 
+RECOMPUTE_MODES = ("none", "mlp", "layer")  # what the backward pass recomputes instead of keeping; fastest first
+
+
+def recompute_fields(mode: str) -> dict[str, bool]:
+    """The TrainConfig fields of a recomputation mode (one of :data:`RECOMPUTE_MODES`)."""
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"recomputation mode must be one of {RECOMPUTE_MODES}, not {mode!r}")
+    return {"checkpoint_mlp": mode == "mlp", "gradient_checkpointing": mode == "layer"}
+
+
 @dataclass
 class TrainConfig:
     """Settings of `voicetune train`."""
@@ -371,6 +381,12 @@ class TrainConfig:
                "cuda_graphs on cannot capture gradient checkpointing (it saves and restores the RNG state); "
                "drop --gradient-checkpointing or set --cuda-graphs auto/off")
         self._check_training()
+
+    @property
+    def recompute(self) -> str:
+        """What the backward pass recomputes (one of :data:`RECOMPUTE_MODES`): --gradient-checkpointing whole
+        layers, --checkpoint-mlp each layer's MLP."""
+        return "layer" if self.gradient_checkpointing else "mlp" if self.checkpoint_mlp else "none"
 
     def _check_training(self) -> None:
         """Optimizer, schedule, what trains, data and observability options (voicetune.training)."""

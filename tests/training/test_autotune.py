@@ -62,7 +62,8 @@ def _probes(fitting: int, mode: str) -> list:
 
 
 def test_recomputation_escalates_cheapest_first_and_only_while_two_clips_do_not_fit():
-    from voicetune.training.autotune import escalate, recompute_settings
+    from voicetune.config import recompute_fields
+    from voicetune.training.autotune import escalate
 
     fits = {"none": 1, "mlp": 4, "layer": 4}
     asked = []
@@ -81,4 +82,4 @@ def test_recomputation_escalates_cheapest_first_and_only_while_two_clips_do_not_
     fits.update(none=0, mlp=0, layer=0)  # nothing fits anywhere: stay with the fastest, measured all the way
     asked.clear()
     assert escalate(measure_at, "none", need=2)[:2] == (0, "none") and asked == ["none", "mlp", "layer"]
-    assert recompute_settings("mlp") == {"checkpoint_mlp": True, "gradient_checkpointing": False}
+    assert recompute_fields("mlp") == {"checkpoint_mlp": True, "gradient_checkpointing": False}

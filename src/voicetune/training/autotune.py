@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from voicetune.config import RECOMPUTE_MODES, recompute_fields
 from voicetune.training.oom import is_oom
 from voicetune.training.step import to_device
 from voicetune.utils.device import autocast, resolve_precision
@@ -163,19 +164,11 @@ def cpu_recommendation(cfg: Any) -> Recommendation:
     )
 
 
-RECOMPUTE_RUNGS = ("none", "mlp", "layer")  # least recomputation (fastest) first
-
-
-def recompute_settings(mode: str) -> dict[str, bool]:
-    """The TrainConfig fields of a recomputation mode (one of :data:`RECOMPUTE_RUNGS`)."""
-    return {"checkpoint_mlp": mode == "mlp", "gradient_checkpointing": mode == "layer"}
-
-
 def escalate(measure_at: Any, start: str, need: int, allow_mlp: bool = True) -> tuple[int, str, list[Probe]]:
     """(largest micro-batch that fits, the recomputation it needs, every probe). ``measure_at(mode)`` gives the
     probes of one mode; from ``start``, the next, more frugal mode is measured while fewer than ``need`` clips
     fit, and a mode is chosen only where it fits more clips than the faster ones before it."""
-    modes = [m for m in RECOMPUTE_RUNGS[RECOMPUTE_RUNGS.index(start):] if allow_mlp or m != "mlp"]
+    modes = [m for m in RECOMPUTE_MODES[RECOMPUTE_MODES.index(start):] if allow_mlp or m != "mlp"]
     best, chosen, probes = 0, start, []
     for mode in modes:
         more = measure_at(mode)
@@ -195,20 +188,20 @@ def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recom
     precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     cfg_m = _with(cfg, precision=precision)
     target = cfg.batch_size * cfg.grad_accum
-    start = "layer" if cfg.gradient_checkpointing else "mlp" if getattr(cfg, "checkpoint_mlp", False) else "none"
     configurable = hasattr(backend, "configure_training")
-    measured = [start]
+    configured = [cfg.recompute]  # the mode the backend is set up for
 
     def measure_at(mode: str) -> list[Probe]:
-        if mode != measured[-1]:
-            backend.configure_training(_with(cfg_m, **recompute_settings(mode)))
-            measured.append(mode)
-        return measure(backend, store, _with(cfg_m, **recompute_settings(mode)), device, recompute=mode)
+        cfg_r = _with(cfg_m, **recompute_fields(mode))
+        if mode != configured[0]:
+            backend.configure_training(cfg_r)
+            configured[0] = mode
+        return measure(backend, store, cfg_r, device, recompute=mode)
 
-    best, mode, probes = escalate(measure_at, start, min(2, target) if configurable else 0,
-                                  allow_mlp=bool(getattr(cfg, "fast_loss", False)))
-    if mode != measured[-1]:
-        backend.configure_training(_with(cfg_m, **recompute_settings(mode)))
+    best, mode, probes = escalate(measure_at, cfg.recompute, min(2, target) if configurable else 0,
+                                  allow_mlp=cfg.fast_loss)
+    if mode != configured[0]:
+        backend.configure_training(_with(cfg_m, **recompute_fields(mode)))
     name = torch.cuda.get_device_name(device)
     total = torch.cuda.get_device_properties(device).total_memory / GIB
     if best == 0:

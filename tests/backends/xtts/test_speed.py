@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from voicetune.backends.xtts import speed
-from voicetune.config import ConfigError, TrainConfig
+from voicetune.config import RECOMPUTE_MODES, ConfigError, TrainConfig, recompute_fields
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_recomputation_gives_the_same_loss_and_gradients(xtts_backend, batch):
     names = ["gpt.h.0.mlp.c_fc.weight", "gpt.h.1.ln_2.weight", "gpt.h.1.attn.c_attn.weight", "text_embedding.weight"]
     params = dict(gpt.named_parameters())
     results = {}
-    for checkpointing in speed.RECOMPUTE:
+    for checkpointing in RECOMPUTE_MODES:
         gpt.zero_grad(set_to_none=True)
         torch.manual_seed(0)
         text_ce, mel_ce = speed.packed_loss(gpt, packed, checkpointing=checkpointing)
@@ -195,9 +195,7 @@ def _grads(optimizer):
 @pytest.mark.parametrize("recompute", ["none", "mlp", "layer"])
 def test_the_loss_on_flat_weight_buffers_equals_the_loss_on_the_modules(xtts_backend, xtts_clips, tmp_path,
                                                                        recompute):
-    from voicetune.training.autotune import recompute_settings
-
-    cfg, batch, optimizer = _flat_setup(xtts_backend, xtts_clips, tmp_path, **recompute_settings(recompute))
+    cfg, batch, optimizer = _flat_setup(xtts_backend, xtts_clips, tmp_path, **recompute_fields(recompute))
     fast = xtts_backend._speed
     assert fast._flat_loss() is not None  # FlatAdamW's buffers are found
     results = []

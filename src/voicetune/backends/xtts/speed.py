@@ -34,6 +34,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from voicetune.config import RECOMPUTE_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +160,6 @@ def _block(block: Any, h: torch.Tensor, sdpa: bool, recompute_mlp: bool = False)
     """One transformers ``GPT2Block`` (pre-LN attention + MLP) with a plain causal mask. ``recompute_mlp``:
     keep only the MLP's input for the backward pass and recompute the rest there (its norm, first projection
     and activation: the largest tensors of a layer)."""
-    from torch.utils.checkpoint import checkpoint
-
     attn = block.attn
     b, length, d = h.shape
     heads = attn.num_heads
@@ -186,20 +187,15 @@ def _check_gpt2_blocks(gpt2: Any) -> None:
         raise ValueError(f"the packed XTTS forward does not support GPT2Config {unsupported}; set fast_loss: false")
 
 
-RECOMPUTE = ("none", "mlp", "layer")  # what the backward pass recomputes instead of keeping (``checkpointing``)
-
-
 def layers(gpt2: Any, h: torch.Tensor, sdpa: bool = True, checkpointing: str = "none",
            block_fn: Any = None) -> torch.Tensor:
     """The layers of transformers' ``GPT2Model`` on input embeddings, without its final LayerNorm (its
     position table is coqui's zero function). ``block_fn(block, h, sdpa, recompute_mlp)`` runs one layer
-    (default :func:`_block`; a compiled one for speed). ``checkpointing`` (one of :data:`RECOMPUTE`): "layer"
+    (default :func:`_block`; a compiled one for speed). ``checkpointing`` (one of ``RECOMPUTE_MODES``): "layer"
     recomputes each whole layer in the backward pass (saving and restoring the RNG state for its dropout),
     "mlp" only each layer's MLP (no random numbers: CUDA graphs can capture it)."""
-    from torch.utils.checkpoint import checkpoint
-
-    if checkpointing not in RECOMPUTE:
-        raise ValueError(f"checkpointing must be one of {RECOMPUTE}, not {checkpointing!r}")
+    if checkpointing not in RECOMPUTE_MODES:
+        raise ValueError(f"checkpointing must be one of {RECOMPUTE_MODES}, not {checkpointing!r}")
     block_fn = block_fn or _block
     h = gpt2.drop(h)
     for block in gpt2.h:
@@ -378,15 +374,9 @@ class SpeedSettings:
     compile_mode: str
     compile_scope: str
     pad_multiple: int
-    gradient_checkpointing: bool
-    checkpoint_mlp: bool
+    recompute: str  # what the backward pass recomputes (TrainConfig.recompute)
     param_dtype: torch.dtype
     cuda_graphs_excluded: bool = True  # the config rules voicetune's CUDA graphs out on this device
-
-    @property
-    def recompute(self) -> str:
-        """What the packed loss recomputes in the backward pass (one of :data:`RECOMPUTE`)."""
-        return "layer" if self.gradient_checkpointing else "mlp" if self.checkpoint_mlp else "none"
 
     @classmethod
     def resolve(cls, cfg: Any, device: torch.device) -> SpeedSettings:
@@ -402,7 +392,7 @@ class SpeedSettings:
         return cls(
             fast_loss=bool(cfg.fast_loss), attention=cfg.attention, compile=compile_on,
             compile_mode=cfg.compile_mode, compile_scope=cfg.compile_scope, pad_multiple=int(cfg.pad_multiple),
-            gradient_checkpointing=bool(cfg.gradient_checkpointing), checkpoint_mlp=bool(cfg.checkpoint_mlp),
+            recompute=cfg.recompute,
             param_dtype=torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32,
             cuda_graphs_excluded=bool(graphs.config_allows(cfg, device)),
         )
@@ -446,7 +436,7 @@ class GptTrainingSpeed:
                 raise ValueError("the packed XTTS loss needs the perceiver conditioning of XTTS-v2; set fast_loss: false")
             _check_gpt2_blocks(gpt.gpt)
             self.constants = GptConstants.of(gpt)
-        elif settings.gradient_checkpointing:
+        elif settings.recompute == "layer":
             gpt.gpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._fn, self._fns = packed_loss, {}
         self._compile_mode = None if settings.compile_mode == "default" else settings.compile_mode
