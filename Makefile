@@ -1,30 +1,44 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up .venv first (idempotent:
-# a second run skips installation unless pyproject.toml or constraints.txt changed).
+# a second run skips installation unless the lock, pyproject.toml or this file changed).
+#
+# Dependencies come from requirements.lock only: every direct and transitive package at an exact version with
+# hashes, resolved by uv for Python 3.10+. `make setup` installs exactly that set (uv pip sync: no resolving,
+# nothing else) and then voicetune itself without dependencies. `make lock` regenerates the lock from
+# pyproject.toml's ranges; then run `make test`, `make test-slow` and the GPU tests before committing it.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.voicetune-installed
-PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+LOCK   := requirements.lock
 DEMO_DIR ?= demo_run
 PYTEST_ARGS ?=
+export UV_PYTHON := $(PY)
 
-.PHONY: setup system-deps demo test test-slow clean-venv
+.PHONY: setup system-deps demo test test-fast test-slow lint lock check-lock clean-venv
 
 setup: system-deps $(STAMP)
 
-# espeak-ng gives the metric tests a second real voice (Debian package; needs root, as on CI machines).
+# Debian packages: espeak-ng gives the metric tests a second real voice (Spanish too); chromium drives the
+# web UI's browser tests (Playwright's own browser download cannot work offline). Needs root, as on CI.
+SYSTEM_PACKAGES := espeak-ng chromium
 system-deps:
-	@command -v espeak-ng >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
-	  else echo "WARNING: espeak-ng is missing; install it (sudo apt-get install espeak-ng) for the metric tests"; fi; }
+	@missing=""; command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null; \
+	    else echo "WARNING: missing Debian packages:$$missing (sudo apt-get install$$missing); tests that need them are skipped"; fi; \
+	  fi
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip wheel
-	$(PIP) -e '.[dev,demo]'
-	# resemblyzer declares `webrtcvad`, which does not import here; webrtcvad-wheels (a dependency
-	# above) provides the same module, so resemblyzer itself goes in without its declared deps.
-	$(PIP) --no-deps resemblyzer==0.1.4
+	# uv itself, at the lock's version and hashes (it is a single wheel without dependencies)
+	awk '/^uv==/{p=1} p&&/^    # via/{exit} p' $(LOCK) > $(VENV)/uv-bootstrap.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --require-hashes -r $(VENV)/uv-bootstrap.txt
+	$(UV) pip sync --quiet --require-hashes $(LOCK)
+	$(UV) pip install --quiet --no-deps -e .
+	$(PY) -m voicetune.utils.lockcheck $(LOCK)
 	$(PY) -c "import voicetune, TTS, resemblyzer, faster_whisper, silero_vad; print('voicetune set-up OK')"
 	@touch $@
 
@@ -34,8 +48,24 @@ demo: setup
 test: setup
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
 test-slow: setup
 	VOICETUNE_SLOW=1 $(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+# The installed set must equal the lock (the test suite checks this too).
+check-lock: setup
+	$(PY) -m voicetune.utils.lockcheck $(LOCK)
+
+lock: setup
+	$(UV) pip compile --quiet --universal --python-version 3.10 pyproject.toml --all-extras \
+	  --override lock/overrides.txt --generate-hashes --no-header -o $(LOCK)
+	@echo "Regenerated $(LOCK). Now run: make test && make test-slow, and the GPU tests (tests marked gpu)."
 
 clean-venv:
 	rm -rf $(VENV)
