@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from voicetune.backends.registry import register_backend
+
+# The smallest real backend (tests/backends/fake.py), registered for the whole session: the contract test runs it
+# beside the real ones, and tests of the loop, the evaluation and checkpoints use it where no model is needed.
+register_backend("fake", "backends.fake:FakeBackend", "backends.fake:FakeOptions")
+
 PIPER_TEST_SENTENCES = [
     "The morning light crept slowly across the kitchen table.",
     "Could you tell me where the nearest train station is?",

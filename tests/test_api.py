@@ -13,7 +13,7 @@ def test_stage_functions_stay_callable_after_every_module_is_imported():
         importlib.import_module(target.split(":")[0])  # a submodule import must not shadow the function
     for name in STAGES:
         assert callable(getattr(voicetune, name)), f"voicetune.{name} is not callable"
-    assert voicetune.train.__module__ == "voicetune.training.loop"
+    assert voicetune.train.__module__ == "voicetune.finetune"  # the loop with in-loop evaluation
     assert voicetune.evaluate.__module__.startswith("voicetune.evaluation")
 
 

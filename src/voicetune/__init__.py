@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _API = {
     "prepare": "voicetune.data.prepare:prepare",
     "make_tiny_base": "voicetune.backends.tiny:make_tiny_base",
-    "train": "voicetune.training.loop:train",
+    "train": "voicetune.finetune:train",
     "evaluate": "voicetune.evaluation.rescore:rescore_run",
     "export": "voicetune.packaging:export",
     "synthesize": "voicetune.synthesis:synthesize",

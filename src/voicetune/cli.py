@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import json
 import logging
+import re
 import sys
+import textwrap
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from voicetune import __version__
-from voicetune.config import ConfigError, EvalConfig, PrepareConfig, TrainConfig
+from voicetune.config import (
+    ConfigError,
+    EvalOptions,
+    OptionField,
+    PrepareConfig,
+    TrainConfig,
+    option_fields,
+)
 
 logger = logging.getLogger("voicetune")
 
@@ -28,32 +39,72 @@ typical use:
 """
 
 
-def _add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One --flag per dataclass field, its help taken from the field's documentation."""
-    group = parser.add_argument_group(f"{cls.__name__} options (also settable in a YAML config)")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.metadata.get("cli", True):
+class _Parser(argparse.ArgumentParser):
+    """argparse that suggests the closest flag for an unknown one ("did you mean --batch-size?")."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        unknown = re.findall(r"(--?[\w-]+)", message.partition("unrecognized arguments:")[2])
+        hints = _suggestions(self, unknown)
+        super().error(message + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+
+
+def _suggestions(parser: argparse.ArgumentParser, unknown: list[str]) -> list[str]:
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    return [m[0] for flag in unknown for m in [difflib.get_close_matches(flag.split("=")[0], known, 1, 0.6)] if m]
+
+
+def _value_kwargs(o: OptionField, hints: dict[str, Any], full: bool, choices: Any = None) -> dict[str, Any]:
+    """argparse keyword arguments of one option: type (or a --x/--no-x pair), choices, help."""
+    f = o.field
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    text = f"{f.metadata.get('help', '')} (default: {default})"
+    kwargs: dict[str, Any] = {"default": None, "dest": o.flat,
+                              "help": text if full or f.metadata.get("basic") else argparse.SUPPRESS}
+    tp = typing.get_origin(hints[f.name]) or hints[f.name]
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif tp is list:
+        kwargs.update(nargs="+", type=float, metavar="X")
+    else:
+        kwargs["type"] = tp
+        choices = choices or f.metadata.get("choices")
+        if choices:
+            kwargs["choices"] = choices
+    return kwargs
+
+
+def _add_options(group: Any, options: list[OptionField], full: bool = True, aliases: bool = False,
+                 choices: dict[str, Any] | None = None) -> None:
+    """One flag per option, its help taken from the field's documentation (hidden unless basic or ``full``).
+    ``aliases``: also accept the bare field name (``--max-sentences`` for ``--eval-max-sentences``)."""
+    for o in options:
+        if not o.field.metadata.get("cli", True):
             continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        tp = typing.get_origin(hints[f.name]) or hints[f.name]
-        kwargs: dict[str, Any] = {"default": None, "help": help_text, "dest": f.name}
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif tp is list:
-            kwargs.update(nargs="+", type=float, metavar="X")
-        else:
-            kwargs["type"] = tp
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(flag, **kwargs)
+        flags = [o.flag] + (["--" + o.field.name.replace("_", "-")] if aliases and o.field.name != o.flat else [])
+        hints = typing.get_type_hints(o.owner)
+        group.add_argument(*flags, **_value_kwargs(o, hints, full, (choices or {}).get(o.flat)))
 
 
-def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
+def _overrides(args: argparse.Namespace, names: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _backend_of(argv: list[str]) -> str:
+    """The backend a command line trains (its options become flags): --backend, else a --resume run's."""
+    for i, a in enumerate(argv):
+        if a == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--backend="):
+            return a.split("=", 1)[1]
+    for i, a in enumerate(argv):
+        run = argv[i + 1] if a == "--resume" and i + 1 < len(argv) else a.split("=", 1)[1] \
+            if a.startswith("--resume=") else None
+        if run:
+            try:
+                return str(json.loads((Path(run) / "run.json").read_text())["backend"])
+            except (OSError, ValueError, KeyError):
+                break
+    return TrainConfig.backend
 
 
 def _progress_bar() -> Callable[[int, int, str], None]:
@@ -89,11 +140,13 @@ def _progress_bar() -> Callable[[int, int, str], None]:
 
 # ---------------------------------------------------------------- subcommands
 
+_PREPARE = {f.name for f in dataclasses.fields(PrepareConfig)}
+
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from voicetune.data.prepare import prepare
 
-    cfg = PrepareConfig(**_overrides(args, PrepareConfig))
+    cfg = PrepareConfig(**_overrides(args, _PREPARE))
     speakers = {}
     for item in args.speaker or []:
         name, sep, folder = item.partition("=")
@@ -111,7 +164,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.dataset_command == "import":
         from voicetune.data.importer import import_dataset
 
-        result = import_dataset(args.src, args.out, PrepareConfig(**_overrides(args, PrepareConfig)),
+        result = import_dataset(args.src, args.out, PrepareConfig(**_overrides(args, _PREPARE)),
                                 progress=_progress_bar())
         print(result.summary())
         return 0
@@ -123,13 +176,14 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_base(args: argparse.Namespace) -> int:
+    from voicetune.backends.registry import backend_class
     from voicetune.backends.tiny import make_tiny_base
 
     out = make_tiny_base(args.backend, Path(args.out), dataset=Path(args.dataset) if args.dataset else None,
                          seed=args.seed)
     print(f"wrote an UNTRAINED tiny random {args.backend} base model to {out}")
-    print("It exists for tests and the demo: it cannot produce usable speech. For real use, pass an")
-    print("XTTS-v2 base folder (config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json) to --base.")
+    print("It exists for tests and the demo: it cannot produce usable speech. For real use, pass a real base")
+    print(f"to --base ({backend_class(args.backend).base_layout}).")
     return 0
 
 
@@ -152,13 +206,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.gpus > 1 and env_world() <= 1:  # re-run this command under torchrun, one process per GPU
         return launch(_without_gpus(list(args.argv)), args.gpus)
-    from voicetune.training.loop import train
+    from voicetune.backends.registry import options_class
+    from voicetune.finetune import train
 
     main_rank = os.environ.get("RANK", "0") == "0"
     if not main_rank:  # rank 0 speaks for the job
         logging.getLogger("voicetune").setLevel(logging.WARNING)
+    options = option_fields(TrainConfig, options_class(args.backend or TrainConfig.backend))
     result = train(args.dataset_dir, args.base, args.out, config_file=args.config, resume=args.resume,
-                   progress=_progress_bar() if main_rank else None, **_overrides(args, TrainConfig))
+                   progress=_progress_bar() if main_rank else None, **_overrides(args, options))
     if not main_rank:
         return 130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0
     losses = [h["loss"] for h in result.losses]
@@ -180,12 +236,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from voicetune.evaluation.rescore import evaluate_base, rescore_run
 
-    options = _overrides(args, EvalConfig)
-    device = options.pop("device", "auto")
+    protocol = _protocol_options()
+    options = {protocol[k].field.name: v for k, v in _overrides(args, protocol).items()}
+    device = args.device
     if args.base or args.dataset:
         if not (args.base and args.dataset) or args.run_dir:
             raise ConfigError("score a base model with --base DIR --dataset DIR (and no RUN_DIR)")
-        res = evaluate_base(args.base, args.dataset, args.out, progress=_progress_bar(), device=device, **options)
+        res = evaluate_base(args.base, args.dataset, args.out, backend_name=args.backend, progress=_progress_bar(),
+                            device=device, **options)
         print(res.text)
         print(f"metrics: {res.out / 'metrics.json'}")
         return 0
@@ -219,7 +277,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from voicetune.preflight import doctor
 
     report = doctor(base=Path(args.base) if args.base else None,
-                    dataset=Path(args.dataset) if args.dataset else None)
+                    dataset=Path(args.dataset) if args.dataset else None, backend=args.backend)
     print(report.text())
     return 1 if report.failed else 0
 
@@ -235,7 +293,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+def _protocol_options() -> dict[str, OptionField]:
+    fields = option_fields(TrainConfig)
+    return {o.flat: o for o in fields.values() if o.owner is EvalOptions and o.field.name in EvalOptions.PROTOCOL}
+
+
 def _add_data_commands(sub: Any, fmt: type) -> None:
+    prepare_options = list(option_fields(PrepareConfig).values())
     s = sub.add_parser("prepare", help="recordings → transcribed, checked, split dataset", formatter_class=fmt,
                        description="Decode every audio file under INPUT_DIR (wav/flac/mp3/ogg/m4a, any rate, mono or "
                        "stereo), cut speech clips with Silero VAD, transcribe them with faster-whisper, normalise "
@@ -244,51 +308,73 @@ def _add_data_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--speaker", action="append", metavar="NAME=FOLDER",
                    help="another input folder holding speaker NAME (repeatable: one dataset, several voices)")
-    _add_config_args(s, PrepareConfig)
+    _add_options(s.add_argument_group("prepare options"), prepare_options)
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("dataset", help="curate or import a dataset (restore / quarantine / import)",
                        description="Change a prepared dataset by hand, or import an existing one.")
     dsub = s.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
-    d = dsub.add_parser("restore", help="keep quarantined clips after listening to them")
-    d.add_argument("dataset_dir")
-    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID")
+    d = dsub.add_parser("restore", help="keep quarantined clips after listening to them",
+                        description="Move quarantined clips back into the dataset (re-runs of prepare keep this).")
+    d.add_argument("dataset_dir", help="dataset folder written by `voicetune prepare`")
+    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID", help="clip ids (as in clips.jsonl and report.html)")
     d.add_argument("--text", help="corrected transcript (one clip)")
     d.set_defaults(func=cmd_dataset)
-    d = dsub.add_parser("quarantine", help="take clips out of training (they stay on disk)")
-    d.add_argument("dataset_dir")
-    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID")
+    d = dsub.add_parser("quarantine", help="take clips out of training (they stay on disk)",
+                        description="Move clips to quarantine/ (re-runs of prepare keep this).")
+    d.add_argument("dataset_dir", help="dataset folder written by `voicetune prepare`")
+    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID", help="clip ids (as in clips.jsonl and report.html)")
     d.set_defaults(func=cmd_dataset)
     d = dsub.add_parser("import", help="LJSpeech or Coqui/AllTalk folder → voicetune dataset (with QA)",
                         formatter_class=fmt)
     d.add_argument("src", help="folder with metadata.csv + wavs/ (LJSpeech) or metadata_train/eval.csv")
     d.add_argument("--out", required=True, help="dataset folder to write")
-    _add_config_args(d, PrepareConfig)
+    _add_options(d.add_argument_group("prepare options"), prepare_options)
     d.set_defaults(func=cmd_dataset)
 
 
-def _add_model_commands(sub: Any, fmt: type) -> None:
-    s = sub.add_parser("make-tiny-base", help="write an UNTRAINED tiny base model (tests/demo only)",
-                       description="Write a tiny, randomly initialised base model in the backend's exact native "
-                       "layout (for XTTS-v2: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json, "
-                       "speakers_xtts.pth) with a locally trained BPE vocab. It cannot speak: it exists so the "
-                       "whole pipeline can be exercised without downloading real weights.")
-    s.add_argument("--backend", default="xtts", choices=["xtts"])
-    s.add_argument("--out", required=True, help="folder to write")
-    s.add_argument("--dataset", help="optional dataset folder: its transcripts train the BPE vocab and its audio "
-                   "gives the mel statistics")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_make_tiny_base)
+class _HelpAll(argparse.Action):
+    """--help-all: the command's help with every option described (--help shows the basic ones)."""
 
+    def __init__(self, option_strings: list[str], dest: str, build: Callable[[], argparse.ArgumentParser],
+                 **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.build = build
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        self.build().print_help()
+        parser.exit()
+
+
+def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.ArgumentParser:
+    from voicetune.backends.registry import available_backends, options_class
+
+    options = option_fields(TrainConfig, options_class(backend))
+    groups = {"": [o for o in options.values() if o.group == "" and not o.field.metadata.get("basic")],
+              "eval": [o for o in options.values() if o.group == "eval" and not o.field.metadata.get("basic")],
+              "backend_options": [o for o in options.values() if o.group == "backend_options"]}
+    advanced = [o for os_ in groups.values() for o in os_]
+    epilog = None
+    if not full:
+        flags = " ".join(o.flag for o in advanced)
+        epilog = f"advanced options ({len(advanced)}; `voicetune train --help-all` describes each one):\n" + \
+            "\n".join(textwrap.wrap(flags, 100, initial_indent="  ", subsequent_indent="  ",
+                                     break_on_hyphens=False, break_long_words=False))
     s = sub.add_parser("train", help="finetune a base model on a prepared dataset", formatter_class=fmt,
+                       epilog=epilog,
                        description="Finetune BASE on DATASET_DIR's train split. Audio codes and conditioning inputs "
-                       "are computed once and cached in the run folder; then an explicit loop trains the GPT "
+                       "are computed once and cached in the run folder; then an explicit loop trains the model "
                        "(fully, with LoRA, or with frozen parts), logging losses, LR, throughput, ETA and memory to "
                        "the console, metrics.jsonl and TensorBoard, and writing atomic checkpoints under "
-                       "OUT/checkpoints/. Ctrl+C or SIGTERM saves and stops; --resume OUT continues exactly; "
-                       "--gpus N trains on N GPUs; --auto measures this GPU and picks the batch geometry.")
+                       "OUT/checkpoints/; voice quality is evaluated against the base model as it trains. "
+                       "Ctrl+C or SIGTERM saves and stops; --resume OUT continues exactly; --gpus N trains on N "
+                       "GPUs; --auto measures this GPU and picks the batch geometry. Options also come from a YAML "
+                       "--config (flags override it). --backend NAME --help shows that backend's options.")
+    s.add_argument("--help-all", action=_HelpAll, build=lambda: _standalone(backend, full=True),
+                   help="show every option with its description, and exit")
     s.add_argument("dataset_dir", nargs="?", help="prepared dataset folder (not needed with --resume)")
-    s.add_argument("--base", help="base model folder (XTTS-v2 layout, or a package from `voicetune export`)")
+    s.add_argument("--base", help="base model folder (the backend's native layout, or a package from "
+                   "`voicetune export`)")
     s.add_argument("--out", help="run folder to create")
     s.add_argument("--config", help="YAML TrainConfig; command-line options override it")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its latest checkpoint (its "
@@ -297,47 +383,92 @@ def _add_model_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine: re-launches this command "
                    "under torchrun (global batch = batch size x grad accum x N). `torchrun --nproc-per-node N -m "
                    "voicetune.cli train ...` and `accelerate launch -m voicetune.cli train ...` work too.")
-    _add_config_args(s, TrainConfig)
+    basic = [o for o in options.values() if o.field.metadata.get("basic")]
+    _add_options(s.add_argument_group("basic options (also settable in a YAML --config)"), basic,
+                 choices={"backend": available_backends()})
+    titles = {"": "advanced: training", "eval": "advanced: evaluation (YAML section eval:)",
+              "backend_options": f"advanced: {backend} backend (YAML section {backend}:)"}
+    for key, title in titles.items():
+        group = s.add_argument_group(title) if full else s
+        _add_options(group, groups[key], full=full)
     s.set_defaults(func=cmd_train)
+    return s
+
+
+def _standalone(backend: str, full: bool) -> argparse.ArgumentParser:
+    """The train subcommand alone, as `voicetune train` (for --help-all)."""
+    root = _Parser(prog="voicetune")
+    sub = root.add_subparsers(parser_class=_Parser)
+    return _train_parser(sub, argparse.RawDescriptionHelpFormatter, backend, full)
+
+
+def _add_model_commands(sub: Any, fmt: type, backend: str) -> None:
+    from voicetune.backends.registry import available_backends
+
+    s = sub.add_parser("make-tiny-base", help="write an UNTRAINED tiny base model (tests/demo only)",
+                       description="Write a tiny, randomly initialised base model in the backend's exact native "
+                       "layout (for XTTS-v2: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json, "
+                       "speakers_xtts.pth) with a locally trained vocabulary. It cannot speak: it exists so the "
+                       "whole pipeline can be exercised without downloading real weights.")
+    s.add_argument("--backend", default=TrainConfig.backend, choices=available_backends(),
+                   help="model backend (default: %(default)s)")
+    s.add_argument("--out", required=True, help="folder to write")
+    s.add_argument("--dataset", help="optional dataset folder: its transcripts train the vocabulary and its audio "
+                   "gives the audio statistics")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random weights (same seed, same model)")
+    s.set_defaults(func=cmd_make_tiny_base)
+    _train_parser(sub, fmt, backend, full=False)
 
 
 def _add_result_commands(sub: Any, fmt: type) -> None:
+    from voicetune.backends.registry import available_backends
+
     s = sub.add_parser("evaluate", help="score checkpoints (or a base model) against the base model",
                        formatter_class=fmt,
                        description="Render the run's probe set (eval-split sentences with their recordings, plus "
                        "fixed probe sentences) with checkpoints of RUN_DIR, score speaker similarity, ASR "
                        "round-trip WER/CER, predicted MOS, MCD/PESQ/STOI and failure flags against the base "
                        "model's baseline, re-decide checkpoints/best and rewrite RUN_DIR/report.html. "
-                       "With --base DIR --dataset DIR: score a base model alone.")
+                       "With --base DIR --dataset DIR: score a base model alone. The protocol is the run's "
+                       "(its config.yaml) unless options below change it.")
     s.add_argument("run_dir", nargs="?", help="run folder written by `voicetune train`")
     s.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint folder name like step_100")
     s.add_argument("--checkpoints", help="'all' (every checkpoint on disk) or a comma-separated list of names")
     s.add_argument("--base", help="score this base model folder alone (with --dataset)")
     s.add_argument("--dataset", help="dataset folder whose speaker and eval split --base is scored on")
+    s.add_argument("--backend", choices=available_backends(),
+                   help="backend of --base (default: the one whose layout the folder has)")
     s.add_argument("--out", default="base_eval", help="folder for the --base scores (default: base_eval)")
-    _add_config_args(s, EvalConfig)
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _add_options(s.add_argument_group("evaluation protocol options"), list(_protocol_options().values()),
+                 aliases=True)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="write a self-contained model package",
-                       description="Write the backend's native layout (loadable by coqui-tts unchanged), "
+                       description="Write the backend's native layout (loadable by the upstream library unchanged), "
                        "reference clips sorted by length, voicetune.json and a README model card.")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="run folder written by `voicetune train`")
     s.add_argument("--out", required=True, help="package folder to write")
     s.add_argument("--checkpoint", default="latest",
                    help="'latest', 'best' (the best evaluation, when training marked one) or a checkpoint folder name")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("synthesize", help="speak text with an exported package")
-    s.add_argument("package_dir")
-    s.add_argument("--text", required=True)
+    s = sub.add_parser("synthesize", help="speak text with an exported package",
+                       description="Render text in the voice of the package's reference clips (or --reference).")
+    s.add_argument("package_dir", help="package written by `voicetune export` (or a native model folder)")
+    s.add_argument("--text", required=True, help="the text to speak")
     s.add_argument("--out", required=True, help="wav file to write")
     s.add_argument("--reference", action="append", help="reference clip(s); default: the package's reference/")
     s.add_argument("--language", help="default: the dataset language recorded in the package")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same audio; default: 0)")
     s.set_defaults(func=cmd_synthesize)
 
-    s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, CUDA, base folder")
+    s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, CUDA, base folder",
+                       description="Check disk, RAM, GPU, packages, the ASR model and (with --base) the base "
+                       "folder; with --dataset too, measure training memory on the GPU.")
     s.add_argument("--base", help="base model folder to check for completeness")
+    s.add_argument("--backend", default=TrainConfig.backend, choices=available_backends(),
+                   help="backend whose layout --base should have (default: %(default)s)")
     s.add_argument("--dataset", help="prepared dataset folder: with --base, a short training dry run on the GPU "
                    "measures peak memory and recommends batch size, accumulation, precision and checkpointing")
     s.set_defaults(func=cmd_doctor)
@@ -351,25 +482,36 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--max-steps", type=int, default=None, help="training steps (default: a few minutes on CPU)")
     s.set_defaults(func=cmd_demo)
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(backend: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``train`` takes the options of ``backend`` (default: the default backend)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="voicetune", formatter_class=fmt, epilog=EPILOG,
         description="Turn your own recordings into a finetuned voice-cloning TTS model, "
         "and measure (speaker similarity, intelligibility, naturalness) whether it got better.",
     )
     p.add_argument("--version", action="version", version=f"voicetune {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_data_commands, _add_model_commands, _add_result_commands):
-        add(sub, fmt)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    _add_data_commands(sub, fmt)
+    _add_model_commands(sub, fmt, backend or TrainConfig.backend)
+    _add_result_commands(sub, fmt)
     return p
+
 
 def main(argv: list[str] | None = None) -> int:
     from voicetune.utils.log import setup_logging
 
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_backend_of(argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's parser knows its flags: it suggests the closest one
+        chosen = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        if args.command == "dataset":
+            chosen = chosen._subparsers._group_actions[0].choices[args.dataset_command]  # type: ignore[union-attr]
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = argv
     setup_logging(args.verbose)
     try:
         return args.func(args)

@@ -1,34 +1,69 @@
 """Typed configs for every stage, with one help text per field, validation at load time and YAML I/O.
 
 Each field is declared with :func:`opt`, whose ``help`` is the field's documentation: the CLI builds
-``--help`` from it and validation errors quote the option that fixes them. YAML is only a
-serialisation of these dataclasses; unknown keys are errors, not silently ignored.
+``--help`` from it and validation errors quote the option (the command-line flag) that fixes them. YAML is
+only a serialisation of these dataclasses; unknown keys are errors, not silently ignored.
+
+:class:`TrainConfig` holds the generic training fields and two groups: ``eval`` (:class:`EvalOptions`, the one
+definition of how voice quality is evaluated, used by in-loop evaluation, ``voicetune evaluate`` and the
+evaluation suite) and ``backend_options`` (a :class:`BackendOptions` subclass that each backend owns and
+validates, e.g. ``voicetune.backends.xtts.options.XttsOptions``). This module never imports a backend: the
+functions that need a backend's options class take it as ``options_for`` (the backend registry,
+:mod:`voicetune.backends.registry`, passes its own). Every option also has a flat name, the command-line flag
+without dashes (``eval_every``, ``dropout``): the CLI, ``voicetune.train(**options)`` and :func:`merge` use it.
+
+YAML layout of a TrainConfig::
+
+    backend: xtts
+    max_steps: 500        # generic fields
+    eval:                 # EvalOptions
+      every_epochs: 1
+    xtts:                 # the backend's options, under its name
+      dropout: 0.0
+
+Config files of earlier versions (every option at the top level) still load: their keys are mapped to the
+sections, with one log line saying so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from voicetune.utils.io import atomic_write_text
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+B = TypeVar("B", bound="BackendOptions")
 
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the option that fixes it."""
 
 
-def opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = True) -> Any:  # noqa: A002
-    """Declare a config field with its documentation (and optional allowed values)."""
-    meta = {"help": help, "choices": choices, "cli": cli}
+def opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = True,  # noqa: A002
+        low: float | None = None, high: float | None = None, basic: bool = False, resumable: bool = False,
+        flag: str | None = None) -> Any:
+    """Declare a config field with its documentation.
+
+    ``choices``: the allowed values. ``low``/``high``: inclusive numeric bounds, checked for every config class
+    by :func:`check_fields` (the error names the flag and the range). ``basic``: listed in the short
+    ``--help`` (the others in its advanced sections). ``resumable``: may change when a run is resumed.
+    ``flag``: the option's flat name when it is not the group's prefix + the field name. ``cli=False``: no flag.
+    """
+    meta = {"help": help, "choices": choices, "cli": cli, "low": low, "high": high, "basic": basic,
+            "resumable": resumable, "flag": flag}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,19 +76,41 @@ def field_help(cls: type, name: str) -> str:
     raise KeyError(name)
 
 
+def flat_name(cls: type, f: dataclasses.Field) -> str:
+    """The option's flat name: its ``flag`` metadata, else the class's ``FLAG_PREFIX`` + the field name."""
+    return f.metadata.get("flag") or getattr(cls, "FLAG_PREFIX", "") + f.name
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The command-line flag of field ``name`` of ``cls`` (e.g. ``--eval-max-sentences``)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return "--" + flat_name(cls, f).replace("_", "-")
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
 
 
-def _check_choices(obj: Any) -> None:
+def check_fields(obj: Any) -> None:
+    """The checks every config declares in :func:`opt` metadata: choices, ``low``/``high`` bounds, finite floats."""
+    cls = type(obj)
     for f in dataclasses.fields(obj):
+        if f.metadata.get("group"):
+            continue
+        value, flag = getattr(obj, f.name), flag_of(cls, f.name)
         choices = f.metadata.get("choices")
-        if choices and getattr(obj, f.name) not in choices:
-            raise ConfigError(
-                f"{f.name}={getattr(obj, f.name)!r} is not one of {list(choices)}; "
-                f"set --{f.name.replace('_', '-')} to one of them"
-            )
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name}={value!r} is not one of {list(choices)}; set {flag} to one of them")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, not {value}; fix {flag}")
+        low, high = f.metadata.get("low"), f.metadata.get("high")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = (f"lie in [{low:g}, {high:g}]" if low is not None and high is not None
+                     else f">= {low:g}" if low is not None else f"<= {high:g}")
+            raise ConfigError(f"{f.name} must be {bound}, not {value!r}; fix {flag}")
 
 
 @dataclass
@@ -148,7 +205,7 @@ class PrepareConfig:
     device: str = opt("auto", "Device for VAD/ASR: auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        check_fields(self)
         _check(self.max_seconds <= 29.0, "max_seconds must be <= 29 (Whisper hears 30 s); fix --max-seconds")
         _check(self.asr_batch_size >= 1, "asr_batch_size must be >= 1; fix --asr-batch-size")
         _check(self.asr_recheck_logprob < 0.0, "asr_recheck_logprob must be < 0; fix --asr-recheck-logprob")
@@ -181,103 +238,155 @@ class PrepareConfig:
 RECOMPUTE_MODES = ("none", "mlp", "layer")  # what the backward pass recomputes instead of keeping; fastest first
 
 
-def recompute_fields(mode: str) -> dict[str, bool]:
-    """The TrainConfig fields of a recomputation mode (one of :data:`RECOMPUTE_MODES`)."""
-    if mode not in RECOMPUTE_MODES:
-        raise ValueError(f"recomputation mode must be one of {RECOMPUTE_MODES}, not {mode!r}")
-    return {"checkpoint_mlp": mode == "mlp", "gradient_checkpointing": mode == "layer"}
+@dataclass
+class EvalOptions:
+    """How voice quality is evaluated, defined once: the probe-set protocol (what is rendered and scored), how
+    often training evaluates and what that may cost, and how the best checkpoint and early stopping are decided.
+
+    ``voicetune train`` takes every field as ``--eval-<field>`` (early stopping and the WER guard keep their own
+    names); ``voicetune evaluate`` takes the protocol fields (:attr:`PROTOCOL`). In YAML: the ``eval:`` section.
+    """
+
+    FLAG_PREFIX: ClassVar[str] = "eval_"
+    PROTOCOL: ClassVar[tuple[str, ...]] = ("max_sentences", "probes", "num_references", "seed", "asr_model",
+                                           "intrusive")
+
+    every: int = opt(0, "Evaluate voice quality every N optimizer steps (0: use --eval-every-epochs).", low=0)
+    every_epochs: int = opt(
+        1, "Evaluate at the end of every N epochs (when --eval-every is 0). With both 0, no in-loop evaluation "
+        "(no baseline, no best checkpoint, no early stopping).", low=0, basic=True)
+    max_overhead: float = opt(
+        0.15, "Skip scheduled evaluations that would make evaluation take more than this fraction of the wall "
+        "time (measured as training goes; 0: never skip). The last step is always evaluated.", low=0.0)
+    max_sentences: int = opt(4, "Eval-split sentences (with their real recordings) in every evaluation.", low=0)
+    probes: int = opt(
+        4, "Fixed probe sentences of the language in every evaluation (4 covers short, numbers/names, question "
+        "and long).", low=0)
+    num_references: int = opt(3, "Reference clips (longest of the train split) that condition synthesis.", low=1)
+    seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).")
+    asr_model: str = opt("auto", "ASR model of the WER round trip (same meaning as in prepare).")
+    intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
+    weight_similarity: float = opt(
+        1.0, "Composite score weight of the speaker-similarity gain (as a share of the gap between the base model "
+        "and the real recordings).", low=0.0)
+    weight_wer: float = opt(2.0, "Composite score weight of the WER change (lower is better).", low=0.0)
+    weight_cer: float = opt(0.0, "Composite score weight of the CER change (use it instead of WER for zh/ja).",
+                            low=0.0)
+    weight_mos: float = opt(0.5, "Composite score weight of the predicted-MOS change (per MOS point).", low=0.0)
+    weight_failures: float = opt(
+        1.0, "Composite score weight of the change in the share of sentences flagged as failures (runaway, too "
+        "short, near silence, repetition).", low=0.0)
+    early_stop_patience: int = opt(
+        3, "Stop when the composite score has not improved for this many evaluations (0: never stop early).",
+        low=0, flag="early_stop_patience")
+    early_stop_min_delta: float = opt(0.01, "A composite-score improvement must exceed this to count.", low=0.0,
+                                      flag="early_stop_min_delta")
+    wer_guard: str = opt(
+        "stop", "When an evaluation's WER exceeds the base model's by more than --wer-guard-margin: stop "
+        "training, warn, or do nothing (off).", choices=("stop", "warn", "off"), flag="wer_guard")
+    wer_guard_margin: float = opt(0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).",
+                                  low=0.0, flag="wer_guard_margin")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _check(self.max_overhead < 1.0, "eval_max_overhead must lie in [0, 1); fix --eval-max-overhead")
+        _check(self.max_sentences + self.probes >= 1,
+               "an evaluation needs sentences: set --eval-max-sentences or --eval-probes >= 1")
+
+    @property
+    def in_loop(self) -> bool:
+        """Whether training evaluates at all (--eval-every or --eval-every-epochs)."""
+        return bool(self.every or self.every_epochs)
+
+
+@dataclass
+class BackendOptions:
+    """The options of one backend (its own fields, docs and checks): each backend subclasses this in
+    ``backends/<name>/options.py`` and names the subclass in its registry entry.
+
+    This base has no fields. ``TrainConfig()`` built without the registry holds it as a placeholder meaning "the
+    backend's defaults"; :func:`voicetune.backends.registry.train_config` and YAML loading resolve it to the
+    backend's own class. Flags of a backend's options are ``--<field>`` (no prefix); in YAML they go under the
+    backend's name.
+    """
+
+    FLAG_PREFIX: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def validate(self, cfg: TrainConfig) -> None:
+        """Checks that involve the generic fields too (called by TrainConfig); default: none."""
+
+    def recompute_modes(self) -> tuple[str, ...]:
+        """The recomputation modes (:data:`RECOMPUTE_MODES`) this backend can apply, fastest first."""
+        return ("none",)
+
+    def recompute(self) -> str:
+        """The backend-specific part of the recomputation mode these options select (e.g. "mlp"); "none"."""
+        return "none"
+
+    def with_recompute(self, mode: str) -> BackendOptions:
+        """A copy whose backend-specific recomputation fields select ``mode`` ("layer" is TrainConfig's)."""
+        return self
+
+    @classmethod
+    def of(cls: type[B], cfg: TrainConfig) -> B:
+        """This backend's options in ``cfg``: its own, or the defaults where ``cfg`` holds the placeholder."""
+        options = cfg.backend_options
+        if isinstance(options, cls):
+            return options
+        if type(options) is BackendOptions:
+            return cls()
+        raise ConfigError(f"the config holds options of another backend ({type(options).__name__}); set --backend")
+
+
+def group_meta(help: str, *, resumable: bool = False) -> dict[str, Any]:
+    """The metadata of a TrainConfig field that holds a group of options (a dataclass of its own)."""
+    return {"help": help, "group": True, "cli": False, "resumable": resumable}
 
 
 @dataclass
 class TrainConfig:
-    """Settings of `voicetune train`."""
+    """Settings of `voicetune train`: the generic training fields, the ``eval`` group and ``backend_options``."""
 
-    backend: str = opt("xtts", "Model backend.", choices=("xtts",))
-    max_steps: int = opt(0, "Stop after this many optimizer steps (0: use --epochs).")
-    epochs: int = opt(10, "Passes over the training split (used when --max-steps is 0).")
-    batch_size: int = opt(2, "Clips per micro-batch.")
-    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum).")
-    lr: float = opt(5e-6, "Peak learning rate of AdamW (the Coqui XTTS recipe uses 5e-6).")
-    weight_decay: float = opt(1e-2, "AdamW weight decay (applied to weight matrices only).")
+    backend: str = opt("xtts", "Model backend (one of the registered backends).", basic=True)
+    max_steps: int = opt(0, "Stop after this many optimizer steps (0: use --epochs).", low=0, basic=True,
+                         resumable=True)
+    epochs: int = opt(10, "Passes over the training split (used when --max-steps is 0).", basic=True, resumable=True)
+    batch_size: int = opt(2, "Clips per micro-batch.", low=1, basic=True)
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step (effective batch = batch_size x "
+                          "grad_accum).", low=1, basic=True)
+    lr: float = opt(5e-6, "Peak learning rate (the Coqui XTTS recipe uses 5e-6).", basic=True)
+    weight_decay: float = opt(1e-2, "Weight decay (decoupled for AdamW; applied to weight matrices only).", low=0.0)
     betas: list = opt([0.9, 0.96], "AdamW betas.")
-    warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.")
-    grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
+    warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.", low=0)
+    grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).", low=0.0)
     precision: str = opt(
         "auto", "auto: bf16 autocast on CUDA GPUs that support it, fp32 on CPU. fp16: autocast with dynamic loss "
-        "scaling (GPUs without bf16); fp32: no autocast.", choices=("auto", "bf16", "fp16", "fp32")
-    )
-    text_ce_weight: float = opt(0.01, "Weight of the text cross-entropy in the total loss (Coqui default 0.01).")
-    mel_ce_weight: float = opt(1.0, "Weight of the audio-code (mel) cross-entropy in the total loss.")
-    save_every: int = opt(0, "Write a checkpoint every N optimizer steps (0: only at the end).")
-    keep_last: int = opt(3, "Keep this many most recent step checkpoints on disk.")
-    log_every: int = opt(1, "Log losses every N optimizer steps.")
-    seed: int = opt(1, "Seed for data order and initialisation.")
-    device: str = opt("auto", "auto, cpu or cuda (or cuda:N).")
-    num_workers: int = opt(0, "DataLoader worker processes (features are cached, so 0 is usually enough).")
-    # In-loop evaluation (voicetune.evaluation.in_loop): the best checkpoint and early stopping follow voice
-    # quality on a fixed probe set, not the loss. --eval-every 0 --eval-every-epochs 0 turns it off.
-    eval_every: int = opt(0, "Evaluate voice quality every N optimizer steps (0: use --eval-every-epochs).")
-    eval_every_epochs: int = opt(
-        1, "Evaluate at the end of every N epochs (when --eval-every is 0). With both 0, no in-loop evaluation "
-        "(no baseline, no best checkpoint, no early stopping).")
-    eval_max_overhead: float = opt(
-        0.15, "Skip scheduled evaluations that would make evaluation take more than this fraction of the wall "
-        "time (measured as training goes; 0: never skip). The last step is always evaluated.")
-    eval_max_sentences: int = opt(4, "Eval-split sentences (with their real recordings) in every evaluation.")
-    eval_probes: int = opt(
-        4, "Fixed probe sentences of the language in every evaluation (4 covers short, numbers/names, question "
-        "and long).")
-    eval_num_references: int = opt(3, "Reference clips (longest of the train split) that condition synthesis.")
-    eval_seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).")
-    eval_asr_model: str = opt("auto", "ASR model of the WER round trip (same meaning as in prepare).")
-    eval_intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
-    eval_weight_similarity: float = opt(
-        1.0, "Composite score weight of the speaker-similarity gain (as a share of the gap between the base model "
-        "and the real recordings).")
-    eval_weight_wer: float = opt(2.0, "Composite score weight of the WER change (lower is better).")
-    eval_weight_cer: float = opt(0.0, "Composite score weight of the CER change (use it instead of WER for zh/ja).")
-    eval_weight_mos: float = opt(0.5, "Composite score weight of the predicted-MOS change (per MOS point).")
-    eval_weight_failures: float = opt(
-        1.0, "Composite score weight of the change in the share of sentences flagged as failures (runaway, too "
-        "short, near silence, repetition).")
-    early_stop_patience: int = opt(
-        3, "Stop when the composite score has not improved for this many evaluations (0: never stop early).")
-    early_stop_min_delta: float = opt(0.01, "A composite-score improvement must exceed this to count.")
-    wer_guard: str = opt(
-        "stop", "When an evaluation's WER exceeds the base model's by more than --wer-guard-margin: stop "
-        "training, warn, or do nothing (off).", choices=("stop", "warn", "off"))
-    wer_guard_margin: float = opt(0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).")
+        "scaling (GPUs without bf16); fp32: no autocast.", choices=("auto", "bf16", "fp16", "fp32"), basic=True)
+    save_every: int = opt(0, "Write a checkpoint every N optimizer steps (0: only at the end).", low=0, basic=True,
+                          resumable=True)
+    keep_last: int = opt(3, "Keep this many most recent step checkpoints on disk.", low=1, resumable=True)
+    log_every: int = opt(1, "Log losses every N optimizer steps.", low=1, resumable=True)
+    seed: int = opt(1, "Seed for data order and initialisation.", basic=True)
+    device: str = opt("auto", "auto, cpu or cuda (or cuda:N).", basic=True, resumable=True)
     # Speed and memory (benchmarks/README.md has the measurements behind the defaults).
-    fast_loss: bool = opt(
-        True, "Packed GPT forward for the training loss (padding at the end of each row, so attention needs no "
-        "mask and runs the flash kernel; same loss as coqui-tts's GPT.forward). false: coqui-tts's GPT.forward.")
-    attention: str = opt(
-        "sdpa", "Attention kernels: sdpa (fused scaled_dot_product_attention) or eager (the original math).",
-        choices=("sdpa", "eager"))
     compile: str = opt(
         "auto", "torch.compile the training loss: auto (on CUDA GPUs with Triton), on, off. The first step of "
-        "each padded length compiles (about a minute); later steps reuse it.", choices=("auto", "on", "off"))
+        "each padded length compiles (about a minute); later steps reuse it.", choices=("auto", "on", "off"),
+        resumable=True)
     compile_mode: str = opt(
         "default", "torch.compile mode; reduce-overhead adds CUDA graphs (fewer launches, more memory).",
-        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"))
-    compile_scope: str = opt(
-        "layers", "What one compiled graph covers: layers (one transformer layer, reused by all 30, plus the "
-        "conditioning encoder and the loss head: compiles in seconds) or model (the whole loss: fewer launches, "
-        "minutes of compiling per padded length).", choices=("layers", "model"))
-    pad_multiple: int = opt(
-        64, "Pad each batch's sequence length up to a multiple of this (1: no padding), so that a compiled graph "
-        "is reused; padding is ignored by the loss.")
+        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"), resumable=True)
     cuda_graphs: str = opt(
         "auto", "Capture each micro-batch's forward + backward in a CUDA graph and replay it (one launch instead "
         "of ~1,800): auto (on a CUDA GPU with --param-dtype bf16 and a compile mode without its own graphs), on, "
         "off. One graph per padded length, captured the first time it starts a step.",
         choices=("auto", "on", "off"))
     gradient_checkpointing: bool = opt(
-        False, "Recompute each transformer layer's activations in the backward pass (less memory, ~30% slower).")
-    checkpoint_mlp: bool = opt(
-        False, "Recompute only each transformer layer's MLP (norm, first projection, activation: its largest "
-        "tensors) in the backward pass. Less memory than none at a few percent of speed; unlike "
-        "--gradient-checkpointing it draws no random numbers, so it works with --cuda-graphs. Packed loss only.")
+        False, "Recompute each transformer layer's activations in the backward pass (less memory, ~30% slower).",
+        resumable=True)
     param_dtype: str = opt(
         "fp32", "Dtype of the trained weights and gradients. bf16 halves their memory; the optimizer then keeps "
         "the updates exact on average by stochastic rounding (needs --precision bf16 or auto on a GPU).",
@@ -289,89 +398,59 @@ class TrainConfig:
     optimizer: str = opt(
         "adamw", "Optimizer: adamw (decoupled weight decay), adam, sgd (with --momentum) or rmsprop (with "
         "--momentum); fused or foreach kernels where available.", choices=("adamw", "adam", "sgd", "rmsprop"))
-    momentum: float = opt(0.9, "Momentum of --optimizer sgd and rmsprop.")
+    momentum: float = opt(0.9, "Momentum of --optimizer sgd and rmsprop.", low=0.0)
     scheduler: str = opt(
         "constant", "Learning-rate schedule after the --warmup-steps: constant; cosine (down to lr x --min-lr-ratio "
         "at the last step); cosine_restarts (warm restarts every --restart-steps); linear (down to lr x "
         "--min-lr-ratio); step (x --lr-gamma every --step-size steps); multistep (x --lr-gamma after each of "
         "--milestones); exponential (x --lr-gamma every step).",
         choices=("constant", "cosine", "cosine_restarts", "linear", "step", "multistep", "exponential"))
-    min_lr_ratio: float = opt(0.0, "Floor of the cosine, cosine_restarts and linear schedules, as a fraction of --lr.")
-    restart_steps: int = opt(0, "Length of the first cosine_restarts period in steps (0: a quarter of the run).")
-    restart_mult: int = opt(1, "Each cosine_restarts period is this many times as long as the previous one.")
-    step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).")
+    min_lr_ratio: float = opt(0.0, "Floor of the cosine, cosine_restarts and linear schedules, as a fraction of --lr.",
+                              low=0.0, high=1.0)
+    restart_steps: int = opt(0, "Length of the first cosine_restarts period in steps (0: a quarter of the run).",
+                             low=0)
+    restart_mult: int = opt(1, "Each cosine_restarts period is this many times as long as the previous one.", low=1)
+    step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).", low=0)
     milestones: list = opt([], "Steps after which --scheduler multistep multiplies the LR by --lr-gamma.")
     lr_gamma: float = opt(0.5, "LR factor of the step, multistep and exponential schedules.")
     finetune: str = opt(
-        "full", "What trains: full (every GPT weight not in --freeze) or lora (low-rank adapters on the transformer "
-        "layers, --lora-*; checkpoints hold only the adapters, export merges them into the weights).",
-        choices=("full", "lora"))
-    lora_rank: int = opt(16, "LoRA rank.")
+        "full", "What trains: full (every weight of the trainable model not in the backend's --freeze) or lora "
+        "(low-rank adapters, --lora-*; checkpoints hold only the adapters, export merges them into the weights).",
+        choices=("full", "lora"), basic=True)
+    lora_rank: int = opt(16, "LoRA rank.", low=1)
     lora_alpha: float = opt(32.0, "LoRA alpha (the adapter update is scaled by alpha / rank).")
-    lora_dropout: float = opt(0.05, "Dropout on the LoRA adapters' input.")
-    lora_targets: str = opt(
-        "c_attn,c_proj,c_fc", "Comma-separated GPT-2 modules that get LoRA adapters: c_attn (fused q/k/v), c_proj "
-        "(attention output and MLP output), c_fc (MLP input).")
-    freeze: str = opt(
-        "", "Comma-separated GPT parts that do not train: conditioning_encoder, conditioning_perceiver, "
-        "text_embedding, text_pos_embedding, text_head, mel_embedding, mel_pos_embedding, mel_head, transformer, "
-        "final_norm.")
-    lr_text_mult: float = opt(1.0, "LR multiplier of the text side (text_embedding, text_pos_embedding, text_head).")
-    lr_audio_mult: float = opt(1.0, "LR multiplier of the audio side (mel_embedding, mel_pos_embedding, mel_head).")
-    lr_cond_mult: float = opt(1.0, "LR multiplier of the conditioning encoder and perceiver.")
-    dropout: float = opt(-1.0, "Dropout of the GPT-2 layers while training (-1: the base model's, 0.1 in XTTS-v2).")
-    extend_vocab: bool = opt(
-        False, "Extend the BPE vocabulary with the characters (and merges for the words) of the transcripts that it "
-        "cannot encode (new scripts, accented names); text_embedding and text_head grow, new rows start at the mean "
-        "of the old ones. The run keeps the extended vocab.json and export writes it.")
-    extend_vocab_size: int = opt(
-        256, "At most this many new tokens from --extend-vocab (every missing character is added regardless).")
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA adapters' input.", low=0.0)
     max_audio_seconds: float = opt(
         0.0, "Drop training clips longer than this (0: the model's limit, 11.6 s for XTTS-v2); the log and "
-        "run.json count the clips dropped and why.")
-    max_text_tokens: int = opt(0, "Drop training clips with more transcript tokens (0: the model's limit, 200 for XTTS).")
+        "run.json count the clips dropped and why.", low=0.0)
+    max_text_tokens: int = opt(0, "Drop training clips with more transcript tokens (0: the model's limit, 200 for "
+                               "XTTS).", low=0)
     bucket_window: int = opt(
         16, "Length-bucketed batching: within windows of this many steps of each shuffled epoch, clips are sorted "
-        "by length, so a micro-batch holds clips of similar length (less padding). 0 or 1: plain shuffling.")
+        "by length, so a micro-batch holds clips of similar length (less padding). 0 or 1: plain shuffling.", low=0)
     auto: bool = opt(
         False, "Before training, measure peak GPU memory over a few steps at growing batch sizes (as `voicetune "
-        "doctor --dataset` does) and set --batch-size, --grad-accum, --precision and the recomputation "
-        "(--checkpoint-mlp, then --gradient-checkpointing, when two clips do not fit) for this GPU, keeping the effective batch (batch_size x grad_accum). On a CPU: CPU settings.")
+        "doctor --dataset` does) and set --batch-size, --grad-accum, --precision and the recomputation the backend "
+        "offers (e.g. --checkpoint-mlp, then --gradient-checkpointing, when two clips do not fit) for this GPU, "
+        "keeping the effective batch (batch_size x grad_accum). On a CPU: CPU settings.", basic=True,
+        resumable=True)
     mem_every: int = opt(
         50, "Log a parseable memory line every N steps ([mem] step=N alloc_gib=.. peak_gib=.. reserved_gib=..; "
-        "rss_gib on CPU); 0: never.")
+        "rss_gib on CPU); 0: never.", low=0, resumable=True)
+    eval: EvalOptions = field(default_factory=EvalOptions, metadata=group_meta(
+        "In-loop evaluation, the evaluation protocol and checkpoint selection.", resumable=True))
+    backend_options: BackendOptions = field(default_factory=BackendOptions,
+                                            metadata=group_meta("The backend's own options."))
 
     def __post_init__(self) -> None:
-        _check_choices(self)
-        _check(self.max_steps >= 0, "max_steps must be >= 0; fix --max-steps")
+        check_fields(self)
         _check(self.epochs >= 1 or self.max_steps > 0, "set --epochs >= 1 or --max-steps > 0")
-        _check(self.batch_size >= 1, "batch_size must be >= 1; fix --batch-size")
-        _check(self.grad_accum >= 1, "grad_accum must be >= 1; fix --grad-accum")
-        _check(self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number; fix --lr")
+        _check(self.lr > 0, "lr must be a positive number; fix --lr")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)")
-        _check(self.grad_clip >= 0, "grad_clip must be >= 0; fix --grad-clip")
-        _check(self.keep_last >= 1, "keep_last must be >= 1; fix --keep-last")
-        _check(self.log_every >= 1, "log_every must be >= 1; fix --log-every")
-        for name in ("eval_every", "eval_every_epochs", "eval_max_sentences", "eval_probes", "early_stop_patience"):
-            _check(getattr(self, name) >= 0, f"{name} must be >= 0; fix --{name.replace('_', '-')}")
-        _check(0.0 <= self.eval_max_overhead < 1.0, "eval_max_overhead must lie in [0, 1); fix --eval-max-overhead")
-        _check(self.eval_max_sentences + self.eval_probes >= 1,
-               "an evaluation needs sentences: set --eval-max-sentences or --eval-probes >= 1")
-        _check(self.eval_num_references >= 1, "eval_num_references must be >= 1; fix --eval-num-references")
-        for name in ("eval_weight_similarity", "eval_weight_wer", "eval_weight_cer", "eval_weight_mos",
-                     "eval_weight_failures", "early_stop_min_delta", "wer_guard_margin"):
-            value = getattr(self, name)
-            _check(value >= 0 and math.isfinite(value), f"{name} must be >= 0; fix --{name.replace('_', '-')}")
-        _check(self.pad_multiple >= 1, "pad_multiple must be >= 1; fix --pad-multiple")
-        _check(not self.checkpoint_mlp or self.fast_loss,
-               "checkpoint_mlp works on the packed loss; set --fast-loss (or drop --checkpoint-mlp)")
-        _check(not (self.checkpoint_mlp and self.gradient_checkpointing),
-               "--gradient-checkpointing recomputes whole layers, MLPs included; drop --checkpoint-mlp")
         _check(self.param_dtype == "fp32" or self.precision != "fp32",
                "param_dtype bf16 trains under bf16 autocast; set --precision auto or bf16 (or --param-dtype fp32)")
         _check(self.optimizer_state_dtype == "fp32" or self.param_dtype == "bf16",
                "optimizer_state_dtype bf16 needs --param-dtype bf16")
-        _check(self.fast_loss or self.compile != "on", "compile needs the packed loss; set --fast-loss or --compile off")
         _check(self.cuda_graphs != "on" or self.param_dtype == "bf16",
                "cuda_graphs on needs gradients in fixed buffers: set --param-dtype bf16 (or --cuda-graphs auto/off)")
         _check(self.cuda_graphs != "on" or self.compile_mode not in ("reduce-overhead", "max-autotune"),
@@ -381,74 +460,99 @@ class TrainConfig:
                "cuda_graphs on cannot capture gradient checkpointing (it saves and restores the RNG state); "
                "drop --gradient-checkpointing or set --cuda-graphs auto/off")
         self._check_training()
+        if type(self.backend_options) is not BackendOptions:  # resolved: the backend's own cross-checks
+            _check(not self.gradient_checkpointing or "layer" in self.backend_options.recompute_modes(),
+                   f"the {self.backend} backend cannot recompute whole layers; drop --gradient-checkpointing")
+            self.backend_options.validate(self)
 
     @property
     def recompute(self) -> str:
         """What the backward pass recomputes (one of :data:`RECOMPUTE_MODES`): --gradient-checkpointing whole
-        layers, --checkpoint-mlp each layer's MLP."""
-        return "layer" if self.gradient_checkpointing else "mlp" if self.checkpoint_mlp else "none"
+        layers, else what the backend's options select (XTTS: --checkpoint-mlp, each layer's MLP)."""
+        return "layer" if self.gradient_checkpointing else self.backend_options.recompute()
 
     def _check_training(self) -> None:
         """Optimizer, schedule, what trains, data and observability options (voicetune.training)."""
-        from voicetune.backends.xtts.parts import LORA_TARGETS, PARTS, split_names
-
-        _check(0.0 <= self.momentum < 1.0, "momentum must lie in [0, 1); fix --momentum")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]; fix --min-lr-ratio")
-        _check(self.restart_steps >= 0, "restart_steps must be >= 0; fix --restart-steps")
-        _check(self.restart_mult >= 1, "restart_mult must be >= 1; fix --restart-mult")
-        _check(self.step_size >= 0, "step_size must be >= 0; fix --step-size")
+        _check(self.momentum < 1.0, "momentum must lie in [0, 1); fix --momentum")
         _check(0.0 < self.lr_gamma <= 1.0, "lr_gamma must lie in (0, 1]; fix --lr-gamma")
         _check(all(float(m) >= 1 and float(m) == int(m) for m in self.milestones),
                "milestones must be whole step numbers >= 1; fix --milestones")
         _check(self.scheduler != "multistep" or bool(self.milestones), "--scheduler multistep needs --milestones")
-        _check(self.lora_rank >= 1, "lora_rank must be >= 1; fix --lora-rank")
         _check(self.lora_alpha > 0, "lora_alpha must be > 0; fix --lora-alpha")
-        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout must lie in [0, 1); fix --lora-dropout")
-        targets = split_names(self.lora_targets)
-        _check(bool(targets) and set(targets) <= set(LORA_TARGETS),
-               f"lora_targets {self.lora_targets!r}: choose from {list(LORA_TARGETS)}; fix --lora-targets")
-        frozen = split_names(self.freeze)
-        unknown = sorted(set(frozen) - set(PARTS))
-        _check(not unknown, f"freeze: unknown part(s) {unknown}; choose from {list(PARTS)}; fix --freeze")
-        _check(self.finetune == "lora" or set(PARTS) - set(frozen),
-               "--freeze names every part: nothing would train; remove some, or use --finetune lora")
-        for name in ("lr_text_mult", "lr_audio_mult", "lr_cond_mult"):
-            value = getattr(self, name)
-            _check(value > 0 and math.isfinite(value),
-                   f"{name} must be > 0 (to stop a part training use --freeze); fix --{name.replace('_', '-')}")
-        _check(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0, "dropout must be -1 or lie in [0, 1); fix --dropout")
-        _check(self.extend_vocab_size >= 1, "extend_vocab_size must be >= 1; fix --extend-vocab-size")
-        _check(self.max_audio_seconds >= 0, "max_audio_seconds must be >= 0; fix --max-audio-seconds")
-        _check(self.max_text_tokens >= 0, "max_text_tokens must be >= 0; fix --max-text-tokens")
-        _check(self.bucket_window >= 0, "bucket_window must be >= 0; fix --bucket-window")
-        _check(self.mem_every >= 0, "mem_every must be >= 0; fix --mem-every")
+        _check(self.lora_dropout < 1.0, "lora_dropout must lie in [0, 1); fix --lora-dropout")
         _check(self.param_dtype == "fp32" or self.precision != "fp16",
                "param_dtype bf16 cannot train under --precision fp16; use --precision bf16 (or --param-dtype fp32)")
         _check(self.param_dtype == "fp32" or self.optimizer == "adamw",
                "param_dtype bf16 has its own AdamW; use --optimizer adamw (or --param-dtype fp32)")
 
 
-@dataclass
-class EvalConfig:
-    """Settings of `voicetune evaluate`."""
-
-    max_sentences: int = opt(8, "Evaluate at most this many eval-split sentences.")
-    num_references: int = opt(3, "Reference clips (longest of the train split) used to condition synthesis.")
-    asr_model: str = opt("auto", "ASR model for the round trip (same meaning as in prepare).")
-    seed: int = opt(0, "Sampling seed: every checkpoint is rendered on the same inputs with the same seed.")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    probes: int = opt(
-        4, "Fixed probe sentences of the language rendered besides the eval-split ones (probe-set evaluation; "
-        "`voicetune evaluate RUN_DIR` uses the run's own settings unless given).")
-    intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
-
-    def __post_init__(self) -> None:
-        _check(self.max_sentences >= 1, "max_sentences must be >= 1; fix --max-sentences")
-        _check(self.probes >= 0, "probes must be >= 0; fix --probes")
-        _check(self.num_references >= 1, "num_references must be >= 1; fix --num-references")
+def with_recompute(cfg: TrainConfig, mode: str) -> TrainConfig:
+    """``cfg`` set to recompute ``mode`` (one of :data:`RECOMPUTE_MODES`) in the backward pass."""
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"recomputation mode must be one of {RECOMPUTE_MODES}, not {mode!r}")
+    return dataclasses.replace(cfg, gradient_checkpointing=mode == "layer",
+                               backend_options=cfg.backend_options.with_recompute(mode))
 
 
-_CONFIGS = {"prepare": PrepareConfig, "train": TrainConfig, "evaluate": EvalConfig}
+_CONFIGS = {"prepare": PrepareConfig, "train": TrainConfig}
+
+OptionsFor = Callable[[str], type[BackendOptions]]
+"""The options class of a backend name (the backend registry's ``options_class``)."""
+
+REMOVED_OPTIONS = {"num_workers": "features are read from the run's in-memory cache; no worker processes"}
+"""Options of earlier versions that no longer exist: an old config.yaml holding them still loads (logged)."""
+
+
+# ------------------------------------------------------------------------------------------------ I/O
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One option of a config class: its flat name (flag without dashes), where it lives and its declaration."""
+
+    flat: str
+    group: str  # "" (a top-level field), "eval", or "backend_options"
+    field: dataclasses.Field
+    owner: type  # the dataclass that declares it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.flat.replace("_", "-")
+
+
+def option_fields(cls: type, options: type[BackendOptions] | None = None) -> dict[str, OptionField]:
+    """Every option of ``cls`` by flat name, groups included (``options``: the backend options class to use)."""
+    out: dict[str, OptionField] = {}
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("group"):
+            out[f.name] = OptionField(f.name, "", f, cls)
+            continue
+        sub = options if f.name == "backend_options" and options is not None else f.default_factory()  # type: ignore[misc]
+        sub = sub if isinstance(sub, type) else type(sub)
+        for g in dataclasses.fields(sub):
+            name = flat_name(sub, g)
+            if name in out:
+                raise ConfigError(f"{sub.__name__}.{g.name}: its flag {name!r} is already an option of {cls.__name__}")
+            out[name] = OptionField(name, f.name, g, sub)
+    return out
+
+
+def resumable_options(cfg: TrainConfig) -> set[str]:
+    """Flat names of the options a resumed run may change (``resumable`` in opt(), or in a resumable group)."""
+    groups = {f.name: f.metadata.get("resumable", False) for f in dataclasses.fields(cfg)}
+    return {name for name, o in option_fields(TrainConfig, type(cfg.backend_options)).items()
+            if o.field.metadata.get("resumable") or groups.get(o.group)}
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """Every option of ``cfg`` by flat name (groups included)."""
+    if not isinstance(cfg, TrainConfig):
+        return dataclasses.asdict(cfg)
+    out = {}
+    for name, o in option_fields(TrainConfig, type(cfg.backend_options)).items():
+        holder = getattr(cfg, o.group) if o.group else cfg
+        out[name] = getattr(holder, o.field.name)
+    return out
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
@@ -457,43 +561,139 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return float(value)
     if origin in (int, float, str, bool) and not isinstance(value, origin):
         raise ConfigError(f"{name} must be of type {origin.__name__}, got {value!r}")
+    if origin is int and isinstance(value, bool):
+        raise ConfigError(f"{name} must be of type int, got {value!r}")
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
-    """Build ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of options, got {type(data).__name__}")
+def _unknown(keys: list[str], known: list[str], source: str) -> ConfigError:
+    hints = [f"{k!r} (did you mean {m[0]!r}?)" for k in keys for m in [difflib.get_close_matches(k, known, 1)] if m]
+    return ConfigError(f"{source}: unknown option(s) {keys}{'; ' + ', '.join(hints) if hints else ''}; "
+                       f"valid options are {sorted(known)}")
+
+
+def _build(cls: type[T], kwargs: dict[str, Any], source: str) -> T:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {unknown}; valid options are {sorted(known)}")
-    kwargs = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+    coerced = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in kwargs.items()}
     try:
-        return cls(**kwargs)
+        return cls(**coerced)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
 
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config",
+              options_for: OptionsFor | None = None) -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and wrongly typed values.
+
+    A TrainConfig mapping is the YAML layout of the module doc (an ``eval:`` section and one under the backend's
+    name), or flat (every option by its flat name: config files of earlier versions). ``options_for`` gives the
+    backend's options class; without it a mapping that sets backend options is an error.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of options, got {type(data).__name__}")
+    if cls is not TrainConfig:
+        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise _unknown(unknown, known, source)
+        return _build(cls, data, source)
+    return _train_from_dict(data, source, options_for)  # type: ignore[return-value]
+
+
+def _options_class(backend: Any, options_for: OptionsFor | None, source: str) -> type[BackendOptions]:
+    if not isinstance(backend, str):
+        raise ConfigError(f"{source}: backend must be of type str, got {backend!r}")
+    if options_for is None:
+        return BackendOptions
+    try:
+        return options_for(backend)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _train_from_dict(data: dict[str, Any], source: str, options_for: OptionsFor | None) -> TrainConfig:
+    backend = data.get("backend", TrainConfig.backend)
+    options = _options_class(backend, options_for, source)
+    fields = option_fields(TrainConfig, options)
+    top = {f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("group")}
+    parts: dict[str, dict[str, Any]] = {"": {}, "eval": {}, "backend_options": {}}
+    flat_keys, removed, unknown = [], [], []
+    for key, value in data.items():
+        section = "eval" if key == "eval" else "backend_options" if key == backend else None
+        if section is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a mapping of options, got {value!r}")
+            known = {f.name for f in dataclasses.fields(options if section == "backend_options" else EvalOptions)}
+            bad = sorted(set(value) - known)
+            if bad:
+                raise _unknown([f"{key}.{k}" for k in bad], [f"{key}.{k}" for k in known], source)
+            parts[section].update(value)
+        elif key in top:
+            parts[""][key] = value
+        elif key in fields:  # a flat name of a group's option (earlier versions wrote every option flat)
+            parts[fields[key].group][fields[key].field.name] = value
+            flat_keys.append(key)
+        elif key in REMOVED_OPTIONS:
+            removed.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise _unknown(sorted(unknown), sorted(fields), source)
+    if parts["backend_options"] and options is BackendOptions:
+        raise ConfigError(f"{source}: the {backend} backend's options need the backend registry "
+                          "(voicetune.backends.registry.load_train_config)")
+    if flat_keys:
+        logger.info("%s: options of an earlier config layout (%s) were read into their eval: and %s: sections; "
+                    "voicetune writes the new layout", source, ", ".join(sorted(flat_keys)), backend)
+    for key in removed:
+        logger.info("%s: option %s is no longer used (%s); ignored", source, key, REMOVED_OPTIONS[key])
+    return _build(TrainConfig, {**parts[""], "eval": _build(EvalOptions, parts["eval"], source),
+                                "backend_options": _build(options, parts["backend_options"], source)}, source)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """A config as the mapping YAML holds (a TrainConfig in the layout of the module doc)."""
+    if not isinstance(cfg, TrainConfig):
+        return dataclasses.asdict(cfg)
+    out = {f.name: dataclasses.asdict(cfg)[f.name] for f in dataclasses.fields(cfg) if not f.metadata.get("group")}
+    out["eval"] = dataclasses.asdict(cfg.eval)
+    if dataclasses.fields(cfg.backend_options):
+        out[cfg.backend] = dataclasses.asdict(cfg.backend_options)
+    return out
 
 
-def load_yaml(cls: type[T], path: Path) -> T:
+def load_yaml(cls: type[T], path: Path, options_for: OptionsFor | None = None) -> T:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
-    return from_dict(cls, data, source=str(path))
+    return from_dict(cls, data, source=str(path), options_for=options_for)
 
 
 def save_yaml(cfg: Any, path: Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def merge(cfg: T, overrides: dict[str, Any]) -> T:
-    """Return a copy of ``cfg`` with the non-None ``overrides`` applied (and validated)."""
-    data = to_dict(cfg)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(type(cfg), data, source="options")
+def merge(cfg: T, overrides: dict[str, Any], options_for: OptionsFor | None = None) -> T:
+    """Return a copy of ``cfg`` with the non-None ``overrides`` (by flat name) applied and validated.
+
+    For a TrainConfig, a changed ``backend`` starts from that backend's default options (``options_for``).
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not isinstance(cfg, TrainConfig):
+        return from_dict(type(cfg), {**to_dict(cfg), **overrides}, source="options")
+    backend = overrides.get("backend", cfg.backend)
+    resolved = type(cfg.backend_options) is not BackendOptions and backend == cfg.backend
+    options = type(cfg.backend_options) if resolved else _options_class(backend, options_for, "options")
+    before = option_fields(TrainConfig, type(cfg.backend_options))
+    flat = {k: v for k, v in flatten(cfg).items() if resolved or before[k].group != "backend_options"}
+    flat.update(overrides)
+    fields = option_fields(TrainConfig, options)
+    unknown = sorted(set(flat) - set(fields))
+    if unknown:
+        raise _unknown(unknown, sorted(fields), "options")
+    parts: dict[str, dict[str, Any]] = {"": {}, "eval": {}, "backend_options": {}}
+    for name, value in flat.items():
+        parts[fields[name].group][fields[name].field.name] = value
+    return _build(TrainConfig, {**parts[""], "eval": _build(EvalOptions, parts["eval"], "options"),  # type: ignore[return-value]
+                                "backend_options": _build(options, parts["backend_options"], "options")}, "options")

@@ -61,9 +61,9 @@ def demo(workdir: Path | str = "demo_run", max_steps: int | None = None, progres
     from voicetune.data.prepare import prepare
     from voicetune.demo_audio import generate_recordings
     from voicetune.evaluation.report import text_report
+    from voicetune.finetune import train
     from voicetune.packaging import export
     from voicetune.synthesis import synthesize
-    from voicetune.training.loop import train
 
     workdir = Path(workdir)
     _fresh_workdir(workdir)

@@ -1,7 +1,8 @@
 """`voicetune export`: a self-contained model package.
 
     PACKAGE_DIR/
-      <native layout>     for XTTS-v2: config.json, model.pth, vocab.json, dvae.pth, mel_stats.pth, speakers_xtts.pth
+      <native layout>     the backend's (Backend.export; for XTTS-v2: config.json, model.pth, vocab.json, dvae.pth,
+                          mel_stats.pth, speakers_xtts.pth)
       reference/          the speaker's clips, longest first (01_7.9s.wav, 02_7.1s.wav, ...)
       voicetune.json      backend, base, dataset, steps, metrics against the base, config, versions
       README.md           model card
@@ -19,33 +20,15 @@ from typing import Any
 
 import yaml
 
-from voicetune.backends.base import get_backend
+from voicetune.backends.registry import backend_class, detect_backend, get_backend
 from voicetune.data.manifest import Dataset
-from voicetune.run import RunInfo, best_checkpoint, latest_checkpoint, read_meta, software_versions
+from voicetune.run import RunInfo, read_meta, resolve_checkpoint, software_versions, trainable_path
 from voicetune.utils.device import pick_device
 from voicetune.utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_MANIFEST = "voicetune.json"
-
-
-def resolve_checkpoint(run_dir: Path, checkpoint: str = "latest") -> Path:
-    run_dir = Path(run_dir)
-    if checkpoint == "latest":
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"{run_dir}/checkpoints: no complete checkpoint; has training finished a step?")
-        return ckpt
-    if checkpoint == "best":  # marked by the evaluation harness (in-loop or `voicetune evaluate`)
-        ckpt = best_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"{run_dir}/checkpoints/best: no best checkpoint marked; use --checkpoint latest")
-        return ckpt
-    ckpt = run_dir / "checkpoints" / checkpoint
-    if not (ckpt / "meta.json").is_file():
-        raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no meta.json)")
-    return ckpt
 
 
 def _copy_references(dataset: Dataset, out: Path, count: int) -> list[str]:
@@ -76,15 +59,15 @@ def _latest_eval_metrics(run_dir: Path, ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
-def _model_card(manifest: dict[str, Any]) -> str:
+def _model_card(manifest: dict[str, Any], usage: list[str]) -> str:
+    """README.md of a package; ``usage``: the backend's lines on loading it elsewhere (Backend.usage)."""
     lines = [
         f"# voicetune model package ({manifest['backend']})", "",
         f"- base model: `{manifest['base']}`",
         f"- dataset: `{manifest['dataset']}` ({manifest['train_clips']} training clips)",
         f"- trained steps: {manifest['steps']}", f"- language: {manifest['language']}", "",
-        "Use it with voicetune: `voicetune synthesize THIS_FOLDER --text \"Hello.\" --out hello.wav`",
-        "or load it with coqui-tts (`Xtts.load_checkpoint(config, checkpoint_dir=THIS_FOLDER)`) and condition",
-        "on the clips in `reference/`.", "",
+        "Use it with voicetune: `voicetune synthesize THIS_FOLDER --text \"Hello.\" --out hello.wav`.",
+        *usage, "",
     ]
     if manifest.get("untrained_base"):
         lines += ["**Warning:** the base was an UNTRAINED tiny test model; this package cannot produce usable speech.", ""]
@@ -103,10 +86,9 @@ def export(run_dir: Path | str, out: Path | str, checkpoint: str = "latest", ref
     dataset = Dataset.load(info.dataset)
     backend = get_backend(info.backend)
     backend.load_base(Path(info.base), pick_device("cpu"))
-    backend.load_trained(ckpt / "trainable.pt")
+    backend.load_trained(trainable_path(ckpt))
     meta = read_meta(ckpt)
-    base_cfg = Path(info.base) / "config.json"
-    untrained = base_cfg.is_file() and "voicetune_note" in base_cfg.read_text()
+    untrained = type(backend).is_untrained(Path(info.base))
     with atomic_dir(out) as tmp:
         backend.export(tmp)
         refs = _copy_references(dataset, tmp, references)
@@ -119,13 +101,16 @@ def export(run_dir: Path | str, out: Path | str, checkpoint: str = "latest", ref
             "versions": software_versions(),
         }
         atomic_write_json(tmp / PACKAGE_MANIFEST, manifest)
-        atomic_write_text(tmp / "README.md", _model_card(manifest))
+        atomic_write_text(tmp / "README.md", _model_card(manifest, type(backend).usage()))
     logger.info("exported %s (%s) to %s", run_dir, ckpt.name, out)
     return out
 
 
 def read_package(package_dir: Path) -> dict[str, Any]:
+    """A package's voicetune.json; for a plain native model folder, its backend (detected) and no references."""
     path = Path(package_dir) / PACKAGE_MANIFEST
     if not path.is_file():
-        return {"backend": "xtts", "references": [], "language": "en"}  # a plain native folder
-    return json.loads(path.read_text())
+        return {"backend": detect_backend(Path(package_dir)), "references": [], "language": "en"}
+    manifest = json.loads(path.read_text())
+    backend_class(manifest.get("backend", ""))  # a ConfigError naming the registered backends if unknown
+    return manifest

@@ -104,36 +104,36 @@ def _check_asr(r: DoctorReport) -> None:
         r.add("ASR model", "fail", str(e))
 
 
-def _check_base(r: DoctorReport, base: Path) -> None:
+def _check_base(r: DoctorReport, base: Path, backend: str) -> None:
     from voicetune.backends.base import BaseModelError
-    from voicetune.backends.xtts.layout import validate_base_dir
+    from voicetune.backends.registry import backend_class
 
+    cls = backend_class(backend)
     try:
-        files = validate_base_dir(base)
+        files = cls.validate_base_folder(base)
     except BaseModelError as e:
         r.add("base model", "fail", str(e))
         return
     size = sum(p.stat().st_size for p in files.values()) / GIB
-    note = ""
-    cfg = base / "config.json"
-    if cfg.is_file() and "voicetune_note" in cfg.read_text():
-        note = " — UNTRAINED tiny test model, not usable for real voices"
-    r.add("base model", "warn" if note else "pass", f"{base}: complete XTTS-v2 layout ({size:.2f} GiB){note}")
+    note = " — UNTRAINED tiny test model, not usable for real voices" if cls.is_untrained(base) else ""
+    r.add("base model", "warn" if note else "pass", f"{base}: complete {backend} layout ({size:.2f} GiB){note}")
 
 
-def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, clips: int = 64) -> None:
+def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, backend_name: str, clips: int = 64) -> None:
     """A dry run of training on the dataset's longest clips: measured peak memory -> recommended settings."""
     import tempfile
 
     import torch
 
     from voicetune.audio.io import AudioDecodeError, audio_duration
-    from voicetune.backends.base import BaseModelError, get_backend
-    from voicetune.config import TrainConfig
+    from voicetune.backends.base import BaseModelError
+    from voicetune.backends.registry import get_backend, train_config
     from voicetune.data.manifest import Dataset, DatasetError
+    from voicetune.training import graphs
     from voicetune.training.autotune import cpu_recommendation, recommend
 
-    cfg = TrainConfig(batch_size=4, grad_accum=8)  # the effective batch the recommendation keeps (32)
+    # the effective batch the recommendation keeps (32)
+    cfg = train_config(backend=backend_name, batch_size=4, grad_accum=8)
     if not torch.cuda.is_available():
         rec = cpu_recommendation(cfg)
         r.add("training dry run", "warn", "no CUDA GPU: cannot measure GPU memory; recommending CPU settings")
@@ -150,7 +150,7 @@ def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, clips: in
             if len(store) == 0:
                 r.add("training dry run", "fail", f"{dataset}: no usable training clip (see the warnings above)")
                 return
-            backend.configure_training(cfg)
+            backend.configure_training(cfg, cuda_graphs=graphs.planned(backend, cfg, torch.device("cuda")))
             rec = recommend(backend, store, cfg, torch.device("cuda"))
     except (BaseModelError, DatasetError, AudioDecodeError, OSError, ValueError) as e:
         r.add("training dry run", "fail", str(e))
@@ -162,11 +162,13 @@ def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, clips: in
     r.recommendations.append(rec.text() + "\n    (voicetune train --auto measures and applies this itself)")
 
 
-def doctor(base: Path | None = None, workdir: Path | None = None, dataset: Path | None = None) -> DoctorReport:
+def doctor(base: Path | None = None, workdir: Path | None = None, dataset: Path | None = None,
+           backend: str = "xtts") -> DoctorReport:
     """Run every check and return the report (the CLI prints ``report.text()``).
 
-    With ``base`` and ``dataset``, a short training dry run on the GPU measures peak memory at growing batch
-    sizes and recommends batch size, accumulation, precision and checkpointing (voicetune.training.autotune).
+    ``base`` is checked against ``backend``'s layout (a registered backend). With ``base`` and ``dataset``, a
+    short training dry run on the GPU measures peak memory at growing batch sizes and recommends batch size,
+    accumulation, precision and checkpointing (voicetune.training.autotune).
     """
     r = DoctorReport()
     _check_python(r)
@@ -176,10 +178,10 @@ def doctor(base: Path | None = None, workdir: Path | None = None, dataset: Path 
     _check_packages(r)
     _check_asr(r)
     if base is not None:
-        _check_base(r, Path(base))
+        _check_base(r, Path(base), backend)
     if dataset is not None:
         if base is None or any(c.name == "base model" and c.status == "fail" for c in r.checks):
             r.add("training dry run", "fail", "needs a usable --base model folder as well as --dataset")
         else:
-            _check_training_memory(r, Path(base), Path(dataset))
+            _check_training_memory(r, Path(base), Path(dataset), backend)
     return r

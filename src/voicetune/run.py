@@ -10,7 +10,7 @@ Layout::
       metrics.jsonl            one JSON object per logged step (and per evaluation)
       tensorboard/             event files
       features/                cached model-ready features (by content hash)
-      checkpoints/step_N/      trainable.pt (backend.save), state.pt (optimizer, scheduler, RNG,
+      checkpoints/step_N/      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler, RNG,
                                data position), meta.json (step, epoch, losses)
       checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
       checkpoints/best         text file naming the checkpoint with the best evaluation (never pruned)
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from voicetune.utils.io import atomic_write_json, atomic_write_text
+
+TRAINABLE = "trainable.pt"  # in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)
 
 
 class RunError(ValueError):
@@ -115,3 +117,31 @@ def set_best(run_dir: Path, ckpt: Path) -> None:
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
     return json.loads((Path(ckpt) / "meta.json").read_text())
+
+
+def trainable_path(ckpt: Path) -> Path:
+    """The backend state of a checkpoint folder (``ckpt/trainable.pt``)."""
+    return Path(ckpt) / TRAINABLE
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str = "latest") -> Path:
+    """A complete checkpoint folder of ``run_dir``: 'latest', 'best' (when evaluation marked one), a folder
+    name like 'step_100', or a path to a checkpoint folder. Raises :class:`RunError` naming what is missing."""
+    run_dir = Path(run_dir)
+    if checkpoint == "latest":
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunError(f"{checkpoints_dir(run_dir)}: no complete checkpoint; has training finished a step?")
+        return ckpt
+    if checkpoint == "best":  # marked by the evaluation (in-loop or `voicetune evaluate`)
+        ckpt = best_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunError(f"{checkpoints_dir(run_dir) / 'best'}: this run marked no best checkpoint; "
+                           "use --checkpoint latest")
+        return ckpt
+    ckpt = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints_dir(run_dir) / checkpoint
+    if not (ckpt / "meta.json").is_file():
+        raise RunError(f"{ckpt}: not a complete checkpoint (no meta.json)")
+    if not trainable_path(ckpt).is_file():
+        raise RunError(f"{trainable_path(ckpt)}: missing; the checkpoint is incomplete")
+    return ckpt

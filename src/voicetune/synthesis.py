@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from voicetune.audio.io import write_wav
-from voicetune.backends.base import Waveform, get_backend
+from voicetune.backends.base import Waveform
+from voicetune.backends.registry import get_backend
 from voicetune.packaging import read_package
 from voicetune.utils.device import pick_device
 
@@ -34,7 +35,7 @@ def synthesize(
     for r in refs:
         if not r.is_file():
             raise FileNotFoundError(f"reference clip {r} does not exist")
-    backend = get_backend(manifest.get("backend", "xtts"))
+    backend = get_backend(manifest["backend"])
     backend.load_base(package_dir, pick_device(device))
     backend.set_train(False)
     wav = backend.synthesize(text, refs, language or manifest.get("language", "en"), seed)

@@ -9,7 +9,7 @@ from voicetune.config import PrepareConfig
 from voicetune.data import quality as qa
 from voicetune.data.manifest import ClipRecord
 from voicetune.data.transcribe import Transcript
-from voicetune.evaluation import metrics
+from voicetune.scoring import mos, speaker
 
 CFG = PrepareConfig()
 
@@ -104,9 +104,9 @@ def test_transcript_checks_and_second_opinion_triggers():
 
 def test_batched_speaker_embeddings_and_mos_equal_the_per_clip_metrics(piper_sentences):
     clips = [load_audio(p, sr=16000)[0] for p, _ in piper_sentences[:3]]
-    batched = qa.speaker_embeddings(clips + [np.zeros(16000, np.float32)])
+    batched = speaker.speaker_embeddings(clips + [np.zeros(16000, np.float32)])
     for clip, e in zip(clips, batched):
-        assert float(np.dot(e, metrics.speaker_embedding(clip, 16000))) == pytest.approx(1.0, abs=1e-4)
+        assert float(np.dot(e, speaker.speaker_embedding(clip, 16000))) == pytest.approx(1.0, abs=1e-4)
     assert batched[-1] is None
-    mos = qa.predicted_mos_batch(clips[:2])
-    assert mos == pytest.approx([metrics.predicted_mos(c, 16000) for c in clips[:2]], abs=1e-3)
+    scores = mos.predicted_mos_batch(clips[:2])
+    assert scores == pytest.approx([mos.predicted_mos(c, 16000) for c in clips[:2]], abs=1e-3)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-
 # Transcripts with characters the tiny base's English vocabulary lacks (é, è, ü, û), two speakers.
 ACCENTED = [
     "The morning light crept slowly across the café table.",

@@ -35,6 +35,8 @@ from voicetune.data.segment import ClipSpan, Envelope, plan_clips, split_at_word
 from voicetune.data.textnorm import normalize_transcript
 from voicetune.data.transcribe import Asr, Transcript
 from voicetune.data.vad import FRAME_SECONDS, VAD_SAMPLE_RATE, VadStream, vad_result
+from voicetune.scoring.mos import predicted_mos_batch
+from voicetune.scoring.speaker import speaker_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +418,7 @@ class ClipProcessor:
         if need_emb:
             t1 = time.monotonic()
             audios = [j.audio16 for j in need_emb]
-            for j, e in zip(need_emb, qa.speaker_embeddings(audios, self._device(), pool=self.pool)):
+            for j, e in zip(need_emb, speaker_embeddings(audios, self._device(), pool=self.pool)):
                 j.embedding = e
                 vec = None if e is None else [round(float(v), 5) for v in e]
                 self.cache.qa.put(f"{j.key}|{SPEAKER_VERSION}", {"embedding": vec})
@@ -425,7 +427,7 @@ class ClipProcessor:
             self.embeddings[j.rec.id] = j.embedding
         if need_mos:
             t1 = time.monotonic()
-            scores = qa.predicted_mos_batch([j.audio16 for j in need_mos], self._device())
+            scores = predicted_mos_batch([j.audio16 for j in need_mos], self._device())
             for j, score in zip(need_mos, scores):
                 j.rec.quality["mos"] = round(score, 3)
                 self.cache.qa.put(f"{j.key}|{MOS_VERSION}", {"mos": round(score, 3)})

@@ -10,8 +10,8 @@ Measured per clip (cached by the source's content hash and the clip's span, see 
 |                  | non-speech frames (VAD prob. < 0.2, within 10 s; a low    |                                      |
 |                  | percentile, so speech tails do not count as noise)        |                                      |
 | silence_ratio    | share of the clip's VAD frames below the VAD threshold    | > ``max_silence_ratio``              |
-| mos              | DistillMOS (``voicetune.evaluation.metrics``), batched      | < ``min_mos``                        |
-| embedding        | Resemblyzer d-vector, batched (same as metrics)           | cosine to the speaker's centroid     |
+| mos              | DistillMOS (``voicetune.scoring.mos``), batched            | < ``min_mos``                        |
+| embedding        | Resemblyzer d-vector (``voicetune.scoring.speaker``)       | cosine to the speaker's centroid     |
 |                  |                                                           | < ``min_speaker_similarity``         |
 
 Decided over the whole dataset, per speaker (:func:`dataset_reasons`): speaker similarity to a robust
@@ -28,7 +28,6 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ import numpy as np
 from voicetune.config import PrepareConfig
 from voicetune.data.manifest import ClipRecord
 from voicetune.data.transcribe import Transcript
+from voicetune.scoring.text import spoken_chars, wer_cer
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ NOISE_FRAMES = 48  # ~1.5 s of the nearest background frames estimate a clip's n
 NOISE_PERCENTILE = 30  # of their energies (dB): robust to speech tails the VAD calls background
 MIN_RATE_CLIPS = 8  # speaking-rate outliers need at least this many clips of the speaker
 MIN_CENTROID_CLIPS = 5  # speaker consistency needs at least this many clips of the speaker
-MOS_WINDOW = 122880  # DistillMOS analyses 7.68 s windows at 16 kHz (shorter clips are zero-padded)
 
 
 @dataclass
@@ -107,8 +106,6 @@ def is_uncertain(tr: Transcript, duration: float, cfg: PrepareConfig) -> str:
 
 def transcript_disagreement(a: str, b: str, language: str = "en") -> float:
     """WER between two transcripts of the same audio after normalisation (0: identical words)."""
-    from voicetune.evaluation.metrics import wer_cer
-
     if not a.strip() and not b.strip():
         return 0.0
     if not a.strip() or not b.strip():
@@ -218,95 +215,6 @@ def audio_reasons(q: dict, cfg: PrepareConfig) -> list[str]:
     return reasons
 
 
-# --------------------------------------------------------------------------------------- batched models
-
-
-def speaker_embeddings(
-    audios_16k: Sequence[np.ndarray], device: str = "cpu", pool: Executor | None = None
-) -> list[np.ndarray | None]:
-    """Resemblyzer embeddings of many 16 kHz clips in one batched forward pass.
-
-    The same numbers as ``voicetune.evaluation.metrics.speaker_embedding`` per clip (same preprocessing,
-    partial windows and averaging), but all partial windows of all clips go through the network
-    together, ~10x faster on CPU. None for clips without speech. ``pool`` computes the mel spectrograms
-    in parallel.
-    """
-    import torch
-    from resemblyzer import preprocess_wav
-    from resemblyzer.audio import wav_to_mel_spectrogram
-
-    from voicetune.evaluation import metrics
-
-    encoder = metrics._voice_encoder(metrics._device_name(device))  # the cached model metrics uses
-
-    def partials(audio: np.ndarray) -> list[np.ndarray]:
-        wav = np.asarray(audio, dtype=np.float32)
-        if wav.size == 0 or metrics.rms_dbfs(wav) < -80.0:
-            return []
-        wav = preprocess_wav(wav)
-        if len(wav) < 1600:
-            return []
-        wav_slices, mel_slices = encoder.compute_partial_slices(len(wav), 1.3, 0.75)
-        if wav_slices[-1].stop >= len(wav):
-            wav = np.pad(wav, (0, wav_slices[-1].stop - len(wav)))
-        mel = wav_to_mel_spectrogram(wav)
-        return [mel[s] for s in mel_slices]
-
-    per_clip = list(pool.map(partials, audios_16k)) if pool is not None else [partials(a) for a in audios_16k]
-    mels = [m for ms in per_clip for m in ms]
-    owner = [i for i, ms in enumerate(per_clip) for _ in ms]
-    out: list[np.ndarray | None] = [None] * len(audios_16k)
-    if not mels:
-        return out
-    parts = []
-    with torch.no_grad():
-        for b in range(0, len(mels), 64):  # 64 partials: most of the speed-up, bounded activation memory
-            batch = torch.from_numpy(np.stack(mels[b : b + 64])).to(encoder.device)
-            parts.append(encoder(batch).cpu().numpy())
-    partial = np.concatenate(parts)
-    owners = np.asarray(owner)
-    for i in set(owner):
-        e = partial[owners == i].mean(axis=0)
-        norm = float(np.linalg.norm(e))
-        if norm > 0 and np.all(np.isfinite(e)):
-            out[i] = (e / norm).astype(np.float32)
-    return out
-
-
-def predicted_mos_batch(
-    audios_16k: Sequence[np.ndarray], device: str = "cpu", batch_size: int = 16
-) -> list[float]:
-    """DistillMOS of many 16 kHz clips: ``voicetune.evaluation.metrics.predicted_mos`` per clip, with the
-    clips that fit one 7.68 s analysis window scored in batches (identical numbers, fewer calls)."""
-    import torch
-
-    from voicetune.evaluation import metrics
-
-    out = [float("nan")] * len(audios_16k)
-    short = []
-    for i, a in enumerate(audios_16k):
-        a = np.asarray(a, dtype=np.float32)
-        if 0 < a.size <= MOS_WINDOW and np.any(a):
-            short.append(i)
-        else:
-            out[i] = metrics.predicted_mos(a, 16000, device)
-    if not short:
-        return out
-    dev = metrics._device_name(device)
-    model = metrics._mos_model(dev)
-    for b in range(0, len(short), batch_size):
-        idx = short[b : b + batch_size]
-        x = np.zeros((len(idx), MOS_WINDOW), np.float32)
-        for row, i in enumerate(idx):
-            a = np.asarray(audios_16k[i], dtype=np.float32)
-            x[row, : a.size] = a
-        with torch.inference_mode():
-            scores = model(torch.from_numpy(x).to(dev)).reshape(-1).float().cpu().numpy()
-        for row, i in enumerate(idx):
-            out[i] = float(scores[row])
-    return out
-
-
 # ------------------------------------------------------------------------------------ dataset-level checks
 
 
@@ -335,8 +243,6 @@ def speaking_rates(
     texts: Sequence[str], seconds: Sequence[float], language: str = "en"
 ) -> list[float | None]:
     """Spoken characters (letters/digits after normalisation) per second of speech, per clip."""
-    from voicetune.evaluation.metrics import spoken_chars
-
     out: list[float | None] = []
     for text, sec in zip(texts, seconds):
         n = spoken_chars(text, language) if text.strip() else 0

@@ -1,7 +1,8 @@
 """Evaluation inside the training loop: the best checkpoint and early stopping follow voice quality.
 
-:class:`InLoopEvaluator` is a training callback (``train()`` adds it when ``eval_every`` or
-``eval_every_epochs`` is set; both default to a once-per-epoch cadence):
+:class:`InLoopEvaluator` is a training callback (:class:`voicetune.training.loop.TrainCallback`) that
+:func:`voicetune.finetune.train` hands to the loop when ``--eval-every`` or ``--eval-every-epochs`` is set (the
+default cadence is once per epoch; the settings are ``TrainConfig.eval``, :class:`voicetune.config.EvalOptions`):
 
 1. ``on_train_start``: the base model, zero-shot (conditioned on the speaker's reference clips), is
    rendered and scored on the probe set (:mod:`voicetune.evaluation.suite`): the baseline, written to
@@ -18,7 +19,7 @@
 Evaluations do not disturb training: the Python/NumPy/torch (and CUDA) RNG states are saved before and
 restored after each one, so a run with evaluation takes exactly the training steps of a run without.
 Their cost is capped: a scheduled evaluation is skipped when it would push the time spent evaluating
-above ``eval_max_overhead`` of the wall time (the last step is always evaluated).
+above ``--eval-max-overhead`` of the wall time (the last step is always evaluated).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 from voicetune.backends.base import Progress
 from voicetune.data.manifest import DatasetError
-from voicetune.evaluation.harness import EvalError, _json_safe
+from voicetune.evaluation.harness import EvalError, json_safe
 from voicetune.evaluation.selection import Decision, Selector
 from voicetune.evaluation.suite import (
     BASELINE,
@@ -44,14 +45,16 @@ from voicetune.evaluation.suite import (
     build_probe_set,
     eval_docs,
     load_doc,
-    rules_from_config,
     run_evaluation,
+    selection_rules,
     warm_up,
     write_baseline,
     write_best_json,
     write_evaluation,
 )
 from voicetune.run import RunError, RunInfo, best_checkpoint, set_best
+from voicetune.training.checkpoint import restore_rng_state, rng_state
+from voicetune.training.loop import LoopState, TrainCallback
 from voicetune.utils.io import append_jsonl, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -62,8 +65,6 @@ TB_AUDIO_SAMPLES = 2  # renders per evaluation sent to TensorBoard (first eval s
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
     """Restore the Python, NumPy, torch and CUDA RNG states on exit (evaluation must not shift training)."""
-    from voicetune.training.checkpoint import restore_rng_state, rng_state
-
     state = rng_state()
     try:
         yield
@@ -96,7 +97,7 @@ def describe(aggregate: dict[str, Any], baseline: dict[str, Any] | None = None) 
     )
 
 
-class InLoopEvaluator:
+class InLoopEvaluator(TrainCallback):
     """The training callback of in-loop evaluation (see the module docstring).
 
     ``progress`` receives ``(done, total, "eval <name>")`` while an evaluation renders and scores.
@@ -123,7 +124,7 @@ class InLoopEvaluator:
 
     # ------------------------------------------------------------------------------ callback hooks
 
-    def on_train_start(self, state: Any) -> None:
+    def on_train_start(self, state: LoopState) -> None:
         """Build the probe set, load the metric models and score the base model (the baseline)."""
         t0 = time.perf_counter()
         cfg, run_dir = state.cfg, Path(state.run_dir)
@@ -131,7 +132,7 @@ class InLoopEvaluator:
             info = RunInfo.load(run_dir)
             from voicetune.data.manifest import Dataset
 
-            self.probe_set = build_probe_set(Dataset.load(info.dataset), Protocol.from_train_config(cfg))
+            self.probe_set = build_probe_set(Dataset.load(info.dataset), Protocol.of(cfg.eval))
         except (EvalError, DatasetError, RunError) as e:
             logger.warning("in-loop evaluation is off for this run: %s", e)
             return
@@ -149,7 +150,7 @@ class InLoopEvaluator:
                 self.enabled = False
                 return
             self.info["asr_model"] = self.scorer.asr_name
-            resumed_from = int(getattr(state, "resumed_from", 0) or 0)  # the step a resumed run continues after
+            resumed_from = state.resumed_from  # the step a resumed run continues after (0: a new run)
             reused = self._reusable_baseline() if resumed_from else None
             if reused is None:
                 warm_up(state.backend, self.probe_set, self.scorer)  # so the baseline's time is the steady cost
@@ -163,7 +164,7 @@ class InLoopEvaluator:
             self._estimate = float((reused.get("seconds") or {}).get("total") or 0.0)
         base_agg = self.baseline_doc["base"]["aggregate"]
         real_sim = (self.baseline_doc.get("real") or {}).get("aggregate", {}).get("speaker_similarity")
-        self.selector = Selector(base_agg, rules_from_config(cfg), real_similarity=real_sim)
+        self.selector = Selector(base_agg, selection_rules(cfg.eval), real_similarity=real_sim)
         self._baseline_seconds = time.perf_counter() - t0
         if reused is None:
             self._record(ev, None, state)
@@ -200,7 +201,7 @@ class InLoopEvaluator:
         logger.info("resumed run: %d earlier evaluation(s) replayed; best so far: %s", len(self.evaluations),
                     f"step {self.selector.best_step}" if self.selector.best_step is not None else "none")
 
-    def on_step_end(self, state: Any) -> None:
+    def on_step_end(self, state: LoopState) -> None:
         """Evaluate when the cadence says so (and the overhead cap allows), then decide best / stop."""
         if not self.enabled:
             return
@@ -211,7 +212,7 @@ class InLoopEvaluator:
         if not final and self._over_budget():
             self.skipped.append(step)
             logger.info("evaluation at step %d skipped: it would take evaluation above %.0f%% of the wall time "
-                        "(--eval-max-overhead)", step, 100 * self.cfg.eval_max_overhead)
+                        "(--eval-max-overhead)", step, 100 * self.cfg.eval.max_overhead)
             return
         t0 = time.perf_counter()
         name = f"step_{step}"
@@ -243,7 +244,7 @@ class InLoopEvaluator:
             self.stop_reason = decision.reason
             logger.warning("step %d: %s", step, decision.reason)
 
-    def on_checkpoint(self, state: Any) -> None:
+    def on_checkpoint(self, state: LoopState) -> None:
         """Mark the checkpoint of a new best evaluation as ``checkpoints/best`` and write best.json."""
         pending = self.pending_best
         if not self.enabled or pending is None or state.step != pending.step or state.checkpoint is None:
@@ -253,7 +254,7 @@ class InLoopEvaluator:
                         self._aggregates.get(pending.step, {}), "in-loop")
         self.best, self.pending_best = pending, None
 
-    def on_train_end(self, state: Any) -> None:
+    def on_train_end(self, state: LoopState) -> None:
         """Write what evaluation cost (eval/in_loop.json) and the report; close the TensorBoard writer."""
         if not self.enabled:
             return
@@ -267,7 +268,7 @@ class InLoopEvaluator:
             "overhead_fraction": round(self._eval_seconds / wall, 4) if wall > 0 else None,
             "overhead_fraction_with_baseline": round(
                 (self._eval_seconds + self._baseline_seconds) / (wall + self._baseline_seconds), 4),
-            "max_overhead": self.cfg.eval_max_overhead,
+            "max_overhead": self.cfg.eval.max_overhead,
             "stop_reason": self.stop_reason,
             "warnings": self.warnings,
             "best_step": self.best.step if self.best else None,
@@ -290,15 +291,15 @@ class InLoopEvaluator:
     # --------------------------------------------------------------------------------- internals
 
     def _due(self, step: int, steps_per_epoch: int) -> bool:
-        cfg = self.cfg
-        if cfg.eval_every:
-            return step % cfg.eval_every == 0
-        every = cfg.eval_every_epochs * max(1, steps_per_epoch)
+        options = self.cfg.eval
+        if options.every:
+            return step % options.every == 0
+        every = options.every_epochs * max(1, steps_per_epoch)
         return bool(every) and step % every == 0
 
     def _over_budget(self) -> bool:
         """Would one more evaluation (at the measured cost) push evaluation above the allowed share?"""
-        cap = self.cfg.eval_max_overhead
+        cap = self.cfg.eval.max_overhead
         if cap <= 0:
             return False
         wall = time.perf_counter() - self._t_train
@@ -317,7 +318,7 @@ class InLoopEvaluator:
             },
         }
 
-    def _record(self, ev: Evaluation, d: Decision | None, state: Any) -> None:
+    def _record(self, ev: Evaluation, d: Decision | None, state: LoopState) -> None:
         """A metrics.jsonl record (``"kind": "eval"``), TensorBoard scalars and a few audio samples."""
         agg, base = ev.aggregate, (self.selector.baseline if self.selector else ev.aggregate)
         record: dict[str, Any] = {
@@ -327,7 +328,7 @@ class InLoopEvaluator:
             "delta": {k: agg[k] - base[k] for k in LOGGED_METRICS
                       if _finite(agg.get(k)) and _finite(base.get(k))},
         }
-        append_jsonl(self.run_dir / "metrics.jsonl", _json_safe(record))
+        append_jsonl(self.run_dir / "metrics.jsonl", json_safe(record))
         writer = self._tensorboard()
         if writer is None:
             return

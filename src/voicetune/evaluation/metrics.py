@@ -14,29 +14,31 @@ MCD, PESQ and STOI are intrusive metrics: they compare with a real recording of 
 MCD aligns the two with DTW; PESQ and STOI only trim to the same length, so for synthetic speech
 (never sample-aligned with the recording) they are rough and mostly useful as base-vs-finetuned deltas.
 
-Every model (speaker encoder, MOS predictor, ASR) is loaded once per process and cached.
+Every model (speaker encoder, MOS predictor, ASR) is loaded once per process and cached. The scorers that data QA
+uses too (speaker encoder, MOS, WER/CER) live in :mod:`voicetune.scoring`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
-import threading
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from voicetune.audio.io import load_audio, resample
+from voicetune.scoring.common import AudioLike, audio_at, cached, nanmean, rms_dbfs
+from voicetune.scoring.mos import predicted_mos
+from voicetune.scoring.speaker import speaker_centroid, speaker_embedding, speaker_similarity
+from voicetune.scoring.text import normalize_text, spoken_chars, wer_cer
 
 logger = logging.getLogger(__name__)
 
-AudioLike = np.ndarray | Path | str
-"""A float32 mono waveform (at the ``sr`` passed alongside) or a path to an audio file."""
+__all__ = [  # re-exported from voicetune.scoring
+    "AudioLike", "audio_at", "nanmean", "normalize_text", "predicted_mos", "rms_dbfs", "speaker_centroid",
+    "speaker_embedding", "speaker_similarity", "spoken_chars", "wer_cer",
+]
 
 DIRECTIONS: dict[str, str] = {
     "speaker_similarity": "higher",
@@ -50,240 +52,10 @@ DIRECTIONS: dict[str, str] = {
 }
 """Which way is better for each aggregate metric the harness reports."""
 
-_CACHE: dict[tuple, Any] = {}
-_CACHE_LOCK = threading.Lock()
-
-# --------------------------------------------------------------------------------------------- audio
-
-
-def audio_at(x: AudioLike, sr: int | None, target_sr: int) -> np.ndarray:
-    """``x`` as float32 mono at ``target_sr``: a path is decoded, an array is resampled from ``sr``."""
-    if isinstance(x, (str, Path)):
-        audio, _ = load_audio(x, sr=target_sr)
-        return audio
-    audio = np.asarray(x, dtype=np.float32)
-    if audio.ndim != 1:
-        raise ValueError(f"expected a mono 1-D waveform, got shape {audio.shape}")
-    if sr is None:
-        raise ValueError("a waveform array needs its sample rate (sr)")
-    return resample(audio, int(sr), target_sr)
-
-
-def _cached(key: tuple, build) -> Any:
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = build()
-        return _CACHE[key]
-
-
-def _device_name(device: Any) -> str:
-    """'cuda…' only when explicitly requested (and available); everything else runs on CPU."""
-    name = str(device or "cpu")
-    if name.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return name
-        logger.warning("CUDA requested for a metric model but no GPU is visible; using CPU")
-    return "cpu"
-
-
-def rms_dbfs(audio: np.ndarray) -> float:
-    """Root-mean-square level in dBFS (full scale sine = -3 dB); -inf for digital silence."""
-    if audio.size == 0:
-        return float("-inf")
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-    return 20.0 * math.log10(rms) if rms > 0 else float("-inf")
-
-
 # ------------------------------------------------------------------------------- speaker similarity
 
 
-def _voice_encoder(device: str):
-    def build():
-        from resemblyzer import VoiceEncoder
-
-        return VoiceEncoder(device=device, verbose=False)
-
-    return _cached(("resemblyzer", device), build)
-
-
-def speaker_embedding(audio: AudioLike, sr: int | None = None, device: str = "cpu") -> np.ndarray | None:
-    """L2-normalised 256-d Resemblyzer embedding; None for digital silence or clips under 0.1 s."""
-    from resemblyzer import preprocess_wav
-
-    wav = audio_at(audio, sr, 16000)
-    if rms_dbfs(wav) < -80.0:  # digital silence: resemblyzer's volume normalisation would divide by zero
-        return None
-    trimmed = preprocess_wav(wav)  # 16 kHz already: only volume norm + silence trim
-    if len(trimmed) < 1600:
-        # Resemblyzer's VAD found (almost) no speech: embed the volume-normalised clip untrimmed, so that a
-        # noise-like or mumbled rendering gets a (low) similarity instead of no score at all.
-        from resemblyzer.audio import normalize_volume
-        from resemblyzer.hparams import audio_norm_target_dBFS
-
-        trimmed = normalize_volume(wav, audio_norm_target_dBFS, increase_only=True)
-        if len(trimmed) < 1600:  # < 0.1 s of audio: nothing to embed
-            return None
-    wav = trimmed
-    emb = _voice_encoder(_device_name(device)).embed_utterance(wav)
-    return emb if np.all(np.isfinite(emb)) else None
-
-
-def speaker_centroid(
-    references: Sequence[AudioLike], sr: int | None = None, device: str = "cpu"
-) -> np.ndarray:
-    """L2-normalised mean Resemblyzer embedding of a speaker's real clips (clips without speech skipped)."""
-    if not references:
-        raise ValueError("a speaker centroid needs at least one reference clip")
-    embs = [e for e in (speaker_embedding(r, sr, device) for r in references) if e is not None]
-    if not embs:
-        raise ValueError("no reference clip contains detectable speech")
-    centroid = np.mean(embs, axis=0)
-    return centroid / np.linalg.norm(centroid)
-
-
-def speaker_similarity(
-    generated: Sequence[AudioLike],
-    references: Sequence[AudioLike],
-    sr: int | None = None,
-    device: str = "cpu",
-    centroid: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Cosine similarity of each generated clip to the centroid of real (held-out) clips of the speaker.
-
-    Embeddings are Resemblyzer d-vectors (GE2E LSTM, weights shipped in the package). Range [0, 1]
-    in practice (the embeddings are non-negative), HIGHER is better: clips of the same voice score
-    ~0.9+, another voice ~0.5 (Piper vs espeak-ng measurements). Clips with no speech that the VAD
-    finds are embedded untrimmed (they score low); digital silence gets NaN. ``centroid`` (from
-    :func:`speaker_centroid`) skips re-embedding the references.
-
-    Returns ``{"mean": float, "per_clip": [float], "n_references": int}``.
-    """
-    if centroid is None:
-        centroid = speaker_centroid(references, sr, device)
-    per_clip = []
-    for g in generated:
-        emb = speaker_embedding(g, sr, device)
-        per_clip.append(float(np.dot(emb, centroid)) if emb is not None else float("nan"))
-    return {"mean": nanmean(per_clip), "per_clip": per_clip, "n_references": len(references)}
-
-
-def nanmean(values: Sequence[float]) -> float:
-    """Mean of the values that are not None/NaN; NaN when none is left."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 # ------------------------------------------------------------------------------------- text and WER
-
-_APOSTROPHES = "'\u2019\u02bc\u2018`"
-_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-
-
-def _number_words(match: re.Match, language: str) -> str:
-    """Spell out one number token: "1,000" (thousands separators), "3.5"/"3,5" (decimal), "42"."""
-    from num2words import num2words
-
-    token = match.group(0)
-    if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", token):
-        token = token.replace(",", "")
-    elif re.fullmatch(r"\d+,\d+", token):
-        token = token.replace(",", ".")
-    parts = [token] if re.fullmatch(r"\d+(?:\.\d+)?", token) else re.split(r"[.,]", token)
-    words = []
-    for part in parts:
-        try:
-            words.append(num2words(float(part) if "." in part else int(part), lang=language))
-        except (NotImplementedError, OverflowError, ValueError):
-            words.append(part)
-    return " " + " ".join(words) + " "
-
-
-def normalize_text(text: str, language: str = "en") -> str:
-    """Normalise text for WER/CER so that formatting differences are not counted as errors.
-
-    Steps, in order: Unicode NFKC; lowercase; ``%`` → " percent", ``&`` → " and " (English only);
-    ordinals ("21st") and numbers ("1,000", "3.5", "42") spelled out with ``num2words`` in
-    ``language`` (left as digits when num2words is missing or lacks the language); apostrophes
-    dropped ("don't" → "dont"); every other punctuation or symbol character becomes a space
-    (so "well-known" → "well known"); runs of whitespace collapse to one space; trimmed.
-    Years are read as cardinals ("1999" → "one thousand nine hundred and ninety nine"), on both
-    sides of the comparison, so they only cost errors when the ASR spells them differently.
-    """
-    text = unicodedata.normalize("NFKC", text).lower()
-    if language.startswith("en"):
-        text = text.replace("%", " percent ").replace("&", " and ")
-    try:
-        from num2words import num2words
-
-        def ordinal(m: re.Match) -> str:
-            try:
-                return " " + num2words(int(m.group(1)), to="ordinal", lang=language) + " "
-            except (NotImplementedError, OverflowError, ValueError):
-                return m.group(0)
-
-        if language.startswith("en"):
-            text = _ORDINAL.sub(ordinal, text)
-        text = _NUMBER.sub(lambda m: _number_words(m, language), text)
-    except ImportError:
-        pass
-    text = "".join("" if ch in _APOSTROPHES else ch for ch in text)
-    text = "".join(" " if unicodedata.category(ch)[0] in "PSC" else ch for ch in text.lower())
-    return " ".join(text.split())
-
-
-def wer_cer(
-    reference: str | Sequence[str], hypothesis: str | Sequence[str], language: str = "en"
-) -> dict[str, Any]:
-    """Word and character error rates (jiwer) after :func:`normalize_text` on both sides.
-
-    Range [0, inf) (insertions can push it above 1), LOWER is better. With lists, the rates are
-    corpus-level (total edits / total reference words), not a mean of per-sentence rates.
-    A reference that normalises to nothing counts as 0 errors against an empty hypothesis and
-    as 1.0 otherwise.
-
-    Returns ``{"wer", "cer", "hits", "substitutions", "deletions", "insertions", "ref_words"}``.
-    """
-    import jiwer
-
-    refs = [reference] if isinstance(reference, str) else list(reference)
-    hyps = [hypothesis] if isinstance(hypothesis, str) else list(hypothesis)
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    refs = [normalize_text(t, language) for t in refs]
-    hyps = [normalize_text(t, language) for t in hyps]
-    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
-    n_empty_bad = sum(1 for r, h in zip(refs, hyps, strict=True) if not r and h)
-    if not pairs:
-        rate = 1.0 if n_empty_bad else 0.0
-        return {
-            "wer": rate,
-            "cer": rate,
-            "hits": 0,
-            "substitutions": 0,
-            "deletions": 0,
-            "insertions": n_empty_bad,
-            "ref_words": 0,
-        }
-    words = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
-    chars = jiwer.process_characters([r for r, _ in pairs], [h for _, h in pairs])
-    ref_words = words.hits + words.substitutions + words.deletions
-    ref_chars = chars.hits + chars.substitutions + chars.deletions
-    insertions = words.insertions + n_empty_bad
-    wer = (words.substitutions + words.deletions + insertions) / ref_words
-    cer = (chars.substitutions + chars.deletions + chars.insertions + n_empty_bad) / ref_chars
-    return {
-        "wer": float(wer),
-        "cer": float(cer),
-        "hits": words.hits,
-        "substitutions": words.substitutions,
-        "deletions": words.deletions,
-        "insertions": insertions,
-        "ref_words": ref_words,
-    }
-
 
 def get_asr(model: str = "auto", language: str = "en", device: str = "auto") -> Any:
     """The ASR of ``voicetune.data.transcribe`` (``load_asr``), loaded once per process and option set."""
@@ -293,7 +65,7 @@ def get_asr(model: str = "auto", language: str = "en", device: str = "auto") -> 
 
         return load_asr(model=model, language=language, device=device)
 
-    return _cached(("asr", model, language, str(device)), build)
+    return cached(("asr", model, language, str(device)), build)
 
 
 def asr_round_trip(
@@ -340,39 +112,6 @@ def transcribe_text(asr: Any, audio_16k: np.ndarray, language: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- MOS
-
-
-def _mos_model(device: str):
-    def build():
-        import contextlib
-        import io
-
-        from distillmos import ConvTransformerSQAModel
-
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints where it loaded its weights from
-            model = ConvTransformerSQAModel()
-        return model.eval().to(device)
-
-    return _cached(("distillmos", device), build)
-
-
-def predicted_mos(audio: AudioLike, sr: int | None = None, device: str = "cpu") -> float:
-    """DistillMOS predicted mean opinion score of one clip: range [1, 5], HIGHER is better.
-
-    The model (weights shipped in the ``distillmos`` package) runs on 16 kHz audio; it normalises
-    the peak itself, so the level of the clip does not matter. NaN for an empty clip; digital
-    silence gets 1.0, the floor of the scale.
-    """
-    import torch
-
-    wav = audio_at(audio, sr, 16000)
-    if wav.size == 0 or not np.any(wav):
-        return float("nan") if wav.size == 0 else 1.0
-    dev = _device_name(device)
-    model = _mos_model(dev)
-    with torch.inference_mode():
-        score = model(torch.from_numpy(np.ascontiguousarray(wav))[None].to(dev))
-    return float(score.reshape(-1)[0].item())
 
 
 # ---------------------------------------------------------------------------- intrusive (vs. real)
@@ -489,11 +228,6 @@ TOO_SHORT_RATIO = 0.4
 SILENCE_DBFS = -50.0
 MIN_VOICED_FRACTION = 0.10
 REPETITION_SIMILARITY = 0.85
-
-
-def spoken_chars(text: str, language: str = "en") -> int:
-    """Letters and digits of the normalised text (numbers spelled out): what speaking takes time for."""
-    return sum(ch.isalnum() for ch in normalize_text(text, language))
 
 
 def speaking_rate(clips: Sequence[tuple[float, str]], language: str = "en") -> float:

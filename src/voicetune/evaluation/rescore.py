@@ -12,16 +12,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voicetune.backends.base import Backend, Progress, get_backend
-from voicetune.config import ConfigError, TrainConfig, load_yaml
+from voicetune.backends.base import Backend, Progress
+from voicetune.backends.registry import detect_backend, get_backend, load_train_config
+from voicetune.config import ConfigError, EvalOptions, TrainConfig
 from voicetune.data.manifest import Dataset
-from voicetune.evaluation.harness import TABLE_METRICS, resolve_checkpoint
+from voicetune.evaluation.harness import TABLE_METRICS
 from voicetune.evaluation.selection import Selector, best_of, replay
 from voicetune.evaluation.suite import (
     BASELINE,
@@ -31,18 +33,36 @@ from voicetune.evaluation.suite import (
     build_probe_set,
     eval_docs,
     load_doc,
-    rules_from_config,
     run_evaluation,
+    selection_rules,
     write_baseline,
     write_best_json,
     write_evaluation,
 )
-from voicetune.run import RunError, RunInfo, list_checkpoints, read_meta, set_best
+from voicetune.run import (
+    RunError,
+    RunInfo,
+    list_checkpoints,
+    read_meta,
+    resolve_checkpoint,
+    set_best,
+    trainable_path,
+)
 from voicetune.utils.device import pick_device
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_FIELDS = ("max_sentences", "probes", "num_references", "seed", "asr_model", "intrusive")
+
+
+def protocol_options(options: EvalOptions, overrides: dict[str, Any]) -> EvalOptions:
+    """``options`` with the protocol ``overrides`` (EvalOptions.PROTOCOL names; None ignored), validated."""
+    unknown = sorted(set(overrides) - set(EvalOptions.PROTOCOL))
+    if unknown:
+        raise ConfigError(f"unknown evaluation option(s) {unknown}; valid: {list(EvalOptions.PROTOCOL)}")
+    try:
+        return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as e:
+        raise ConfigError(f"evaluation options: {e}") from None
 
 
 @dataclass
@@ -64,7 +84,7 @@ def _run_config(run_dir: Path) -> TrainConfig:
         logger.warning("%s: missing; scoring with the default evaluation settings", path)
         return TrainConfig()
     try:
-        return load_yaml(TrainConfig, path)
+        return load_train_config(path)
     except ConfigError as e:
         logger.warning("%s: %s; scoring with the default evaluation settings", path, e)
         return TrainConfig()
@@ -107,8 +127,8 @@ def rescore_run(
 ) -> RescoreResult:
     """Score ``checkpoints`` ("latest", "best", "all", or names like "step_100,step_200") of a run.
 
-    ``overrides``: EvalConfig-style protocol options (``max_sentences``, ``probes``, ``num_references``,
-    ``seed``, ``asr_model``, ``intrusive``); None values are ignored. ``backend``: an unloaded backend
+    ``overrides``: evaluation protocol options (``max_sentences``, ``probes``, ``num_references``, ``seed``,
+    ``asr_model``, ``intrusive``: :class:`voicetune.config.EvalOptions`); None values are ignored. ``backend``: an unloaded backend
     instance to use instead of the run's registered one. Returns what was evaluated, the best and the
     report's path and text.
     """
@@ -117,8 +137,8 @@ def rescore_run(
     cfg = _run_config(run_dir)
     ckpts = _checkpoints(run_dir, checkpoints)
     dataset = Dataset.load(info.dataset)
-    run_protocol = Protocol.from_train_config(cfg)
-    protocol = run_protocol.replace(**{k: overrides.get(k) for k in PROTOCOL_FIELDS})
+    run_protocol = Protocol.of(cfg.eval)
+    protocol = Protocol.of(protocol_options(cfg.eval, overrides))
     probe_set = build_probe_set(dataset, protocol)
     own = protocol == run_protocol
     eval_root = run_dir / "eval" if own else run_dir / "eval" / f"protocol_{probe_set.key()}"
@@ -132,11 +152,11 @@ def rescore_run(
     base_info = {"backend": info.backend, "base_model": info.base, "dataset": info.dataset,
                  "asr_model": scorer.asr_name}
     baseline_doc = _baseline(eval_root, probe_set, scorer, backend, base_info, progress)
-    rules = rules_from_config(cfg)
+    rules = selection_rules(cfg.eval)
     scorer0 = Selector(baseline_doc["base"]["aggregate"], rules, _real_similarity(baseline_doc))
     docs = {}
     for ckpt in ckpts:
-        backend.load_trained(ckpt / "trainable.pt")
+        backend.load_trained(trainable_path(ckpt))
         step = int(read_meta(ckpt).get("step") or 0)
         ev = run_evaluation(backend, probe_set, scorer, ckpt.name, step, progress)
         composite, parts = scorer0.score(ev.aggregate)
@@ -193,7 +213,7 @@ def evaluate_base(
     base: Path | str,
     dataset: Path | str,
     out: Path | str,
-    backend_name: str = "xtts",
+    backend_name: str | None = None,
     progress: Progress | None = None,
     backend: Backend | None = None,
     device: str = "auto",
@@ -201,13 +221,16 @@ def evaluate_base(
 ) -> BaseResult:
     """Score a base model zero-shot on a dataset's probe set; write ``out/`` like a run's eval/baseline.
 
-    ``overrides``: protocol options as for :func:`rescore_run` (defaults: TrainConfig's ``eval_*``).
+    ``backend_name``: the registered backend to load ``base`` with (default: the one whose native layout
+    ``base`` has). ``overrides``: protocol options as for :func:`rescore_run` (defaults: :class:`EvalOptions`'s).
     """
-    protocol = Protocol.from_train_config(TrainConfig()).replace(**{k: overrides.get(k) for k in PROTOCOL_FIELDS})
+    protocol = Protocol.of(protocol_options(EvalOptions(), overrides))
     probe_set = build_probe_set(Dataset.load(dataset), protocol)
     dev, metric_device, asr_device = _devices(device)
     scorer = Scorer(probe_set, metric_device, asr_device)
-    backend = backend or get_backend(backend_name)
+    if backend is None:
+        backend = get_backend(backend_name or detect_backend(Path(base)))
+    backend_name = type(backend).name
     backend.load_base(Path(base), dev)
     ev = run_evaluation(backend, probe_set, scorer, BASELINE, 0, progress)
     info = {"backend": backend_name, "base_model": str(Path(base).resolve()),

@@ -41,15 +41,15 @@ from typing import Any
 
 from voicetune.audio.io import load_audio, write_wav
 from voicetune.backends.base import Backend, Progress
-from voicetune.config import EvalConfig, TrainConfig
+from voicetune.config import EvalOptions
 from voicetune.data.manifest import Clip, Dataset
 from voicetune.evaluation import metrics as M
 from voicetune.evaluation.harness import (
     EvalError,
     EvalMaterial,
     Render,
-    _json_safe,
     aggregate,
+    json_safe,
     render,
     score,
     select_material,
@@ -69,35 +69,29 @@ LOGGED_METRICS = ("speaker_similarity", "wer", "cer", "mos", "mcd", "pesq", "sto
 
 @dataclass(frozen=True)
 class Protocol:
-    """What an evaluation renders and how it scores it (TrainConfig's ``eval_*`` fields)."""
+    """What an evaluation renders and how it scores it: the protocol fields of :class:`EvalOptions` (their
+    docs, defaults and checks live there), frozen. Its fields are hashed into :meth:`ProbeSet.key`."""
 
-    max_sentences: int = 4
-    probes: int = 4
-    num_references: int = 3
-    seed: int = 0
-    asr_model: str = "auto"
-    intrusive: bool = True
+    max_sentences: int
+    probes: int
+    num_references: int
+    seed: int
+    asr_model: str
+    intrusive: bool
 
     @classmethod
-    def from_train_config(cls, cfg: TrainConfig) -> Protocol:
-        return cls(
-            max_sentences=cfg.eval_max_sentences, probes=cfg.eval_probes,
-            num_references=cfg.eval_num_references, seed=cfg.eval_seed, asr_model=cfg.eval_asr_model,
-            intrusive=cfg.eval_intrusive,
-        )
-
-    def replace(self, **overrides: Any) -> Protocol:
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+    def of(cls, options: EvalOptions) -> Protocol:
+        return cls(**{name: getattr(options, name) for name in EvalOptions.PROTOCOL})
 
 
-def rules_from_config(cfg: TrainConfig) -> SelectionRules:
-    """The composite-score weights, early stopping and WER guard of a TrainConfig."""
+def selection_rules(options: EvalOptions) -> SelectionRules:
+    """The composite-score weights, early stopping and WER guard of the evaluation options."""
     weights = ScoreWeights(
-        similarity=cfg.eval_weight_similarity, wer=cfg.eval_weight_wer, cer=cfg.eval_weight_cer,
-        mos=cfg.eval_weight_mos, failures=cfg.eval_weight_failures,
+        similarity=options.weight_similarity, wer=options.weight_wer, cer=options.weight_cer,
+        mos=options.weight_mos, failures=options.weight_failures,
     )
-    return SelectionRules(weights, patience=cfg.early_stop_patience, min_delta=cfg.early_stop_min_delta,
-                          wer_guard=cfg.wer_guard, wer_margin=cfg.wer_guard_margin)
+    return SelectionRules(weights, patience=options.early_stop_patience, min_delta=options.early_stop_min_delta,
+                          wer_guard=options.wer_guard, wer_margin=options.wer_guard_margin)
 
 
 @dataclass
@@ -155,9 +149,7 @@ def build_probe_set(dataset: Dataset, protocol: Protocol) -> ProbeSet:
     Raises :class:`EvalError` when the dataset has no eval clips of the speaker (the similarity centroid
     and the intrusive metrics need real held-out recordings).
     """
-    cfg = EvalConfig(max_sentences=max(1, protocol.max_sentences), num_references=protocol.num_references)
-    material = select_material(dataset, cfg)
-    material.sentences = material.sentences[: protocol.max_sentences]
+    material = select_material(dataset, protocol.num_references, protocol.max_sentences)
     probes = probe_sentences(dataset.language, protocol.probes) if protocol.probes else []
     if not material.sentences and not probes:
         raise EvalError("the evaluation protocol has no sentences: set eval_max_sentences or eval_probes >= 1")
@@ -320,8 +312,8 @@ def write_baseline(
 ) -> dict[str, Any]:
     """Write ``out/`` (metrics.json, base/NN.wav, real/NN.wav) atomically; return the document."""
     m = probe_set.material
-    base = json.loads(json.dumps(_json_safe(ev.scores)))  # a copy the writer may annotate
-    real = json.loads(json.dumps(_json_safe(real)))
+    base = json.loads(json.dumps(json_safe(ev.scores)))  # a copy the writer may annotate
+    real = json.loads(json.dumps(json_safe(real)))
     with atomic_dir(out) as tmp:
         for i, clip in enumerate(m.sentences):
             (tmp / "real").mkdir(exist_ok=True)
@@ -333,7 +325,7 @@ def write_baseline(
             "seconds": _timing(ev), "base": base, "real": real,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(tmp / "metrics.json", _json_safe(doc))
+        atomic_write_json(tmp / "metrics.json", json_safe(doc))
     return doc
 
 
@@ -350,7 +342,7 @@ def write_evaluation(
     ``base`` and ``real`` are copied from ``baseline_doc`` with audio paths relative to ``out``
     (``../baseline/...``), so each step's metrics.json reads on its own.
     """
-    finetuned = json.loads(json.dumps(_json_safe(ev.scores)))
+    finetuned = json.loads(json.dumps(json_safe(ev.scores)))
     models = {"finetuned": finetuned}
     for name in ("base", "real"):
         copy = json.loads(json.dumps(baseline_doc.get(name) or {"aggregate": {}, "per_sentence": []}))
@@ -365,7 +357,7 @@ def write_evaluation(
             "seconds": _timing(ev), "summary": summarize(models), **(selection or {}), **models,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(tmp / "metrics.json", _json_safe(doc))
+        atomic_write_json(tmp / "metrics.json", json_safe(doc))
     return doc
 
 
@@ -405,7 +397,7 @@ def write_best_json(
 ) -> None:
     """``best.json``: which checkpoint is best, its composite score, metrics and the baseline's."""
     base = selector.baseline
-    atomic_write_json(Path(path), _json_safe({
+    atomic_write_json(Path(path), json_safe({
         "checkpoint": checkpoint,
         "step": d.step,
         "composite": d.composite,

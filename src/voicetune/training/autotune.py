@@ -5,8 +5,9 @@ micro-batch sizes and records the peak allocated GPU memory; the optimizer's sta
 (AdamW: two fp32 moments per trained parameter), so no weight changes. :func:`recommend` picks the largest
 micro-batch whose peak stays under :data:`HEADROOM` of the GPU's memory, and the accumulation that keeps the
 configured effective batch (``batch_size x grad_accum``). Without room for two clips it measures again with
-more recomputation, the cheapest first (each layer's MLP, which CUDA graphs still capture; then whole layers,
-which they do not), and recommends the first that makes room.
+more recomputation, the cheapest first among the modes the backend's options offer (XTTS: each layer's MLP,
+which CUDA graphs still capture; then whole layers, which they do not), and recommends the first that makes
+room.
 
 ``voicetune doctor --base B --dataset D`` prints the recommendation; ``voicetune train --auto`` applies it.
 On a CPU nothing is measured: the recommendation is the CPU settings.
@@ -21,7 +22,8 @@ from typing import Any
 
 import torch
 
-from voicetune.config import RECOMPUTE_MODES, recompute_fields
+from voicetune.config import RECOMPUTE_MODES, TrainConfig, with_recompute
+from voicetune.training import graphs
 from voicetune.training.oom import is_oom
 from voicetune.training.step import to_device
 from voicetune.utils.device import autocast, resolve_precision
@@ -41,7 +43,7 @@ class Probe:
     total_gib: float  # + the optimizer state
     seconds: float
     fits: bool
-    recompute: str = "none"  # what the backward pass recomputed: none, mlp or layer (voicetune.backends.xtts.speed)
+    recompute: str = "none"  # what the backward pass recomputed: one of config.RECOMPUTE_MODES
 
 
 @dataclass
@@ -164,11 +166,13 @@ def cpu_recommendation(cfg: Any) -> Recommendation:
     )
 
 
-def escalate(measure_at: Any, start: str, need: int, allow_mlp: bool = True) -> tuple[int, str, list[Probe]]:
+def escalate(measure_at: Any, start: str, need: int,
+             offered: tuple[str, ...] = RECOMPUTE_MODES) -> tuple[int, str, list[Probe]]:
     """(largest micro-batch that fits, the recomputation it needs, every probe). ``measure_at(mode)`` gives the
-    probes of one mode; from ``start``, the next, more frugal mode is measured while fewer than ``need`` clips
-    fit, and a mode is chosen only where it fits more clips than the faster ones before it."""
-    modes = [m for m in RECOMPUTE_MODES[RECOMPUTE_MODES.index(start):] if allow_mlp or m != "mlp"]
+    probes of one mode; from ``start``, the next, more frugal mode among ``offered`` (the backend's) is measured
+    while fewer than ``need`` clips fit, and a mode is chosen only where it fits more clips than the faster ones
+    before it."""
+    modes = [m for m in RECOMPUTE_MODES[RECOMPUTE_MODES.index(start):] if m in offered or m == start]
     best, chosen, probes = 0, start, []
     for mode in modes:
         more = measure_at(mode)
@@ -188,20 +192,21 @@ def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recom
     precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     cfg_m = _with(cfg, precision=precision)
     target = cfg.batch_size * cfg.grad_accum
-    configurable = hasattr(backend, "configure_training")
+    offered = cfg.backend_options.recompute_modes()  # what the backend can recompute, fastest first
     configured = [cfg.recompute]  # the mode the backend is set up for
 
-    def measure_at(mode: str) -> list[Probe]:
-        cfg_r = _with(cfg_m, **recompute_fields(mode))
+    def configure(mode: str) -> TrainConfig:
+        cfg_r = with_recompute(cfg_m, mode)
         if mode != configured[0]:
-            backend.configure_training(cfg_r)
+            backend.configure_training(cfg_r, cuda_graphs=graphs.planned(backend, cfg_r, device))
             configured[0] = mode
-        return measure(backend, store, cfg_r, device, recompute=mode)
+        return cfg_r
 
-    best, mode, probes = escalate(measure_at, cfg.recompute, min(2, target) if configurable else 0,
-                                  allow_mlp=cfg.fast_loss)
-    if mode != configured[0]:
-        backend.configure_training(_with(cfg_m, **recompute_fields(mode)))
+    def measure_at(mode: str) -> list[Probe]:
+        return measure(backend, store, configure(mode), device, recompute=mode)
+
+    best, mode, probes = escalate(measure_at, cfg.recompute, min(2, target), offered)
+    configure(mode)
     name = torch.cuda.get_device_name(device)
     total = torch.cuda.get_device_properties(device).total_memory / GIB
     if best == 0:
@@ -231,21 +236,16 @@ def recommend(backend: Any, store: Any, cfg: Any, device: torch.device) -> Recom
     )
 
 
-def _with(cfg: Any, **changes: Any) -> Any:
+def _with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
     import dataclasses
 
     return dataclasses.replace(cfg, **changes)
 
 
-def apply_recommendation(backend: Any, store: Any, cfg: Any, device: torch.device) -> Any:
+def apply_recommendation(backend: Any, store: Any, cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """``train --auto``: measure and return ``cfg`` with the recommended batch geometry and precision."""
     rec = recommend(backend, store, cfg, device)
     logger.info("--auto recommendation:\n%s", rec.text())
-    return _with(
-        cfg,
-        batch_size=rec.batch_size,
-        grad_accum=rec.grad_accum,
-        precision=rec.precision,
-        gradient_checkpointing=rec.gradient_checkpointing,
-        checkpoint_mlp=rec.checkpoint_mlp,
-    )
+    mode = "layer" if rec.gradient_checkpointing else "mlp" if rec.checkpoint_mlp else "none"
+    return with_recompute(_with(cfg, batch_size=rec.batch_size, grad_accum=rec.grad_accum,
+                                precision=rec.precision), mode)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from voicetune.backends.base import Backend
-from voicetune.run import best_checkpoint, checkpoints_dir, list_checkpoints, set_latest
+from voicetune.run import best_checkpoint, checkpoints_dir, list_checkpoints, set_latest, trainable_path
 from voicetune.utils.io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def save_checkpoint(
     """
     final = checkpoints_dir(run_dir) / f"step_{step}"
     with atomic_dir(final) as tmp:
-        backend.save(tmp / "trainable.pt")
+        backend.save(trainable_path(tmp))
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),

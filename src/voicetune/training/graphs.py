@@ -118,9 +118,7 @@ def build(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precisio
 
 
 def config_allows(cfg: Any, device: torch.device) -> str:
-    """Why ``cfg`` on ``device`` rules CUDA graphs out ("" when it does not). Backends ask this before the
-    optimizer exists: the XTTS loss skips its flat-buffer form under graphs, where per-parameter gradient
-    accumulation costs no host time and frees each gradient as it goes (a lower memory peak)."""
+    """Why ``cfg`` on ``device`` rules CUDA graphs out ("" when it does not)."""
     if getattr(cfg, "cuda_graphs", "off") == "off":
         return "--cuda-graphs off"
     if device.type != "cuda":
@@ -134,6 +132,14 @@ def config_allows(cfg: Any, device: torch.device) -> str:
     return ""
 
 
+def planned(backend: Any, cfg: Any, device: torch.device) -> bool:
+    """Whether this run will capture micro-batches in CUDA graphs, decided before the optimizer exists (the
+    backend is told through ``Backend.configure_training``: e.g. the XTTS loss then skips its flat-buffer form,
+    since under graphs per-parameter gradient accumulation costs no host time and frees each gradient as it
+    goes). The config rules out every case that :func:`build` would refuse later."""
+    return not config_allows(cfg, device) and type(backend).supports_cuda_graphs
+
+
 def _unsupported(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precision: str) -> str:
     from voicetune.training.optim import FlatAdamW
 
@@ -144,6 +150,6 @@ def _unsupported(backend: Any, optimizer: Any, cfg: Any, device: torch.device, p
         return "needs gradients in fixed buffers: set --param-dtype bf16 (FlatAdamW)"
     if precision == "fp16":
         return "fp16 loss scaling changes between steps; use --precision bf16"
-    if not hasattr(backend, "graph_inputs"):
-        return f"the {type(backend).__name__} backend does not say which batch tensors its loss reads"
+    if not type(backend).supports_cuda_graphs:
+        return f"the {type(backend).name} backend does not capture its loss in CUDA graphs"
     return ""

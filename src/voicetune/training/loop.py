@@ -7,7 +7,9 @@
 
 A run can be resumed exactly (resume.py), stops cleanly on Ctrl+C/SIGTERM (signals.py), and runs on several
 GPUs under torchrun/accelerate (distributed.py). Everything model-specific goes through the
-:class:`~voicetune.backends.base.Backend` interface.
+:class:`~voicetune.backends.base.Backend` contract. What watches the run from outside (in-loop evaluation:
+best checkpoint, early stopping) is a :class:`TrainCallback` that the caller hands in
+(:func:`voicetune.finetune.train` adds the evaluator; this module never imports the evaluation).
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from voicetune.backends.base import Backend, Progress, get_backend
-from voicetune.config import TrainConfig, load_yaml, merge, save_yaml
+from voicetune.backends.base import Backend, FeatureStore, Progress
+from voicetune.backends.registry import get_backend, load_train_config, merge_options, resolve
+from voicetune.config import TrainConfig, save_yaml
 from voicetune.data.manifest import Dataset
 from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, software_versions
+from voicetune.training import graphs
 from voicetune.training.checkpoint import save_checkpoint
 from voicetune.training.distributed import Dist, init_distributed, shutdown
 from voicetune.training.errors import TrainError
@@ -72,23 +76,26 @@ class LoopState:
     resumed_from: int = 0  # the checkpoint step a resumed run continues after (0: a new run)
 
 
-class TrainCallback(Protocol):
-    """Hooks into the loop (e.g. the in-loop evaluation harness). All methods are optional no-ops."""
+class TrainCallback:
+    """Hooks into the loop (e.g. the in-loop evaluation, voicetune.evaluation.in_loop); rank 0 only. Subclass it
+    and override what you need: every hook is a no-op here."""
 
-    def on_train_start(self, state: LoopState) -> None: ...
+    def on_train_start(self, state: LoopState) -> None:
+        """Before the first step (after a resume: before the first step after the checkpoint)."""
 
-    def on_step_end(self, state: LoopState) -> None: ...
+    def on_step_end(self, state: LoopState) -> None:
+        """After every optimizer step; may set ``state.should_stop`` / ``state.save_requested``."""
 
-    def on_checkpoint(self, state: LoopState) -> None: ...
+    def on_checkpoint(self, state: LoopState) -> None:
+        """After a checkpoint was written (``state.checkpoint``)."""
 
-    def on_train_end(self, state: LoopState) -> None: ...
+    def on_train_end(self, state: LoopState) -> None:
+        """After the last step, an early stop or a signal."""
 
 
-def _call(callbacks: list[Any], hook: str, state: LoopState) -> None:
+def _call(callbacks: list[TrainCallback], hook: str, state: LoopState) -> None:
     for cb in callbacks:
-        fn = getattr(cb, hook, None)
-        if fn is not None:
-            fn(state)
+        getattr(cb, hook)(state)
 
 
 @dataclass
@@ -110,8 +117,9 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    cfg = load_yaml(TrainConfig, Path(config_file)) if config_file else TrainConfig()
-    return merge(cfg, overrides)
+    """The config of a new run: ``config_file`` (YAML) or the defaults, with ``overrides`` (flat names) applied."""
+    cfg = load_train_config(config_file) if config_file else TrainConfig()
+    return merge_options(cfg, overrides)
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -133,13 +141,13 @@ class _Run:
     device: torch.device
     precision: str
     backend: Backend
-    store: Any
+    store: FeatureStore
     sampler: StepSampler
     optimizer: torch.optim.Optimizer
     scheduler: Any
     engine: StepEngine
     state: LoopState
-    callbacks: list[Any]
+    callbacks: list[TrainCallback]
     progress: Progress | None
     meter: Meter | None = None
     writer: Any = None
@@ -164,40 +172,40 @@ def _sources(dataset_dir: Path | str | None, base: Path | str | None, out: Path 
         return cfg, run_dir, dataset, base_dir, ckpt
     if dataset_dir is None or base is None or out is None:
         raise TrainError("a new run needs a dataset folder, --base and --out (or --resume RUN_DIR)")
-    cfg = merge(cfg, overrides) if cfg else resolve_config(Path(config_file) if config_file else None, overrides)
+    cfg = merge_options(resolve(cfg), overrides) if cfg else resolve_config(config_file, overrides)
     return cfg, Path(out), Path(dataset_dir), Path(base), None
 
 
 def _features(backend: Backend, cfg: TrainConfig, dataset: Dataset, run_dir: Path, dist: Dist,
-              progress: Progress | None) -> tuple[Any, dict[str, Any]]:
+              progress: Progress | None) -> tuple[FeatureStore, dict[str, Any]]:
     """The model and its features: structure (vocabulary, LoRA, frozen parts), length limits, cached features.
 
-    Rank 0 computes the features first (and extends the vocabulary); the other ranks then read them.
+    Rank 0 shapes the model (it may write files to the run folder, e.g. an extended vocabulary) and computes
+    the features first; the other ranks then do the same from what rank 0 wrote.
     Returns (feature store, what the structure step reported).
     """
+    texts = [(c.text, c.language) for c in dataset.train]
     model: dict[str, Any] = {}
-    if hasattr(backend, "configure_model"):  # what trains: extended vocabulary, LoRA, frozen parts, dropout
-        texts = [(c.text, c.language) for c in dataset.train]
-        if dist.is_main:
+    for turn in (0, 1):
+        if (turn == 0) == dist.is_main:
             model = backend.configure_model(cfg, run_dir, texts)
-        dist.barrier()  # run_dir/vocab.json exists now, when the vocabulary was extended
-        if not dist.is_main:
-            model = backend.configure_model(cfg, run_dir, texts)
-    if hasattr(backend, "set_length_limits"):
-        backend.set_length_limits(cfg.max_audio_seconds, cfg.max_text_tokens)
-    store = None
+        dist.barrier()
+    backend.set_length_limits(cfg.max_audio_seconds, cfg.max_text_tokens)
+    store: FeatureStore | None = None
     for turn in (0, 1):
         if (turn == 0) == dist.is_main:
             store = backend.build_features(dataset.train, run_dir / "features", progress if dist.is_main else None)
         dist.barrier()
+    assert store is not None
     if len(store) == 0:
         raise TrainError(f"no usable training clips in {dataset.root} (all were dropped; see the warnings above)")
     return store, model
 
 
-def _data_report(store: Any, n_clips: int, sampler: StepSampler, cfg: TrainConfig, dist: Dist) -> dict[str, Any]:
+def _data_report(store: FeatureStore, n_clips: int, sampler: StepSampler, cfg: TrainConfig,
+                 dist: Dist) -> dict[str, Any]:
     """Clips kept and dropped (by reason), padding with and without length bucketing, batch geometry; logged."""
-    dropped = store.drop_summary() if hasattr(store, "drop_summary") else {}
+    dropped = store.drop_summary()
     report: dict[str, Any] = {"clips": n_clips, "clips_used": len(store), "clips_dropped": dropped,
                               "world_size": dist.world, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                               "global_batch": cfg.batch_size * cfg.grad_accum * dist.world}
@@ -205,8 +213,9 @@ def _data_report(store: Any, n_clips: int, sampler: StepSampler, cfg: TrainConfi
         logger.warning("dropped %d of %d training clips: %s (limits: --max-audio-seconds, --max-text-tokens; "
                        "--extend-vocab for unknown characters)", sum(dropped.values()), n_clips,
                        ", ".join(f"{n} {kind}" for kind, n in sorted(dropped.items())))
-    if hasattr(store, "durations"):
-        report["audio_hours"] = round(sum(store.durations()) / 3600, 4)
+    durations = store.durations()
+    if durations:
+        report["audio_hours"] = round(sum(durations) / 3600, 4)
     shuffled = sampler.padding_fraction(cfg.batch_size, bucketed=False)
     bucketed = sampler.padding_fraction(cfg.batch_size, bucketed=True)
     report["padding_fraction"] = {"shuffled": round(shuffled, 4), "bucketed": round(bucketed, 4),
@@ -220,7 +229,7 @@ def _data_report(store: Any, n_clips: int, sampler: StepSampler, cfg: TrainConfi
 
 
 def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt: Path | None, dist: Dist,
-           device_name: str, progress: Progress | None, callbacks: list[Any] | None) -> _Run:
+           device_name: str, progress: Progress | None, callbacks: list[TrainCallback] | None) -> _Run:
     """Build the run: model, features, data order, optimizer, schedule; restore a checkpoint when resuming."""
     if ckpt is None and dist.is_main:
         _prepare_run_dir(run_dir)
@@ -233,8 +242,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     backend = get_backend(cfg.backend)
     backend.load_base(Path(base), device)
     store, model = _features(backend, cfg, dataset, run_dir, dist, progress)
-    if hasattr(backend, "configure_training"):  # speed/memory options (bf16 weights etc.) before the optimizer
-        backend.configure_training(cfg)
+    # speed/memory options (bf16 weights etc.) before the optimizer, with the CUDA-graphs decision
+    backend.configure_training(cfg, cuda_graphs=graphs.planned(backend, cfg, device))
     if cfg.auto and ckpt is None:  # measured batch geometry for this GPU (a resumed run keeps its own)
         from voicetune.training.autotune import apply_recommendation
 
@@ -248,7 +257,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
         save_yaml(cfg, run_dir / "config.yaml")
     if dist.is_main and ckpt is None:
         RunInfo(cfg.backend, str(Path(base).resolve()), str(Path(dataset_dir).resolve()), cfg.seed,
-                software_versions(), training={**report, "model": model}).save(run_dir)
+                software_versions(), training={**report, "model": model,
+                                               "loss_parts": list(type(backend).loss_parts)}).save(run_dir)
     steps_per_epoch = sampler.steps_per_epoch()
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
@@ -257,7 +267,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     engine = StepEngine(backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device))
     state = LoopState(run_dir, backend, cfg, total, steps_per_epoch=steps_per_epoch)
     run = _Run(cfg, run_dir, dist, device, precision, backend, store, sampler, optimizer, scheduler, engine,
-               state, _callbacks(cfg, callbacks, progress, dist), progress)
+               state, list(callbacks or []) if dist.is_main else [], progress)
     if ckpt is not None:
         run.start_step = restore(ckpt, load_state(ckpt), backend=backend, optimizer=optimizer, scheduler=scheduler,
                                 engine=engine, sampler=sampler, dist=dist)
@@ -283,19 +293,6 @@ def _meter(backend: Backend, engine: StepEngine, device: torch.device, precision
     return Meter(total, start, params, trainable, peak)
 
 
-def _callbacks(cfg: TrainConfig, callbacks: list[Any] | None, progress: Progress | None, dist: Dist) -> list[Any]:
-    """The caller's callbacks plus the in-loop evaluator when evaluation is on; rank 0 only."""
-    if not dist.is_main:
-        return []
-    callbacks = list(callbacks or [])
-    if cfg.eval_every or cfg.eval_every_epochs:  # in-loop evaluation: baseline, best checkpoint, early stop
-        from voicetune.evaluation.in_loop import InLoopEvaluator
-
-        if not any(isinstance(cb, InLoopEvaluator) for cb in callbacks):
-            callbacks.append(InLoopEvaluator(progress=progress))
-    return callbacks
-
-
 def train(
     dataset_dir: Path | str | None = None,
     base: Path | str | None = None,
@@ -304,17 +301,20 @@ def train(
     *,
     config_file: Path | str | None = None,
     progress: Progress | None = None,
-    callbacks: list[Any] | None = None,
+    callbacks: list[TrainCallback] | None = None,
     resume: Path | str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Finetune ``base`` on the dataset's train split, writing the run folder ``out``.
 
-    ``cfg`` (or ``config_file``, a YAML TrainConfig) gives the settings; keyword ``overrides``
-    (e.g. ``max_steps=50``) are applied on top and validated. ``resume=RUN_DIR`` continues that run from its
-    latest checkpoint exactly (dataset, base and config come from the run; ``overrides`` may change its length,
-    checkpointing, logging and evaluation). Under torchrun/accelerate every process calls this; rank 0 writes.
-    The first Ctrl+C/SIGTERM ends the current step, saves and returns (``TrainResult.interrupted``).
+    ``cfg`` (or ``config_file``, a YAML TrainConfig) gives the settings; keyword ``overrides`` by flat name
+    (e.g. ``max_steps=50``, ``eval_every=10``, ``dropout=0.0``) are applied on top and validated.
+    ``resume=RUN_DIR`` continues that run from its latest checkpoint exactly (dataset, base and config come from
+    the run; ``overrides`` may change its length, checkpointing, logging and evaluation). ``callbacks``
+    (:class:`TrainCallback`) watch the run on rank 0: this function runs no evaluation of its own
+    (:func:`voicetune.finetune.train`, what ``voicetune.train`` and the CLI call, adds it). Under
+    torchrun/accelerate every process calls this; rank 0 writes. The first Ctrl+C/SIGTERM ends the current step,
+    saves and returns (``TrainResult.interrupted``).
     """
     t0 = time.time()
     cfg, run_dir, dataset_dir, base, ckpt = _sources(dataset_dir, base, out, cfg, config_file, overrides, resume)
@@ -352,11 +352,11 @@ def _loop(run: _Run, stopper: GracefulStop) -> None:
         state.step, state.last = step, parts
         if dist.is_main:
             if step % cfg.log_every == 0 or step == total:
-                _log_step(run.run_dir, run.writer, step, total, parts)
+                _log_step(run, step, total, parts)
             if cfg.mem_every and step % cfg.mem_every == 0:
                 logger.info("%s", mem_line(step, {k: v for k, v in parts.items() if k.startswith("mem_")}))
             if run.progress:
-                run.progress(step, total, progress_text(parts))
+                run.progress(step, total, progress_text(parts, type(run.backend).loss_parts))
         _call(run.callbacks, "on_step_end", state)
         run.backend.set_train(True)  # a callback may have switched the model to inference mode
         signal_stop, cb_stop, requested = (dist.any(f, run.device) for f in
@@ -421,11 +421,11 @@ def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
-def _log_step(run_dir: Path, writer: Any, step: int, total: int, parts: dict[str, float]) -> None:
+def _log_step(run: _Run, step: int, total: int, parts: dict[str, float]) -> None:
     record = {"step": step, "time": time.time(), **{k: float(f"{v:.7g}") for k, v in parts.items()}}
-    append_jsonl(run_dir / "metrics.jsonl", record)
-    if writer:
+    append_jsonl(run.run_dir / "metrics.jsonl", record)
+    if run.writer:
         for k, v in parts.items():
             if k not in ("epoch",):
-                writer.add_scalar(f"train/{k}", v, step)
-    logger.info("step %d/%d %s", step, total, progress_text(parts))
+                run.writer.add_scalar(f"train/{k}", v, step)
+    logger.info("step %d/%d %s", step, total, progress_text(parts, type(run.backend).loss_parts))

@@ -112,11 +112,12 @@ class Meter:
         return out
 
 
-def progress_text(parts: dict[str, float]) -> str:
+def progress_text(parts: dict[str, float], loss_parts: dict[str, str] | None = None) -> str:
     """The one-line training status the CLI shows next to its progress bar (starts with "loss")."""
     text = f"loss {parts['loss']:.4f}"
-    if "text_ce" in parts and "mel_ce" in parts:
-        text += f" (text {parts['text_ce']:.3f} mel {parts['mel_ce']:.3f})"
+    shown = [f"{label} {parts[name]:.3f}" for name, label in (loss_parts or {}).items() if name in parts]
+    if shown:  # the backend's loss parts (Backend.loss_parts: name -> label)
+        text += f" ({' '.join(shown)})"
     text += f" lr {parts.get('lr', 0):.2e} {parts.get('samples_per_s', 0):.1f} samples/s"
     text += f" {parts.get('audio_s_per_s', 0):.0f} audio-s/s ETA {format_eta(parts.get('eta_s', 0))}"
     if "mem_alloc_gib" in parts:

@@ -19,50 +19,33 @@ from typing import Any
 
 import torch
 
-from voicetune.config import TrainConfig, load_yaml, merge, to_dict
-from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, read_meta
+from voicetune.backends.registry import load_train_config, merge_options
+from voicetune.config import TrainConfig, flatten, resumable_options
+from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, read_meta, trainable_path
 from voicetune.training.checkpoint import restore_rng_state, rng_state
 from voicetune.training.errors import TrainError
 from voicetune.utils.io import atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-# Options that may change when a run is resumed; any other change is refused.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "max_steps",
-        "epochs",
-        "save_every",
-        "keep_last",
-        "log_every",
-        "mem_every",
-        "device",
-        "num_workers",
-        "compile",
-        "compile_mode",
-        "compile_scope",
-        "attention",
-        "gradient_checkpointing",
-        "checkpoint_mlp",
-        "fast_loss",
-        "pad_multiple",
-        "auto",
-    }
-) | {f for f in TrainConfig.__dataclass_fields__ if f.startswith(("eval_", "early_stop", "wer_guard"))}
-
-
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The run's saved TrainConfig with the allowed ``overrides``; a forbidden change is a TrainError."""
+    """The run's saved TrainConfig with the allowed ``overrides`` (flat names); a forbidden change is a TrainError.
+
+    Which options may change is declared with the options (``resumable`` in :func:`voicetune.config.opt`): the
+    length of the run, checkpointing, logging, evaluation and speed settings that keep the same losses. A
+    config.yaml of an earlier version (flat layout) loads too.
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise TrainError(f"{path}: missing; is {run_dir} a run folder written by `voicetune train`?")
-    saved = load_yaml(TrainConfig, path)
-    cfg = merge(saved, overrides)
-    before, after = to_dict(saved), to_dict(cfg)
-    changed = sorted(k for k in after if after[k] != before[k])
-    forbidden = [k for k in changed if k not in RESUMABLE_CHANGES]
+    saved = load_train_config(path)
+    cfg = merge_options(saved, overrides)
+    before, after = flatten(saved), flatten(cfg)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    allowed = resumable_options(saved)
+    forbidden = [k for k in changed if k not in allowed]
     if forbidden:
-        flags = ", ".join(f"--{k.replace('_', '-')} ({before[k]!r} -> {after[k]!r})" for k in forbidden)
+        flags = ", ".join(f"--{k.replace('_', '-')} ({before.get(k)!r} -> {after.get(k)!r})" for k in forbidden)
         raise TrainError(
             f"cannot resume {run_dir} with {flags}: these change the model, the optimizer or the data "
             "order of the run; resume without them, or start a new run (--out) from this one's export"
@@ -182,7 +165,7 @@ def restore(
             f"{ckpt} was written by {saved_world} processes, this run has {dist.world}; resume with "
             f"--gpus {saved_world}"
         )
-    backend.load_trained(Path(ckpt) / "trainable.pt")
+    backend.load_trained(trainable_path(ckpt))
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from voicetune.backends.base import Backend, FeatureStore
 from voicetune.training import oom
 from voicetune.training.distributed import Dist, all_reduce_gradients
 from voicetune.training.errors import TrainError
@@ -45,8 +46,8 @@ def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
 class StepEngine:
     """Runs optimizer steps; holds what persists between them (micro-batch plan, skip streak)."""
 
-    backend: Any
-    store: Any
+    backend: Backend
+    store: FeatureStore
     optimizer: torch.optim.Optimizer
     cfg: Any
     device: torch.device
@@ -70,9 +71,10 @@ class StepEngine:
     def _load(self, items: list[tuple[int, int]]) -> dict[str, Any]:
         loaded = []
         for idx, epoch in items:
-            if hasattr(self.store, "set_epoch"):  # conditioning crops follow (seed, epoch, clip): resumable,
-                self.store.set_epoch(epoch)  # the same on any number of processes, and when a step is redone
-                self.store.forget([idx])
+            # random crops follow (seed, epoch, clip): resumable, the same on any number of processes, and when a
+            # step is redone (FeatureStore.set_epoch / forget; no-ops for a store without them)
+            self.store.set_epoch(epoch)
+            self.store.forget([idx])
             loaded.append(self.store[idx])
         return self.backend.collate(loaded)
 
@@ -88,10 +90,9 @@ class StepEngine:
         try:
             for n, chunk in enumerate(micro_batches(share, self.plan.size)):
                 batch = self._load(chunk)
-                if hasattr(self.backend, "batch_stats"):
-                    stats = self.backend.batch_stats(batch)
-                    counts["audio_seconds"] += stats.get("audio_seconds", 0.0)
-                    counts["tokens"] += stats.get("tokens", 0.0)
+                stats = self.backend.batch_stats(batch)
+                counts["audio_seconds"] += stats.get("audio_seconds", 0.0)
+                counts["tokens"] += stats.get("tokens", 0.0)
                 oom.check_simulated(len(chunk))
                 weight = len(chunk) / len(share)
                 out = self._graphed(batch, weight, grads_are_zero=n == 0)  # each step starts with zero gradients

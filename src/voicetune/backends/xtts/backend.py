@@ -16,13 +16,14 @@ import shutil
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from voicetune.backends.base import BaseModelError, FeatureStore, Progress, Waveform
+from voicetune.backends.base import Backend, BaseModelError, Batch, FeatureStore, Progress, Waveform
 from voicetune.backends.xtts import layout
+from voicetune.backends.xtts.options import XttsOptions
 from voicetune.config import TrainConfig
 from voicetune.data.manifest import Clip
 from voicetune.utils.io import atomic_path, atomic_torch_save, atomic_write_text, file_sha256
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 _INFERENCE_KEYS = layout.INFERENCE_ONLY_GPT_PREFIXES  # keys of the GPT's inference-only aliases
 
 
-class XttsBackend:
+class XttsBackend(Backend):
     """The :class:`~voicetune.backends.base.Backend` for XTTS-v2.
 
     ``synthesis_max_audio_tokens`` caps generation (one token = 1024 samples at 22.05 kHz, ~46 ms);
@@ -41,6 +42,36 @@ class XttsBackend:
     """
 
     name = "xtts"
+    options = XttsOptions
+    base_layout = "XTTS-v2 folder: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json"
+    loss_parts: ClassVar[dict[str, str]] = {"text_ce": "text", "mel_ce": "mel"}
+    supports_cuda_graphs = True  # the packed loss (speed.py): graph_inputs gives its tensors
+
+    # ---------------------------------------------------------------- class level
+    @classmethod
+    def make_tiny_base(cls, out: Path, *, corpus_texts: Sequence[str] = (), stats_audio: Sequence[Path] = (),
+                       seed: int = 0) -> Path:
+        """A tiny random XTTS-v2 folder (backends/xtts/tiny.py): its BPE vocabulary is trained on
+        ``corpus_texts`` and its mel statistics come from ``stats_audio``."""
+        from voicetune.backends.xtts.tiny import make_tiny_xtts_base
+
+        return make_tiny_xtts_base(Path(out), corpus_texts=list(corpus_texts) or None,
+                                   stats_audio=list(stats_audio) or None, seed=seed)
+
+    @classmethod
+    def validate_base_folder(cls, path: Path) -> dict[str, Path]:
+        return layout.validate_base_dir(path)
+
+    @classmethod
+    def is_untrained(cls, path: Path) -> bool:
+        config = Path(path) / layout.CONFIG
+        return config.is_file() and "voicetune_note" in config.read_text(encoding="utf-8", errors="replace")
+
+    @classmethod
+    def usage(cls) -> list[str]:
+        return ["It loads unchanged with coqui-tts: `Xtts.init_from_config(config)` then",
+                "`model.load_checkpoint(config, checkpoint_dir=THIS_FOLDER)`; condition it on the clips in",
+                "`reference/`."]
 
     def __init__(self, synthesis_max_audio_tokens: int | None = None):
         self.device = torch.device("cpu")
@@ -175,14 +206,14 @@ class XttsBackend:
         finally:
             self._dvae.to("cpu")
 
-    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> Batch:
         """Pad feature items into a batch for :meth:`loss`."""
         from voicetune.backends.xtts.features import collate
 
         batch = collate(items, int(self._require().config.model_args.gpt_stop_audio_token))
         return self._speed.pack(batch) if self._speed is not None else batch
 
-    def graph_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    def graph_inputs(self, batch: Batch) -> dict[str, torch.Tensor] | None:
         """The tensors of a collated batch that the packed loss reads (CUDA graphs copy only these, and one
         graph serves every batch of the same packed shape); None for an unpacked batch."""
         from voicetune.backends.xtts.speed import PACKED_KEYS
@@ -191,11 +222,12 @@ class XttsBackend:
             return None
         return {k: batch[k] for k in (*PACKED_KEYS, "cond_mels")}
 
-    def configure_training(self, cfg: TrainConfig) -> None:
-        """Apply cfg's speed/memory options (attention, packed loss, compile, bf16 weights); before the optimizer."""
+    def configure_training(self, cfg: TrainConfig, cuda_graphs: bool = False) -> None:
+        """Apply cfg's speed/memory options (attention, packed loss, compile, bf16 weights); before the optimizer.
+        Under ``cuda_graphs`` the packed loss keeps per-parameter gradients (see speed.GptTrainingSpeed)."""
         from voicetune.backends.xtts.speed import configure_training
 
-        self._speed = configure_training(self._require().gpt, cfg, self.device)
+        self._speed = configure_training(self._require().gpt, cfg, self.device, cuda_graphs)
 
     # ---------------------------------------------------------------- what trains (backends/xtts/structure.py)
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
@@ -206,15 +238,16 @@ class XttsBackend:
         ``cfg.extend_vocab`` it is extended for ``texts`` ((transcript, language) pairs) and written there.
         Returns a summary for run.json.
         """
+        from voicetune.backends.adapters import has_lora
         from voicetune.backends.xtts import structure
-        from voicetune.backends.xtts.lora import apply_lora, has_lora
+        from voicetune.backends.xtts.lora import apply_lora
         from voicetune.backends.xtts.vocab import extend_vocab
 
-        gpt = self._require().gpt
+        gpt, opts = self._require().gpt, XttsOptions.of(cfg)
         summary: dict[str, Any] = {}
         vocab = structure.read_run_vocab(run_dir)
-        if vocab is None and cfg.extend_vocab:
-            ext = extend_vocab(self.model.tokenizer, list(texts), cfg.extend_vocab_size)
+        if vocab is None and opts.extend_vocab:
+            ext = extend_vocab(self.model.tokenizer, list(texts), opts.extend_vocab_size)
             summary["vocab"] = {"old_tokens": ext.old_size, "new_tokens": ext.new_size, "new_chars": ext.new_chars,
                                 "new_merges": len(ext.new_merges), "still_unknown": ext.still_unknown}
             if ext.new_size > ext.old_size:
@@ -223,8 +256,8 @@ class XttsBackend:
                     atomic_write_text(Path(run_dir) / structure.RUN_VOCAB, vocab)
         if vocab is not None:
             self.apply_vocab(vocab)
-        if cfg.dropout >= 0:
-            structure.set_dropout(gpt, cfg.dropout)
+        if opts.dropout >= 0:
+            structure.set_dropout(gpt, opts.dropout)
         self._lora = structure.lora_settings(cfg)
         if self._lora is not None and not has_lora(gpt):
             apply_lora(gpt, self._lora)
@@ -261,7 +294,7 @@ class XttsBackend:
         self._limits = {"max_audio_seconds": float(max_audio_seconds), "max_text_tokens": int(max_text_tokens)}
         self._extractor = None
 
-    def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def batch_stats(self, batch: Batch) -> dict[str, float]:
         """Audio seconds and GPT tokens (conditioning latents + text + audio codes) of a collated batch."""
         args = self._require().config.model_args
         wav = batch["wav_lengths"].long()
@@ -283,7 +316,7 @@ class XttsBackend:
 
         return param_groups(self.trainable(), cfg)
 
-    def loss(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    def loss(self, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
         """GPT text and audio-code cross-entropies (GPTTrainer.train_step), weighted by the config.
 
         ``cond_idxs`` is None: with the perceiver, GPT.forward's conditioning mask is replaced inside
@@ -297,7 +330,8 @@ class XttsBackend:
                 cond_mels=batch["cond_mels"], cond_idxs=None, cond_lens=batch["cond_lens"],
             )
         text_ce, mel_ce = parts[0], parts[1]
-        total = cfg.text_ce_weight * text_ce + cfg.mel_ce_weight * mel_ce
+        opts = XttsOptions.of(cfg)
+        total = opts.text_ce_weight * text_ce + opts.mel_ce_weight * mel_ce
         return {"loss": total, "text_ce": text_ce.detach(), "mel_ce": mel_ce.detach()}
 
     def set_train(self, mode: bool) -> None:
@@ -429,7 +463,8 @@ class XttsBackend:
 
     def _adopt_structure(self, meta: dict[str, Any], path: Path) -> None:
         """Rebuild what a checkpoint's structure needs on the loaded base: its vocabulary, its LoRA adapters."""
-        from voicetune.backends.xtts.lora import LoraSettings, apply_lora, has_lora
+        from voicetune.backends.adapters import LoraSettings, has_lora
+        from voicetune.backends.xtts.lora import apply_lora
 
         if meta.get("vocab") and meta["vocab"] != self._vocab_json:
             self.apply_vocab(meta["vocab"])
@@ -477,7 +512,7 @@ class XttsBackend:
         if self.base_dir is not None and out.resolve() == self.base_dir.resolve():
             raise ValueError(f"{out}: refusing to export onto the base model folder; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
-        from voicetune.backends.xtts.lora import merged_state_dict
+        from voicetune.backends.adapters import merged_state_dict
 
         # LoRA adapters are folded into the GPT weights: model.pth has exactly the keys coqui-tts expects.
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if not k.startswith("gpt.")}

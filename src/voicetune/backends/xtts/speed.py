@@ -376,25 +376,28 @@ class SpeedSettings:
     pad_multiple: int
     recompute: str  # what the backward pass recomputes (TrainConfig.recompute)
     param_dtype: torch.dtype
-    cuda_graphs_excluded: bool = True  # the config rules voicetune's CUDA graphs out on this device
+    cuda_graphs_excluded: bool = True  # the training loop will not capture CUDA graphs (Backend.configure_training)
 
     @classmethod
-    def resolve(cls, cfg: Any, device: torch.device) -> SpeedSettings:
-        compile_on = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and _triton_available())
-        if compile_on and not cfg.fast_loss:
-            raise ValueError("compile needs the packed loss; set fast_loss: true or compile: off")
-        from voicetune.training import graphs
+    def resolve(cls, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> SpeedSettings:
+        """``cuda_graphs``: the training loop will capture micro-batches in CUDA graphs (its decision)."""
+        from voicetune.backends.xtts.options import XttsOptions
         from voicetune.utils.device import resolve_precision
+
+        opts = XttsOptions.of(cfg)
+        compile_on = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and _triton_available())
+        if compile_on and not opts.fast_loss:
+            raise ValueError("compile needs the packed loss; set fast_loss: true or compile: off")
 
         if cfg.param_dtype == "bf16" and resolve_precision(cfg.precision, device) == "fp32":
             raise ValueError(f"param_dtype bf16 trains under bf16 autocast, but precision {cfg.precision!r} is fp32 "
                              f"on {device}; set precision: bf16")
         return cls(
-            fast_loss=bool(cfg.fast_loss), attention=cfg.attention, compile=compile_on,
-            compile_mode=cfg.compile_mode, compile_scope=cfg.compile_scope, pad_multiple=int(cfg.pad_multiple),
+            fast_loss=bool(opts.fast_loss), attention=opts.attention, compile=compile_on,
+            compile_mode=cfg.compile_mode, compile_scope=opts.compile_scope, pad_multiple=int(opts.pad_multiple),
             recompute=cfg.recompute,
             param_dtype=torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32,
-            cuda_graphs_excluded=bool(graphs.config_allows(cfg, device)),
+            cuda_graphs_excluded=not cuda_graphs,
         )
 
 
@@ -449,8 +452,9 @@ class GptTrainingSpeed:
                              for name, fn in (("conditioning", conditioning), ("block", _block), ("head_loss", head_loss))}
         # The flat-buffer loss (module doc) replaces the whole-loss path; a per-layer compiled block would see
         # the split-out weights as ordinary inputs (copied into CUDA graphs every step), so not with "layers".
-        # Under CUDA graphs (voicetune.training.graphs) per-parameter accumulation costs no host time and frees
-        # each gradient as it goes, where the flat form holds a whole flat gradient extra at the end of backward.
+        # Under CUDA graphs (the loop's decision, passed in by Backend.configure_training) per-parameter
+        # accumulation costs no host time and frees each gradient as it goes, where the flat form holds a whole
+        # flat gradient extra at the end of backward.
         self._flat_allowed = (settings.fast_loss and (not settings.compile or settings.compile_scope == "model")
                               and settings.cuda_graphs_excluded)
         self._module = PackedLossModule(gpt)
@@ -532,9 +536,10 @@ class GptTrainingSpeed:
                 handle.remove()
 
 
-def configure_training(gpt: Any, cfg: Any, device: torch.device) -> GptTrainingSpeed:
-    """Resolve ``cfg``'s speed options for ``device`` and apply them to ``gpt`` (before the optimizer is built)."""
-    return GptTrainingSpeed(gpt, SpeedSettings.resolve(cfg, device))
+def configure_training(gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> GptTrainingSpeed:
+    """Resolve ``cfg``'s speed options for ``device`` and apply them to ``gpt`` (before the optimizer is built);
+    ``cuda_graphs``: whether the training loop will capture micro-batches in CUDA graphs."""
+    return GptTrainingSpeed(gpt, SpeedSettings.resolve(cfg, device, cuda_graphs))
 
 
 __all__ = [

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from voicetune.backends.xtts.lora import LoraSettings, is_lora_key
+from voicetune.backends.adapters import LoraSettings, is_lora_key
+from voicetune.backends.xtts.options import XttsOptions
 from voicetune.backends.xtts.parts import PARTS, side_of, split_names
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def set_trainable(gpt: Any, cfg: Any, vocab_extended: bool) -> tuple[int, int]:
     Returns (trainable, total) parameter counts.
     """
     lora = cfg.finetune == "lora"
-    frozen = set(split_names(cfg.freeze))
+    frozen = set(split_names(XttsOptions.of(cfg).freeze))
     for name, p in gpt.named_parameters():
         part = gpt_part(name)
         if is_lora_key(name):
@@ -77,10 +78,11 @@ def param_groups(gpt: Any, cfg: Any) -> list[dict[str, Any]]:
     from transformers.pytorch_utils import Conv1D
 
     matrix_modules = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+    opts = XttsOptions.of(cfg)
     mults = {
-        "text": cfg.lr_text_mult,
-        "audio": cfg.lr_audio_mult,
-        "conditioning": cfg.lr_cond_mult,
+        "text": opts.lr_text_mult,
+        "audio": opts.lr_audio_mult,
+        "conditioning": opts.lr_cond_mult,
         "other": 1.0,
     }
     groups: dict[tuple[str, bool], dict[str, Any]] = {}
@@ -158,4 +160,5 @@ def summarize(gpt: Any) -> str:
 def lora_settings(cfg: Any) -> LoraSettings | None:
     if cfg.finetune != "lora":
         return None
-    return LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(split_names(cfg.lora_targets)))
+    targets = split_names(XttsOptions.of(cfg).lora_targets)
+    return LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(targets))
