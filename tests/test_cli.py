@@ -41,3 +41,52 @@ def test_invalid_option_value_is_reported_not_raised(tmp_path, caplog):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "voicetune.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "voicetune" in out.stdout
+
+
+def _train_help(*argv: str) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["train", *argv])
+    return out.getvalue()
+
+
+def test_train_help_is_short_with_the_basic_options_and_lists_the_advanced_ones():
+    short, full = _train_help("--help"), _train_help("--help-all")
+    assert len(short.splitlines()) < 120 < len(full.splitlines())
+    assert "basic options" in short and "--batch-size BATCH_SIZE" in short and "Clips per micro-batch" in short
+    assert "advanced options (" in short and "--dropout" in short and "Dropout of the GPT-2" not in short
+    assert "Dropout of the GPT-2" in full and "advanced: xtts backend" in full
+
+
+def test_train_help_shows_the_options_of_the_chosen_backend():
+    fake = _train_help("--backend", "fake", "--help-all")
+    assert "--energy-weight" in fake and "advanced: fake backend" in fake and "--dropout" not in fake
+    assert "{fake,xtts}" in fake  # --backend's choices are the registered backends
+
+
+def test_an_unknown_flag_suggests_the_closest_one(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "data", "--batch-sise", "3"])
+    assert e.value.code == 2
+    assert "did you mean --batch-size?" in capsys.readouterr().err
+
+
+def test_every_subcommand_and_argument_has_help_text():
+    import argparse
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    assert sub.description or sub_name in {a.dest for a in action._choices_actions}, sub_name
+                    walk(sub, f"{name} {sub_name}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
+
+    root = build_parser()
+    for action in root._subparsers._group_actions:
+        assert all(a.help for a in action._choices_actions)  # one line per subcommand in `voicetune --help`
+    walk(root, "voicetune")

@@ -109,8 +109,8 @@ def check_fields(obj: Any) -> None:
         low, high = f.metadata.get("low"), f.metadata.get("high")
         if (low is not None and value < low) or (high is not None and value > high):
             bound = (f"lie in [{low:g}, {high:g}]" if low is not None and high is not None
-                     else f">= {low:g}" if low is not None else f"<= {high:g}")
-            raise ConfigError(f"{f.name} must be {bound}, not {value!r}; fix {flag}")
+                     else f"be >= {low:g}" if low is not None else f"be <= {high:g}")
+            raise ConfigError(f"{f.name} must {bound}, not {value!r}; fix {flag}")
 
 
 @dataclass

@@ -18,9 +18,9 @@ import torch
 from voicetune.audio.io import load_audio
 from voicetune.cli import main
 from voicetune.evaluation.selection import replay
-from voicetune.evaluation.suite import rules_from_config
+from voicetune.evaluation.suite import selection_rules
 from voicetune.run import best_checkpoint, latest_checkpoint, list_checkpoints
-from voicetune.training.loop import train
+from voicetune.finetune import train  # the loop with the in-loop evaluator (voicetune.train)
 from voicetune.utils.io import read_jsonl
 
 TRAIN = {"max_steps": 4, "batch_size": 2, "lr": 5e-4, "seed": 3, "device": "cpu", "save_every": 1, "keep_last": 1}
@@ -97,7 +97,7 @@ def test_metrics_jsonl_and_tensorboard_get_eval_records(evaluated_run):
 
 
 def test_best_marker_points_to_a_kept_checkpoint_chosen_by_the_composite(evaluated_run):
-    from voicetune.config import TrainConfig, load_yaml
+    from voicetune.backends.registry import load_train_config
 
     run, _ = evaluated_run
     best = best_checkpoint(run)
@@ -105,9 +105,9 @@ def test_best_marker_points_to_a_kept_checkpoint_chosen_by_the_composite(evaluat
     assert latest_checkpoint(run).name == "step_4"
     docs = [_doc(run / "eval" / f"step_{s}" / "metrics.json") for s in (2, 4)]
     baseline = _doc(run / "eval" / "baseline" / "metrics.json")
-    cfg = load_yaml(TrainConfig, run / "config.yaml")
+    cfg = load_train_config(run / "config.yaml")
     sel, _ = replay(baseline["base"]["aggregate"], [(d["step"], d["finetuned"]["aggregate"]) for d in docs],
-                    rules_from_config(cfg), baseline["real"]["aggregate"]["speaker_similarity"])
+                    selection_rules(cfg.eval), baseline["real"]["aggregate"]["speaker_similarity"])
     assert best.name == f"step_{sel.best_step}"
     info = _doc(run / "best.json")
     assert info["checkpoint"] == best.name and info["step"] == sel.best_step
@@ -211,9 +211,9 @@ def test_a_resumed_run_reuses_its_baseline_and_continues_the_selection(dataset, 
     assert [r["step"] for r in evals] == [0, 2, 4]  # one baseline record
     docs = [_doc(run / "eval" / f"step_{s}" / "metrics.json") for s in (2, 4)]
     base_doc = _doc(baseline)
-    from voicetune.config import TrainConfig, load_yaml
+    from voicetune.backends.registry import load_train_config
 
     sel, _ = replay(base_doc["base"]["aggregate"], [(d["step"], d["finetuned"]["aggregate"]) for d in docs],
-                    rules_from_config(load_yaml(TrainConfig, run / "config.yaml")),
+                    selection_rules(load_train_config(run / "config.yaml").eval),
                     base_doc["real"]["aggregate"]["speaker_similarity"])
     assert best_checkpoint(run).name == f"step_{sel.best_step}"  # as if the run had never stopped

@@ -103,12 +103,13 @@ def xtts_for_training(tmp_path):
     def make(base: Path, dataset: Path, cfg, device):
         from voicetune.backends.base import get_backend
         from voicetune.data.manifest import Dataset
+        from voicetune.training import graphs
 
         backend = get_backend("xtts")
         backend.load_base(base, device)
         backend.configure_model(cfg)
         store = backend.build_features(Dataset.load(dataset).train, tmp_path / "features")
-        backend.configure_training(cfg)
+        backend.configure_training(cfg, cuda_graphs=graphs.planned(backend, cfg, device))
         backend.set_train(True)
         return backend, store
 

@@ -33,20 +33,20 @@ def test_train_auto_on_a_cpu_applies_cpu_settings_and_keeps_the_effective_batch(
 def test_the_gpu_dry_run_measures_peak_memory_and_recommends_a_batch_that_fits(tone_dataset, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from voicetune.backends.base import get_backend
+    from voicetune.backends.registry import get_backend, train_config
     from voicetune.backends.tiny import make_tiny_base
-    from voicetune.config import TrainConfig
     from voicetune.data.manifest import Dataset
+    from voicetune.training import graphs
     from voicetune.training.autotune import HEADROOM, recommend
 
     base = make_tiny_base("xtts", tmp_path / "base", dataset=tone_dataset, seed=0)
 
-    cfg = TrainConfig(batch_size=2, grad_accum=4)
+    cfg = train_config(batch_size=2, grad_accum=4)
     backend = get_backend("xtts")
     backend.load_base(base, torch.device("cuda"))
     backend.configure_model(cfg)
     store = backend.build_features(Dataset.load(tone_dataset).train, tmp_path / "doctor_features")
-    backend.configure_training(cfg)
+    backend.configure_training(cfg, cuda_graphs=graphs.planned(backend, cfg, torch.device("cuda")))
     rec = recommend(backend, store, cfg, torch.device("cuda"))
     total = torch.cuda.get_device_properties(0).total_memory / 1024**3
     assert rec.probes and all(p.peak_gib > 0 for p in rec.probes if p.fits)
@@ -62,7 +62,8 @@ def _probes(fitting: int, mode: str) -> list:
 
 
 def test_recomputation_escalates_cheapest_first_and_only_while_two_clips_do_not_fit():
-    from voicetune.config import recompute_fields
+    from voicetune.backends.registry import train_config
+    from voicetune.config import with_recompute
     from voicetune.training.autotune import escalate
 
     fits = {"none": 1, "mlp": 4, "layer": 4}
@@ -74,7 +75,8 @@ def test_recomputation_escalates_cheapest_first_and_only_while_two_clips_do_not_
 
     assert escalate(measure_at, "none", need=2)[:2] == (4, "mlp") and asked == ["none", "mlp"]
     asked.clear()
-    assert escalate(measure_at, "none", need=2, allow_mlp=False)[:2] == (4, "layer") and asked == ["none", "layer"]
+    assert escalate(measure_at, "none", need=2, offered=("none", "layer"))[:2] == (4, "layer")  # no MLP mode
+    assert asked == ["none", "layer"]
     asked.clear()
     fits.update(none=2)
     best, mode, probes = escalate(measure_at, "none", need=2)
@@ -82,4 +84,7 @@ def test_recomputation_escalates_cheapest_first_and_only_while_two_clips_do_not_
     fits.update(none=0, mlp=0, layer=0)  # nothing fits anywhere: stay with the fastest, measured all the way
     asked.clear()
     assert escalate(measure_at, "none", need=2)[:2] == (0, "none") and asked == ["none", "mlp", "layer"]
-    assert recompute_fields("mlp") == {"checkpoint_mlp": True, "gradient_checkpointing": False}
+    mlp = with_recompute(train_config(), "mlp")  # the XTTS options' own recomputation field
+    assert mlp.recompute == "mlp" and mlp.backend_options.checkpoint_mlp and not mlp.gradient_checkpointing
+    assert with_recompute(mlp, "layer").recompute == "layer" and not with_recompute(mlp, "layer").backend_options.checkpoint_mlp
+    assert train_config(fast_loss=False).backend_options.recompute_modes() == ("none", "layer")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backends.fake import FakeBackend
+
+from voicetune.backends.registry import train_config
 from voicetune.config import ConfigError, TrainConfig
 from voicetune.training import graphs
 from voicetune.training.optim import FlatAdamW
 
 
-class _PackedBackend:
-    def graph_inputs(self, batch):
-        return batch
-
-    def loss(self, batch, cfg):
-        raise AssertionError("not called in these tests")
+class _NoGraphs(FakeBackend):
+    supports_cuda_graphs = False  # as a backend whose loss no CUDA graph may capture
 
 
 def _flat_optimizer():
@@ -26,20 +25,24 @@ def test_graphs_are_off_where_they_cannot_apply_and_on_says_why():
     cpu = torch.device("cpu")
     auto, on = TrainConfig(param_dtype="bf16", precision="bf16"), TrainConfig(param_dtype="bf16", precision="bf16",
                                                                               cuda_graphs="on")
-    assert graphs.build(_PackedBackend(), _flat_optimizer(), auto, cpu, "bf16") is None
+    assert graphs.build(FakeBackend(), _flat_optimizer(), auto, cpu, "bf16") is None
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        graphs.build(_PackedBackend(), _flat_optimizer(), on, cpu, "bf16")
+        graphs.build(FakeBackend(), _flat_optimizer(), on, cpu, "bf16")
+    cuda = torch.device("cuda")
     reasons = [
-        graphs._unsupported(_PackedBackend(), torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), auto,
-                            torch.device("cuda"), "bf16"),
-        graphs._unsupported(object(), _flat_optimizer(), auto, torch.device("cuda"), "bf16"),
-        graphs._unsupported(_PackedBackend(), _flat_optimizer(),
+        graphs._unsupported(FakeBackend(), torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), auto, cuda,
+                            "bf16"),
+        graphs._unsupported(_NoGraphs(), _flat_optimizer(), auto, cuda, "bf16"),
+        graphs._unsupported(FakeBackend(), _flat_optimizer(),
                             TrainConfig(compile_mode="reduce-overhead", param_dtype="bf16", precision="bf16"),
-                            torch.device("cuda"), "bf16"),
+                            cuda, "bf16"),
     ]
-    assert "--param-dtype bf16" in reasons[0] and "does not say which batch tensors" in reasons[1]
+    assert "--param-dtype bf16" in reasons[0] and "does not capture its loss" in reasons[1]
     assert "captures its own CUDA graphs" in reasons[2]
-    assert graphs.build(_PackedBackend(), _flat_optimizer(), TrainConfig(cuda_graphs="off"), cpu, "bf16") is None
+    assert graphs.build(FakeBackend(), _flat_optimizer(), TrainConfig(cuda_graphs="off"), cpu, "bf16") is None
+    # the decision the backend is told before the optimizer exists (Backend.configure_training)
+    assert graphs.planned(FakeBackend(), auto, cuda) and not graphs.planned(_NoGraphs(), auto, cuda)
+    assert not graphs.planned(FakeBackend(), auto, cpu)
 
 
 def test_config_refuses_cuda_graphs_on_without_fixed_gradient_buffers():
@@ -65,10 +68,10 @@ def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_tra
     losses = {}
     for setting in ("off", "on"):
         torch.manual_seed(0)
-        cfg = TrainConfig(batch_size=2, grad_accum=2, precision="bf16", param_dtype="bf16", dropout=0.0,
-                          compile="off" if variant == "off" else "on", checkpoint_mlp=variant.endswith("+mlp"),
-                          compile_scope="layers" if variant == "layers" else "model",
-                          cuda_graphs=setting)
+        cfg = train_config(batch_size=2, grad_accum=2, precision="bf16", param_dtype="bf16", dropout=0.0,
+                           compile="off" if variant == "off" else "on", checkpoint_mlp=variant.endswith("+mlp"),
+                           compile_scope="layers" if variant == "layers" else "model",
+                           cuda_graphs=setting)
         backend, store = xtts_for_training(base, tone_dataset, cfg, device)
         optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
         engine = StepEngine(backend, store, optimizer, cfg, device, "bf16", Dist(), MicroBatchPlan(per_rank=4, size=2))

@@ -62,7 +62,8 @@ def test_memory_line_and_progress_text_formats():
     cuda = {"mem_alloc_gib": 3.214, "mem_peak_gib": 4.05, "mem_reserved_gib": 5.0}
     assert mem_line(100, cuda) == "[mem] step=100 alloc_gib=3.21 peak_gib=4.05 reserved_gib=5.00"
     text = progress_text({"loss": 1.5, "text_ce": 2.0, "mel_ce": 1.4, "lr": 5e-6, "samples_per_s": 30.0,
-                          "audio_s_per_s": 200.0, "eta_s": 3725, **cuda, "mfu": 0.42})
+                          "audio_s_per_s": 200.0, "eta_s": 3725, **cuda, "mfu": 0.42},
+                         {"text_ce": "text", "mel_ce": "mel"})  # the backend's loss parts, name -> label
     assert text == ("loss 1.5000 (text 2.000 mel 1.400) lr 5.00e-06 30.0 samples/s 200 audio-s/s ETA 1:02:05 "
                     "mem 3.2/4.0 GiB MFU 42%")
 

@@ -149,21 +149,17 @@ def test_resume_without_a_checkpoint_says_to_start_again(tiny_dataset, tmp_path,
         train(resume=run)
 
 
-class _TensorBackend:
-    """The smallest object with the Backend's save(): checkpoint.py is the component under test."""
-
-    def save(self, path: Path) -> None:
-        torch.save({"w": torch.zeros(1)}, path)
-
-
 def test_pruning_keeps_the_last_n_and_whatever_best_points_at(tmp_path):
+    from backends.fake import FakeBackend
+
     from voicetune.training.checkpoint import save_checkpoint
 
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
+    backend = FakeBackend()  # checkpoint.py is the component under test: the smallest backend writes its state
+    backend.load_base(FakeBackend.make_tiny_base(tmp_path / "base"), torch.device("cpu"))
+    opt = torch.optim.SGD(backend.trainable().parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     for step in range(1, 7):
-        ckpt = save_checkpoint(tmp_path, step, _TensorBackend(), opt, sched, {}, {}, keep_last=2)
+        ckpt = save_checkpoint(tmp_path, step, backend, opt, sched, {}, {}, keep_last=2)
         if step == 2:
             set_best(tmp_path, ckpt)
     assert [c.name for c in list_checkpoints(tmp_path)] == ["step_2", "step_5", "step_6"]

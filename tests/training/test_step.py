@@ -77,14 +77,14 @@ class _Diverging:
 
 def test_a_non_finite_loss_skips_the_step_and_a_streak_of_them_stops_training(tiny_dataset, tiny_base,
                                                                              xtts_for_training, caplog):
-    from voicetune.config import TrainConfig
+    from voicetune.backends.registry import train_config
     from voicetune.training.distributed import Dist
     from voicetune.training.errors import TrainError
     from voicetune.training.optim import build_optimizer
     from voicetune.training.step import MAX_SKIPPED_IN_A_ROW, StepEngine
 
     caplog.set_level(logging.WARNING, logger="voicetune.training.step")
-    cfg = TrainConfig(batch_size=2, precision="fp32", dropout=0.0)
+    cfg = train_config(batch_size=2, precision="fp32", dropout=0.0)
     device = torch.device("cpu")
     real, store = xtts_for_training(tiny_base, tiny_dataset, cfg, device)
     backend = _Diverging(real)

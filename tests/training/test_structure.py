@@ -107,7 +107,7 @@ def test_new_text_rows_start_at_the_mean_of_the_old_ones(tiny_base):
 
 
 def test_frozen_parts_stay_put_and_lr_multipliers_reach_the_optimizer(accent_dataset, tiny_base, tmp_path):
-    from voicetune.config import TrainConfig
+    from voicetune.backends.registry import train_config
 
     run = tmp_path / "run"
     result = train(accent_dataset, tiny_base, run, max_steps=2, batch_size=2, lr=1e-2, eval_every=0,
@@ -123,7 +123,7 @@ def test_frozen_parts_stay_put_and_lr_multipliers_reach_the_optimizer(accent_dat
     base.load_base(tiny_base, torch.device("cpu"))
     before = base.model.gpt.state_dict()
     assert not torch.equal(trained["mel_head.weight"], before["mel_head.weight"])  # the rest trained
-    cfg = TrainConfig(lr=1e-2, lr_audio_mult=0.5, freeze="conditioning_encoder")
+    cfg = train_config(lr=1e-2, lr_audio_mult=0.5, freeze="conditioning_encoder")
     base.configure_model(cfg)
     groups = {g["name"]: g for g in base.param_groups(cfg)}
     assert groups["audio/decay"]["lr"] == pytest.approx(5e-3) and "lr" not in groups["decay"]
@@ -133,13 +133,14 @@ def test_frozen_parts_stay_put_and_lr_multipliers_reach_the_optimizer(accent_dat
 
 
 def test_with_several_speakers_each_clip_is_conditioned_on_a_crop_of_itself(accent_dataset, tiny_base, tmp_path):
+    from voicetune.backends.registry import train_config
     from voicetune.data.manifest import Dataset
 
     data = Dataset.load(accent_dataset)
     assert sorted(data.speakers) == ["anna", "ben"]
     backend = get_backend("xtts")
     backend.load_base(tiny_base, torch.device("cpu"))
-    backend.configure_model(__import__("voicetune.config").config.TrainConfig(extend_vocab=True), tmp_path,
+    backend.configure_model(train_config(extend_vocab=True), tmp_path,
                             [(c.text, c.language) for c in data.train])
     store = backend.build_features(data.train, tmp_path / "features")
     assert len(store) == 4

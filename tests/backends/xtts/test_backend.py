@@ -8,7 +8,7 @@ import torch
 
 from voicetune.backends.base import Backend, BaseModelError, get_backend
 from voicetune.backends.xtts import layout
-from voicetune.config import TrainConfig
+from voicetune.backends.registry import train_config as TrainConfig  # flat options, the XTTS ones included
 
 from ._helpers import synthetic_speechlike
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from voicetune.backends.xtts import speed
-from voicetune.config import RECOMPUTE_MODES, ConfigError, TrainConfig, recompute_fields
+from voicetune.backends.registry import train_config
+from voicetune.config import RECOMPUTE_MODES, ConfigError
 
 
 @pytest.fixture
@@ -95,13 +96,13 @@ def test_recomputation_gives_the_same_loss_and_gradients(xtts_backend, batch):
 def test_mlp_recomputation_is_a_speed_setting_that_cuda_graphs_allow():
     from voicetune.training import graphs
 
-    cfg = TrainConfig(param_dtype="bf16", precision="bf16", checkpoint_mlp=True)
+    cfg = train_config(param_dtype="bf16", precision="bf16", checkpoint_mlp=True)
     assert speed.SpeedSettings.resolve(cfg, torch.device("cpu")).recompute == "mlp"
     assert graphs.config_allows(cfg, torch.device("cuda")) == ""
     with pytest.raises(ConfigError, match="drop --checkpoint-mlp"):
-        TrainConfig(checkpoint_mlp=True, gradient_checkpointing=True)
+        train_config(checkpoint_mlp=True, gradient_checkpointing=True)
     with pytest.raises(ConfigError, match="packed loss"):
-        TrainConfig(checkpoint_mlp=True, fast_loss=False, compile="off")
+        train_config(checkpoint_mlp=True, fast_loss=False, compile="off")
 
 
 def test_sdpa_conditioning_attention_matches_the_original(xtts_backend):
@@ -124,21 +125,21 @@ def test_sdpa_conditioning_attention_matches_the_original(xtts_backend):
 
 def test_speed_settings_resolve_per_device_and_explain_bad_combinations():
     cpu = torch.device("cpu")
-    assert speed.SpeedSettings.resolve(TrainConfig(), cpu).compile is False  # auto: only on CUDA
+    assert speed.SpeedSettings.resolve(train_config(), cpu).compile is False  # auto: only on CUDA
     with pytest.raises(ValueError, match="precision"):
-        speed.SpeedSettings.resolve(TrainConfig(param_dtype="bf16"), cpu)  # auto is fp32 on a CPU
+        speed.SpeedSettings.resolve(train_config(param_dtype="bf16"), cpu)  # auto is fp32 on a CPU
     with pytest.raises(ConfigError, match="packed loss"):
-        TrainConfig(fast_loss=False, compile="on")
+        train_config(fast_loss=False, compile="on")
     with pytest.raises(ConfigError, match="param-dtype"):
-        TrainConfig(optimizer_state_dtype="bf16")
+        train_config(optimizer_state_dtype="bf16")
     with pytest.raises(ConfigError, match="pad-multiple"):
-        TrainConfig(pad_multiple=0)
+        train_config(pad_multiple=0)
 
 
 def test_bf16_weights_train_at_a_tiny_lr_and_still_synthesize(xtts_backend, xtts_clips, tmp_path):
     from voicetune.training.optim import FlatAdamW, build_optimizer
 
-    cfg = TrainConfig(precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16", compile="off", lr=5e-6)
+    cfg = train_config(precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16", compile="off", lr=5e-6)
     store = xtts_backend.build_features(xtts_clips[:2], tmp_path / "features")
     xtts_backend.configure_training(cfg)
     gpt = xtts_backend.model.gpt
@@ -167,7 +168,7 @@ def test_compiled_loss_matches_eager_on_cuda(xtts_base, xtts_clips, tmp_path):
     b = get_backend("xtts")
     b.load_base(xtts_base, torch.device("cuda"))
     store = b.build_features(xtts_clips[:4], tmp_path / "f")
-    b.configure_training(TrainConfig(compile="on"))
+    b.configure_training(train_config(compile="on"))
     gpt = b.model.gpt.eval()
     batch = {k: v.cuda() for k, v in b.collate([store[i] for i in range(len(store))]).items()}
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -180,7 +181,7 @@ def test_compiled_loss_matches_eager_on_cuda(xtts_base, xtts_clips, tmp_path):
 def _flat_setup(xtts_backend, xtts_clips, tmp_path, **overrides):
     from voicetune.training.optim import build_optimizer
 
-    cfg = TrainConfig(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, **overrides)
+    cfg = train_config(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, **overrides)
     store = xtts_backend.build_features(xtts_clips[:4], tmp_path / "features")
     xtts_backend.configure_training(cfg)
     xtts_backend.model.gpt.eval()  # no dropout: both paths compute the same function
@@ -195,7 +196,8 @@ def _grads(optimizer):
 @pytest.mark.parametrize("recompute", ["none", "mlp", "layer"])
 def test_the_loss_on_flat_weight_buffers_equals_the_loss_on_the_modules(xtts_backend, xtts_clips, tmp_path,
                                                                        recompute):
-    cfg, batch, optimizer = _flat_setup(xtts_backend, xtts_clips, tmp_path, **recompute_fields(recompute))
+    cfg, batch, optimizer = _flat_setup(xtts_backend, xtts_clips, tmp_path, checkpoint_mlp=recompute == "mlp",
+                                         gradient_checkpointing=recompute == "layer")
     fast = xtts_backend._speed
     assert fast._flat_loss() is not None  # FlatAdamW's buffers are found
     results = []
@@ -232,7 +234,7 @@ def test_a_new_optimizer_moves_the_weights_and_the_flat_loss_follows(xtts_backen
 
 
 def test_without_flat_buffers_the_loss_runs_on_the_modules(xtts_backend, xtts_clips, tmp_path):
-    cfg = TrainConfig(precision="bf16", compile="off")  # fp32 weights: torch AdamW, no flat buffers
+    cfg = train_config(precision="bf16", compile="off")  # fp32 weights: torch AdamW, no flat buffers
     xtts_backend.configure_training(cfg)
     torch.optim.AdamW(xtts_backend.param_groups(cfg))
     assert xtts_backend._speed._flat_loss() is None
