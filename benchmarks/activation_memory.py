@@ -84,7 +84,7 @@ def main() -> int:
 
     from voicetune.backends.base import get_backend
     from voicetune.backends.xtts import speed
-    from voicetune.config import TrainConfig
+    from voicetune.backends.registry import train_config
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +94,7 @@ def main() -> int:
         backend.load_base(base, torch.device("cpu"))
         store = backend.build_features(clips, Path(tmp) / "features")
         # dropout 0: SDPA's CPU flash kernel has no dropout (it would fall back to math where the GPU's does not)
-        cfg = TrainConfig(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0)
+        cfg = train_config(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0)
         backend.configure_model(cfg)
         backend.configure_training(cfg)
         backend.set_train(True)
@@ -104,7 +104,7 @@ def main() -> int:
             speed.set_attention(backend.model.gpt, attention)
             results[f"attention={attention}"] = saved_bytes_by_part(backend, batch, cfg)
         speed.set_attention(backend.model.gpt, "sdpa")
-        mlp_cfg = TrainConfig(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, checkpoint_mlp=True)
+        mlp_cfg = train_config(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, checkpoint_mlp=True)
         backend.configure_training(mlp_cfg)
         results["attention=sdpa, checkpoint_mlp"] = saved_bytes_by_part(backend, batch, mlp_cfg)
     commit = git_commit()

@@ -453,14 +453,29 @@ def run_reference(base: Path, clips: list[Any], batches: list[list[int]], device
 
 
 # ----------------------------------------------------------------------------------------- voicetune
+def configure_training(backend: Any, cfg: Any, device: torch.device) -> None:
+    """``backend.configure_training`` as the training loop calls it: with its CUDA-graphs decision (revisions
+    before the declared backend contract took the config alone)."""
+    try:
+        from voicetune.training.graphs import planned
+    except ImportError:
+        backend.configure_training(cfg)
+        return
+    backend.configure_training(cfg, cuda_graphs=planned(backend, cfg, device))
+
+
 def setup_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], device: torch.device, args: Any,
                     work: Path) -> tuple[Any, Any, Any, dict[str, Any], Any, str]:
     """(backend, feature store, TrainConfig, its settings, optimizer, precision) of one voicetune row,
     ready to train (``args``: ``batch`` and ``seed``)."""
     from voicetune.backends.base import get_backend
-    from voicetune.config import TrainConfig
     from voicetune.training.optim import build_optimizer
     from voicetune.utils.device import resolve_precision
+
+    try:  # options by flat name, the XTTS ones included (backend options, voicetune.backends.registry)
+        from voicetune.backends.registry import train_config
+    except ImportError:  # revisions before the backend options: one flat TrainConfig
+        from voicetune.config import TrainConfig as train_config
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -471,9 +486,9 @@ def setup_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], dev
     # "auto" is bf16 on the GPU; a CPU smoke run of bf16 weights needs bf16 said outright
     auto = "bf16" if overrides.get("param_dtype") == "bf16" and device.type == "cpu" else "auto"
     settings = {"batch_size": args.batch, "precision": auto, "seed": args.seed, **overrides}
-    cfg = TrainConfig(**settings)
+    cfg = train_config(**settings)
     precision = resolve_precision(cfg.precision, device)
-    backend.configure_training(cfg)
+    configure_training(backend, cfg, device)
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
     backend.set_train(True)
     return backend, store, cfg, settings, optimizer, precision

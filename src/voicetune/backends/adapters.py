@@ -78,7 +78,10 @@ def inject_lora(module: torch.nn.Module, settings: LoraSettings, fan_in_fan_out:
     if has_lora(module):
         raise ValueError("LoRA adapters are already injected into this model")
     first = next(module.parameters())
-    inject_adapter_in_model(settings.peft_config(fan_in_fan_out), module, adapter_name=ADAPTER)
+    try:
+        inject_adapter_in_model(settings.peft_config(fan_in_fan_out), module, adapter_name=ADAPTER)
+    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+        raise ValueError(f"LoRA: {e}; fix --lora-targets") from None
     n = 0
     for name, p in module.named_parameters():
         if is_lora_key(name):
@@ -92,11 +95,15 @@ def inject_lora(module: torch.nn.Module, settings: LoraSettings, fan_in_fan_out:
     return n
 
 
+PEFT_PREFIX = "base_model.model."  # where a PeftModel keeps the wrapped module: its saved keys start with it
+
+
 def adapter_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights alone, keyed as peft saves them (``PeftModel.from_pretrained`` reads them)."""
+    """The adapter weights alone, keyed as ``PeftModel.save_pretrained`` writes them (and
+    ``PeftModel.from_pretrained`` reads them) for a PeftModel wrapping ``module``."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().contiguous() for k, v in
+    return {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in
             get_peft_model_state_dict(module, adapter_name=ADAPTER).items()}
 
 

@@ -94,5 +94,5 @@ def _flat(obj, prefix=""):
 def test_make_tiny_base_dispatches_by_backend_and_rejects_unknown_ones(tmp_path):
     import voicetune
 
-    with pytest.raises(ValueError, match="no tiny base model for backend 'nope'"):
+    with pytest.raises(ValueError, match="unknown backend 'nope'; choose one of .* with --backend"):
         voicetune.make_tiny_base("nope", tmp_path / "x")
