@@ -83,8 +83,8 @@ def main() -> int:
     import xtts_train_step as bench
 
     from voicetune.backends.base import get_backend
-    from voicetune.backends.xtts import speed
     from voicetune.backends.registry import train_config
+    from voicetune.backends.xtts import speed
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,8 +11,9 @@ import pytest
 
 from voicetune.backends.registry import register_backend
 
-# The smallest real backend (tests/backends/fake.py), registered for the whole session: the contract test runs it
-# beside the real ones, and tests of the loop, the evaluation and checkpoints use it where no model is needed.
+# The smallest real backend (tests/backends/fake.py), registered for the whole session: the contract test runs
+# it beside the real ones, and tests of the loop, the evaluation and checkpoints use it where no model is
+# needed.
 register_backend("fake", "backends.fake:FakeBackend", "backends.fake:FakeOptions")
 
 PIPER_TEST_SENTENCES = [

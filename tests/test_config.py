@@ -47,7 +47,8 @@ def test_every_field_is_documented():
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
 
 
-# ------------------------------------------------------------------ groups: eval and the backend's own options
+# ------------------------------------------------------------------ groups: eval and the backend's own
+# options
 
 
 def test_a_train_config_has_generic_fields_an_eval_group_and_the_backends_options(tmp_path):
@@ -61,7 +62,8 @@ def test_a_train_config_has_generic_fields_an_eval_group_and_the_backends_option
     assert cfg.backend_options.dropout == 0.0 and cfg.recompute == "mlp"
     save_yaml(cfg, tmp_path / "c.yaml")
     text = (tmp_path / "c.yaml").read_text()
-    assert "\neval:\n  every: 5\n" in text and "\nxtts:\n" in text and "\ndropout" not in text  # nested layout
+    # nested layout
+    assert "\neval:\n  every: 5\n" in text and "\nxtts:\n" in text and "\ndropout" not in text
     assert load_train_config(tmp_path / "c.yaml") == cfg
 
 
@@ -138,5 +140,6 @@ def test_what_may_change_on_resume_is_declared_with_the_options():
     from voicetune.config import resumable_options
 
     allowed = resumable_options(train_config())
-    assert {"max_steps", "save_every", "eval_every", "early_stop_patience", "fast_loss", "checkpoint_mlp"} <= allowed
+    assert {"max_steps", "save_every", "eval_every", "early_stop_patience", "fast_loss",
+            "checkpoint_mlp"} <= allowed
     assert not {"lr", "batch_size", "seed", "dropout", "lora_targets", "backend"} & allowed

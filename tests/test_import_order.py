@@ -77,7 +77,8 @@ def _imports(path: Path) -> list[tuple[int, str]]:
               and node.func.attr == "import_module" and node.args
               and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             found.append((node.lineno, node.args[0].value))
-    return sorted((line, name) for line, name in found if name == "voicetune" or name.startswith("voicetune."))
+    return sorted((line, name) for line,
+                  name in found if name == "voicetune" or name.startswith("voicetune."))
 
 
 def upward_imports() -> list[str]:

@@ -50,7 +50,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _suggestions(parser: argparse.ArgumentParser, unknown: list[str]) -> list[str]:
     known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-    return [m[0] for flag in unknown for m in [difflib.get_close_matches(flag.split("=")[0], known, 1, 0.6)] if m]
+    matches = (difflib.get_close_matches(flag.split("=")[0], known, 1, 0.6) for flag in unknown)
+    return [m[0] for m in matches if m]
 
 
 def _value_kwargs(o: OptionField, hints: dict[str, Any], full: bool, choices: Any = None) -> dict[str, Any]:
@@ -80,7 +81,8 @@ def _add_options(group: Any, options: list[OptionField], full: bool = True, alia
     for o in options:
         if not o.field.metadata.get("cli", True):
             continue
-        flags = [o.flag] + (["--" + o.field.name.replace("_", "-")] if aliases and o.field.name != o.flat else [])
+        alias = "--" + o.field.name.replace("_", "-")
+        flags = [o.flag] + ([alias] if aliases and o.field.name != o.flat else [])
         hints = typing.get_type_hints(o.owner)
         group.add_argument(*flags, **_value_kwargs(o, hints, full, (choices or {}).get(o.flat)))
 
@@ -242,7 +244,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.base or args.dataset:
         if not (args.base and args.dataset) or args.run_dir:
             raise ConfigError("score a base model with --base DIR --dataset DIR (and no RUN_DIR)")
-        res = evaluate_base(args.base, args.dataset, args.out, backend_name=args.backend, progress=_progress_bar(),
+        res = evaluate_base(args.base, args.dataset, args.out, backend_name=args.backend,
+                            progress=_progress_bar(),
                             device=device, **options)
         print(res.text)
         print(f"metrics: {res.out / 'metrics.json'}")
@@ -315,15 +318,18 @@ def _add_data_commands(sub: Any, fmt: type) -> None:
                        description="Change a prepared dataset by hand, or import an existing one.")
     dsub = s.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     d = dsub.add_parser("restore", help="keep quarantined clips after listening to them",
-                        description="Move quarantined clips back into the dataset (re-runs of prepare keep this).")
+                        description="Move quarantined clips back into the dataset (re-runs of prepare keep "
+                                    "this).")
     d.add_argument("dataset_dir", help="dataset folder written by `voicetune prepare`")
-    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID", help="clip ids (as in clips.jsonl and report.html)")
+    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID",
+                   help="clip ids (as in clips.jsonl and report.html)")
     d.add_argument("--text", help="corrected transcript (one clip)")
     d.set_defaults(func=cmd_dataset)
     d = dsub.add_parser("quarantine", help="take clips out of training (they stay on disk)",
                         description="Move clips to quarantine/ (re-runs of prepare keep this).")
     d.add_argument("dataset_dir", help="dataset folder written by `voicetune prepare`")
-    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID", help="clip ids (as in clips.jsonl and report.html)")
+    d.add_argument("clip_ids", nargs="+", metavar="CLIP_ID",
+                   help="clip ids (as in clips.jsonl and report.html)")
     d.set_defaults(func=cmd_dataset)
     d = dsub.add_parser("import", help="LJSpeech or Coqui/AllTalk folder → voicetune dataset (with QA)",
                         formatter_class=fmt)
@@ -362,14 +368,16 @@ def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.Arg
                                      break_on_hyphens=False, break_long_words=False))
     s = sub.add_parser("train", help="finetune a base model on a prepared dataset", formatter_class=fmt,
                        epilog=epilog,
-                       description="Finetune BASE on DATASET_DIR's train split. Audio codes and conditioning inputs "
-                       "are computed once and cached in the run folder; then an explicit loop trains the model "
-                       "(fully, with LoRA, or with frozen parts), logging losses, LR, throughput, ETA and memory to "
-                       "the console, metrics.jsonl and TensorBoard, and writing atomic checkpoints under "
-                       "OUT/checkpoints/; voice quality is evaluated against the base model as it trains. "
-                       "Ctrl+C or SIGTERM saves and stops; --resume OUT continues exactly; --gpus N trains on N "
-                       "GPUs; --auto measures this GPU and picks the batch geometry. Options also come from a YAML "
-                       "--config (flags override it). --backend NAME --help shows that backend's options.")
+                       description="Finetune BASE on DATASET_DIR's train split. Audio codes and conditioning "
+                       "inputs are computed once and cached in the run folder; then an explicit "
+                       "loop trains the model (fully, with LoRA, or with frozen parts), logging "
+                       "losses, LR, throughput, ETA and memory to the console, metrics.jsonl and "
+                       "TensorBoard, and writing atomic checkpoints under OUT/checkpoints/; "
+                       "voice quality is evaluated against the base model as it trains. Ctrl+C "
+                       "or SIGTERM saves and stops; --resume OUT continues exactly; --gpus N "
+                       "trains on N GPUs; --auto measures this GPU and picks the batch geometry. "
+                       "Options also come from a YAML --config (flags override it). --backend "
+                       "NAME --help shows that backend's options.")
     s.add_argument("--help-all", action=_HelpAll, build=lambda: _standalone(backend, full=True),
                    help="show every option with its description, and exit")
     s.add_argument("dataset_dir", nargs="?", help="prepared dataset folder (not needed with --resume)")
@@ -406,14 +414,16 @@ def _add_model_commands(sub: Any, fmt: type, backend: str) -> None:
     from voicetune.backends.registry import available_backends
 
     s = sub.add_parser("make-tiny-base", help="write an UNTRAINED tiny base model (tests/demo only)",
-                       description="Write a tiny, randomly initialised base model in the backend's exact native "
-                       "layout (for XTTS-v2: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json, "
-                       "speakers_xtts.pth) with a locally trained vocabulary. It cannot speak: it exists so the "
-                       "whole pipeline can be exercised without downloading real weights.")
+                       description="Write a tiny, randomly initialised base model in the backend's exact "
+                       "native layout (for XTTS-v2: config.json, model.pth, dvae.pth, "
+                       "mel_stats.pth, vocab.json, speakers_xtts.pth) with a locally trained "
+                       "vocabulary. It cannot speak: it exists so the whole pipeline can be "
+                       "exercised without downloading real weights.")
     s.add_argument("--backend", default=TrainConfig.backend, choices=available_backends(),
                    help="model backend (default: %(default)s)")
     s.add_argument("--out", required=True, help="folder to write")
-    s.add_argument("--dataset", help="optional dataset folder: its transcripts train the vocabulary and its audio "
+    s.add_argument("--dataset",
+                   help="optional dataset folder: its transcripts train the vocabulary and its audio "
                    "gives the audio statistics")
     s.add_argument("--seed", type=int, default=0, help="seed of the random weights (same seed, same model)")
     s.set_defaults(func=cmd_make_tiny_base)
@@ -445,8 +455,8 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="write a self-contained model package",
-                       description="Write the backend's native layout (loadable by the upstream library unchanged), "
-                       "reference clips sorted by length, voicetune.json and a README model card.")
+                       description="Write the backend's native layout (loadable by the upstream library "
+                       "unchanged), reference clips sorted by length, voicetune.json and a README model card.")
     s.add_argument("run_dir", help="run folder written by `voicetune train`")
     s.add_argument("--out", required=True, help="package folder to write")
     s.add_argument("--checkpoint", default="latest",
@@ -454,7 +464,8 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synthesize", help="speak text with an exported package",
-                       description="Render text in the voice of the package's reference clips (or --reference).")
+                       description="Render text in the voice of the package's reference clips (or "
+                                   "--reference).")
     s.add_argument("package_dir", help="package written by `voicetune export` (or a native model folder)")
     s.add_argument("--text", required=True, help="the text to speak")
     s.add_argument("--out", required=True, help="wav file to write")

@@ -10,7 +10,8 @@ evaluation suite) and ``backend_options`` (a :class:`BackendOptions` subclass th
 validates, e.g. ``voicetune.backends.xtts.options.XttsOptions``). This module never imports a backend: the
 functions that need a backend's options class take it as ``options_for`` (the backend registry,
 :mod:`voicetune.backends.registry`, passes its own). Every option also has a flat name, the command-line flag
-without dashes (``eval_every``, ``dropout``): the CLI, ``voicetune.train(**options)`` and :func:`merge` use it.
+without dashes (``eval_every``, ``dropout``): the CLI, ``voicetune.train(**options)`` and :func:`merge` use
+it.
 
 YAML layout of a TrainConfig::
 
@@ -57,10 +58,11 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = Tr
         flag: str | None = None) -> Any:
     """Declare a config field with its documentation.
 
-    ``choices``: the allowed values. ``low``/``high``: inclusive numeric bounds, checked for every config class
-    by :func:`check_fields` (the error names the flag and the range). ``basic``: listed in the short
+    ``choices``: the allowed values. ``low``/``high``: inclusive numeric bounds, checked for every config
+    class by :func:`check_fields` (the error names the flag and the range). ``basic``: listed in the short
     ``--help`` (the others in its advanced sections). ``resumable``: may change when a run is resumed.
-    ``flag``: the option's flat name when it is not the group's prefix + the field name. ``cli=False``: no flag.
+    ``flag``: the option's flat name when it is not the group's prefix + the field name. ``cli=False``: no
+    flag.
     """
     meta = {"help": help, "choices": choices, "cli": cli, "low": low, "high": high, "basic": basic,
             "resumable": resumable, "flag": flag}
@@ -93,7 +95,8 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def check_fields(obj: Any) -> None:
-    """The checks every config declares in :func:`opt` metadata: choices, ``low``/``high`` bounds, finite floats."""
+    """The checks every config declares in :func:`opt` metadata: choices, ``low``/``high`` bounds, finite
+    floats."""
     cls = type(obj)
     for f in dataclasses.fields(obj):
         if f.metadata.get("group"):
@@ -241,10 +244,12 @@ RECOMPUTE_MODES = ("none", "mlp", "layer")  # what the backward pass recomputes 
 @dataclass
 class EvalOptions:
     """How voice quality is evaluated, defined once: the probe-set protocol (what is rendered and scored), how
-    often training evaluates and what that may cost, and how the best checkpoint and early stopping are decided.
+    often training evaluates and what that may cost, and how the best checkpoint and early stopping are
+    decided.
 
-    ``voicetune train`` takes every field as ``--eval-<field>`` (early stopping and the WER guard keep their own
-    names); ``voicetune evaluate`` takes the protocol fields (:attr:`PROTOCOL`). In YAML: the ``eval:`` section.
+    ``voicetune train`` takes every field as ``--eval-<field>`` (early stopping and the WER guard keep their
+    own names); ``voicetune evaluate`` takes the protocol fields (:attr:`PROTOCOL`). In YAML: the ``eval:``
+    section.
     """
 
     FLAG_PREFIX: ClassVar[str] = "eval_"
@@ -253,39 +258,44 @@ class EvalOptions:
 
     every: int = opt(0, "Evaluate voice quality every N optimizer steps (0: use --eval-every-epochs).", low=0)
     every_epochs: int = opt(
-        1, "Evaluate at the end of every N epochs (when --eval-every is 0). With both 0, no in-loop evaluation "
-        "(no baseline, no best checkpoint, no early stopping).", low=0, basic=True)
+        1, "Evaluate at the end of every N epochs (when --eval-every is 0). With both 0, no in-loop "
+        "evaluation (no baseline, no best checkpoint, no early stopping).", low=0, basic=True)
     max_overhead: float = opt(
-        0.15, "Skip scheduled evaluations that would make evaluation take more than this fraction of the wall "
-        "time (measured as training goes; 0: never skip). The last step is always evaluated.", low=0.0)
-    max_sentences: int = opt(4, "Eval-split sentences (with their real recordings) in every evaluation.", low=0)
+        0.15, "Skip scheduled evaluations that would make evaluation take more than this fraction of the "
+        "wall time (measured as training goes; 0: never skip). The last step is always evaluated.", low=0.0)
+    max_sentences: int = opt(
+        4, "Eval-split sentences (with their real recordings) in every evaluation.", low=0)
     probes: int = opt(
-        4, "Fixed probe sentences of the language in every evaluation (4 covers short, numbers/names, question "
-        "and long).", low=0)
-    num_references: int = opt(3, "Reference clips (longest of the train split) that condition synthesis.", low=1)
+        4, "Fixed probe sentences of the language in every evaluation (4 covers short, numbers/names, "
+        "question and long).", low=0)
+    num_references: int = opt(
+        3, "Reference clips (longest of the train split) that condition synthesis.", low=1)
     seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).")
     asr_model: str = opt("auto", "ASR model of the WER round trip (same meaning as in prepare).")
     intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
     weight_similarity: float = opt(
-        1.0, "Composite score weight of the speaker-similarity gain (as a share of the gap between the base model "
-        "and the real recordings).", low=0.0)
+        1.0, "Composite score weight of the speaker-similarity gain (as a share of the gap between the base "
+        "model and the real recordings).", low=0.0)
     weight_wer: float = opt(2.0, "Composite score weight of the WER change (lower is better).", low=0.0)
-    weight_cer: float = opt(0.0, "Composite score weight of the CER change (use it instead of WER for zh/ja).",
-                            low=0.0)
-    weight_mos: float = opt(0.5, "Composite score weight of the predicted-MOS change (per MOS point).", low=0.0)
+    weight_cer: float = opt(
+        0.0, "Composite score weight of the CER change (use it instead of WER for zh/ja).", low=0.0)
+    weight_mos: float = opt(
+        0.5, "Composite score weight of the predicted-MOS change (per MOS point).", low=0.0)
     weight_failures: float = opt(
-        1.0, "Composite score weight of the change in the share of sentences flagged as failures (runaway, too "
-        "short, near silence, repetition).", low=0.0)
+        1.0, "Composite score weight of the change in the share of sentences flagged as failures (runaway, "
+        "too short, near silence, repetition).", low=0.0)
     early_stop_patience: int = opt(
         3, "Stop when the composite score has not improved for this many evaluations (0: never stop early).",
         low=0, flag="early_stop_patience")
-    early_stop_min_delta: float = opt(0.01, "A composite-score improvement must exceed this to count.", low=0.0,
-                                      flag="early_stop_min_delta")
+    early_stop_min_delta: float = opt(
+        0.01, "A composite-score improvement must exceed this to count.",
+        low=0.0, flag="early_stop_min_delta")
     wer_guard: str = opt(
         "stop", "When an evaluation's WER exceeds the base model's by more than --wer-guard-margin: stop "
         "training, warn, or do nothing (off).", choices=("stop", "warn", "off"), flag="wer_guard")
-    wer_guard_margin: float = opt(0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).",
-                                  low=0.0, flag="wer_guard_margin")
+    wer_guard_margin: float = opt(
+        0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).",
+        low=0.0, flag="wer_guard_margin")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -304,10 +314,10 @@ class BackendOptions:
     """The options of one backend (its own fields, docs and checks): each backend subclasses this in
     ``backends/<name>/options.py`` and names the subclass in its registry entry.
 
-    This base has no fields. ``TrainConfig()`` built without the registry holds it as a placeholder meaning "the
-    backend's defaults"; :func:`voicetune.backends.registry.train_config` and YAML loading resolve it to the
-    backend's own class. Flags of a backend's options are ``--<field>`` (no prefix); in YAML they go under the
-    backend's name.
+    This base has no fields. ``TrainConfig()`` built without the registry holds it as a placeholder meaning
+    "the backend's defaults"; :func:`voicetune.backends.registry.train_config` and YAML loading resolve it to
+    the backend's own class. Flags of a backend's options are ``--<field>`` (no prefix); in YAML they go under
+    the backend's name.
     """
 
     FLAG_PREFIX: ClassVar[str] = ""
@@ -331,14 +341,15 @@ class BackendOptions:
         return self
 
     @classmethod
-    def of(cls: type[B], cfg: TrainConfig) -> B:
+    def of(cls: type[B], cfg: TrainConfig) -> B:  # noqa: PYI019 - typing.Self needs Python 3.11
         """This backend's options in ``cfg``: its own, or the defaults where ``cfg`` holds the placeholder."""
         options = cfg.backend_options
         if isinstance(options, cls):
             return options
         if type(options) is BackendOptions:
             return cls()
-        raise ConfigError(f"the config holds options of another backend ({type(options).__name__}); set --backend")
+        raise ConfigError(f"the config holds options of another backend ({type(options).__name__}); set "
+                          f"--backend")
 
 
 def group_meta(help: str, *, resumable: bool = False) -> dict[str, Any]:
@@ -353,44 +364,48 @@ class TrainConfig:
     backend: str = opt("xtts", "Model backend (one of the registered backends).", basic=True)
     max_steps: int = opt(0, "Stop after this many optimizer steps (0: use --epochs).", low=0, basic=True,
                          resumable=True)
-    epochs: int = opt(10, "Passes over the training split (used when --max-steps is 0).", basic=True, resumable=True)
+    epochs: int = opt(
+        10, "Passes over the training split (used when --max-steps is 0).", basic=True, resumable=True)
     batch_size: int = opt(2, "Clips per micro-batch.", low=1, basic=True)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step (effective batch = batch_size x "
                           "grad_accum).", low=1, basic=True)
     lr: float = opt(5e-6, "Peak learning rate (the Coqui XTTS recipe uses 5e-6).", basic=True)
-    weight_decay: float = opt(1e-2, "Weight decay (decoupled for AdamW; applied to weight matrices only).", low=0.0)
+    weight_decay: float = opt(
+        1e-2, "Weight decay (decoupled for AdamW; applied to weight matrices only).", low=0.0)
     betas: list = opt([0.9, 0.96], "AdamW betas.")
     warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.", low=0)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).", low=0.0)
     precision: str = opt(
-        "auto", "auto: bf16 autocast on CUDA GPUs that support it, fp32 on CPU. fp16: autocast with dynamic loss "
-        "scaling (GPUs without bf16); fp32: no autocast.", choices=("auto", "bf16", "fp16", "fp32"), basic=True)
-    save_every: int = opt(0, "Write a checkpoint every N optimizer steps (0: only at the end).", low=0, basic=True,
-                          resumable=True)
+        "auto", "auto: bf16 autocast on CUDA GPUs that support it, fp32 on CPU. fp16: autocast with dynamic "
+        "loss scaling (GPUs without bf16); fp32: no autocast.",
+        choices=("auto", "bf16", "fp16", "fp32"), basic=True)
+    save_every: int = opt(
+        0, "Write a checkpoint every N optimizer steps (0: only at the end).",
+        low=0, basic=True, resumable=True)
     keep_last: int = opt(3, "Keep this many most recent step checkpoints on disk.", low=1, resumable=True)
     log_every: int = opt(1, "Log losses every N optimizer steps.", low=1, resumable=True)
     seed: int = opt(1, "Seed for data order and initialisation.", basic=True)
     device: str = opt("auto", "auto, cpu or cuda (or cuda:N).", basic=True, resumable=True)
     # Speed and memory (benchmarks/README.md has the measurements behind the defaults).
     compile: str = opt(
-        "auto", "torch.compile the training loss: auto (on CUDA GPUs with Triton), on, off. The first step of "
-        "each padded length compiles (about a minute); later steps reuse it.", choices=("auto", "on", "off"),
-        resumable=True)
+        "auto", "torch.compile the training loss: auto (on CUDA GPUs with Triton), on, off. The first step "
+        "of each padded length compiles (about a minute); later steps reuse it.",
+        choices=("auto", "on", "off"), resumable=True)
     compile_mode: str = opt(
         "default", "torch.compile mode; reduce-overhead adds CUDA graphs (fewer launches, more memory).",
         choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"), resumable=True)
     cuda_graphs: str = opt(
-        "auto", "Capture each micro-batch's forward + backward in a CUDA graph and replay it (one launch instead "
-        "of ~1,800): auto (on a CUDA GPU with --param-dtype bf16 and a compile mode without its own graphs), on, "
-        "off. One graph per padded length, captured the first time it starts a step.",
+        "auto", "Capture each micro-batch's forward + backward in a CUDA graph and replay it (one launch "
+        "instead of ~1,800): auto (on a CUDA GPU with --param-dtype bf16 and a compile mode without its own "
+        "graphs), on, off. One graph per padded length, captured the first time it starts a step.",
         choices=("auto", "on", "off"))
     gradient_checkpointing: bool = opt(
-        False, "Recompute each transformer layer's activations in the backward pass (less memory, ~30% slower).",
-        resumable=True)
+        False, "Recompute each transformer layer's activations in the backward pass (less memory, ~30% "
+        "slower).", resumable=True)
     param_dtype: str = opt(
-        "fp32", "Dtype of the trained weights and gradients. bf16 halves their memory; the optimizer then keeps "
-        "the updates exact on average by stochastic rounding (needs --precision bf16 or auto on a GPU).",
-        choices=("fp32", "bf16"))
+        "fp32", "Dtype of the trained weights and gradients. bf16 halves their memory; the optimizer then "
+        "keeps the updates exact on average by stochastic rounding (needs --precision bf16 or auto on a "
+        "GPU).", choices=("fp32", "bf16"))
     optimizer_state_dtype: str = opt(
         "fp32", "Dtype of AdamW's moment estimates (bf16: stochastically rounded, half the memory; needs "
         "--param-dtype bf16).", choices=("fp32", "bf16"))
@@ -400,43 +415,46 @@ class TrainConfig:
         "--momentum); fused or foreach kernels where available.", choices=("adamw", "adam", "sgd", "rmsprop"))
     momentum: float = opt(0.9, "Momentum of --optimizer sgd and rmsprop.", low=0.0)
     scheduler: str = opt(
-        "constant", "Learning-rate schedule after the --warmup-steps: constant; cosine (down to lr x --min-lr-ratio "
-        "at the last step); cosine_restarts (warm restarts every --restart-steps); linear (down to lr x "
-        "--min-lr-ratio); step (x --lr-gamma every --step-size steps); multistep (x --lr-gamma after each of "
-        "--milestones); exponential (x --lr-gamma every step).",
+        "constant", "Learning-rate schedule after the --warmup-steps: constant; cosine (down to lr x "
+        "--min-lr-ratio at the last step); cosine_restarts (warm restarts every --restart-steps); linear "
+        "(down to lr x --min-lr-ratio); step (x --lr-gamma every --step-size steps); multistep (x --lr-gamma "
+        "after each of --milestones); exponential (x --lr-gamma every step).",
         choices=("constant", "cosine", "cosine_restarts", "linear", "step", "multistep", "exponential"))
-    min_lr_ratio: float = opt(0.0, "Floor of the cosine, cosine_restarts and linear schedules, as a fraction of --lr.",
-                              low=0.0, high=1.0)
-    restart_steps: int = opt(0, "Length of the first cosine_restarts period in steps (0: a quarter of the run).",
-                             low=0)
-    restart_mult: int = opt(1, "Each cosine_restarts period is this many times as long as the previous one.", low=1)
+    min_lr_ratio: float = opt(
+        0.0, "Floor of the cosine, cosine_restarts and linear schedules, as a fraction of --lr.",
+        low=0.0, high=1.0)
+    restart_steps: int = opt(
+        0, "Length of the first cosine_restarts period in steps (0: a quarter of the run).", low=0)
+    restart_mult: int = opt(
+        1, "Each cosine_restarts period is this many times as long as the previous one.", low=1)
     step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).", low=0)
     milestones: list = opt([], "Steps after which --scheduler multistep multiplies the LR by --lr-gamma.")
     lr_gamma: float = opt(0.5, "LR factor of the step, multistep and exponential schedules.")
     finetune: str = opt(
-        "full", "What trains: full (every weight of the trainable model not in the backend's --freeze) or lora "
-        "(low-rank adapters, --lora-*; checkpoints hold only the adapters, export merges them into the weights).",
-        choices=("full", "lora"), basic=True)
+        "full", "What trains: full (every weight of the trainable model not in the backend's --freeze) or "
+        "lora (low-rank adapters, --lora-*; checkpoints hold only the adapters, export merges them into the "
+        "weights).", choices=("full", "lora"), basic=True)
     lora_rank: int = opt(16, "LoRA rank.", low=1)
     lora_alpha: float = opt(32.0, "LoRA alpha (the adapter update is scaled by alpha / rank).")
     lora_dropout: float = opt(0.05, "Dropout on the LoRA adapters' input.", low=0.0)
     max_audio_seconds: float = opt(
         0.0, "Drop training clips longer than this (0: the model's limit, 11.6 s for XTTS-v2); the log and "
         "run.json count the clips dropped and why.", low=0.0)
-    max_text_tokens: int = opt(0, "Drop training clips with more transcript tokens (0: the model's limit, 200 for "
-                               "XTTS).", low=0)
+    max_text_tokens: int = opt(
+        0, "Drop training clips with more transcript tokens (0: the model's limit, 200 for XTTS).", low=0)
     bucket_window: int = opt(
-        16, "Length-bucketed batching: within windows of this many steps of each shuffled epoch, clips are sorted "
-        "by length, so a micro-batch holds clips of similar length (less padding). 0 or 1: plain shuffling.", low=0)
+        16, "Length-bucketed batching: within windows of this many steps of each shuffled epoch, clips are "
+        "sorted by length, so a micro-batch holds clips of similar length (less padding). 0 or 1: plain "
+        "shuffling.", low=0)
     auto: bool = opt(
-        False, "Before training, measure peak GPU memory over a few steps at growing batch sizes (as `voicetune "
-        "doctor --dataset` does) and set --batch-size, --grad-accum, --precision and the recomputation the backend "
-        "offers (e.g. --checkpoint-mlp, then --gradient-checkpointing, when two clips do not fit) for this GPU, "
-        "keeping the effective batch (batch_size x grad_accum). On a CPU: CPU settings.", basic=True,
-        resumable=True)
+        False, "Before training, measure peak GPU memory over a few steps at growing batch sizes (as "
+        "`voicetune doctor --dataset` does) and set --batch-size, --grad-accum, --precision and the "
+        "recomputation the backend offers (e.g. --checkpoint-mlp, then --gradient-checkpointing, when two "
+        "clips do not fit) for this GPU, keeping the effective batch (batch_size x grad_accum). On a CPU: "
+        "CPU settings.", basic=True, resumable=True)
     mem_every: int = opt(
-        50, "Log a parseable memory line every N steps ([mem] step=N alloc_gib=.. peak_gib=.. reserved_gib=..; "
-        "rss_gib on CPU); 0: never.", low=0, resumable=True)
+        50, "Log a parseable memory line every N steps ([mem] step=N alloc_gib=.. peak_gib=.. "
+        "reserved_gib=..; rss_gib on CPU); 0: never.", low=0, resumable=True)
     eval: EvalOptions = field(default_factory=EvalOptions, metadata=group_meta(
         "In-loop evaluation, the evaluation protocol and checkpoint selection.", resumable=True))
     backend_options: BackendOptions = field(default_factory=BackendOptions,
@@ -499,6 +517,8 @@ _CONFIGS = {"prepare": PrepareConfig, "train": TrainConfig}
 OptionsFor = Callable[[str], type[BackendOptions]]
 """The options class of a backend name (the backend registry's ``options_class``)."""
 
+_LOGGED: set[tuple[str, tuple[str, ...]]] = set()  # config files whose earlier layout was logged
+
 REMOVED_OPTIONS = {"num_workers": "features are read from the run's in-memory cache; no worker processes"}
 """Options of earlier versions that no longer exist: an old config.yaml holding them still loads (logged)."""
 
@@ -532,7 +552,8 @@ def option_fields(cls: type, options: type[BackendOptions] | None = None) -> dic
         for g in dataclasses.fields(sub):
             name = flat_name(sub, g)
             if name in out:
-                raise ConfigError(f"{sub.__name__}.{g.name}: its flag {name!r} is already an option of {cls.__name__}")
+                raise ConfigError(f"{sub.__name__}.{g.name}: its flag {name!r} is already an option of "
+                                  f"{cls.__name__}")
             out[name] = OptionField(name, f.name, g, sub)
     return out
 
@@ -567,7 +588,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 
 def _unknown(keys: list[str], known: list[str], source: str) -> ConfigError:
-    hints = [f"{k!r} (did you mean {m[0]!r}?)" for k in keys for m in [difflib.get_close_matches(k, known, 1)] if m]
+    hints = [f"{k!r} (did you mean {m[0]!r}?)" for k in keys for m in [difflib.get_close_matches(k, known,
+                                                                                                 1)] if m]
     return ConfigError(f"{source}: unknown option(s) {keys}{'; ' + ', '.join(hints) if hints else ''}; "
                        f"valid options are {sorted(known)}")
 
@@ -585,9 +607,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config",
               options_for: OptionsFor | None = None) -> T:
     """Build ``cls`` from a mapping, rejecting unknown keys and wrongly typed values.
 
-    A TrainConfig mapping is the YAML layout of the module doc (an ``eval:`` section and one under the backend's
-    name), or flat (every option by its flat name: config files of earlier versions). ``options_for`` gives the
-    backend's options class; without it a mapping that sets backend options is an error.
+    A TrainConfig mapping is the YAML layout of the module doc (an ``eval:`` section and one under the
+    backend's name), or flat (every option by its flat name: config files of earlier versions).
+    ``options_for`` gives the backend's options class; without it a mapping that sets backend options is an
+    error.
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of options, got {type(data).__name__}")
@@ -642,8 +665,11 @@ def _train_from_dict(data: dict[str, Any], source: str, options_for: OptionsFor 
     if parts["backend_options"] and options is BackendOptions:
         raise ConfigError(f"{source}: the {backend} backend's options need the backend registry "
                           "(voicetune.backends.registry.load_train_config)")
-    if flat_keys:
-        logger.info("%s: options of an earlier config layout (%s) were read into their eval: and %s: sections; "
+    # once per file per process (it is read twice)
+    if flat_keys and (source, tuple(flat_keys)) not in _LOGGED:
+        _LOGGED.add((source, tuple(flat_keys)))
+        logger.info("%s: options of an earlier config layout (%s) were read into their eval: and %s: "
+                    "sections; "
                     "voicetune writes the new layout", source, ", ".join(sorted(flat_keys)), backend)
     for key in removed:
         logger.info("%s: option %s is no longer used (%s); ignored", source, key, REMOVED_OPTIONS[key])
@@ -695,5 +721,7 @@ def merge(cfg: T, overrides: dict[str, Any], options_for: OptionsFor | None = No
     parts: dict[str, dict[str, Any]] = {"": {}, "eval": {}, "backend_options": {}}
     for name, value in flat.items():
         parts[fields[name].group][fields[name].field.name] = value
-    return _build(TrainConfig, {**parts[""], "eval": _build(EvalOptions, parts["eval"], "options"),  # type: ignore[return-value]
-                                "backend_options": _build(options, parts["backend_options"], "options")}, "options")
+    return _build(TrainConfig, {**parts[""], "eval": _build(EvalOptions, parts["eval"], "options"),
+                                # type: ignore[return-value]
+                                "backend_options": _build(options, parts["backend_options"], "options")},
+                                "options")

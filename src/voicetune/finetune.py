@@ -1,8 +1,8 @@
 """``voicetune.train`` and ``voicetune train``: the training loop with in-loop evaluation.
 
 :func:`voicetune.training.loop.train` is the loop alone; it never imports the evaluation. This function, above
-both, hands it the :class:`~voicetune.evaluation.in_loop.InLoopEvaluator` (baseline, evaluations, best checkpoint,
-early stopping, report) whenever the config asks for in-loop evaluation, as it does by default
+both, hands it the :class:`~voicetune.evaluation.in_loop.InLoopEvaluator` (baseline, evaluations, best
+checkpoint, early stopping, report) whenever the config asks for in-loop evaluation, as it does by default
 (``--eval-every-epochs 1``; ``--eval-every 0 --eval-every-epochs 0`` turns it off).
 """
 
@@ -32,7 +32,8 @@ def train(
     resume: Path | str | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """Finetune ``base`` on the dataset's train split, writing the run folder ``out``, with in-loop evaluation.
+    """Finetune ``base`` on the dataset's train split, writing the run folder ``out``, with in-loop
+    evaluation.
 
     The arguments are those of :func:`voicetune.training.loop.train` (settings: ``cfg``, ``config_file`` and
     keyword ``overrides`` by flat name, e.g. ``max_steps=50``, ``eval_every=10``; ``resume=RUN_DIR``), which
@@ -43,7 +44,8 @@ def train(
     if _evaluates(cfg, config_file, resume, overrides) and not any(
             isinstance(cb, InLoopEvaluator) for cb in callbacks):
         callbacks.append(InLoopEvaluator(progress=progress))
-    return loop.train(dataset_dir, base, out, cfg, config_file=config_file, progress=progress, callbacks=callbacks,
+    return loop.train(dataset_dir, base, out, cfg, config_file=config_file, progress=progress,
+                      callbacks=callbacks,
                       resume=resume, **overrides)
 
 

@@ -1,7 +1,8 @@
 """`voicetune export`: a self-contained model package.
 
     PACKAGE_DIR/
-      <native layout>     the backend's (Backend.export; for XTTS-v2: config.json, model.pth, vocab.json, dvae.pth,
+      <native layout>     the backend's (Backend.export; for XTTS-v2: config.json, model.pth, vocab.json,
+      dvae.pth,
                           mel_stats.pth, speakers_xtts.pth)
       reference/          the speaker's clips, longest first (01_7.9s.wav, 02_7.1s.wav, ...)
       voicetune.json      backend, base, dataset, steps, metrics against the base, config, versions

@@ -116,10 +116,12 @@ def _check_base(r: DoctorReport, base: Path, backend: str) -> None:
         return
     size = sum(p.stat().st_size for p in files.values()) / GIB
     note = " — UNTRAINED tiny test model, not usable for real voices" if cls.is_untrained(base) else ""
-    r.add("base model", "warn" if note else "pass", f"{base}: complete {backend} layout ({size:.2f} GiB){note}")
+    r.add("base model", "warn" if note else "pass",
+          f"{base}: complete {backend} layout ({size:.2f} GiB){note}")
 
 
-def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, backend_name: str, clips: int = 64) -> None:
+def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, backend_name: str,
+                           clips: int = 64) -> None:
     """A dry run of training on the dataset's longest clips: measured peak memory -> recommended settings."""
     import tempfile
 

@@ -5,12 +5,10 @@ Layout::
     RUN_DIR/
       run.json                 backend, base folder, dataset folder (absolute), versions, seed, and "training":
                                clips kept/dropped (by reason), padding, global batch, what trains
-      vocab.json               the extended vocabulary (only with --extend-vocab)
-      config.yaml              the TrainConfig
-      metrics.jsonl            one JSON object per logged step (and per evaluation)
-      tensorboard/             event files
-      features/                cached model-ready features (by content hash)
-      checkpoints/step_N/      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler, RNG,
+      vocab.json               the extended vocabulary (only with --extend-vocab) config.yaml              the
+      TrainConfig metrics.jsonl            one JSON object per logged step (and per evaluation) tensorboard/
+      event files features/                cached model-ready features (by content hash) checkpoints/step_N/
+      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler, RNG,
                                data position), meta.json (step, epoch, losses)
       checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
       checkpoints/best         text file naming the checkpoint with the best evaluation (never pruned)
@@ -126,12 +124,14 @@ def trainable_path(ckpt: Path) -> Path:
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str = "latest") -> Path:
     """A complete checkpoint folder of ``run_dir``: 'latest', 'best' (when evaluation marked one), a folder
-    name like 'step_100', or a path to a checkpoint folder. Raises :class:`RunError` naming what is missing."""
+    name like 'step_100', or a path to a checkpoint folder. Raises :class:`RunError` naming what is
+    missing."""
     run_dir = Path(run_dir)
     if checkpoint == "latest":
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
-            raise RunError(f"{checkpoints_dir(run_dir)}: no complete checkpoint; has training finished a step?")
+            raise RunError(f"{checkpoints_dir(run_dir)}: no complete checkpoint; has training finished a "
+                           f"step?")
         return ckpt
     if checkpoint == "best":  # marked by the evaluation (in-loop or `voicetune evaluate`)
         ckpt = best_checkpoint(run_dir)

@@ -1,13 +1,15 @@
-"""``FakeBackend``: the smallest real backend, a few hundred torch parameters that implement the whole contract.
+"""``FakeBackend``: the smallest real backend, a few hundred torch parameters that implement the whole
+contract.
 
-It is registered as "fake" for the test session (tests/conftest.py) and runs every stage the real backends run:
-tiny base, features cached by content hash, a real loss that trains (it predicts each clip's log duration and
-loudness from its text), checkpoints, resume, evaluation, export and loading the export back.
+It is registered as "fake" for the test session (tests/conftest.py) and runs every stage the real backends
+run: tiny base, features cached by content hash, a real loss that trains (it predicts each clip's log duration
+and loudness from its text), checkpoints, resume, evaluation, export and loading the export back.
 
-Its "synthesis" is the base folder's real recording of the sentence (or, for a sentence it has none of, a voiced
-tone of a plausible length) plus seeded white noise at ``snr_db`` dB: a buffer of the trained state (tests set
-it to make a checkpoint better or worse than the base) moved by up to 1 dB by the trained weights, so that two
-models with different weights never render the same audio. Every metric of an evaluation is computed for real.
+Its "synthesis" is the base folder's real recording of the sentence (or, for a sentence it has none of, a
+voiced tone of a plausible length) plus seeded white noise at ``snr_db`` dB: a buffer of the trained state
+(tests set it to make a checkpoint better or worse than the base) moved by up to 1 dB by the trained weights,
+so that two models with different weights never render the same audio. Every metric of an evaluation is
+computed for real.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ class FakeBackend(Backend):
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
         self.max_seconds = float(max_audio_seconds)
 
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+    def build_features(self, clips: Sequence[Clip], cache: Path,
+                       progress: Progress | None = None) -> FeatureStore:
         """(text ids, [log seconds, loudness]) per clip, cached under ``cache`` by the audio's content hash."""
         cache = Path(cache)
         items, seconds, dropped = [], [], {}
@@ -209,7 +212,8 @@ class FakeBackend(Backend):
         return {"loss": total, "duration_mse": duration.detach(), "energy_mse": energy.detach()}
 
     def batch_stats(self, batch: Batch) -> dict[str, float]:
-        return {"audio_seconds": float(batch["target"][:, 0].exp().sum()), "tokens": float(batch["mask"].sum())}
+        return {"audio_seconds": float(batch["target"][:, 0].exp().sum()),
+                "tokens": float(batch["mask"].sum())}
 
     def graph_inputs(self, batch: Batch) -> dict[str, torch.Tensor] | None:
         return {k: batch[k] for k in ("ids", "mask", "target")}

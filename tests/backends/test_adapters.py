@@ -1,4 +1,5 @@
-"""Model-agnostic LoRA (voicetune.backends.adapters) on a small torch model: inject, train, save in peft's format
+"""Model-agnostic LoRA (voicetune.backends.adapters) on a small torch model: inject, train, save in peft's
+format
 (loadable with peft), merge for export."""
 
 from __future__ import annotations

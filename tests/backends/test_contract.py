@@ -1,9 +1,10 @@
-"""Every registered backend through the same cycle: tiny base -> a few steps -> save, resume (exact), evaluate,
-export, load the export back. Nothing here knows a backend: it uses only the contract (voicetune.backends.base)
-and the library functions users call.
+"""Every registered backend through the same cycle: tiny base -> a few steps -> save, resume (exact),
+evaluate,
+export, load the export back. Nothing here knows a backend: it uses only the contract
+(voicetune.backends.base) and the library functions users call.
 
-A new backend needs no edit here: registering it adds it to the parametrization, and ``make_tiny_base`` (part of
-the contract) builds its base from the shared tiny dataset. Options it needs for a short CPU run go into
+A new backend needs no edit here: registering it adds it to the parametrization, and ``make_tiny_base`` (part
+of the contract) builds its base from the shared tiny dataset. Options it needs for a short CPU run go into
 :data:`OPTIONS` (one entry); anything else about it belongs in its own tests under tests/backends/<name>/.
 """
 
@@ -24,7 +25,8 @@ from voicetune.training.loop import train
 
 TOLERANCE = 1e-6
 STEPS = 4
-COMMON = {"batch_size": 2, "seed": 5, "save_every": 2, "eval_every": 0, "eval_every_epochs": 0, "device": "cpu"}
+COMMON = {"batch_size": 2, "seed": 5, "save_every": 2, "eval_every": 0, "eval_every_epochs": 0,
+          "device": "cpu"}
 OPTIONS: dict[str, dict] = {  # per backend: what a short CPU run needs beyond COMMON (default: nothing)
     "xtts": {"lr": 1e-3},
     "fake": {"lr": 1e-2},
@@ -84,7 +86,8 @@ def test_evaluate_scores_the_checkpoint_against_the_base(cycle, asr_model):
     from voicetune.evaluation.rescore import rescore_run
 
     _, _, _, _, reference = cycle
-    result = rescore_run(reference.run_dir, "latest", device="cpu", max_sentences=1, probes=1, num_references=1,
+    result = rescore_run(reference.run_dir, "latest", device="cpu", max_sentences=1, probes=1,
+                         num_references=1,
                          asr_model=asr_model)
     assert result.evaluated == [f"step_{STEPS}"]
     doc = result.docs[f"step_{STEPS}"]

@@ -1,10 +1,11 @@
-"""`voicetune evaluate` (evaluation.rescore on evaluation.harness and suite): run folder in, eval/ (metrics.json +
+"""`voicetune evaluate` (evaluation.rescore on evaluation.harness and suite): run folder in, eval/
+(metrics.json +
 wavs) out, the best checkpoint re-decided.
 
-The tests drive it with the FakeBackend (tests/backends/fake.py), a small but real backend whose "synthesis" is
-the real eval recording of the requested sentence plus white noise at the SNR held in its trained state (base:
-heavy noise, finetuned: light noise). They test the bookkeeping; every metric is computed for real. The wiring to
-the real backends is in tests/backends/test_contract.py.
+The tests drive it with the FakeBackend (tests/backends/fake.py), a small but real backend whose "synthesis"
+is the real eval recording of the requested sentence plus white noise at the SNR held in its trained state
+(base: heavy noise, finetuned: light noise). They test the bookkeeping; every metric is computed for real. The
+wiring to the real backends is in tests/backends/test_contract.py.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ PROTOCOL = {"eval_max_sentences": 3, "eval_probes": 0, "eval_num_references": 2,
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, dataset_dir, recordings, asr_model):
     """One evaluation: base at 0 dB SNR, finetuned checkpoint step_10 at 30 dB SNR."""
-    run = make_run(tmp_path_factory.mktemp("run_a"), dataset_dir, recordings, 0.0, {"step_10": 30.0}, asr_model,
+    run = make_run(tmp_path_factory.mktemp("run_a"), dataset_dir, recordings, 0.0, {"step_10": 30.0},
+                   asr_model,
                    **PROTOCOL)
     backend = FakeBackend()
     progress: list[tuple[int, int, str]] = []
@@ -80,7 +82,8 @@ def evaluated(tmp_path_factory, dataset_dir, recordings, asr_model):
 
 
 def _doc(path: Path) -> dict:
-    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {path}"))
+    return json.loads(path.read_text(),
+                      parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {path}"))
 
 
 # ----------------------------------------------------------------------------------------------- tests
@@ -99,7 +102,8 @@ def test_evaluate_writes_metrics_json_and_all_wavs(evaluated, dataset_dir, asr_m
     assert [s["text"] for s in doc["sentences"]] == _eval_texts(dataset_dir)
     assert doc["protocol"]["seed"] == 3 and doc["checkpoint"] == "step_10" and doc["step"] == 10
     assert Path(asr_model).name in baseline["asr_model"]  # which ASR model scored the round trip
-    assert set(doc["summary"]) >= {"speaker_similarity", "wer", "cer", "mos", "mcd", "pesq", "stoi", "failure_rate"}
+    assert set(doc["summary"]) >= {"speaker_similarity", "wer", "cer", "mos", "mcd", "pesq", "stoi",
+                                   "failure_rate"}
     # references: the 2 longest TRAIN clips, longest first
     train = [dataset_dir / line.split("|")[0]
              for line in (dataset_dir / "metadata_train.csv").read_text().splitlines()[1:]]
@@ -142,7 +146,8 @@ def test_sampling_seed_is_passed_and_the_baseline_is_reused_across_checkpoints(
     assert second.best == "step_9"  # re-decided over both evaluations of this protocol
 
 
-def test_a_sentence_that_fails_to_synthesize_is_reported_not_fatal(tmp_path, dataset_dir, recordings, asr_model):
+def test_a_sentence_that_fails_to_synthesize_is_reported_not_fatal(tmp_path, dataset_dir, recordings,
+                                                                   asr_model):
     run = make_run(tmp_path, dataset_dir, recordings, 20.0, {"step_1": 20.0}, asr_model,
                    **{**PROTOCOL, "eval_max_sentences": 2, "eval_num_references": 1})
     eval_texts = _eval_texts(dataset_dir)

@@ -19,8 +19,8 @@ from voicetune.audio.io import load_audio
 from voicetune.cli import main
 from voicetune.evaluation.selection import replay
 from voicetune.evaluation.suite import selection_rules
-from voicetune.run import best_checkpoint, latest_checkpoint, list_checkpoints
 from voicetune.finetune import train  # the loop with the in-loop evaluator (voicetune.train)
+from voicetune.run import best_checkpoint, latest_checkpoint, list_checkpoints
 from voicetune.utils.io import read_jsonl
 
 TRAIN = {"max_steps": 4, "batch_size": 2, "lr": 5e-4, "seed": 3, "device": "cpu", "save_every": 1, "keep_last": 1}

@@ -86,5 +86,6 @@ def test_recomputation_escalates_cheapest_first_and_only_while_two_clips_do_not_
     assert escalate(measure_at, "none", need=2)[:2] == (0, "none") and asked == ["none", "mlp", "layer"]
     mlp = with_recompute(train_config(), "mlp")  # the XTTS options' own recomputation field
     assert mlp.recompute == "mlp" and mlp.backend_options.checkpoint_mlp and not mlp.gradient_checkpointing
-    assert with_recompute(mlp, "layer").recompute == "layer" and not with_recompute(mlp, "layer").backend_options.checkpoint_mlp
+    layer = with_recompute(mlp, "layer")
+    assert layer.recompute == "layer" and not layer.backend_options.checkpoint_mlp
     assert train_config(fast_loss=False).backend_options.recompute_modes() == ("none", "layer")

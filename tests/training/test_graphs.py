@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from backends.fake import FakeBackend
 
 from voicetune.backends.registry import train_config
@@ -30,7 +29,8 @@ def test_graphs_are_off_where_they_cannot_apply_and_on_says_why():
         graphs.build(FakeBackend(), _flat_optimizer(), on, cpu, "bf16")
     cuda = torch.device("cuda")
     reasons = [
-        graphs._unsupported(FakeBackend(), torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), auto, cuda,
+        graphs._unsupported(FakeBackend(), torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), auto,
+                            cuda,
                             "bf16"),
         graphs._unsupported(_NoGraphs(), _flat_optimizer(), auto, cuda, "bf16"),
         graphs._unsupported(FakeBackend(), _flat_optimizer(),
@@ -69,7 +69,8 @@ def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_tra
     for setting in ("off", "on"):
         torch.manual_seed(0)
         cfg = train_config(batch_size=2, grad_accum=2, precision="bf16", param_dtype="bf16", dropout=0.0,
-                           compile="off" if variant == "off" else "on", checkpoint_mlp=variant.endswith("+mlp"),
+                           compile="off" if variant == "off" else "on",
+                           checkpoint_mlp=variant.endswith("+mlp"),
                            compile_scope="layers" if variant == "layers" else "model",
                            cuda_graphs=setting)
         backend, store = xtts_for_training(base, tone_dataset, cfg, device)

@@ -48,6 +48,26 @@ def test_a_resumed_run_computes_the_same_losses_as_an_uninterrupted_one(tiny_dat
     assert resume_config(run, {}).max_steps == 6  # the run remembers its new length for the next resume
 
 
+def test_a_run_of_an_earlier_version_resumes_exactly(tiny_dataset, tiny_base, tmp_path, reference_run,
+                                                      train_options):
+    """Earlier versions wrote every option flat into config.yaml (and num_workers, since removed): it still
+    loads,
+    the resumed run continues exactly, and its config.yaml is rewritten in the grouped layout."""
+    import yaml
+
+    from voicetune.config import flatten
+
+    reference, _ = reference_run
+    run = tmp_path / "run"
+    train(tiny_dataset, tiny_base, run, max_steps=3, **train_options)
+    flat = {**flatten(resume_config(run, {})), "num_workers": 0}
+    (run / "config.yaml").write_text(yaml.safe_dump(flat, sort_keys=False))
+    train(resume=run, max_steps=6, save_every=3)
+    _assert_same_trajectory(run, reference.run_dir)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert "eval" in saved and "xtts" in saved and "dropout" not in saved and "num_workers" not in saved
+
+
 def _cli(dataset: Path, base: Path, run: Path, steps: int, options: dict, *extra: str) -> list[str]:
     return [sys.executable, "-m", "voicetune.cli", "train", str(dataset), "--base", str(base), "--out", str(run),
             "--max-steps", str(steps), *(f"--{k.replace('_', '-')}={v}" for k, v in options.items()), *extra]
@@ -154,7 +174,8 @@ def test_pruning_keeps_the_last_n_and_whatever_best_points_at(tmp_path):
 
     from voicetune.training.checkpoint import save_checkpoint
 
-    backend = FakeBackend()  # checkpoint.py is the component under test: the smallest backend writes its state
+    # checkpoint.py is the component under test: the smallest backend writes its state
+    backend = FakeBackend()
     backend.load_base(FakeBackend.make_tiny_base(tmp_path / "base"), torch.device("cpu"))
     opt = torch.optim.SGD(backend.trainable().parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

@@ -1,10 +1,10 @@
 """Model-agnostic LoRA adapters (peft): inject, recognise, save in peft's own format, and merge for export.
 
 A backend decides WHERE adapters go (its module and target names, e.g. XTTS's GPT-2 ``Conv1D`` layers,
-``backends/xtts/lora.py``); everything else about them is the same for every model and lives here, in the spirit
-of torchtune's ``modules/peft/_utils.py``. Adapters are injected with ``peft.inject_adapter_in_model`` into the
-backend's own module (no ``PeftModel`` wrapper), so the module keeps its class and its state-dict keys, plus
-``lora_A``/``lora_B`` keys and ``base_layer`` renames that :func:`merged_state_dict` removes again.
+``backends/xtts/lora.py``); everything else about them is the same for every model and lives here, in the
+spirit of torchtune's ``modules/peft/_utils.py``. Adapters are injected with ``peft.inject_adapter_in_model``
+into the backend's own module (no ``PeftModel`` wrapper), so the module keeps its class and its state-dict
+keys, plus ``lora_A``/``lora_B`` keys and ``base_layer`` renames that :func:`merged_state_dict` removes again.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def inject_lora(module: torch.nn.Module, settings: LoraSettings, fan_in_fan_out:
             n += p.numel()
     if n == 0:
         raise ValueError(f"LoRA found no target module among {list(settings.targets)}; fix --lora-targets")
-    logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters", settings.rank, settings.alpha,
+    logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters", settings.rank,
+                settings.alpha,
                 settings.dropout, ",".join(settings.targets), n / 1e6)
     return n
 
@@ -109,7 +110,8 @@ def adapter_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(module: torch.nn.Module, settings: LoraSettings, out: Path, fan_in_fan_out: bool = False,
                  base_model: str | None = None) -> Path:
-    """Write the adapter in peft's format (``adapter_model.safetensors`` + ``adapter_config.json``) to ``out``,
+    """Write the adapter in peft's format (``adapter_model.safetensors`` + ``adapter_config.json``) to
+    ``out``,
     each file atomically; ``peft.PeftModel.from_pretrained(base, out)`` loads it onto the same base module."""
     from safetensors.torch import save_file
 
@@ -127,9 +129,9 @@ def save_adapter(module: torch.nn.Module, settings: LoraSettings, out: Path, fan
 def merged_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """``module.state_dict()`` with every LoRA layer folded into its base weight and the peft keys removed.
 
-    ``...q.base_layer.weight`` + scaling * B @ A becomes ``...q.weight``; the ``lora_*`` keys are dropped, so the
-    keys are exactly those of the module without adapters. The module itself is not changed (the adapters keep
-    training after an export).
+    ``...q.base_layer.weight`` + scaling * B @ A becomes ``...q.weight``; the ``lora_*`` keys are dropped, so
+    the keys are exactly those of the module without adapters. The module itself is not changed (the adapters
+    keep training after an export).
     """
     from peft.tuners.lora import LoraLayer
 

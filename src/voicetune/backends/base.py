@@ -1,10 +1,10 @@
 """The whole contract between voicetune and a model backend.
 
-The training loop, the step engine, autotune, the evaluation, checkpointing, export packaging, ``doctor`` and the
-CLI know only :class:`Backend` and :class:`FeatureStore`; nothing is probed with ``hasattr``. A backend subclasses
-:class:`Backend` in ``backends/<name>/``, implements the abstract members, overrides the optional hooks it needs
-(each has a documented do-nothing default here), and is registered by name in :mod:`voicetune.backends.registry`.
-Adding one needs no edit of ``training/`` or ``evaluation/``.
+The training loop, the step engine, autotune, the evaluation, checkpointing, export packaging, ``doctor`` and
+the CLI know only :class:`Backend` and :class:`FeatureStore`; nothing is probed with ``hasattr``. A backend
+subclasses :class:`Backend` in ``backends/<name>/``, implements the abstract members, overrides the optional
+hooks it needs (each has a documented do-nothing default here), and is registered by name in
+:mod:`voicetune.backends.registry`. Adding one needs no edit of ``training/`` or ``evaluation/``.
 
 Life of a backend in a training run (voicetune.training.loop)::
 
@@ -26,7 +26,7 @@ import torch
 
 from voicetune.backends.registry import available_backends, get_backend  # noqa: F401  (re-exported)
 from voicetune.config import BackendOptions, TrainConfig
-from voicetune.data.manifest import Clip, Dataset
+from voicetune.data.manifest import Clip
 
 Progress = Callable[[int, int, str], None]
 """Progress callback: (done, total, what). The CLI shows a bar, the UI a progress widget."""
@@ -91,7 +91,8 @@ class Backend(abc.ABC):
     loss_parts: ClassVar[dict[str, str]] = {}
     """The unweighted loss parts :meth:`loss` returns besides "loss", name -> short console label."""
     supports_cuda_graphs: ClassVar[bool] = False
-    """Whether :meth:`graph_inputs` can return a batch's tensors, so that CUDA graphs may capture :meth:`loss`."""
+    """Whether :meth:`graph_inputs` can return a batch's tensors, so that CUDA graphs may capture
+    :meth:`loss`."""
     synthesis_batch_size: ClassVar[int] = 1
     """How many texts the evaluation passes to :meth:`synthesize_batch` at once (1: one by one)."""
 
@@ -100,7 +101,8 @@ class Backend(abc.ABC):
     def make_tiny_base(cls, out: Path, *, corpus_texts: Sequence[str] = (), stats_audio: Sequence[Path] = (),
                        seed: int = 0) -> Path:
         """Write an UNTRAINED tiny random base in the native layout (tests, demo); return its folder.
-        ``corpus_texts``/``stats_audio``: a dataset's transcripts and clips to fit vocabulary and statistics."""
+        ``corpus_texts``/``stats_audio``: a dataset's transcripts and clips to fit vocabulary and
+        statistics."""
 
     @classmethod
     @abc.abstractmethod
@@ -154,7 +156,8 @@ class Backend(abc.ABC):
 
     def configure_training(self, cfg: TrainConfig, cuda_graphs: bool = False) -> None:
         """Apply speed/memory options (kernels, compile, recomputation, parameter dtype) before the optimizer.
-        ``cuda_graphs``: the loop will capture micro-batches in CUDA graphs (decided by voicetune.training.graphs).
+        ``cuda_graphs``: the loop will capture micro-batches in CUDA graphs (decided by
+        voicetune.training.graphs).
         Default: none."""
 
     # ------------------------------------------------------------------ training
@@ -219,6 +222,3 @@ class Backend(abc.ABC):
     def export(self, out: Path) -> None:
         """Write the backend's native layout (loadable by the upstream library unchanged)."""
 
-
-def dataset_clips(dataset: Dataset, split: str) -> list[Clip]:
-    return list(dataset.train if split == "train" else dataset.eval)

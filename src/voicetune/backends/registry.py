@@ -1,9 +1,9 @@
 """The backends by name, and the TrainConfig of a backend (its options class comes from here).
 
-Adding a backend means writing ``backends/<name>/`` (a :class:`~voicetune.backends.base.Backend` subclass and a
-:class:`~voicetune.config.BackendOptions` subclass) and one entry in :data:`_BUILTIN`; tests register their own
-with :func:`register_backend`. Nothing here imports torch or a backend until it is asked for one, so the CLI can
-list backends and their options cheaply.
+Adding a backend means writing ``backends/<name>/`` (a :class:`~voicetune.backends.base.Backend` subclass and
+a :class:`~voicetune.config.BackendOptions` subclass) and one entry in :data:`_BUILTIN`; tests register their
+own with :func:`register_backend`. Nothing here imports torch or a backend until it is asked for one, so the
+CLI can list backends and their options cheaply.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class BackendEntry:
 
 
 _BUILTIN: dict[str, BackendEntry] = {
-    "xtts": BackendEntry("voicetune.backends.xtts.backend:XttsBackend", "voicetune.backends.xtts.options:XttsOptions"),
+    "xtts": BackendEntry("voicetune.backends.xtts.backend:XttsBackend",
+                         "voicetune.backends.xtts.options:XttsOptions"),
 }
 _REGISTRY: dict[str, BackendEntry | type] = dict(_BUILTIN)
 

@@ -7,8 +7,8 @@ evaluation from (used by in-loop evaluation and by `voicetune evaluate`, :mod:`.
 * :func:`render`: synthesize texts with a backend in inference mode with a fixed seed; a sentence that fails to
   synthesize is recorded with its error, not fatal.
 * :func:`score`: every metric of :mod:`voicetune.evaluation.metrics` per render (speaker similarity to the
-  centroid of ALL held-out eval clips of the speaker, ASR round-trip WER/CER, predicted MOS, failure flags, and
-  MCD/PESQ/STOI against the real recording of the same sentence), then :func:`aggregate`.
+  centroid of ALL held-out eval clips of the speaker, ASR round-trip WER/CER, predicted MOS, failure flags,
+  and MCD/PESQ/STOI against the real recording of the same sentence), then :func:`aggregate`.
 * :func:`summarize`: per metric, base vs finetuned (delta, direction, better) and the real recordings.
 """
 

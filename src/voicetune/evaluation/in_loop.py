@@ -1,8 +1,9 @@
 """Evaluation inside the training loop: the best checkpoint and early stopping follow voice quality.
 
 :class:`InLoopEvaluator` is a training callback (:class:`voicetune.training.loop.TrainCallback`) that
-:func:`voicetune.finetune.train` hands to the loop when ``--eval-every`` or ``--eval-every-epochs`` is set (the
-default cadence is once per epoch; the settings are ``TrainConfig.eval``, :class:`voicetune.config.EvalOptions`):
+:func:`voicetune.finetune.train` hands to the loop when ``--eval-every`` or ``--eval-every-epochs`` is set
+(the default cadence is once per epoch; the settings are ``TrainConfig.eval``,
+:class:`voicetune.config.EvalOptions`):
 
 1. ``on_train_start``: the base model, zero-shot (conditioned on the speaker's reference clips), is
    rendered and scored on the probe set (:mod:`voicetune.evaluation.suite`): the baseline, written to

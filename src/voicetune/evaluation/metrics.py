@@ -14,8 +14,9 @@ MCD, PESQ and STOI are intrusive metrics: they compare with a real recording of 
 MCD aligns the two with DTW; PESQ and STOI only trim to the same length, so for synthetic speech
 (never sample-aligned with the recording) they are rough and mostly useful as base-vs-finetuned deltas.
 
-Every model (speaker encoder, MOS predictor, ASR) is loaded once per process and cached. The scorers that data QA
-uses too (speaker encoder, MOS, WER/CER) live in :mod:`voicetune.scoring`; their names are re-exported here.
+Every model (speaker encoder, MOS predictor, ASR) is loaded once per process and cached. The scorers that data
+QA uses too (speaker encoder, MOS, WER/CER) live in :mod:`voicetune.scoring`; their names are re-exported
+here.
 """
 
 from __future__ import annotations

@@ -128,9 +128,9 @@ def rescore_run(
     """Score ``checkpoints`` ("latest", "best", "all", or names like "step_100,step_200") of a run.
 
     ``overrides``: evaluation protocol options (``max_sentences``, ``probes``, ``num_references``, ``seed``,
-    ``asr_model``, ``intrusive``: :class:`voicetune.config.EvalOptions`); None values are ignored. ``backend``: an unloaded backend
-    instance to use instead of the run's registered one. Returns what was evaluated, the best and the
-    report's path and text.
+    ``asr_model``, ``intrusive``: :class:`voicetune.config.EvalOptions`); None values are ignored.
+    ``backend``: an unloaded backend instance to use instead of the run's registered one. Returns what was
+    evaluated, the best and the report's path and text.
     """
     run_dir = Path(run_dir)
     info = RunInfo.load(run_dir)
@@ -222,7 +222,8 @@ def evaluate_base(
     """Score a base model zero-shot on a dataset's probe set; write ``out/`` like a run's eval/baseline.
 
     ``backend_name``: the registered backend to load ``base`` with (default: the one whose native layout
-    ``base`` has). ``overrides``: protocol options as for :func:`rescore_run` (defaults: :class:`EvalOptions`'s).
+    ``base`` has). ``overrides``: protocol options as for :func:`rescore_run` (defaults:
+    :class:`EvalOptions`'s).
     """
     protocol = Protocol.of(protocol_options(EvalOptions(), overrides))
     probe_set = build_probe_set(Dataset.load(dataset), protocol)

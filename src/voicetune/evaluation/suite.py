@@ -90,7 +90,8 @@ def selection_rules(options: EvalOptions) -> SelectionRules:
         similarity=options.weight_similarity, wer=options.weight_wer, cer=options.weight_cer,
         mos=options.weight_mos, failures=options.weight_failures,
     )
-    return SelectionRules(weights, patience=options.early_stop_patience, min_delta=options.early_stop_min_delta,
+    return SelectionRules(weights, patience=options.early_stop_patience,
+                          min_delta=options.early_stop_min_delta,
                           wer_guard=options.wer_guard, wer_margin=options.wer_guard_margin)
 
 

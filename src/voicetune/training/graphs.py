@@ -134,8 +134,9 @@ def config_allows(cfg: Any, device: torch.device) -> str:
 
 def planned(backend: Any, cfg: Any, device: torch.device) -> bool:
     """Whether this run will capture micro-batches in CUDA graphs, decided before the optimizer exists (the
-    backend is told through ``Backend.configure_training``: e.g. the XTTS loss then skips its flat-buffer form,
-    since under graphs per-parameter gradient accumulation costs no host time and frees each gradient as it
+    backend is told through ``Backend.configure_training``: e.g. the XTTS loss then skips its flat-buffer
+    form, since under graphs per-parameter gradient accumulation costs no host time and frees each gradient as
+    it
     goes). The config rules out every case that :func:`build` would refuse later."""
     return not config_allows(cfg, device) and type(backend).supports_cuda_graphs
 

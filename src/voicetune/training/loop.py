@@ -77,7 +77,8 @@ class LoopState:
 
 
 class TrainCallback:
-    """Hooks into the loop (e.g. the in-loop evaluation, voicetune.evaluation.in_loop); rank 0 only. Subclass it
+    """Hooks into the loop (e.g. the in-loop evaluation, voicetune.evaluation.in_loop); rank 0 only. Subclass
+    it
     and override what you need: every hook is a no-op here."""
 
     def on_train_start(self, state: LoopState) -> None:
@@ -117,7 +118,8 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """The config of a new run: ``config_file`` (YAML) or the defaults, with ``overrides`` (flat names) applied."""
+    """The config of a new run: ``config_file`` (YAML) or the defaults, with ``overrides`` (flat names)
+    applied."""
     cfg = load_train_config(config_file) if config_file else TrainConfig()
     return merge_options(cfg, overrides)
 
@@ -309,12 +311,12 @@ def train(
 
     ``cfg`` (or ``config_file``, a YAML TrainConfig) gives the settings; keyword ``overrides`` by flat name
     (e.g. ``max_steps=50``, ``eval_every=10``, ``dropout=0.0``) are applied on top and validated.
-    ``resume=RUN_DIR`` continues that run from its latest checkpoint exactly (dataset, base and config come from
-    the run; ``overrides`` may change its length, checkpointing, logging and evaluation). ``callbacks``
+    ``resume=RUN_DIR`` continues that run from its latest checkpoint exactly (dataset, base and config come
+    from the run; ``overrides`` may change its length, checkpointing, logging and evaluation). ``callbacks``
     (:class:`TrainCallback`) watch the run on rank 0: this function runs no evaluation of its own
     (:func:`voicetune.finetune.train`, what ``voicetune.train`` and the CLI call, adds it). Under
-    torchrun/accelerate every process calls this; rank 0 writes. The first Ctrl+C/SIGTERM ends the current step,
-    saves and returns (``TrainResult.interrupted``).
+    torchrun/accelerate every process calls this; rank 0 writes. The first Ctrl+C/SIGTERM ends the current
+    step, saves and returns (``TrainResult.interrupted``).
     """
     t0 = time.time()
     cfg, run_dir, dataset_dir, base, ckpt = _sources(dataset_dir, base, out, cfg, config_file, overrides, resume)

@@ -29,7 +29,8 @@ from voicetune.utils.io import atomic_write_text, read_jsonl
 logger = logging.getLogger(__name__)
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The run's saved TrainConfig with the allowed ``overrides`` (flat names); a forbidden change is a TrainError.
+    """The run's saved TrainConfig with the allowed ``overrides`` (flat names); a forbidden change is a
+    TrainError.
 
     Which options may change is declared with the options (``resumable`` in :func:`voicetune.config.opt`): the
     length of the run, checkpointing, logging, evaluation and speed settings that keep the same losses. A

@@ -71,8 +71,8 @@ class StepEngine:
     def _load(self, items: list[tuple[int, int]]) -> dict[str, Any]:
         loaded = []
         for idx, epoch in items:
-            # random crops follow (seed, epoch, clip): resumable, the same on any number of processes, and when a
-            # step is redone (FeatureStore.set_epoch / forget; no-ops for a store without them)
+            # random crops follow (seed, epoch, clip): resumable, the same on any number of processes, and
+            # when a step is redone (FeatureStore.set_epoch / forget; no-ops for a store without them)
             self.store.set_epoch(epoch)
             self.store.forget([idx])
             loaded.append(self.store[idx])

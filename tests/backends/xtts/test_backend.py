@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from voicetune.backends.base import Backend, BaseModelError, get_backend
-from voicetune.backends.xtts import layout
 from voicetune.backends.registry import train_config as TrainConfig  # flat options, the XTTS ones included
+from voicetune.backends.xtts import layout
 
 from ._helpers import synthetic_speechlike
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from voicetune.backends.xtts import speed
 from voicetune.backends.registry import train_config
+from voicetune.backends.xtts import speed
 from voicetune.config import RECOMPUTE_MODES, ConfigError
 
 
@@ -139,7 +139,8 @@ def test_speed_settings_resolve_per_device_and_explain_bad_combinations():
 def test_bf16_weights_train_at_a_tiny_lr_and_still_synthesize(xtts_backend, xtts_clips, tmp_path):
     from voicetune.training.optim import FlatAdamW, build_optimizer
 
-    cfg = train_config(precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16", compile="off", lr=5e-6)
+    cfg = train_config(precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16", compile="off",
+                       lr=5e-6)
     store = xtts_backend.build_features(xtts_clips[:2], tmp_path / "features")
     xtts_backend.configure_training(cfg)
     gpt = xtts_backend.model.gpt

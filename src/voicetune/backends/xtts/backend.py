@@ -223,7 +223,8 @@ class XttsBackend(Backend):
         return {k: batch[k] for k in (*PACKED_KEYS, "cond_mels")}
 
     def configure_training(self, cfg: TrainConfig, cuda_graphs: bool = False) -> None:
-        """Apply cfg's speed/memory options (attention, packed loss, compile, bf16 weights); before the optimizer.
+        """Apply cfg's speed/memory options (attention, packed loss, compile, bf16 weights); before the
+        optimizer.
         Under ``cuda_graphs`` the packed loss keeps per-parameter gradients (see speed.GptTrainingSpeed)."""
         from voicetune.backends.xtts.speed import configure_training
 

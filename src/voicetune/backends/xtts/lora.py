@@ -1,4 +1,5 @@
-"""Where LoRA goes in the XTTS GPT; the adapters themselves are model-agnostic (:mod:`voicetune.backends.adapters`).
+"""Where LoRA goes in the XTTS GPT; the adapters themselves are model-agnostic
+(:mod:`voicetune.backends.adapters`).
 
 The adapters go into transformers' ``GPT2Model`` inside coqui-tts's ``GPT`` (``gpt.gpt``): its blocks hold
 ``attn.c_attn`` (fused q/k/v), ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj``, all transformers ``Conv1D``
@@ -6,8 +7,8 @@ The adapters go into transformers' ``GPT2Model`` inside coqui-tts's ``GPT`` (``g
 names (the conditioning encoder has ``qkv``/``proj_out``, the perceiver ``to_q``/``to_kv``/``to_out``).
 
 A LoRA checkpoint holds only the adapter weights (plus any other parameter that trains, e.g. the rows of a
-resized text embedding); :func:`~voicetune.backends.adapters.merged_state_dict` folds the adapters back into the
-base weights so that the exported ``model.pth`` has exactly the keys coqui-tts expects.
+resized text embedding); :func:`~voicetune.backends.adapters.merged_state_dict` folds the adapters back into
+the base weights so that the exported ``model.pth`` has exactly the keys coqui-tts expects.
 """
 
 from __future__ import annotations

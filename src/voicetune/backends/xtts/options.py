@@ -27,45 +27,50 @@ def _check(cond: bool, msg: str) -> None:
 class XttsOptions(BackendOptions):
     """Options of the XTTS-v2 backend (flags ``--<field>``)."""
 
-    text_ce_weight: float = opt(0.01, "Weight of the text cross-entropy in the total loss (Coqui default 0.01).",
-                                low=0.0)
-    mel_ce_weight: float = opt(1.0, "Weight of the audio-code (mel) cross-entropy in the total loss.", low=0.0)
+    text_ce_weight: float = opt(
+        0.01, "Weight of the text cross-entropy in the total loss (Coqui default 0.01).", low=0.0)
+    mel_ce_weight: float = opt(
+        1.0, "Weight of the audio-code (mel) cross-entropy in the total loss.", low=0.0)
     lora_targets: str = opt(
-        "c_attn,c_proj,c_fc", "Comma-separated GPT-2 modules that get LoRA adapters: c_attn (fused q/k/v), c_proj "
-        "(attention output and MLP output), c_fc (MLP input).")
+        "c_attn,c_proj,c_fc", "Comma-separated GPT-2 modules that get LoRA adapters: c_attn (fused q/k/v), "
+        "c_proj (attention output and MLP output), c_fc (MLP input).")
     freeze: str = opt(
         "", "Comma-separated GPT parts that do not train: conditioning_encoder, conditioning_perceiver, "
-        "text_embedding, text_pos_embedding, text_head, mel_embedding, mel_pos_embedding, mel_head, transformer, "
-        "final_norm.")
-    lr_text_mult: float = opt(1.0, "LR multiplier of the text side (text_embedding, text_pos_embedding, text_head).")
-    lr_audio_mult: float = opt(1.0, "LR multiplier of the audio side (mel_embedding, mel_pos_embedding, mel_head).")
+        "text_embedding, text_pos_embedding, text_head, mel_embedding, mel_pos_embedding, mel_head, "
+        "transformer, final_norm.")
+    lr_text_mult: float = opt(
+        1.0, "LR multiplier of the text side (text_embedding, text_pos_embedding, text_head).")
+    lr_audio_mult: float = opt(
+        1.0, "LR multiplier of the audio side (mel_embedding, mel_pos_embedding, mel_head).")
     lr_cond_mult: float = opt(1.0, "LR multiplier of the conditioning encoder and perceiver.")
-    dropout: float = opt(-1.0, "Dropout of the GPT-2 layers while training (-1: the base model's, 0.1 in XTTS-v2).")
+    dropout: float = opt(
+        -1.0, "Dropout of the GPT-2 layers while training (-1: the base model's, 0.1 in XTTS-v2).")
     extend_vocab: bool = opt(
-        False, "Extend the BPE vocabulary with the characters (and merges for the words) of the transcripts that it "
-        "cannot encode (new scripts, accented names); text_embedding and text_head grow, new rows start at the mean "
-        "of the old ones. The run keeps the extended vocab.json and export writes it.")
+        False, "Extend the BPE vocabulary with the characters (and merges for the words) of the transcripts "
+        "that it cannot encode (new scripts, accented names); text_embedding and text_head grow, new rows "
+        "start at the mean of the old ones. The run keeps the extended vocab.json and export writes it.")
     extend_vocab_size: int = opt(
-        256, "At most this many new tokens from --extend-vocab (every missing character is added regardless).", low=1)
+        256, "At most this many new tokens from --extend-vocab (every missing character is added "
+        "regardless).", low=1)
     fast_loss: bool = opt(
-        True, "Packed GPT forward for the training loss (padding at the end of each row, so attention needs no "
-        "mask and runs the flash kernel; same loss as coqui-tts's GPT.forward). false: coqui-tts's GPT.forward.",
-        resumable=True)
+        True, "Packed GPT forward for the training loss (padding at the end of each row, so attention needs "
+        "no mask and runs the flash kernel; same loss as coqui-tts's GPT.forward). false: coqui-tts's "
+        "GPT.forward.", resumable=True)
     attention: str = opt(
         "sdpa", "Attention kernels: sdpa (fused scaled_dot_product_attention) or eager (the original math).",
         choices=("sdpa", "eager"), resumable=True)
     compile_scope: str = opt(
         "layers", "What one compiled graph covers: layers (one transformer layer, reused by all 30, plus the "
-        "conditioning encoder and the loss head: compiles in seconds) or model (the whole loss: fewer launches, "
-        "minutes of compiling per padded length).", choices=("layers", "model"), resumable=True)
+        "conditioning encoder and the loss head: compiles in seconds) or model (the whole loss: fewer "
+        "launches, minutes of compiling per padded length).", choices=("layers", "model"), resumable=True)
     pad_multiple: int = opt(
-        64, "Pad each batch's sequence length up to a multiple of this (1: no padding), so that a compiled graph "
-        "is reused; padding is ignored by the loss.", low=1, resumable=True)
+        64, "Pad each batch's sequence length up to a multiple of this (1: no padding), so that a compiled "
+        "graph is reused; padding is ignored by the loss.", low=1, resumable=True)
     checkpoint_mlp: bool = opt(
         False, "Recompute only each transformer layer's MLP (norm, first projection, activation: its largest "
         "tensors) in the backward pass. Less memory than none at a few percent of speed; unlike "
-        "--gradient-checkpointing it draws no random numbers, so it works with --cuda-graphs. Packed loss only.",
-        resumable=True)
+        "--gradient-checkpointing it draws no random numbers, so it works with --cuda-graphs. Packed loss "
+        "only.", resumable=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,16 +80,18 @@ class XttsOptions(BackendOptions):
         unknown = sorted(set(split_names(self.freeze)) - set(PARTS))
         _check(not unknown, f"freeze: unknown part(s) {unknown}; choose from {list(PARTS)}; fix --freeze")
         for name in ("lr_text_mult", "lr_audio_mult", "lr_cond_mult"):
-            _check(getattr(self, name) > 0,
-                   f"{name} must be > 0 (to stop a part training use --freeze); fix --{name.replace('_', '-')}")
-        _check(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0, "dropout must be -1 or lie in [0, 1); fix --dropout")
+            flag = "--" + name.replace("_", "-")
+            _check(getattr(self, name) > 0, f"{name} must be > 0 (to stop a part training use --freeze); fix {flag}")
+        _check(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0,
+               "dropout must be -1 or lie in [0, 1); fix --dropout")
         _check(not self.checkpoint_mlp or self.fast_loss,
                "checkpoint_mlp works on the packed loss; set --fast-loss (or drop --checkpoint-mlp)")
 
     def validate(self, cfg: TrainConfig) -> None:
         _check(not (self.checkpoint_mlp and cfg.gradient_checkpointing),
                "--gradient-checkpointing recomputes whole layers, MLPs included; drop --checkpoint-mlp")
-        _check(self.fast_loss or cfg.compile != "on", "compile needs the packed loss; set --fast-loss or --compile off")
+        _check(self.fast_loss or cfg.compile != "on",
+               "compile needs the packed loss; set --fast-loss or --compile off")
         _check(cfg.finetune == "lora" or bool(set(PARTS) - set(split_names(self.freeze))),
                "--freeze names every part: nothing would train; remove some, or use --finetune lora")
 

@@ -1,6 +1,7 @@
 """Named parts of the XTTS GPT: what ``--freeze`` accepts and which per-part learning-rate multiplier applies.
 
-Kept free of heavy imports: :mod:`.options` validates ``--freeze`` and ``--lora-targets`` against these up front.
+Kept free of heavy imports: :mod:`.options` validates ``--freeze`` and ``--lora-targets`` against these up
+front.
 """
 
 from __future__ import annotations

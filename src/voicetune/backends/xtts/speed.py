@@ -376,7 +376,8 @@ class SpeedSettings:
     pad_multiple: int
     recompute: str  # what the backward pass recomputes (TrainConfig.recompute)
     param_dtype: torch.dtype
-    cuda_graphs_excluded: bool = True  # the training loop will not capture CUDA graphs (Backend.configure_training)
+    # the training loop will not capture CUDA graphs (Backend.configure_training)
+    cuda_graphs_excluded: bool = True
 
     @classmethod
     def resolve(cls, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> SpeedSettings:
@@ -394,7 +395,8 @@ class SpeedSettings:
                              f"on {device}; set precision: bf16")
         return cls(
             fast_loss=bool(opts.fast_loss), attention=opts.attention, compile=compile_on,
-            compile_mode=cfg.compile_mode, compile_scope=opts.compile_scope, pad_multiple=int(opts.pad_multiple),
+            compile_mode=cfg.compile_mode, compile_scope=opts.compile_scope,
+            pad_multiple=int(opts.pad_multiple),
             recompute=cfg.recompute,
             param_dtype=torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32,
             cuda_graphs_excluded=not cuda_graphs,
@@ -453,8 +455,8 @@ class GptTrainingSpeed:
         # The flat-buffer loss (module doc) replaces the whole-loss path; a per-layer compiled block would see
         # the split-out weights as ordinary inputs (copied into CUDA graphs every step), so not with "layers".
         # Under CUDA graphs (the loop's decision, passed in by Backend.configure_training) per-parameter
-        # accumulation costs no host time and frees each gradient as it goes, where the flat form holds a whole
-        # flat gradient extra at the end of backward.
+        # accumulation costs no host time and frees each gradient as it goes, where the flat form holds a
+        # whole flat gradient extra at the end of backward.
         self._flat_allowed = (settings.fast_loss and (not settings.compile or settings.compile_scope == "model")
                               and settings.cuda_graphs_excluded)
         self._module = PackedLossModule(gpt)
@@ -536,9 +538,10 @@ class GptTrainingSpeed:
                 handle.remove()
 
 
-def configure_training(gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> GptTrainingSpeed:
-    """Resolve ``cfg``'s speed options for ``device`` and apply them to ``gpt`` (before the optimizer is built);
-    ``cuda_graphs``: whether the training loop will capture micro-batches in CUDA graphs."""
+def configure_training(gpt: Any, cfg: Any, device: torch.device,
+                       cuda_graphs: bool = False) -> GptTrainingSpeed:
+    """Resolve ``cfg``'s speed options for ``device`` and apply them to ``gpt`` (before the optimizer is
+    built); ``cuda_graphs``: whether the training loop will capture micro-batches in CUDA graphs."""
     return GptTrainingSpeed(gpt, SpeedSettings.resolve(cfg, device, cuda_graphs))
 
 
