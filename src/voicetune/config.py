@@ -384,6 +384,10 @@ class TrainConfig:
         low=0, basic=True, resumable=True)
     keep_last: int = opt(3, "Keep this many most recent step checkpoints on disk.", low=1, resumable=True)
     log_every: int = opt(1, "Log losses every N optimizer steps.", low=1, resumable=True)
+    console_every: int = opt(
+        10, "Print a training line to the console every N optimizer steps (and at the first and last step; "
+        "the progress bar shows every step). metrics.jsonl, TensorBoard and train.log follow --log-every.",
+        low=1, resumable=True)
     seed: int = opt(1, "Seed for data order and initialisation.", basic=True)
     device: str = opt("auto", "auto, cpu or cuda (or cuda:N).", basic=True, resumable=True)
     # Speed and memory (benchmarks/README.md has the measurements behind the defaults).

@@ -5,11 +5,14 @@ Layout::
     RUN_DIR/
       run.json                 backend, base folder, dataset folder (absolute), versions, seed, and "training":
                                clips kept/dropped (by reason), padding, global batch, what trains
-      vocab.json               the extended vocabulary (only with --extend-vocab) config.yaml              the
-      TrainConfig metrics.jsonl            one JSON object per logged step (and per evaluation) tensorboard/
-      event files features/                cached model-ready features (by content hash) checkpoints/step_N/
-      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler, RNG,
-                               data position), meta.json (step, epoch, losses)
+      vocab.json               the extended vocabulary (only with --extend-vocab)
+      config.yaml              the TrainConfig
+      metrics.jsonl            one JSON object per logged step (and per evaluation)
+      train.log                everything `voicetune train` logged: every step, warnings, tracebacks
+      tensorboard/             event files
+      features/                cached model-ready features (by content hash)
+      checkpoints/step_N/      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer,
+                               scheduler, RNG, data position), meta.json (step, epoch, losses)
       checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
       checkpoints/best         text file naming the checkpoint with the best evaluation (never pruned)
       best.json                why it is best: step, composite score, metrics vs the baseline

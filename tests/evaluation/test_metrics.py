@@ -160,7 +160,7 @@ def test_pesq_and_stoi_high_on_identical_and_lower_on_noisy(piper):
 
 
 def test_pesq_of_silence_is_nan_with_a_logged_reason(piper, caplog):
-    with caplog.at_level("INFO", logger="voicetune.evaluation.metrics"):
+    with caplog.at_level("DEBUG", logger="voicetune.evaluation.metrics"):
         assert math.isnan(M.pesq_wb(np.zeros(SR * 2, np.float32), np.zeros(SR * 2, np.float32), SR))
     assert "PESQ undefined" in caplog.text
 

@@ -49,29 +49,32 @@ class _Lines(__import__("logging").Handler):
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
+        self.levels: list[int] = []
 
     def emit(self, record) -> None:  # noqa: ANN001
         self.lines.append(record.getMessage())
+        self.levels.append(record.levelno)
 
 
 @pytest.fixture(scope="session")
 def reference_run(tiny_dataset, tiny_base, tmp_path_factory):
-    """An uninterrupted 6-step run (checkpoints at 3 and 6, a memory line every 2 steps) and its log lines."""
+    """An uninterrupted 6-step run (checkpoints at 3 and 6, a memory line every 2 steps, a console line every
+    4) and its log lines (with their levels: INFO reaches the console, DEBUG only the log file)."""
     import logging
 
     from voicetune.training.loop import train
 
     handler, log = _Lines(), logging.getLogger("voicetune.training")
     old = log.level
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)
     log.addHandler(handler)
     try:
         result = train(tiny_dataset, tiny_base, tmp_path_factory.mktemp("reference") / "run", max_steps=6,
-                       save_every=3, mem_every=2, **TRAIN)
+                       save_every=3, mem_every=2, console_every=4, **TRAIN)
     finally:
         log.removeHandler(handler)
         log.setLevel(old)
-    return result, handler.lines
+    return result, list(zip(handler.levels, handler.lines, strict=True))
 
 
 @pytest.fixture

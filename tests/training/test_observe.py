@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from voicetune.run import RunInfo
-from voicetune.training.observe import mem_line, peak_flops, progress_text, step_flops
+from voicetune.training.observe import format_duration, mem_line, peak_flops, progress_text, step_flops
 
 STEP_FIELDS = {"loss", "text_ce", "mel_ce", "lr", "grad_norm", "samples_per_s", "audio_s_per_s", "tokens", "eta_s",
                "epoch", "micro_batch", "step_seconds", "mem_rss_gib"}
@@ -28,15 +28,21 @@ def test_every_logged_step_carries_rates_eta_and_memory(reference_run):
     assert [r["epoch"] for r in records] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
 
 
-def test_the_console_gets_progress_lines_and_parseable_memory_lines(reference_run):
-    _, lines = reference_run
-    steps = [line for line in lines if line.startswith("step ")]
-    assert len(steps) == 6
-    assert re.search(r"loss \d+\.\d+ \(text [\d.]+ mel [\d.]+\) lr [\d.e+-]+ [\d.]+ samples/s \d+ audio-s/s "
-                     r"ETA \d+:\d\d:\d\d", steps[0]), steps[0]
+def test_the_console_gets_a_line_every_n_steps_the_log_file_every_step(reference_run):
+    import logging
+
+    _, records = reference_run
+    steps = [(level, line) for level, line in records if line.startswith("step ")]
+    assert [int(line.split()[1].split("/")[0]) for _, line in steps] == [1, 2, 3, 4, 5, 6]
+    # console_every=4: the first step, every 4th and the last at INFO (console); others at DEBUG (log file)
+    assert [line.split()[1] for level, line in steps if level == logging.INFO] == ["1/6", "4/6", "6/6"]
+    assert re.search(r"loss \d+\.\d{3} \(text \d+\.\d{3}, mel \d+\.\d{3}\) · lr [\d.]+e-\d\d · "
+                     r"[\d.]+ samples/s · [\d.]+ audio-s/s · ETA \d+ s$", steps[0][1]), steps[0][1]
+    lines = [line for _, line in records]
     mem = [line for line in lines if line.startswith("[mem]")]
     assert [int(re.match(r"\[mem\] step=(\d+) rss_gib=\d+\.\d\d$", m).group(1)) for m in mem] == [2, 4, 6]
     assert any("global batch 2 = batch 2 x accumulation 1 x 1 process" in line for line in lines)
+    assert not any("SpeedSettings(" in line for line in lines)  # no raw dataclass dumps
 
 
 def test_tensorboard_gets_the_same_fields(reference_run):
@@ -64,8 +70,9 @@ def test_memory_line_and_progress_text_formats():
     text = progress_text({"loss": 1.5, "text_ce": 2.0, "mel_ce": 1.4, "lr": 5e-6, "samples_per_s": 30.0,
                           "audio_s_per_s": 200.0, "eta_s": 3725, **cuda, "mfu": 0.42},
                          {"text_ce": "text", "mel_ce": "mel"})  # the backend's loss parts, name -> label
-    assert text == ("loss 1.5000 (text 2.000 mel 1.400) lr 5.00e-06 30.0 samples/s 200 audio-s/s ETA 1:02:05 "
-                    "mem 3.2/4.0 GiB MFU 42%")
+    assert text == ("loss 1.500 (text 2.000, mel 1.400) · lr 5.0e-06 · 30.0 samples/s · 200.0 audio-s/s · "
+                    "ETA 1 h 02 min · mem 3.2/4.0 GiB · MFU 42%")
+    assert [format_duration(s) for s in (0, 8.4, 200, 3725)] == ["0 s", "8 s", "3 min 20 s", "1 h 02 min"]
 
 
 def test_model_flops_follow_six_times_params_times_tokens_for_full_training():

@@ -195,13 +195,13 @@ def pesq_wb(generated: AudioLike, reference: AudioLike, sr: int | None = None) -
     gen = audio_at(generated, sr, 16000)
     ref = audio_at(reference, sr, 16000)
     if min(len(gen), len(ref)) < 16000 // 4:
-        logger.info("PESQ undefined: a clip is shorter than 0.25 s")
+        logger.debug("PESQ undefined: a clip is shorter than 0.25 s")
         return float("nan")
     ref, gen = _same_length(ref, gen)
     try:
         return float(pesq(16000, ref.astype(np.float64), gen.astype(np.float64), "wb"))
     except PesqError as e:
-        logger.info("PESQ undefined: %s: %s", type(e).__name__, e)
+        logger.debug("PESQ undefined: %s: %s", type(e).__name__, e)
         return float("nan")
 
 

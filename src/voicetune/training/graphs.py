@@ -106,7 +106,8 @@ def build(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precisio
     if why:
         if setting == "on":
             raise ValueError(f"--cuda-graphs on: {why}")
-        logger.info("CUDA graphs off: %s", why)
+        # on a CPU there is nothing to say; on a GPU the reason matters
+        logger.log(logging.INFO if device.type == "cuda" else logging.DEBUG, "CUDA graphs off: %s", why)
         return None
     from voicetune.utils.device import autocast
 

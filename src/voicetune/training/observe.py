@@ -77,10 +77,14 @@ def mem_line(step: int, mem: dict[str, float]) -> str:
     return f"[mem] step={step} {fields}"
 
 
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+def format_duration(seconds: float) -> str:
+    """A duration as people say it: "8 s", "3 min 20 s", "2 h 05 min"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 @dataclass
@@ -94,6 +98,10 @@ class Meter:
     trainable: int
     peak: float | None
     t0: float = field(default_factory=time.perf_counter)
+
+    def restart(self) -> None:
+        """Measure from now (the first training step): set-up and the baseline evaluation are not training."""
+        self.t0 = time.perf_counter()
 
     def record(
         self, step: int, step_seconds: float, samples: int, audio_seconds: float, tokens: int, world: int
@@ -113,15 +121,22 @@ class Meter:
 
 
 def progress_text(parts: dict[str, float], loss_parts: dict[str, str] | None = None) -> str:
-    """The one-line training status the CLI shows next to its progress bar (starts with "loss")."""
-    text = f"loss {parts['loss']:.4f}"
+    """The one-line training status of the console (starts with "loss"), e.g.
+    ``loss 1.029 (text 4.541, mel 0.983) · lr 2.0e-04 · 15.1 samples/s · 48.2 audio-s/s · ETA 3 min 20 s``."""
+    text = f"loss {parts['loss']:.3f}"
     shown = [f"{label} {parts[name]:.3f}" for name, label in (loss_parts or {}).items() if name in parts]
     if shown:  # the backend's loss parts (Backend.loss_parts: name -> label)
-        text += f" ({' '.join(shown)})"
-    text += f" lr {parts.get('lr', 0):.2e} {parts.get('samples_per_s', 0):.1f} samples/s"
-    text += f" {parts.get('audio_s_per_s', 0):.0f} audio-s/s ETA {format_eta(parts.get('eta_s', 0))}"
+        text += f" ({', '.join(shown)})"
+    text += f" · lr {parts.get('lr', 0):.1e} · {parts.get('samples_per_s', 0):.1f} samples/s"
+    text += f" · {parts.get('audio_s_per_s', 0):.1f} audio-s/s · ETA {format_duration(parts.get('eta_s', 0))}"
     if "mem_alloc_gib" in parts:
-        text += f" mem {parts['mem_alloc_gib']:.1f}/{parts['mem_peak_gib']:.1f} GiB"
+        text += f" · mem {parts['mem_alloc_gib']:.1f}/{parts['mem_peak_gib']:.1f} GiB"
     if "mfu" in parts:
-        text += f" MFU {100 * parts['mfu']:.0f}%"
+        text += f" · MFU {100 * parts['mfu']:.0f}%"
     return text
+
+
+def bar_text(parts: dict[str, float]) -> str:
+    """The short status next to the progress bar: loss, rates and the run's ETA (evaluations included)."""
+    return (f"loss {parts['loss']:.3f} · {parts.get('samples_per_s', 0):.1f} samples/s · "
+            f"{parts.get('audio_s_per_s', 0):.1f} audio-s/s · ETA {format_duration(parts.get('eta_s', 0))}")

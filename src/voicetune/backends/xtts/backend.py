@@ -531,4 +531,4 @@ class XttsBackend(Backend):
                     shutil.copyfile(self._files[name], tmp)
             else:
                 atomic_torch_save({}, out / name)
-        logger.info("exported the XTTS-v2 model to %s", out)
+        logger.debug("exported the XTTS-v2 model to %s", out)

@@ -312,7 +312,7 @@ def build_feature_store(
     total = len(clips)
     for n, clip in enumerate(clips):
         if progress:
-            progress(n, total, "XTTS features")
+            progress(n, total, "features: XTTS audio codes and conditioning")
         target, n_codes, status = _clip_features(clip, cache, extractor)
         if target is None:
             logger.warning("skipping clip %s: %s", clip.audio_path, status)
@@ -323,7 +323,7 @@ def build_feature_store(
         computed += status == "computed"
         reused += status == "reused"
     if progress:
-        progress(total, total, "XTTS features")
+        progress(total, total, "features: XTTS audio codes and conditioning")
     if dropped:
         logger.warning("dropped %d of %d clips (see the warnings above)", len(dropped), total)
     logger.info("XTTS features: %d computed, %d reused from %s", computed, reused, cache)

@@ -379,6 +379,17 @@ class SpeedSettings:
     # the training loop will not capture CUDA graphs (Backend.configure_training)
     cuda_graphs_excluded: bool = True
 
+    def describe(self) -> str:
+        """One readable line, e.g. "packed loss, SDPA attention, no compile, padding to 64, fp32 weights"."""
+        parts = ["packed loss" if self.fast_loss else "coqui's loss", f"{self.attention.upper()} attention",
+                 f"torch.compile ({self.compile_mode}, {self.compile_scope})" if self.compile
+                 else "no compile",
+                 f"padding to multiples of {self.pad_multiple}",
+                 "bf16 weights" if self.param_dtype == torch.bfloat16 else "fp32 weights"]
+        if self.recompute != "none":
+            parts.append(f"recomputing {self.recompute} in backward")
+        return ", ".join(parts)
+
     @classmethod
     def resolve(cls, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> SpeedSettings:
         """``cuda_graphs``: the training loop will capture micro-batches in CUDA graphs (its decision)."""
@@ -462,7 +473,7 @@ class GptTrainingSpeed:
         self._module = PackedLossModule(gpt)
         self._flat: FlatLayout | None = None
         self._flat_fn: Any = None
-        logger.info("XTTS training speed settings: %s", settings)
+        logger.info("XTTS training speed settings: %s", settings.describe())
 
     def _flat_loss(self) -> tuple[FlatLayout, Any] | None:
         """The flat-buffer loss and its layout, when the optimizer keeps the weights in flat buffers."""
