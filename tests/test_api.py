@@ -4,7 +4,8 @@ import importlib
 
 import voicetune
 
-STAGES = ["prepare", "make_tiny_base", "train", "evaluate", "export", "synthesize", "doctor", "demo"]
+STAGES = ["prepare", "make_tiny_base", "train", "evaluate", "export", "synthesize", "doctor", "check_stack",
+          "demo"]
 
 
 def test_stage_functions_stay_callable_after_every_module_is_imported():

@@ -5,7 +5,8 @@ imports included, and ``importlib.import_module("voicetune...")`` with a literal
 
     8  cli, ui                       entry points: arguments / widgets -> library calls
     7  finetune, packaging,          stages built on everything below (train with in-loop evaluation,
-       synthesis, preflight,         export, synthesis, doctor, the demo)
+       synthesis, preflight,         export, synthesis, doctor (stackcheck), the demo, the model card)
+       stackcheck, modelcard
        demo_pipeline, demo_audio
     6  evaluation                    probe-set evaluation, selection, report, re-scoring
     5  training                      the loop, step engine, optimizers, resume, autotune
@@ -34,6 +35,7 @@ RANKS: dict[str, int] = {
     "training": 5,
     "evaluation": 6,
     "finetune": 7, "packaging": 7, "synthesis": 7, "preflight": 7, "demo_pipeline": 7, "demo_audio": 7,
+    "stackcheck": 7, "modelcard": 7,
     "cli": 8, "ui": 8,
 }
 

@@ -9,6 +9,7 @@ The stages are library functions; the CLI and the web UI only call them::
     voicetune.evaluate("run/")
     voicetune.export("run/", "package/")
     voicetune.synthesize("package/", "Hello there.", "hello.wav")
+    voicetune.check_stack().ok          # does the installed stack work? (what `voicetune doctor` runs)
 
 Nothing heavy is imported until a stage is called.
 """
@@ -28,6 +29,7 @@ _API = {
     "export": "voicetune.packaging:export",
     "synthesize": "voicetune.synthesis:synthesize",
     "doctor": "voicetune.preflight:doctor",
+    "check_stack": "voicetune.stackcheck:check_stack",
     "demo": "voicetune.demo_pipeline:demo",
 }
 

@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from voicetune.stackcheck import StackCheck
+
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
@@ -26,6 +28,7 @@ class Check:
 class DoctorReport:
     checks: list[Check] = field(default_factory=list)
     recommendations: list[str] = field(default_factory=list)
+    stack: StackCheck | None = None  # the stack check's full result (tracebacks of failed components)
 
     def add(self, name: str, status: str, detail: str) -> None:
         self.checks.append(Check(name, status, detail))
@@ -164,10 +167,26 @@ def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, backend_n
     r.recommendations.append(rec.text() + "\n    (voicetune train --auto measures and applies this itself)")
 
 
+def _check_stack(r: DoctorReport) -> None:
+    """Synthesis, ASR, speaker encoder and MOS actually run (voicetune.stackcheck), with the versions."""
+    from voicetune.stackcheck import check_stack
+
+    stack = r.stack = check_stack()
+    r.add("versions", "pass", stack.versions_line())
+    for c in stack.results:
+        r.add(f"stack: {c.component}", "pass" if c.ok else "fail", c.line())
+    failed = "" if stack.ok else f"; FAILED: {', '.join(c.component for c in stack.failures)}"
+    r.add("stack check", "pass" if stack.ok else "fail",
+          f"{len(stack.results)} components in {stack.seconds:.1f} s on the CPU (reference speech: "
+          f"{stack.reference}){failed}")
+
+
 def doctor(base: Path | None = None, workdir: Path | None = None, dataset: Path | None = None,
-           backend: str = "xtts") -> DoctorReport:
+           backend: str = "xtts", stack: bool = True) -> DoctorReport:
     """Run every check and return the report (the CLI prints ``report.text()``).
 
+    ``stack``: also check that the stack works, not only that it is installed (:mod:`voicetune.stackcheck`:
+    a tiny XTTS model synthesizes a sentence; ASR, speaker encoder and MOS score it; a few seconds).
     ``base`` is checked against ``backend``'s layout (a registered backend). With ``base`` and ``dataset``, a
     short training dry run on the GPU measures peak memory at growing batch sizes and recommends batch size,
     accumulation, precision and checkpointing (voicetune.training.autotune).
@@ -179,6 +198,8 @@ def doctor(base: Path | None = None, workdir: Path | None = None, dataset: Path 
     _check_gpu(r)
     _check_packages(r)
     _check_asr(r)
+    if stack:
+        _check_stack(r)
     if base is not None:
         _check_base(r, Path(base), backend)
     if dataset is not None:
