@@ -29,6 +29,7 @@ from voicetune.audio.io import audio_duration
 from voicetune.backends.base import Backend, Progress, Waveform
 from voicetune.data.manifest import Clip, Dataset
 from voicetune.evaluation import metrics as M
+from voicetune.utils.errors import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,15 @@ def render(
         for i, wav in enumerate(results, start):
             out.append(_render(wav, seconds, what, i))
         if progress:
-            progress(done + len(out), total or len(texts), f"{what} {len(out)}/{len(texts)}")
+            progress(done + len(out), total or len(texts), what)
+    errors = collections.Counter(r.error for r in out if r.error)
+    if errors:  # one line, not one per sentence (the tracebacks are in the log file); when EVERY sentence
+        # failed, the callers treat it as a software error (suite.synthesis_failure), not a quality result
+        common, count = errors.most_common(1)[0]
+        n_failed = sum(errors.values())
+        others = "" if count == n_failed else f" ({count}x; {len(errors) - 1} other errors)"
+        logger.warning("%s: %d of %d sentences failed to synthesize: %s%s", what, n_failed, len(out), common,
+                       others)
     return out
 
 
@@ -149,8 +158,9 @@ def _render(wav: Waveform | Exception, seconds: float, what: str, i: int) -> Ren
         if np.all(np.isfinite(audio)):  # clipped: the Waveform contract; scored exactly as it is written
             return Render(np.clip(audio, -1.0, 1.0), int(wav.sample_rate), dict(wav.meta or {}), seconds)
         wav = ValueError("synthesized audio contains NaN or infinite samples")
-    logger.warning("%s: sentence %d failed to synthesize: %s: %s", what, i, type(wav).__name__, wav)
-    return Render(None, 0, {}, seconds, f"{type(wav).__name__}: {wav}")
+    error = one_line(wav)  # type, message and where it was raised
+    logger.debug("%s: sentence %d failed to synthesize: %s", what, i, error, exc_info=wav)
+    return Render(None, 0, {}, seconds, error)
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -194,6 +204,8 @@ def score(
                 error=r.error,
             )
             rows.append(row)
+            if progress:
+                progress(done + i + 1, total or len(renders), what)
             continue
         audio, sr = r.audio, r.sample_rate
         hyp = M.transcribe_text(asr, M.audio_at(audio, sr, 16000), lang)
@@ -220,7 +232,7 @@ def score(
         )
         rows.append(row)
         if progress:
-            progress(done + i + 1, total or len(renders), f"score {what} {i + 1}/{len(renders)}")
+            progress(done + i + 1, total or len(renders), what)
     return {
         "aggregate": aggregate(rows, [c.text for c in material.sentences], lang, intrusive),
         "per_sentence": rows,
@@ -241,12 +253,16 @@ def aggregate(
     }
     if intrusive:
         agg.update({k: M.nanmean([r[k] for r in rows]) for k in ("mcd", "pesq", "stoi")})
+    errors = collections.Counter(r["error"] for r in rows if r.get("error"))
     agg.update(
         {
             "failure_rate": sum(1 for r in rows if r["flags"]) / max(1, len(rows)),
             "failures": dict(flags),
             "duration_ratio": M.nanmean([r["duration_ratio"] for r in rows]),
             "n_sentences": len(rows),
+            # sentences that could not be synthesized at all, and why (error -> count)
+            "synthesis_errors": sum(errors.values()),
+            "errors": dict(errors),
         }
     )
     audio_s = sum(r["duration"] for r in rows)

@@ -46,8 +46,10 @@ from voicetune.evaluation.suite import (
     build_probe_set,
     eval_docs,
     load_doc,
+    partial_errors,
     run_evaluation,
     selection_rules,
+    synthesis_failure,
     warm_up,
     write_baseline,
     write_best_json,
@@ -91,10 +93,12 @@ def describe(aggregate: dict[str, Any], baseline: dict[str, Any] | None = None) 
     b = baseline or {}
     n = aggregate.get("n_sentences") or 0
     failed = round((aggregate.get("failure_rate") or 0) * n)
+    errors = aggregate.get("synthesis_errors") or 0
     return (
         f"similarity {_fmt_delta(aggregate.get('speaker_similarity'), b.get('speaker_similarity'), '{:.3f}')}  "
         f"WER {_fmt_delta(aggregate.get('wer'), b.get('wer'), '{:.3f}')}  "
-        f"MOS {_fmt_delta(aggregate.get('mos'), b.get('mos'), '{:.2f}')}  failures {failed}/{n}"
+        f"MOS {_fmt_delta(aggregate.get('mos'), b.get('mos'), '{:.2f}')}  flagged {failed}/{n}"
+        + (f"  NOT SYNTHESIZED {errors}/{n}" if errors else "")
     )
 
 
@@ -114,6 +118,7 @@ class InLoopEvaluator(TrainCallback):
         self.evaluations: list[dict[str, Any]] = []  # {"step", "seconds", "composite"} per evaluation
         self.skipped: list[int] = []
         self.stop_reason = ""
+        self.error = ""  # a software error that stopped the run (every sentence failed to synthesize)
         self.warnings: list[str] = []
         self._writer: Any = None
         self._t_train = 0.0
@@ -158,7 +163,12 @@ class InLoopEvaluator(TrainCallback):
                 ev = run_evaluation(state.backend, self.probe_set, self.scorer, BASELINE, 0, self.progress)
                 real = self.scorer.score_real()
         if reused is None:
-            self.baseline_doc = write_baseline(run_dir / "eval" / BASELINE, self.probe_set, ev, real, self.info)
+            error = synthesis_failure(ev, state.backend.name)
+            info = {**self.info, "error": error} if error else self.info
+            self.baseline_doc = write_baseline(run_dir / "eval" / BASELINE, self.probe_set, ev, real, info)
+            if error:  # a software error: no step is taken (the loop raises SoftwareError with it)
+                self._fail(state, error)
+                return
             self._estimate = ev.seconds
         else:
             self.baseline_doc = reused
@@ -172,6 +182,7 @@ class InLoopEvaluator(TrainCallback):
             logger.info("baseline (base model, zero-shot) on %d sentences (%d eval-split, %d probes) in %.1f s: %s",
                         len(self.probe_set.texts), self.probe_set.n_eval, len(self.probe_set.probes),
                         self._baseline_seconds, describe(base_agg))
+            self._warn_partial(BASELINE, base_agg)
         else:
             self._replay(resumed_from)
         self._t_train = time.perf_counter()
@@ -219,6 +230,17 @@ class InLoopEvaluator(TrainCallback):
         name = f"step_{step}"
         with preserved_rng():
             ev = run_evaluation(state.backend, self.probe_set, self.scorer, name, step, self.progress)
+        error = synthesis_failure(ev, state.backend.name)
+        if error:  # never scored, never the best: the loop saves this step, stops, and train() raises
+            write_evaluation(self.run_dir / "eval" / name, self.probe_set, ev, self.baseline_doc,
+                             selection={"composite": None},
+                             info={**self.info, "checkpoint": name, "error": error})
+            seconds = time.perf_counter() - t0
+            self._eval_seconds += seconds
+            self.evaluations.append({"step": step, "seconds": round(seconds, 3), "composite": None,
+                                     "error": error})
+            self._fail(state, error)
+            return
         assert self.selector is not None
         decision = self.selector.update(step, ev.aggregate)
         self._aggregates[step] = ev.aggregate
@@ -237,6 +259,7 @@ class InLoopEvaluator(TrainCallback):
         for w in decision.warnings:
             logger.warning("step %d: %s", step, w)
             self.warnings.append(f"step {step}: {w}")
+        self._warn_partial(f"step {step}", ev.aggregate)
         if decision.is_best:
             self.pending_best = decision
             state.save_requested = True
@@ -273,6 +296,7 @@ class InLoopEvaluator(TrainCallback):
             "stop_reason": self.stop_reason,
             "warnings": self.warnings,
             "best_step": self.best.step if self.best else None,
+            "error": self.error,
         }
         atomic_write_json(self.run_dir / "eval" / "in_loop.json", summary)
         logger.info("in-loop evaluation: %d evaluations (%d skipped), %.1f s of %.1f s training wall time "
@@ -281,13 +305,31 @@ class InLoopEvaluator(TrainCallback):
                     self._baseline_seconds)
         if self._writer is not None:
             self._writer.close()
+        self._write_report()
+
+    def _write_report(self) -> None:
         from voicetune.evaluation.report import text_report, write_report
 
         try:
             path = write_report(self.run_dir)
-            logger.info("report: %s\n%s", path, text_report(self.run_dir))
+            logger.info("report: %s", path)
+            logger.debug("%s", text_report(self.run_dir))  # the CLI prints it; the log file keeps it too
         except (OSError, ValueError, RuntimeError) as e:  # a broken plot must not fail a finished run
             logger.warning("could not write the report of %s: %s", self.run_dir, e)
+
+    def _fail(self, state: Any, error: str) -> None:
+        """A software error: tell the loop to stop (it saves this step's checkpoint) and train() to raise."""
+        logger.error("%s", error)
+        self.error = self.stop_reason = error
+        state.error, state.should_stop, state.stop_reason = error, True, error
+        if state.step == 0:  # the baseline: training never starts, so on_train_end will not run
+            self._write_report()
+
+    def _warn_partial(self, name: str, aggregate: dict[str, Any]) -> None:
+        warning = partial_errors(name, aggregate)
+        if warning:
+            logger.warning("%s", warning)
+            self.warnings.append(warning)
 
     # --------------------------------------------------------------------------------- internals
 

@@ -23,7 +23,7 @@ from voicetune.backends.base import Backend, Progress
 from voicetune.backends.registry import detect_backend, get_backend, load_train_config
 from voicetune.config import ConfigError, EvalOptions, TrainConfig
 from voicetune.data.manifest import Dataset
-from voicetune.evaluation.harness import TABLE_METRICS
+from voicetune.evaluation.harness import TABLE_METRICS, EvalError
 from voicetune.evaluation.selection import Selector, best_of, replay
 from voicetune.evaluation.suite import (
     BASELINE,
@@ -35,6 +35,7 @@ from voicetune.evaluation.suite import (
     load_doc,
     run_evaluation,
     selection_rules,
+    synthesis_failure,
     write_baseline,
     write_best_json,
     write_evaluation,
@@ -110,11 +111,13 @@ def _baseline(
 ) -> dict[str, Any]:
     """The baseline of this protocol: reused when eval_root holds one with the same key, else rendered."""
     doc = load_doc(eval_root / BASELINE / "metrics.json")
-    if doc and doc.get("protocol", {}).get("key") == probe_set.key():
+    if doc and doc.get("protocol", {}).get("key") == probe_set.key() and not doc.get("error"):
         logger.info("baseline reused from %s", eval_root / BASELINE)
         return doc
     ev = run_evaluation(backend, probe_set, scorer, BASELINE, 0, progress)
-    return write_baseline(eval_root / BASELINE, probe_set, ev, scorer.score_real(), info)
+    error = synthesis_failure(ev, backend.name)
+    return write_baseline(eval_root / BASELINE, probe_set, ev, scorer.score_real(),
+                          {**info, "error": error} if error else info)
 
 
 def rescore_run(
@@ -152,26 +155,42 @@ def rescore_run(
     base_info = {"backend": info.backend, "base_model": info.base, "dataset": info.dataset,
                  "asr_model": scorer.asr_name}
     baseline_doc = _baseline(eval_root, probe_set, scorer, backend, base_info, progress)
+    if baseline_doc.get("error"):  # nothing to compare the checkpoints with: stop here, loudly
+        _fail(run_dir, eval_root, [baseline_doc["error"]])
     rules = selection_rules(cfg.eval)
     scorer0 = Selector(baseline_doc["base"]["aggregate"], rules, _real_similarity(baseline_doc))
-    docs = {}
+    docs, errors = {}, []
     for ckpt in ckpts:
         backend.load_trained(trainable_path(ckpt))
         step = int(read_meta(ckpt).get("step") or 0)
         ev = run_evaluation(backend, probe_set, scorer, ckpt.name, step, progress)
         composite, parts = scorer0.score(ev.aggregate)
+        error = synthesis_failure(ev, backend.name)
+        if error:
+            errors.append(error)
+            logger.error("%s", error)
         docs[ckpt.name] = write_evaluation(
             eval_root / ckpt.name, probe_set, ev, baseline_doc,
             selection={"composite": composite, "composite_parts": parts, "selection": {"decided_by": "rescore"}},
-            info={**base_info, "checkpoint": ckpt.name})
+            info={**base_info, "checkpoint": ckpt.name, **({"error": error} if error else {})})
         logger.info("%s: composite %+.3f", ckpt.name, composite)
 
     best = _decide_best(run_dir, eval_root, own, baseline_doc, rules, probe_set.key())
+    if errors:
+        _fail(run_dir, eval_root, errors)
     from voicetune.evaluation.report import text_report, write_report
 
     report = write_report(run_dir, eval_root)
     return RescoreResult(run_dir, eval_root, [c.name for c in ckpts], best, report,
                          text_report(run_dir, eval_root), docs)
+
+
+def _fail(run_dir: Path, eval_root: Path, errors: list[str]) -> None:
+    """Write the report (the error at its top) and raise: a software error is never a quality result."""
+    from voicetune.evaluation.report import write_report
+
+    report = write_report(run_dir, eval_root)
+    raise EvalError(f"{errors[0]}{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}; see {report}")
 
 
 def _real_similarity(baseline_doc: dict[str, Any]) -> float | None:
@@ -236,7 +255,11 @@ def evaluate_base(
     ev = run_evaluation(backend, probe_set, scorer, BASELINE, 0, progress)
     info = {"backend": backend_name, "base_model": str(Path(base).resolve()),
             "dataset": str(Path(dataset).resolve()), "asr_model": scorer.asr_name}
-    doc = write_baseline(Path(out), probe_set, ev, scorer.score_real(), info)
+    error = synthesis_failure(ev, backend.name)
+    doc = write_baseline(Path(out), probe_set, ev, scorer.score_real(),
+                         {**info, "error": error} if error else info)
+    if error:
+        raise EvalError(f"{error}; see {Path(out) / 'metrics.json'}")
     return BaseResult(Path(out), doc, base_table(doc))
 
 

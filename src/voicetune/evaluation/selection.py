@@ -27,7 +27,9 @@ Default weights (:class:`ScoreWeights`) and why:
   near silence, repetition). One failing sentence out of 8 costs 0.125, on top of its WER.
 
 A metric that is missing (NaN: e.g. every render silent) where the baseline has a value costs its
-whole weight (-1 x weight), so a broken checkpoint never wins by having nothing to measure.
+whole weight (-1 x weight), so a broken checkpoint never wins by having nothing to measure. An evaluation
+in which every sentence failed to synthesize is a software error, not a measurement: its composite is NaN,
+so it is never the best.
 
 Early stopping (:class:`Selector`): the best score so far must improve by more than ``min_delta``
 within ``patience`` evaluations, else training stops. The WER guard stops (or warns) when an
@@ -80,6 +82,12 @@ class SelectionRules:
             raise ValueError("patience, min_delta and wer_margin must be >= 0")
 
 
+def all_failed(metrics: Mapping[str, Any]) -> bool:
+    """True when every sentence of an evaluation failed to synthesize (synthesis_errors == n_sentences)."""
+    n, errors = metrics.get("n_sentences"), metrics.get("synthesis_errors")
+    return _finite(n) and _finite(errors) and n > 0 and errors >= n
+
+
 def composite_score(
     metrics: Mapping[str, Any],
     baseline: Mapping[str, Any],
@@ -93,6 +101,8 @@ def composite_score(
     similarity (the ceiling); 1.0 when unknown. The baseline itself scores 0.
     """
     parts: dict[str, float] = {}
+    if all_failed(metrics):  # nothing was synthesized: a software error, never a score (nor the best)
+        return math.nan, {name: math.nan for name in ("similarity", "wer", "cer", "mos", "failures")}
     base_sim = baseline.get("speaker_similarity", math.nan)
     ceiling = real_similarity if _finite(real_similarity) else 1.0
     gap = max(ceiling - base_sim, SIMILARITY_GAP_FLOOR) if _finite(base_sim) else 1.0

@@ -28,6 +28,7 @@ Each scored model is ``{"aggregate", "per_sentence", "groups": {"eval": aggregat
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -264,21 +265,50 @@ def run_evaluation(
 ) -> Evaluation:
     """Render the probe set with the backend's CURRENT weights (inference mode, fixed seed) and score it.
 
+    ``progress`` counts sentences: ``(done, n, "eval NAME: rendering")``, then
+    ``(done, n, "eval NAME: scoring")``.
     The backend is left in inference mode; callers switch it back (the training loop does).
     """
     ps = probe_set
     n, label = len(ps.texts), f"eval {name}"
-    # one steady label per evaluation (progress bars are keyed by it): render n, then score n
-    tick = None if progress is None else (lambda done, _total, _what: progress(done, 2 * n, label))
+    if progress:
+        progress(0, n, f"{label}: rendering")
     t0 = time.perf_counter()
     renders = render(backend, ps.texts, ps.material.references, ps.material.language, ps.protocol.seed,
-                     progress=tick, total=2 * n, what=label)
+                     progress=progress, total=n, what=f"{label}: rendering")
     t1 = time.perf_counter()
-    scores = scorer.score(renders, _offset(tick, n), what=label)
-    t2 = time.perf_counter()
     if progress:
-        progress(2 * n, 2 * n, label)
+        progress(0, n, f"{label}: scoring")
+    scores = scorer.score(renders, progress, what=f"{label}: scoring")
+    t2 = time.perf_counter()
     return Evaluation(name, step, scores, renders, t1 - t0, t2 - t1)
+
+
+def synthesis_failure(ev: Evaluation, backend: str) -> str:
+    """The software error of an evaluation in which EVERY sentence failed to synthesize ("" otherwise).
+
+    Such an evaluation measures nothing about voice quality: the callers stop (training) or fail (re-scoring)
+    instead of scoring it, and it never becomes the best checkpoint.
+    """
+    errors = [r.error for r in ev.renders]
+    if not errors or not all(errors):
+        return ""
+    common, count = collections.Counter(errors).most_common(1)[0]
+    also = "" if count == len(errors) else f" ({count} of them; others: {min(set(errors) - {common})})"
+    name = "the baseline" if ev.name == BASELINE else ev.name
+    return (f"{name} evaluation: all {len(errors)} sentences failed to synthesize (component: synthesis, "
+            f"{backend} backend): {common}{also}. This is a software error (a bug or a broken installation; "
+            "`voicetune doctor` checks the stack), not a voice quality result")
+
+
+def partial_errors(name: str, aggregate: dict[str, Any]) -> str:
+    """"step 100: 3 of 8 sentences failed to synthesize: ERROR (3)" when some, not all, failed; else ""."""
+    n, errors = aggregate.get("n_sentences") or 0, aggregate.get("errors") or {}
+    count = sum(errors.values())
+    if not count or count >= n:
+        return ""
+    why = "; ".join(f"{e} ({k}x)" for e, k in sorted(errors.items(), key=lambda t: -t[1]))
+    return f"{name}: {count} of {n} sentences failed to synthesize: {why}"
 
 
 def warm_up(backend: Backend, probe_set: ProbeSet, scorer: Scorer) -> float:

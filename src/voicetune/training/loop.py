@@ -33,8 +33,8 @@ from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, software_
 from voicetune.training import graphs
 from voicetune.training.checkpoint import save_checkpoint
 from voicetune.training.distributed import Dist, init_distributed, shutdown
-from voicetune.training.errors import TrainError
-from voicetune.training.observe import Meter, mem_line, memory, peak_flops, progress_text
+from voicetune.training.errors import SoftwareError, TrainError
+from voicetune.training.observe import Meter, bar_text, mem_line, memory, peak_flops, progress_text
 from voicetune.training.oom import MicroBatchPlan
 from voicetune.training.optim import build_optimizer, build_scheduler
 from voicetune.training.resume import (
@@ -74,6 +74,9 @@ class LoopState:
     steps_per_epoch: int = 1
     save_requested: bool = False  # a callback asks for a checkpoint of this step (e.g. a new best evaluation)
     resumed_from: int = 0  # the checkpoint step a resumed run continues after (0: a new run)
+    # A software error a callback found (e.g. every evaluation sentence failed to synthesize): the loop stops,
+    # saves this step's checkpoint, finishes (report) and train() raises SoftwareError with this message.
+    error: str = ""
 
 
 class TrainCallback:
@@ -290,8 +293,9 @@ def _meter(backend: Backend, engine: StepEngine, device: torch.device, precision
     trainable = sum(p.numel() for p in engine.params)
     peak, what = peak_flops(device, precision)
     if start == 0:
-        logger.info("MFU: %s; model FLOPs per token = 4 x %.1f M params + 2 x %.1f M trainable", what,
-                    params / 1e6, trainable / 1e6)
+        logger.log(logging.INFO if peak else logging.DEBUG,  # on a CPU there is no MFU to speak of
+                   "MFU: %s; model FLOPs per token = 4 x %.1f M params + 2 x %.1f M trainable", what,
+                   params / 1e6, trainable / 1e6)
     return Meter(total, start, params, trainable, peak)
 
 
@@ -329,7 +333,11 @@ def train(
         else:
             with GracefulStop() as stopper:
                 _loop(run, stopper)
-        return _finish(run, time.time() - t0)
+        result = _finish(run, time.time() - t0)
+        if run.state.error:  # after the checkpoint and the report: fail loud, never a quality result
+            raise SoftwareError(f"{run.state.error}; checkpoint {run.state.checkpoint} was saved; "
+                                f"see {run_dir / 'report.html'}")
+        return result
     finally:
         shutdown(dist)
 
@@ -340,6 +348,10 @@ def _loop(run: _Run, stopper: GracefulStop) -> None:
     if dist.is_main:
         run.writer = _tensorboard(run.run_dir, purge_step=run.start_step + 1 if run.start_step else None)
     _call(run.callbacks, "on_train_start", state)
+    if state.error:  # e.g. the baseline evaluation could not synthesize a single sentence: no step is taken
+        raise SoftwareError(f"{state.error}; training did not start")
+    assert run.meter is not None
+    run.meter.restart()  # the ETA measures training (and its evaluations), not the set-up or the baseline
     run.backend.set_train(True)
     total = state.total_steps
     for step in range(run.start_step + 1, total + 1):
@@ -354,11 +366,12 @@ def _loop(run: _Run, stopper: GracefulStop) -> None:
         state.step, state.last = step, parts
         if dist.is_main:
             if step % cfg.log_every == 0 or step == total:
-                _log_step(run, step, total, parts)
+                console = step % cfg.console_every == 0 or step in (run.start_step + 1, total)
+                _log_step(run, step, total, parts, console)
             if cfg.mem_every and step % cfg.mem_every == 0:
                 logger.info("%s", mem_line(step, {k: v for k, v in parts.items() if k.startswith("mem_")}))
             if run.progress:
-                run.progress(step, total, progress_text(parts, type(run.backend).loss_parts))
+                run.progress(step, total, f"train: {bar_text(parts)}")
         _call(run.callbacks, "on_step_end", state)
         run.backend.set_train(True)  # a callback may have switched the model to inference mode
         signal_stop, cb_stop, requested = (dist.any(f, run.device) for f in
@@ -371,7 +384,8 @@ def _loop(run: _Run, stopper: GracefulStop) -> None:
             state.save_requested = False
             _save(run, step, parts)
         if state.should_stop:
-            logger.info("stopping at step %d: %s", step, state.stop_reason)
+            logger.info("stopping at step %d: %s", step,
+                        "the software error above" if state.error else state.stop_reason)
             break
 
 
@@ -423,11 +437,14 @@ def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
-def _log_step(run: _Run, step: int, total: int, parts: dict[str, float]) -> None:
+def _log_step(run: _Run, step: int, total: int, parts: dict[str, float], console: bool = True) -> None:
+    """metrics.jsonl, TensorBoard and a log line (INFO on the console's steps; DEBUG, i.e. the log file only,
+    on the others)."""
     record = {"step": step, "time": time.time(), **{k: float(f"{v:.7g}") for k, v in parts.items()}}
     append_jsonl(run.run_dir / "metrics.jsonl", record)
     if run.writer:
         for k, v in parts.items():
             if k not in ("epoch",):
                 run.writer.add_scalar(f"train/{k}", v, step)
-    logger.info("step %d/%d %s", step, total, progress_text(parts, type(run.backend).loss_parts))
+    logger.log(logging.INFO if console else logging.DEBUG, "step %d/%d %s", step, total,
+               progress_text(parts, type(run.backend).loss_parts))
