@@ -101,11 +101,19 @@ def test_metadata_is_consistent_with_clips_jsonl_and_config(prepared):
     assert "broken.wav" in text and str(out.resolve()) in text and result.asr_model in text
 
 
-def test_progress_is_reported_per_file_and_ends_done(prepared):
-    _, _, _, _, calls = prepared
-    assert calls[-1] == (3, 3, "done")
-    assert any("broken.wav" in w for _, _, w in calls)
-    assert all(0 <= d <= t == 3 for d, t, _ in calls)
+def test_progress_counts_seconds_of_input_audio_as_clips_are_transcribed(prepared):
+    src, _, _, _, calls = prepared
+    audio = [p for p in src.iterdir() if p.suffix != ".json" and p.name != "broken.wav"]
+    total = sum(sf.info(str(p)).duration for p in audio)
+    assert calls[-1] == (pytest.approx(total), pytest.approx(total), "prepare: done")
+    assert all(t == calls[-1][1] and 0 <= d <= t for d, t, _ in calls)
+    done = [d for d, _, _ in calls]
+    assert done == sorted(done)  # never goes back
+    assert any("analysing broken.wav" in w for _, _, w in calls)
+    # it advances DURING transcription (not only per file): intermediate counts while clips are transcribed
+    transcribing = {round(d, 3) for d, _, w in calls if w.startswith("prepare: transcribing ")}
+    assert len([d for d in transcribing if 0 < d < total]) >= 2, calls
+    assert all(w.startswith("prepare: ") for _, _, w in calls)
 
 
 def test_rerun_is_deterministic_reuses_transcripts_and_may_overwrite_its_own_output(prepared):

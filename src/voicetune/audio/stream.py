@@ -24,6 +24,28 @@ logger = logging.getLogger(__name__)
 BLOCK_SECONDS = 20.0
 
 
+def header_duration(path: Path | str) -> float:
+    """Duration in seconds from the file's header (never decoding it); 0.0 when the header says nothing."""
+    try:
+        info = sf.info(str(path))
+        if info.frames > 0 and info.samplerate > 0:
+            return float(info.frames) / float(info.samplerate)
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types for "not my format"
+        logger.debug("%s: no duration from soundfile (%s); asking PyAV", path, e)
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if container.duration:
+                return float(container.duration) / 1_000_000  # av.time_base: microseconds
+            stream = container.streams.audio[0]
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:  # noqa: BLE001 - unreadable or not audio: prepare reports it when it decodes the file
+        return 0.0
+    return 0.0
+
+
 class AudioSource:
     """One recording opened for block-wise decoding (mono float32 at :attr:`sr`)."""
 

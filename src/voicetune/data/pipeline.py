@@ -33,7 +33,7 @@ from voicetune.data.cache import StageCache, clip_key, link_or_copy
 from voicetune.data.manifest import ClipRecord
 from voicetune.data.segment import ClipSpan, Envelope, plan_clips, split_at_words
 from voicetune.data.textnorm import normalize_transcript
-from voicetune.data.transcribe import Asr, Transcript
+from voicetune.data.transcribe import Asr, Transcript, effective_batch_size
 from voicetune.data.vad import FRAME_SECONDS, VAD_SAMPLE_RATE, VadStream, vad_result
 from voicetune.scoring.mos import predicted_mos_batch
 from voicetune.scoring.speaker import speaker_embeddings
@@ -265,10 +265,11 @@ class ClipProcessor:
     def _timed(self, stage: str, t0: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.monotonic() - t0
 
-    def run(self, jobs: list[ClipJob]) -> None:
-        """Process one batch of jobs (records are filled in place; audio is dropped afterwards)."""
+    def run(self, jobs: list[ClipJob], on_transcribed: Callable[[list[ClipJob]], None] | None = None) -> None:
+        """Process one batch of jobs (records are filled in place; audio is dropped afterwards).
+        ``on_transcribed(jobs)`` is called as first-pass transcripts become available (progress)."""
         self._prefetch(jobs)
-        self._asr_first_pass(jobs)
+        self._asr_first_pass(jobs, on_transcribed)
         self._asr_second_pass(jobs)
         self._quality(jobs)
         self._write(jobs)
@@ -304,23 +305,30 @@ class ClipProcessor:
         list(self.pool.map(ClipJob.load, todo))
         self._timed("decode", t0)
 
-    def _asr_first_pass(self, jobs: list[ClipJob]) -> None:
+    def _asr_first_pass(self, jobs: list[ClipJob],
+                        on_transcribed: Callable[[list[ClipJob]], None] | None) -> None:
         t0 = time.monotonic()
         todo: dict[str, list[ClipJob]] = {}
+        cached = []
         for j in jobs:
             hit = self.cache.asr.get(f"{j.key}|{self.settings1}|{j.file.language}")
             if hit is not None:
                 j.tr = _tr_from_json(hit)
                 self.n_asr_cached += 1
+                cached.append(j)
             else:
                 todo.setdefault(j.file.language, []).append(j)
+        if on_transcribed is not None and cached:
+            on_transcribed(cached)
         for lang, group in todo.items():
             for j in group:
                 j.load()
             self._timed("decode", t0)
             t1 = time.monotonic()
+            done = None if on_transcribed is None else (lambda n, g=group: on_transcribed(g[:n]))
             results = self.asr.transcribe_packed(
-                [j.audio16 for j in group], lang or None, batch_size=self.cfg.asr_batch_size
+                [j.audio16 for j in group], lang or None,
+                batch_size=effective_batch_size(self.cfg.asr_batch_size, self.asr.device), on_done=done,
             )
             for j, tr in zip(group, results):
                 j.tr = tr

@@ -47,9 +47,10 @@ from voicetune.data.pipeline import (
     plan_source,
     word_splitter,
 )
+from voicetune.data.progress import AudioProgress
 from voicetune.data.quality import compression_ratio, transcript_reasons  # noqa: F401 - public re-exports
 from voicetune.data.textnorm import clean_text  # noqa: F401 - public re-export
-from voicetune.data.transcribe import Asr, load_asr
+from voicetune.data.transcribe import Asr, effective_batch_size, load_asr
 from voicetune.utils.io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -310,8 +311,12 @@ def build_dataset(
     notes: list[str] | None = None,
 ) -> PrepareResult:
     """Run the pipeline over ``sources`` into ``out_dir`` (shared by prepare and import). ``after_batch``
-    sees each processed batch of jobs; ``notes`` (filled as it runs) are reported as duplicates."""
+    sees each processed batch of jobs; ``notes`` (filled as it runs) are reported as duplicates.
+    ``progress(done, total, "prepare: ...")`` counts seconds of input audio
+    (:mod:`voicetune.data.progress`)."""
     t0 = time.monotonic()
+    tracker = AudioProgress(progress, sources, "import" if what == "imported" else "prepare")
+    tracker.report("loading the ASR model")
     asr = load_asr(cfg.asr_model, cfg.language, cfg.device, beam_size=cfg.asr_beam_size)
     verify_asr = (
         load_asr(cfg.asr_verify_model, cfg.language, cfg.device, beam_size=cfg.asr_beam_size)
@@ -331,15 +336,14 @@ def build_dataset(
             proc = ClipProcessor(cfg, asr, verify_asr, cache, tmp, previous.wavs, mos_on)
             try:
                 records, seconds = _run_sources(
-                    sources, cfg, asr, cache, proc, tmp, make_jobs, result, progress, after_batch
+                    sources, cfg, asr, cache, proc, tmp, make_jobs, result, tracker, after_batch
                 )
             finally:
                 proc.close()
             result.n_asr_cached, result.n_second_opinions = proc.n_asr_cached, proc.n_verified
             result.duplicates.extend(notes or [])
             result.stage_seconds = {k: round(v, 2) for k, v in proc.seconds.items()}
-            if progress is not None:
-                progress(len(sources), len(sources), "writing the dataset")
+            tracker.report("writing the dataset")
             finalize.finish(tmp, records, proc.embeddings, cfg, result, previous.curation)
             cache.export(tmp)
             result.minutes_input = round(seconds / 60, 3)
@@ -355,7 +359,7 @@ def build_dataset(
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # failed before anything worth keeping: leave no empty folder behind
     if progress is not None:
-        progress(len(sources), len(sources), "done")
+        progress(tracker.total, tracker.total, f"{tracker.stage}: done")
     logger.info("%s %s: %s", what, result.out_dir, result.summary().splitlines()[0])
     return result
 
@@ -393,7 +397,7 @@ def _run_sources(
     tmp: Path,
     make_jobs: JobMaker,
     result: PrepareResult,
-    progress: Progress | None,
+    tracker: AudioProgress,
     after_batch: Callable[[list[ClipJob]], None] | None,
 ) -> tuple[list[ClipRecord], float]:
     """Analyse and plan every source, processing clip jobs in batches as they accumulate."""
@@ -401,19 +405,16 @@ def _run_sources(
     batch: list[ClipJob] = []
     seen: dict[str, str] = {}
     seconds = 0.0
-    batch_clips = max(4, cfg.asr_batch_size * 6)  # ~5 clips fill one packed ASR window
+    # ~5 clips fill one packed ASR window
+    batch_clips = max(4, effective_batch_size(cfg.asr_batch_size, asr.device) * 6)
     scratch = tmp / ".scratch"
 
-    def flush(jobs: list[ClipJob], i: int) -> None:
-        if progress is not None:
-            progress(
-                min(i, len(sources)),
-                len(sources),
-                f"{jobs[0].file.rel}: clips {jobs[0].rec.id}..{jobs[-1].rec.id}",
-            )
-        proc.run(jobs)
+    def flush(jobs: list[ClipJob]) -> None:
+        tracker.report(f"transcribing {jobs[0].file.rel}: clips {jobs[0].rec.id}..{jobs[-1].rec.id}")
+        proc.run(jobs, on_transcribed=tracker.transcribed)
         for j in jobs:
             finish_record(j, cfg)
+        tracker.checked(jobs)
         if after_batch is not None:
             after_batch(jobs)
 
@@ -433,25 +434,26 @@ def _run_sources(
         for i, sf in enumerate(sources):
             while len(ahead) < 2 and i + len(ahead) < len(sources):
                 ahead.append(ex.submit(analyse, sources[i + len(ahead)]))
-            if progress is not None:
-                progress(i, len(sources), f"{sf.rel}: analysing")
+            tracker.report(f"analysing {sf.rel}")
             decoded = ahead.popleft().result()
             jobs = _jobs_for(sf, decoded, seen, result, lambda f: make_jobs(f, asr, cache))
             if jobs is None:
+                tracker.file_done(sf.rel)
                 continue
             result.n_files_decoded += int(decoded)
             seconds += float(sf.analysis["duration"])
             records.extend(j.rec for j in jobs)
             ready = [j for j in jobs if j.span.ok]
+            tracker.planned(sf.rel, [j.span.duration for j in ready])
             sf.pending = len(ready)
             if not ready:
                 sf.release()
             batch.extend(ready)
             while len(batch) >= batch_clips:
-                flush(batch[:batch_clips], i)
+                flush(batch[:batch_clips])
                 batch = batch[batch_clips:]
     if batch:
-        flush(batch, len(sources))
+        flush(batch)
     result.n_files_failed = len(result.errors)
     if not records and result.errors:
         raise PrepareError(
@@ -474,9 +476,10 @@ def prepare(
 
     ``cfg`` defaults to :class:`PrepareConfig`; ``overrides`` (e.g. ``language="de"``) replace its fields
     (None values are ignored). ``speakers`` maps speaker names to more input folders (one dataset, several
-    voices); ``input_dir`` may then be None. ``progress(done_files, total_files, what)`` is called as work
-    proceeds. Unreadable files are skipped with a warning and listed in ``result.errors``. Re-running on
-    the same ``out_dir`` reuses every cached stage (new files only are processed). Raises
+    voices); ``input_dir`` may then be None. ``progress(done, total, "prepare: what")`` is called as work
+    proceeds, in seconds of input audio (:mod:`voicetune.data.progress`). Unreadable files are skipped with a
+    warning and listed in ``result.errors``. Re-running on the same ``out_dir`` reuses every cached stage (new
+    files only are processed). Raises
     :class:`PrepareError` for unusable folders or when no clip survives.
     """
     cfg = merge(cfg or PrepareConfig(), overrides)
