@@ -60,23 +60,12 @@ def _latest_eval_metrics(run_dir: Path, ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
-def _model_card(manifest: dict[str, Any], usage: list[str]) -> str:
-    """README.md of a package; ``usage``: the backend's lines on loading it elsewhere (Backend.usage)."""
-    lines = [
-        f"# voicetune model package ({manifest['backend']})", "",
-        f"- base model: `{manifest['base']}`",
-        f"- dataset: `{manifest['dataset']}` ({manifest['train_clips']} training clips)",
-        f"- trained steps: {manifest['steps']}", f"- language: {manifest['language']}", "",
-        "Use it with voicetune: `voicetune synthesize THIS_FOLDER --text \"Hello.\" --out hello.wav`.",
-        *usage, "",
-    ]
-    if manifest.get("untrained_base"):
-        lines += ["**Warning:** the base was an UNTRAINED tiny test model; this package cannot produce usable speech.", ""]
-    metrics = manifest.get("metrics")
-    if metrics:
-        lines += ["## Evaluation (base vs finetuned)", "", "```", json.dumps(metrics.get("summary", metrics), indent=2)[:4000],
-                  "```", ""]
-    return "\n".join(lines)
+def _model_card(manifest: dict[str, Any], out: Path, usage: list[str]) -> str:
+    """README.md: prose with rounded numbers (voicetune.modelcard); ``usage``: the backend's lines on loading
+    it elsewhere (Backend.usage)."""
+    from voicetune.modelcard import model_card
+
+    return model_card(manifest, out.name, usage)
 
 
 def export(run_dir: Path | str, out: Path | str, checkpoint: str = "latest", references: int = 5) -> Path:
@@ -102,7 +91,7 @@ def export(run_dir: Path | str, out: Path | str, checkpoint: str = "latest", ref
             "versions": software_versions(),
         }
         atomic_write_json(tmp / PACKAGE_MANIFEST, manifest)
-        atomic_write_text(tmp / "README.md", _model_card(manifest, type(backend).usage()))
+        atomic_write_text(tmp / "README.md", _model_card(manifest, out, type(backend).usage()))
     logger.info("exported %s (%s) to %s", run_dir, ckpt.name, out)
     return out
 

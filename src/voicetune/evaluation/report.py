@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ from typing import Any
 
 from voicetune.evaluation.harness import TABLE_METRICS
 from voicetune.evaluation.metrics import DIRECTIONS
-from voicetune.evaluation.suite import BASELINE, eval_docs, load_doc
+from voicetune.evaluation.suite import BASELINE, eval_docs, load_doc, partial_errors
 from voicetune.run import best_checkpoint, list_checkpoints
 from voicetune.utils.io import atomic_write_text, read_jsonl
 
@@ -48,9 +47,13 @@ class RunEvals:
     kept: set[str]
     other_protocol: int = 0
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # software errors (every sentence failed to synthesize)
 
     @property
     def base_agg(self) -> dict[str, Any]:
+        """The baseline's metrics ({} when it failed: a failed render has no values, not the worst ones)."""
+        if (self.baseline or {}).get("error"):
+            return {}
         return (self.baseline or {}).get("base", {}).get("aggregate", {})
 
     @property
@@ -84,19 +87,31 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
     in_loop = load_doc(root / "in_loop.json") if main else None
     out = RunEvals(run_dir, root, baseline, evals, train, best, in_loop,
                    {p.name for p in list_checkpoints(run_dir)}, other_protocol=len(every) - len(evals))
+    out.errors = _errors(out)
     out.warnings = _warnings(out)
     return out
+
+
+def _errors(r: RunEvals) -> list[str]:
+    """Software errors recorded by the baseline, any evaluation or the in-loop summary, once each."""
+    found = [(r.baseline or {}).get("error")] + [d.get("error") for d in r.evals]
+    found.append((r.in_loop or {}).get("error"))
+    return list(dict.fromkeys(e for e in found if e))
 
 
 def _warnings(r: RunEvals) -> list[str]:
     out = []
     if r.baseline is None:
         out.append("no baseline evaluation (eval/baseline): deltas and the composite score are unavailable")
+    partial = [partial_errors("baseline", r.base_agg)]
+    partial += [partial_errors(f"step {d['step']}", d.get("finetuned", {}).get("aggregate", {}))
+                for d in r.evals]
+    out += [p for p in partial if p]
     for d in r.evals:
-        out += [f"step {d['step']}: {w}" for w in d.get("selection", {}).get("warnings", [])]
+        out += [f"step {d['step']}: {w}" for w in (d.get("selection") or {}).get("warnings", [])]
     # failure flags of the baseline, the best and the last evaluation (every step's are in its metrics.json)
     shown = [("baseline", r.base_agg)]
-    picks = [d for d in r.evals if d["step"] == r.best_step] + r.evals[-1:]
+    picks = [d for d in r.evals if d["step"] == r.best_step] + [d for d in r.evals[-1:] if not d.get("error")]
     for d in {d["step"]: d for d in picks}.values():
         label = f"step {d['step']}" + (" (best)" if d["step"] == r.best_step else " (last)")
         shown.append((label, d.get("finetuned", {}).get("aggregate", {})))
@@ -109,7 +124,7 @@ def _warnings(r: RunEvals) -> list[str]:
     if r.best and not r.best.get("beats_baseline"):
         out.append(f"no evaluated checkpoint beats the base model: the best, {r.best['checkpoint']}, scores "
                    f"{r.best['composite']:+.3f}; consider the base model, more data or a lower learning rate")
-    if r.in_loop and r.in_loop.get("stop_reason"):
+    if r.in_loop and r.in_loop.get("stop_reason") and r.in_loop["stop_reason"] not in r.errors:
         out.append(f"training stopped early: {r.in_loop['stop_reason']}")
     if r.in_loop and r.in_loop.get("skipped_steps"):
         n = len(r.in_loop["skipped_steps"])
@@ -137,8 +152,10 @@ def _rows(r: RunEvals) -> list[dict[str, Any]]:
         rows.append({"name": BASELINE, "step": 0, "composite": 0.0, "agg": r.base_agg, "kept": "", "best": False})
     for d in r.evals:
         name = d.get("name") or f"step_{d['step']}"
-        rows.append({"name": name, "step": d["step"], "composite": d.get("composite"),
-                     "agg": d.get("finetuned", {}).get("aggregate", {}),
+        failed = bool(d.get("error"))  # nothing was synthesized: no values, not the worst possible ones
+        rows.append({"name": name + (" (error)" if failed else ""), "step": d["step"],
+                     "composite": d.get("composite"),
+                     "agg": {} if failed else d.get("finetuned", {}).get("aggregate", {}),
                      "kept": "yes" if name in r.kept else "no", "best": d["step"] == r.best_step})
     return rows
 
@@ -161,8 +178,9 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
         cells.append(row["kept"])
         lines.append(cells)
     widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
-    text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
-            for x in lines]
+    text = [f"ERROR: {e}" for e in r.errors]
+    text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(x, widths, strict=True))) for x in lines]
     if r.best:
         where = "marked in checkpoints/best" if r.report_path == r.run_dir / "report.html" else "this protocol"
         text.append(f"best: {r.best['checkpoint']} (composite {r.best['composite']:+.3f}, {where})")
@@ -199,6 +217,8 @@ def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_
         ys = [t.get(key) for t in train]
         if any(isinstance(y, (int, float)) for y in ys):
             ax.plot(steps, ys, label=key, linewidth=1.2)
+    if not ax.lines:  # no finite loss value at all
+        return None
     for step in eval_steps:
         ax.axvline(step, linestyle=":", linewidth=1, color="tab:red" if step == best_step else "grey")
     ax.set_xlabel("step")
@@ -209,8 +229,22 @@ def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_
     return _png(fig)
 
 
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#666", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def metric_plot(r: RunEvals) -> str | None:
     """Base64 PNG: composite score and the main metrics per evaluation, baseline dashed, best starred."""
+    fig = metric_figure(r)
+    return _png(fig) if fig is not None else None
+
+
+def metric_figure(r: RunEvals) -> Any:
+    """The figure of :func:`metric_plot` (None without evaluations); a panel without data says so."""
     if not r.evals:
         return None
     from matplotlib.figure import Figure
@@ -224,21 +258,25 @@ def metric_plot(r: RunEvals) -> str | None:
         else:
             ys = [d.get("finetuned", {}).get("aggregate", {}).get(key) for d in r.evals]
             base = r.base_agg.get(key)
+        ys = [None if d.get("error") else y for d, y in zip(r.evals, ys, strict=True)]  # nothing was measured
         ys = [y if isinstance(y, (int, float)) else math.nan for y in ys]
+        arrow = "" if key == "composite" else (" ↑" if DIRECTIONS.get(key) == "higher" else " ↓")
+        ax.set_title(label + arrow, fontsize=10)
+        if not any(math.isfinite(y) for y in ys):  # say so, instead of drawing empty axes
+            _no_data(ax, "no data: no evaluation has a value\n(failed renders, or the metric is off)")
+            continue
         ax.plot(steps, ys, marker="o", linewidth=1.2)
         if isinstance(base, (int, float)):
             ax.axhline(base, linestyle="--", color="grey", linewidth=1, label="baseline")
         if r.best_step in steps:
             j = steps.index(r.best_step)
             ax.plot([r.best_step], [ys[j]], marker="*", markersize=14, color="tab:red", label="best")
-        arrow = "" if key == "composite" else (" ↑" if DIRECTIONS.get(key) == "higher" else " ↓")
-        ax.set_title(label + ("" if key == "composite" else arrow), fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ html
@@ -247,7 +285,10 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;colo
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{background:#fff6d6}
 .good{color:#11772d}.bad{color:#b3261e}.warn{background:#fff3f0;border-left:4px solid #b3261e;padding:4px 10px;
-margin:4px 0}audio{height:32px;width:220px}.small{color:#666;font-size:12px}"""
+margin:4px 0}audio{height:32px;width:220px}.small{color:#666;font-size:12px}
+.error{background:#fde7e4;border:2px solid #b3261e;padding:8px 12px;margin:8px 0;color:#5c0f0a}
+table.facts{font-size:14px}table.facts th,table.facts td{border:none;text-align:left;padding:2px 12px 2px 0;
+background:none}table.facts th{white-space:nowrap;vertical-align:top}"""
 
 
 def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool) -> str:
@@ -316,22 +357,55 @@ def _audio_section(r: RunEvals) -> str:
     return "\n".join(out)
 
 
-def render_html(r: RunEvals) -> str:
-    """The report page as a string."""
+def _protocol_text(b: dict[str, Any]) -> str:
+    """The evaluation protocol in words, e.g. "4 eval-split sentences with their recordings + 4 probe
+    sentences, conditioned on 2 reference clips, sampling seed 0; MCD/PESQ/STOI on"."""
+    p, sentences = b.get("protocol") or {}, b.get("sentences") or []
+    n_eval = sum(1 for x in sentences if x.get("group") == "eval")
+    n_probe = len(sentences) - n_eval
+    refs = len(b.get("references") or []) or p.get("num_references")
+    text = (f"{n_eval} eval-split sentence{'s' * (n_eval != 1)} with their recordings + {n_probe} probe "
+            f"sentence{'s' * (n_probe != 1)}, conditioned on {refs} reference clip{'s' * (refs != 1)} "
+            f"of the speaker, sampling seed {p.get('seed', '?')}")
+    if "intrusive" in p:
+        text += "; MCD/PESQ/STOI against the recordings " + ("on" if p["intrusive"] else "off")
+    return text + (f" (protocol {p['key']})" if p.get("key") else "")
+
+
+def _weights_text(weights: dict[str, Any]) -> str:
+    """"speaker similarity x1, WER x2, predicted MOS x0.5, failures x1" (zero weights left out)."""
+    names = {"similarity": "speaker similarity", "wer": "WER", "cer": "CER", "mos": "predicted MOS",
+             "failures": "failure rate"}
+    return ", ".join(f"{names.get(k, k)} ×{v:g}" for k, v in weights.items()
+                     if isinstance(v, (int, float)) and v)
+
+
+def _header(r: RunEvals) -> list[str]:
     b = r.baseline or {}
     facts = [("run", str(r.run_dir.resolve())), ("base model", b.get("base_model")),
              ("dataset", b.get("dataset")), ("speaker", b.get("speaker")), ("language", b.get("language")),
-             ("ASR model", b.get("asr_model")), ("protocol", json.dumps(b.get("protocol", {})))]
-    facts = [(k, v) for k, v in facts if v]
+             ("ASR model", b.get("asr_model")), ("evaluation", _protocol_text(b) if b else None)]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts if v)
+    parts = [f"<table class='facts'>{rows}</table>"]
+    for e in r.errors:
+        parts.insert(0, "<div class='error'><b>Software error (not a voice quality result):</b><br>"
+                     f"{html.escape(e)}</div>")
+    return parts
+
+
+def render_html(r: RunEvals) -> str:
+    """The report page as a string."""
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>voicetune report</title>"
-              f"<style>{_CSS}</style></head><body><h1>voicetune report</h1>"),
-             "<p>" + "<br>".join(f"<b>{html.escape(k)}:</b> {html.escape(str(v))}" for k, v in facts) + "</p>"]
+              f"<style>{_CSS}</style></head><body><h1>voicetune report</h1>"), *_header(r)]
     if r.best:
         parts.append(f"<h2>Best checkpoint: {html.escape(r.best['checkpoint'])} "
                      f"(composite {r.best['composite']:+.3f})</h2>"
-                     "<p class='small'>Composite = weighted change against the baseline: "
-                     + html.escape(json.dumps(r.best.get("weights", {}))) + " (see voicetune/evaluation/selection.py)."
-                     "</p>")
+                     "<p class='small'>Composite score = weighted change against the baseline (the base "
+                     f"model, zero-shot): {html.escape(_weights_text(r.best.get('weights', {})))}. 0 is the "
+                     "base model; above 0 is better (see voicetune/evaluation/selection.py).</p>")
+    elif r.evals:
+        parts.append("<h2>Best checkpoint: none</h2><p class='small'>No evaluation qualified "
+                     "(see the errors and warnings).</p>")
     if r.warnings:
         parts.append("<h2>Warnings</h2>" + "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in r.warnings))
     parts.append("<h2>Evaluations</h2>" + _table(r) if (r.baseline or r.evals) else "")
@@ -340,9 +414,13 @@ def render_html(r: RunEvals) -> str:
                      f"{len(r.in_loop.get('evaluations', []))} in-loop evaluations "
                      f"({100 * (r.in_loop.get('overhead_fraction') or 0):.1f}% of the training wall time), "
                      f"{r.in_loop.get('baseline_seconds', 0):.1f} s for the baseline.</p>")
-    for title, png in (("Metrics", metric_plot(r)), ("Training loss", loss_plot(r.train, [d["step"] for d in r.evals], r.best_step))):
-        if png:
-            parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>")
+    plots = (("Metrics", metric_plot(r), "No evaluation after the baseline yet: nothing to plot."),
+             ("Training loss", loss_plot(r.train, [d["step"] for d in r.evals], r.best_step),
+              "No training step was logged: nothing to plot."))
+    for title, png, empty in plots:
+        body = (f"<img alt='{title}' src='data:image/png;base64,{png}'>" if png
+                else f"<p class='small'>{empty}</p>")
+        parts.append(f"<h2>{title}</h2>{body}")
     audio = _audio_section(r)
     if audio:
         parts.append("<h2>Listen</h2>" + audio)
