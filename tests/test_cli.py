@@ -90,3 +90,35 @@ def test_every_subcommand_and_argument_has_help_text():
     for action in root._subparsers._group_actions:
         assert all(a.help for a in action._choices_actions)  # one line per subcommand in `voicetune --help`
     walk(root, "voicetune")
+
+
+def _help(name: str) -> str:
+    return build_parser()._subparsers._group_actions[0].choices[name].format_help()
+
+
+def test_prepare_reads_its_options_from_yaml_and_flags_override_them(tmp_path):
+    from voicetune.cli import _config_with_overrides
+    from voicetune.config import ConfigError, PrepareConfig
+
+    (tmp_path / "prepare.yaml").write_text("min_seconds: 2.0\nmax_seconds: 10.0\nlanguage: de\n")
+    args = build_parser().parse_args(["prepare", "in", "--out", "o", "--config",
+                                      str(tmp_path / "prepare.yaml"), "--max-seconds", "9"])
+    cfg = _config_with_overrides(args, PrepareConfig)
+    assert (cfg.min_seconds, cfg.max_seconds, cfg.language) == (2.0, 9.0, "de")
+    (tmp_path / "bad.yaml").write_text("min_secnds: 2.0\n")
+    with pytest.raises(ConfigError, match="min_secnds"):
+        _config_with_overrides(build_parser().parse_args(["prepare", "in", "--out", "o", "--config",
+                                                          str(tmp_path / "bad.yaml")]), PrepareConfig)
+
+
+def test_help_claims_a_yaml_config_only_where_the_command_reads_one():
+    for name in ("prepare", "train"):
+        text = _help(name)
+        assert "--config" in text and "YAML" in text
+    evaluate = _help("evaluate")
+    assert "YAML" not in evaluate and "--config" not in evaluate
+
+
+def test_doctor_help_explains_the_stack_check():
+    text = _help("doctor")
+    assert "--skip-stack-check" in text and "synthesizes" in text

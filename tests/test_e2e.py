@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import jiwer
@@ -20,7 +21,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
             if p.is_file()}
 
 
-def test_recordings_to_exported_model_and_speech(piper_recordings: Path, tmp_path: Path):
+def test_recordings_to_exported_model_and_speech(piper_recordings: Path, tmp_path: Path, capsys):
     before = _tree_digest(piper_recordings)
     data, base, run, pkg = tmp_path / "data", tmp_path / "base", tmp_path / "run", tmp_path / "pkg"
 
@@ -38,8 +39,23 @@ def test_recordings_to_exported_model_and_speech(piper_recordings: Path, tmp_pat
     assert jiwer.wer(said, heard) < 0.3
 
     assert main(["make-tiny-base", "--backend", "xtts", "--out", str(base), "--dataset", str(data)]) == 0
+    capsys.readouterr()
     assert main(["train", str(data), "--base", str(base), "--out", str(run), "--max-steps", "6",
                  "--batch-size", "2", "--lr", "5e-4", "--eval-max-sentences", "1", "--eval-probes", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # the last lines say what to run next, with this run's paths
+    best = (run / "checkpoints" / "best").read_text().strip()
+    voice = tmp_path / "run-voice"
+    evaluate = f"  voicetune evaluate {run}                 # score checkpoints against the base model"
+    export = f"  voicetune export {run} --out {voice} --checkpoint best   # {best}, the best evaluation"
+    synthesize = f"  voicetune synthesize {voice} --text \"Hello, this is my voice.\" --out hello.wav"
+    assert out[-4:] == ["next:", evaluate, export, synthesize]
+    assert (run / "train.log").is_file() and "step 2/6" in (run / "train.log").read_text()
+    # a run folder is not a package: say so, with the export command
+    assert main(["synthesize", str(run), "--text", "Hi.", "--out", str(tmp_path / "x.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "is a training run, not a model package; export it first" in err
+    assert f"voicetune export {run} --out {voice}" in err and not (tmp_path / "x.wav").exists()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r.get("kind") != "eval"]
     # in-loop evaluation is on by default: the base model's baseline first, the last step always evaluated
@@ -58,6 +74,9 @@ def test_recordings_to_exported_model_and_speech(piper_recordings: Path, tmp_pat
     refs = [pkg / r for r in manifest["references"]]
     durations = [sf.info(str(r)).duration for r in refs]
     assert durations == sorted(durations, reverse=True) and durations
+    card = (pkg / "README.md").read_text()  # prose with rounded numbers, not a JSON dump
+    assert "{" not in card and "How it compares with the base model" in card and "Speaker similarity" in card
+    assert not re.search(r"\d\.\d{4,}", card)
 
     # the package loads in coqui-tts unchanged, strictly
     from TTS.tts.configs.xtts_config import XttsConfig

@@ -109,46 +109,68 @@ def _backend_of(argv: list[str]) -> str:
     return TrainConfig.backend
 
 
-def _progress_bar() -> Callable[[int, int, str], None]:
+def _config_with_overrides(args: argparse.Namespace, cls: type) -> Any:
+    """The dataclass config from ``--config`` (YAML) when given, with the command-line options on top."""
+    from voicetune.config import load_yaml, merge
+
+    cfg = load_yaml(cls, Path(args.config)) if getattr(args, "config", None) else cls()
+    return merge(cfg, _overrides(args, {f.name for f in dataclasses.fields(cls)}))
+
+
+# What the library's progress callbacks count, by the first word of their stage (the text before ": ").
+PROGRESS_UNITS = {"prepare": "audio-s", "import": "audio-s", "eval": "sentence", "train": "step",
+                  "features": "clip", "speaking": "sentence"}
+
+
+def _progress_bar() -> Callable[[float, float, str], None]:
     """One tqdm bar at a time, driven by the library's progress callbacks ``(done, total, what)``.
 
-    A new bar starts when the total changes or the count goes back (a new stage); ``what`` becomes the bar's
-    description (training's "loss ..." text goes to the postfix, so the bar keeps its "train" label).
+    ``what`` is "STAGE: DETAIL" (or just a stage). A new bar starts when the stage or the total changes or the
+    count goes back; its unit comes from :data:`PROGRESS_UNITS`, so rates and the ETA read in audio seconds,
+    sentences or steps. The bar advances by increments, so tqdm's rate and ETA are measured, never guessed.
     """
     from tqdm import tqdm
 
-    state: dict[str, Any] = {"bar": None}
+    state: dict[str, Any] = {"bar": None, "stage": None, "finished": None}
 
-    def update(done: int, total: int, what: str) -> None:
+    def update(done: float, total: float, what: str) -> None:
+        stage, _, detail = what.partition(": ")
         bar = state["bar"]
-        training = what.startswith("loss")
-        if bar is None or bar.total != total or done < bar.n:
+        if bar is None and done >= total and state["finished"] == (stage, total):
+            return  # a stage's closing message after its bar already reached the end
+        if bar is None or state["stage"] != stage or bar.total != total or done < bar.n:
             if bar is not None:
                 bar.close()
-            bar = state["bar"] = tqdm(total=total, unit="it", dynamic_ncols=True, leave=True,
-                                      desc="train" if training else None)
-        if training:
-            bar.set_postfix_str(what, refresh=False)
+            unit = PROGRESS_UNITS.get(stage.split(" ")[0], "it")
+            counts = "{n:.0f}/{total:.0f}" if unit == "audio-s" else "{n_fmt}/{total_fmt}"
+            # training's own ETA (in its status text) includes the evaluations to come; tqdm's would not
+            times = ("[{elapsed}, {rate_fmt}{postfix}]" if unit == "step"
+                     else "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            # a stage that resumes part-way (training after an evaluation) starts at its count: rates measure
+            # only what this bar sees
+            bar_format = "{desc}: {percentage:3.0f}%|{bar}| " + counts + " {unit} " + times
+            bar = state["bar"] = tqdm(total=total, initial=done, unit=unit, dynamic_ncols=True, leave=True,
+                                      desc=stage, bar_format=bar_format)
+            state["stage"] = stage
+        if detail:
+            bar.set_postfix_str(detail[:90], refresh=False)
+        if done > bar.n:
+            bar.update(done - bar.n)
         else:
-            bar.set_description_str(what[:48], refresh=False)
-        bar.n = done
-        bar.refresh()
+            bar.refresh()
         if done >= total:
             bar.close()
-            state["bar"] = None
+            state["bar"], state["finished"] = None, (stage, total)
 
     return update
 
 
 # ---------------------------------------------------------------- subcommands
 
-_PREPARE = {f.name for f in dataclasses.fields(PrepareConfig)}
-
-
 def cmd_prepare(args: argparse.Namespace) -> int:
     from voicetune.data.prepare import prepare
 
-    cfg = PrepareConfig(**_overrides(args, _PREPARE))
+    cfg = _config_with_overrides(args, PrepareConfig)
     speakers = {}
     for item in args.speaker or []:
         name, sep, folder = item.partition("=")
@@ -166,7 +188,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.dataset_command == "import":
         from voicetune.data.importer import import_dataset
 
-        result = import_dataset(args.src, args.out, PrepareConfig(**_overrides(args, _PREPARE)),
+        result = import_dataset(args.src, args.out, _config_with_overrides(args, PrepareConfig),
                                 progress=_progress_bar())
         print(result.summary())
         return 0
@@ -215,6 +237,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main_rank:  # rank 0 speaks for the job
         logging.getLogger("voicetune").setLevel(logging.WARNING)
     options = option_fields(TrainConfig, options_class(args.backend or TrainConfig.backend))
+    run_dir = Path(args.resume or args.out) if (args.resume or args.out) else None
+    if main_rank and run_dir is not None and not args.log_file:  # everything, every step, in the run folder
+        from voicetune.utils.log import add_log_file
+
+        marker = run_dir / "config.yaml"  # written by train once the run folder is its own
+        add_log_file(run_dir / "train.log", ready=marker.is_file)
     result = train(args.dataset_dir, args.base, args.out, config_file=args.config, resume=args.resume,
                    progress=_progress_bar() if main_rank else None, **_overrides(args, options))
     if not main_rank:
@@ -222,8 +250,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     losses = [h["loss"] for h in result.losses]
     if losses:
         print(f"trained steps {result.resumed_from + 1}-{result.steps} on {result.clips} clips in "
-              f"{result.seconds:.0f} s (loss {losses[0]:.4f} → {losses[-1]:.4f})")
-    print(f"run folder: {result.run_dir}   last checkpoint: {result.final_checkpoint}")
+              f"{_duration(result.seconds)} (loss {losses[0]:.3f} → {losses[-1]:.3f})")
+    print(f"run folder: {result.run_dir}   last checkpoint: {result.final_checkpoint.name}")
     if result.interrupted:
         print(f"stopped by {result.interrupted}; continue with: voicetune train --resume {result.run_dir}")
         return 130 if result.interrupted == "SIGINT" else 143
@@ -232,7 +260,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(text_report(result.run_dir))
         print(f"report: {result.run_dir / 'report.html'}")
+    print(_next_commands(result.run_dir))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    from voicetune.training.observe import format_duration
+
+    return format_duration(seconds)
+
+
+def _next_commands(run_dir: Path) -> str:
+    """The commands a user runs after training, with this run's paths."""
+    import shlex
+
+    from voicetune.run import best_checkpoint
+
+    run = shlex.quote(str(run_dir))
+    package = shlex.quote(str(run_dir.parent / f"{run_dir.name}-voice"))
+    best = best_checkpoint(run_dir)
+    which = f" --checkpoint best   # {best.name}, the best evaluation" if best else ""
+    return "\n".join([
+        "next:",
+        f"  voicetune evaluate {run}                 # score checkpoints against the base model",
+        f"  voicetune export {run} --out {package}{which}",
+        f"  voicetune synthesize {package} --text \"Hello, this is my voice.\" --out hello.wav",
+    ])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -280,13 +333,31 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from voicetune.preflight import doctor
 
     report = doctor(base=Path(args.base) if args.base else None,
-                    dataset=Path(args.dataset) if args.dataset else None, backend=args.backend)
+                    dataset=Path(args.dataset) if args.dataset else None, backend=args.backend,
+                    stack=not args.skip_stack_check)
     print(report.text())
+    failed = report.stack.failures if report.stack else []
+    if failed and not args.verbose:
+        where = args.log_file
+        if not where:  # the tracebacks, for a bug report: the console keeps one line per failure
+            import tempfile
+
+            fd, where = tempfile.mkstemp(prefix="voicetune-doctor-", suffix=".log")
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write("\n\n".join(f"{c.component} ({c.what}):\n{c.traceback}" for c in failed))
+        print(f"tracebacks of the failed components: {where} (or run `voicetune -v doctor`)")
     return 1 if report.failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from voicetune.demo_pipeline import demo
+
+    if not args.log_file:
+        from voicetune.demo_pipeline import MARKER
+        from voicetune.utils.log import add_log_file
+
+        marker = Path(args.workdir) / MARKER  # written by demo into a folder it may use
+        add_log_file(Path(args.workdir) / "demo.log", ready=marker.is_file)
 
     result = demo(Path(args.workdir), max_steps=args.max_steps, progress=_progress_bar())
     print(result.summary())
@@ -301,6 +372,9 @@ def _protocol_options() -> dict[str, OptionField]:
     return {o.flat: o for o in fields.values() if o.owner is EvalOptions and o.field.name in EvalOptions.PROTOCOL}
 
 
+PREPARE_OPTIONS = "prepare options (also settable in the YAML file given to --config)"
+
+
 def _add_data_commands(sub: Any, fmt: type) -> None:
     prepare_options = list(option_fields(PrepareConfig).values())
     s = sub.add_parser("prepare", help="recordings → transcribed, checked, split dataset", formatter_class=fmt,
@@ -311,7 +385,9 @@ def _add_data_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--speaker", action="append", metavar="NAME=FOLDER",
                    help="another input folder holding speaker NAME (repeatable: one dataset, several voices)")
-    _add_options(s.add_argument_group("prepare options"), prepare_options)
+    s.add_argument("--config", metavar="YAML", help="prepare options from a YAML file (e.g. the prepare.yaml "
+                   "of an earlier dataset); command-line options override it")
+    _add_options(s.add_argument_group(PREPARE_OPTIONS), prepare_options)
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("dataset", help="curate or import a dataset (restore / quarantine / import)",
@@ -335,7 +411,9 @@ def _add_data_commands(sub: Any, fmt: type) -> None:
                         formatter_class=fmt)
     d.add_argument("src", help="folder with metadata.csv + wavs/ (LJSpeech) or metadata_train/eval.csv")
     d.add_argument("--out", required=True, help="dataset folder to write")
-    _add_options(d.add_argument_group("prepare options"), prepare_options)
+    d.add_argument("--config", metavar="YAML", help="prepare options from a YAML file; command-line options "
+                   "override it")
+    _add_options(d.add_argument_group(PREPARE_OPTIONS), prepare_options)
     d.set_defaults(func=cmd_dataset)
 
 
@@ -474,9 +552,16 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same audio; default: 0)")
     s.set_defaults(func=cmd_synthesize)
 
-    s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, CUDA, base folder",
-                       description="Check disk, RAM, GPU, packages, the ASR model and (with --base) the base "
-                       "folder; with --dataset too, measure training memory on the GPU.")
+    s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, base folder; does the stack work",
+                       description="Check disk, RAM, GPU, packages, the ASR model and (with --base) the "
+                       "base folder; with --dataset too, measure training memory on the GPU. Then, in a few "
+                       "seconds on the CPU, check that the stack WORKS: a tiny XTTS model synthesizes a "
+                       "sentence through coqui-tts, and ASR (Whisper), the speaker encoder (Resemblyzer) and "
+                       "the MOS model (DistillMOS) score it. Prints the versions of torch, transformers, "
+                       "coqui-tts and faster-whisper; a failure names the component and its cause. Exit "
+                       "status 1 when a check fails.")
+    s.add_argument("--skip-stack-check", action="store_true",
+                   help="leave out the stack check (tiny model synthesis, ASR, speaker encoder, MOS)")
     s.add_argument("--base", help="base model folder to check for completeness")
     s.add_argument("--backend", default=TrainConfig.backend, choices=available_backends(),
                    help="backend whose layout --base should have (default: %(default)s)")
@@ -494,6 +579,9 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.set_defaults(func=cmd_demo)
 
 
+MODEL_COMMANDS = ("train", "evaluate", "export", "synthesize", "doctor", "demo", "make-tiny-base")
+
+
 def build_parser(backend: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``train`` takes the options of ``backend`` (default: the default backend)."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -503,7 +591,11 @@ def build_parser(backend: str | None = None) -> argparse.ArgumentParser:
         "and measure (speaker similarity, intelligibility, naturalness) whether it got better.",
     )
     p.add_argument("--version", action="version", version=f"voicetune {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging and third-party warnings on the console, tracebacks of errors")
+    p.add_argument("--log-file", metavar="PATH", help="append everything logged (debug level, third-party "
+                   "warnings, tracebacks) to this file; `train` writes RUN_DIR/train.log unless this is "
+                   "given")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_data_commands(sub, fmt)
     _add_model_commands(sub, fmt, backend or TrainConfig.backend)
@@ -523,19 +615,25 @@ def main(argv: list[str] | None = None) -> int:
             chosen = chosen._subparsers._group_actions[0].choices[args.dataset_command]  # type: ignore[union-attr]
         chosen.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_file)
+    if args.command in MODEL_COMMANDS:  # they import transformers anyway: its messages go through our filter
+        from voicetune.utils.log import route_library_logging
+
+        route_library_logging()
     try:
         return args.func(args)
     except ConfigError as e:
         logger.error("invalid option: %s", e)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
-        if args.verbose:
-            logger.exception("%s failed", args.command)
-        else:
-            logger.error("%s failed: %s", args.command, e)
+        logger.debug("%s failed", args.command, exc_info=True)  # the traceback: --verbose and the log file
+        logger.error("%s failed: %s", args.command, e)
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
+    finally:
+        from voicetune.utils.log import close_log_files
+
+        close_log_files()
     return 1
 
 

@@ -14,6 +14,33 @@ from voicetune.utils.device import pick_device
 logger = logging.getLogger(__name__)
 
 
+class NotAPackageError(ValueError):
+    """A training run folder (or one of its checkpoints) was given where an exported package is needed."""
+
+
+def _refuse_run_folder(folder: Path) -> None:
+    """A run folder or checkpoint holds only the trainable state: say how to export it, with the command."""
+    import shlex
+
+    from voicetune.packaging import PACKAGE_MANIFEST
+
+    if (folder / PACKAGE_MANIFEST).is_file():
+        return
+    run, checkpoint = None, ""
+    if (folder / "run.json").is_file():
+        run = folder
+    elif (folder / "meta.json").is_file() and (folder.parent.parent / "run.json").is_file():
+        run, checkpoint = folder.parent.parent, f" --checkpoint {shlex.quote(folder.name)}"
+    if run is None:
+        return
+    package = run.parent / f"{run.name}-voice"
+    raise NotAPackageError(
+        f"{folder} is a training run{' checkpoint' if checkpoint else ''}, not a model package; "
+        "export it first:\n"
+        f"  voicetune export {shlex.quote(str(run))} --out {shlex.quote(str(package))}{checkpoint}\n"
+        f"  voicetune synthesize {shlex.quote(str(package))} --text ... --out ...")
+
+
 def synthesize(
     package_dir: Path | str,
     text: str,
@@ -28,6 +55,7 @@ def synthesize(
     package_dir = Path(package_dir)
     if not text.strip():
         raise ValueError("--text is empty: give the sentence to speak")
+    _refuse_run_folder(package_dir)
     manifest = read_package(package_dir)
     refs = [Path(r) for r in reference] if reference else [package_dir / r for r in manifest.get("references", [])[:3]]
     if not refs:
