@@ -111,7 +111,11 @@ def test_evaluate_writes_metrics_json_and_all_wavs(evaluated, dataset_dir, asr_m
     assert [Path(p).name for p in doc["references"]] == [p.name for p in longest]
     # no temporary folders left behind; every evaluation's progress reached its total
     assert not [p for p in (run / "eval").iterdir() if p.name.startswith(".")]
-    assert progress[-1][0] == progress[-1][1] == 6
+    # progress counts sentences (3), rendering then scoring, each phase of each evaluation reaching its end
+    for phase in ("rendering", "scoring"):
+        for name in ("baseline", "step_10"):
+            calls = [(d, t) for d, t, w in progress if w == f"eval {name}: {phase}"]
+            assert calls[0] == (0, 3) and calls[-1] == (3, 3), (name, phase, calls)
     assert (run / "checkpoints" / "best").read_text().strip() == "step_10" and result.report.is_file()
 
 
