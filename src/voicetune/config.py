@@ -715,7 +715,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def load_yaml(cls: type[T], path: Path, options_for: OptionsFor | None = None) -> T:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config {path}: not a YAML text file (not UTF-8)") from None
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     return from_dict(cls, data, source=str(path), options_for=options_for)
