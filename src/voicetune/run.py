@@ -151,7 +151,14 @@ def run_sources(run_dir: Path) -> dict[str, Any]:
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / "meta.json").read_text())
+    path = Path(ckpt) / "meta.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: unreadable ({e}); this checkpoint is damaged: use another one (--checkpoint)") from e
+    if isinstance(data, dict):
+        return data
+    raise RunError(f"{path}: expected a JSON object; this checkpoint is damaged: use another one (--checkpoint)")
 
 
 def trainable_path(ckpt: Path) -> Path:
