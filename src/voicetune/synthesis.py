@@ -8,7 +8,7 @@ from pathlib import Path
 from voicetune.audio.io import write_wav
 from voicetune.backends.base import Waveform
 from voicetune.backends.registry import get_backend
-from voicetune.packaging import PACKAGE_ENTRIES, read_package
+from voicetune.packaging import read_package
 from voicetune.utils.device import pick_device
 from voicetune.utils.paths import UnsafePathError, inside
 
@@ -56,8 +56,8 @@ def synthesize(
 
 def _check_out(out: Path, package_dir: Path, refs: list[Path], force: bool) -> None:
     target = out.resolve()
-    if out.is_dir() or target in {r.resolve() for r in refs} or (
-            target.parent == package_dir.resolve() and target.name in PACKAGE_ENTRIES):
+    in_package = package_dir.resolve() in target.parents and (out.exists() or out.is_symlink())
+    if out.is_dir() or target in {r.resolve() for r in refs} or in_package:
         raise ValueError(f"--out {out} is a folder, a reference clip or a file of the package; choose a new file name")
     if (out.exists() or out.is_symlink()) and not force:
         raise ValueError(f"--out {out} already exists; voicetune does not replace files it did not write: choose "

@@ -57,9 +57,35 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    # through a Python file object: a full disk then raises OSError(ENOSPC), not torch's "unexpected pos"
+    # Through a Python file object that keeps what interrupted a write: torch's writer reports any failed write as
+    # "unexpected pos"; the real cause (OSError(ENOSPC) of a full disk, a KeyboardInterrupt) is raised instead.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        out = _KeepError(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+        if out.error is not None:
+            raise out.error
+
+
+class _KeepError:
+    """A writable file that remembers the exception a write raised (torch.save would swallow it)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 PARTIAL_MARKER = ".voicetune-partial.json"  # inside every folder under construction: who builds it

@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,11 @@ from voicetune.utils.io import PARTIAL_MARKER, atomic_write_json, new_tmp_dir
 
 MARKER = ".voicetune-output.json"
 
-WHAT = {
-    "dataset": "dataset (voicetune prepare / dataset import)",
-    "package": "model package (voicetune export)",
-    "base-evaluation": "base-model evaluation (voicetune evaluate --base)",
-    "tiny-base": "tiny base model (voicetune make-tiny-base)",
+WHAT = {  # who writes each kind of output
+    "dataset": "`voicetune prepare` (or `voicetune dataset import`)",
+    "package": "`voicetune export`",
+    "base-evaluation": "`voicetune evaluate --base`",
+    "tiny-base": "`voicetune make-tiny-base`",
 }
 
 
@@ -54,11 +54,19 @@ def _listing(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} - {MARKER, PARTIAL_MARKER} if folder.is_dir() else set()
 
 
-def own_entries(folder: Path, kind: str, known: Iterable[str] = (), signature: str | None = None) -> set[str] | None:
+Signature = str | Callable[[Path], bool] | None
+
+
+def own_entries(
+    folder: Path, kind: str, known: Iterable[str] = (), signature: Signature = None, interim: Iterable[str] = ()
+) -> set[str] | None:
     """The entries of ``folder`` that belong to its ``kind`` output, or None when it holds no such output.
 
     With a marker: the recorded entries (and ``known`` names). Without one (written before the marker existed):
-    recognised only when ``signature`` is there and every entry is one of the ``known`` names.
+    recognised only when every entry is one of the ``known`` names (any, when none are given) and ``signature``
+    holds (a file name that must
+    be there, or a test of the folder). A folder holding only ``interim`` entries (what the command writes there
+    before its output is complete: caches) is one too.
     """
     folder = Path(folder)
     present = _listing(folder)
@@ -66,7 +74,10 @@ def own_entries(folder: Path, kind: str, known: Iterable[str] = (), signature: s
     if kind in marker:
         recorded = marker[kind].get("entries", []) if isinstance(marker[kind], dict) else []
         return present & (set(map(str, recorded)) | set(known))
-    if not marker and signature and signature in present and present <= set(known):
+    legacy = signature(folder) if callable(signature) else signature in present
+    if not marker and signature and (not known or present <= set(known)) and legacy:
+        return present
+    if present and present <= set(interim):
         return present
     return None
 
@@ -82,7 +93,8 @@ def check_output(
     force: bool = False,
     inputs: Iterable[Path | str] = (),
     known: Iterable[str] = (),
-    signature: str | None = None,
+    signature: Signature = None,
+    interim: Iterable[str] = (),
     option: str = "--out",
 ) -> None:
     """Raise :class:`OutputError` unless ``out`` may receive a ``kind`` output (rules in the module doc)."""
@@ -101,11 +113,11 @@ def check_output(
     if not out.is_dir():
         raise OutputError(f"{option} {out} exists and is not a folder; choose another name")
     present = _listing(out)
-    if not present or own_entries(out, kind, known, signature) is not None or force:
+    if not present or own_entries(out, kind, known, signature, interim) is not None or force:
         return
     shown = ", ".join(sorted(present)[:6]) + (", ..." if len(present) > 6 else "")
     raise OutputError(
-        f"{option} {out} is not empty ({shown}) and is not a {WHAT.get(kind, kind)} that voicetune wrote. "
+        f"{option} {out} is not empty ({shown}) and was not written by {WHAT.get(kind, kind)}. "
         "voicetune never deletes or replaces files it did not write: choose a new or empty folder, or add "
         "--force to write the output next to those files (they are kept)"
     )
@@ -119,18 +131,20 @@ def output_dir(
     force: bool = False,
     inputs: Iterable[Path | str] = (),
     known: Iterable[str] = (),
-    signature: str | None = None,
+    signature: Signature = None,
+    interim: Iterable[str] = (),
     complete: Iterable[str] = (),
 ) -> Iterator[Path]:
     """Check ``out`` (:func:`check_output`), yield a hidden folder to build the output in, and publish it into
     ``out`` when the block completes. On an exception nothing in ``out`` changes."""
     out = Path(out)
-    known = tuple(known)
-    check_output(out, kind, force=force, inputs=inputs, known=known, signature=signature)
+    known, interim = tuple(known), tuple(interim)
+    check_output(out, kind, force=force, inputs=inputs, known=known, signature=signature, interim=interim)
     tmp = new_tmp_dir(out)
     try:
         yield tmp
-        _publish(tmp, out, kind, own_entries(out, kind, known, signature) or set(), tuple(complete))
+        ours = own_entries(out, kind, known, signature, interim) or set()
+        _publish(tmp, out, kind, ours, tuple(complete))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
