@@ -284,6 +284,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
         _prepare_run_dir(run_dir, {"dataset": str(Path(dataset_dir).resolve()), "base": str(Path(base).resolve())})
     elif ckpt is not None and dist.is_main:
         clean_leftovers(run_dir)
+    saved = load_state(ckpt) if ckpt is not None else None  # first: a checkpoint that cannot load changes nothing
     dist.barrier()
     seed_everything(cfg.seed)
     device = pick_device(device_name)
@@ -304,7 +305,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     step_size = cfg.batch_size * cfg.grad_accum * dist.world
     sampler = StepSampler(store.lengths(), step_size, cfg.seed, cfg.bucket_window)
     report = _data_report(store, len(dataset.train), sampler, cfg, dist)
-    if dist.is_main:  # a resumed run records its changed options (length, logging...) for the next resume
+    if dist.is_main and ckpt is None:
         save_yaml(cfg, run_dir / "config.yaml")
     if dist.is_main and ckpt is None:
         RunInfo(cfg.backend, str(Path(base).resolve()), str(Path(dataset_dir).resolve()), cfg.seed,
@@ -323,11 +324,12 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     run = _Run(cfg, run_dir, dist, device, precision, backend, store, sampler, optimizer, scheduler, engine,
                state, list(callbacks or []) if dist.is_main else [], progress)
     if ckpt is not None:
-        run.start_step = restore(ckpt, load_state(ckpt), backend=backend, optimizer=optimizer, scheduler=scheduler,
+        run.start_step = restore(ckpt, saved, backend=backend, optimizer=optimizer, scheduler=scheduler,
                                 engine=engine, sampler=sampler, dist=dist)
         run.state.resumed_from = run.start_step
         run.state.step, run.state.checkpoint = run.start_step, ckpt
-        if dist.is_main:
+        if dist.is_main:  # restored: record its changed options (length, logging...) for the next resume
+            save_yaml(cfg, run_dir / "config.yaml")
             truncate_metrics(run_dir, run.start_step)
     run.meter = _meter(backend, engine, device, precision, total, run.start_step)
     logger.info("training %s on %s (%s): %d clips, batch %d x accum %d x %d process(es), steps %d..%d of %d "
