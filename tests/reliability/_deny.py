@@ -22,13 +22,13 @@ def _denied(path: object) -> bool:
     return any(p == d or p.startswith(d + os.sep) for d in DENIED)
 
 
-def _guarded_open(file, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - builtins.open's signature
+def _guarded_open(file, *args, **kwargs):
     if _denied(file):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
     return _open(file, *args, **kwargs)
 
 
-def _guarded_scandir(path="."):  # noqa: ANN001, ANN202
+def _guarded_scandir(path="."):
     if _denied(path):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
     return _scandir(path)

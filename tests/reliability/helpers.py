@@ -18,12 +18,13 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+import voicetune
+
+# The voicetune sources this test process imports: commands run in new processes use the same ones.
+SRC = str(Path(voicetune.__file__).resolve().parents[1])
 
 
 @dataclass
@@ -62,16 +63,6 @@ def cli(*argv: object) -> Outcome:
         root.removeHandler(handler)
         root.setLevel(old)
     return Outcome(rc, "\n".join(handler.lines) + "\n" + out.getvalue() + err.getvalue())
-
-
-def cli_subprocess(*argv: object, prefix: list[str] | None = None, timeout: float = 600,
-                   env: dict[str, str] | None = None) -> Outcome:
-    """``python -m voicetune.cli ARGV`` in a new process (``prefix``: e.g. setpriv to drop privileges)."""
-    cmd = [*(prefix or []), sys.executable, "-m", "voicetune.cli", *map(str, argv)]
-    environ = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ,
-                          errors="backslashreplace")
-    return Outcome(proc.returncode, proc.stdout + proc.stderr)
 
 
 def assert_reported(outcome: Outcome | str, *patterns: str) -> None:

@@ -22,7 +22,7 @@ import pytest
 from voicetune.data.manifest import read_clips_jsonl, read_metadata_csv
 
 from .corpus import AUDIO_KINDS, GOOD, AudioKind, restore_permissions, write_audio_corpus
-from .helpers import REPO, Outcome, assert_reported, digest, leftovers, read_json
+from .helpers import SRC, Outcome, assert_reported, digest, leftovers, read_json
 
 DROP_DAC = ["--bounding-set", "-dac_override,-dac_read_search"]
 
@@ -32,14 +32,14 @@ def unprivileged_prefix() -> list[str] | None:
     if os.geteuid() != 0:
         return []
     setpriv = shutil.which("setpriv")
-    if setpriv and subprocess.run([setpriv, *DROP_DAC, "true"], capture_output=True).returncode == 0:
+    if setpriv and subprocess.run([setpriv, *DROP_DAC, "true"], capture_output=True, check=False).returncode == 0:
         return [setpriv, *DROP_DAC]
     return None
 
 
 def _run_prepare(src: Path, out: Path, asr_model: str) -> tuple[Outcome, str]:
     args = ["prepare", str(src), "--out", str(out), "--asr-model", asr_model, "--qa-mos", "off"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
     prefix = unprivileged_prefix()
     if prefix is None:  # simulate the permission errors at Python's open/scandir
         how = "simulated (Python-level EACCES: setpriv is not available)"
@@ -48,7 +48,7 @@ def _run_prepare(src: Path, out: Path, asr_model: str) -> tuple[Outcome, str]:
     else:
         how = "real (setpriv: no DAC override)" if prefix else "real (not root)"
         cmd = [*prefix, sys.executable, "-m", "voicetune.cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, errors="backslashreplace")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, errors="backslashreplace", check=False)
     return Outcome(proc.returncode, proc.stdout + proc.stderr), how
 
 
@@ -81,9 +81,9 @@ def test_bad_audio_is_named_with_its_reason_and_the_rest_is_used(audio_run, kind
     # 1. one clear message: the entry and its reason on one line of the output, and in the report
     if kind.outcome in ("skipped", "no_speech", "not_used"):
         lines = [line for line in r.outcome.text.splitlines() if kind.name in line]
-        assert any(re.search(kind.reason, line, re.I) for line in lines), (
+        assert any(re.search(kind.reason, line, re.IGNORECASE) for line in lines), (
             kind.name, lines, r.outcome.text[-3000:])
-        assert re.search(kind.reason, _where(r.result, kind).get(kind.name, ""), re.I)
+        assert re.search(kind.reason, _where(r.result, kind).get(kind.name, ""), re.IGNORECASE)
         assert kind.name in r.report
     elif kind.outcome == "duplicate":
         assert_reported(r.outcome, rf"{kind.name}: {kind.reason}")

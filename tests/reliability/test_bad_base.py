@@ -8,7 +8,15 @@ import json
 import pytest
 import torch
 
-from .helpers import assert_nothing_partial, assert_reported, assert_unchanged, cli, digest, linked_copy, replace_file
+from .helpers import (
+    assert_nothing_partial,
+    assert_reported,
+    assert_unchanged,
+    cli,
+    digest,
+    linked_copy,
+    replace_file,
+)
 
 
 def _missing_model(base):

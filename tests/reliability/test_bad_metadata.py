@@ -112,11 +112,11 @@ def _dataset(piper_sentences, root: Path, rows: list[tuple[str, str, str]] | Non
 
 
 TRAIN_METADATA = {
-    "row_leaves_the_folder": ([("../../victim.wav", "Out.", "spk")], r"metadata_train\.csv:6: '\.\./\.\./victim\.wav' "
-                              r"goes up out of the folder"),
+    "row_leaves_the_folder": ([("../../victim.wav", "Out.", "spk")],
+                              r"metadata_train\.csv:6: '\.\./\.\./victim\.wav' goes up out of the folder"),
     "row_absolute": ([("/etc/hostname", "Abs.", "spk")], r"metadata_train\.csv:6: '/etc/hostname' is an absolute"),
-    "row_missing_wav": ([("wavs/gone.wav", "Gone.", "spk")], r"metadata_train\.csv:6: audio file wavs/gone\.wav "
-                        r"does not exist"),
+    "row_missing_wav": ([("wavs/gone.wav", "Gone.", "spk")],
+                        r"metadata_train\.csv:6: audio file wavs/gone\.wav does not exist"),
     "no_training_rows": (None, r"metadata_train\.csv: no training clips"),
     "not_utf8": (None, r"metadata_train\.csv: not UTF-8"),
 }

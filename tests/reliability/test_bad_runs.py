@@ -42,11 +42,12 @@ def _state_not_a_state(run):
 
 
 RESUME_CASES = {
-    "latest_marker_climbs_out": (_latest_climbs_out, r"checkpoints/latest:1: '\.\./\.\./\.\./\.\./etc' is not a "
-                                 r"checkpoint name of this run"),
+    "latest_marker_climbs_out": (_latest_climbs_out,
+                                 r"checkpoints/latest:1: '\.\./\.\./\.\./\.\./etc' is not a checkpoint name of this run"),
     "state_pt_truncated": (_state_truncated, r"step_2/state\.pt: unreadable .*resume from an earlier checkpoint"),
-    "state_pt_of_an_older_voicetune": (_state_of_an_older_voicetune, r"step_2/state\.pt holds Python objects that "
-                                       r"voicetune does not unpickle.*older voicetune.*voicetune export"),
+    "state_pt_of_an_older_voicetune": (
+        _state_of_an_older_voicetune,
+        r"step_2/state\.pt holds Python objects that voicetune does not unpickle.*older voicetune.*voicetune export"),
     "state_pt_not_a_training_state": (_state_not_a_state, r"step_2/state\.pt: not a voicetune training state"),
     "config_yaml_broken": (_config_yaml_broken, r"cannot read config .*config\.yaml"),
 }
@@ -84,14 +85,15 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_again
 EXPORT_CASES = {
     "best_marker_climbs_out": (lambda run: (run / "checkpoints" / "best").write_text("../../secret\n"), ["--checkpoint",
                                "best"], r"checkpoints/best:1: '\.\./\.\./secret' is not a checkpoint name"),
-    "checkpoint_option_climbs_out": (lambda run: None, ["--checkpoint", "../../../etc"], r"--checkpoint "
-                                     r"'\.\./\.\./\.\./etc': give 'auto', 'latest', 'best' or a checkpoint folder"),
+    "checkpoint_option_climbs_out": (
+        lambda run: None, ["--checkpoint", "../../../etc"],
+        r"--checkpoint '\.\./\.\./\.\./etc': give 'auto', 'latest', 'best' or a checkpoint folder"),
     "trainable_pt_garbage": (lambda run: (run / "checkpoints" / "step_2" / "trainable.pt").write_bytes(b"PK\x03\x04 no"),
                              [], r"step_2/trainable\.pt: cannot load the trained XTTS GPT state"),
     "meta_json_garbage": (lambda run: (run / "checkpoints" / "step_2" / "meta.json").write_text("{not json"),
                           ["--checkpoint", "step_2"], r"step_2/meta\.json: unreadable"),
-    "run_json_missing": (lambda run: (run / "run.json").unlink(), [], r"run\.json: missing; is .* a folder written by "
-                         r"`voicetune train`"),
+    "run_json_missing": (lambda run: (run / "run.json").unlink(), [],
+                         r"run\.json: missing; is .* a folder written by `voicetune train`"),
 }
 
 

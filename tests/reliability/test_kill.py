@@ -31,7 +31,7 @@ from voicetune.run import latest_checkpoint, list_checkpoints
 from voicetune.training.errors import TrainError
 
 from .conftest import TRAIN
-from .helpers import REPO, leftovers
+from .helpers import SRC, leftovers
 
 BASE_SEED = int(os.environ.get("VOICETUNE_KILL_SEED") or random.SystemRandom().randrange(1, 10**6))
 STEPS = 6
@@ -49,7 +49,7 @@ def trial_seeds(name: str, n: int) -> list[int]:
 def kill_cli(args: list[object], trigger: Callable[[], bool], delay: float, limit: float = 600) -> tuple[bool, str]:
     """Run ``voicetune ARGS`` and SIGKILL it ``delay`` seconds after ``trigger()`` first holds. Returns
     (killed: False when it finished first, what happened)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen([sys.executable, "-m", "voicetune.cli", *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0, fired = time.monotonic(), None
