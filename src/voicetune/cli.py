@@ -269,7 +269,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force)
     manifest = read_package(out)
     print(f"exported model package: {out}")
-    print(f"packaged checkpoint {manifest['checkpoint']} ({manifest['checkpoint_choice']}, step {manifest['steps']})")
+    print(f"packaged checkpoint {manifest['checkpoint']} ({manifest['checkpoint_choice']}, "
+          f"step {manifest['steps']})")
     return 0
 
 
@@ -468,8 +469,8 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.add_argument("run_dir", help="run folder written by `voicetune train`")
     s.add_argument("--out", required=True, help="package folder to write")
     s.add_argument("--checkpoint", default="auto",
-                   help="'auto' (default: the best evaluation when training marked one, else the latest), 'best', "
-                   "'latest' or a checkpoint folder name like step_100")
+                   help="'auto' (default: the best evaluation when training marked one, else the latest), "
+                   "'best', 'latest' or a checkpoint folder name like step_100")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_export)
 

@@ -1,5 +1,5 @@
-"""Run ``python -m voicetune.cli ...`` with some paths unreadable: the fallback for a root test on a machine where
-privileges cannot be dropped (no ``setpriv``). Python-level opens and folder listings of the paths in
+"""Run ``python -m voicetune.cli ...`` with some paths unreadable: the fallback for a root test on a machine
+where privileges cannot be dropped (no ``setpriv``). Python-level opens and folder listings of the paths in
 ``VOICETUNE_TEST_DENY`` (os.pathsep-separated) fail with EACCES, as they would for a user without permission.
 
 Usage: ``python _deny.py ARGS...`` runs the CLI with ARGS.

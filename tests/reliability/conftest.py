@@ -1,4 +1,5 @@
-"""Fixtures of the reliability suite (``tiny_dataset``, ``tiny_base`` and ``asr_model`` live in tests/conftest.py)."""
+"""Fixtures of the reliability suite (``tiny_dataset``, ``tiny_base`` and ``asr_model`` live in
+tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,9 @@ def _locked_folder(folder: Path, speech: list[Path]) -> None:
     os.chmod(folder / "locked_folder", 0)
 
 
-def _write(name: str, audio: np.ndarray, subtype: str = "PCM_16", sr: int = SR) -> Callable[[Path, list[Path]], None]:
+def _write(
+    name: str, audio: np.ndarray, subtype: str = "PCM_16", sr: int = SR
+) -> Callable[[Path, list[Path]], None]:
     def build(folder: Path, speech: list[Path]) -> None:
         sf.write(folder / name, audio, sr, subtype=subtype)
 
@@ -71,7 +73,8 @@ def _write(name: str, audio: np.ndarray, subtype: str = "PCM_16", sr: int = SR) 
 
 
 def _truncated(folder: Path, speech: list[Path]) -> None:
-    """Two sentences with a pause; the file is cut in the middle of the second (its header still announces both)."""
+    """Two sentences with a pause; the file is cut in the middle of the second (its header still announces
+    both)."""
     a, _ = sf.read(speech[4], dtype="float32")
     b, _ = sf.read(speech[5], dtype="float32")
     full = np.concatenate([a, np.zeros(SR, np.float32), b])
@@ -141,7 +144,9 @@ def _notes(folder: Path, speech: list[Path]) -> None:
 
 def _wav_named_flac(folder: Path, speech: list[Path]) -> None:
     audio, sr = sf.read(speech[1], dtype="float32")
-    sf.write(folder / "really_a_wav.flac", 0.7 * audio, sr, format="WAV", subtype="PCM_16")  # WAV data, .flac name
+    sf.write(
+        folder / "really_a_wav.flac", 0.7 * audio, sr, format="WAV", subtype="PCM_16"
+    )  # WAV data, .flac name
 
 
 _RNG = np.random.default_rng(5)
@@ -151,14 +156,31 @@ AUDIO_KINDS = [
     AudioKind("caf\\xe9_latin1_name.wav", _non_utf8_name, "used", r""),
     AudioKind("unreadable.wav", _unreadable, "skipped", r"permission denied"),
     AudioKind("locked_folder/", _locked_folder, "not_used", r"cannot read this folder.*permission denied"),
-    AudioKind("one_sample.wav", _write("one_sample.wav", np.full(1, 0.1, np.float32)), "no_speech", r"too short"),
-    AudioKind("short_0.2s.wav", _write("short_0.2s.wav", (0.3 * np.sin(np.arange(SR // 5) / 3.0)).astype(np.float32)),
-              "no_speech", r"too short \(0\.20 s"),
-    AudioKind("silence_10s.wav", _write("silence_10s.wav", np.zeros(10 * SR, np.float32)), "no_speech", r"silent"),
-    AudioKind("noise_10s.wav", _write("noise_10s.wav", (0.3 * _RNG.standard_normal(10 * SR)).astype(np.float32)),
-              "no_speech", r"no speech found"),
-    AudioKind("truncated.wav", _truncated, "used", r"truncated: the header announces [\d.]+ s of audio, the file "
-              r"holds [\d.]+ s"),
+    AudioKind(
+        "one_sample.wav", _write("one_sample.wav", np.full(1, 0.1, np.float32)), "no_speech", r"too short"
+    ),
+    AudioKind(
+        "short_0.2s.wav",
+        _write("short_0.2s.wav", (0.3 * np.sin(np.arange(SR // 5) / 3.0)).astype(np.float32)),
+        "no_speech",
+        r"too short \(0\.20 s",
+    ),
+    AudioKind(
+        "silence_10s.wav", _write("silence_10s.wav", np.zeros(10 * SR, np.float32)), "no_speech", r"silent"
+    ),
+    AudioKind(
+        "noise_10s.wav",
+        _write("noise_10s.wav", (0.3 * _RNG.standard_normal(10 * SR)).astype(np.float32)),
+        "no_speech",
+        r"no speech found",
+    ),
+    AudioKind(
+        "truncated.wav",
+        _truncated,
+        "used",
+        r"truncated: the header announces [\d.]+ s of audio, the file "
+        r"holds [\d.]+ s",
+    ),
     AudioKind("damaged.flac", _damaged_flac, "skipped", r"damaged|cannot decode|not a readable"),
     AudioKind("header_only.wav", _header_only, "skipped", r"no samples"),
     AudioKind("nan_samples.wav", _nan, "skipped", r"NaN"),
@@ -166,7 +188,9 @@ AUDIO_KINDS = [
     AudioKind("id3_only.mp3", _id3_only, "skipped", r"not a readable audio file|no samples|no audio"),
     AudioKind("text_as_audio.wav", _text_as_wav, "skipped", r"not a readable audio file"),
     AudioKind("empty.wav", _empty, "skipped", r"empty"),
-    AudioKind("dangling.wav", _dangling, "not_used", r"dangling symlink.*deleted_recording\.wav does not exist"),
+    AudioKind(
+        "dangling.wav", _dangling, "not_used", r"dangling symlink.*deleted_recording\.wav does not exist"
+    ),
     AudioKind("loop_a.wav", _loop, "not_used", r"symlink loop"),
     AudioKind("pipe.wav", _fifo, "not_used", r"not a regular file"),
     AudioKind("._resource_fork.wav", _hidden, "not_used", r"hidden"),

@@ -69,7 +69,9 @@ def assert_reported(outcome: Outcome | str, *patterns: str) -> None:
     """Each regex (case-insensitive) is in what the user saw, and no traceback is."""
     text = outcome if isinstance(outcome, str) else outcome.text
     for pattern in patterns:
-        assert re.search(pattern, text, re.IGNORECASE | re.DOTALL), f"{pattern!r} not reported in:\n{text[-4000:]}"
+        assert re.search(pattern, text, re.IGNORECASE | re.DOTALL), (
+            f"{pattern!r} not reported in:\n{text[-4000:]}"
+        )
     assert "Traceback (most recent call last)" not in text, text[-4000:]
 
 
@@ -78,7 +80,9 @@ def digest(*roots: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for root in roots:
         root = Path(root)
-        entries = [root] + (sorted(root.rglob("*"), key=str) if root.is_dir() and not root.is_symlink() else [])
+        entries = [root] + (
+            sorted(root.rglob("*"), key=str) if root.is_dir() and not root.is_symlink() else []
+        )
         for p in entries:
             key = os.fsdecode(bytes(p))
             if p.is_symlink():
@@ -110,7 +114,9 @@ def leftovers(folder: Path) -> list[str]:
     found = []
     for d in {Path(folder).parent, Path(folder)}:
         if d.is_dir():
-            found += [p.name for p in d.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+            found += [
+                p.name for p in d.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))
+            ]
     return sorted(found)
 
 
@@ -124,8 +130,8 @@ COMPLETE_MARKS = {  # what makes each kind of output look complete to the next c
 
 
 def assert_nothing_partial(out: Path, kind: str, existed_before: bool = False) -> None:
-    """After a failed command: ``out`` does not look like a complete ``kind`` output (unless it was one before the
-    command), and no temporary folder of the attempt is left beside it."""
+    """After a failed command: ``out`` does not look like a complete ``kind`` output (unless it was one before
+    the command), and no temporary folder of the attempt is left beside it."""
     out = Path(out)
     if not existed_before:
         marks = [m for m in COMPLETE_MARKS[kind] if (out / m).exists()]

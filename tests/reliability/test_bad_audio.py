@@ -1,9 +1,9 @@
 """`voicetune prepare` over one folder that holds every kind of bad audio input next to good recordings.
 
-The command runs as users run it (a new process, the CLI) and without the power to read every file: as root the
-test drops the DAC-override capabilities with ``setpriv``, so a file with mode 000 really cannot be read; without
-setpriv, Python-level opens of the unreadable entries fail instead (``_deny.py``). Each kind is then checked for
-the suite's four properties (helpers.py).
+The command runs as users run it (a new process, the CLI) and without the power to read every file: as root
+the test drops the DAC-override capabilities with ``setpriv``, so a file with mode 000 really cannot be read;
+without setpriv, Python-level opens of the unreadable entries fail instead (``_deny.py``). Each kind is then
+checked for the suite's four properties (helpers.py).
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ DROP_DAC = ["--bounding-set", "-dac_override,-dac_read_search"]
 
 
 def unprivileged_prefix() -> list[str] | None:
-    """A command prefix under which permissions apply to this user ([] when not root); None: cannot drop them."""
+    """A command prefix under which permissions apply to this user ([] when not root); None: cannot drop
+    them."""
     if os.geteuid() != 0:
         return []
     setpriv = shutil.which("setpriv")
-    if setpriv and subprocess.run([setpriv, *DROP_DAC, "true"], capture_output=True, check=False).returncode == 0:
+    if (
+        setpriv
+        and subprocess.run([setpriv, *DROP_DAC, "true"], capture_output=True, check=False).returncode == 0
+    ):
         return [setpriv, *DROP_DAC]
     return None
 
@@ -43,12 +47,16 @@ def _run_prepare(src: Path, out: Path, asr_model: str) -> tuple[Outcome, str]:
     prefix = unprivileged_prefix()
     if prefix is None:  # simulate the permission errors at Python's open/scandir
         how = "simulated (Python-level EACCES: setpriv is not available)"
-        env["VOICETUNE_TEST_DENY"] = os.pathsep.join(str(src / n) for n in ("unreadable.wav", "locked_folder"))
+        env["VOICETUNE_TEST_DENY"] = os.pathsep.join(
+            str(src / n) for n in ("unreadable.wav", "locked_folder")
+        )
         cmd = [sys.executable, str(Path(__file__).with_name("_deny.py")), *args]
     else:
         how = "real (setpriv: no DAC override)" if prefix else "real (not root)"
         cmd = [*prefix, sys.executable, "-m", "voicetune.cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, errors="backslashreplace", check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=600, errors="backslashreplace", check=False
+    )
     return Outcome(proc.returncode, proc.stdout + proc.stderr), how
 
 
@@ -64,14 +72,25 @@ def audio_run(piper_sentences, asr_model, tmp_path_factory):
     print(f"permission errors: {how}")
     result = read_json(out / "prepare_result.json") if (out / "prepare_result.json").is_file() else {}
     report = html.unescape((out / "report.html").read_text()) if (out / "report.html").is_file() else ""
-    yield SimpleNamespace(src=src, out=out, outcome=outcome, before=before, after=after, result=result,
-                          report=report, records=read_clips_jsonl(out / "clips.jsonl"))
+    yield SimpleNamespace(
+        src=src,
+        out=out,
+        outcome=outcome,
+        before=before,
+        after=after,
+        result=result,
+        report=report,
+        records=read_clips_jsonl(out / "clips.jsonl"),
+    )
     restore_permissions(src)
 
 
 def _where(result: dict, kind: AudioKind) -> dict[str, str]:
-    return {"skipped": result.get("errors", {}), "no_speech": result.get("no_speech", {}),
-            "not_used": result.get("skipped_inputs", {})}.get(kind.outcome, {})
+    return {
+        "skipped": result.get("errors", {}),
+        "no_speech": result.get("no_speech", {}),
+        "not_used": result.get("skipped_inputs", {}),
+    }.get(kind.outcome, {})
 
 
 @pytest.mark.parametrize("kind", AUDIO_KINDS, ids=lambda k: k.name)
@@ -82,7 +101,10 @@ def test_bad_audio_is_named_with_its_reason_and_the_rest_is_used(audio_run, kind
     if kind.outcome in ("skipped", "no_speech", "not_used"):
         lines = [line for line in r.outcome.text.splitlines() if kind.name in line]
         assert any(re.search(kind.reason, line, re.IGNORECASE) for line in lines), (
-            kind.name, lines, r.outcome.text[-3000:])
+            kind.name,
+            lines,
+            r.outcome.text[-3000:],
+        )
         assert re.search(kind.reason, _where(r.result, kind).get(kind.name, ""), re.IGNORECASE)
         assert kind.name in r.report
     elif kind.outcome == "duplicate":
@@ -101,8 +123,11 @@ def test_bad_audio_is_named_with_its_reason_and_the_rest_is_used(audio_run, kind
     # 4. no partial output looks complete: nothing from a skipped entry in the dataset, no temporary leftovers
     if kind.outcome != "used":
         assert kind.name not in {rec.source_file for rec in r.records}
-    listed = {row[0] for row in read_metadata_csv(r.out / "metadata_train.csv") + read_metadata_csv(
-        r.out / "metadata_eval.csv")}
+    listed = {
+        row[0]
+        for row in read_metadata_csv(r.out / "metadata_train.csv")
+        + read_metadata_csv(r.out / "metadata_eval.csv")
+    }
     assert all((r.out / a).is_file() for a in listed) and not leftovers(r.out)
 
 
@@ -112,11 +137,16 @@ def test_the_summary_counts_files_without_speech_and_unreadable_ones(audio_run):
     n_silent = sum(k.outcome == "no_speech" for k in AUDIO_KINDS)
     assert len(result["errors"]) == n_skipped and len(result["no_speech"]) == n_silent
     used = result["n_files"] - result["n_files_failed"] - len(result["no_speech"])
-    assert_reported(audio_run.outcome, rf"{used}/{result['n_files']} audio file\(s\) used \({n_silent} without "
-                    rf"speech, {n_skipped} skipped\)")
+    assert_reported(
+        audio_run.outcome,
+        rf"{used}/{result['n_files']} audio file\(s\) used \({n_silent} without "
+        rf"speech, {n_skipped} skipped\)",
+    )
 
 
 def test_the_clip_cut_off_by_a_truncated_file_is_quarantined_and_the_rest_of_it_kept(audio_run):
-    clips = sorted((rec for rec in audio_run.records if rec.source_file == "truncated.wav"), key=lambda c: c.start)
+    clips = sorted(
+        (rec for rec in audio_run.records if rec.source_file == "truncated.wav"), key=lambda c: c.start
+    )
     assert [c.status for c in clips] == ["kept", "quarantined"], [(c.status, c.reasons) for c in clips]
     assert "cut off by the end of a truncated file" in clips[-1].reasons

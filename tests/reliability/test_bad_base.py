@@ -1,5 +1,6 @@
-"""Broken base-model folders given to `train`: each refused naming the file and what is wrong with it, before any
-checkpoint is written; the folder itself is never changed (coqui-tts would rewrite an old model.pth: we do not)."""
+"""Broken base-model folders given to `train`: each refused naming the file and what is wrong with it, before
+any checkpoint is written; the folder itself is never changed (coqui-tts would rewrite an old model.pth: we do
+not)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,10 @@ BAD_BASES = {
     "vocab_not_a_tokenizer": (_vocab_not_a_tokenizer, r"vocab\.json: cannot read the tokenizer"),
     "dvae_of_another_model": (_dvae_of_another_model, r"dvae\.pth: the DVAE has 7 codes .* different models"),
     "model_pth_is_a_folder": (_model_is_a_folder, r"model\.pth: not a file"),
-    "weights_of_another_config": (_weights_of_another_config, r"model\.pth: weights do not match config\.json"),
+    "weights_of_another_config": (
+        _weights_of_another_config,
+        r"model\.pth: weights do not match config\.json",
+    ),
 }
 
 
@@ -89,7 +93,9 @@ def test_a_broken_base_folder_is_refused_naming_the_file(kind, tiny_dataset, tin
     damage(base)
     before = digest(base, tiny_dataset)
     run = tmp_path / "run"
-    outcome = cli("train", tiny_dataset, "--base", base, "--out", run, "--max-steps", "1", "--eval-every-epochs", "0")
+    outcome = cli(
+        "train", tiny_dataset, "--base", base, "--out", run, "--max-steps", "1", "--eval-every-epochs", "0"
+    )
     assert outcome.rc == 1
     assert_reported(outcome, expected)  # 1. the file and the reason (2: nothing to go on with without a base)
     assert_unchanged(before, base, tiny_dataset)  # 3.
@@ -97,8 +103,16 @@ def test_a_broken_base_folder_is_refused_naming_the_file(kind, tiny_dataset, tin
 
 
 def test_a_base_path_that_is_a_file_is_refused(tiny_dataset, tiny_base, tmp_path):
-    outcome = cli("train", tiny_dataset, "--base", tiny_base / "config.json", "--out", tmp_path / "run",
-                  "--max-steps", "1")
+    outcome = cli(
+        "train",
+        tiny_dataset,
+        "--base",
+        tiny_base / "config.json",
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+    )
     assert outcome.rc == 1
     assert_reported(outcome, r"config\.json: base model folder does not exist or is not a folder")
     assert_nothing_partial(tmp_path / "run", "run")

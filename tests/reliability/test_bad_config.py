@@ -15,13 +15,22 @@ BAD_YAML = {
     "batch_size_float": ("batch_size: 2.5\n", r"batch_size must be of type int, got 2\.5"),
     "betas_words": ("betas: [a, b]\n", r"betas\[0\] must be of type float, got 'a'"),
     "betas_not_a_list": ("betas: 0.9\n", r"betas must be a list"),
-    "epochs_1e9": ("epochs: 1000000000\n", r"epochs=1000000000 is out of range: allowed from 0 to 100000.*--epochs"),
+    "epochs_1e9": (
+        "epochs: 1000000000\n",
+        r"epochs=1000000000 is out of range: allowed from 0 to 100000.*--epochs",
+    ),
     "lr_1e9": ("lr: 1.0e9\n", r"lr=1000000000\.0 is out of range: allowed from 0 to 1.*--lr"),
     "lr_nan": ("lr: .nan\n", r"lr=nan is out of range.*--lr"),
-    "warmup_negative": ("warmup_steps: -5\n", r"warmup_steps=-5 is out of range: allowed from 0.*--warmup-steps"),
+    "warmup_negative": (
+        "warmup_steps: -5\n",
+        r"warmup_steps=-5 is out of range: allowed from 0.*--warmup-steps",
+    ),
     "save_every_negative": ("save_every: -1\n", r"save_every=-1 is out of range.*--save-every"),
     "num_workers_negative": ("num_workers: -1\n", r"num_workers=-1 is out of range: allowed from 0 to 256"),
-    "weight_decay_negative": ("weight_decay: -1\n", r"weight_decay=-1\.0 is out of range: allowed from 0 to 1"),
+    "weight_decay_negative": (
+        "weight_decay: -1\n",
+        r"weight_decay=-1\.0 is out of range: allowed from 0 to 1",
+    ),
     "seed_negative": ("seed: -1\n", r"seed=-1 is out of range: allowed from 0 to 4294967295"),
     "milestones_words": ("scheduler: multistep\nmilestones: [x]\n", r"milestones\[0\] must be of type int"),
     "unknown_option": ("lrr: 0.001\n", r"unknown option\(s\) \['lrr'\]"),
@@ -32,8 +41,9 @@ BAD_YAML = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_YAML))
-def test_a_bad_config_is_refused_naming_the_option_before_anything_is_written(kind, tiny_dataset, tiny_base,
-                                                                                tmp_path):
+def test_a_bad_config_is_refused_naming_the_option_before_anything_is_written(
+    kind, tiny_dataset, tiny_base, tmp_path
+):
     text, expected = BAD_YAML[kind]
     cfg = tmp_path / "bad.yaml"
     cfg.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -42,17 +52,22 @@ def test_a_bad_config_is_refused_naming_the_option_before_anything_is_written(ki
     outcome = cli("train", tiny_dataset, "--base", tiny_base, "--out", run, "--config", cfg)
     assert outcome.rc == 1
     assert_reported(outcome, expected)  # 1. the option and what is allowed
-    assert_unchanged(before, cfg, tiny_dataset, tiny_base)  # 3. (2: a bad setting stops the run before it starts)
+    assert_unchanged(
+        before, cfg, tiny_dataset, tiny_base
+    )  # 3. (2: a bad setting stops the run before it starts)
     assert not run.exists()  # 4. nothing written at all
     assert_nothing_partial(run, "run")
 
 
-@pytest.mark.parametrize("flag,value,expected", [
-    ("--lr", "1e9", r"lr=1000000000\.0 is out of range"),
-    ("--num-workers", "-1", r"num_workers=-1 is out of range"),
-    ("--weight-decay", "-1", r"weight_decay=-1\.0 is out of range"),
-    ("--epochs", "1e9", r"argument --epochs: invalid int value: '1e9'"),
-])
+@pytest.mark.parametrize(
+    "flag,value,expected",
+    [
+        ("--lr", "1e9", r"lr=1000000000\.0 is out of range"),
+        ("--num-workers", "-1", r"num_workers=-1 is out of range"),
+        ("--weight-decay", "-1", r"weight_decay=-1\.0 is out of range"),
+        ("--epochs", "1e9", r"argument --epochs: invalid int value: '1e9'"),
+    ],
+)
 def test_absurd_command_line_values_name_the_flag(flag, value, expected, tiny_dataset, tiny_base, tmp_path):
     outcome = cli("train", tiny_dataset, "--base", tiny_base, "--out", tmp_path / "run", flag, value)
     assert outcome.rc in (1, 2)
@@ -61,20 +76,38 @@ def test_absurd_command_line_values_name_the_flag(flag, value, expected, tiny_da
 
 
 def test_yaml_spellings_of_valid_values_are_accepted(tmp_path):
-    (tmp_path / "ok.yaml").write_text("lr: 1e-4\nbetas: [0.9, 0.99]\nmilestones: [100, 200.0]\nmax_steps: 5\n")
+    (tmp_path / "ok.yaml").write_text(
+        "lr: 1e-4\nbetas: [0.9, 0.99]\nmilestones: [100, 200.0]\nmax_steps: 5\n"
+    )
     cfg = load_yaml(TrainConfig, tmp_path / "ok.yaml")
     assert cfg.lr == 1e-4 and cfg.betas == [0.9, 0.99] and cfg.milestones == [100, 200]
 
 
-def test_a_batch_larger_than_the_dataset_is_clamped_with_a_warning_and_training_goes_on(tiny_dataset, tiny_base,
-                                                                                         tmp_path):
+def test_a_batch_larger_than_the_dataset_is_clamped_with_a_warning_and_training_goes_on(
+    tiny_dataset, tiny_base, tmp_path
+):
     before = digest(tiny_dataset, tiny_base)
     run = tmp_path / "run"
-    outcome = cli("train", tiny_dataset, "--base", tiny_base, "--out", run, "--batch-size", "4096",
-                  "--max-steps", "1", "--eval-every-epochs", "0")
+    outcome = cli(
+        "train",
+        tiny_dataset,
+        "--base",
+        tiny_base,
+        "--out",
+        run,
+        "--batch-size",
+        "4096",
+        "--max-steps",
+        "1",
+        "--eval-every-epochs",
+        "0",
+    )
     assert outcome.rc == 0, outcome.text[-3000:]
-    assert_reported(outcome, r"--batch-size 4096 x --grad-accum 1 x 1 process\(es\) takes more clips per step than "
-                    r"the 4 training clips; using --batch-size 4 --grad-accum 1")
+    assert_reported(
+        outcome,
+        r"--batch-size 4096 x --grad-accum 1 x 1 process\(es\) takes more clips per step than "
+        r"the 4 training clips; using --batch-size 4 --grad-accum 1",
+    )
     assert load_yaml(TrainConfig, run / "config.yaml").batch_size == 4  # what ran is what the run records
     assert (run / "checkpoints" / "step_1" / "meta.json").is_file()
     assert_unchanged(before, tiny_dataset, tiny_base)

@@ -1,5 +1,6 @@
-"""Damaged or tampered run folders, checkpoints and packages given to `train --resume`, `export` and `synthesize`:
-each refused naming the file and the reason, the folder left as it was, nothing half-written left behind."""
+"""Damaged or tampered run folders, checkpoints and packages given to `train --resume`, `export` and
+`synthesize`: each refused naming the file and the reason, the folder left as it was, nothing half-written
+left behind."""
 
 from __future__ import annotations
 
@@ -42,13 +43,23 @@ def _state_not_a_state(run):
 
 
 RESUME_CASES = {
-    "latest_marker_climbs_out": (_latest_climbs_out,
-                                 r"checkpoints/latest:1: '\.\./\.\./\.\./\.\./etc' is not a checkpoint name of this run"),
-    "state_pt_truncated": (_state_truncated, r"step_2/state\.pt: unreadable .*resume from an earlier checkpoint"),
+    "latest_marker_climbs_out": (
+        _latest_climbs_out,
+        r"checkpoints/latest:1: '\.\./\.\./\.\./\.\./etc' is not a checkpoint name of this run",
+    ),
+    "state_pt_truncated": (
+        _state_truncated,
+        r"step_2/state\.pt: unreadable .*resume from an earlier checkpoint",
+    ),
     "state_pt_of_an_older_voicetune": (
         _state_of_an_older_voicetune,
-        r"step_2/state\.pt holds Python objects that voicetune does not unpickle.*older voicetune.*voicetune export"),
-    "state_pt_not_a_training_state": (_state_not_a_state, r"step_2/state\.pt: not a voicetune training state"),
+        (r"step_2/state\.pt holds Python objects that voicetune does not unpickle.*older voicetune"
+         r".*voicetune export"),
+    ),
+    "state_pt_not_a_training_state": (
+        _state_not_a_state,
+        r"step_2/state\.pt: not a voicetune training state",
+    ),
     "config_yaml_broken": (_config_yaml_broken, r"cannot read config .*config\.yaml"),
 }
 
@@ -66,34 +77,63 @@ def test_a_damaged_run_folder_is_refused_on_resume_naming_the_file(kind, run_cop
     assert not (run / "checkpoints" / "step_3").exists() and not leftovers(run / "checkpoints")  # 4.
 
 
-def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_again(run_copy, tiny_dataset, tiny_base):
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_again(
+    run_copy, tiny_dataset, tiny_base
+):
     run = run_copy()
     for name in ("checkpoints", "config.yaml", "run.json", "metrics.jsonl", "tensorboard"):
         shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
     before = digest(run)
     outcome = cli("train", "--resume", run)
     assert outcome.rc == 1
-    assert_reported(outcome, r"no checkpoint exists yet.*nothing to resume.*start it again with the same command: "
-                    rf"voicetune train {tiny_dataset} --base {tiny_base} --out {run}")
+    assert_reported(
+        outcome,
+        r"no checkpoint exists yet.*nothing to resume.*start it again with the same command: "
+        rf"voicetune train {tiny_dataset} --base {tiny_base} --out {run}",
+    )
     assert_unchanged(before, run)
-    outcome = cli("train", tiny_dataset, "--base", tiny_base, "--out", run, "--max-steps", "1",
-                  "--eval-every-epochs", "0")  # the advice works: the same command starts it again
+    outcome = cli(
+        "train",
+        tiny_dataset,
+        "--base",
+        tiny_base,
+        "--out",
+        run,
+        "--max-steps",
+        "1",
+        "--eval-every-epochs",
+        "0",
+    )  # the advice works: the same command starts it again
     assert outcome.rc == 0, outcome.text[-3000:]
     assert latest_checkpoint(run).name == "step_1"
 
 
 EXPORT_CASES = {
-    "best_marker_climbs_out": (lambda run: (run / "checkpoints" / "best").write_text("../../secret\n"), ["--checkpoint",
-                               "best"], r"checkpoints/best:1: '\.\./\.\./secret' is not a checkpoint name"),
+    "best_marker_climbs_out": (
+        lambda run: (run / "checkpoints" / "best").write_text("../../secret\n"),
+        ["--checkpoint", "best"],
+        r"checkpoints/best:1: '\.\./\.\./secret' is not a checkpoint name",
+    ),
     "checkpoint_option_climbs_out": (
-        lambda run: None, ["--checkpoint", "../../../etc"],
-        r"--checkpoint '\.\./\.\./\.\./etc': give 'auto', 'latest', 'best' or a checkpoint folder"),
-    "trainable_pt_garbage": (lambda run: (run / "checkpoints" / "step_2" / "trainable.pt").write_bytes(b"PK\x03\x04 no"),
-                             [], r"step_2/trainable\.pt: cannot load the trained XTTS GPT state"),
-    "meta_json_garbage": (lambda run: (run / "checkpoints" / "step_2" / "meta.json").write_text("{not json"),
-                          ["--checkpoint", "step_2"], r"step_2/meta\.json: unreadable"),
-    "run_json_missing": (lambda run: (run / "run.json").unlink(), [],
-                         r"run\.json: missing; is .* a folder written by `voicetune train`"),
+        lambda run: None,
+        ["--checkpoint", "../../../etc"],
+        r"--checkpoint '\.\./\.\./\.\./etc': give 'auto', 'latest', 'best' or a checkpoint folder",
+    ),
+    "trainable_pt_garbage": (
+        lambda run: (run / "checkpoints" / "step_2" / "trainable.pt").write_bytes(b"PK\x03\x04 no"),
+        [],
+        r"step_2/trainable\.pt: cannot load the trained XTTS GPT state",
+    ),
+    "meta_json_garbage": (
+        lambda run: (run / "checkpoints" / "step_2" / "meta.json").write_text("{not json"),
+        ["--checkpoint", "step_2"],
+        r"step_2/meta\.json: unreadable",
+    ),
+    "run_json_missing": (
+        lambda run: (run / "run.json").unlink(),
+        [],
+        r"run\.json: missing; is .* a folder written by `voicetune train`",
+    ),
 }
 
 
@@ -122,7 +162,10 @@ def test_a_package_whose_references_climb_out_is_refused_by_synthesize(run_copy,
     before = digest(pkg, secret)
     outcome = cli("synthesize", pkg, "--text", "Hello there.", "--out", tmp_path / "hello.wav")
     assert outcome.rc == 1
-    assert_reported(outcome, r"voicetune\.json \(references\): '\.\./secret\.wav' goes up out of the folder.*"
-                    r"--reference")
+    assert_reported(
+        outcome,
+        r"voicetune\.json \(references\): '\.\./secret\.wav' goes up out of the folder.*"
+        r"--reference",
+    )
     assert_unchanged(before, pkg, secret)
     assert not (tmp_path / "hello.wav").exists()

@@ -1,7 +1,7 @@
-"""A full disk, for real: the run, dataset or package lives on a small tmpfs (when the tests run as root and may
-mount one), filled up with a ballast file. Elsewhere the writes fail by other means: the free-space figure is
-faked and the write raises ENOSPC (``failing_writes``). Either way: the message says the disk is full, where,
-and how much is needed; what was written before stays intact; nothing half-written is left.
+"""A full disk, for real: the run, dataset or package lives on a small tmpfs (when the tests run as root and
+may mount one), filled up with a ballast file. Elsewhere the writes fail by other means: the free-space figure
+is faked and the write raises ENOSPC (``failing_writes``). Either way: the message says the disk is full,
+where, and how much is needed; what was written before stays intact; nothing half-written is left.
 """
 
 from __future__ import annotations
@@ -27,12 +27,18 @@ MB = 1 << 20
 
 @pytest.fixture
 def disk(tmp_path):
-    """A 32 MB file system of its own (tmpfs), or None where it cannot be mounted (or VOICETUNE_TEST_NO_TMPFS is
-    set, to exercise the fallback)."""
+    """A 32 MB file system of its own (tmpfs), or None where it cannot be mounted (or VOICETUNE_TEST_NO_TMPFS
+    is set, to exercise the fallback)."""
     mnt = tmp_path / f"disk_{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
-    if os.environ.get("VOICETUNE_TEST_NO_TMPFS") or os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, check=False).returncode != 0:
+    if (
+        os.environ.get("VOICETUNE_TEST_NO_TMPFS")
+        or os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         yield None
         return
     try:
@@ -70,8 +76,9 @@ def _train(dataset, base, run, **kw):
 
 
 @pytest.mark.parametrize("how", ["checked before writing", "failed while writing"])
-def test_training_on_a_full_disk_keeps_the_earlier_checkpoint_and_says_why(how, disk, tiny_dataset, tiny_base,
-                                                                            tmp_path, monkeypatch):
+def test_training_on_a_full_disk_keeps_the_earlier_checkpoint_and_says_why(
+    how, disk, tiny_dataset, tiny_base, tmp_path, monkeypatch
+):
     from voicetune.training import checkpoint
     from voicetune.training.loop import train
 
@@ -101,8 +108,9 @@ def test_training_on_a_full_disk_keeps_the_earlier_checkpoint_and_says_why(how, 
     assert train(resume=run, max_steps=2, save_every=1).steps == 2  # space again: it resumes
 
 
-def test_prepare_on_a_full_disk_says_so_and_keeps_the_earlier_dataset(disk, piper_sentences, asr_model, tmp_path,
-                                                                      monkeypatch):
+def test_prepare_on_a_full_disk_says_so_and_keeps_the_earlier_dataset(
+    disk, piper_sentences, asr_model, tmp_path, monkeypatch
+):
     from voicetune.data.prepare import prepare
 
     src = tmp_path / "rec"
@@ -137,8 +145,9 @@ def _enospc_path(path):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
-def test_export_to_a_full_disk_is_refused_before_writing_and_names_the_space_needed(disk, run_copy, tmp_path,
-                                                                                      monkeypatch):
+def test_export_to_a_full_disk_is_refused_before_writing_and_names_the_space_needed(
+    disk, run_copy, tmp_path, monkeypatch
+):
     from voicetune.packaging import export
 
     run = run_copy()
@@ -152,7 +161,9 @@ def test_export_to_a_full_disk_is_refused_before_writing_and_names_the_space_nee
     assert not out.exists() and not leftovers(out)
 
 
-def test_export_that_fills_the_disk_while_writing_leaves_no_partial_package(disk, run_copy, tmp_path, monkeypatch):
+def test_export_that_fills_the_disk_while_writing_leaves_no_partial_package(
+    disk, run_copy, tmp_path, monkeypatch
+):
     from voicetune import packaging
 
     run = run_copy()

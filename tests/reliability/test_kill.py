@@ -1,15 +1,16 @@
-"""`kill -9` trials: prepare, train (during steps, during checkpoint writes, during a resume) and export are killed
-at sampled moments; the re-run (or ``--resume``) must complete with exactly the result of an uninterrupted run.
+"""`kill -9` trials: prepare, train (during steps, during checkpoint writes, during a resume) and export are
+killed at sampled moments; the re-run (or ``--resume``) must complete with exactly the result of an
+uninterrupted run.
 
-Every trial draws its kill moment from its own seed. The seeds are printed (and put in every assertion message);
-replay one with ``VOICETUNE_KILL_SEED=<seed> pytest tests/reliability/test_kill.py -k <trial>``. Without that
-variable the base seed is drawn at random, so repeated runs explore new moments.
+Every trial draws its kill moment from its own seed. The seeds are printed (and put in every assertion
+message); replay one with ``VOICETUNE_KILL_SEED=<seed> pytest tests/reliability/test_kill.py -k <trial>``.
+Without that variable the base seed is drawn at random, so repeated runs explore new moments.
 
-The killed command is the real one (``python -m voicetune.cli ...`` in a new process: a forked copy of the test
-process would deadlock on the thread pools and locks it inherits). The kill moment is counted from an event the
-command shows on disk (its run folder appears, a checkpoint folder is being written, its output folder is being
-built), so that the time it spends importing does not blur the sample. The re-runs that must complete run in the
-test process.
+The killed command is the real one (``python -m voicetune.cli ...`` in a new process: a forked copy of the
+test process would deadlock on the thread pools and locks it inherits). The kill moment is counted from an
+event the command shows on disk (its run folder appears, a checkpoint folder is being written, its output
+folder is being built), so that the time it spends importing does not blur the sample. The re-runs that must
+complete run in the test process.
 """
 
 from __future__ import annotations
@@ -46,12 +47,18 @@ def trial_seeds(name: str, n: int) -> list[int]:
     return [rng.randrange(1, 10**6) for _ in range(n)]
 
 
-def kill_cli(args: list[object], trigger: Callable[[], bool], delay: float, limit: float = 600) -> tuple[bool, str]:
+def kill_cli(
+    args: list[object], trigger: Callable[[], bool], delay: float, limit: float = 600
+) -> tuple[bool, str]:
     """Run ``voicetune ARGS`` and SIGKILL it ``delay`` seconds after ``trigger()`` first holds. Returns
     (killed: False when it finished first, what happened)."""
     env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen([sys.executable, "-m", "voicetune.cli", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voicetune.cli", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t0, fired = time.monotonic(), None
     try:
         while proc.poll() is None and time.monotonic() - t0 < limit:
@@ -82,6 +89,7 @@ def new_file_in(folder: Path) -> Callable[[], bool]:
 
 def building(folder: Path, prefix: str) -> Callable[[], bool]:
     """A hidden folder ``PREFIX*.tmp`` under construction appears in ``folder``."""
+
     def seen() -> bool:
         try:
             return any(p.name.startswith(prefix) and p.name.endswith(".tmp") for p in folder.iterdir())
@@ -92,6 +100,7 @@ def building(folder: Path, prefix: str) -> Callable[[], bool]:
 
 
 # ------------------------------------------------------------------------------------------------------ train
+
 
 @pytest.fixture(scope="module")
 def reference(tiny_dataset, tiny_base, tmp_path_factory):
@@ -130,10 +139,19 @@ def _finish_and_compare(run: Path, reference_run: Path, dataset: Path, base: Pat
         assert "no checkpoint exists yet" in str(e), (why, str(e))
         train(dataset, base, run, max_steps=STEPS, save_every=1, **TRAIN)
     got, want = _metrics(run), _metrics(reference_run)
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1)), (why, [r["step"] for r in got])  # no duplicates
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1)), (
+        why,
+        [r["step"] for r in got],
+    )  # no duplicates
     for a, b in zip(got, want):
         for key in ("loss", "text_ce", "mel_ce", "grad_norm", "lr"):
-            assert abs(a[key] - b[key]) <= TOLERANCE * max(1.0, abs(b[key])), (why, a["step"], key, a[key], b[key])
+            assert abs(a[key] - b[key]) <= TOLERANCE * max(1.0, abs(b[key])), (
+                why,
+                a["step"],
+                key,
+                a[key],
+                b[key],
+            )
     final = f"step_{STEPS}"
     ours = torch.load(run / "checkpoints" / final / "trainable.pt", weights_only=True)
     theirs = torch.load(reference_run / "checkpoints" / final / "trainable.pt", weights_only=True)
@@ -142,8 +160,19 @@ def _finish_and_compare(run: Path, reference_run: Path, dataset: Path, base: Pat
 
 
 def _train_cli(dataset: Path, base: Path, run: Path) -> list[object]:
-    return ["train", dataset, "--base", base, "--out", run, "--max-steps", STEPS, "--save-every", 1,
-            *(f"--{k.replace('_', '-')}={v}" for k, v in TRAIN.items())]
+    return [
+        "train",
+        dataset,
+        "--base",
+        base,
+        "--out",
+        run,
+        "--max-steps",
+        STEPS,
+        "--save-every",
+        1,
+        *(f"--{k.replace('_', '-')}={v}" for k, v in TRAIN.items()),
+    ]
 
 
 def _train_trial(seed: int, mode: str, reference, dataset: Path, base: Path, tmp: Path) -> None:
@@ -162,8 +191,11 @@ def _train_trial(seed: int, mode: str, reference, dataset: Path, base: Path, tmp
         else:  # from its first step on (its TensorBoard writer opens a new event file)
             trigger, delay = new_file_in(run / "tensorboard"), rng.uniform(0.0, 1.5 * ref_seconds)
     elif mode == "checkpoint_write":
-        args, trigger, delay = _train_cli(dataset, base, run), building(run / "checkpoints", ".step_"), rng.uniform(
-            0.0, 0.04)
+        args, trigger, delay = (
+            _train_cli(dataset, base, run),
+            building(run / "checkpoints", ".step_"),
+            rng.uniform(0.0, 0.04),
+        )
     else:  # from the moment the run folder appears (before the model is loaded) to past the end
         args, trigger = _train_cli(dataset, base, run), exists(run)
         delay = rng.uniform(0.0, 2.0 + 1.5 * ref_seconds)
@@ -175,20 +207,25 @@ def _train_trial(seed: int, mode: str, reference, dataset: Path, base: Path, tmp
 
 
 @pytest.mark.parametrize("seed", trial_seeds("train-fast", 1))
-def test_train_killed_during_a_checkpoint_write_resumes_to_the_same_losses(seed, reference, tiny_dataset, tiny_base,
-                                                                           tmp_path):
+def test_train_killed_during_a_checkpoint_write_resumes_to_the_same_losses(
+    seed, reference, tiny_dataset, tiny_base, tmp_path
+):
     _train_trial(seed, "checkpoint_write", reference, tiny_dataset, tiny_base, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,seed", [("anytime", s) for s in trial_seeds("train", 8)]
-                         + [("checkpoint_write", s) for s in trial_seeds("train-write", 5)]
-                         + [("resume", s) for s in trial_seeds("resume", 4)])
+@pytest.mark.parametrize(
+    "mode,seed",
+    [("anytime", s) for s in trial_seeds("train", 8)]
+    + [("checkpoint_write", s) for s in trial_seeds("train-write", 5)]
+    + [("resume", s) for s in trial_seeds("resume", 4)],
+)
 def test_train_kill_trials(mode, seed, reference, tiny_dataset, tiny_base, tmp_path):
     _train_trial(seed, mode, reference, tiny_dataset, tiny_base, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------- prepare
+
 
 @pytest.fixture(scope="module")
 def prepare_reference(piper_sentences, asr_model, tmp_path_factory):
@@ -202,34 +239,46 @@ def prepare_reference(piper_sentences, asr_model, tmp_path_factory):
     src.mkdir()
     for path, _ in piper_sentences:
         shutil.copyfile(path, src / path.name)
-    prepare(src, root / "warm", asr_model=asr_model, qa_mos="off")  # models loaded: the timing below is the work
+    prepare(
+        src, root / "warm", asr_model=asr_model, qa_mos="off"
+    )  # models loaded: the timing below is the work
     t0 = time.monotonic()
     prepare(src, root / "reference", asr_model=asr_model, qa_mos="off")
     return src, root / "reference", time.monotonic() - t0
 
 
 def _clips(out: Path) -> list[tuple]:
-    return sorted((r.id, r.source_file, r.start, r.end, r.status, r.split, r.text)
-                  for r in read_clips_jsonl(out / "clips.jsonl"))
+    return sorted(
+        (r.id, r.source_file, r.start, r.end, r.status, r.split, r.text)
+        for r in read_clips_jsonl(out / "clips.jsonl")
+    )
 
 
 def _prepare_trial(seed: int, prepare_reference, asr_model: str, tmp: Path) -> None:
-    """Killed at a moment from the start of its work (the output folder appears, after the models loaded) to past
-    the end; the same command again must give the clips of an uninterrupted run and clean what the kill left."""
+    """Killed at a moment from the start of its work (the output folder appears, after the models loaded) to
+    past the end; the same command again must give the clips of an uninterrupted run and clean what the kill
+    left."""
     from voicetune.data.prepare import prepare
 
     src, ref_out, ref_seconds = prepare_reference
     out = tmp / f"dataset_{seed}"
     rng = random.Random(seed)
-    killed, what = kill_cli(["prepare", src, "--out", out, "--asr-model", asr_model, "--qa-mos", "off"], exists(out),
-                            rng.uniform(0.0, 1.5 * ref_seconds + 1.0))
+    killed, what = kill_cli(
+        ["prepare", src, "--out", out, "--asr-model", asr_model, "--qa-mos", "off"],
+        exists(out),
+        rng.uniform(0.0, 1.5 * ref_seconds + 1.0),
+    )
     why = f"kill trial prepare seed={seed}: {what} (replay: VOICETUNE_KILL_SEED={seed})"
     print(why)
-    if killed:  # what the kill left: no dataset that looks complete unless it is (only the caches may be there)
+    if (
+        killed
+    ):  # what the kill left: no dataset that looks complete unless it is (only the caches may be there)
         assert not (out / "metadata_train.csv").exists() or _clips(out) == _clips(ref_out), why
     prepare(src, out, asr_model=asr_model, qa_mos="off")
     assert _clips(out) == _clips(ref_out), why  # no duplicated or missing clips
-    assert sorted(p.name for p in (out / "wavs").iterdir()) == sorted(p.name for p in (ref_out / "wavs").iterdir())
+    assert sorted(p.name for p in (out / "wavs").iterdir()) == sorted(
+        p.name for p in (ref_out / "wavs").iterdir()
+    )
     assert not leftovers(out), (why, leftovers(out))  # the killed run's hidden folder was cleaned
 
 
@@ -246,9 +295,11 @@ def test_prepare_kill_trials(seed, prepare_reference, asr_model, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- export
 
+
 def _export_trial(seed: int, run: Path, tmp: Path, earlier: bool) -> None:
-    """Killed while the package is built (from the moment its hidden folder appears to past the end); an earlier
-    package in --out is either intact or replaced by the complete new one; the same command again completes."""
+    """Killed while the package is built (from the moment its hidden folder appears to past the end); an
+    earlier package in --out is either intact or replaced by the complete new one; the same command again
+    completes."""
     from voicetune.packaging import export
 
     out = tmp / f"pkg_{seed}"
@@ -258,9 +309,13 @@ def _export_trial(seed: int, run: Path, tmp: Path, earlier: bool) -> None:
     export(run, tmp / "timing", checkpoint="step_2")
     seconds = time.monotonic() - t0
     rng = random.Random(seed)
-    _, what = kill_cli(["export", run, "--out", out, "--checkpoint", "step_2"], building(tmp, f".{out.name}."),
-                            rng.uniform(0.0, 1.2 * seconds))
-    why = f"kill trial export seed={seed} (earlier package: {earlier}): {what} (replay: VOICETUNE_KILL_SEED={seed})"
+    _, what = kill_cli(
+        ["export", run, "--out", out, "--checkpoint", "step_2"],
+        building(tmp, f".{out.name}."),
+        rng.uniform(0.0, 1.2 * seconds),
+    )
+    why = (f"kill trial export seed={seed} (earlier package: {earlier}): {what} "
+           f"(replay: VOICETUNE_KILL_SEED={seed})")
     print(why)
     if (out / "voicetune.json").exists():  # whatever looks like a package is a complete one (old or new)
         manifest = json.loads((out / "voicetune.json").read_text())

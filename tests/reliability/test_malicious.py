@@ -1,11 +1,11 @@
-"""Nothing is unpickled: a file whose pickle would run code (here: create a marker file) is refused by every loader
-that reads user-supplied files, naming the file, and the marker never appears.
+"""Nothing is unpickled: a file whose pickle would run code (here: create a marker file) is refused by every
+loader that reads user-supplied files, naming the file, and the marker never appears.
 
 Loaders covered: a run's state.pt (resume) and trainable.pt (export, resume), every .pth of a base folder
 (model, DVAE, mel statistics, speakers: train), an exported package's model.pth (synthesize), a run's cached
-features (resume recomputes them), prepare's cached VAD analysis (np.load without pickles: recomputed), and a YAML
-config with a Python tag (safe_load). coqui-tts's own loaders are not reached: voicetune reads every base-folder file
-itself with ``torch.load(weights_only=True)``.
+features (resume recomputes them), prepare's cached VAD analysis (np.load without pickles: recomputed), and a
+YAML config with a Python tag (safe_load). coqui-tts's own loaders are not reached: voicetune reads every
+base-folder file itself with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -64,8 +64,11 @@ def test_resume_refuses_a_state_pt_that_would_run_code(run_copy, marker):
 def test_a_trainable_pt_that_would_run_code_is_refused(command, run_copy, marker, tmp_path):
     run = run_copy()
     _plant(run / "checkpoints" / "step_2" / "trainable.pt", marker)
-    args = ["export", run, "--out", tmp_path / "pkg"] if command == "export" else ["train", "--resume", run,
-                                                                                  "--max-steps", "3"]
+    args = (
+        ["export", run, "--out", tmp_path / "pkg"]
+        if command == "export"
+        else ["train", "--resume", run, "--max-steps", "3"]
+    )
     outcome = cli(*args)
     assert outcome.rc == 1
     assert_reported(outcome, r"step_2/trainable\.pt: not a voicetune weights file \(it holds Python objects")
@@ -76,8 +79,18 @@ def test_a_base_folder_file_that_would_run_code_is_refused(name, tiny_base, tiny
     base = linked_copy(tiny_base, tmp_path / "base")
     _plant(base / name, marker)
     before = digest(base)
-    outcome = cli("train", tiny_dataset, "--base", base, "--out", tmp_path / "run", "--max-steps", "1",
-                  "--eval-every-epochs", "0")
+    outcome = cli(
+        "train",
+        tiny_dataset,
+        "--base",
+        base,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+        "--eval-every-epochs",
+        "0",
+    )
     assert outcome.rc == 1
     assert_reported(outcome, rf"{name}: cannot load")
     assert_unchanged(before, base)

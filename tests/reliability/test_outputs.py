@@ -1,6 +1,7 @@
-"""`--out` never costs a user a file: a non-empty folder voicetune did not write is refused (or, with --force, the
-output is added next to its files, which are kept); inputs and the run itself are never written over; a re-run
-replaces only voicetune's own earlier output. `export` packages the best checkpoint when the run marked one."""
+"""`--out` never costs a user a file: a non-empty folder voicetune did not write is refused (or, with --force,
+the output is added next to its files, which are kept); inputs and the run itself are never written over; a
+re-run replaces only voicetune's own earlier output. `export` packages the best checkpoint when the run marked
+one."""
 
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ def test_export_refuses_a_non_empty_folder_it_did_not_write(run_copy, tmp_path):
     before = digest(out, run)
     outcome = cli("export", run, "--out", out)
     assert outcome.rc == 1
-    assert_reported(outcome, r"--out .*mine is not empty \(README\.md, photos, thesis\.tex\) and was not written by "
-                    r"`voicetune export`.*--force")
+    assert_reported(
+        outcome,
+        r"--out .*mine is not empty \(README\.md, photos, thesis\.tex\) and was not written by "
+        r"`voicetune export`.*--force",
+    )
     assert_unchanged(before, out, run)
     assert_nothing_partial(out, "package", existed_before=True)
 
@@ -59,10 +63,16 @@ def test_export_with_force_never_replaces_a_file_of_the_user_with_its_own(run_co
 
 
 @pytest.mark.parametrize("where", ["the run", "the folder holding the run", "the dataset", "the base"])
-def test_export_never_writes_over_its_inputs_not_even_with_force(where, run_copy, tiny_dataset, tiny_base, tmp_path):
+def test_export_never_writes_over_its_inputs_not_even_with_force(
+    where, run_copy, tiny_dataset, tiny_base, tmp_path
+):
     run = run_copy()
-    out = {"the run": run, "the folder holding the run": run.parent, "the dataset": tiny_dataset,
-           "the base": tiny_base}[where]
+    out = {
+        "the run": run,
+        "the folder holding the run": run.parent,
+        "the dataset": tiny_dataset,
+        "the base": tiny_base,
+    }[where]
     before = digest(run, tiny_dataset, tiny_base)
     outcome = cli("export", run, "--out", out, "--force")
     assert outcome.rc == 1
@@ -81,7 +91,9 @@ def test_export_replaces_its_own_earlier_package_atomically(run_copy, tmp_path):
 
 def test_export_packages_the_best_checkpoint_and_says_which(run_copy, tmp_path):
     run = run_copy()
-    set_best(run, run / "checkpoints" / "step_1")  # the in-loop evaluation found step 1 best; step 2 is the latest
+    set_best(
+        run, run / "checkpoints" / "step_1"
+    )  # the in-loop evaluation found step 1 best; step 2 is the latest
     outcome = cli("export", run, "--out", tmp_path / "pkg")
     assert outcome.rc == 0, outcome.text[-3000:]
     assert_reported(outcome, r"packaged checkpoint step_1 \(the best evaluation of the run, step 1\)")
@@ -95,15 +107,29 @@ def test_export_packages_the_best_checkpoint_and_says_which(run_copy, tmp_path):
 def test_export_without_a_best_packages_the_latest_and_says_so(run_copy, tmp_path):
     outcome = cli("export", run_copy(), "--out", tmp_path / "pkg")
     assert outcome.rc == 0
-    assert_reported(outcome, r"packaged checkpoint step_2 \(the latest checkpoint \(the run marked no best "
-                    r"evaluation\), step 2\)")
+    assert_reported(
+        outcome,
+        r"packaged checkpoint step_2 \(the latest checkpoint \(the run marked no best "
+        r"evaluation\), step 2\)",
+    )
 
 
 def test_evaluate_base_refuses_a_non_empty_folder_before_evaluating(tiny_dataset, tiny_base, tmp_path):
     out = _users_folder(tmp_path / "mine")
     before = digest(out)
-    outcome = cli("evaluate", "--base", tiny_base, "--dataset", tiny_dataset, "--out", out, "--max-sentences", "1",
-                  "--probes", "0")
+    outcome = cli(
+        "evaluate",
+        "--base",
+        tiny_base,
+        "--dataset",
+        tiny_dataset,
+        "--out",
+        out,
+        "--max-sentences",
+        "1",
+        "--probes",
+        "0",
+    )
     assert outcome.rc == 1
     assert_reported(outcome, r"not written by `voicetune evaluate --base`")
     assert_unchanged(before, out)
@@ -127,10 +153,22 @@ def test_train_refuses_a_non_empty_folder_that_is_not_a_run(tiny_dataset, tiny_b
     out.mkdir()
     (out / "config.yaml").write_text("my: own settings\n")
     before = digest(out)
-    outcome = cli("train", tiny_dataset, "--base", tiny_base, "--out", out, "--max-steps", "1",
-                  "--eval-every-epochs", "0")
+    outcome = cli(
+        "train",
+        tiny_dataset,
+        "--base",
+        tiny_base,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--eval-every-epochs",
+        "0",
+    )
     assert outcome.rc == 1
-    assert_reported(outcome, r"--out .*mine is not empty \(config\.yaml\) and is not a run folder of voicetune")
+    assert_reported(
+        outcome, r"--out .*mine is not empty \(config\.yaml\) and is not a run folder of voicetune"
+    )
     assert_unchanged(before, out)
 
 

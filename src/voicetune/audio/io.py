@@ -109,7 +109,8 @@ def audio_duration(path: Path | str) -> float:
 
 def decode_failure(path: Path, errors: dict[str, BaseException]) -> AudioDecodeError:
     """The error for a file no decoder could read, in words a user can act on (libsndfile says "File does not
-    exist or is not a regular file (possibly a pipe?)" of any file it does not recognise; that is left out)."""
+    exist or is not a regular file (possibly a pipe?)" of any file it does not recognise; that is left
+    out)."""
     details = []
     for name, e in errors.items():
         text = getattr(e, "strerror", None) if name == "av" else None
@@ -165,9 +166,10 @@ def find_audio_files(root: Path | str) -> list[Path]:
 def scan_audio_files(root: Path | str) -> tuple[list[Path], dict[str, str]]:
     """(audio files under ``root``, sorted; {entry: why it is not used}) for every other entry.
 
-    Folders are searched recursively (symlinked folders too, each once). Not used, each with its reason: hidden
-    entries, files that are not audio by their extension, dangling or looping symlinks, pipes and devices, and
-    folders that cannot be read. Entries are named relative to ``root`` (a folder's name ends with "/").
+    Folders are searched recursively (symlinked folders too, each once). Not used, each with its reason:
+    hidden entries, files that are not audio by their extension, dangling or looping symlinks, pipes and
+    devices, and folders that cannot be read. Entries are named relative to ``root`` (a folder's name ends
+    with "/").
     """
     root = Path(root)
     if root.is_file():
@@ -223,7 +225,8 @@ def _entry_problem(entry: os.DirEntry) -> str | None:
         return f"cannot read it ({e.strerror})"
     suffix = Path(entry.name).suffix.lower()
     if suffix not in AUDIO_EXTENSIONS:
-        return f"not an audio file by its extension ({suffix or 'none'}; prepare reads {', '.join(AUDIO_EXTENSIONS)})"
+        known = ", ".join(AUDIO_EXTENSIONS)
+        return f"not an audio file by its extension ({suffix or 'none'}; prepare reads {known})"
     if not regular:
         return "not a regular file (a pipe, socket or device); not read"
     return None

@@ -62,7 +62,8 @@ class AudioSource:
 
             with av.open(str(self.path)) as container:
                 if not container.streams.audio:
-                    raise AudioDecodeError(f"{self.path}: no audio stream (a video or data file without sound?)")
+                    raise AudioDecodeError(f"{self.path}: no audio stream (a video or data file without "
+                                           "sound?)")
                 ctx = container.streams.audio[0].codec_context
                 if not ctx.channels or not ctx.sample_rate:
                     raise AudioDecodeError(f"{self.path}: the header says {ctx.channels} channel(s) at "

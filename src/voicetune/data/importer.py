@@ -44,8 +44,8 @@ Row = tuple[str, str, str]  # (text, normalized text or "", speaker)
 
 
 def read_metadata_text(path: Path, warnings: list[str] | None = None) -> str:
-    """A metadata file's text: UTF-8 (with or without BOM); else Windows-1252 / Latin-1, with a warning naming the
-    first line that is not UTF-8 (spreadsheet exports on Windows write these)."""
+    """A metadata file's text: UTF-8 (with or without BOM); else Windows-1252 / Latin-1, with a warning naming
+    the first line that is not UTF-8 (spreadsheet exports on Windows write these)."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -57,8 +57,8 @@ def read_metadata_text(path: Path, warnings: list[str] | None = None) -> str:
                 break
             except UnicodeDecodeError:
                 continue
-        msg = (f"{path.name}:{line}: not UTF-8; read as {encoding} (check accented characters, or save the file "
-               "as UTF-8)")
+        msg = (f"{path.name}:{line}: not UTF-8; read as {encoding} (check accented characters, or save the "
+               "file as UTF-8)")
         logger.warning("%s", msg)
         if warnings is not None:
             warnings.append(msg)
@@ -70,8 +70,8 @@ def read_listing(
 ) -> dict[Path, list[Row]]:
     """Audio file -> the rows that list it, from an LJSpeech or Coqui/AllTalk metadata folder.
 
-    A row that cannot be used (too few columns, a path that leaves ``src``) is left out and named in ``problems``
-    (``"metadata.csv:12" -> reason``); the other rows are read.
+    A row that cannot be used (too few columns, a path that leaves ``src``) is left out and named in
+    ``problems`` (``"metadata.csv:12" -> reason``); the other rows are read.
     """
     src = Path(src).resolve()
     problems = {} if problems is None else problems
@@ -92,16 +92,19 @@ def read_listing(
             where = f"{path.name}:{n}"
             cols = line.split("|")
             if len(cols) < 2:
-                problems[where] = f"expected at least two '|'-separated columns, got {line[:80]!r}; row skipped"
+                problems[where] = (f"expected at least two '|'-separated columns, got {line[:80]!r}; "
+                                   "row skipped")
                 logger.warning("%s: %s", where, problems[where])
                 continue
             try:
                 if has_header:
                     audio = inside(src, cols[0].strip(), where)
-                    row = (cols[1], "", cols[2].strip() if len(cols) > 2 and cols[2].strip() else default_speaker)
+                    speaker = cols[2].strip() if len(cols) > 2 else ""
+                    row = (cols[1], "", speaker or default_speaker)
                 else:
                     name = cols[0].strip()
-                    audio = inside(src, f"wavs/{name if name.lower().endswith('.wav') else name + '.wav'}", where)
+                    wav = name if name.lower().endswith(".wav") else f"{name}.wav"
+                    audio = inside(src, f"wavs/{wav}", where)
                     row = (cols[1], cols[2] if len(cols) > 2 else "", default_speaker)
             except UnsafePathError as e:
                 problems[where] = str(e).split(": ", 1)[1]

@@ -64,8 +64,8 @@ Progress = Callable[[int, int, str], None]  # same shape as voicetune.backends.b
 quality_reasons = transcript_reasons  # the name of the first version
 
 _OWN_NAMES = (CACHE_DIR, LEGACY_ASR_CACHE)  # what prepare writes into the output folder before it is complete
-DATASET_ENTRIES = ("wavs", "quarantine", "metadata_train.csv", "metadata_eval.csv", "clips.jsonl", "prepare.yaml",
-                   "prepare_result.json", "report.html", "curation.json", *_OWN_NAMES)
+DATASET_ENTRIES = ("wavs", "quarantine", "metadata_train.csv", "metadata_eval.csv", "clips.jsonl",
+                   "prepare.yaml", "prepare_result.json", "report.html", "curation.json", *_OWN_NAMES)
 MAX_SKIPPED_SHOWN = 20  # entries of the input that are not audio, listed in the summary (the report has all)
 
 
@@ -141,7 +141,8 @@ class PrepareResult:
             f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
             f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
             f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) used "
-            f"({len(self.no_speech)} without speech, {self.n_files_failed} skipped), {self.seconds_elapsed:.0f} s "
+            f"({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
+            f"{self.seconds_elapsed:.0f} s "
             f"(real-time factor {self.real_time_factor:.3f}, {self.speed:.0f}x real time); ASR: {self.asr_model}",
             f"dataset: {self.out_dir}   report: {self.report_html}",
         ]
@@ -157,7 +158,8 @@ class PrepareResult:
         shown = list(self.skipped_inputs.items())
         lines += [f"  not used: {name}: {why}" for name, why in shown[:MAX_SKIPPED_SHOWN]]
         if len(shown) > MAX_SKIPPED_SHOWN:
-            lines.append(f"  ... and {len(shown) - MAX_SKIPPED_SHOWN} more entries not used (listed in the report)")
+            more = len(shown) - MAX_SKIPPED_SHOWN
+            lines.append(f"  ... and {more} more entries not used (listed in the report)")
         if self.n_asr_cached or self.n_files_decoded < self.n_files - self.n_files_failed:
             lines.append(
                 f"  incremental: {self.n_files_decoded} file(s) decoded, {self.n_asr_cached} transcript(s) "
@@ -241,8 +243,8 @@ def discover_inputs(
     """(file, base folder, speaker) for every audio file: ``input_dir`` (speaker ``cfg.speaker_name``, or
     one speaker per first-level subfolder with ``cfg.speaker_folders``) plus each ``speakers`` entry.
 
-    Every other entry of the input folders (not audio, hidden, dangling or looping symlinks, unreadable folders)
-    goes to ``skipped`` with its reason, and to the log."""
+    Every other entry of the input folders (not audio, hidden, dangling or looping symlinks, unreadable
+    folders) goes to ``skipped`` with its reason, and to the log."""
     out: list[tuple[Path, Path, str]] = []
     skipped = {} if skipped is None else skipped
 
@@ -251,7 +253,8 @@ def discover_inputs(
         for name, reason in why.items():
             skipped[f"{label}{name}"] = reason
             audio_like = Path(name.rstrip("/")).suffix.lower() in AUDIO_EXTENSIONS or name.endswith("/")
-            logger.log(logging.WARNING if audio_like else logging.INFO, "not used: %s%s: %s", label, name, reason)
+            level = logging.WARNING if audio_like else logging.INFO
+            logger.log(level, "not used: %s%s: %s", label, name, reason)
         return files
 
     if input_dir is not None:
@@ -260,7 +263,7 @@ def discover_inputs(
             rel = f.relative_to(base)
             if cfg.speaker_folders and input_dir.is_dir():
                 if len(rel.parts) < 2:
-                    skipped[display_name(rel)] = "not inside a speaker subfolder (--speaker-folders); not used"
+                    skipped[display_name(rel)] = "not inside a speaker subfolder (--speaker-folders)"
                     logger.warning("%s: not inside a speaker subfolder; skipped (--speaker-folders)", rel)
                     continue
                 out.append((f, base, _safe_speaker(rel.parts[0])))
@@ -356,7 +359,8 @@ def build_dataset(
     )
     mos_on = cfg.qa_mos == "on" or (cfg.qa_mos == "auto" and asr.device.startswith("cuda"))
     result = PrepareResult(
-        out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(sources) + len(failed or {}), mos_checked=mos_on
+        out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(sources) + len(failed or {}),
+        mos_checked=mos_on,
     )
     result.skipped_inputs.update(skipped or {})
     result.errors.update(failed or {})
@@ -367,8 +371,9 @@ def build_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out_dir)
     previous = finalize.previous_dataset(out_dir)
-    publish = outputs.output_dir(out_dir, "dataset", inputs=inputs, known=DATASET_ENTRIES, signature="prepare.yaml",
-                                 interim=_OWN_NAMES, complete=("metadata_train.csv", "prepare.yaml"))
+    publish = outputs.output_dir(out_dir, "dataset", inputs=inputs, known=DATASET_ENTRIES,
+                                 signature="prepare.yaml", interim=_OWN_NAMES,
+                                 complete=("metadata_train.csv", "prepare.yaml"))
     try:
         with disk_full_guard(out_dir, need, f"the dataset {out_dir}"), publish as tmp:
             proc = ClipProcessor(cfg, asr, verify_asr, cache, tmp, previous.wavs, mos_on)
@@ -404,8 +409,9 @@ def build_dataset(
 
 
 def estimated_bytes(sources: list[SourceFile], cfg: PrepareConfig) -> int:
-    """Disk space the written clips may take: every input second as 16-bit mono at the output rate (durations from
-    the headers where libsndfile reads them; compressed formats counted at 128 kbit/s), plus the caches."""
+    """Disk space the written clips may take: every input second as 16-bit mono at the output rate (durations
+    from the headers where libsndfile reads them; compressed formats counted at 128 kbit/s), plus the
+    caches."""
     import soundfile
 
     seconds = 0.0
@@ -462,7 +468,8 @@ def _jobs_for(
     out: Path,
 ) -> list[ClipJob] | None:
     """The clip jobs of an analysed source; None (recorded in ``result``) for failed or duplicate ones, [] for
-    one without speech. An error of this one file skips the file, naming it and the reason; the run goes on."""
+    one without speech. An error of this one file skips the file, naming it and the reason; the run goes
+    on."""
     if isinstance(decoded, BaseException):
         _fail(sf, _file_failure(sf, decoded, out), result)
         return None
@@ -618,8 +625,8 @@ def prepare(
             f"{where}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})"
             + "".join(f"\n  not used: {k}: {v}" for k, v in list(skipped.items())[:MAX_SKIPPED_SHOWN])
         )
-    result = build_dataset(_sources(found), out, cfg, _prepare_jobs(cfg), progress, "prepared", skipped=skipped,
-                           inputs=inputs)
+    result = build_dataset(_sources(found), out, cfg, _prepare_jobs(cfg), progress, "prepared",
+                           skipped=skipped, inputs=inputs)
     if result.n_kept == 0:
         raise PrepareError(
             f"no usable clip in {', '.join(str(p) for p in inputs)}: {result.n_quarantined} clip(s) quarantined "

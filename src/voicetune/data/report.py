@@ -116,8 +116,9 @@ def _totals(result: PrepareResult) -> str:
     rows = [
         [
             "input files",
-            f"{result.n_files} audio ({result.n_files_failed} skipped, {len(result.no_speech)} without speech, "
-            f"{len(result.duplicates)} duplicate); {len(result.skipped_inputs)} other entries not used",
+            (f"{result.n_files} audio ({result.n_files_failed} skipped, {len(result.no_speech)} without "
+             f"speech, {len(result.duplicates)} duplicate); {len(result.skipped_inputs)} other entries not "
+             "used"),
         ],
         [
             "clips",
@@ -203,9 +204,8 @@ def write_report_html(
         items += [f"no clip from {html.escape(k)}: {html.escape(v)}" for k, v in result.no_speech.items()]
         items += [html.escape(d) for d in result.duplicates]
         items += [f"not used: {html.escape(k)}: {html.escape(v)}" for k, v in result.skipped_inputs.items()]
-        parts.append(
-            "<h2>Skipped, empty and duplicate inputs</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
-        )
+        listed = "".join(f"<li>{i}</li>" for i in items)
+        parts.append(f"<h2>Skipped, empty and duplicate inputs</h2><ul>{listed}</ul>")
     parts.append("<h2>Clips for a person</h2>" + _clip_rows(records))
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))

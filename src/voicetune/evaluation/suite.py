@@ -314,8 +314,9 @@ def write_baseline(
     out: Path, probe_set: ProbeSet, ev: Evaluation, real: dict, info: dict[str, Any] | None = None,
     folder: Callable[[Path], AbstractContextManager[Path]] = atomic_dir,
 ) -> dict[str, Any]:
-    """Write ``out/`` (metrics.json, base/NN.wav, real/NN.wav) atomically; return the document. ``folder`` builds
-    it (a run's own eval/baseline: :func:`atomic_dir`; a user's --out: :func:`voicetune.utils.outputs.output_dir`)."""
+    """Write ``out/`` (metrics.json, base/NN.wav, real/NN.wav) atomically; return the document. ``folder``
+    builds it (a run's own eval/baseline: :func:`atomic_dir`; a user's --out:
+    :func:`voicetune.utils.outputs.output_dir`)."""
     m = probe_set.material
     base = json.loads(json.dumps(json_safe(ev.scores)))  # a copy the writer may annotate
     real = json.loads(json.dumps(json_safe(real)))

@@ -27,12 +27,13 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 2
 """state.pt holds tensors and plain Python values only (no pickled objects): it loads with weights_only=True.
-Format 1 (voicetune before the reliability work) pickled NumPy's RNG state and is refused (resume.load_state)."""
+Format 1 (voicetune before the reliability work) pickled NumPy's RNG state and is refused
+(resume.load_state)."""
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and (when CUDA is in use) this process's current-GPU RNG states, as tensors and
-    plain lists/numbers (so that a checkpoint loads with ``torch.load(weights_only=True)``).
+    """Python, NumPy, torch CPU and (when CUDA is in use) this process's current-GPU RNG states, as tensors
+    and plain lists/numbers (so that a checkpoint loads with ``torch.load(weights_only=True)``).
 
     Only the current GPU: ``get_rng_state_all`` would create a CUDA context on every visible GPU from every
     rank of a multi-GPU job.

@@ -136,9 +136,9 @@ def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> Train
 
 
 def _prepare_run_dir(run_dir: Path, sources: dict[str, str]) -> None:
-    """A new run's folder: new, empty, or the folder of an attempt that stopped before its first checkpoint (its
-    logs are cleared, its cached features kept). Any other folder is refused: voicetune never writes over files it
-    did not write, nor over an earlier run."""
+    """A new run's folder: new, empty, or the folder of an attempt that stopped before its first checkpoint
+    (its logs are cleared, its cached features kept). Any other folder is refused: voicetune never writes over
+    files it did not write, nor over an earlier run."""
     if latest_checkpoint(run_dir) is not None:
         raise TrainError(
             f"{run_dir} already holds checkpoints from an earlier run; choose a new --out folder, or continue "
@@ -152,31 +152,33 @@ def _prepare_run_dir(run_dir: Path, sources: dict[str, str]) -> None:
                 f"--out {run_dir} is not empty ({', '.join(sorted(present)[:6])}) and is not a run folder of "
                 "voicetune; choose a new or empty folder (voicetune never writes over files it did not write)"
             )
-        for name in ("metrics.jsonl", "tensorboard", "eval", "best.json", "report.html", "run.json", "vocab.json"):
+        stale = ("metrics.jsonl", "tensorboard", "eval", "best.json", "report.html", "run.json", "vocab.json")
+        for name in stale:
             p = run_dir / name
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             elif p.exists() or p.is_symlink():
                 p.unlink()
-        logger.info("%s: starting again in the folder of a run that stopped before its first checkpoint", run_dir)
+        logger.info("%s: starting again in the folder of a run that stopped before its first checkpoint",
+                    run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mark_run(run_dir, sources)
 
 
 def clamp_batch(cfg: TrainConfig, n_clips: int, world: int) -> TrainConfig:
-    """``cfg`` with --batch-size (then --grad-accum) lowered, with a warning, so that one optimizer step takes no
-    more clips than the training split holds."""
+    """``cfg`` with --batch-size (then --grad-accum) lowered, with a warning, so that one optimizer step takes
+    no more clips than the training split holds."""
     if world > n_clips:
-        raise TrainError(f"{n_clips} training clip(s) cannot be shared by {world} processes; use --gpus {n_clips} "
-                         "or fewer, or add clips")
+        raise TrainError(f"{n_clips} training clip(s) cannot be shared by {world} processes; use --gpus "
+                         f"{n_clips} or fewer, or add clips")
     batch, accum = cfg.batch_size, cfg.grad_accum
     if batch * accum * world <= n_clips:
         return cfg
     batch = max(1, min(batch, n_clips // world))
     accum = max(1, min(accum, n_clips // (batch * world)))
     logger.warning("--batch-size %d x --grad-accum %d x %d process(es) takes more clips per step than the %d "
-                   "training clips; using --batch-size %d --grad-accum %d", cfg.batch_size, cfg.grad_accum, world,
-                   n_clips, batch, accum)
+                   "training clips; using --batch-size %d --grad-accum %d", cfg.batch_size, cfg.grad_accum,
+                   world, n_clips, batch, accum)
     return dataclasses.replace(cfg, batch_size=batch, grad_accum=accum)
 
 
@@ -281,10 +283,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
            device_name: str, progress: Progress | None, callbacks: list[TrainCallback] | None) -> _Run:
     """Build the run: model, features, data order, optimizer, schedule; restore a checkpoint when resuming."""
     if ckpt is None and dist.is_main:
-        _prepare_run_dir(run_dir, {"dataset": str(Path(dataset_dir).resolve()), "base": str(Path(base).resolve())})
+        _prepare_run_dir(run_dir, {"dataset": str(Path(dataset_dir).resolve()),
+                                   "base": str(Path(base).resolve())})
     elif ckpt is not None and dist.is_main:
         clean_leftovers(run_dir)
-    saved = load_state(ckpt) if ckpt is not None else None  # first: a checkpoint that cannot load changes nothing
+    saved = load_state(ckpt) if ckpt is not None else None  # first: a bad checkpoint changes nothing
     dist.barrier()
     seed_everything(cfg.seed)
     device = pick_device(device_name)

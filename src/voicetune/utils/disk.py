@@ -50,8 +50,8 @@ def free_bytes(path: Path | str) -> int:
 def _message(path: Path | str, need: int, what: str, free: int) -> str:
     return (
         f"disk full: {what} needs about {human_bytes(need)} in {path}, but only {human_bytes(free)} "
-        "is free on that disk. Free some space (or choose a folder on another disk) and run the command again; "
-        "what was written before is intact."
+        "is free on that disk. Free some space (or choose a folder on another disk) and run the command "
+        "again; what was written before is intact."
     )
 
 

@@ -57,8 +57,9 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    # Through a Python file object that keeps what interrupted a write: torch's writer reports any failed write as
-    # "unexpected pos"; the real cause (OSError(ENOSPC) of a full disk, a KeyboardInterrupt) is raised instead.
+    # Through a Python file object that keeps what interrupted a write: torch's writer reports any failed
+    # write as "unexpected pos"; the real cause (OSError(ENOSPC) of a full disk, a KeyboardInterrupt) is
+    # raised instead.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         out = _KeepError(f)
         try:
@@ -127,9 +128,9 @@ def _abandoned(folder: Path) -> bool:
 
 
 def clean_stale_tmp(path: Path) -> list[Path]:
-    """Remove the partial folders ``.NAME.*.tmp`` / ``.NAME.*.old`` beside ``path`` that an interrupted voicetune
-    left (killed: ``kill -9``, power loss). Only folders holding voicetune's partial marker whose process is gone are
-    removed; an unmarked look-alike is left alone and reported."""
+    """Remove the partial folders ``.NAME.*.tmp`` / ``.NAME.*.old`` beside ``path`` that an interrupted
+    voicetune left (killed: ``kill -9``, power loss). Only folders holding voicetune's partial marker whose
+    process is gone are removed; an unmarked look-alike is left alone and reported."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
@@ -151,8 +152,9 @@ def clean_stale_tmp(path: Path) -> list[Path]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Build a directory under a temporary name and move it onto ``path`` when complete.
 
-    An existing ``path`` is replaced only after the new one is fully written. For folders voicetune owns (a run's
-    checkpoints and evaluations, caches); a user-chosen ``--out`` goes through :mod:`voicetune.utils.outputs`.
+    An existing ``path`` is replaced only after the new one is fully written. For folders voicetune owns (a
+    run's checkpoints and evaluations, caches); a user-chosen ``--out`` goes through
+    :mod:`voicetune.utils.outputs`.
     """
     path = Path(path)
     tmp = new_tmp_dir(path)
@@ -160,7 +162,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700
         if path.exists():
-            trash = new_tmp_dir(path, ".old")  # marked: a kill before the rmtree leaves a folder the next run removes
+            trash = new_tmp_dir(path, ".old")  # marked: if killed before the rmtree, the next run removes it
             os.replace(path, trash / path.name)
             os.replace(tmp, path)
             shutil.rmtree(trash)

@@ -1,8 +1,8 @@
 """Paths read from files (metadata rows, markers, package manifests) stay inside their folder.
 
-A dataset's metadata, a run's ``latest``/``best`` markers or a package's ``voicetune.json`` name files relative
-to their folder. :func:`inside` resolves such a name and refuses one that leaves the folder (``..``, an
-absolute path, a symlink pointing elsewhere), naming the file and line it came from and the reason.
+A dataset's metadata, a run's ``latest``/``best`` markers or a package's ``voicetune.json`` name files
+relative to their folder. :func:`inside` resolves such a name and refuses one that leaves the folder (``..``,
+an absolute path, a symlink pointing elsewhere), naming the file and line it came from and the reason.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 class UnsafePathError(ValueError):
-    """A path read from a file leads outside its folder; the message names the file, the line and the reason."""
+    """A path read from a file leads outside its folder; the message names the file, the line and the
+    reason."""
 
 
 def inside(folder: Path | str, name: str, source: str) -> Path:
@@ -38,6 +39,6 @@ def inside(folder: Path | str, name: str, source: str) -> Path:
 
 
 def display_name(path: Path | str) -> str:
-    """``path`` as text that can always be printed and written as UTF-8: bytes of a file name that are not valid
-    UTF-8 (Python keeps them as surrogate escapes) appear as ``\\xe9``."""
+    """``path`` as text that can always be printed and written as UTF-8: bytes of a file name that are not
+    valid UTF-8 (Python keeps them as surrogate escapes) appear as ``\\xe9``."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")

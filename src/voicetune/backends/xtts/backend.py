@@ -487,8 +487,9 @@ class XttsBackend(Backend):
         try:
             state = torch.load(Path(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # objects other than tensors and plain values: never unpickled
-            raise BaseModelError(f"{path}: not a voicetune weights file (it holds Python objects, which voicetune does "
-                                 f"not load: {str(e).strip().splitlines()[-1][:200]})") from None
+            why = str(e).strip().splitlines()[-1][:200]
+            raise BaseModelError(f"{path}: not a voicetune weights file (it holds Python objects, which "
+                                 f"voicetune does not load: {why})") from None
         except (OSError, RuntimeError, EOFError, ValueError) as e:
             raise BaseModelError(f"{path}: cannot load the trained XTTS GPT state ({e})") from e
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
