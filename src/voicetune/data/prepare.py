@@ -493,7 +493,7 @@ def _jobs_for(
         result.warnings.append(f"{sf.rel}: {cut}")
         logger.warning("%s: %s", sf.rel, cut)
         last = max(jobs, key=lambda j: j.span.end)
-        if float(sf.analysis["duration"]) - last.span.end < 0.25:  # its last clip may stop mid-word
+        if float((sf.analysis or {}).get("duration", 0.0)) - last.span.end < 0.25:  # it may stop mid-word
             last.rec.reasons.append("cut off by the end of a truncated file")
     return jobs
 

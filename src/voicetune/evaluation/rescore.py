@@ -237,8 +237,9 @@ def evaluate_base(
     :class:`EvalOptions`'s). ``out`` must be new, empty or an earlier base evaluation; another non-empty
     folder only with ``force`` (its files are kept), and never the base model or the dataset.
     """
-    where = {"inputs": [Path(base), Path(dataset)], "known": BASE_EVAL_ENTRIES, "signature": _is_base_evaluation}
-    check_output(out, "base-evaluation", force=force, **where)  # before the evaluation: fail fast
+    inputs = [Path(base), Path(dataset)]
+    check_output(out, "base-evaluation", force=force, inputs=inputs, known=BASE_EVAL_ENTRIES,
+                 signature=_is_base_evaluation)  # before the evaluation: fail fast
     protocol = Protocol.of(protocol_options(EvalOptions(), overrides))
     probe_set = build_probe_set(Dataset.load(dataset), protocol)
     dev, metric_device, asr_device = _devices(device)
@@ -251,7 +252,8 @@ def evaluate_base(
     info = {"backend": backend_name, "base_model": str(Path(base).resolve()),
             "dataset": str(Path(dataset).resolve()), "asr_model": scorer.asr_name}
     doc = write_baseline(Path(out), probe_set, ev, scorer.score_real(), info,
-                         folder=lambda p: output_dir(p, "base-evaluation", force=force, **where))
+                         folder=lambda p: output_dir(p, "base-evaluation", force=force, inputs=inputs,
+                                                     known=BASE_EVAL_ENTRIES, signature=_is_base_evaluation))
     return BaseResult(Path(out), doc, base_table(doc))
 
 

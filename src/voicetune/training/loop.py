@@ -327,6 +327,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     run = _Run(cfg, run_dir, dist, device, precision, backend, store, sampler, optimizer, scheduler, engine,
                state, list(callbacks or []) if dist.is_main else [], progress)
     if ckpt is not None:
+        assert saved is not None
         run.start_step = restore(ckpt, saved, backend=backend, optimizer=optimizer, scheduler=scheduler,
                                 engine=engine, sampler=sampler, dist=dist)
         run.state.resumed_from = run.start_step

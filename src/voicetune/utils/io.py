@@ -63,7 +63,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         out = _KeepError(f)
         try:
-            torch.save(obj, out)
+            torch.save(obj, out)  # type: ignore[arg-type]  # a file-like object: it only needs write()
         except RuntimeError:
             if out.error is not None:
                 raise out.error from None
@@ -76,7 +76,8 @@ class _KeepError:
     """A writable file that remembers the exception a write raised (torch.save would swallow it)."""
 
     def __init__(self, f: Any) -> None:
-        self.f, self.error = f, None
+        self.f = f
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
@@ -132,7 +133,7 @@ def clean_stale_tmp(path: Path) -> list[Path]:
     voicetune left (killed: ``kill -9``, power loss). Only folders holding voicetune's partial marker whose
     process is gone are removed; an unmarked look-alike is left alone and reported."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
