@@ -120,9 +120,9 @@ def export(run_dir: Path | str, out: Path | str, checkpoint: str = "auto", refer
 
     ``checkpoint`` 'auto' packages the best evaluation when the run marked one, else the latest checkpoint;
     ``voicetune.json`` and the model card say which and why. ``out`` must be new, empty or an earlier package:
-    another non-empty folder is refused unless ``force`` (then the package is added next to its files, which are
-    kept); the run, its base model and its dataset are never written to. Built beside ``out``, moved in when
-    complete.
+    another non-empty folder is refused unless ``force`` (then the package is added next to its files, which
+    are kept); the run, its base model and its dataset are never written to. Built beside ``out``, moved in
+    when complete.
     """
     run_dir, out = Path(run_dir), Path(out)
     info = RunInfo.load(run_dir)

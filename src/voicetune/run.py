@@ -5,11 +5,14 @@ Layout::
     RUN_DIR/
       run.json                 backend, base folder, dataset folder (absolute), versions, seed, and "training":
                                clips kept/dropped (by reason), padding, global batch, what trains
-      vocab.json               the extended vocabulary (only with --extend-vocab) config.yaml              the
-      TrainConfig metrics.jsonl            one JSON object per logged step (and per evaluation) tensorboard/
-      event files features/                cached model-ready features (by content hash) checkpoints/step_N/
-      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler, RNG,
-                               data position), meta.json (step, epoch, losses)
+      vocab.json               the extended vocabulary (only with --extend-vocab)
+      config.yaml              the TrainConfig
+      metrics.jsonl            one JSON object per logged step (and per evaluation)
+      tensorboard/             event files
+      features/                cached model-ready features (by content hash)
+      checkpoints/step_N/      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler,
+                               RNG, data position: tensors and plain values only), meta.json (step, epoch, losses)
+      .voicetune-output.json   the run folder's marker (utils/outputs.py): what it holds, the command's sources
       checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
       checkpoints/best         text file naming the checkpoint with the best evaluation (never pruned)
       best.json                why it is best: step, composite score, metrics vs the baseline
@@ -30,8 +33,8 @@ from voicetune.utils.io import atomic_write_json, atomic_write_text
 from voicetune.utils.outputs import MARKER, read_marker
 
 # What a run folder holds (voicetune writes all of it; see the module doc).
-RUN_ENTRIES = ("run.json", "vocab.json", "config.yaml", "metrics.jsonl", "tensorboard", "features", "checkpoints",
-               "best.json", "eval", "report.html")
+RUN_ENTRIES = ("run.json", "vocab.json", "config.yaml", "metrics.jsonl", "tensorboard", "features",
+               "checkpoints", "best.json", "eval", "report.html")
 _CHECKPOINT_NAME = re.compile(r"step_[0-9]{1,12}")
 
 TRAINABLE = "trainable.pt"  # in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)
@@ -93,7 +96,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _marked(run_dir: Path, name: str) -> Path | None:
-    """The checkpoint a marker file (``latest``/``best``) names; it must be ``step_N`` of this run's checkpoints/."""
+    """The checkpoint a marker file (``latest``/``best``) names; it must be ``step_N`` of this run's
+    checkpoints/."""
     marker = checkpoints_dir(run_dir) / name
     if not marker.is_file():
         return None
@@ -133,7 +137,8 @@ def set_best(run_dir: Path, ckpt: Path) -> None:
 def is_run_folder(run_dir: Path) -> bool:
     """A folder that `voicetune train` wrote (its marker, or the run.json/config.yaml of an older version)."""
     run_dir = Path(run_dir)
-    return "run" in read_marker(run_dir) or (run_dir / "run.json").is_file() or (run_dir / "config.yaml").is_file()
+    older = (run_dir / "run.json").is_file() or (run_dir / "config.yaml").is_file()
+    return "run" in read_marker(run_dir) or older
 
 
 def mark_run(run_dir: Path, sources: dict[str, str]) -> None:
@@ -155,10 +160,12 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: unreadable ({e}); this checkpoint is damaged: use another one (--checkpoint)") from e
+        raise RunError(f"{path}: unreadable ({e}); this checkpoint is damaged: use another one "
+                       "(--checkpoint)") from e
     if isinstance(data, dict):
         return data
-    raise RunError(f"{path}: expected a JSON object; this checkpoint is damaged: use another one (--checkpoint)")
+    raise RunError(f"{path}: expected a JSON object; this checkpoint is damaged: use another one "
+                   "(--checkpoint)")
 
 
 def trainable_path(ckpt: Path) -> Path:

@@ -26,8 +26,8 @@ def synthesize(
     force: bool = False,
 ) -> Waveform:
     """Render ``text`` with the package's model in the voice of ``reference`` clips (default: the
-    package's own ``reference/`` clips) and write it to ``out`` as a wav (an existing file only with ``force``;
-    never a file of the package or a reference clip)."""
+    package's own ``reference/`` clips) and write it to ``out`` as a wav (an existing file only with
+    ``force``; never a file of the package or a reference clip)."""
     package_dir, out = Path(package_dir), Path(out)
     if not text.strip():
         raise ValueError("--text is empty: give the sentence to speak")
@@ -58,7 +58,8 @@ def _check_out(out: Path, package_dir: Path, refs: list[Path], force: bool) -> N
     target = out.resolve()
     in_package = package_dir.resolve() in target.parents and (out.exists() or out.is_symlink())
     if out.is_dir() or target in {r.resolve() for r in refs} or in_package:
-        raise ValueError(f"--out {out} is a folder, a reference clip or a file of the package; choose a new file name")
+        raise ValueError(f"--out {out} is a folder, a reference clip or a file of the package; choose a new "
+                         "file name")
     if (out.exists() or out.is_symlink()) and not force:
-        raise ValueError(f"--out {out} already exists; voicetune does not replace files it did not write: choose "
-                         "another name, or add --force to replace it")
+        raise ValueError(f"--out {out} already exists; voicetune does not replace files it did not write: "
+                         "choose another name, or add --force to replace it")

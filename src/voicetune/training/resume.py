@@ -49,7 +49,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         resume_point(Path(run_dir))  # says why: not a run, or stopped before its first checkpoint
-        raise TrainError(f"{path}: missing; the run folder {run_dir} is incomplete (was config.yaml deleted?)")
+        raise TrainError(f"{path}: missing; the run folder {run_dir} is incomplete (config.yaml deleted?)")
     saved = load_train_config(path)
     cfg = merge_options(saved, overrides)
     before, after = flatten(saved), flatten(cfg)
@@ -93,12 +93,12 @@ def resume_point(run_dir: Path) -> Path:
         raise TrainError(f"--resume {run_dir}: not a run folder written by `voicetune train` (no run.json, "
                          "config.yaml or checkpoints/)")
     src = run_sources(run_dir)
-    command = (f"voicetune train {src.get('dataset', 'DATASET')} --base {src.get('base', 'BASE')} --out {run_dir}"
-               + (f" --config {src['config']}" if src.get("config") else ""))
+    command = (f"voicetune train {src.get('dataset', 'DATASET')} --base {src.get('base', 'BASE')} "
+               f"--out {run_dir}" + (f" --config {src['config']}" if src.get("config") else ""))
     raise TrainError(
-        f"{run_dir}: no checkpoint exists yet (no complete checkpoint: the run stopped before its first save), "
-        f"so there is nothing to resume. Start it again with the same command: {command} (and the same options; "
-        "its cached features are reused)"
+        f"{run_dir}: no checkpoint exists yet (no complete checkpoint: the run stopped before its first "
+        f"save), so there is nothing to resume. Start it again with the same command: {command} (and the "
+        "same options; its cached features are reused)"
     )
 
 
@@ -165,10 +165,11 @@ def extra_state(engine: Any, dist: Any) -> dict[str, Any]:
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
-    """state.pt of a checkpoint, loaded with ``weights_only=True``: tensors and plain values, nothing unpickled.
+    """state.pt of a checkpoint, loaded with ``weights_only=True``: tensors and plain values, nothing
+    unpickled.
 
-    A state.pt of an older voicetune (it pickled NumPy's RNG state) is refused, not unpickled: a pickle can run
-    code, and a run folder may come from anywhere. The message says how to continue from its weights.
+    A state.pt of an older voicetune (it pickled NumPy's RNG state) is refused, not unpickled: a pickle can
+    run code, and a run folder may come from anywhere. The message says how to continue from its weights.
     """
     path = Path(ckpt) / "state.pt"
     try:
@@ -176,19 +177,20 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         run = Path(ckpt).parent.parent
         raise TrainError(
-            f"{path} holds Python objects that voicetune does not unpickle (a pickle can run code). It was written "
-            "by an older voicetune (or it is not a voicetune checkpoint), so this run cannot be resumed exactly. "
-            f"Its trained weights load safely: `voicetune export {run} --out PACKAGE`, then start a new run from "
-            "them with `voicetune train DATASET --base PACKAGE --out NEW_RUN` (the optimizer state and the "
-            f"position in the data are not carried over). Details: {str(e).splitlines()[-1][:200]}"
+            f"{path} holds Python objects that voicetune does not unpickle (a pickle can run code). It "
+            "was written by an older voicetune (or it is not a voicetune checkpoint), so this run cannot be "
+            f"resumed exactly. Its trained weights load safely: `voicetune export {run} --out PACKAGE`, then "
+            "start a new run from them with `voicetune train DATASET --base PACKAGE --out NEW_RUN` (the "
+            "optimizer state and the position in the data are not carried over). Details: "
+            f"{str(e).splitlines()[-1][:200]}"
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         raise TrainError(
             f"{path}: unreadable ({e}); resume from an earlier checkpoint by deleting this one"
         ) from e
     if not isinstance(state, dict) or "step" not in state or "optimizer" not in state:
-        raise TrainError(f"{path}: not a voicetune training state (no step/optimizer); delete this checkpoint "
-                         "to resume from an earlier one")
+        raise TrainError(f"{path}: not a voicetune training state (no step/optimizer); delete this "
+                         "checkpoint to resume from an earlier one")
     return state
 
 

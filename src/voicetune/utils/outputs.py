@@ -8,9 +8,10 @@ Every such folder holds ``.voicetune-output.json``: for each kind of output in i
 * Any other non-empty folder is refused unless ``force``: the message names what is in it. With ``force`` the
   output is added next to the files there, which are never removed or replaced (a name clash is refused).
 * ``--out`` is never an input of the command, nor a folder that holds one, not even with ``force``.
-* The output is built in a hidden folder beside ``--out`` and moved into place when complete. When ``--out`` held
-  only the previous output of the same kind, the two folders are swapped (atomic); when it also holds other files,
-  only the previous output's own entries are replaced, the one that makes it look complete (``complete``) last.
+* The output is built in a hidden folder beside ``--out`` and moved into place when complete. When
+  ``--out`` held only the previous output of the same kind, the two folders are swapped (atomic); when it
+  also holds other files, only the previous output's own entries are replaced, the one that makes it look
+  complete (``complete``) last.
 """
 
 from __future__ import annotations
@@ -58,15 +59,18 @@ Signature = str | Callable[[Path], bool] | None
 
 
 def own_entries(
-    folder: Path, kind: str, known: Iterable[str] = (), signature: Signature = None, interim: Iterable[str] = ()
+    folder: Path,
+    kind: str,
+    known: Iterable[str] = (),
+    signature: Signature = None,
+    interim: Iterable[str] = (),
 ) -> set[str] | None:
     """The entries of ``folder`` that belong to its ``kind`` output, or None when it holds no such output.
 
-    With a marker: the recorded entries (and ``known`` names). Without one (written before the marker existed):
-    recognised only when every entry is one of the ``known`` names (any, when none are given) and ``signature``
-    holds (a file name that must
-    be there, or a test of the folder). A folder holding only ``interim`` entries (what the command writes there
-    before its output is complete: caches) is one too.
+    With a marker: the recorded entries (and ``known`` names). Without one (written before the marker
+    existed): recognised only when every entry is one of the ``known`` names (any, when none are given) and
+    ``signature`` holds (a file name that must be there, or a test of the folder). A folder holding only
+    ``interim`` entries (what the command writes there before its output is complete: caches) is one too.
     """
     folder = Path(folder)
     present = _listing(folder)
@@ -179,11 +183,12 @@ def _publish(tmp: Path, out: Path, kind: str, ours_old: set[str], complete: tupl
     clash = sorted(new & others)
     if clash:
         raise OutputError(
-            f"{out} already holds {', '.join(clash)}, which voicetune did not write (or another output owns); "
-            "they are not replaced: choose a new or empty folder"
+            f"{out} already holds {', '.join(clash)}, which voicetune did not write (or another output "
+            "owns); they are not replaced: choose a new or empty folder"
         )
-    # Merge into a folder that also holds other files: the previous output stops claiming to be complete first,
-    # its own entries go, the new ones come in (what makes the output look complete last), then the marker.
+    # Merge into a folder that also holds other files: the previous output stops claiming to be complete
+    # first, its own entries go, the new ones come in (what makes the output look complete last), then the
+    # marker.
     marker.pop(kind, None)
     atomic_write_json(out / MARKER, _marker_doc(marker))
     trash = new_tmp_dir(out, ".old")
