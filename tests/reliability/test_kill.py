@@ -336,3 +336,20 @@ def test_export_killed_then_run_again_writes_a_complete_package(seed, run_copy, 
 @pytest.mark.parametrize("earlier,seed", [(i % 2 == 0, s) for i, s in enumerate(trial_seeds("export", 6))])
 def test_export_kill_trials(earlier, seed, run_copy, tmp_path):
     _export_trial(seed, run_copy(), tmp_path, earlier)
+
+
+def test_a_kill_between_creating_and_marking_a_checkpoint_folder_leaves_nothing_behind(
+    run_copy, tiny_dataset, tiny_base
+):
+    """Found by a kill trial (seed 841961): killed 2 ms after the first checkpoint's hidden folder appeared,
+    before voicetune had marked it as its own; starting the run again must remove it too."""
+    import shutil
+
+    from voicetune.training.loop import train
+
+    run = run_copy()
+    for name in ("checkpoints", "config.yaml", "run.json", "metrics.jsonl", "tensorboard"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    (run / "checkpoints" / ".step_1.x1y2z3.tmp").mkdir(parents=True)  # created, not yet marked
+    train(tiny_dataset, tiny_base, run, max_steps=1, **TRAIN)
+    assert not leftovers(run / "checkpoints"), leftovers(run / "checkpoints")

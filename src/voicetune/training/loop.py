@@ -161,6 +161,7 @@ def _prepare_run_dir(run_dir: Path, sources: dict[str, str]) -> None:
                 p.unlink()
         logger.info("%s: starting again in the folder of a run that stopped before its first checkpoint",
                     run_dir)
+        clean_leftovers(run_dir)  # what the interrupted attempt left half-written
     run_dir.mkdir(parents=True, exist_ok=True)
     mark_run(run_dir, sources)
 

@@ -131,7 +131,8 @@ def _abandoned(folder: Path) -> bool:
 def clean_stale_tmp(path: Path) -> list[Path]:
     """Remove the partial folders ``.NAME.*.tmp`` / ``.NAME.*.old`` beside ``path`` that an interrupted
     voicetune left (killed: ``kill -9``, power loss). Only folders holding voicetune's partial marker whose
-    process is gone are removed; an unmarked look-alike is left alone and reported."""
+    process is gone are removed, and empty ones (a kill between creating the folder and marking it); an
+    unmarked look-alike with content is left alone and reported."""
     path = Path(path)
     removed: list[Path] = []
     if not path.parent.is_dir():
@@ -143,6 +144,10 @@ def clean_stale_tmp(path: Path) -> list[Path]:
             logger.info("removing %s, left behind by an interrupted voicetune run", p)
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+        elif not any(p.iterdir()):
+            with contextlib.suppress(OSError):  # rmdir removes an empty folder only
+                p.rmdir()
+                removed.append(p)
         elif not (p / PARTIAL_MARKER).exists():
             logger.warning("%s looks like a leftover of an interrupted run of an older voicetune; it is not "
                            "removed automatically (delete it by hand if you do not need it)", p)
