@@ -621,7 +621,13 @@ def _unknown(keys: list[str], known: list[str], source: str) -> ConfigError:
 def _build(cls: type[T], kwargs: dict[str, Any], source: str) -> T:
     hints = typing.get_type_hints(cls)
     items = {f.name: f.metadata.get("item") for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    coerced = {k: _coerce(v, hints[k], f"{source}: {k}", items.get(k)) for k, v in kwargs.items()}
+    coerced = {}
+    for k, v in kwargs.items():
+        try:
+            coerced[k] = _coerce(v, hints[k], f"{source}: {k}", items.get(k))
+        except ConfigError as e:
+            fix = "" if dataclasses.is_dataclass(hints[k]) else f"; fix {flag_of(cls, k)}"
+            raise ConfigError(f"{e}{fix}") from None
     try:
         return cls(**coerced)
     except ConfigError as e:
