@@ -11,8 +11,10 @@ Layout::
       tensorboard/             event files
       features/                cached model-ready features (by content hash)
       checkpoints/step_N/      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler,
-                               RNG, data position: tensors and plain values only), meta.json (step, epoch, losses)
-      .voicetune-output.json   the run folder's marker (utils/outputs.py): what it holds, the command's sources
+                               RNG, data position: tensors and plain values only), meta.json (step, epoch,
+                               losses)
+      .voicetune-output.json   the run folder's marker (utils/outputs.py): what it holds, the sources of the
+                               command that started it
       checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
       checkpoints/best         text file naming the checkpoint with the best evaluation (never pruned)
       best.json                why it is best: step, composite score, metrics vs the baseline
