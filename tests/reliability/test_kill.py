@@ -189,7 +189,7 @@ def _train_trial(seed: int, mode: str, reference, dataset: Path, base: Path, tmp
         if rng.random() < 0.25:  # while it loads and restores the checkpoint
             trigger, delay = (lambda: True), rng.uniform(0.0, 6.0)
         else:  # from its first step on (its TensorBoard writer opens a new event file)
-            trigger, delay = new_file_in(run / "tensorboard"), rng.uniform(0.0, 1.5 * ref_seconds)
+            trigger, delay = new_file_in(run / "tensorboard"), rng.uniform(0.0, 0.6 * ref_seconds)
     elif mode == "checkpoint_write":
         args, trigger, delay = (
             _train_cli(dataset, base, run),
