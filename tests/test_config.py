@@ -97,7 +97,8 @@ def test_declared_ranges_are_checked_for_every_group_and_name_the_flag():
     from voicetune.backends.registry import train_config
     from voicetune.config import EvalOptions, check_fields, opt
 
-    with pytest.raises(ConfigError, match=r"warmup_steps must be >= 0, not -5; fix --warmup-steps"):
+    with pytest.raises(ConfigError, match=r"warmup_steps must lie in \[0, 10000000\], not -5; fix "
+                       r"--warmup-steps"):
         TrainConfig(warmup_steps=-5)
     with pytest.raises(ConfigError, match="--eval-num-references"):
         EvalOptions(num_references=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import json
 import logging
 import re
@@ -24,8 +25,12 @@ from voicetune.config import (
     TrainConfig,
     option_fields,
 )
+from voicetune.utils.disk import DiskFullError
 
 logger = logging.getLogger("voicetune")
+
+FORCE_HELP = ("write into a non-empty --out folder that voicetune did not write; its files are kept (never "
+              "deleted or replaced), the output is added next to them")
 
 EPILOG = """\
 typical use:
@@ -204,7 +209,7 @@ def cmd_make_tiny_base(args: argparse.Namespace) -> int:
     from voicetune.backends.tiny import make_tiny_base
 
     out = make_tiny_base(args.backend, Path(args.out), dataset=Path(args.dataset) if args.dataset else None,
-                         seed=args.seed)
+                         force=args.force, seed=args.seed)
     print(f"wrote an UNTRAINED tiny random {args.backend} base model to {out}")
     print("It exists for tests and the demo: it cannot produce usable speech. For real use, pass a real base")
     print(f"to --base ({backend_class(args.backend).base_layout}).")
@@ -239,10 +244,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = option_fields(TrainConfig, options_class(args.backend or TrainConfig.backend))
     run_dir = Path(args.resume or args.out) if (args.resume or args.out) else None
     if main_rank and run_dir is not None and not args.log_file:  # everything, every step, in the run folder
+        from voicetune.run import is_marked_run
         from voicetune.utils.log import add_log_file
 
-        marker = run_dir / "config.yaml"  # written by train once the run folder is its own
-        add_log_file(run_dir / "train.log", ready=marker.is_file)
+        # opened once train has marked the folder as its own run (never in a folder it refuses)
+        add_log_file(run_dir / "train.log", ready=lambda: is_marked_run(run_dir))
     result = train(args.dataset_dir, args.base, args.out, config_file=args.config, resume=args.resume,
                    progress=_progress_bar() if main_rank else None, **_overrides(args, options))
     if not main_rank:
@@ -298,8 +304,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not (args.base and args.dataset) or args.run_dir:
             raise ConfigError("score a base model with --base DIR --dataset DIR (and no RUN_DIR)")
         res = evaluate_base(args.base, args.dataset, args.out, backend_name=args.backend,
-                            progress=_progress_bar(),
-                            device=device, **options)
+                            progress=_progress_bar(), device=device, force=args.force, **options)
         print(res.text)
         print(f"metrics: {res.out / 'metrics.json'}")
         return 0
@@ -313,10 +318,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from voicetune.packaging import export
+    from voicetune.packaging import export, read_package
 
-    out = export(args.run_dir, args.out, checkpoint=args.checkpoint)
+    out = export(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force)
+    manifest = read_package(out)
     print(f"exported model package: {out}")
+    print(f"packaged checkpoint {manifest['checkpoint']} ({manifest['checkpoint_choice']}, "
+          f"step {manifest['steps']})")
     return 0
 
 
@@ -324,7 +332,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from voicetune.synthesis import synthesize
 
     wav = synthesize(args.package_dir, args.text, args.out, reference=args.reference, language=args.language,
-                     seed=args.seed)
+                     seed=args.seed, force=args.force)
     print(f"wrote {args.out} ({wav.duration:.2f} s at {wav.sample_rate} Hz)")
     return 0
 
@@ -504,6 +512,7 @@ def _add_model_commands(sub: Any, fmt: type, backend: str) -> None:
                    help="optional dataset folder: its transcripts train the vocabulary and its audio "
                    "gives the audio statistics")
     s.add_argument("--seed", type=int, default=0, help="seed of the random weights (same seed, same model)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_make_tiny_base)
     _train_parser(sub, fmt, backend, full=False)
 
@@ -528,6 +537,7 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
                    help="backend of --base (default: the one whose layout the folder has)")
     s.add_argument("--out", default="base_eval", help="folder for the --base scores (default: base_eval)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     _add_options(s.add_argument_group("evaluation protocol options"), list(_protocol_options().values()),
                  aliases=True)
     s.set_defaults(func=cmd_evaluate)
@@ -537,8 +547,10 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
                        "unchanged), reference clips sorted by length, voicetune.json and a README model card.")
     s.add_argument("run_dir", help="run folder written by `voicetune train`")
     s.add_argument("--out", required=True, help="package folder to write")
-    s.add_argument("--checkpoint", default="latest",
-                   help="'latest', 'best' (the best evaluation, when training marked one) or a checkpoint folder name")
+    s.add_argument("--checkpoint", default="auto",
+                   help="'auto' (default: the best evaluation when training marked one, else the latest), "
+                   "'best', 'latest' or a checkpoint folder name like step_100")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synthesize", help="speak text with an exported package",
@@ -550,6 +562,7 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--reference", action="append", help="reference clip(s); default: the package's reference/")
     s.add_argument("--language", help="default: the dataset language recorded in the package")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same audio; default: 0)")
+    s.add_argument("--force", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, base folder; does the stack work",
@@ -624,7 +637,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         logger.error("invalid option: %s", e)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+    except OSError as e:
+        logger.debug("%s failed", args.command, exc_info=True)  # the traceback: --verbose and the log file
+        if e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+            logger.error("%s failed: the disk is full (%s)", args.command, e.filename or e)
+        else:
+            logger.error("%s failed: %s", args.command, e)
+    except (ValueError, RuntimeError) as e:
         logger.debug("%s failed", args.command, exc_info=True)  # the traceback: --verbose and the log file
         logger.error("%s failed: %s", args.command, e)
     except KeyboardInterrupt:

@@ -55,17 +55,18 @@ class ConfigError(ValueError):
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = True,  # noqa: A002
         low: float | None = None, high: float | None = None, basic: bool = False, resumable: bool = False,
-        flag: str | None = None) -> Any:
+        flag: str | None = None, item: type | None = None) -> Any:
     """Declare a config field with its documentation.
 
     ``choices``: the allowed values. ``low``/``high``: inclusive numeric bounds, checked for every config
     class by :func:`check_fields` (the error names the flag and the range). ``basic``: listed in the short
     ``--help`` (the others in its advanced sections). ``resumable``: may change when a run is resumed.
     ``flag``: the option's flat name when it is not the group's prefix + the field name. ``cli=False``: no
-    flag.
+    flag. ``item``: the type of a list's items (checked and converted when loaded; ``low``/``high`` then
+    bound every item).
     """
     meta = {"help": help, "choices": choices, "cli": cli, "low": low, "high": high, "basic": basic,
-            "resumable": resumable, "flag": flag}
+            "resumable": resumable, "flag": flag, "item": item}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -94,6 +95,10 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _num(v: Any) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
 def check_fields(obj: Any) -> None:
     """The checks every config declares in :func:`opt` metadata: choices, ``low``/``high`` bounds, finite
     floats."""
@@ -105,15 +110,16 @@ def check_fields(obj: Any) -> None:
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{f.name}={value!r} is not one of {list(choices)}; set {flag} to one of them")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{f.name} must be a finite number, not {value}; fix {flag}")
-        low, high = f.metadata.get("low"), f.metadata.get("high")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bound = (f"lie in [{low:g}, {high:g}]" if low is not None and high is not None
-                     else f"be >= {low:g}" if low is not None else f"be <= {high:g}")
-            raise ConfigError(f"{f.name} must {bound}, not {value!r}; fix {flag}")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name} must be a finite number, not {v}; fix {flag}")
+            low, high = f.metadata.get("low"), f.metadata.get("high")
+            if (low is not None and v < low) or (high is not None and v > high):
+                bound = (f"lie in [{_num(low)}, {_num(high)}]" if low is not None and high is not None
+                         else f"be >= {_num(low)}" if low is not None else f"be <= {_num(high)}")
+                raise ConfigError(f"{f.name} must {bound}, not {value!r}; fix {flag}")
 
 
 @dataclass
@@ -204,7 +210,7 @@ class PrepareConfig:
     )
     eval_fraction: float = opt(0.15, "Fraction of clips held out for evaluation.")
     min_eval_clips: int = opt(2, "At least this many clips go to the eval split (when there are enough).")
-    seed: int = opt(1234, "Seed of the deterministic train/eval split.")
+    seed: int = opt(1234, "Seed of the deterministic train/eval split.", low=0, high=2**32 - 1)
     device: str = opt("auto", "Device for VAD/ASR: auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
 
     def __post_init__(self) -> None:
@@ -270,7 +276,8 @@ class EvalOptions:
         "question and long).", low=0)
     num_references: int = opt(
         3, "Reference clips (longest of the train split) that condition synthesis.", low=1)
-    seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).")
+    seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).",
+                    low=0, high=2**32 - 1)
     asr_model: str = opt("auto", "ASR model of the WER round trip (same meaning as in prepare).")
     intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
     weight_similarity: float = opt(
@@ -362,18 +369,20 @@ class TrainConfig:
     """Settings of `voicetune train`: the generic training fields, the ``eval`` group and ``backend_options``."""
 
     backend: str = opt("xtts", "Model backend (one of the registered backends).", basic=True)
-    max_steps: int = opt(0, "Stop after this many optimizer steps (0: use --epochs).", low=0, basic=True,
-                         resumable=True)
+    max_steps: int = opt(0, "Stop after this many optimizer steps (0: use --epochs).", low=0, high=10**7,
+                         basic=True, resumable=True)
     epochs: int = opt(
-        10, "Passes over the training split (used when --max-steps is 0).", basic=True, resumable=True)
-    batch_size: int = opt(2, "Clips per micro-batch.", low=1, basic=True)
+        10, "Passes over the training split (used when --max-steps is 0).", basic=True, resumable=True, low=0,
+        high=100_000)
+    batch_size: int = opt(2, "Clips per micro-batch.", low=1, high=4096, basic=True)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step (effective batch = batch_size x "
-                          "grad_accum).", low=1, basic=True)
-    lr: float = opt(5e-6, "Peak learning rate (the Coqui XTTS recipe uses 5e-6).", basic=True)
+                          "grad_accum).", low=1, basic=True, high=4096)
+    lr: float = opt(5e-6, "Peak learning rate (the Coqui XTTS recipe uses 5e-6).", low=0.0, high=1.0,
+                    basic=True)
     weight_decay: float = opt(
-        1e-2, "Weight decay (decoupled for AdamW; applied to weight matrices only).", low=0.0)
-    betas: list = opt([0.9, 0.96], "AdamW betas.")
-    warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.", low=0)
+        1e-2, "Weight decay (decoupled for AdamW; applied to weight matrices only).", low=0.0, high=1.0)
+    betas: list = opt([0.9, 0.96], "AdamW betas.", item=float)
+    warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.", low=0, high=10**7)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).", low=0.0)
     precision: str = opt(
         "auto", "auto: bf16 autocast on CUDA GPUs that support it, fp32 on CPU. fp16: autocast with dynamic "
@@ -381,14 +390,15 @@ class TrainConfig:
         choices=("auto", "bf16", "fp16", "fp32"), basic=True)
     save_every: int = opt(
         0, "Write a checkpoint every N optimizer steps (0: only at the end).",
-        low=0, basic=True, resumable=True)
-    keep_last: int = opt(3, "Keep this many most recent step checkpoints on disk.", low=1, resumable=True)
+        low=0, basic=True, resumable=True, high=10**7)
+    keep_last: int = opt(3, "Keep this many most recent step checkpoints on disk.", low=1, resumable=True,
+                         high=100_000)
     log_every: int = opt(1, "Log losses every N optimizer steps.", low=1, resumable=True)
     console_every: int = opt(
         10, "Print a training line to the console every N optimizer steps (and at the first and last step; "
         "the progress bar shows every step). metrics.jsonl, TensorBoard and train.log follow --log-every.",
         low=1, resumable=True)
-    seed: int = opt(1, "Seed for data order and initialisation.", basic=True)
+    seed: int = opt(1, "Seed for data order and initialisation.", low=0, high=2**32 - 1, basic=True)
     device: str = opt("auto", "auto, cpu or cuda (or cuda:N).", basic=True, resumable=True)
     # Speed and memory (benchmarks/README.md has the measurements behind the defaults).
     compile: str = opt(
@@ -432,7 +442,8 @@ class TrainConfig:
     restart_mult: int = opt(
         1, "Each cosine_restarts period is this many times as long as the previous one.", low=1)
     step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).", low=0)
-    milestones: list = opt([], "Steps after which --scheduler multistep multiplies the LR by --lr-gamma.")
+    milestones: list = opt([], "Steps after which --scheduler multistep multiplies the LR by --lr-gamma.",
+                           item=int, low=1)
     lr_gamma: float = opt(0.5, "LR factor of the step, multistep and exponential schedules.")
     finetune: str = opt(
         "full", "What trains: full (every weight of the trainable model not in the backend's --freeze) or "
@@ -580,14 +591,27 @@ def flatten(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, tp: Any, name: str) -> Any:
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _coerce(value: Any, tp: Any, name: str, item: type | None = None) -> Any:
+    """``value`` as the field type ``tp``: ints for floats, YAML's text like '1e-4' for floats (YAML 1.1 reads
+    an exponent without a dot as a string), whole floats for ints; a bool is never a number; list items as
+    ``item``."""
     origin = typing.get_origin(tp) or tp
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)] if item else list(value)
+    if origin is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if origin in (int, float, str, bool) and not isinstance(value, origin):
+    if origin is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    wrong_bool = isinstance(value, bool) != (origin is bool)  # YAML's true is an int to Python, not to us
+    if origin in (int, float, str, bool) and (not isinstance(value, origin) or wrong_bool):
         raise ConfigError(f"{name} must be of type {origin.__name__}, got {value!r}")
-    if origin is int and isinstance(value, bool):
-        raise ConfigError(f"{name} must be of type int, got {value!r}")
     return value
 
 
@@ -600,7 +624,14 @@ def _unknown(keys: list[str], known: list[str], source: str) -> ConfigError:
 
 def _build(cls: type[T], kwargs: dict[str, Any], source: str) -> T:
     hints = typing.get_type_hints(cls)
-    coerced = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in kwargs.items()}
+    items = {f.name: f.metadata.get("item") for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    coerced = {}
+    for k, v in kwargs.items():
+        try:
+            coerced[k] = _coerce(v, hints[k], f"{source}: {k}", items.get(k))
+        except ConfigError as e:
+            fix = "" if dataclasses.is_dataclass(hints[k]) else f"; fix {flag_of(cls, k)}"
+            raise ConfigError(f"{e}{fix}") from None
     try:
         return cls(**coerced)
     except ConfigError as e:
@@ -694,7 +725,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def load_yaml(cls: type[T], path: Path, options_for: OptionsFor | None = None) -> T:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config {path}: not a YAML text file (not UTF-8)") from None
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     return from_dict(cls, data, source=str(path), options_for=options_for)

@@ -11,8 +11,11 @@ Layout::
       train.log                everything `voicetune train` logged: every step, warnings, tracebacks
       tensorboard/             event files
       features/                cached model-ready features (by content hash)
-      checkpoints/step_N/      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer,
-                               scheduler, RNG, data position), meta.json (step, epoch, losses)
+      checkpoints/step_N/      trainable.pt (backend.save, :data:`TRAINABLE`), state.pt (optimizer, scheduler,
+                               RNG, data position: tensors and plain values only), meta.json (step, epoch,
+                               losses)
+      .voicetune-output.json   the run folder's marker (utils/outputs.py): what it holds, the sources of the
+                               command that started it
       checkpoints/latest       text file naming the newest complete checkpoint ("step_N")
       checkpoints/best         text file naming the checkpoint with the best evaluation (never pruned)
       best.json                why it is best: step, composite score, metrics vs the baseline
@@ -24,11 +27,18 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voicetune.utils.io import atomic_write_json, atomic_write_text
+from voicetune.utils.outputs import MARKER, read_marker
+
+# What a run folder holds (voicetune writes all of it; see the module doc).
+RUN_ENTRIES = ("run.json", "vocab.json", "config.yaml", "metrics.jsonl", "train.log", "tensorboard", "features",
+               "checkpoints", "best.json", "eval", "report.html")
+_CHECKPOINT_NAME = re.compile(r"step_[0-9]{1,12}")
 
 TRAINABLE = "trainable.pt"  # in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)
 
@@ -83,16 +93,32 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     d = checkpoints_dir(run_dir)
     if not d.is_dir():
         return []
-    found = [p for p in d.glob("step_*") if p.is_dir() and (p / "meta.json").is_file()]
+    found = [p for p in d.glob("step_*") if _CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()
+             and (p / "meta.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
+def _marked(run_dir: Path, name: str) -> Path | None:
+    """The checkpoint a marker file (``latest``/``best``) names; it must be ``step_N`` of this run's
+    checkpoints/."""
+    marker = checkpoints_dir(run_dir) / name
+    if not marker.is_file():
+        return None
+    try:
+        text = marker.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"{marker}: unreadable ({e}); delete it (voicetune writes it again)") from e
+    if not _CHECKPOINT_NAME.fullmatch(text):
+        raise RunError(f"{marker}:1: {text[:80]!r} is not a checkpoint name of this run (step_N); refused. "
+                       "Delete the file (voicetune writes it again) or put a checkpoint name in it")
+    p = checkpoints_dir(run_dir) / text
+    return p if (p / "meta.json").is_file() else None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    marker = checkpoints_dir(run_dir) / "latest"
-    if marker.is_file():
-        p = checkpoints_dir(run_dir) / marker.read_text().strip()
-        if (p / "meta.json").is_file():
-            return p
+    p = _marked(run_dir, "latest")
+    if p is not None:
+        return p
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
 
@@ -103,12 +129,7 @@ def set_latest(run_dir: Path, ckpt: Path) -> None:
 
 def best_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint named by the ``best`` marker, when there is one and it is complete."""
-    marker = checkpoints_dir(run_dir) / "best"
-    if marker.is_file():
-        p = checkpoints_dir(run_dir) / marker.read_text().strip()
-        if (p / "meta.json").is_file():
-            return p
-    return None
+    return _marked(run_dir, "best")
 
 
 def set_best(run_dir: Path, ckpt: Path) -> None:
@@ -116,8 +137,43 @@ def set_best(run_dir: Path, ckpt: Path) -> None:
     atomic_write_text(checkpoints_dir(run_dir) / "best", Path(ckpt).name + "\n")
 
 
+def is_run_folder(run_dir: Path) -> bool:
+    """A folder that `voicetune train` wrote (its marker, or the run.json/config.yaml of an older version)."""
+    run_dir = Path(run_dir)
+    older = (run_dir / "run.json").is_file() or (run_dir / "config.yaml").is_file()
+    return "run" in read_marker(run_dir) or older
+
+
+def is_marked_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` carries the marker of a run folder that `voicetune train` owns (:func:`mark_run`)."""
+    return "run" in read_marker(Path(run_dir))
+
+
+def mark_run(run_dir: Path, sources: dict[str, str]) -> None:
+    """Write the run folder's marker (what it may hold, and the sources of the command that started it)."""
+    from voicetune import __version__
+
+    atomic_write_json(Path(run_dir) / MARKER, {"written_by": f"voicetune {__version__}",
+                                               "outputs": {"run": {"entries": list(RUN_ENTRIES), **sources}}})
+
+
+def run_sources(run_dir: Path) -> dict[str, Any]:
+    """The sources recorded by :func:`mark_run` ({} for a folder without a marker)."""
+    entry = read_marker(Path(run_dir)).get("run")
+    return entry if isinstance(entry, dict) else {}
+
+
 def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / "meta.json").read_text())
+    path = Path(ckpt) / "meta.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: unreadable ({e}); this checkpoint is damaged: use another one "
+                       "(--checkpoint)") from e
+    if isinstance(data, dict):
+        return data
+    raise RunError(f"{path}: expected a JSON object; this checkpoint is damaged: use another one "
+                   "(--checkpoint)")
 
 
 def trainable_path(ckpt: Path) -> Path:

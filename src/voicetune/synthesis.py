@@ -10,6 +10,7 @@ from voicetune.backends.base import Waveform
 from voicetune.backends.registry import get_backend
 from voicetune.packaging import read_package
 from voicetune.utils.device import pick_device
+from voicetune.utils.paths import UnsafePathError, inside
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +50,29 @@ def synthesize(
     language: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    force: bool = False,
 ) -> Waveform:
     """Render ``text`` with the package's model in the voice of ``reference`` clips (default: the
-    package's own ``reference/`` clips) and write it to ``out`` as a wav."""
-    package_dir = Path(package_dir)
+    package's own ``reference/`` clips) and write it to ``out`` as a wav (an existing file only with
+    ``force``; never a file of the package or a reference clip)."""
+    package_dir, out = Path(package_dir), Path(out)
     if not text.strip():
         raise ValueError("--text is empty: give the sentence to speak")
     _refuse_run_folder(package_dir)
     manifest = read_package(package_dir)
-    refs = [Path(r) for r in reference] if reference else [package_dir / r for r in manifest.get("references", [])[:3]]
+    listed = manifest.get("references", [])
+    listed = listed if isinstance(listed, list) else [listed]
+    try:  # voicetune.json names them relative to the package; they must stay inside it
+        refs = [Path(r) for r in reference] if reference else [
+            inside(package_dir, str(r), f"{package_dir / 'voicetune.json'} (references)") for r in listed[:3]]
+    except UnsafePathError as e:
+        raise ValueError(f"{e}; pass --reference CLIP.wav to use clips of your choice") from None
     if not refs:
         raise ValueError(f"{package_dir}: the package has no reference/ clips; pass --reference CLIP.wav")
     for r in refs:
         if not r.is_file():
             raise FileNotFoundError(f"reference clip {r} does not exist")
+    _check_out(out, package_dir, refs, force)
     backend = get_backend(manifest["backend"])
     backend.load_base(package_dir, pick_device(device))
     backend.set_train(False)
@@ -70,3 +80,14 @@ def synthesize(
     write_wav(out, wav.audio, wav.sample_rate)
     logger.info("wrote %s (%.2f s)", out, wav.duration)
     return wav
+
+
+def _check_out(out: Path, package_dir: Path, refs: list[Path], force: bool) -> None:
+    target = out.resolve()
+    in_package = package_dir.resolve() in target.parents and (out.exists() or out.is_symlink())
+    if out.is_dir() or target in {r.resolve() for r in refs} or in_package:
+        raise ValueError(f"--out {out} is a folder, a reference clip or a file of the package; choose a new "
+                         "file name")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise ValueError(f"--out {out} already exists; voicetune does not replace files it did not write: "
+                         "choose another name, or add --force to replace it")

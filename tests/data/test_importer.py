@@ -52,7 +52,8 @@ def test_duplicate_rows_are_merged_or_resolved_by_the_asr_and_reported(imported,
     notes = "\n".join(result.duplicates)
     assert "LJ001-0000.wav: listed 2 times with the same transcript" in notes
     assert "LJ001-0001.wav: 2 different transcripts; kept the one the ASR hears" in notes
-    assert "LJ001-0099.wav: listed in the metadata but missing" in notes
+    assert "LJ001-0099" not in notes  # a missing file is not a duplicate: it is skipped, with its reason
+    assert "does not exist" in result.errors["wavs/LJ001-0099.wav"]
 
 
 def test_a_transcript_the_asr_does_not_hear_needs_review(imported):

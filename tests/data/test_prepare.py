@@ -43,7 +43,7 @@ def prepared(piper_recordings, tmp_path_factory):
 def test_unreadable_file_is_skipped_and_named_while_the_rest_is_processed(prepared):
     _, _, result, _, _ = prepared
     assert list(result.errors) == ["broken.wav"]
-    assert "broken.wav" in result.errors["broken.wav"]
+    assert "not a readable audio file" in result.errors["broken.wav"]  # the key names it, the value says why
     assert result.n_files == 3 and result.n_files_failed == 1
     assert result.n_kept > 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from voicetune.audio.io import AudioDecodeError
+from voicetune.audio.io import AudioDecodeError, decode_failure
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class AudioSource:
             raise AudioDecodeError(f"{self.path}: no such file")
         if self.path.stat().st_size == 0:
             raise AudioDecodeError(f"{self.path}: file is empty")
-        errors = []
+        errors: dict[str, BaseException] = {}
         try:
             with sf.SoundFile(str(self.path)) as f:
                 self.sr, self.channels = int(f.samplerate), int(f.channels)
@@ -73,21 +73,29 @@ class AudioSource:
             return
         except AudioDecodeError:
             raise
+        except OSError as e:
+            if not isinstance(e, sf.LibsndfileError):  # permission denied, I/O error: not a format question
+                raise AudioDecodeError(f"{self.path}: cannot read the file ({e.strerror or e})") from e
+            errors["soundfile"] = e
         except Exception as e:  # noqa: BLE001 - libsndfile raises several types for "not my format"
-            errors.append(f"soundfile: {e}")
+            errors["soundfile"] = e
         try:
             import av
 
             with av.open(str(self.path)) as container:
                 if not container.streams.audio:
-                    raise AudioDecodeError(f"{self.path}: no audio stream")
+                    raise AudioDecodeError(f"{self.path}: no audio stream (a video or data file without "
+                                           "sound?)")
                 ctx = container.streams.audio[0].codec_context
-                self.sr, self.channels = int(ctx.sample_rate), int(ctx.channels or 1)
+                if not ctx.channels or not ctx.sample_rate:
+                    raise AudioDecodeError(f"{self.path}: the header says {ctx.channels} channel(s) at "
+                                           f"{ctx.sample_rate} Hz: no audio to read (damaged header)")
+                self.sr, self.channels = int(ctx.sample_rate), int(ctx.channels)
         except AudioDecodeError:
             raise
-        except Exception as e:
-            errors.append(f"av: {e}")
-            raise AudioDecodeError(f"{self.path}: cannot decode audio ({'; '.join(errors)})") from e
+        except Exception as e:  # PyAV raises FFmpegError subclasses, ValueError, OSError
+            errors["av"] = e
+            raise decode_failure(self.path, errors) from e
 
     def blocks(self, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
         """Mono float32 blocks of about ``block_seconds`` each, in order. Raises AudioDecodeError."""
@@ -96,7 +104,11 @@ class AudioSource:
         if self._soundfile:
             with sf.SoundFile(str(self.path)) as f:
                 while True:
-                    data = f.read(n, dtype="float32", always_2d=True)
+                    try:
+                        data = f.read(n, dtype="float32", always_2d=True)
+                    except (sf.LibsndfileError, RuntimeError) as e:
+                        raise AudioDecodeError(f"{self.path}: damaged: decoding failed in the part after "
+                                               f"{got / self.sr:.1f} s ({e})") from e
                     if not len(data):
                         break
                     got += len(data)
@@ -170,8 +182,8 @@ class AudioSource:
                     if size >= n:
                         yield np.concatenate(pending)
                         pending, size = [], 0
-        except av.FFmpegError as e:
-            raise AudioDecodeError(f"{self.path}: cannot decode audio (av: {e})") from e
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise AudioDecodeError(f"{self.path}: cannot decode audio (FFmpeg: {e})") from e
         if pending:
             yield np.concatenate(pending)
 

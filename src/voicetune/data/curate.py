@@ -27,6 +27,7 @@ from voicetune.data.finalize import (
 from voicetune.data.manifest import ClipRecord, DatasetError, read_clips_jsonl
 from voicetune.data.split import eval_count
 from voicetune.utils.io import atomic_write_json
+from voicetune.utils.paths import UnsafePathError, inside
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ def _move(root: Path, r: ClipRecord, folder: str) -> tuple[Path, Path] | None:
     """Link the wav at its new place; returns (old, new) so the old name can go once metadata are written."""
     if not r.audio_file:
         raise DatasetError(f"clip {r.id} has no audio ({'; '.join(r.reasons)}); it cannot be restored")
-    old = root / r.audio_file
-    new = root / folder / Path(r.audio_file).name
+    try:  # clips.jsonl is a file anyone can edit: its paths must stay in the dataset folder
+        old = inside(root, r.audio_file, f"{root / 'clips.jsonl'} (clip {r.id})")
+        new = inside(root, f"{folder}/{Path(r.audio_file).name}", f"{root / 'clips.jsonl'} (clip {r.id})")
+    except UnsafePathError as e:
+        raise DatasetError(str(e)) from None
     if old == new:
         return None
     if not old.is_file():

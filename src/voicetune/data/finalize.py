@@ -25,6 +25,7 @@ from voicetune.data.manifest import ClipRecord, read_clips_jsonl, write_clips_js
 from voicetune.data.quality import dataset_reasons
 from voicetune.data.split import MIN_RECOMMENDED_SECONDS, split_train_eval
 from voicetune.utils.io import atomic_write_json
+from voicetune.utils.paths import UnsafePathError, inside
 
 if TYPE_CHECKING:
     from voicetune.data.prepare import PrepareResult
@@ -47,8 +48,14 @@ def previous_dataset(out_dir: Path) -> PreviousDataset:
     prev = PreviousDataset()
     try:
         for r in read_clips_jsonl(out_dir / "clips.jsonl"):
-            if r.audio_key and r.audio_file and (out_dir / r.audio_file).is_file():
-                prev.wavs[r.audio_key] = out_dir / r.audio_file
+            if r.audio_key and r.audio_file:
+                try:
+                    wav = inside(out_dir, r.audio_file, f"{out_dir / 'clips.jsonl'} (clip {r.id})")
+                except UnsafePathError as e:
+                    logger.warning("%s; not reused", e)
+                    continue
+                if wav.is_file():
+                    prev.wavs[r.audio_key] = wav
     except ValueError as e:
         logger.warning("ignoring the previous clips.jsonl (%s); every clip is rebuilt", e)
     prev.curation = read_curation(out_dir)

@@ -36,14 +36,45 @@ from voicetune.data.quality import transcript_disagreement
 from voicetune.data.segment import ClipSpan
 from voicetune.data.textnorm import clean_text, normalize_transcript
 from voicetune.data.transcribe import Asr
+from voicetune.utils.paths import UnsafePathError, display_name, inside
 
 logger = logging.getLogger(__name__)
 
 Row = tuple[str, str, str]  # (text, normalized text or "", speaker)
 
 
-def read_listing(src: Path, default_speaker: str) -> dict[Path, list[Row]]:
-    """Audio file -> the rows that list it, from an LJSpeech or Coqui/AllTalk metadata folder."""
+def read_metadata_text(path: Path, warnings: list[str] | None = None) -> str:
+    """A metadata file's text: UTF-8 (with or without BOM); else Windows-1252 / Latin-1, with a warning naming
+    the first line that is not UTF-8 (spreadsheet exports on Windows write these)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        for encoding in ("cp1252", "latin-1"):
+            try:
+                text = data.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+        msg = (f"{path.name}:{line}: not UTF-8; read as {encoding} (check accented characters, or save the "
+               "file as UTF-8)")
+        logger.warning("%s", msg)
+        if warnings is not None:
+            warnings.append(msg)
+        return text
+
+
+def read_listing(
+    src: Path, default_speaker: str, problems: dict[str, str] | None = None, warnings: list[str] | None = None
+) -> dict[Path, list[Row]]:
+    """Audio file -> the rows that list it, from an LJSpeech or Coqui/AllTalk metadata folder.
+
+    A row that cannot be used (too few columns, a path that leaves ``src``) is left out and named in
+    ``problems`` (``"metadata.csv:12" -> reason``); the other rows are read.
+    """
+    src = Path(src).resolve()
+    problems = {} if problems is None else problems
     coqui = [src / n for n in ("metadata_train.csv", "metadata_eval.csv") if (src / n).is_file()]
     plain = src / "metadata.csv"
     if not coqui and not plain.is_file():
@@ -52,22 +83,33 @@ def read_listing(src: Path, default_speaker: str) -> dict[Path, list[Row]]:
         )
     listing: dict[Path, list[Row]] = {}
     for path in coqui or [plain]:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = read_metadata_text(path, warnings).splitlines()
         header = [c.strip() for c in lines[0].split("|")] if lines else []
         has_header = header[:2] == ["audio_file", "text"]
         for n, line in enumerate(lines[1:] if has_header else lines, 2 if has_header else 1):
             if not line.strip():
                 continue
+            where = f"{path.name}:{n}"
             cols = line.split("|")
             if len(cols) < 2:
-                raise PrepareError(f"{path}:{n}: expected at least two '|'-separated columns, got {line!r}")
-            if has_header:
-                audio = src / cols[0].strip()
-                row = (cols[1], "", cols[2].strip() if len(cols) > 2 and cols[2].strip() else default_speaker)
-            else:
-                name = cols[0].strip()
-                audio = src / "wavs" / (name if name.lower().endswith(".wav") else f"{name}.wav")
-                row = (cols[1], cols[2] if len(cols) > 2 else "", default_speaker)
+                problems[where] = (f"expected at least two '|'-separated columns, got {line[:80]!r}; "
+                                   "row skipped")
+                logger.warning("%s: %s", where, problems[where])
+                continue
+            try:
+                if has_header:
+                    audio = inside(src, cols[0].strip(), where)
+                    speaker = cols[2].strip() if len(cols) > 2 else ""
+                    row = (cols[1], "", speaker or default_speaker)
+                else:
+                    name = cols[0].strip()
+                    wav = name if name.lower().endswith(".wav") else f"{name}.wav"
+                    audio = inside(src, f"wavs/{wav}", where)
+                    row = (cols[1], cols[2] if len(cols) > 2 else "", default_speaker)
+            except UnsafePathError as e:
+                problems[where] = str(e).split(": ", 1)[1]
+                logger.warning("%s", e)
+                continue
             listing.setdefault(audio, []).append(row)
     return listing
 
@@ -165,21 +207,33 @@ def import_dataset(
     src, out = Path(src).expanduser(), Path(out_dir).expanduser()
     if not src.is_dir():
         raise PrepareError(f"{src}: not a folder")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+    src = src.resolve()
+    if out.resolve() == src or src in out.resolve().parents:
         raise PrepareError(f"output folder {out} must not be inside the dataset being imported ({src})")
-    check_output(out.resolve())
-    listing = read_listing(src, cfg.speaker_name)
-    missing = [p for p in listing if not p.is_file()]
-    for p in missing:
-        logger.warning("%s: listed in the metadata but missing; skipped", p)
-    files = [p for p in listing if p.is_file()]
+    check_output(out.resolve(), [src])
+    skipped: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    warnings: list[str] = []
+    listing = read_listing(src, cfg.speaker_name, skipped, warnings)
+    files = []
+    for p, rows in listing.items():
+        rel = display_name(p.relative_to(src))
+        if p.is_file():
+            files.append(p)
+        else:
+            why = "is not a regular file" if p.exists() else "does not exist"
+            missing[rel] = f"listed in the metadata ({len(rows)} row(s)) but the file {why}"
+            logger.warning("skipping %s: %s", rel, missing[rel])
     if not files:
-        raise PrepareError(f"{src}: none of the {len(listing)} listed audio files exist")
+        raise PrepareError(
+            f"{src}: none of the {len(listing)} listed audio files exist"
+            + "".join(f"\n  {k}: {v}" for k, v in list({**skipped, **missing}.items())[:10])
+        )
     sources = [
-        SourceFile(p, str(p.relative_to(src)), stem, listing[p][0][2])
+        SourceFile(p, display_name(p.relative_to(src)), stem, listing[p][0][2])
         for p, stem in zip(files, unique_stems(files))
     ]
-    notes: list[str] = [f"{p.relative_to(src)}: listed in the metadata but missing" for p in missing]
+    notes: list[str] = []
     result = build_dataset(
         sources,
         out,
@@ -189,6 +243,10 @@ def import_dataset(
         "imported",
         after_batch=_check_given(cfg, notes),
         notes=notes,
+        skipped=skipped,
+        failed=missing,
+        warnings=warnings,
+        inputs=[src],
     )
     if result.n_kept == 0:
         raise PrepareError(f"no usable clip in {src}; see {result.clips_jsonl} and {result.report_html}")

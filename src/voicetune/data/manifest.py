@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from voicetune.utils.io import atomic_write_text
+from voicetune.utils.paths import UnsafePathError, inside
 
 METADATA_HEADER = ["audio_file", "text", "speaker_name"]
 
@@ -79,20 +80,32 @@ def write_metadata_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
 
 
 def read_metadata_csv(path: Path) -> list[tuple[str, str, str]]:
+    return [row for _, row in read_metadata_rows(path)]
+
+
+def read_metadata_rows(path: Path) -> list[tuple[int, tuple[str, str, str]]]:
+    """(line number, (audio_file, text, speaker)) of every row of a metadata CSV."""
     if not path.is_file():
         raise DatasetError(f"{path}: missing (run `voicetune prepare` to create the dataset)")
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="|")
-        for i, row in enumerate(reader):
-            if i == 0 and [c.strip() for c in row] == METADATA_HEADER:
-                continue
-            if not row:
-                continue
-            if len(row) < 2:
-                raise DatasetError(f"{path}:{i + 1}: expected 'audio_file|text|speaker_name', got {row!r}")
-            speaker = row[2] if len(row) > 2 else "speaker"
-            rows.append((row[0], row[1], speaker))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="|")
+            for i, row in enumerate(reader):
+                if i == 0 and [c.strip() for c in row] == METADATA_HEADER:
+                    continue
+                if not row:
+                    continue
+                if len(row) < 2:
+                    raise DatasetError(f"{path}:{reader.line_num}: expected 'audio_file|text|speaker_name', "
+                                       f"got {row!r}")
+                speaker = row[2] if len(row) > 2 else "speaker"
+                rows.append((reader.line_num, (row[0], row[1], speaker)))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text ({e}); save it as UTF-8, or import the folder with "
+                           "`voicetune dataset import`") from None
+    except csv.Error as e:
+        raise DatasetError(f"{path}: not a '|'-separated metadata file ({e})") from None
     return rows
 
 
@@ -133,10 +146,13 @@ class Dataset:
 
         def clips(csv_name: str) -> list[Clip]:
             out = []
-            for audio, text, spk in read_metadata_csv(root / csv_name):
-                p = (root / audio).resolve()
+            for line, (audio, text, spk) in read_metadata_rows(root / csv_name):
+                try:
+                    p = inside(root, audio, f"{root / csv_name}:{line}")
+                except UnsafePathError as e:
+                    raise DatasetError(str(e)) from None
                 if not p.is_file():
-                    raise DatasetError(f"{root / csv_name}: audio file {audio} does not exist")
+                    raise DatasetError(f"{root / csv_name}:{line}: audio file {audio} does not exist")
                 out.append(Clip(p, text, spk, lang))
             return out
 

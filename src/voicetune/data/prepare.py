@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voicetune.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, find_audio_files
+import numpy as np
+
+from voicetune.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, scan_audio_files, truncation
 from voicetune.config import PrepareConfig, merge
 from voicetune.data import finalize
 from voicetune.data.cache import CACHE_DIR, LEGACY_ASR_CACHE, StageCache
@@ -51,7 +53,10 @@ from voicetune.data.progress import AudioProgress
 from voicetune.data.quality import compression_ratio, transcript_reasons  # noqa: F401 - public re-exports
 from voicetune.data.textnorm import clean_text  # noqa: F401 - public re-export
 from voicetune.data.transcribe import Asr, effective_batch_size, load_asr
-from voicetune.utils.io import atomic_dir, atomic_write_json
+from voicetune.utils import outputs
+from voicetune.utils.disk import disk_full_guard, is_disk_full, warn_if_short
+from voicetune.utils.io import atomic_write_json
+from voicetune.utils.paths import display_name
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +64,10 @@ Progress = Callable[[int, int, str], None]  # same shape as voicetune.backends.b
 
 quality_reasons = transcript_reasons  # the name of the first version
 
-_OWN_NAMES = {CACHE_DIR, LEGACY_ASR_CACHE}  # what an interrupted run leaves in the output folder
+_OWN_NAMES = (CACHE_DIR, LEGACY_ASR_CACHE)  # what prepare writes into the output folder before it is complete
+DATASET_ENTRIES = ("wavs", "quarantine", "metadata_train.csv", "metadata_eval.csv", "clips.jsonl",
+                   "prepare.yaml", "prepare_result.json", "report.html", "curation.json", *_OWN_NAMES)
+MAX_SKIPPED_SHOWN = 20  # entries of the input that are not audio, listed in the summary (the report has all)
 
 
 class PrepareError(ValueError):
@@ -91,7 +99,9 @@ class PrepareResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     mos_checked: bool = False
     speakers: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> clips/kept/minutes
-    errors: dict[str, str] = field(default_factory=dict)  # input file -> why it was skipped
+    errors: dict[str, str] = field(default_factory=dict)  # input audio file -> why it could not be used
+    no_speech: dict[str, str] = field(default_factory=dict)  # input audio file -> why it gave no clip
+    skipped_inputs: dict[str, str] = field(default_factory=dict)  # other entries of the input: why not read
     duplicates: list[str] = field(default_factory=list)  # duplicate inputs and how they were resolved
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -131,7 +141,9 @@ class PrepareResult:
             f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min input; "
             f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
             f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
-            f"{self.n_files - self.n_files_failed}/{self.n_files} file(s) used, {self.seconds_elapsed:.0f} s "
+            f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) used "
+            f"({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
+            f"{self.seconds_elapsed:.0f} s "
             f"(real-time factor {self.real_time_factor:.3f}, {self.speed:.0f}x real time); ASR: {self.asr_model}",
             f"dataset: {self.out_dir}   report: {self.report_html}",
         ]
@@ -142,7 +154,13 @@ class PrepareResult:
             ]
         lines += [f"  quarantined {n}x: {reason}" for reason, n in sorted(self.quarantine_reasons.items())]
         lines += [f"  skipped {name}: {why}" for name, why in self.errors.items()]
+        lines += [f"  no clip from {name}: {why}" for name, why in self.no_speech.items()]
         lines += [f"  duplicate: {d}" for d in self.duplicates]
+        shown = list(self.skipped_inputs.items())
+        lines += [f"  not used: {name}: {why}" for name, why in shown[:MAX_SKIPPED_SHOWN]]
+        if len(shown) > MAX_SKIPPED_SHOWN:
+            more = len(shown) - MAX_SKIPPED_SHOWN
+            lines.append(f"  ... and {more} more entries not used (listed in the report)")
         if self.n_asr_cached or self.n_files_decoded < self.n_files - self.n_files_failed:
             lines.append(
                 f"  incremental: {self.n_files_decoded} file(s) decoded, {self.n_asr_cached} transcript(s) "
@@ -183,20 +201,16 @@ def check_folders(input_dir: Path, out_dir: Path) -> None:
             f"input {src} is inside the output folder {out}; the output folder is replaced "
             "as a whole: choose an output folder that does not contain the recordings"
         )
-    check_output(out)
+    check_output(out, [src])
 
 
-def check_output(out: Path) -> None:
-    """Refuse a non-empty output folder that prepare did not write."""
-    if out.exists():
-        if not out.is_dir():
-            raise PrepareError(f"{out}: exists and is not a folder")
-        names = {p.name for p in out.iterdir()}
-        if names - _OWN_NAMES and not (out / "prepare.yaml").is_file():
-            raise PrepareError(
-                f"{out}: folder is not empty and was not written by `voicetune prepare` (no "
-                "prepare.yaml); choose a new or empty output folder"
-            )
+def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = ()) -> None:
+    """Refuse an output folder that is an input, or that is not empty and was not written by prepare."""
+    try:
+        outputs.check_output(out, "dataset", inputs=inputs, known=DATASET_ENTRIES, signature="prepare.yaml",
+                             interim=_OWN_NAMES)
+    except outputs.OutputError as e:
+        raise PrepareError(str(e)) from None
 
 
 def unique_stems(files: list[Path]) -> list[str]:
@@ -222,17 +236,35 @@ def _safe_speaker(name: str) -> str:
 
 
 def discover_inputs(
-    input_dir: Path | None, speakers: Mapping[str, Path | str] | None, cfg: PrepareConfig
+    input_dir: Path | None,
+    speakers: Mapping[str, Path | str] | None,
+    cfg: PrepareConfig,
+    skipped: dict[str, str] | None = None,
 ) -> list[tuple[Path, Path, str]]:
     """(file, base folder, speaker) for every audio file: ``input_dir`` (speaker ``cfg.speaker_name``, or
-    one speaker per first-level subfolder with ``cfg.speaker_folders``) plus each ``speakers`` entry."""
+    one speaker per first-level subfolder with ``cfg.speaker_folders``) plus each ``speakers`` entry.
+
+    Every other entry of the input folders (not audio, hidden, dangling or looping symlinks, unreadable
+    folders) goes to ``skipped`` with its reason, and to the log."""
     out: list[tuple[Path, Path, str]] = []
+    skipped = {} if skipped is None else skipped
+
+    def scan(folder: Path, label: str) -> list[Path]:
+        files, why = scan_audio_files(folder)
+        for name, reason in why.items():
+            skipped[f"{label}{name}"] = reason
+            audio_like = Path(name.rstrip("/")).suffix.lower() in AUDIO_EXTENSIONS or name.endswith("/")
+            level = logging.WARNING if audio_like else logging.INFO
+            logger.log(level, "not used: %s%s: %s", label, name, reason)
+        return files
+
     if input_dir is not None:
         base = input_dir if input_dir.is_dir() else input_dir.parent
-        for f in find_audio_files(input_dir):
+        for f in scan(input_dir, ""):
             rel = f.relative_to(base)
             if cfg.speaker_folders and input_dir.is_dir():
                 if len(rel.parts) < 2:
+                    skipped[display_name(rel)] = "not inside a speaker subfolder (--speaker-folders)"
                     logger.warning("%s: not inside a speaker subfolder; skipped (--speaker-folders)", rel)
                     continue
                 out.append((f, base, _safe_speaker(rel.parts[0])))
@@ -243,7 +275,7 @@ def discover_inputs(
         if not folder.exists():
             raise PrepareError(f"{folder}: input folder of speaker {name!r} does not exist")
         base = folder if folder.is_dir() else folder.parent
-        out.extend((f, base, _safe_speaker(name)) for f in find_audio_files(folder))
+        out.extend((f, base, _safe_speaker(name)) for f in scan(folder, f"{name}/"))
     return out
 
 
@@ -254,7 +286,7 @@ def _sources(found: list[tuple[Path, Path, str]]) -> list[SourceFile]:
     )
     out = []
     for (f, base, spk), stem in zip(found, stems):
-        rel = str(f.relative_to(base))
+        rel = display_name(f.relative_to(base))
         out.append(
             SourceFile(f, f"{spk}/{rel}" if multi and not rel.startswith(f"{spk}/") else rel, stem, spk)
         )
@@ -309,11 +341,17 @@ def build_dataset(
     what: str,
     after_batch: Callable[[list[ClipJob]], None] | None = None,
     notes: list[str] | None = None,
+    *,
+    skipped: dict[str, str] | None = None,
+    failed: dict[str, str] | None = None,
+    warnings: list[str] | None = None,
+    inputs: list[Path] | tuple[Path, ...] = (),
 ) -> PrepareResult:
     """Run the pipeline over ``sources`` into ``out_dir`` (shared by prepare and import). ``after_batch``
-    sees each processed batch of jobs; ``notes`` (filled as it runs) are reported as duplicates.
-    ``progress(done, total, "prepare: ...")`` counts seconds of input audio
-    (:mod:`voicetune.data.progress`)."""
+    sees each processed batch of jobs; ``notes`` (filled as it runs) are reported as duplicates; ``skipped``
+    (entries of the input that are not used, with the reason), ``failed`` (audio files that cannot be used,
+    found before the run) and ``warnings`` go into the result. ``progress(done, total, "prepare: ...")``
+    counts seconds of input audio (:mod:`voicetune.data.progress`)."""
     t0 = time.monotonic()
     tracker = AudioProgress(progress, sources, "import" if what == "imported" else "prepare")
     tracker.report("loading the ASR model")
@@ -325,14 +363,23 @@ def build_dataset(
     )
     mos_on = cfg.qa_mos == "on" or (cfg.qa_mos == "auto" and asr.device.startswith("cuda"))
     result = PrepareResult(
-        out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(sources), mos_checked=mos_on
+        out_dir=out_dir.resolve(), asr_model=asr.name, n_files=len(sources) + len(failed or {}),
+        mos_checked=mos_on,
     )
+    result.skipped_inputs.update(skipped or {})
+    result.errors.update(failed or {})
+    result.warnings.extend(warnings or [])
+    need = estimated_bytes(sources, cfg)
+    warn_if_short(out_dir, need, f"the dataset {out_dir}")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out_dir)
     previous = finalize.previous_dataset(out_dir)
+    publish = outputs.output_dir(out_dir, "dataset", inputs=inputs, known=DATASET_ENTRIES,
+                                 signature="prepare.yaml", interim=_OWN_NAMES,
+                                 complete=("metadata_train.csv", "prepare.yaml"))
     try:
-        with atomic_dir(out_dir) as tmp:
+        with disk_full_guard(out_dir, need, f"the dataset {out_dir}"), publish as tmp:
             proc = ClipProcessor(cfg, asr, verify_asr, cache, tmp, previous.wavs, mos_on)
             try:
                 records, seconds = _run_sources(
@@ -364,28 +411,94 @@ def build_dataset(
     return result
 
 
+def estimated_bytes(sources: list[SourceFile], cfg: PrepareConfig) -> int:
+    """Disk space the written clips may take: every input second as 16-bit mono at the output rate (durations
+    from the headers where libsndfile reads them; compressed formats counted at 128 kbit/s), plus the
+    caches."""
+    import soundfile
+
+    seconds = 0.0
+    for sf in sources:
+        try:
+            seconds += soundfile.info(str(sf.path)).duration
+        except Exception:  # noqa: BLE001 - any format libsndfile does not read: estimate from the size
+            try:
+                seconds += sf.path.stat().st_size / 16000
+            except OSError:
+                continue
+    return int(seconds * cfg.sample_rate * 2 * 1.1) + (16 << 20)
+
+
+def _file_failure(sf: SourceFile, e: BaseException, out: Path) -> str:
+    """Why a file could not be used (re-raising when the disk is full: that is not the file's fault)."""
+    if is_disk_full(e, out):
+        raise e  # disk_full_guard (build_dataset) says how much space is needed where
+    if isinstance(e, AudioDecodeError):
+        return str(e).replace(f"{sf.path}: ", "")
+    if isinstance(e, OSError) and e.strerror:
+        return f"cannot read the file ({e.strerror})"
+    return f"cannot be processed ({type(e).__name__}: {str(e)[:300]})"
+
+
+def _fail(sf: SourceFile, why: str, result: PrepareResult) -> None:
+    logger.warning("skipping %s: %s", sf.rel, why)
+    result.errors[sf.rel] = why
+    sf.release()
+
+
+def _no_speech_reason(sf: SourceFile, cfg: PrepareConfig) -> str:
+    """Why an analysed file gave no clip: too short, silent, or no speech found by the VAD."""
+    a = sf.analysis or {}
+    duration = float(a.get("duration", 0.0))
+    energy = np.asarray(a.get("energy_db", []), dtype=np.float32)
+    probs = np.asarray(a.get("probs", []), dtype=np.float32)
+    if duration < max(cfg.min_speech_ms / 1000, 0.5):
+        return f"too short ({duration:.2f} s; a clip needs speech of at least {cfg.min_speech_ms} ms)"
+    if not energy.size or float(energy.max()) < -60.0:
+        return f"silent ({duration:.1f} s without sound above -60 dBFS)"
+    top = float(probs.max()) if probs.size else 0.0
+    return (f"no speech found ({duration:.1f} s of sound, highest VAD speech probability {top:.2f} < "
+            f"--vad-threshold {cfg.vad_threshold:g}): noise, music or silence")
+
+
 def _jobs_for(
     sf: SourceFile,
-    decoded: bool | AudioDecodeError,
+    decoded: bool | BaseException,
     seen: dict[str, str],
     result: PrepareResult,
     make: Callable[[SourceFile], list[ClipJob]],
+    cfg: PrepareConfig,
+    out: Path,
 ) -> list[ClipJob] | None:
-    """The clip jobs of an analysed source; None (recorded in ``result``) for undecodable or duplicate ones."""
-    try:
-        if isinstance(decoded, AudioDecodeError):
-            raise decoded
-        if sf.sha in seen:
-            result.duplicates.append(f"{sf.rel}: same audio as {seen[sf.sha]} (skipped)")
-            sf.release()
-            return None
-        seen[sf.sha] = sf.rel
-        return make(sf)
-    except AudioDecodeError as e:
-        logger.warning("skipping %s: %s", sf.rel, e)
-        result.errors[sf.rel] = str(e)
+    """The clip jobs of an analysed source; None (recorded in ``result``) for failed or duplicate ones, [] for
+    one without speech. An error of this one file skips the file, naming it and the reason; the run goes
+    on."""
+    if isinstance(decoded, BaseException):
+        _fail(sf, _file_failure(sf, decoded, out), result)
+        return None
+    if sf.sha in seen:
+        result.duplicates.append(f"{sf.rel}: same audio as {seen[sf.sha]} (skipped)")
         sf.release()
         return None
+    seen[sf.sha] = sf.rel
+    try:
+        jobs = make(sf)
+    except Exception as e:  # noqa: BLE001 - one file's failure must not stop the run
+        _fail(sf, _file_failure(sf, e, out), result)
+        return None
+    if not jobs:
+        result.no_speech[sf.rel] = _no_speech_reason(sf, cfg)
+        logger.warning("no clip from %s: %s", sf.rel, result.no_speech[sf.rel])
+        sf.release()
+        return []
+    cut = truncation(sf.path)
+    if cut:
+        result.warnings.append(f"{sf.rel}: {cut}")
+        logger.warning("%s: %s", sf.rel, cut)
+        last = max(jobs, key=lambda j: j.span.end)
+        if float((sf.analysis or {}).get("duration", 0.0)) - last.span.end < 0.25:  # it may stop mid-word
+            last.rec.reasons.append("cut off by the end of a truncated file")
+    return jobs
 
 
 def _run_sources(
@@ -409,8 +522,7 @@ def _run_sources(
     batch_clips = max(4, effective_batch_size(cfg.asr_batch_size, asr.device) * 6)
     scratch = tmp / ".scratch"
 
-    def flush(jobs: list[ClipJob]) -> None:
-        tracker.report(f"transcribing {jobs[0].file.rel}: clips {jobs[0].rec.id}..{jobs[-1].rec.id}")
+    def run(jobs: list[ClipJob]) -> None:
         proc.run(jobs, on_transcribed=tracker.transcribed)
         for j in jobs:
             finish_record(j, cfg)
@@ -418,10 +530,22 @@ def _run_sources(
         if after_batch is not None:
             after_batch(jobs)
 
-    def analyse(sf: SourceFile) -> bool | AudioDecodeError:
+    def flush(jobs: list[ClipJob]) -> None:
+        tracker.report(f"transcribing {jobs[0].file.rel}: clips {jobs[0].rec.id}..{jobs[-1].rec.id}")
+        try:
+            run(jobs)
+        except Exception as e:  # noqa: BLE001 - find the file at fault: each file's clips on their own
+            _file_failure(jobs[0].file, e, tmp)  # re-raises when the disk is full
+            for f in dict.fromkeys(j.file for j in jobs):
+                try:
+                    run([j for j in jobs if j.file is f])
+                except Exception as e2:  # noqa: BLE001 - this file is skipped, the others go on
+                    _fail(f, _file_failure(f, e2, tmp), result)
+
+    def analyse(sf: SourceFile) -> bool | BaseException:
         try:
             return analyse_source(sf, cache, scratch)
-        except AudioDecodeError as e:
+        except Exception as e:  # noqa: BLE001 - reported by _jobs_for as this file's failure
             return e
 
     from voicetune.data.vad import _load_model
@@ -436,11 +560,11 @@ def _run_sources(
                 ahead.append(ex.submit(analyse, sources[i + len(ahead)]))
             tracker.report(f"analysing {sf.rel}")
             decoded = ahead.popleft().result()
-            jobs = _jobs_for(sf, decoded, seen, result, lambda f: make_jobs(f, asr, cache))
+            jobs = _jobs_for(sf, decoded, seen, result, lambda f: make_jobs(f, asr, cache), cfg, tmp)
             if jobs is None:
                 tracker.file_done(sf.rel)
                 continue
-            result.n_files_decoded += int(decoded)
+            result.n_files_decoded += int(decoded is True)
             seconds += float(sf.analysis["duration"])
             records.extend(j.rec for j in jobs)
             ready = [j for j in jobs if j.span.ok]
@@ -454,10 +578,15 @@ def _run_sources(
                 batch = batch[batch_clips:]
     if batch:
         flush(batch)
+    failed = [r for r in records if r.source_file in result.errors]  # a file that failed half-way: none of it
+    for r in failed:
+        if r.audio_file and (tmp / r.audio_file).is_file():
+            (tmp / r.audio_file).unlink()
+    records = [r for r in records if r.source_file not in result.errors]
     result.n_files_failed = len(result.errors)
-    if not records and result.errors:
+    if not records and result.errors and not result.no_speech:
         raise PrepareError(
-            f"none of the {len(sources)} audio file(s) could be decoded: "
+            f"none of the {len(sources)} audio file(s) could be used: "
             + "; ".join(f"{k}: {v}" for k, v in result.errors.items())
         )
     return records, seconds
@@ -490,11 +619,16 @@ def prepare(
         raise PrepareError("no input: give an input folder and/or --speaker NAME=FOLDER")
     for folder in inputs:
         check_folders(folder, out)
-    found = discover_inputs(inputs[0] if input_dir is not None else None, speakers, cfg)
+    skipped: dict[str, str] = {}
+    found = discover_inputs(inputs[0] if input_dir is not None else None, speakers, cfg, skipped)
     if not found:
         where = ", ".join(str(p) for p in inputs)
-        raise PrepareError(f"{where}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    result = build_dataset(_sources(found), out, cfg, _prepare_jobs(cfg), progress, "prepared")
+        raise PrepareError(
+            f"{where}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})"
+            + "".join(f"\n  not used: {k}: {v}" for k, v in list(skipped.items())[:MAX_SKIPPED_SHOWN])
+        )
+    result = build_dataset(_sources(found), out, cfg, _prepare_jobs(cfg), progress, "prepared",
+                           skipped=skipped, inputs=inputs)
     if result.n_kept == 0:
         raise PrepareError(
             f"no usable clip in {', '.join(str(p) for p in inputs)}: {result.n_quarantined} clip(s) quarantined "

@@ -116,7 +116,9 @@ def _totals(result: PrepareResult) -> str:
     rows = [
         [
             "input files",
-            f"{result.n_files} ({result.n_files_failed} unreadable, {len(result.duplicates)} duplicate)",
+            (f"{result.n_files} audio ({result.n_files_failed} skipped, {len(result.no_speech)} without "
+             f"speech, {len(result.duplicates)} duplicate); {len(result.skipped_inputs)} other entries not "
+             "used"),
         ],
         [
             "clips",
@@ -197,12 +199,13 @@ def write_report_html(
     if reasons:
         rows = [[html.escape(k), str(n)] for k, n in reasons.most_common()]
         parts.append("<h2>Quarantine reasons</h2>" + _table(rows, ["reason", "clips"]))
-    if result.errors or result.duplicates:
-        items = [f"{html.escape(k)}: {html.escape(v)}" for k, v in result.errors.items()]
+    if result.errors or result.duplicates or result.no_speech or result.skipped_inputs:
+        items = [f"skipped {html.escape(k)}: {html.escape(v)}" for k, v in result.errors.items()]
+        items += [f"no clip from {html.escape(k)}: {html.escape(v)}" for k, v in result.no_speech.items()]
         items += [html.escape(d) for d in result.duplicates]
-        parts.append(
-            "<h2>Skipped and duplicate inputs</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
-        )
+        items += [f"not used: {html.escape(k)}: {html.escape(v)}" for k, v in result.skipped_inputs.items()]
+        listed = "".join(f"<li>{i}</li>" for i in items)
+        parts.append(f"<h2>Skipped, empty and duplicate inputs</h2><ul>{listed}</ul>")
     parts.append("<h2>Clips for a person</h2>" + _clip_rows(records))
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))

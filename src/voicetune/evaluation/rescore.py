@@ -50,6 +50,7 @@ from voicetune.run import (
     trainable_path,
 )
 from voicetune.utils.device import pick_device
+from voicetune.utils.outputs import check_output, output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,15 @@ def _decide_best(
     return ckpt.name
 
 
+BASE_EVAL_ENTRIES = ("metrics.json", "base", "real")  # what `evaluate --base --out DIR` writes
+
+
+def _is_base_evaluation(folder: Path) -> bool:
+    """A base evaluation of an older voicetune (no output marker): metrics.json of kind "baseline"."""
+    doc = load_doc(Path(folder) / "metrics.json")
+    return isinstance(doc, dict) and doc.get("kind") == "baseline"
+
+
 @dataclass
 class BaseResult:
     """The base model scored alone (:func:`evaluate_base`)."""
@@ -236,14 +246,19 @@ def evaluate_base(
     progress: Progress | None = None,
     backend: Backend | None = None,
     device: str = "auto",
+    force: bool = False,
     **overrides: Any,
 ) -> BaseResult:
     """Score a base model zero-shot on a dataset's probe set; write ``out/`` like a run's eval/baseline.
 
     ``backend_name``: the registered backend to load ``base`` with (default: the one whose native layout
     ``base`` has). ``overrides``: protocol options as for :func:`rescore_run` (defaults:
-    :class:`EvalOptions`'s).
+    :class:`EvalOptions`'s). ``out`` must be new, empty or an earlier base evaluation; another non-empty
+    folder only with ``force`` (its files are kept), and never the base model or the dataset.
     """
+    inputs = [Path(base), Path(dataset)]
+    check_output(out, "base-evaluation", force=force, inputs=inputs, known=BASE_EVAL_ENTRIES,
+                 signature=_is_base_evaluation)  # before the evaluation: fail fast
     protocol = Protocol.of(protocol_options(EvalOptions(), overrides))
     probe_set = build_probe_set(Dataset.load(dataset), protocol)
     dev, metric_device, asr_device = _devices(device)
@@ -257,7 +272,9 @@ def evaluate_base(
             "dataset": str(Path(dataset).resolve()), "asr_model": scorer.asr_name}
     error = synthesis_failure(ev, backend.name)
     doc = write_baseline(Path(out), probe_set, ev, scorer.score_real(),
-                         {**info, "error": error} if error else info)
+                         {**info, "error": error} if error else info,
+                         folder=lambda p: output_dir(p, "base-evaluation", force=force, inputs=inputs,
+                                                     known=BASE_EVAL_ENTRIES, signature=_is_base_evaluation))
     if error:
         raise EvalError(f"{error}; see {Path(out) / 'metrics.json'}")
     return BaseResult(Path(out), doc, base_table(doc))

@@ -35,6 +35,8 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -339,13 +341,16 @@ def _timing(ev: Evaluation) -> dict[str, float]:
 
 
 def write_baseline(
-    out: Path, probe_set: ProbeSet, ev: Evaluation, real: dict, info: dict[str, Any] | None = None
+    out: Path, probe_set: ProbeSet, ev: Evaluation, real: dict, info: dict[str, Any] | None = None,
+    folder: Callable[[Path], AbstractContextManager[Path]] = atomic_dir,
 ) -> dict[str, Any]:
-    """Write ``out/`` (metrics.json, base/NN.wav, real/NN.wav) atomically; return the document."""
+    """Write ``out/`` (metrics.json, base/NN.wav, real/NN.wav) atomically; return the document. ``folder``
+    builds it (a run's own eval/baseline: :func:`atomic_dir`; a user's --out:
+    :func:`voicetune.utils.outputs.output_dir`)."""
     m = probe_set.material
     base = json.loads(json.dumps(json_safe(ev.scores)))  # a copy the writer may annotate
     real = json.loads(json.dumps(json_safe(real)))
-    with atomic_dir(out) as tmp:
+    with folder(out) as tmp:
         for i, clip in enumerate(m.sentences):
             (tmp / "real").mkdir(exist_ok=True)
             shutil.copyfile(clip.audio_path, tmp / "real" / f"{i:02d}.wav")

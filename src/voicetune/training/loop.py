@@ -14,8 +14,10 @@ best checkpoint, early stopping) is a :class:`TrainCallback` that the caller han
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,9 +31,16 @@ from voicetune.backends.base import Backend, FeatureStore, Progress
 from voicetune.backends.registry import get_backend, load_train_config, merge_options, resolve
 from voicetune.config import TrainConfig, save_yaml
 from voicetune.data.manifest import Dataset
-from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, software_versions
+from voicetune.run import (
+    RUN_ENTRIES,
+    RunInfo,
+    checkpoints_dir,
+    latest_checkpoint,
+    mark_run,
+    software_versions,
+)
 from voicetune.training import graphs
-from voicetune.training.checkpoint import save_checkpoint
+from voicetune.training.checkpoint import checkpoint_bytes, save_checkpoint
 from voicetune.training.distributed import Dist, init_distributed, shutdown
 from voicetune.training.errors import SoftwareError, TrainError
 from voicetune.training.observe import Meter, bar_text, mem_line, memory, peak_flops, progress_text
@@ -51,7 +60,9 @@ from voicetune.training.sampler import StepSampler, rank_share
 from voicetune.training.signals import GracefulStop
 from voicetune.training.step import StepEngine, make_scaler
 from voicetune.utils.device import pick_device, resolve_precision
+from voicetune.utils.disk import warn_if_short
 from voicetune.utils.io import append_jsonl
+from voicetune.utils.outputs import MARKER, read_marker
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +138,52 @@ def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> Train
     return merge_options(cfg, overrides)
 
 
-def _prepare_run_dir(run_dir: Path) -> None:
+def _prepare_run_dir(run_dir: Path, sources: dict[str, str]) -> None:
+    """A new run's folder: new, empty, or the folder of an attempt that stopped before its first checkpoint
+    (its logs are cleared, its cached features kept). Any other folder is refused: voicetune never writes over
+    files it did not write, nor over an earlier run."""
     if latest_checkpoint(run_dir) is not None:
         raise TrainError(
             f"{run_dir} already holds checkpoints from an earlier run; choose a new --out folder, or continue "
             f"it with --resume {run_dir} (voicetune never overwrites a run)"
         )
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        present = {p.name for p in run_dir.iterdir()} - {MARKER}
+        ours = "run" in read_marker(run_dir) or bool(present & {"run.json", "features"})
+        if not (ours and present <= set(RUN_ENTRIES)):
+            raise TrainError(
+                f"--out {run_dir} is not empty ({', '.join(sorted(present)[:6])}) and is not a run folder of "
+                "voicetune; choose a new or empty folder (voicetune never writes over files it did not write)"
+            )
+        stale = ("metrics.jsonl", "tensorboard", "eval", "best.json", "report.html", "run.json", "vocab.json")
+        for name in stale:
+            p = run_dir / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        logger.info("%s: starting again in the folder of a run that stopped before its first checkpoint",
+                    run_dir)
+        clean_leftovers(run_dir)  # what the interrupted attempt left half-written
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run(run_dir, sources)
+
+
+def clamp_batch(cfg: TrainConfig, n_clips: int, world: int) -> TrainConfig:
+    """``cfg`` with --batch-size (then --grad-accum) lowered, with a warning, so that one optimizer step takes
+    no more clips than the training split holds."""
+    if world > n_clips:
+        raise TrainError(f"{n_clips} training clip(s) cannot be shared by {world} processes; use --gpus "
+                         f"{n_clips} or fewer, or add clips")
+    batch, accum = cfg.batch_size, cfg.grad_accum
+    if batch * accum * world <= n_clips:
+        return cfg
+    batch = max(1, min(batch, n_clips // world))
+    accum = max(1, min(accum, n_clips // (batch * world)))
+    logger.warning("--batch-size %d x --grad-accum %d x %d process(es) takes more clips per step than the %d "
+                   "training clips; using --batch-size %d --grad-accum %d", cfg.batch_size, cfg.grad_accum,
+                   world, n_clips, batch, accum)
+    return dataclasses.replace(cfg, batch_size=batch, grad_accum=accum)
 
 
 @dataclass
@@ -237,9 +287,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
            device_name: str, progress: Progress | None, callbacks: list[TrainCallback] | None) -> _Run:
     """Build the run: model, features, data order, optimizer, schedule; restore a checkpoint when resuming."""
     if ckpt is None and dist.is_main:
-        _prepare_run_dir(run_dir)
+        _prepare_run_dir(run_dir, {"dataset": str(Path(dataset_dir).resolve()),
+                                   "base": str(Path(base).resolve())})
     elif ckpt is not None and dist.is_main:
         clean_leftovers(run_dir)
+    saved = load_state(ckpt) if ckpt is not None else None  # first: a bad checkpoint changes nothing
     dist.barrier()
     seed_everything(cfg.seed)
     device = pick_device(device_name)
@@ -254,11 +306,13 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
 
         cfg = apply_recommendation(backend, store, cfg, device)
         seed_everything(cfg.seed)
+    if ckpt is None:  # a resumed run keeps the geometry it was saved with
+        cfg = clamp_batch(cfg, len(store), dist.world)
     precision = resolve_precision(cfg.precision, device)
     step_size = cfg.batch_size * cfg.grad_accum * dist.world
     sampler = StepSampler(store.lengths(), step_size, cfg.seed, cfg.bucket_window)
     report = _data_report(store, len(dataset.train), sampler, cfg, dist)
-    if dist.is_main:  # a resumed run records its changed options (length, logging...) for the next resume
+    if dist.is_main and ckpt is None:
         save_yaml(cfg, run_dir / "config.yaml")
     if dist.is_main and ckpt is None:
         RunInfo(cfg.backend, str(Path(base).resolve()), str(Path(dataset_dir).resolve()), cfg.seed,
@@ -270,15 +324,20 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     scheduler = build_scheduler(optimizer, cfg, total)
     plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
     engine = StepEngine(backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device))
+    if dist.is_main:  # say early when the checkpoints will not fit (each save checks again, and refuses)
+        warn_if_short(run_dir, (cfg.keep_last + 1) * checkpoint_bytes(run_dir, backend, optimizer),
+                      f"keeping {cfg.keep_last} checkpoints (--keep-last) plus the one being written")
     state = LoopState(run_dir, backend, cfg, total, steps_per_epoch=steps_per_epoch)
     run = _Run(cfg, run_dir, dist, device, precision, backend, store, sampler, optimizer, scheduler, engine,
                state, list(callbacks or []) if dist.is_main else [], progress)
     if ckpt is not None:
-        run.start_step = restore(ckpt, load_state(ckpt), backend=backend, optimizer=optimizer, scheduler=scheduler,
+        assert saved is not None
+        run.start_step = restore(ckpt, saved, backend=backend, optimizer=optimizer, scheduler=scheduler,
                                 engine=engine, sampler=sampler, dist=dist)
         run.state.resumed_from = run.start_step
         run.state.step, run.state.checkpoint = run.start_step, ckpt
-        if dist.is_main:
+        if dist.is_main:  # restored: record its changed options (length, logging...) for the next resume
+            save_yaml(cfg, run_dir / "config.yaml")
             truncate_metrics(run_dir, run.start_step)
     run.meter = _meter(backend, engine, device, precision, total, run.start_step)
     logger.info("training %s on %s (%s): %d clips, batch %d x accum %d x %d process(es), steps %d..%d of %d "

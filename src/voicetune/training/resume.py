@@ -13,6 +13,7 @@ option); the length of the run, checkpointing, logging and evaluation settings c
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,16 @@ import torch
 
 from voicetune.backends.registry import load_train_config, merge_options
 from voicetune.config import TrainConfig, flatten, resumable_options
-from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, read_meta, trainable_path
+from voicetune.run import (
+    RunError,
+    RunInfo,
+    checkpoints_dir,
+    is_run_folder,
+    latest_checkpoint,
+    read_meta,
+    run_sources,
+    trainable_path,
+)
 from voicetune.training.checkpoint import restore_rng_state, rng_state
 from voicetune.training.errors import TrainError
 from voicetune.utils.io import atomic_write_text, read_jsonl
@@ -38,7 +48,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise TrainError(f"{path}: missing; is {run_dir} a run folder written by `voicetune train`?")
+        resume_point(Path(run_dir))  # says why: not a run, or stopped before its first checkpoint
+        raise TrainError(f"{path}: missing; the run folder {run_dir} is incomplete (config.yaml deleted?)")
     saved = load_train_config(path)
     cfg = merge_options(saved, overrides)
     before, after = flatten(saved), flatten(cfg)
@@ -68,14 +79,27 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def resume_point(run_dir: Path) -> Path:
-    """The checkpoint to continue from (the latest complete one)."""
-    ckpt = latest_checkpoint(Path(run_dir))
-    if ckpt is None:
-        raise TrainError(
-            f"{run_dir}: no complete checkpoint to resume from (it stopped before its first save); "
-            "start it again with a new --out"
-        )
-    return ckpt
+    """The checkpoint to continue from (the latest complete one); a clear TrainError when there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TrainError(f"--resume {run_dir}: no such folder")
+    try:
+        ckpt = latest_checkpoint(run_dir)
+    except RunError as e:
+        raise TrainError(str(e)) from None
+    if ckpt is not None:
+        return ckpt
+    if not is_run_folder(run_dir) and not (run_dir / "features").is_dir():
+        raise TrainError(f"--resume {run_dir}: not a run folder written by `voicetune train` (no run.json, "
+                         "config.yaml or checkpoints/)")
+    src = run_sources(run_dir)
+    command = (f"voicetune train {src.get('dataset', 'DATASET')} --base {src.get('base', 'BASE')} "
+               f"--out {run_dir}" + (f" --config {src['config']}" if src.get("config") else ""))
+    raise TrainError(
+        f"{run_dir}: no checkpoint exists yet (no complete checkpoint: the run stopped before its first "
+        f"save), so there is nothing to resume. Start it again with the same command: {command} (and the "
+        "same options; its cached features are reused)"
+    )
 
 
 def resume_sources(run_dir: Path, dataset: Path | str | None, base: Path | str | None) -> tuple[Path, Path]:
@@ -98,14 +122,20 @@ def resume_sources(run_dir: Path, dataset: Path | str | None, base: Path | str |
 
 
 def clean_leftovers(run_dir: Path) -> None:
-    """Remove temporary folders of checkpoints that an interrupted save or prune left behind."""
-    d = checkpoints_dir(Path(run_dir))
-    if not d.is_dir():
-        return
-    for p in d.iterdir():
-        if p.name.startswith(".") and p.is_dir() and p.name.endswith((".tmp", ".deleting", ".old")):
-            logger.info("removing leftover %s", p)
-            shutil.rmtree(p, ignore_errors=True)
+    """Remove what an interrupted run left half-written: temporary checkpoint folders of a save or prune, and
+    temporary files of atomic writes (``.NAME.XXXX.tmp``) in the run folder and its checkpoints folder."""
+    for d in (Path(run_dir), checkpoints_dir(Path(run_dir))):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if not p.name.startswith(".") or p.is_symlink():
+                continue
+            if p.is_dir() and d != Path(run_dir) and p.name.endswith((".tmp", ".deleting", ".old")):
+                logger.info("removing leftover %s", p)
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_file() and p.name.endswith(".tmp"):
+                logger.info("removing leftover %s", p)
+                p.unlink()
 
 
 def truncate_metrics(run_dir: Path, step: int) -> int:
@@ -135,14 +165,33 @@ def extra_state(engine: Any, dist: Any) -> dict[str, Any]:
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
-    """state.pt of a checkpoint (voicetune's own file, with numpy RNG states: hence weights_only=False)."""
+    """state.pt of a checkpoint, loaded with ``weights_only=True``: tensors and plain values, nothing
+    unpickled.
+
+    A state.pt of an older voicetune (it pickled NumPy's RNG state) is refused, not unpickled: a pickle can
+    run code, and a run folder may come from anywhere. The message says how to continue from its weights.
+    """
     path = Path(ckpt) / "state.pt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        run = Path(ckpt).parent.parent
+        raise TrainError(
+            f"{path} holds Python objects that voicetune does not unpickle (a pickle can run code). It "
+            "was written by an older voicetune (or it is not a voicetune checkpoint), so this run cannot be "
+            f"resumed exactly. Its trained weights load safely: `voicetune export {run} --out PACKAGE`, then "
+            "start a new run from them with `voicetune train DATASET --base PACKAGE --out NEW_RUN` (the "
+            "optimizer state and the position in the data are not carried over). Details: "
+            f"{str(e).splitlines()[-1][:200]}"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
         raise TrainError(
             f"{path}: unreadable ({e}); resume from an earlier checkpoint by deleting this one"
         ) from e
+    if not isinstance(state, dict) or "step" not in state or "optimizer" not in state:
+        raise TrainError(f"{path}: not a voicetune training state (no step/optimizer); delete this "
+                         "checkpoint to resume from an earlier one")
+    return state
 
 
 def restore(

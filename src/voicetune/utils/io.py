@@ -4,14 +4,19 @@ so an interrupted run never leaves a half-written checkpoint, manifest or wav be
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def _umask_mode(base: int) -> int:
@@ -52,31 +57,124 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a Python file object that keeps what interrupted a write: torch's writer reports any failed
+    # write as "unexpected pos"; the real cause (OSError(ENOSPC) of a full disk, a KeyboardInterrupt) is
+    # raised instead.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        out = _KeepError(f)
+        try:
+            torch.save(obj, out)  # type: ignore[arg-type]  # a file-like object: it only needs write()
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+        if out.error is not None:
+            raise out.error
+
+
+class _KeepError:
+    """A writable file that remembers the exception a write raised (torch.save would swallow it)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.error: BaseException | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+PARTIAL_MARKER = ".voicetune-partial.json"  # inside every folder under construction: who builds it
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess, AccessDenied, ...: not a process we can see
+        return None
+
+
+def new_tmp_dir(path: Path, suffix: str = ".tmp") -> Path:
+    """A hidden folder ``.NAME.XXXX.tmp`` beside ``path``, marked as a partial output of this process (and the
+    leftovers of interrupted runs for ``path`` removed first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".tmp":
+        clean_stale_tmp(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid()),
+              "for": path.name}
+    (tmp / PARTIAL_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return tmp
+
+
+def _abandoned(folder: Path) -> bool:
+    """A partial folder whose writer is gone (same host, and its process no longer runs)."""
+    try:
+        info = json.loads((folder / PARTIAL_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+        return False
+    started = _process_start(int(info.get("pid", -1)))
+    return started is None or (info.get("started") is not None and abs(started - info["started"]) > 1e-3)
+
+
+def clean_stale_tmp(path: Path) -> list[Path]:
+    """Remove the partial folders ``.NAME.*.tmp`` / ``.NAME.*.old`` beside ``path`` that an interrupted
+    voicetune left (killed: ``kill -9``, power loss). Only folders holding voicetune's partial marker whose
+    process is gone are removed, and empty ones (a kill between creating the folder and marking it); an
+    unmarked look-alike with content is left alone and reported."""
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if not (p.is_dir() and not p.is_symlink() and p.name.endswith((".tmp", ".old"))):
+            continue
+        if _abandoned(p):
+            logger.info("removing %s, left behind by an interrupted voicetune run", p)
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        elif not any(p.iterdir()):
+            with contextlib.suppress(OSError):  # rmdir removes an empty folder only
+                p.rmdir()
+                removed.append(p)
+        elif not (p / PARTIAL_MARKER).exists():
+            logger.warning("%s looks like a leftover of an interrupted run of an older voicetune; it is not "
+                           "removed automatically (delete it by hand if you do not need it)", p)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Build a directory under a temporary name and move it onto ``path`` when complete.
 
-    An existing ``path`` is replaced only after the new one is fully written.
+    An existing ``path`` is replaced only after the new one is fully written. For folders voicetune owns (a
+    run's checkpoints and evaluations, caches); a user-chosen ``--out`` goes through
+    :mod:`voicetune.utils.outputs`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = new_tmp_dir(path)
     try:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
+            trash = new_tmp_dir(path, ".old")  # marked: if killed before the rmtree, the next run removes it
+            os.replace(path, trash / path.name)
             os.replace(tmp, path)
-            shutil.rmtree(old)
+            shutil.rmtree(trash)
         else:
             os.replace(tmp, path)
+        (path / PARTIAL_MARKER).unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import pickle
 import re
 import shutil
 import textwrap
@@ -126,6 +127,8 @@ class XttsBackend(Backend):
             ) from e
         self._dvae = layout.load_dvae(files[layout.DVAE], config.model_args.gpt_num_audio_tokens - 2)
         self._mel_stats = layout.load_mel_stats(files[layout.MEL_STATS])
+        if layout.SPEAKERS in files:  # not used here, but export copies it: check it loads without unpickling
+            layout.load_speakers(files[layout.SPEAKERS])
         if not torch.allclose(self._mel_stats, model.mel_stats.float().cpu()):
             logger.warning("%s differs from the mel_stats inside %s; training features use mel_stats.pth "
                            "(as Coqui's GPTTrainer does)", files[layout.MEL_STATS], files[layout.MODEL])
@@ -483,6 +486,10 @@ class XttsBackend(Backend):
         self._cond_cache.clear()
         try:
             state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # objects other than tensors and plain values: never unpickled
+            why = str(e).strip().splitlines()[-1][:200]
+            raise BaseModelError(f"{path}: not a voicetune weights file (it holds Python objects, which "
+                                 f"voicetune does not load: {why})") from None
         except (OSError, RuntimeError, EOFError, ValueError) as e:
             raise BaseModelError(f"{path}: cannot load the trained XTTS GPT state ({e})") from e
         if isinstance(state, dict) and isinstance(state.get("model"), dict):

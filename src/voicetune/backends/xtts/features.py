@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,8 +372,9 @@ def _load_cached(path: Path) -> dict[str, Any] | None:
         return None
     try:
         item = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        logger.warning("feature cache file %s is unreadable (%s); recomputing it", path, e)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        logger.warning("feature cache file %s is unreadable or not voicetune's (%s); recomputing it", path,
+                       str(e).strip().splitlines()[0][:200])
         return None
     if not isinstance(item, dict) or item.get("version") != FEATURE_VERSION:
         return None
