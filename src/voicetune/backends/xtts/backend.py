@@ -85,6 +85,7 @@ class XttsBackend(Backend):
         self._mel_stats: torch.Tensor | None = None
         self._extractor: Any = None
         self._train_mode = True
+        self._mode_applied: bool | None = None  # the mode set_train last applied (None: apply it again)
         self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
         # What trains (configure_model): an extended vocabulary (vocab.json text), LoRA adapters, length limits.
         self._vocab_json: str | None = None
@@ -139,6 +140,7 @@ class XttsBackend(Backend):
         self._speed = None
         self._vocab_json, self._lora = None, None
         self._cond_cache.clear()
+        self._mode_applied = None
         self.set_train(True)
         logger.info("loaded XTTS base %s (GPT: %d layers x %d, %.1f M parameters) on %s", path,
                     config.model_args.gpt_layers, config.model_args.gpt_n_model_channels,
@@ -229,6 +231,7 @@ class XttsBackend(Backend):
         from voicetune.backends.xtts.speed import configure_training
 
         self._speed = configure_training(self._require().gpt, cfg, self.device, cuda_graphs)
+        self._mode_applied = None  # attention modules replaced, weights cast: switch modes afresh
 
     # ---------------------------------------------------------------- what trains (backends/xtts/structure.py)
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
@@ -263,6 +266,7 @@ class XttsBackend(Backend):
         if self._lora is not None and not has_lora(gpt):
             apply_lora(gpt, self._lora)
         trainable, total = structure.set_trainable(gpt, cfg, self._vocab_json is not None)
+        self._mode_applied = None  # LoRA adapters or a resized vocabulary: new modules
         logger.info("training %.2f M of %.2f M GPT parameters (%s): %s", trainable / 1e6, total / 1e6, cfg.finetune,
                     structure.summarize(gpt))
         return {**summary, "finetune": cfg.finetune, "trainable_params": trainable, "gpt_params": total}
@@ -288,6 +292,7 @@ class XttsBackend(Backend):
         model.tokenizer, model.args.gpt_number_text_tokens = tok, n
         self._config_dict.setdefault("model_args", {})["gpt_number_text_tokens"] = n
         self._vocab_json, self._extractor = vocab_json, None
+        self._mode_applied = None
         logger.info("vocabulary extended to %d tokens (%d new text_embedding/text_head rows)", n, added)
 
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
@@ -338,8 +343,15 @@ class XttsBackend(Backend):
     def set_train(self, mode: bool) -> None:
         """True: GPT in training mode, without the inference-only modules, and the HiFi-GAN decoder (with its
         speaker encoder) parked on the CPU: training never runs it, and on the GPU it would hold 0.1 GB (XTTS-v2)
-        through every step. False: GPT ready to generate, decoder on the model's device."""
+        through every step. False: GPT ready to generate, decoder on the model's device.
+
+        Switching walks every module and moves the decoder (~12 ms for XTTS-v2); asking for the mode the
+        model is already in costs nothing (what changes the model's modules, e.g. LoRA or a new vocabulary,
+        makes the next call switch again)."""
         gpt = self._require().gpt
+        mode = bool(mode)
+        if self._mode_applied is mode and gpt.training is mode:
+            return
         self.model.hifigan_decoder.eval().to("cpu" if mode else self.device)
         if mode:
             self._cond_cache.clear()  # the GPT's conditioning encoder is about to change
@@ -353,7 +365,7 @@ class XttsBackend(Backend):
             if not hasattr(gpt, "gpt_inference"):
                 gpt.init_gpt_for_inference(kv_cache=bool(self.config.model_args.kv_cache))
             gpt.eval()
-        self._train_mode = bool(mode)
+        self._train_mode = self._mode_applied = mode
 
     # ---------------------------------------------------------------- synthesis
     def _conditioning(self, refs: Sequence[Path]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -492,6 +504,7 @@ class XttsBackend(Backend):
 
         state, meta = split_meta(state)
         self._adopt_structure(meta, Path(path))
+        self._mode_applied = None
         state = {k: v for k, v in state.items() if not k.startswith(_INFERENCE_KEYS)}
         try:
             missing, unexpected = gpt.load_state_dict(state, strict=False)
