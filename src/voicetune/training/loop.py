@@ -55,6 +55,8 @@ from voicetune.utils.io import append_jsonl
 
 logger = logging.getLogger(__name__)
 
+METER_WINDOW = 20  # steps the logged rates are measured over (at least)
+
 __all__ = ["LoopState", "TrainCallback", "TrainError", "TrainResult", "train"]
 
 
@@ -277,7 +279,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
         run.state.step, run.state.checkpoint = run.start_step, ckpt
         if dist.is_main:
             truncate_metrics(run_dir, run.start_step)
-    run.meter = _meter(backend, engine, device, precision, total, run.start_step)
+    run.meter = _meter(backend, engine, device, precision, total, run.start_step, cfg.log_every)
     logger.info("training %s on %s (%s): %d clips, batch %d x accum %d x %d process(es), steps %d..%d of %d "
                 "(%.1f epochs)", cfg.backend, device, precision, len(store), cfg.batch_size, cfg.grad_accum,
                 dist.world, run.start_step + 1, total, total, total / steps_per_epoch)
@@ -285,14 +287,15 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
 
 
 def _meter(backend: Backend, engine: StepEngine, device: torch.device, precision: str, total: int,
-           start: int = 0) -> Meter:
+           start: int = 0, log_every: int = 1) -> Meter:
     params = sum(p.numel() for p in backend.trainable().parameters())
     trainable = sum(p.numel() for p in engine.params)
     peak, what = peak_flops(device, precision)
     if start == 0:
         logger.info("MFU: %s; model FLOPs per token = 4 x %.1f M params + 2 x %.1f M trainable", what,
                     params / 1e6, trainable / 1e6)
-    return Meter(total, start, params, trainable, peak)
+    # rates over the last METER_WINDOW steps, or over the whole interval between two log lines
+    return Meter(total, start, params, trainable, peak, window=max(METER_WINDOW, log_every))
 
 
 def train(
@@ -335,55 +338,70 @@ def train(
 
 
 def _loop(run: _Run, stopper: GracefulStop) -> None:
-    """Steps from the start (or resume) point to the end, an early stop or a signal."""
+    """Steps from the start (or resume) point to the end, an early stop or a signal.
+
+    Per step, only what the step needs: the data, the step itself, the LR schedule and the rates. Logging,
+    memory queries and progress text happen at their own cadence; the model goes back to training mode only
+    when a callback took it out (the in-loop evaluation); the ranks agree on stopping and saving in one
+    all-reduce (none on a single process)."""
     state, cfg, dist = run.state, run.cfg, run.dist
     if dist.is_main:
         run.writer = _tensorboard(run.run_dir, purge_step=run.start_step + 1 if run.start_step else None)
     _call(run.callbacks, "on_train_start", state)
     run.backend.set_train(True)
+    trainable = run.backend.trainable()
     total = state.total_steps
-    for step in range(run.start_step + 1, total + 1):
-        t_step = time.perf_counter()
-        share = rank_share(run.sampler.next_step(), dist.rank, dist.world)
-        parts = run.engine.run(step, share)
-        with warnings.catch_warnings():  # one schedule step per optimizer step, also when fp16 skipped it
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+    assert run.meter is not None
+    run.meter.restart()  # rates and the ETA measure the steps, not the set-up and the baseline evaluation
+    with warnings.catch_warnings():  # one schedule step per optimizer step, also when fp16 skipped it
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        for step in range(run.start_step + 1, total + 1):
+            share = rank_share(run.sampler.next_step(), dist.rank, dist.world)
+            parts = run.engine.run(step, share)
             run.scheduler.step()
-        parts = _observe(run, step, parts, time.perf_counter() - t_step)
-        run.history.append(parts)
-        state.step, state.last = step, parts
-        if dist.is_main:
-            if step % cfg.log_every == 0 or step == total:
-                _log_step(run, step, total, parts)
-            if cfg.mem_every and step % cfg.mem_every == 0:
-                logger.info("%s", mem_line(step, {k: v for k, v in parts.items() if k.startswith("mem_")}))
-            if run.progress:
-                run.progress(step, total, progress_text(parts, type(run.backend).loss_parts))
-        _call(run.callbacks, "on_step_end", state)
-        run.backend.set_train(True)  # a callback may have switched the model to inference mode
-        signal_stop, cb_stop, requested = (dist.any(f, run.device) for f in
-                                           (bool(stopper.requested), state.should_stop, state.save_requested))
-        state.should_stop = state.should_stop or cb_stop or signal_stop
-        if signal_stop and not run.interrupted:
-            run.interrupted = stopper.requested or "signal on another rank"
-            state.stop_reason = state.stop_reason or f"{run.interrupted}: stopped by the user"
-        if (cfg.save_every and step % cfg.save_every == 0) or step == total or state.should_stop or requested:
-            state.save_requested = False
-            _save(run, step, parts)
-        if state.should_stop:
-            logger.info("stopping at step %d: %s", step, state.stop_reason)
-            break
+            log = dist.is_main and (step % cfg.log_every == 0 or step == total)
+            mem = dist.is_main and bool(cfg.mem_every) and step % cfg.mem_every == 0
+            parts = _observe(run, step, parts, with_memory=log or mem)
+            run.history.append(parts)
+            state.step, state.last = step, parts
+            if dist.is_main:
+                if log:
+                    _log_step(run, step, total, parts)
+                if mem:
+                    logger.info("%s", mem_line(step, {k: v for k, v in parts.items()
+                                                      if k.startswith("mem_")}))
+                if run.progress:
+                    run.progress(step, total, progress_text(parts, type(run.backend).loss_parts))
+            if run.callbacks:
+                _call(run.callbacks, "on_step_end", state)
+                if not trainable.training:  # a callback switched the model to inference mode (evaluation)
+                    run.backend.set_train(True)
+            signal_stop, cb_stop, requested = dist.any_of(
+                (bool(stopper.requested), state.should_stop, state.save_requested), run.device)
+            state.should_stop = state.should_stop or cb_stop or signal_stop
+            if signal_stop and not run.interrupted:
+                run.interrupted = stopper.requested or "signal on another rank"
+                state.stop_reason = state.stop_reason or f"{run.interrupted}: stopped by the user"
+            due = bool(cfg.save_every) and step % cfg.save_every == 0
+            if due or step == total or state.should_stop or requested:
+                state.save_requested = False
+                _save(run, step, parts)
+            if state.should_stop:
+                logger.info("stopping at step %d: %s", step, state.stop_reason)
+                break
 
 
-def _observe(run: _Run, step: int, parts: dict[str, float], seconds: float) -> dict[str, float]:
-    """The step's logged values: loss parts averaged over ranks, LR, epoch, rates, ETA, MFU, memory."""
+def _observe(run: _Run, step: int, parts: dict[str, float], with_memory: bool = True) -> dict[str, float]:
+    """The step's logged values: loss parts averaged over ranks, LR, epoch, wall-clock rates, ETA, MFU and
+    (``with_memory``: where they are logged) the memory counters."""
     counts = {k: parts.pop(k) for k in ("samples", "audio_seconds", "tokens") if k in parts}
     parts = run.dist.mean(parts, run.device)
-    parts.update(lr=run.scheduler.get_last_lr()[0], step_seconds=seconds, epoch=run.sampler.progress_epochs)
+    parts.update(lr=run.scheduler.get_last_lr()[0], epoch=run.sampler.progress_epochs)
     assert run.meter is not None
-    parts.update(run.meter.record(step, seconds, int(counts.get("samples", 0)), counts.get("audio_seconds", 0.0),
+    parts.update(run.meter.record(step, int(counts.get("samples", 0)), counts.get("audio_seconds", 0.0),
                                   int(counts.get("tokens", 0)), run.dist.world))
-    parts.update(memory(run.device))
+    if with_memory:
+        parts.update(memory(run.device))
     return parts
 
 
