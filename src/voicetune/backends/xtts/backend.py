@@ -46,6 +46,7 @@ class XttsBackend(Backend):
     base_layout = "XTTS-v2 folder: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json"
     loss_parts: ClassVar[dict[str, str]] = {"text_ce": "text", "mel_ce": "mel"}
     supports_cuda_graphs = True  # the packed loss (speed.py): graph_inputs gives its tensors
+    synthesis_batch_size = 16  # texts per generation pass (synthesize_batch): a probe set, two seeds each
 
     # ---------------------------------------------------------------- class level
     @classmethod
@@ -444,6 +445,98 @@ class XttsBackend(Backend):
         audio = np.clip(np.concatenate(wavs), -1.0, 1.0).astype(np.float32)
         meta = {"hit_max_length": any(c >= cap for c in counts), "num_tokens": sum(counts), "max_audio_tokens": cap}
         return Waveform(audio, int(cfg.model_args.output_sample_rate), meta)
+
+    def synthesize_batch(self, texts: Sequence[str], refs: Sequence[Path], language: str,
+                         seeds: Sequence[int]) -> list[Waveform | Exception]:
+        """Render several texts in one generation pass (per text piece; backends/xtts/batched.py), each as
+        :meth:`synthesize` renders it with its own seed: a batch of one is bit-identical to it, a larger batch
+        equal up to float rounding in the attention (see batched.py). A text that fails (empty, too long)
+        gets its exception in its place."""
+        from voicetune.backends.xtts import batched
+
+        model, cfg = self._require(), self.config
+        if len(seeds) != len(texts):
+            raise ValueError(f"synthesize_batch: {len(texts)} texts but {len(seeds)} seeds")
+        out: list[Waveform | Exception | None] = [None] * len(texts)
+        problem = self._batch_problem(refs, language)
+        pieces: dict[int, list[str]] = {}
+        for i, text in enumerate(texts):
+            try:
+                if problem:
+                    raise ValueError(problem)
+                if not text.strip():
+                    raise ValueError("synthesize: the text is empty")
+                pieces[i] = self._split(text, language)
+            except ValueError as e:
+                out[i] = e
+        if pieces:
+            was_training = self._train_mode
+            self.set_train(False)
+            gpt = model.gpt
+            own_cap, cap = gpt.max_gen_mel_tokens, self._max_audio_tokens()
+            devices = [self.device.index or 0] if self.device.type == "cuda" else []
+            try:
+                speed_ctx = (self._speed.inference_context(self.device, model.hifigan_decoder) if self._speed
+                             else contextlib.nullcontext())
+                with torch.random.fork_rng(devices=devices), torch.inference_mode(), speed_ctx:
+                    gpt.max_gen_mel_tokens = cap
+                    try:
+                        latents, speaker = self._conditioning(refs)
+                    except ValueError as e:  # references too short: every text fails the same way
+                        return [o if o is not None else e for o in out]
+                    sampling = batched.Sampling(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p),
+                                                float(cfg.repetition_penalty))
+                    results = self._render_pieces(pieces, [int(s) for s in seeds], language, latents, speaker,
+                                                  sampling)
+            finally:
+                gpt.max_gen_mel_tokens = own_cap
+                if was_training:
+                    self.set_train(True)
+            for i, (wavs, counts, error) in results.items():
+                if error is not None:
+                    out[i] = error
+                    continue
+                audio = np.clip(np.concatenate(wavs), -1.0, 1.0).astype(np.float32)
+                meta = {"hit_max_length": any(c >= cap for c in counts), "num_tokens": sum(counts),
+                        "max_audio_tokens": cap}
+                out[i] = Waveform(audio, int(cfg.model_args.output_sample_rate), meta)
+        return [o if o is not None else RuntimeError("not rendered") for o in out]
+
+    def _batch_problem(self, refs: Sequence[Path], language: str) -> str:
+        if not refs:
+            return "synthesize needs at least one reference clip (refs)"
+        supported = {lang.split("-")[0] for lang in self.config.languages}
+        if language.split("-")[0] not in supported:
+            return (f"language {language!r} is not supported by this model; choose one of "
+                    f"{self.config.languages}")
+        return ""
+
+    def _render_pieces(self, pieces: dict[int, list[str]], seeds: list[int], language: str,
+                       latents: torch.Tensor, speaker: torch.Tensor,
+                       sampling: Any) -> dict[int, tuple[list[np.ndarray], list[int], Exception | None]]:
+        """Generate the texts' pieces round by round (all first pieces in one batch, then all second ones...),
+        each text's generator carrying on from its previous piece, as one synthesize call draws them."""
+        from voicetune.backends.xtts import batched
+
+        model = self.model
+        generators = {i: torch.Generator(device=self.device).manual_seed(seeds[i]) for i in pieces}
+        results: dict[int, tuple[list[np.ndarray], list[int], Exception | None]] = {
+            i: ([], [], None) for i in pieces}
+        for r in range(max(len(p) for p in pieces.values())):
+            rows = [i for i in pieces if len(pieces[i]) > r and results[i][2] is None]
+            if not rows:
+                break
+            try:
+                tokens = [batched.text_tokens(model, pieces[i][r], language) for i in rows]
+                codes = batched.generate(model.gpt, latents, tokens, [generators[i] for i in rows], sampling)
+                for i, t, c in zip(rows, tokens, codes, strict=True):
+                    wav, frames = batched.decode(model, latents, speaker, t, c)
+                    results[i][0].append(np.asarray(wav.numpy(), dtype=np.float32).reshape(-1))
+                    results[i][1].append(frames)
+            except (RuntimeError, ValueError) as e:  # e.g. out of memory: the texts of this round fail
+                for i in rows:
+                    results[i] = (results[i][0], results[i][1], e)
+        return results
 
     def _split(self, text: str, language: str) -> list[str]:
         """Sentences packed up to the tokenizer's character limit (Xtts's split_sentence without spaCy)."""
