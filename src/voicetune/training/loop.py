@@ -14,6 +14,7 @@ best checkpoint, early stopping) is a :class:`TrainCallback` that the caller han
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -32,6 +33,7 @@ from voicetune.data.manifest import Dataset
 from voicetune.run import RunInfo, checkpoints_dir, latest_checkpoint, software_versions
 from voicetune.training import graphs
 from voicetune.training.checkpoint import save_checkpoint
+from voicetune.training.compile_cache import CompileCache
 from voicetune.training.distributed import Dist, init_distributed, shutdown
 from voicetune.training.errors import TrainError
 from voicetune.training.observe import Meter, mem_line, memory, peak_flops, progress_text
@@ -154,6 +156,7 @@ class _Run:
     callbacks: list[TrainCallback]
     progress: Progress | None
     meter: Meter | None = None
+    compile_cache: CompileCache | None = None  # what torch.compile built, kept between runs (rank 0 saves)
     writer: Any = None
     start_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -266,12 +269,13 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     steps_per_epoch = sampler.steps_per_epoch()
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
+    compiled = _compile_cache(cfg, backend, device, precision)
     scheduler = build_scheduler(optimizer, cfg, total)
     plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
     engine = StepEngine(backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device))
     state = LoopState(run_dir, backend, cfg, total, steps_per_epoch=steps_per_epoch)
     run = _Run(cfg, run_dir, dist, device, precision, backend, store, sampler, optimizer, scheduler, engine,
-               state, list(callbacks or []) if dist.is_main else [], progress)
+               state, list(callbacks or []) if dist.is_main else [], progress, compile_cache=compiled)
     if ckpt is not None:
         run.start_step = restore(ckpt, load_state(ckpt), backend=backend, optimizer=optimizer, scheduler=scheduler,
                                 engine=engine, sampler=sampler, dist=dist)
@@ -284,6 +288,20 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
                 "(%.1f epochs)", cfg.backend, device, precision, len(store), cfg.batch_size, cfg.grad_accum,
                 dist.world, run.start_step + 1, total, total, total / steps_per_epoch)
     return run
+
+
+def _compile_cache(cfg: TrainConfig, backend: Backend, device: torch.device,
+                   precision: str) -> CompileCache | None:
+    """The run's compile cache (compile_cache.py), loaded into torch's caches before the first step."""
+    if not cfg.compile_cache:
+        return None
+    settings = {"backend": cfg.backend, "precision": precision, "param_dtype": cfg.param_dtype,
+                "optimizer_state_dtype": cfg.optimizer_state_dtype, "compile_mode": cfg.compile_mode,
+                "cuda_graphs": cfg.cuda_graphs, "recompute": cfg.recompute,
+                "backend_options": dataclasses.asdict(cfg.backend_options)}
+    cache = CompileCache.for_run(device, backend.trainable(), settings)
+    cache.load()
+    return cache
 
 
 def _meter(backend: Backend, engine: StepEngine, device: torch.device, precision: str, total: int,
@@ -414,6 +432,8 @@ def _save(run: _Run, step: int, parts: dict[str, float]) -> None:
             {"epoch": run.sampler.progress_epochs, "loss": parts.get("loss")}, run.sampler.state_dict(),
             run.cfg.keep_last, extra=extra)
         _call(run.callbacks, "on_checkpoint", run.state)
+        if run.compile_cache is not None:
+            run.compile_cache.save()
     else:
         run.state.checkpoint = checkpoints_dir(run.run_dir) / f"step_{step}"
     run.dist.barrier()
