@@ -12,7 +12,8 @@ logits processor that ends each row at its own length (after), so both do the wo
   ``synthesis_batch_size`` texts to ``synthesize_batch``, and ``Scorer.score``, which scores the model-based
   metrics in batches); with two seeds per sentence (``k2``), the same building blocks on twice the renders.
 
-Both include the failure detectors and MCD/PESQ/STOI (CPU). ``--asr`` names the faster-whisper model
+Both include the failure detectors and MCD/PESQ/STOI (CPU; left out of both where pesq/pystoi are not
+installed, and the JSON says so). ``--asr`` names the faster-whisper model
 (``packaged``: tiny.en); without one (the GPU box has no faster-whisper) the ASR is left out of both and the
 JSON says so. The renders of both paths are compared (same seeds: batching must not change them).
 
@@ -138,17 +139,17 @@ def per_row_caps(backend: Any, caps_by_text: dict[tuple, int]):
 
     generate, processors = batched.generate, batched.processors
 
-    def capped_generate(gpt, latents, texts, generators, sampling):
+    def capped_generate(gpt, latents, texts, generators, sampling, carry_on=None):
         caps = [caps_by_text[tuple(t.flatten().tolist())] for t in texts]
 
-        def capped_processors(sampling, generators, eos):
-            out = processors(sampling, generators, eos)
+        def capped_processors(sampling, generators, eos, carry_on=None):
+            out = processors(sampling, generators, eos, carry_on)
             out.append(RowCaps(caps, eos))
             return out
 
         batched.processors = capped_processors
         try:
-            return generate(gpt, latents, texts, generators, sampling)
+            return generate(gpt, latents, texts, generators, sampling, carry_on)
         finally:
             batched.processors = processors
 
@@ -176,7 +177,7 @@ def render_before(backend: Any, texts: list[str], refs: list[Path], seeds: list[
 
 
 def score_before(wavs: list, texts: list[str], reals: list[Path], centroid: np.ndarray, device: torch.device,
-                 asr: Any) -> dict[str, float]:
+                 asr: Any, intrusive: bool = True) -> dict[str, float]:
     """Each render scored alone, as the harness did before batching (sequential Whisper decoding)."""
     from voicetune.evaluation import metrics as M
 
@@ -194,7 +195,7 @@ def score_before(wavs: list, texts: list[str], reals: list[Path], centroid: np.n
             parts["asr"] += s
         failures = partial(M.detect_failures, a, sr, text, CHARS_PER_SECOND, False, hyp, "en")
         parts["failures"] += timed(failures, device)[1]
-        if i < len(reals):
+        if i < len(reals) and intrusive:
             for fn in (M.mcd_dtw, M.pesq_wb, M.stoi):
                 parts["intrusive"] += timed(partial(fn, a, reals[i], sr), device)[1]
     return parts
@@ -257,7 +258,8 @@ def main() -> None:
         from voicetune.data.transcribe import packaged_model_path
 
         asr_model = str(packaged_model_path())
-    options = EvalOptions(asr_model=asr_model or "auto")
+    intrusive = _importable("pesq") and _importable("pystoi")  # the GPU box may lack them (then: left out)
+    options = EvalOptions(asr_model=asr_model or "auto", intrusive=intrusive)
     probe_set = suite.build_probe_set(data, suite.Protocol.of(options))
     assert probe_set.texts == texts, probe_set.texts
     metric_device = "cuda" if device.type == "cuda" else "cpu"
@@ -281,6 +283,7 @@ def main() -> None:
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else platform.processor() or "cpu"),
         "torch": torch.__version__, "size": args.size, "asr_measured": bool(asr_model),
+        "intrusive_measured": intrusive,
         "asr": scorer.asr.name,
         "gpt_params_m": sum(p.numel() for p in backend.trainable().parameters()) / 1e6,
         "sentences": len(texts), "caps_tokens": [cap_of(t) for t in texts], "build_seconds": t_build,
@@ -311,7 +314,9 @@ def main() -> None:
                 after, render_s = timed(partial(_render_seeded, backend, rows, refs, seeds), device)
                 _, score_s = timed(partial(_score_k, scorer, after, k), device)
                 total = render_s + score_s
-        entry["after"] = {"render_s": render_s, "score_s": score_s, "total_s": total,
+        steps = max(caps.values()) + 1  # one batch: generation runs as long as its longest row (+ its stop)
+        entry["after"] = {"render_s": render_s, "score_s": score_s, "total_s": total, "generation_steps": steps,
+                          "render_ms_per_generation_step": 1e3 * render_s / steps,
                           "audio_seconds": [round(len(r.audio) / r.sample_rate, 3) for r in after
                                             if r.audio is not None]}
         print(f"k={k} after: render {render_s:.2f} s, score {score_s:.2f} s, total {total:.2f} s", flush=True)
@@ -321,7 +326,8 @@ def main() -> None:
             continue
         backend.set_train(True)
         wavs, render_seconds = render_before(backend, rows, refs, seeds, device)
-        parts = score_before(wavs, rows, reals, scorer.centroid, device, scorer.asr if asr_model else None)
+        parts = score_before(wavs, rows, reals, scorer.centroid, device, scorer.asr if asr_model else None,
+                             intrusive)
         entry["before"] = {"render_s": sum(render_seconds), "render_seconds": render_seconds,
                            "score_s": sum(parts.values()), "score_parts": parts,
                            "total_s": sum(render_seconds) + sum(parts.values())}
@@ -339,6 +345,12 @@ def main() -> None:
         entry["projection"] = [projection(entry["after"]["total_s"], s) for s in args.step_seconds]
     write()
     print(json.dumps(result, indent=2, default=str))
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def _render_seeded(backend: Any, texts: list[str], refs: list[Path], seeds: list[int]) -> list:

@@ -528,7 +528,9 @@ class XttsBackend(Backend):
                 break
             try:
                 tokens = [batched.text_tokens(model, pieces[i][r], language) for i in rows]
-                codes = batched.generate(model.gpt, latents, tokens, [generators[i] for i in rows], sampling)
+                more = [len(pieces[i]) > r + 1 for i in rows]  # texts with a piece after this one
+                codes = batched.generate(model.gpt, latents, tokens, [generators[i] for i in rows], sampling,
+                                         more)
                 for i, t, c in zip(rows, tokens, codes, strict=True):
                     wav, frames = batched.decode(model, latents, speaker, t, c)
                     results[i][0].append(np.asarray(wav.numpy(), dtype=np.float32).reshape(-1))

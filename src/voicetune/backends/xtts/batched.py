@@ -57,8 +57,13 @@ class PerRowSampler:
     own generator (as ``generate`` samples a batch of one), and leaves only that token possible, so that
     greedy decoding picks it."""
 
-    def __init__(self, generators: Sequence[torch.Generator], eos: int):
+    def __init__(self, generators: Sequence[torch.Generator], eos: int,
+                 carry_on: Sequence[bool] | None = None):
+        """``carry_on[i]``: row i's generator is used again after this call (the text has another piece), so
+        it must stop drawing exactly when the row ends; knowing that takes a device read per step, which the
+        other rows do not need (what they draw after their end is discarded)."""
         self.generators, self.eos = list(generators), int(eos)
+        self.carry_on = list(carry_on) if carry_on is not None else [True] * len(self.generators)
         self.done = [False] * len(self.generators)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -67,12 +72,14 @@ class PerRowSampler:
             if not self.done[i]:  # a finished row's token is replaced by padding; it draws nothing
                 probs = F.softmax(scores[i : i + 1], dim=-1)
                 tokens[i] = torch.multinomial(probs, num_samples=1, generator=g).view(())
-        for i, t in enumerate(tokens.tolist()):
-            self.done[i] = self.done[i] or t == self.eos
+        if any(self.carry_on):
+            for i, t in enumerate(tokens.tolist()):
+                self.done[i] = self.done[i] or (self.carry_on[i] and t == self.eos)
         return torch.full_like(scores, float("-inf")).scatter_(1, tokens.view(-1, 1), 0.0)
 
 
-def processors(sampling: Sampling, generators: Sequence[torch.Generator], eos: int) -> Any:
+def processors(sampling: Sampling, generators: Sequence[torch.Generator], eos: int,
+               carry_on: Sequence[bool] | None = None) -> Any:
     """transformers' processors in the order ``generate`` applies them when sampling, then the sampler."""
     from transformers import (
         LogitsProcessorList,
@@ -91,7 +98,7 @@ def processors(sampling: Sampling, generators: Sequence[torch.Generator], eos: i
         out.append(TopKLogitsWarper(top_k=int(sampling.top_k), min_tokens_to_keep=1))
     if sampling.top_p is not None and sampling.top_p < 1.0:
         out.append(TopPLogitsWarper(top_p=float(sampling.top_p), min_tokens_to_keep=1))
-    out.append(PerRowSampler(generators, eos))
+    out.append(PerRowSampler(generators, eos, carry_on))
     return out
 
 
@@ -104,9 +111,11 @@ def prefix(gpt: Any, cond_latents: torch.Tensor, text_tokens: torch.Tensor) -> t
 
 
 def generate(gpt: Any, cond_latents: torch.Tensor, texts: Sequence[torch.Tensor],
-             generators: Sequence[torch.Generator], sampling: Sampling) -> list[torch.Tensor]:
+             generators: Sequence[torch.Generator], sampling: Sampling,
+             carry_on: Sequence[bool] | None = None) -> list[torch.Tensor]:
     """Audio codes ``[1, n]`` of each text (``[1, t]`` token ids), generated in one batch; each ends with the
-    stop token unless it reached ``gpt.max_gen_mel_tokens``."""
+    stop token unless it reached ``gpt.max_gen_mel_tokens``. ``carry_on``: which generators draw again later
+    (:class:`PerRowSampler`; default all)."""
     rows = [prefix(gpt, cond_latents, t) for t in texts]
     width = max(r.shape[1] for r in rows)
     device = rows[0].device
@@ -121,7 +130,7 @@ def generate(gpt: Any, cond_latents: torch.Tensor, texts: Sequence[torch.Tensor]
     out = gpt.gpt_inference.generate(
         inputs, bos_token_id=gpt.start_audio_token, pad_token_id=eos, eos_token_id=eos,
         max_length=gpt.max_gen_mel_tokens + inputs.shape[-1], attention_mask=mask, do_sample=False,
-        num_beams=1, num_return_sequences=1, logits_processor=processors(sampling, generators, eos),
+        num_beams=1, num_return_sequences=1, logits_processor=processors(sampling, generators, eos, carry_on),
         output_attentions=False,
     )
     codes = []
