@@ -75,18 +75,34 @@ class ProfileSteps:
 
 
 def _nest(events: list[dict]) -> list[tuple[dict, float]]:
-    """(event, self time in us) of properly nested complete events of one thread."""
+    """(event, self time in us) of properly nested complete events of one thread; each event gets its
+    enclosing event as ``_parent``."""
     out, stack = [], []
     for e in sorted(events, key=lambda e: (e["ts"], -e["dur"])):
         end = e["ts"] + e["dur"]
         while stack and stack[-1][1] <= e["ts"]:
             stack.pop()
+        e["_parent"] = stack[-1][0] if stack else None
         if stack:
             stack[-1][0]["_child"] = stack[-1][0].get("_child", 0.0) + e["dur"]
         stack.append((e, end))
     for e in events:
         out.append((e, e["dur"] - e.pop("_child", 0.0)))
     return out
+
+
+def _loop_parts(events: list[dict], steps: int) -> list[dict[str, Any]]:
+    """What the training loop itself spends per step, by the calls it makes directly (the step, the LR
+    schedule, logging, callbacks...): the children of ``_loop``, and the rest as its own time."""
+    parts: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+    for e in events:
+        parent = e.get("_parent")
+        if parent is not None and parent["name"].endswith(": _loop") and "training/loop.py" in parent["name"]:
+            row = parts[e["name"]]
+            row[0] += e["dur"]
+            row[1] += e["dur"]
+            row[2] += 1
+    return _table(parts, steps, 0, 25)
 
 
 def _table(rows: dict[str, list[float]], steps: int, key: int, n: int = 30) -> list[dict[str, Any]]:
@@ -117,6 +133,7 @@ def summarise(trace: Path, steps: int, wall: float) -> dict[str, Any]:
             row[2] += 1
     out: dict[str, Any] = {
         "host_by_total": _table(host_fn, steps, 0), "host_by_self": _table(host_fn, steps, 1),
+        "loop_calls": _loop_parts([e for t in main for e in threads[t]], steps),
     }
     runtime = by_cat.get("cuda_runtime", []) + by_cat.get("cuda_driver", [])
     calls: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
@@ -191,6 +208,9 @@ def text_summary(report: dict[str, Any]) -> str:
                      f"{gpu['idle_waiting_for_host_ms_per_step']:.2f} ms of it waiting for the host")
         lines.append("host while the GPU waited (ms/step):")
         lines += [f"  {r['ms_per_step']:8.3f}  {r['function']}" for r in gpu["host_during_idle_ms_per_step"]]
+    lines.append("the loop's own calls (ms/step, calls/step):")
+    lines += [f"  {r['total_ms_per_step']:8.3f} {r['calls_per_step']:7.1f}  {r['name']}"
+              for r in prof["loop_calls"]]
     lines.append("host by self time (ms/step, calls/step):")
     lines += [f"  {r['self_ms_per_step']:8.3f} {r['calls_per_step']:7.1f}  {r['name']}"
               for r in prof["host_by_self"]]
