@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import time
 import warnings
@@ -58,6 +59,7 @@ from voicetune.utils.io import append_jsonl, fsync_path
 logger = logging.getLogger(__name__)
 
 METER_WINDOW = 20  # steps the logged rates are measured over (at least)
+PROGRESS_SECONDS = 0.1  # the progress callback runs at most this often (a terminal redraw costs ~0.15 ms)
 
 __all__ = ["LoopState", "TrainCallback", "TrainError", "TrainResult", "train"]
 
@@ -371,6 +373,7 @@ def _loop(run: _Run, stopper: GracefulStop) -> None:
     total = state.total_steps
     assert run.meter is not None
     run.meter.restart()  # rates and the ETA measure the steps, not the set-up and the baseline evaluation
+    shown = -math.inf  # when the progress callback last ran
     with warnings.catch_warnings():  # one schedule step per optimizer step, also when fp16 skipped it
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
         for step in range(run.start_step + 1, total + 1):
@@ -388,8 +391,9 @@ def _loop(run: _Run, stopper: GracefulStop) -> None:
                 if mem:
                     logger.info("%s", mem_line(step, {k: v for k, v in parts.items()
                                                       if k.startswith("mem_")}))
-                if run.progress:
+                if run.progress and (step == total or time.perf_counter() - shown >= PROGRESS_SECONDS):
                     run.progress(step, total, progress_text(parts, type(run.backend).loss_parts))
+                    shown = time.perf_counter()
             if run.callbacks:
                 _call(run.callbacks, "on_step_end", state)
                 if not trainable.training:  # a callback switched the model to inference mode (evaluation)
