@@ -119,14 +119,15 @@ class CompileCache:
         for path in sorted(self.folder.glob("*.bin")) if self.folder.is_dir() else []:
             try:
                 info = torch.compiler.load_cache_artifacts(path.read_bytes())
-            except (OSError, RuntimeError, ValueError, EOFError) as e:
-                logger.warning("%s: compile cache file not loaded (%s); it will be rebuilt", path, e)
+                keys = _keys(info) if info is not None else None
+            except Exception as e:  # noqa: BLE001 - a cache that cannot be read only costs a recompilation
+                logger.warning("%s: compile cache file not loaded (%s: %s); it will be rebuilt", path,
+                               type(e).__name__, e)
                 continue
-            if info is None:
+            if keys is None:
                 logger.warning("%s: not a compile cache file of this torch version; ignored", path)
                 continue
             self.loaded_files += 1
-            keys = {(kind, k) for kind, ks in info.artifacts.items() for k in ks}
             self.files[path], loaded = keys, loaded + len(keys)
             self.known |= keys
         self.load_seconds = time.perf_counter() - t0
@@ -141,14 +142,14 @@ class CompileCache:
         everything recorded since the process started, cache hits included)."""
         try:
             result = torch.compiler.save_cache_artifacts()
-        except (RuntimeError, ValueError, TypeError) as e:  # pickling a graph failed: the run goes on
-            logger.warning("compile cache not saved: %s", e)
+            keys = _keys(result[1]) if result is not None else set()
+        except Exception as e:  # noqa: BLE001 - a cache that cannot be written must not stop training
+            logger.warning("compile cache not saved: %s: %s", type(e).__name__, e)
             return None
         logger.info("compile cache: this run %s", cache_counters())
         if result is None:
             return None
-        data, info = result
-        keys = {(kind, k) for kind, ks in info.artifacts.items() for k in ks}
+        data = result[0]
         new = keys - self.known
         if not new:
             return None
@@ -168,3 +169,8 @@ class CompileCache:
         self.known |= keys
         logger.info("compile cache: %d new artifacts saved to %s (%.1f MB)", len(new), path, len(data) / 1e6)
         return path
+
+
+def _keys(info: Any) -> set[tuple[str, str]]:
+    """(artifact type, key) of every artifact a ``CacheInfo`` lists."""
+    return {(kind, k) for kind, ks in info.artifacts.items() for k in ks}
