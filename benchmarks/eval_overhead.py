@@ -115,6 +115,13 @@ def cap_of(text: str) -> int:
     return math.ceil(spoken_chars(text) / CHARS_PER_SECOND * SR / 1024)
 
 
+SPLIT: dict[str, float] = {}  # where batched rendering's time goes (filled by per_row_caps' wrappers)
+
+
+def reset_split() -> None:
+    SPLIT.update(generate_s=0.0, generate_calls=0, rows=0, latents_and_decoder_s=0.0)
+
+
 class RowCaps:
     """A logits processor after voicetune's sampler: row i emits the stop token once it holds caps[i] codes
     (random weights never stop by themselves)."""
@@ -137,7 +144,7 @@ def per_row_caps(backend: Any, caps_by_text: dict[tuple, int]):
     """Batched generation stops each row at its sentence's length (``RowCaps``)."""
     from voicetune.backends.xtts import batched
 
-    generate, processors = batched.generate, batched.processors
+    generate, processors, decode = batched.generate, batched.processors, batched.decode
 
     def capped_generate(gpt, latents, texts, generators, sampling, carry_on=None):
         caps = [caps_by_text[tuple(t.flatten().tolist())] for t in texts]
@@ -148,17 +155,28 @@ def per_row_caps(backend: Any, caps_by_text: dict[tuple, int]):
             return out
 
         batched.processors = capped_processors
+        t0 = time.perf_counter()
         try:
             return generate(gpt, latents, texts, generators, sampling, carry_on)
         finally:
             batched.processors = processors
+            sync(latents.device)
+            SPLIT["generate_s"] += time.perf_counter() - t0
+            SPLIT["generate_calls"] += 1
+            SPLIT["rows"] += len(texts)
 
-    batched.generate = capped_generate
+    def timed_decode(*a, **kw):
+        t0 = time.perf_counter()
+        out = decode(*a, **kw)
+        SPLIT["latents_and_decoder_s"] += time.perf_counter() - t0  # decode returns CPU audio: synced
+        return out
+
+    batched.generate, batched.decode = capped_generate, timed_decode
     backend.synthesis_max_audio_tokens = max(caps_by_text.values())
     try:
         yield
     finally:
-        batched.generate = generate
+        batched.generate, batched.decode = generate, decode
         backend.synthesis_max_audio_tokens = None
 
 
@@ -295,6 +313,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     # warm-up: kernels, the conditioning, every metric model (unrecorded), as suite.warm_up does in training
+    reset_split()
     with per_row_caps(backend, caps):
         timed(lambda: suite.warm_up(backend, probe_set, scorer), device)
         timed(lambda: backend.synthesize_batch(texts[:2], refs, "en", [0, 0]), device)
@@ -305,6 +324,7 @@ def main() -> None:
         seeds = [options.seed + j for _ in texts for j in range(k)]
         entry: dict[str, Any] = {"renders": len(rows)}
         backend.set_train(True)  # each evaluation starts cold (the training loop clears the conditioning)
+        reset_split()
         with per_row_caps(backend, caps):
             if k == 1:  # exactly what the training loop runs
                 evaluate = partial(suite.run_evaluation, backend, probe_set, scorer, "step_1", 1)
@@ -315,8 +335,9 @@ def main() -> None:
                 _, score_s = timed(partial(_score_k, scorer, after, k), device)
                 total = render_s + score_s
         steps = max(caps.values()) + 1  # one batch: generation runs as long as its longest row (+ its stop)
-        entry["after"] = {"render_s": render_s, "score_s": score_s, "total_s": total, "generation_steps": steps,
-                          "render_ms_per_generation_step": 1e3 * render_s / steps,
+        entry["after"] = {"render_s": render_s, "score_s": score_s, "total_s": total,
+                          "generation_steps": steps, "render_ms_per_generation_step": 1e3 * render_s / steps,
+                          "render_split": dict(SPLIT),
                           "audio_seconds": [round(len(r.audio) / r.sample_rate, 3) for r in after
                                             if r.audio is not None]}
         print(f"k={k} after: render {render_s:.2f} s, score {score_s:.2f} s, total {total:.2f} s", flush=True)
