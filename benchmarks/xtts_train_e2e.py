@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.steps = args.steps or (8 if args.smoke else 300)
     args.clips = args.clips or (6 if args.smoke else 16)
+    args.no_step_row = args.no_step_row or args.device == "cpu"  # its row captures CUDA graphs
     args.batch = args.batch or (2 if args.smoke else 4)
     args.ref_warmup = args.ref_warmup or (2 if args.smoke else 8)
     args.ref_steps = args.ref_steps or (3 if args.smoke else 20)
