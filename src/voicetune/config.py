@@ -408,6 +408,10 @@ class TrainConfig:
     compile_mode: str = opt(
         "default", "torch.compile mode; reduce-overhead adds CUDA graphs (fewer launches, more memory).",
         choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"), resumable=True)
+    compile_cache: bool = opt(
+        True, "Keep what torch.compile built in voicetune's cache folder ($VOICETUNE_CACHE_DIR, else "
+        "~/.cache/voicetune) and load it in later runs, so a model compiles once per machine, not once per "
+        "run.", resumable=True)
     cuda_graphs: str = opt(
         "auto", "Capture each micro-batch's forward + backward in a CUDA graph and replay it (one launch "
         "instead of ~1,800): auto (on a CUDA GPU with --param-dtype bf16 and a compile mode without its own "

@@ -130,6 +130,16 @@ def test_synthesize_batch_defaults_to_one_by_one_with_errors_in_place(cycle, tin
     assert len(batch) == 2 and (isinstance(batch[1], Exception) or batch[1].audio.size >= 0)
 
 
+def test_set_train_is_what_trainable_training_reports(cycle):
+    """The loop re-enters training mode after its callbacks only when ``trainable().training`` is False."""
+    name, _, base, _, _ = cycle
+    backend = get_backend(name)
+    backend.load_base(base, torch.device("cpu"))
+    for mode in (False, False, True, True, False, True):
+        backend.set_train(mode)
+        assert backend.trainable().training is mode
+
+
 def test_registered_backends_include_the_real_ones():
     assert "xtts" in available_backends()
     assert Path(__file__).parent.joinpath("fake.py").is_file()

@@ -63,3 +63,57 @@ def test_existing_run_is_never_overwritten(tiny_dataset, tiny_base, tmp_path):
     train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2, **NO_EVAL)
     with pytest.raises(TrainError, match="already holds checkpoints"):
         train(tiny_dataset, tiny_base, run, max_steps=1, batch_size=2, **NO_EVAL)
+
+
+class _SlowHostAndEvaluation:
+    """A callback that stands in for what happens between steps: slow host work after steps 3 and 6 (a
+    sleep), an evaluation's switch to inference mode after step 4; it counts the backend's mode switches."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        self.training_at_step_end: list[bool] = []
+
+    def on_train_start(self, state) -> None:
+        backend, original = state.backend, state.backend.set_train
+        self.state = state
+
+        def counted(mode: bool) -> None:
+            self.calls.append((self.state.step, bool(mode)))
+            original(mode)
+
+        backend.set_train = counted  # instance attribute: the loop's calls go through it
+
+    def on_step_end(self, state) -> None:
+        import time
+
+        self.training_at_step_end.append(state.backend.trainable().training)
+        if state.step in (3, 6):
+            time.sleep(0.4)
+        if state.step == 4:
+            state.backend.set_train(False)
+
+    def on_checkpoint(self, state) -> None: ...
+
+    def on_train_end(self, state) -> None: ...
+
+
+def test_logged_rates_are_wall_clock_and_the_mode_switches_only_when_a_callback_switched(
+        tiny_dataset, tiny_base, tmp_path):
+    """samples/s and step_seconds in metrics.jsonl agree with the records' own timestamps within 5 %, slow
+    host work between steps included (it used to be left out); set_train(True) runs once at the start and
+    once after the callback that switched to inference mode, not on every step."""
+    watcher = _SlowHostAndEvaluation()
+    run = tmp_path / "run"
+    train(tiny_dataset, tiny_base, run, max_steps=8, batch_size=2, lr=1e-4, callbacks=[watcher], **NO_EVAL)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for k in range(1, 8):  # 2 clips a step
+        span = records[k]["time"] - records[0]["time"]
+        # the window (20 steps) covers steps 1..k+1 from the loop's start: step 1's own seconds, then the span
+        logged, wall = records[k]["samples_per_s"], 2 * (k + 1) / (span + records[0]["step_seconds"])
+        assert logged == pytest.approx(wall, rel=0.05), (k, logged, wall)
+        interval = records[k]["time"] - records[k - 1]["time"]
+        assert records[k]["step_seconds"] == pytest.approx(interval, rel=0.05, abs=0.02)
+    assert records[3]["step_seconds"] > 0.4 and records[6]["step_seconds"] > 0.4  # the sleeps after 3 and 6
+    assert watcher.calls == [(0, True), (4, False), (4, True)], watcher.calls  # (step, mode)
+    assert watcher.training_at_step_end == [True] * 8

@@ -79,3 +79,36 @@ def test_model_flops_follow_six_times_params_times_tokens_for_full_training():
     assert step_flops(params=100, trainable=100, tokens=10) == 6 * 100 * 10
     assert step_flops(params=100, trainable=0, tokens=10) == 4 * 100 * 10  # frozen weights: no weight gradients
     assert peak_flops(torch.device("cpu"), "fp32")[0] is None
+
+
+def test_meter_rates_eta_and_mfu_follow_the_wall_clock():
+    """A fake clock: step 1 ends 5 s after the start (compiling), then a step every second, step 4 taking 3 s
+    (an evaluation); rates are over the last 3 steps, the ETA leaves the first step out once it can."""
+    from voicetune.training.observe import Meter
+
+    now = [100.0]
+    meter = Meter(total_steps=10, start_step=0, params=10, trainable=10, peak=1000.0, window=3,
+                  clock=lambda: now[0])
+    meter.restart()
+    out = []
+    for step, seconds in ((1, 5.0), (2, 1.0), (3, 1.0), (4, 3.0), (5, 1.0)):
+        now[0] += seconds
+        out.append(meter.record(step, samples=4, audio_seconds=2.0, tokens=50, world=2))
+    assert [o["step_seconds"] for o in out] == [5.0, 1.0, 1.0, 3.0, 1.0]
+    # samples/s over the last min(steps, 3) steps, all ranks (world 2): 8 samples a step
+    assert [o["samples_per_s"] for o in out] == pytest.approx([8 / 5, 16 / 6, 24 / 7, 24 / 5, 24 / 5])
+    assert [o["audio_s_per_s"] for o in out] == pytest.approx([4 / 5, 8 / 6, 12 / 7, 12 / 5, 12 / 5])
+    assert out[-1]["tokens"] == 100
+    # MFU: 6 x 10 params x 100 tokens per step, 3 steps in 5 s, peak 1000 FLOP/s
+    assert out[-1]["mfu"] == pytest.approx(6 * 10 * 100 * 3 / 5 / 1000)
+    # ETA: step 1 alone gives 5 s/step; then the mean since step 1 ended: (1 + 1 + 3 + 1) / 4 = 1.5 s/step
+    assert out[0]["eta_s"] == pytest.approx(9 * 5.0)
+    assert out[1]["eta_s"] == pytest.approx(8 * 1.0)
+    assert out[-1]["eta_s"] == pytest.approx(5 * 1.5)
+    # a resumed run (start_step 6) measures from its own restart
+    resumed = Meter(total_steps=10, start_step=6, params=10, trainable=10, peak=None, window=3,
+                    clock=lambda: now[0])
+    now[0] += 2.0
+    first = resumed.record(7, samples=4, audio_seconds=2.0, tokens=50, world=1)
+    assert first["step_seconds"] == 2.0 and first["samples_per_s"] == 2.0 and "mfu" not in first
+    assert first["eta_s"] == pytest.approx(3 * 2.0)

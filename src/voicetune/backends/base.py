@@ -190,7 +190,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def set_train(self, mode: bool) -> None:
-        """Switch the trainable parts to training (True) or inference (False) mode."""
+        """Switch the trainable parts to training (True) or inference (False) mode: ``trainable().training``
+        follows ``mode``. The loop calls it before the first step, and after a step's callbacks only when
+        ``trainable().training`` says one of them switched to inference mode; a call for the mode already
+        set should cost next to nothing."""
 
     # ------------------------------------------------------------------ synthesis
     @abc.abstractmethod

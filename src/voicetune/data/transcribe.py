@@ -396,6 +396,38 @@ class Asr:
                 mine = [w for w in words if lo <= (w.start + w.end) / 2 < hi]
                 out[i] = _packed_transcript(mine, c0, no_speech, language, c1 - c0)
 
+    def transcribe_each(self, clips: list[np.ndarray], language: str | None = None,
+                        batch_size: int = 8) -> list[str]:
+        """The text of each 16 kHz clip, the clips decoded in batches (faster-whisper's
+        ``BatchedInferencePipeline``), each in its own 30 s window: no clip hears another, so a clip's text
+        does not depend on what else is in its batch (up to the rounding of batched matrix products). Beam
+        search of ``beam_size``, no timestamps, no temperature fallback (the batched decoder has none). Clips of under
+        0.1 s or over 29 s (cut) are handled as :meth:`transcribe` handles them."""
+        lang = self._language(language)
+        texts = [""] * len(clips)
+        keep = [i for i, c in enumerate(clips) if np.asarray(c).size >= 1600]
+        if not keep:
+            return texts
+        gap = np.zeros(16000, np.float32)  # windows start on whole seconds apart; silence between them
+        parts, stamps, pos = [], [], 0
+        for i in keep:
+            a = np.ascontiguousarray(clips[i], dtype=np.float32).reshape(-1)[: int(29.0 * 16000)]
+            stamps.append({"start": pos / 16000, "end": (pos + a.size) / 16000})
+            parts += [a, gap]
+            pos += a.size + gap.size
+        segments, _ = self._batched().transcribe(
+            np.concatenate(parts), language=lang, clip_timestamps=stamps, batch_size=batch_size,
+            beam_size=self.beam_size, without_timestamps=True, word_timestamps=False, vad_filter=False,
+        )
+        starts = np.array([st["start"] for st in stamps])
+        pieces: dict[int, list[str]] = {}
+        for seg in segments:
+            k = int(np.argmin(np.abs(starts - seg.start)))
+            pieces.setdefault(k, []).append(seg.text.strip())
+        for k, i in enumerate(keep):
+            texts[i] = re.sub(r"\s+", " ", " ".join(pieces.get(k, []))).strip()
+        return texts
+
     def _batched(self) -> Any:
         if self._pipeline is None:
             from faster_whisper import BatchedInferencePipeline

@@ -178,8 +178,12 @@ def score(
     total: int = 0,
     what: str = "",
 ) -> dict[str, Any]:
-    """Every metric of every render, plus aggregates. ``intrusive``: also MCD/PESQ/STOI vs the real clip."""
+    """Every metric of every render, plus aggregates. ``intrusive``: also MCD/PESQ/STOI vs the real clip.
+
+    The model-based metrics run in batches over all renders (ASR round trip, speaker similarity, predicted
+    MOS: :func:`model_scores`); each render's numbers are those it gets scored alone."""
     lang, cps = material.language, material.chars_per_second
+    batched = model_scores(renders, asr, centroid, device, lang)
     rows = []
     for i, (r, clip) in enumerate(zip(renders, material.sentences, strict=True)):
         row: dict[str, Any] = {
@@ -208,18 +212,16 @@ def score(
                 progress(done + i + 1, total or len(renders), what)
             continue
         audio, sr = r.audio, r.sample_rate
-        hyp = M.transcribe_text(asr, M.audio_at(audio, sr, 16000), lang)
+        hyp, similarity, mos = batched[i]
         err = M.wer_cer(clip.text, hyp, lang)
         row.update(
             duration=round(len(audio) / sr, 3),
             duration_ratio=M.duration_ratio(len(audio) / sr, clip.text, cps, lang),
-            speaker_similarity=M.speaker_similarity([audio], [], sr, device, centroid=centroid)["per_clip"][
-                0
-            ],
+            speaker_similarity=similarity,
             hypothesis=hyp,
             wer=err["wer"],
             cer=err["cer"],
-            mos=M.predicted_mos(audio, sr, device),
+            mos=mos,
         )
         if intrusive:
             row.update(
@@ -237,6 +239,20 @@ def score(
         "aggregate": aggregate(rows, [c.text for c in material.sentences], lang, intrusive),
         "per_sentence": rows,
     }
+
+
+def model_scores(renders: Sequence[Render], asr: Any, centroid: np.ndarray, device: str,
+                 language: str) -> dict[int, tuple[str, float, float]]:
+    """(ASR transcript, speaker similarity, predicted MOS) of every render with audio, by index: the three
+    models each run once over all of them, in batches (on a GPU, one pass instead of one per sentence)."""
+    index = [i for i, r in enumerate(renders) if r.audio is not None and r.audio.size]
+    clips = [M.audio_at(renders[i].audio, renders[i].sample_rate, 16000) for i in index]
+    if not clips:
+        return {}
+    hyps = M.transcribe_texts(asr, clips, language)
+    similarity = M.speaker_similarities(clips, device, centroid)
+    mos = M.predicted_mos_batch(clips, device)
+    return {i: (h, s, m) for i, h, s, m in zip(index, hyps, similarity, mos, strict=True)}
 
 
 def aggregate(

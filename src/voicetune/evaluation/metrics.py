@@ -30,15 +30,21 @@ from typing import Any
 import numpy as np
 
 from voicetune.scoring.common import AudioLike, audio_at, cached, nanmean, rms_dbfs
-from voicetune.scoring.mos import predicted_mos
-from voicetune.scoring.speaker import speaker_centroid, speaker_embedding, speaker_similarity
+from voicetune.scoring.mos import predicted_mos, predicted_mos_batch
+from voicetune.scoring.speaker import (
+    speaker_centroid,
+    speaker_embedding,
+    speaker_embeddings,
+    speaker_similarity,
+)
 from voicetune.scoring.text import normalize_text, spoken_chars, wer_cer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [  # re-exported from voicetune.scoring
-    "AudioLike", "audio_at", "nanmean", "normalize_text", "predicted_mos", "rms_dbfs", "speaker_centroid",
-    "speaker_embedding", "speaker_similarity", "spoken_chars", "wer_cer",
+    "AudioLike", "audio_at", "nanmean", "normalize_text", "predicted_mos", "predicted_mos_batch", "rms_dbfs",
+    "speaker_centroid", "speaker_embedding", "speaker_embeddings", "speaker_similarity", "spoken_chars",
+    "wer_cer",
 ]
 
 DIRECTIONS: dict[str, str] = {
@@ -54,6 +60,19 @@ DIRECTIONS: dict[str, str] = {
 """Which way is better for each aggregate metric the harness reports."""
 
 # ------------------------------------------------------------------------------- speaker similarity
+
+
+def speaker_similarities(audios_16k: Sequence[np.ndarray], device: str, centroid: np.ndarray) -> list[float]:
+    """:func:`speaker_similarity` of each 16 kHz clip to ``centroid``, the embeddings computed in one batched
+    pass (``speaker_embeddings``); a clip in which Resemblyzer's VAD finds no speech is embedded alone, as
+    :func:`speaker_embedding` does (untrimmed). NaN for digital silence."""
+    embeddings = speaker_embeddings(audios_16k, device)
+    out = []
+    for audio, emb in zip(audios_16k, embeddings, strict=True):
+        if emb is None:
+            emb = speaker_embedding(audio, 16000, device)
+        out.append(float(np.dot(emb, centroid)) if emb is not None else float("nan"))
+    return out
 
 
 # ------------------------------------------------------------------------------------- text and WER
@@ -89,11 +108,10 @@ def asr_round_trip(
         raise ValueError(f"{len(audios)} audios but {len(texts)} texts")
     if isinstance(asr, str):
         asr = get_asr(asr, language, device)
-    hyps, per_clip = [], []
-    for audio, text in zip(audios, texts, strict=True):
-        hyp = transcribe_text(asr, audio_at(audio, sr, 16000), language)
+    hyps = transcribe_texts(asr, [audio_at(audio, sr, 16000) for audio in audios], language)
+    per_clip = []
+    for text, hyp in zip(texts, hyps, strict=True):
         scores = wer_cer(text, hyp, language)
-        hyps.append(hyp)
         per_clip.append({"text": text, "hypothesis": hyp, "wer": scores["wer"], "cer": scores["cer"]})
     total = wer_cer(list(texts), hyps, language) if texts else {"wer": float("nan"), "cer": float("nan")}
     return {
@@ -105,11 +123,17 @@ def asr_round_trip(
     }
 
 
+def transcribe_texts(asr: Any, audios_16k: Sequence[np.ndarray], language: str | None = None) -> list[str]:
+    """The transcript text of each 16 kHz clip ("" for an empty clip), in batched passes: every clip is
+    decoded in its own window (``Asr.transcribe_each``), so its text is the same whatever else is in the
+    batch."""
+    return asr.transcribe_each([np.asarray(a, dtype=np.float32).reshape(-1) for a in audios_16k],
+                               language=language)
+
+
 def transcribe_text(asr: Any, audio_16k: np.ndarray, language: str | None = None) -> str:
-    """The transcript text of a 16 kHz clip ("" for an empty or silent clip)."""
-    if audio_16k.size < 1600:
-        return ""
-    return (asr.transcribe(audio_16k, language=language).text or "").strip()
+    """The transcript text of one 16 kHz clip, decoded as :func:`transcribe_texts` decodes each clip."""
+    return transcribe_texts(asr, [audio_16k], language)[0]
 
 
 # ---------------------------------------------------------------------------------------------- MOS

@@ -53,6 +53,7 @@ from voicetune.evaluation.harness import (
     Render,
     aggregate,
     json_safe,
+    model_scores,
     render,
     score,
     select_material,
@@ -64,7 +65,7 @@ from voicetune.utils.io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: ASR in batched passes, each clip in its own window (no temperature fallback)
 BASELINE = "baseline"
 INTRUSIVE = ("mcd", "pesq", "stoi")
 LOGGED_METRICS = ("speaker_similarity", "wer", "cer", "mos", "mcd", "pesq", "stoi", "failure_rate")
@@ -325,9 +326,7 @@ def warm_up(backend: Backend, probe_set: ProbeSet, scorer: Scorer) -> float:
     text = min(probe_set.texts, key=len)
     r = render(backend, [text], m.references, m.language, probe_set.protocol.seed, what="eval warm-up")[0]
     if r.audio is not None and r.audio.size:
-        M.transcribe_text(scorer.asr, M.audio_at(r.audio, r.sample_rate, 16000), m.language)
-        M.predicted_mos(r.audio, r.sample_rate, scorer.device)
-        M.speaker_similarity([r.audio], [], r.sample_rate, scorer.device, centroid=scorer.centroid)
+        model_scores([r], scorer.asr, scorer.centroid, scorer.device, m.language)
         M.detect_failures(r.audio, r.sample_rate, text, m.chars_per_second, language=m.language)
     return time.perf_counter() - t0
 

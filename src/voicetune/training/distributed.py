@@ -57,6 +57,14 @@ class Dist:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def any_of(self, flags: Sequence[bool], device: torch.device) -> list[bool]:
+        """:meth:`any` of several flags in one all-reduce (none on a single process)."""
+        if not self.enabled:
+            return [bool(f) for f in flags]
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return [v > 0 for v in t.tolist()]
+
     def mean(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
         """Average scalar values over the ranks (same keys on every rank)."""
         if not self.enabled or not values:

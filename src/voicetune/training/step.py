@@ -136,7 +136,8 @@ class StepEngine:
         """One optimizer step over ``share`` (this rank's clips); returns its logged values."""
         while True:
             parts, problem = self._accumulate(share)
-            if self.dist.any(problem == "oom", self.device):
+            oom_anywhere, problem_anywhere = self.dist.any_of((problem == "oom", bool(problem)), self.device)
+            if oom_anywhere:
                 self.optimizer.zero_grad(set_to_none=True)
                 oom.free_memory(self.device)
                 try:
@@ -144,7 +145,7 @@ class StepEngine:
                 except MemoryError as e:
                     raise TrainError(str(e)) from None
                 continue
-            if self.dist.any(bool(problem), self.device):
+            if problem_anywhere:
                 return self._skip(step, problem or "another rank's loss was not finite")
             return self._update(step, parts)
 

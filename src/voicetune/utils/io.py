@@ -180,13 +180,30 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
+def append_jsonl(path: Path, record: dict[str, Any], sync: bool = True) -> None:
+    """Append one JSON line and flush it to disk (a crash loses at most the line being written).
+
+    ``sync=False``: hand it to the operating system only (it survives the process, not a power cut) and leave
+    the disk write to a later :func:`fsync_path`; an fsync costs milliseconds, a training step's logging
+    should not."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=str) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
+
+
+def fsync_path(path: Path) -> None:
+    """Flush what was written to ``path`` to disk (no-op when it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

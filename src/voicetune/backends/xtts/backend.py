@@ -47,6 +47,7 @@ class XttsBackend(Backend):
     base_layout = "XTTS-v2 folder: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json"
     loss_parts: ClassVar[dict[str, str]] = {"text_ce": "text", "mel_ce": "mel"}
     supports_cuda_graphs = True  # the packed loss (speed.py): graph_inputs gives its tensors
+    synthesis_batch_size = 16  # texts per generation pass (synthesize_batch): a probe set, two seeds each
 
     # ---------------------------------------------------------------- class level
     @classmethod
@@ -86,6 +87,7 @@ class XttsBackend(Backend):
         self._mel_stats: torch.Tensor | None = None
         self._extractor: Any = None
         self._train_mode = True
+        self._mode_applied: bool | None = None  # the mode set_train last applied (None: apply it again)
         self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
         # What trains (configure_model): an extended vocabulary (vocab.json text), LoRA adapters, length limits.
         self._vocab_json: str | None = None
@@ -142,6 +144,7 @@ class XttsBackend(Backend):
         self._speed = None
         self._vocab_json, self._lora = None, None
         self._cond_cache.clear()
+        self._mode_applied = None
         self.set_train(True)
         logger.info("loaded XTTS base %s (GPT: %d layers x %d, %.1f M parameters) on %s", path,
                     config.model_args.gpt_layers, config.model_args.gpt_n_model_channels,
@@ -232,6 +235,7 @@ class XttsBackend(Backend):
         from voicetune.backends.xtts.speed import configure_training
 
         self._speed = configure_training(self._require().gpt, cfg, self.device, cuda_graphs)
+        self._mode_applied = None  # attention modules replaced, weights cast: switch modes afresh
 
     # ---------------------------------------------------------------- what trains (backends/xtts/structure.py)
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
@@ -266,6 +270,7 @@ class XttsBackend(Backend):
         if self._lora is not None and not has_lora(gpt):
             apply_lora(gpt, self._lora)
         trainable, total = structure.set_trainable(gpt, cfg, self._vocab_json is not None)
+        self._mode_applied = None  # LoRA adapters or a resized vocabulary: new modules
         logger.info("training %.2f M of %.2f M GPT parameters (%s): %s", trainable / 1e6, total / 1e6, cfg.finetune,
                     structure.summarize(gpt))
         return {**summary, "finetune": cfg.finetune, "trainable_params": trainable, "gpt_params": total}
@@ -291,6 +296,7 @@ class XttsBackend(Backend):
         model.tokenizer, model.args.gpt_number_text_tokens = tok, n
         self._config_dict.setdefault("model_args", {})["gpt_number_text_tokens"] = n
         self._vocab_json, self._extractor = vocab_json, None
+        self._mode_applied = None
         logger.info("vocabulary extended to %d tokens (%d new text_embedding/text_head rows)", n, added)
 
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
@@ -341,8 +347,15 @@ class XttsBackend(Backend):
     def set_train(self, mode: bool) -> None:
         """True: GPT in training mode, without the inference-only modules, and the HiFi-GAN decoder (with its
         speaker encoder) parked on the CPU: training never runs it, and on the GPU it would hold 0.1 GB (XTTS-v2)
-        through every step. False: GPT ready to generate, decoder on the model's device."""
+        through every step. False: GPT ready to generate, decoder on the model's device.
+
+        Switching walks every module and moves the decoder (~12 ms for XTTS-v2); asking for the mode the
+        model is already in costs nothing (what changes the model's modules, e.g. LoRA or a new vocabulary,
+        makes the next call switch again)."""
         gpt = self._require().gpt
+        mode = bool(mode)
+        if self._mode_applied is mode and gpt.training is mode:
+            return
         self.model.hifigan_decoder.eval().to("cpu" if mode else self.device)
         if mode:
             self._cond_cache.clear()  # the GPT's conditioning encoder is about to change
@@ -356,7 +369,7 @@ class XttsBackend(Backend):
             if not hasattr(gpt, "gpt_inference"):
                 gpt.init_gpt_for_inference(kv_cache=bool(self.config.model_args.kv_cache))
             gpt.eval()
-        self._train_mode = bool(mode)
+        self._train_mode = self._mode_applied = mode
 
     # ---------------------------------------------------------------- synthesis
     def _conditioning(self, refs: Sequence[Path]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -436,6 +449,100 @@ class XttsBackend(Backend):
         meta = {"hit_max_length": any(c >= cap for c in counts), "num_tokens": sum(counts), "max_audio_tokens": cap}
         return Waveform(audio, int(cfg.model_args.output_sample_rate), meta)
 
+    def synthesize_batch(self, texts: Sequence[str], refs: Sequence[Path], language: str,
+                         seeds: Sequence[int]) -> list[Waveform | Exception]:
+        """Render several texts in one generation pass (per text piece; backends/xtts/batched.py), each as
+        :meth:`synthesize` renders it with its own seed: a batch of one is bit-identical to it, a larger batch
+        equal up to float rounding in the attention (see batched.py). A text that fails (empty, too long)
+        gets its exception in its place."""
+        from voicetune.backends.xtts import batched
+
+        model, cfg = self._require(), self.config
+        if len(seeds) != len(texts):
+            raise ValueError(f"synthesize_batch: {len(texts)} texts but {len(seeds)} seeds")
+        out: list[Waveform | Exception | None] = [None] * len(texts)
+        problem = self._batch_problem(refs, language)
+        pieces: dict[int, list[str]] = {}
+        for i, text in enumerate(texts):
+            try:
+                if problem:
+                    raise ValueError(problem)
+                if not text.strip():
+                    raise ValueError("synthesize: the text is empty")
+                pieces[i] = self._split(text, language)
+            except ValueError as e:
+                out[i] = e
+        if pieces:
+            was_training = self._train_mode
+            self.set_train(False)
+            gpt = model.gpt
+            own_cap, cap = gpt.max_gen_mel_tokens, self._max_audio_tokens()
+            devices = [self.device.index or 0] if self.device.type == "cuda" else []
+            try:
+                speed_ctx = (self._speed.inference_context(self.device, model.hifigan_decoder) if self._speed
+                             else contextlib.nullcontext())
+                with torch.random.fork_rng(devices=devices), torch.inference_mode(), speed_ctx:
+                    gpt.max_gen_mel_tokens = cap
+                    try:
+                        latents, speaker = self._conditioning(refs)
+                    except ValueError as e:  # references too short: every text fails the same way
+                        return [o if o is not None else e for o in out]
+                    sampling = batched.Sampling(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p),
+                                                float(cfg.repetition_penalty))
+                    results = self._render_pieces(pieces, [int(s) for s in seeds], language, latents, speaker,
+                                                  sampling)
+            finally:
+                gpt.max_gen_mel_tokens = own_cap
+                if was_training:
+                    self.set_train(True)
+            for i, (wavs, counts, error) in results.items():
+                if error is not None:
+                    out[i] = error
+                    continue
+                audio = np.clip(np.concatenate(wavs), -1.0, 1.0).astype(np.float32)
+                meta = {"hit_max_length": any(c >= cap for c in counts), "num_tokens": sum(counts),
+                        "max_audio_tokens": cap}
+                out[i] = Waveform(audio, int(cfg.model_args.output_sample_rate), meta)
+        return [o if o is not None else RuntimeError("not rendered") for o in out]
+
+    def _batch_problem(self, refs: Sequence[Path], language: str) -> str:
+        if not refs:
+            return "synthesize needs at least one reference clip (refs)"
+        supported = {lang.split("-")[0] for lang in self.config.languages}
+        if language.split("-")[0] not in supported:
+            return (f"language {language!r} is not supported by this model; choose one of "
+                    f"{self.config.languages}")
+        return ""
+
+    def _render_pieces(self, pieces: dict[int, list[str]], seeds: list[int], language: str,
+                       latents: torch.Tensor, speaker: torch.Tensor,
+                       sampling: Any) -> dict[int, tuple[list[np.ndarray], list[int], Exception | None]]:
+        """Generate the texts' pieces round by round (all first pieces in one batch, then all second ones...),
+        each text's generator carrying on from its previous piece, as one synthesize call draws them."""
+        from voicetune.backends.xtts import batched
+
+        model = self.model
+        generators = {i: torch.Generator(device=self.device).manual_seed(seeds[i]) for i in pieces}
+        results: dict[int, tuple[list[np.ndarray], list[int], Exception | None]] = {
+            i: ([], [], None) for i in pieces}
+        for r in range(max(len(p) for p in pieces.values())):
+            rows = [i for i in pieces if len(pieces[i]) > r and results[i][2] is None]
+            if not rows:
+                break
+            try:
+                tokens = [batched.text_tokens(model, pieces[i][r], language) for i in rows]
+                more = [len(pieces[i]) > r + 1 for i in rows]  # texts with a piece after this one
+                codes = batched.generate(model.gpt, latents, tokens, [generators[i] for i in rows], sampling,
+                                         more)
+                for i, t, c in zip(rows, tokens, codes, strict=True):
+                    wav, frames = batched.decode(model, latents, speaker, t, c)
+                    results[i][0].append(np.asarray(wav.numpy(), dtype=np.float32).reshape(-1))
+                    results[i][1].append(frames)
+            except (RuntimeError, ValueError) as e:  # e.g. out of memory: the texts of this round fail
+                for i in rows:
+                    results[i] = (results[i][0], results[i][1], e)
+        return results
+
     def _split(self, text: str, language: str) -> list[str]:
         """Sentences packed up to the tokenizer's character limit (Xtts's split_sentence without spaCy)."""
         limit = self.model.tokenizer.char_limits.get(language.split("-")[0], 250)
@@ -499,6 +606,7 @@ class XttsBackend(Backend):
 
         state, meta = split_meta(state)
         self._adopt_structure(meta, Path(path))
+        self._mode_applied = None
         state = {k: v for k, v in state.items() if not k.startswith(_INFERENCE_KEYS)}
         try:
             missing, unexpected = gpt.load_state_dict(state, strict=False)
