@@ -90,3 +90,14 @@ def test_every_subcommand_and_argument_has_help_text():
     for action in root._subparsers._group_actions:
         assert all(a.help for a in action._choices_actions)  # one line per subcommand in `voicetune --help`
     walk(root, "voicetune")
+
+
+def test_synthesize_preset_names_what_the_backend_offers(tiny_dataset, tmp_path):
+    from voicetune.backends.tiny import make_tiny_base
+    from voicetune.synthesis import synthesize
+
+    base = make_tiny_base("fake", tmp_path / "base", dataset=tiny_dataset)
+    ref = next((tiny_dataset / "wavs").iterdir())
+    with pytest.raises(ValueError, match="--preset fast: the fake backend offers no presets"):
+        synthesize(base, "Hello.", tmp_path / "out.wav", reference=[ref], preset="fast")
+    assert not (tmp_path / "out.wav").exists()

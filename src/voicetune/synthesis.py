@@ -22,9 +22,11 @@ def synthesize(
     language: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    preset: str | None = None,
 ) -> Waveform:
     """Render ``text`` with the package's model in the voice of ``reference`` clips (default: the
-    package's own ``reference/`` clips) and write it to ``out`` as a wav."""
+    package's own ``reference/`` clips) and write it to ``out`` as a wav. ``preset``: one of the backend's
+    synthesis presets (``Backend.synthesis_presets``; default: its first), for backends that have them."""
     package_dir = Path(package_dir)
     if not text.strip():
         raise ValueError("--text is empty: give the sentence to speak")
@@ -36,6 +38,12 @@ def synthesize(
         if not r.is_file():
             raise FileNotFoundError(f"reference clip {r} does not exist")
     backend = get_backend(manifest["backend"])
+    presets = type(backend).synthesis_presets
+    if preset is not None and preset not in presets:
+        raise ValueError(f"--preset {preset}: the {manifest['backend']} backend offers "
+                         f"{list(presets) or 'no presets'}")
+    if presets:
+        backend.use_synthesis_preset(preset or presets[0])
     backend.load_base(package_dir, pick_device(device))
     backend.set_train(False)
     wav = backend.synthesize(text, refs, language or manifest.get("language", "en"), seed)

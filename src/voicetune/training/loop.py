@@ -264,7 +264,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     steps_per_epoch = sampler.steps_per_epoch()
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
-    scheduler = build_scheduler(optimizer, cfg, total)
+    scheduler = build_scheduler(optimizer, cfg, total, steps_per_epoch)
     plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
     engine = StepEngine(backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device))
     state = LoopState(run_dir, backend, cfg, total, steps_per_epoch=steps_per_epoch)
