@@ -363,7 +363,8 @@ def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.Arg
     defaults, notes = options_class(backend).generic_defaults(), options_class(backend).help_notes()
     groups = {"": [o for o in options.values() if o.group == "" and not o.field.metadata.get("basic")],
               "eval": [o for o in options.values() if o.group == "eval" and not o.field.metadata.get("basic")],
-              "backend_options": [o for o in options.values() if o.group == "backend_options"]}
+              "backend_options": [o for o in options.values() if o.group == "backend_options"
+                                  and not o.field.metadata.get("basic")]}
     advanced = [o for os_ in groups.values() for o in os_]
     epilog = None
     if not full:
