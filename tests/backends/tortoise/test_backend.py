@@ -165,3 +165,19 @@ def test_export_loads_in_coqui_tortoise_and_lora_is_merged(tortoise_backend, tor
     key = "gpt.h.0.attn.c_attn.weight"
     assert not torch.equal(exported[key], base[key])  # the adapter is folded in
     assert str(model.mel_norm_path).endswith(layout.MEL_NORMS)
+
+
+def test_an_export_is_a_base_to_finetune_again(tortoise_backend, tortoise_clips, tmp_path):
+    b = tortoise_backend
+    with torch.no_grad():
+        b.gpt.text_head.bias.add_(1.0)
+    b.export(tmp_path / "pkg")
+    again = get_backend("tortoise")
+    again.load_base(tmp_path / "pkg", torch.device("cpu"))
+    assert torch.equal(again.gpt.text_head.bias, b.gpt.text_head.bias)
+    cfg = train_config(backend="tortoise")
+    again.configure_model(cfg)
+    store = again.build_features(tortoise_clips[:2], tmp_path / "features")
+    out = again.loss(again.collate([store[0], store[1]]), cfg)
+    out["loss"].backward()
+    assert again.gpt.text_head.bias.grad is not None
