@@ -93,6 +93,7 @@ class TortoiseBackend(Backend):
         self._lora: Any = None
         self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
         self._train_mode = True
+        self._warned: set[str] = set()  # languages warned about once
         # conditioning latents of the references, reused while the model stays in inference mode
         self._cond_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -359,7 +360,8 @@ class TortoiseBackend(Backend):
             raise ValueError("synthesize needs at least one reference clip (refs)")
         if not text.strip():
             raise ValueError("synthesize: the text is empty")
-        if language.split("-")[0] != "en":
+        if language.split("-")[0] != "en" and language not in self._warned:
+            self._warned.add(language)
             logger.warning("Tortoise's tokenizer reads English: %s text is transliterated to ASCII", language)
         pieces = split_text(text, model.tokenizer)
         was_training = self._train_mode
