@@ -69,6 +69,7 @@ def test_rows_keep_coquis_layout_and_count_its_padding(tortoise_backend, batch):
     assert (coqui["mel_in"][short, 2 + int(lengths[short]) :] == c.stop_audio).all()  # set_mel_padding
 
 
+@pytest.mark.slow  # the recomputation itself is shared code, tested on XTTS in the fast suite
 def test_recomputation_gives_the_same_loss_and_gradients(tortoise_backend, batch):
     gpt = tortoise_backend.gpt.train()  # dropout on: recomputation must not change the masks
     packed = speed.pack_batch(batch, speed.TortoiseConstants.of(gpt), 64)
@@ -87,15 +88,22 @@ def test_recomputation_gives_the_same_loss_and_gradients(tortoise_backend, batch
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_bf16_flat_weights_give_the_module_loss_and_still_synthesize(tortoise_backend, tortoise_clips, tmp_path):
-    from voicetune.training.optim import FlatAdamW, build_optimizer
+def _bf16(tortoise_backend, tortoise_clips, tmp_path):
+    from voicetune.training.optim import build_optimizer
 
     cfg = train_config(backend="tortoise", precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16",
                        compile="off", dropout=0.0, checkpoint_mlp=True)
+    store = tortoise_backend.build_features(tortoise_clips[:4], tmp_path / "features")
+    tortoise_backend.configure_training(cfg)
+    optimizer = build_optimizer(tortoise_backend.param_groups(cfg), cfg, torch.device("cpu"))
+    return cfg, store, optimizer
+
+
+def test_bf16_flat_weights_give_the_module_loss(tortoise_backend, tortoise_clips, tmp_path):
+    from voicetune.training.optim import FlatAdamW
+
     b = tortoise_backend
-    store = b.build_features(tortoise_clips[:4], tmp_path / "features")
-    b.configure_training(cfg)
-    optimizer = build_optimizer(b.param_groups(cfg), cfg, torch.device("cpu"))
+    cfg, store, optimizer = _bf16(b, tortoise_clips, tmp_path)
     assert isinstance(optimizer, FlatAdamW) and b._speed._flat_loss() is not None
     assert b.gpt.mel_head.weight.dtype == torch.bfloat16 and b.gpt.final_norm.weight.dtype == torch.float32
     batch = b.collate([store[i] for i in range(len(store))])
@@ -115,7 +123,12 @@ def test_bf16_flat_weights_give_the_module_loss_and_still_synthesize(tortoise_ba
     before = b.gpt.gpt.h[0].attn.c_attn.weight.detach().clone()
     optimizer.step()
     assert (b.gpt.gpt.h[0].attn.c_attn.weight != before).float().mean() > 0.01
-    wav = b.synthesize("Hello there.", [tortoise_clips[0].audio_path], "en", seed=0)
+
+
+@pytest.mark.slow  # bf16 autocast on a CPU is slow
+def test_bf16_weights_still_synthesize_float32_audio(tortoise_backend, tortoise_clips, tmp_path):
+    _bf16(tortoise_backend, tortoise_clips, tmp_path)
+    wav = tortoise_backend.synthesize("Hello there.", [tortoise_clips[0].audio_path], "en", seed=0)
     assert wav.audio.dtype.name == "float32" and wav.audio.size > 0
 
 

@@ -116,6 +116,9 @@ def load_config(files: dict[str, Path]) -> tuple[Any, dict[str, Any]]:
         cfg.from_dict(data)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise BaseModelError(f"{files[CONFIG]}: not a valid TortoiseConfig ({e})") from e
+    if cfg.model_args.enable_redaction:  # a wav2vec2 aligner downloaded at load time; voicetune never redacts
+        logger.info("%s: enable_redaction is ignored (voicetune renders the whole text)", files[CONFIG])
+        cfg.model_args.enable_redaction = False
     return cfg, data
 
 
