@@ -94,7 +94,7 @@ def test_loss_weights_and_a_few_steps_reduce_the_loss(tortoise_backend, tortoise
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(float(out["loss"]))
+        losses.append(float(out["loss"].detach()))
     assert losses[-1] < losses[0]
 
 
@@ -181,3 +181,22 @@ def test_an_export_is_a_base_to_finetune_again(tortoise_backend, tortoise_clips,
     out = again.loss(again.collate([store[0], store[1]]), cfg)
     out["loss"].backward()
     assert again.gpt.text_head.bias.grad is not None
+
+
+def test_validation_loss_gives_the_text_and_mel_parts_of_held_out_clips_in_inference_mode(
+        tortoise_backend, tortoise_clips, tmp_path):
+    b = tortoise_backend
+    cfg = train_config(backend="tortoise")
+    b.configure_training(cfg)  # the packed loss, as in a training run
+    held_out = b.build_features(tortoise_clips[2:4], tmp_path / "eval_features")
+    batch = b.collate([held_out[0], held_out[1]])
+    b.set_train(False)
+    parts = b.validation_loss(batch, cfg)
+    assert set(parts) == {"loss", *type(b).loss_parts} and not parts["loss"].requires_grad
+    assert float(parts["loss"]) == pytest.approx(0.01 * float(parts["text_ce"]) + float(parts["mel_ce"]), rel=1e-6)
+    with torch.no_grad():  # UnifiedVoice.forward on the same batch, no dropout: the same numbers
+        latent = b.gpt.get_conditioning(batch["cond_mels"])
+        text_ce, mel_ce, _ = b.gpt(latent, batch["text_inputs"], batch["text_lengths"], batch["audio_codes"].clone(),
+                                   batch["wav_lengths"])
+    assert float(parts["text_ce"]) == pytest.approx(float(text_ce), abs=1e-5)
+    assert float(parts["mel_ce"]) == pytest.approx(float(mel_ce), abs=1e-5)
