@@ -45,7 +45,7 @@ def saved_bytes_by_part(backend: Any, batch: dict[str, torch.Tensor], cfg: Any) 
 
     handles = []
     tracked = [(name, getattr(gpt, name, None)) for name in PARTS]
-    # the packed loss runs the transformer blocks piece by piece (voicetune.backends.xtts.speed._block)
+    # the packed loss runs the transformer blocks piece by piece (voicetune.backends.gpt_tts.layers._block)
     tracked += [("transformer layers: norms, projections, MLP", m) for block in gpt.gpt.h for m in block.modules() if m is not block]
     for name, module in tracked:
         if module is not None:
@@ -84,7 +84,7 @@ def main() -> int:
 
     from voicetune.backends.base import get_backend
     from voicetune.backends.registry import train_config
-    from voicetune.backends.xtts import speed
+    from voicetune.backends.gpt_tts import layers as speed
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

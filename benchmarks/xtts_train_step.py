@@ -465,9 +465,9 @@ def configure_training(backend: Any, cfg: Any, device: torch.device) -> None:
 
 
 def setup_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], device: torch.device, args: Any,
-                    work: Path) -> tuple[Any, Any, Any, dict[str, Any], Any, str]:
+                    work: Path, backend_name: str = "xtts") -> tuple[Any, Any, Any, dict[str, Any], Any, str]:
     """(backend, feature store, TrainConfig, its settings, optimizer, precision) of one voicetune row,
-    ready to train (``args``: ``batch`` and ``seed``)."""
+    ready to train (``args``: ``batch`` and ``seed``; ``backend_name``: tortoise_train_step.py's rows)."""
     from voicetune.backends.base import get_backend
     from voicetune.training.optim import build_optimizer
     from voicetune.utils.device import resolve_precision
@@ -480,13 +480,13 @@ def setup_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], dev
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
-    backend = get_backend("xtts")
+    backend = get_backend(backend_name)
     backend.load_base(base, device)
     store = backend.build_features(clips, work / "features")
     # "auto" is bf16 on the GPU; a CPU smoke run of bf16 weights needs bf16 said outright
     auto = "bf16" if overrides.get("param_dtype") == "bf16" and device.type == "cpu" else "auto"
     settings = {"batch_size": args.batch, "precision": auto, "seed": args.seed, **overrides}
-    cfg = train_config(**settings)
+    cfg = train_config(**settings) if backend_name == "xtts" else train_config(backend=backend_name, **settings)
     precision = resolve_precision(cfg.precision, device)
     configure_training(backend, cfg, device)
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)

@@ -64,7 +64,7 @@ def test_train_help_is_short_with_the_basic_options_and_lists_the_advanced_ones(
 def test_train_help_shows_the_options_of_the_chosen_backend():
     fake = _train_help("--backend", "fake", "--help-all")
     assert "--energy-weight" in fake and "advanced: fake backend" in fake and "--dropout" not in fake
-    assert "{fake,xtts}" in fake  # --backend's choices are the registered backends
+    assert "{fake,tortoise,xtts}" in fake  # --backend's choices are the registered backends
 
 
 def test_an_unknown_flag_suggests_the_closest_one(capsys):
@@ -122,3 +122,14 @@ def test_help_claims_a_yaml_config_only_where_the_command_reads_one():
 def test_doctor_help_explains_the_stack_check():
     text = _help("doctor")
     assert "--skip-stack-check" in text and "synthesizes" in text
+
+
+def test_synthesize_preset_names_what_the_backend_offers(tiny_dataset, tmp_path):
+    from voicetune.backends.tiny import make_tiny_base
+    from voicetune.synthesis import synthesize
+
+    base = make_tiny_base("fake", tmp_path / "base", dataset=tiny_dataset)
+    ref = next((tiny_dataset / "wavs").iterdir())
+    with pytest.raises(ValueError, match="--preset fast: the fake backend offers no presets"):
+        synthesize(base, "Hello.", tmp_path / "out.wav", reference=[ref], preset="fast")
+    assert not (tmp_path / "out.wav").exists()

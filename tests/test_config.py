@@ -144,3 +144,80 @@ def test_what_may_change_on_resume_is_declared_with_the_options():
     assert {"max_steps", "save_every", "eval_every", "early_stop_patience", "fast_loss",
             "checkpoint_mlp"} <= allowed
     assert not {"lr", "batch_size", "seed", "dropout", "lora_targets", "backend"} & allowed
+
+
+# ------------------------------------------------------------------ a backend's defaults of generic fields
+
+
+def _register_recipe_backend():
+    """The fake backend with options that carry their own defaults for generic fields (a recipe)."""
+    from dataclasses import dataclass
+
+    from backends.fake import FakeBackend, FakeOptions
+
+    from voicetune.backends.registry import register_backend
+
+    @dataclass
+    class RecipeOptions(FakeOptions):
+        @classmethod
+        def generic_defaults(cls):
+            return {"grad_clip": 4.0, "scheduler": "multistep", "milestones": [2, 4], "milestone_unit": "epochs"}
+
+    class RecipeBackend(FakeBackend):
+        name = "recipe"
+        options = RecipeOptions
+
+    register_backend("recipe", RecipeBackend)
+
+
+@pytest.fixture
+def recipe_backend():
+    from voicetune.backends.registry import unregister_backend
+
+    _register_recipe_backend()
+    yield "recipe"
+    unregister_backend("recipe")
+
+
+def test_a_backends_own_defaults_of_generic_fields_apply_where_the_user_set_nothing(recipe_backend, tmp_path):
+    from voicetune.backends.registry import load_train_config, merge_options, train_config
+
+    cfg = train_config(backend="recipe")
+    assert (cfg.grad_clip, cfg.scheduler, cfg.milestones, cfg.milestone_unit) == (4.0, "multistep", [2, 4], "epochs")
+    assert cfg.lr == TrainConfig().lr  # a field the backend has no default for keeps the generic one
+    mine = train_config(backend="recipe", grad_clip=0.5, scheduler="cosine")
+    assert (mine.grad_clip, mine.scheduler, mine.milestone_unit) == (0.5, "cosine", "epochs")
+    # switching backends moves the fields left at one backend's defaults to the other's; chosen values stay
+    back = merge_options(cfg, {"backend": "fake"})
+    assert (back.grad_clip, back.scheduler, back.milestones) == (TrainConfig().grad_clip, "constant", [])
+    assert merge_options(mine, {"backend": "fake"}).grad_clip == 0.5
+    # YAML: keys the file does not hold take the backend's defaults; a saved config round-trips exactly
+    (tmp_path / "c.yaml").write_text("backend: recipe\ngrad_clip: 2.0\n")
+    loaded = load_train_config(tmp_path / "c.yaml")
+    assert (loaded.grad_clip, loaded.scheduler, loaded.milestones) == (2.0, "multistep", [2, 4])
+    save_yaml(cfg, tmp_path / "saved.yaml")
+    assert load_train_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_train_help_shows_the_backends_defaults(recipe_backend, capsys):
+    from voicetune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--backend", "recipe", "--help-all"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--grad-clip GRAD_CLIP" in text and "(default: 4.0)" in text and "(default: multistep)" in text
+
+
+def test_generic_defaults_must_name_generic_fields():
+    from dataclasses import dataclass
+
+    from voicetune.config import BackendOptions, _generic_defaults
+
+    @dataclass
+    class Bad(BackendOptions):
+        @classmethod
+        def generic_defaults(cls):
+            return {"dropout": 0.0}
+
+    with pytest.raises(TypeError, match="dropout"):
+        _generic_defaults(Bad)

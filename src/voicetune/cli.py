@@ -59,10 +59,14 @@ def _suggestions(parser: argparse.ArgumentParser, unknown: list[str]) -> list[st
     return [m[0] for m in matches if m]
 
 
-def _value_kwargs(o: OptionField, hints: dict[str, Any], full: bool, choices: Any = None) -> dict[str, Any]:
-    """argparse keyword arguments of one option: type (or a --x/--no-x pair), choices, help."""
+def _value_kwargs(o: OptionField, hints: dict[str, Any], full: bool, choices: Any = None,
+                  defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """argparse keyword arguments of one option: type (or a --x/--no-x pair), choices, help (``defaults``: the
+    backend's own defaults of generic options, shown instead of the generic ones)."""
     f = o.field
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if defaults and o.group == "" and o.flat in defaults:
+        default = defaults[o.flat]
     text = f"{f.metadata.get('help', '')} (default: {default})"
     kwargs: dict[str, Any] = {"default": None, "dest": o.flat,
                               "help": text if full or f.metadata.get("basic") else argparse.SUPPRESS}
@@ -80,7 +84,7 @@ def _value_kwargs(o: OptionField, hints: dict[str, Any], full: bool, choices: An
 
 
 def _add_options(group: Any, options: list[OptionField], full: bool = True, aliases: bool = False,
-                 choices: dict[str, Any] | None = None) -> None:
+                 choices: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> None:
     """One flag per option, its help taken from the field's documentation (hidden unless basic or ``full``).
     ``aliases``: also accept the bare field name (``--max-sentences`` for ``--eval-max-sentences``)."""
     for o in options:
@@ -89,7 +93,7 @@ def _add_options(group: Any, options: list[OptionField], full: bool = True, alia
         alias = "--" + o.field.name.replace("_", "-")
         flags = [o.flag] + ([alias] if aliases and o.field.name != o.flat else [])
         hints = typing.get_type_hints(o.owner)
-        group.add_argument(*flags, **_value_kwargs(o, hints, full, (choices or {}).get(o.flat)))
+        group.add_argument(*flags, **_value_kwargs(o, hints, full, (choices or {}).get(o.flat), defaults))
 
 
 def _overrides(args: argparse.Namespace, names: Any) -> dict[str, Any]:
@@ -332,7 +336,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from voicetune.synthesis import synthesize
 
     wav = synthesize(args.package_dir, args.text, args.out, reference=args.reference, language=args.language,
-                     seed=args.seed, force=args.force)
+                     seed=args.seed, force=args.force, preset=args.preset)
     print(f"wrote {args.out} ({wav.duration:.2f} s at {wav.sample_rate} Hz)")
     return 0
 
@@ -442,9 +446,11 @@ def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.Arg
     from voicetune.backends.registry import available_backends, options_class
 
     options = option_fields(TrainConfig, options_class(backend))
+    defaults, notes = options_class(backend).generic_defaults(), options_class(backend).help_notes()
     groups = {"": [o for o in options.values() if o.group == "" and not o.field.metadata.get("basic")],
               "eval": [o for o in options.values() if o.group == "eval" and not o.field.metadata.get("basic")],
-              "backend_options": [o for o in options.values() if o.group == "backend_options"]}
+              "backend_options": [o for o in options.values() if o.group == "backend_options"
+                                  and not o.field.metadata.get("basic")]}
     advanced = [o for os_ in groups.values() for o in os_]
     epilog = None
     if not full:
@@ -463,7 +469,8 @@ def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.Arg
                        "or SIGTERM saves and stops; --resume OUT continues exactly; --gpus N "
                        "trains on N GPUs; --auto measures this GPU and picks the batch geometry. "
                        "Options also come from a YAML --config (flags override it). --backend "
-                       "NAME --help shows that backend's options.")
+                       "NAME --help shows that backend's options."
+                       + (f"\n\n{notes}" if notes else ""))
     s.add_argument("--help-all", action=_HelpAll, build=lambda: _standalone(backend, full=True),
                    help="show every option with its description, and exit")
     s.add_argument("dataset_dir", nargs="?", help="prepared dataset folder (not needed with --resume)")
@@ -479,12 +486,12 @@ def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.Arg
                    "voicetune.cli train ...` and `accelerate launch -m voicetune.cli train ...` work too.")
     basic = [o for o in options.values() if o.field.metadata.get("basic")]
     _add_options(s.add_argument_group("basic options (also settable in a YAML --config)"), basic,
-                 choices={"backend": available_backends()})
+                 choices={"backend": available_backends()}, defaults=defaults)
     titles = {"": "advanced: training", "eval": "advanced: evaluation (YAML section eval:)",
               "backend_options": f"advanced: {backend} backend (YAML section {backend}:)"}
     for key, title in titles.items():
         group = s.add_argument_group(title) if full else s
-        _add_options(group, groups[key], full=full)
+        _add_options(group, groups[key], full=full, defaults=defaults)
     s.set_defaults(func=cmd_train)
     return s
 
@@ -563,6 +570,8 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--language", help="default: the dataset language recorded in the package")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same audio; default: 0)")
     s.add_argument("--force", action="store_true", help="replace --out if it exists")
+    s.add_argument("--preset", help="speed/quality preset of backends that have them (tortoise: fast (default), "
+                   "ultra_fast, very_fast, standard, high_quality, evaluation)")
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, base folder; does the stack work",

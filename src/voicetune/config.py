@@ -335,6 +335,19 @@ class BackendOptions:
     def validate(self, cfg: TrainConfig) -> None:
         """Checks that involve the generic fields too (called by TrainConfig); default: none."""
 
+    @classmethod
+    def generic_defaults(cls) -> dict[str, Any]:
+        """The backend's own defaults of generic TrainConfig fields, by flat name (e.g. a schedule or a gradient
+        clip that its upstream recipe uses): a config made for this backend starts from them instead of the
+        generic defaults, wherever it does not set the field itself (see :func:`merge`). Default: none."""
+        return {}
+
+    @classmethod
+    def help_notes(cls) -> str:
+        """Text printed as it is (lines of at most 110 columns) under ``voicetune train --backend NAME --help``'s
+        description, e.g. the upstream recipe its defaults follow; default: none."""
+        return ""
+
     def recompute_modes(self) -> tuple[str, ...]:
         """The recomputation modes (:data:`RECOMPUTE_MODES`) this backend can apply, fastest first."""
         return ("none",)
@@ -446,8 +459,11 @@ class TrainConfig:
     restart_mult: int = opt(
         1, "Each cosine_restarts period is this many times as long as the previous one.", low=1)
     step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).", low=0)
-    milestones: list = opt([], "Steps after which --scheduler multistep multiplies the LR by --lr-gamma.",
-                           item=int, low=1)
+    milestones: list = opt([], "When --scheduler multistep multiplies the LR by --lr-gamma: after these steps, or "
+                           "epochs with --milestone-unit epochs.", item=int, low=1)
+    milestone_unit: str = opt(
+        "steps", "What --milestones count: optimizer steps, or epochs (each milestone is then that many epochs "
+        "of steps, as ai-voice-cloning converts its epoch schedule).", choices=("steps", "epochs"))
     lr_gamma: float = opt(0.5, "LR factor of the step, multistep and exponential schedules.")
     finetune: str = opt(
         "full", "What trains: full (every weight of the trainable model not in the backend's --freeze) or "
@@ -513,7 +529,7 @@ class TrainConfig:
         _check(self.momentum < 1.0, "momentum must lie in [0, 1); fix --momentum")
         _check(0.0 < self.lr_gamma <= 1.0, "lr_gamma must lie in (0, 1]; fix --lr-gamma")
         _check(all(float(m) >= 1 and float(m) == int(m) for m in self.milestones),
-               "milestones must be whole step numbers >= 1; fix --milestones")
+               f"milestones must be whole {self.milestone_unit} numbers >= 1; fix --milestones")
         _check(self.scheduler != "multistep" or bool(self.milestones), "--scheduler multistep needs --milestones")
         _check(self.lora_alpha > 0, "lora_alpha must be > 0; fix --lora-alpha")
         _check(self.lora_dropout < 1.0, "lora_dropout must lie in [0, 1); fix --lora-dropout")
@@ -701,6 +717,8 @@ def _train_from_dict(data: dict[str, Any], source: str, options_for: OptionsFor 
             unknown.append(key)
     if unknown:
         raise _unknown(sorted(unknown), sorted(fields), source)
+    for key, value in _generic_defaults(options).items():  # the backend's defaults where the file is silent
+        parts[""].setdefault(key, value)
     if parts["backend_options"] and options is BackendOptions:
         raise ConfigError(f"{source}: the {backend} backend's options need the backend registry "
                           "(voicetune.backends.registry.load_train_config)")
@@ -741,10 +759,40 @@ def save_yaml(cfg: Any, path: Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def generic_default(name: str, options: type[BackendOptions] = BackendOptions) -> Any:
+    """The default of TrainConfig's top-level field ``name`` for a backend with ``options``: its own
+    (:meth:`BackendOptions.generic_defaults`), else the field's."""
+    own = options.generic_defaults()
+    if name in own:
+        return own[name]
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _generic_defaults(options: type[BackendOptions]) -> dict[str, Any]:
+    defaults = options.generic_defaults()
+    top = {f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("group")}
+    bad = sorted(set(defaults) - top)
+    if bad:
+        raise TypeError(f"{options.__name__}.generic_defaults: {bad} are not generic TrainConfig fields")
+    return defaults
+
+
+def _switched_defaults(flat: dict[str, Any], old: type[BackendOptions],
+                       new: type[BackendOptions]) -> dict[str, Any]:
+    """The generic fields that move from ``old``'s defaults to ``new``'s (a field ``flat`` holds at any other
+    value was chosen: it stays)."""
+    names = set(_generic_defaults(old)) | set(_generic_defaults(new))
+    return {n: generic_default(n, new) for n in names if flat.get(n) == generic_default(n, old)}
+
+
 def merge(cfg: T, overrides: dict[str, Any], options_for: OptionsFor | None = None) -> T:
     """Return a copy of ``cfg`` with the non-None ``overrides`` (by flat name) applied and validated.
 
-    For a TrainConfig, a changed ``backend`` starts from that backend's default options (``options_for``).
+    For a TrainConfig, a changed ``backend`` (or the placeholder options of ``TrainConfig()``) starts from that
+    backend's default options (``options_for``), and each generic field that ``cfg`` holds at the previous
+    backend's default takes the new backend's default (:meth:`BackendOptions.generic_defaults`) before the
+    overrides apply.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not isinstance(cfg, TrainConfig):
@@ -754,6 +802,8 @@ def merge(cfg: T, overrides: dict[str, Any], options_for: OptionsFor | None = No
     options = type(cfg.backend_options) if resolved else _options_class(backend, options_for, "options")
     before = option_fields(TrainConfig, type(cfg.backend_options))
     flat = {k: v for k, v in flatten(cfg).items() if resolved or before[k].group != "backend_options"}
+    if not resolved:
+        flat.update(_switched_defaults(flat, type(cfg.backend_options), options))
     flat.update(overrides)
     fields = option_fields(TrainConfig, options)
     unknown = sorted(set(flat) - set(fields))

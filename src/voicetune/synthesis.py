@@ -51,10 +51,12 @@ def synthesize(
     seed: int = 0,
     device: str = "auto",
     force: bool = False,
+    preset: str | None = None,
 ) -> Waveform:
     """Render ``text`` with the package's model in the voice of ``reference`` clips (default: the
     package's own ``reference/`` clips) and write it to ``out`` as a wav (an existing file only with
-    ``force``; never a file of the package or a reference clip)."""
+    ``force``; never a file of the package or a reference clip). ``preset``: one of the backend's synthesis
+    presets (``Backend.synthesis_presets``; default: its first), for backends that have them."""
     package_dir, out = Path(package_dir), Path(out)
     if not text.strip():
         raise ValueError("--text is empty: give the sentence to speak")
@@ -74,6 +76,12 @@ def synthesize(
             raise FileNotFoundError(f"reference clip {r} does not exist")
     _check_out(out, package_dir, refs, force)
     backend = get_backend(manifest["backend"])
+    presets = type(backend).synthesis_presets
+    if preset is not None and preset not in presets:
+        raise ValueError(f"--preset {preset}: the {manifest['backend']} backend offers "
+                         f"{list(presets) or 'no presets'}")
+    if presets:
+        backend.use_synthesis_preset(preset or presets[0])
     backend.load_base(package_dir, pick_device(device))
     backend.set_train(False)
     wav = backend.synthesize(text, refs, language or manifest.get("language", "en"), seed)

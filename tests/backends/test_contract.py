@@ -29,6 +29,7 @@ COMMON = {"batch_size": 2, "seed": 5, "save_every": 2, "eval_every": 0, "eval_ev
           "device": "cpu"}
 OPTIONS: dict[str, dict] = {  # per backend: what a short CPU run needs beyond COMMON (default: nothing)
     "xtts": {"lr": 1e-3},
+    "tortoise": {"lr": 1e-3},
     "fake": {"lr": 1e-2},
 }
 
@@ -141,5 +142,5 @@ def test_set_train_is_what_trainable_training_reports(cycle):
 
 
 def test_registered_backends_include_the_real_ones():
-    assert "xtts" in available_backends()
+    assert {"xtts", "tortoise"} <= set(available_backends())
     assert Path(__file__).parent.joinpath("fake.py").is_file()

@@ -1,7 +1,7 @@
 """Model-agnostic LoRA adapters (peft): inject, recognise, save in peft's own format, and merge for export.
 
 A backend decides WHERE adapters go (its module and target names, e.g. XTTS's GPT-2 ``Conv1D`` layers,
-``backends/xtts/lora.py``); everything else about them is the same for every model and lives here, in the
+``backends/gpt_tts/lora.py``); everything else about them is the same for every model and lives here, in the
 spirit of torchtune's ``modules/peft/_utils.py``. Adapters are injected with ``peft.inject_adapter_in_model``
 into the backend's own module (no ``PeftModel`` wrapper), so the module keeps its class and its state-dict
 keys, plus ``lora_A``/``lora_B`` keys and ``base_layer`` renames that :func:`merged_state_dict` removes again.

@@ -95,6 +95,10 @@ class Backend(abc.ABC):
     :meth:`loss`."""
     synthesis_batch_size: ClassVar[int] = 1
     """How many texts the evaluation passes to :meth:`synthesize_batch` at once (1: one by one)."""
+    synthesis_presets: ClassVar[tuple[str, ...]] = ()
+    """Named speed/quality presets of synthesis that ``voicetune synthesize --preset`` offers, its default first
+    (:meth:`use_synthesis_preset`); empty: one way to synthesize. A new instance renders the way evaluations
+    render (every evaluation uses a fresh or the training instance), until a preset is chosen."""
 
     @classmethod
     @abc.abstractmethod
@@ -199,6 +203,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str, refs: Sequence[Path], language: str, seed: int) -> Waveform:
         """Render ``text`` in the voice of the reference clips, deterministically for a given seed."""
+
+    def use_synthesis_preset(self, name: str) -> None:
+        """Render later syntheses with preset ``name`` (one of :attr:`synthesis_presets`). Default: the backend
+        has no presets, and naming one is a ValueError."""
+        raise ValueError(f"the {self.name} backend has no synthesis presets (asked for {name!r})")
 
     def synthesize_batch(self, texts: Sequence[str], refs: Sequence[Path], language: str,
                          seeds: Sequence[int]) -> list[Waveform | Exception]:

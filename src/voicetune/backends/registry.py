@@ -37,6 +37,8 @@ class BackendEntry:
 _BUILTIN: dict[str, BackendEntry] = {
     "xtts": BackendEntry("voicetune.backends.xtts.backend:XttsBackend",
                          "voicetune.backends.xtts.options:XttsOptions"),
+    "tortoise": BackendEntry("voicetune.backends.tortoise.backend:TortoiseBackend",
+                             "voicetune.backends.tortoise.options:TortoiseOptions"),
 }
 _REGISTRY: dict[str, BackendEntry | type] = dict(_BUILTIN)
 

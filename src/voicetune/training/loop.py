@@ -328,7 +328,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
     compiled = _compile_cache(cfg, backend, device, precision)
-    scheduler = build_scheduler(optimizer, cfg, total)
+    scheduler = build_scheduler(optimizer, cfg, total, steps_per_epoch)
     plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
     engine = StepEngine(backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device))
     if dist.is_main:  # say early when the checkpoints will not fit (each save checks again, and refuses)

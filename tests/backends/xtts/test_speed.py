@@ -1,10 +1,13 @@
-"""The fast XTTS training path (voicetune.backends.xtts.speed) gives coqui-tts's loss, gradients and behaviour."""
+"""The fast XTTS training path (voicetune.backends.xtts.speed on the shared voicetune.backends.gpt_tts) gives
+coqui-tts's loss, gradients and behaviour."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from voicetune.backends.gpt_tts import layers
+from voicetune.backends.gpt_tts import speed as shared
 from voicetune.backends.registry import train_config
 from voicetune.backends.xtts import speed
 from voicetune.config import RECOMPUTE_MODES, ConfigError
@@ -68,7 +71,7 @@ def test_packed_rows_are_padded_at_the_end_to_the_multiple(xtts_backend, batch):
         real = constants.cond_tokens + int(coqui["n_text"][row] + coqui["n_mel"][row])
         assert (packed["text_targets"][row, real:] == -1).all() and (packed["mel_targets"][row, real:] == -1).all()
     # one multiple for every batch of the same longest clip: a compiled graph is reused
-    assert speed.round_up(1, 64) == 64 and speed.round_up(64, 64) == 64 and speed.round_up(65, 64) == 128
+    assert layers.round_up(1, 64) == 64 and layers.round_up(64, 64) == 64 and layers.round_up(65, 64) == 128
 
 
 def test_recomputation_gives_the_same_loss_and_gradients(xtts_backend, batch):
@@ -97,7 +100,7 @@ def test_mlp_recomputation_is_a_speed_setting_that_cuda_graphs_allow():
     from voicetune.training import graphs
 
     cfg = train_config(param_dtype="bf16", precision="bf16", checkpoint_mlp=True)
-    assert speed.SpeedSettings.resolve(cfg, torch.device("cpu")).recompute == "mlp"
+    assert shared.SpeedSettings.resolve(cfg, torch.device("cpu")).recompute == "mlp"
     assert graphs.config_allows(cfg, torch.device("cuda")) == ""
     with pytest.raises(ConfigError, match="drop --checkpoint-mlp"):
         train_config(checkpoint_mlp=True, gradient_checkpointing=True)
@@ -112,22 +115,22 @@ def test_sdpa_conditioning_attention_matches_the_original(xtts_backend):
     keys = set(gpt.state_dict())
     legacy = QKVAttentionLegacy(4)
     qkv = torch.randn(2, 4 * 3 * 16, 50)
-    torch.testing.assert_close(speed.SdpaQKVAttention(legacy)(qkv), legacy(qkv), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layers.SdpaQKVAttention(legacy)(qkv), legacy(qkv), rtol=1e-5, atol=1e-5)
     # evaluation and synthesis run the original kernels: the same audio as the exported model makes
-    assert torch.equal(speed.SdpaQKVAttention(legacy).eval()(qkv), legacy(qkv))
-    speed.set_attention(gpt, "sdpa")
+    assert torch.equal(layers.SdpaQKVAttention(legacy).eval()(qkv), legacy(qkv))
+    layers.set_attention(gpt, "sdpa")
     blocks = [m for m in gpt.conditioning_encoder.modules() if isinstance(m, AttentionBlock)]
-    assert blocks and all(isinstance(b.attention, speed.SdpaQKVAttention) for b in blocks)
-    speed.set_attention(gpt, "eager")
+    assert blocks and all(isinstance(b.attention, layers.SdpaQKVAttention) for b in blocks)
+    layers.set_attention(gpt, "eager")
     assert all(isinstance(b.attention, QKVAttentionLegacy) for b in blocks)
     assert set(gpt.state_dict()) == keys  # nothing saved changes
 
 
 def test_speed_settings_resolve_per_device_and_explain_bad_combinations():
     cpu = torch.device("cpu")
-    assert speed.SpeedSettings.resolve(train_config(), cpu).compile is False  # auto: only on CUDA
+    assert shared.SpeedSettings.resolve(train_config(), cpu).compile is False  # auto: only on CUDA
     with pytest.raises(ValueError, match="precision"):
-        speed.SpeedSettings.resolve(train_config(param_dtype="bf16"), cpu)  # auto is fp32 on a CPU
+        shared.SpeedSettings.resolve(train_config(param_dtype="bf16"), cpu)  # auto is fp32 on a CPU
     with pytest.raises(ConfigError, match="packed loss"):
         train_config(fast_loss=False, compile="on")
     with pytest.raises(ConfigError, match="param-dtype"):
@@ -245,7 +248,7 @@ def test_aligned_linear_gives_the_heads_outputs_and_gradients():
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 13)  # an odd output size, like XTTS's 6681 text tokens
     x = torch.randn(5, 16, requires_grad=True)
-    ours = speed.aligned_linear(x, head, multiple=8)
+    ours = layers.aligned_linear(x, head, multiple=8)
     ours.sum().backward()
     grads = (x.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
     x.grad = head.weight.grad = head.bias.grad = None
@@ -276,4 +279,4 @@ def test_sdpa_conditioning_attention_keeps_no_attention_matrix_for_backward():
     matrix = 2 * heads * length * length * 4  # one float32 [T, T] matrix per head
     legacy = QKVAttentionLegacy(heads)
     assert saved_bytes(legacy, qkv) >= matrix
-    assert saved_bytes(speed.SdpaQKVAttention(legacy), qkv) < matrix / 2
+    assert saved_bytes(layers.SdpaQKVAttention(legacy), qkv) < matrix / 2

@@ -247,8 +247,8 @@ class XttsBackend(Backend):
         Returns a summary for run.json.
         """
         from voicetune.backends.adapters import has_lora
+        from voicetune.backends.gpt_tts.lora import apply_lora
         from voicetune.backends.xtts import structure
-        from voicetune.backends.xtts.lora import apply_lora
         from voicetune.backends.xtts.vocab import extend_vocab
 
         gpt, opts = self._require().gpt, XttsOptions.of(cfg)
@@ -575,7 +575,7 @@ class XttsBackend(Backend):
     def _adopt_structure(self, meta: dict[str, Any], path: Path) -> None:
         """Rebuild what a checkpoint's structure needs on the loaded base: its vocabulary, its LoRA adapters."""
         from voicetune.backends.adapters import LoraSettings, has_lora
-        from voicetune.backends.xtts.lora import apply_lora
+        from voicetune.backends.gpt_tts.lora import apply_lora
 
         if meta.get("vocab") and meta["vocab"] != self._vocab_json:
             self.apply_vocab(meta["vocab"])

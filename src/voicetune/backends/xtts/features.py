@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from voicetune.backends.base import FeatureStore, Progress
+from voicetune.backends.gpt_tts.files import load_wav_tensor
 from voicetune.data.manifest import Clip
 from voicetune.utils.io import atomic_torch_save, file_sha256
 
@@ -80,20 +81,6 @@ class FeatureSettings:
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def load_wav_tensor(path: Path | str, sample_rate: int) -> torch.Tensor:
-    """[1, T] float waveform at ``sample_rate``, clipped to [-1, 1]: coqui-tts's ``load_audio`` (torchaudio
-    resampling, clipping) but decoded with voicetune's decoder instead of ``torchaudio.load``."""
-    import torchaudio
-
-    from voicetune.audio.io import load_audio
-
-    audio, sr = load_audio(path)
-    wav = torch.from_numpy(audio)[None]
-    if sr != sample_rate:
-        wav = torchaudio.functional.resample(wav, sr, sample_rate)
-    return wav.clamp_(-1.0, 1.0)
 
 
 class XttsFeatureExtractor:

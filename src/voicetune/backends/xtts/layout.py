@@ -20,11 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
 from voicetune.backends.base import BaseModelError
+from voicetune.backends.gpt_tts import files
+from voicetune.backends.gpt_tts.files import DVAE_DEFAULTS, check_mel_norms, infer_dvae_hparams
+from voicetune.backends.gpt_tts.files import file_problem as _file_problem
+from voicetune.backends.gpt_tts.files import unwrap_model as _unwrap_model
+
+__all__ = ["CONFIG", "DVAE", "DVAE_DEFAULTS", "INFERENCE_ONLY_GPT_PREFIXES", "LAYOUT_FILES", "MEL_STATS", "MODEL",
+           "OPTIONAL_FILES", "REQUIRED_FILES", "SPEAKERS", "VOCAB", "infer_dvae_hparams", "load_config", "load_dvae",
+           "load_mel_stats", "load_model_state", "load_speakers", "normalize_model_state", "read_config_dict",
+           "validate_base_dir", "voicetune_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +61,6 @@ _WHAT = {
 _TRAINER_ONLY_PREFIXES = ("torch_mel_spectrogram_style_encoder", "torch_mel_spectrogram_dvae", "dvae")
 # Modules created by GPT.init_gpt_for_inference: aliases of existing weights (XTTS v1 checkpoints hold them).
 INFERENCE_ONLY_GPT_PREFIXES = ("gpt_inference.", "gpt.wte.")
-
-# The DiscreteVAE hyperparameters of Coqui's GPTTrainer (used by XTTS-v2's dvae.pth).
-DVAE_DEFAULTS: dict[str, Any] = {
-    "channels": 80,
-    "codebook_dim": 512,
-    "hidden_dim": 512,
-    "num_resnet_blocks": 3,
-    "kernel_size": 3,
-    "num_layers": 2,
-    "positional_dims": 1,
-    "use_transposed_convs": False,
-}
 
 _HINT = (
     "A base folder needs the XTTS-v2 files (download coqui/XTTS-v2 from the Hugging Face hub, "
@@ -101,20 +97,6 @@ def validate_base_dir(path: Path | str) -> dict[str, Path]:
     if problems:
         raise BaseModelError(f"{path} is not a usable XTTS-v2 base model:\n  " + "\n  ".join(problems) + f"\n{_HINT}")
     return found
-
-
-def _file_problem(p: Path) -> str | None:
-    if not p.exists():
-        return "missing"
-    if not p.is_file():
-        return "not a file"
-    try:
-        with open(p, "rb") as f:
-            if not f.read(1):
-                return "empty"
-    except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    return None
 
 
 def read_config_dict(path: Path) -> dict[str, Any]:
@@ -170,13 +152,6 @@ def _torch_load(path: Path, what: str) -> Any:
         raise BaseModelError(f"{path}: cannot load {what} ({e})") from e
 
 
-def _unwrap_model(obj: Any) -> Any:
-    """``{"model": state_dict}`` (the Coqui checkpoint wrapper) → the state dict; anything else unchanged."""
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        return obj["model"]
-    return obj
-
-
 def normalize_model_state(state: dict[str, Any]) -> dict[str, Any]:
     """Bring an XTTS state dict to the keys of ``Xtts.state_dict()``.
 
@@ -206,70 +181,13 @@ def load_model_state(path: Path) -> dict[str, Any]:
 
 def load_mel_stats(path: Path) -> Any:
     """The [80] mel normaliser tensor of mel_stats.pth."""
-    import torch
-
-    stats = _torch_load(path, "the mel statistics")
-    if not torch.is_tensor(stats) or stats.numel() != 80:
-        shape = tuple(stats.shape) if torch.is_tensor(stats) else type(stats).__name__
-        raise BaseModelError(f"{path}: expected a tensor of 80 mel-channel statistics, got {shape}")
-    stats = stats.reshape(80).float()
-    if not torch.isfinite(stats).all() or (stats == 0).any():
-        raise BaseModelError(f"{path}: mel statistics contain zero or non-finite values (they divide log-mels)")
-    return stats
-
-
-def infer_dvae_hparams(state: dict[str, Any], source: Path | str = DVAE) -> dict[str, Any]:
-    """DiscreteVAE constructor arguments that match a dvae.pth state dict.
-
-    XTTS-v2's dvae.pth uses the GPTTrainer values (:data:`DVAE_DEFAULTS`); reading them from the tensor
-    shapes also accepts the much smaller DVAE of voicetune's tiny test model.
-    """
-    try:
-        first = state["encoder.0.0.weight"]
-        embed = state["codebook.embed"]
-    except KeyError as e:
-        raise BaseModelError(f"{source}: not a DiscreteVAE state dict (missing {e.args[0]})") from e
-    layer_idx = {int(m.group(1)) for k in state if (m := re.fullmatch(r"encoder\.(\d+)\.0\.weight", k))}
-    res_idx = {int(m.group(1)) for k in state if (m := re.fullmatch(r"encoder\.(\d+)\.net\.0\.weight", k))}
-    hp = dict(DVAE_DEFAULTS)
-    hp.update(
-        channels=int(first.shape[1]),
-        hidden_dim=int(first.shape[0]),
-        kernel_size=int(first.shape[-1]),
-        num_layers=len(layer_idx),
-        num_resnet_blocks=len(res_idx),
-        codebook_dim=int(embed.shape[0]),
-        num_tokens=int(embed.shape[1]),
-        use_transposed_convs=not any(k.endswith(".0.conv.weight") for k in state if k.startswith("decoder.")),
-    )
-    if first.ndim != 3 or hp["channels"] != 80:
-        raise BaseModelError(f"{source}: expected a 1-D DiscreteVAE over 80 mel channels, got {tuple(first.shape)}")
-    return hp
+    return check_mel_norms(_torch_load(path, "the mel statistics"), path)
 
 
 def load_dvae(path: Path, expected_tokens: int | None = None) -> Any:
     """Build the DiscreteVAE of dvae.pth (in eval mode, on CPU)."""
-    from TTS.tts.layers.xtts.dvae import DiscreteVAE
-
-    state = _unwrap_model(_torch_load(path, "the DVAE"))
-    if not isinstance(state, dict):
-        raise BaseModelError(f"{path}: expected a DiscreteVAE state dict, got {type(state).__name__}")
-    hp = infer_dvae_hparams(state, path)
-    if expected_tokens is not None and hp["num_tokens"] != expected_tokens:
-        raise BaseModelError(
-            f"{path}: the DVAE has {hp['num_tokens']} codes but config.json expects "
-            f"gpt_num_audio_tokens - 2 = {expected_tokens}; dvae.pth and model.pth are from different models"
-        )
-    dvae = DiscreteVAE(normalization=None, **hp)
-    # GPTTrainer loads dvae.pth with strict=False; we only need the encoder and the codebook to be complete.
-    missing, _ = dvae.load_state_dict(state, strict=False)
-    needed = [k for k in missing if k.startswith(("encoder.", "codebook.embed"))]
-    if needed:
-        raise BaseModelError(f"{path}: DVAE weights incomplete, missing {needed[:5]}")
-    dvae.eval()
-    for p in dvae.parameters():
-        p.requires_grad_(False)
-    return dvae
+    return files.load_dvae(path, expected_tokens, expected_what="config.json expects gpt_num_audio_tokens - 2 =",
+                           gpt_file="model.pth", state=_torch_load(path, "the DVAE"))
 
 
 def load_speakers(path: Path) -> dict[str, Any]:

@@ -1,10 +1,15 @@
 """Named parts of the XTTS GPT: what ``--freeze`` accepts and which per-part learning-rate multiplier applies.
 
 Kept free of heavy imports: :mod:`.options` validates ``--freeze`` and ``--lora-targets`` against these up
-front.
+front. The rules (and the GPT-2 modules LoRA adapts) are shared with Tortoise: :mod:`voicetune.backends.gpt_tts.parts`.
 """
 
 from __future__ import annotations
+
+from voicetune.backends.gpt_tts import parts as _shared
+from voicetune.backends.gpt_tts.parts import LORA_TARGETS, split_names
+
+__all__ = ["LORA_TARGETS", "PARTS", "SIDES", "side_of", "split_names"]
 
 # part name -> the GPT submodule it is (coqui-tts TTS/tts/layers/xtts/gpt.py).
 PARTS: dict[str, str] = {
@@ -27,18 +32,7 @@ SIDES: dict[str, tuple[str, ...]] = {
     "conditioning": ("conditioning_encoder", "conditioning_perceiver"),
 }
 
-# Module names of transformers' GPT2Block that LoRA may adapt (all transformers ``Conv1D``).
-LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
-
-
-def split_names(value: str) -> list[str]:
-    """``"a, b,c"`` -> ``["a", "b", "c"]`` (empty string -> [])."""
-    return [v.strip() for v in value.split(",") if v.strip()]
-
 
 def side_of(part: str) -> str:
     """The learning-rate side (``text``, ``audio``, ``conditioning`` or ``other``) of a part."""
-    for side, parts in SIDES.items():
-        if part in parts:
-            return side
-    return "other"
+    return _shared.side_of(part, SIDES)

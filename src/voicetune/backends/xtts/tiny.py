@@ -21,8 +21,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from voicetune.backends.gpt_tts.files import compute_mel_norms as compute_mel_stats
 from voicetune.backends.xtts import layout
 from voicetune.utils.io import atomic_torch_save, atomic_write_text
+
+__all__ = ["ALPHABET", "BUILTIN_CORPUS", "SPECIAL_TOKENS", "TINY_DVAE", "TINY_GPT", "TINY_NOTE", "XTTS_LANGUAGES",
+           "compute_mel_stats", "make_tiny_xtts_base", "train_bpe_vocab"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,34 +91,6 @@ def train_bpe_vocab(texts: list[str], out: Path, vocab_size: int = 384) -> None:
     )
     tok.train_from_iterator([multilingual_cleaners(t, "en") for t in texts], trainer=trainer)
     atomic_write_text(out, tok.to_str(pretty=True))
-
-
-def compute_mel_stats(stats_audio: list[Path] | None, seed: int = 0) -> Any:
-    """Per-channel mean of the log-mel that TorchMelSpectrogram computes before normalisation.
-
-    Tortoise/XTTS divide log-mels by these "mel_norms". Without audio, seeded white noise stands in.
-    Values are kept <= -0.1 so that the division never blows up on a channel whose mean is near zero.
-    """
-    import torch
-    from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
-
-    from voicetune.audio.io import load_audio
-
-    mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=22050)
-    sums, frames = torch.zeros(80), 0
-    waves = []
-    for p in stats_audio or []:
-        audio, _ = load_audio(p, sr=22050)
-        waves.append(torch.from_numpy(audio))
-    if not waves:
-        g = torch.Generator().manual_seed(seed)
-        waves = [torch.randn(22050 * 3, generator=g) * 0.05]
-    with torch.no_grad():
-        for w in waves:
-            m = mel(w.clamp(-1, 1)[None])[0]  # [80, T], log of the mel power
-            sums += m.sum(dim=1)
-            frames += m.shape[1]
-    return (sums / max(frames, 1)).clamp(max=-0.1)
 
 
 def _tiny_config(vocab: Path, gpt: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
