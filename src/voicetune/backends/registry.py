@@ -37,6 +37,7 @@ class BackendEntry:
 _BUILTIN: dict[str, BackendEntry] = {
     "xtts": BackendEntry("voicetune.backends.xtts.backend:XttsBackend",
                          "voicetune.backends.xtts.options:XttsOptions"),
+    "csm": BackendEntry("voicetune.backends.csm.backend:CsmBackend", "voicetune.backends.csm.options:CsmOptions"),
 }
 _REGISTRY: dict[str, BackendEntry | type] = dict(_BUILTIN)
 
