@@ -83,6 +83,8 @@ class CsmBackend(Backend):
         self._speed: Any = None
         self._train_mode: bool | None = None
         self._dtype = torch.float32  # of the base's weights on disk (exports keep it)
+        self._placed = False  # the model (codec aside) is on self.device
+        self._text_on_cpu = False  # a frozen text embedding stays on the CPU while training (collate looks up)
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
@@ -90,7 +92,6 @@ class CsmBackend(Backend):
         from transformers import AutoProcessor, CsmForConditionalGeneration
 
         from voicetune.backends.csm.export import explain_untied
-        from voicetune.backends.csm.structure import trainable_view
 
         local = layout.resolve(path)
         files = layout.validate_base_dir(local)
@@ -107,21 +108,45 @@ class CsmBackend(Backend):
         if rate != codec_rate:
             raise BaseModelError(f"{files['preprocessor']}: sampling rate {rate} differs from the codec's {codec_rate}")
         explain_untied(model, local)
+        self.adopt(model, processor, device, base_ref=str(path), base_dir=local, sidecar=sidecar)
+
+    def adopt(self, model: Any, processor: Any, device: torch.device, base_ref: str = "",
+              base_dir: Path | None = None, sidecar: dict[str, Any] | None = None) -> None:
+        """Take a loaded ``CsmForConditionalGeneration`` and its processor as the base (load_base's second half;
+        benchmarks hand in randomly initialised full-size models). The weights stay where they are (the CPU)
+        until they are needed on ``device``: training first casts what does not train to bf16, so that a GPU
+        never holds the float32 copy."""
+        from voicetune.backends.csm.structure import trainable_view
+
         for p in model.parameters():
             p.requires_grad_(False)
+        sidecar = dict(sidecar or {})
         self._dtype = _disk_dtype(model.config)
         self.device = torch.device(device)
-        self.model, self.processor, self.base_dir = model.to(self.device), processor, local
-        self.base_ref, self.sidecar, self._view = str(path), sidecar, trainable_view(model)
+        self.model, self.processor, self.base_dir = model, processor, base_dir
+        self.base_ref, self.sidecar, self._view = base_ref, sidecar, trainable_view(model)
         self.speaker_id = int(sidecar.get("speaker_id", 0))
         self.context_texts = dict(sidecar.get("context_texts") or {})
         self._lora, self._loss, self._speed, self._train_mode = None, None, None, None
+        self._placed, self._text_on_cpu = False, False
         self.set_train(True)
         backbone = sum(p.numel() for p in model.backbone_model.parameters())
         logger.info("loaded CSM base %s (backbone %d layers x %d, %.1f M parameters; depth decoder %d x %d; "
-                    "%d codebooks) on %s", local, model.config.num_hidden_layers, model.config.hidden_size,
-                    backbone / 1e6, model.config.depth_decoder_config.num_hidden_layers,
+                    "%d codebooks) for %s", base_dir or "(in memory)", model.config.num_hidden_layers,
+                    model.config.hidden_size, backbone / 1e6, model.config.depth_decoder_config.num_hidden_layers,
                     model.config.depth_decoder_config.hidden_size, model.config.num_codebooks, self.device)
+
+    def _place(self) -> Any:
+        """The model on its device (moved there the first time; the codec and, while training, a frozen text
+        embedding stay where set_train puts them)."""
+        model = self._require()
+        if not self._placed:
+            codec, text = model.codec_model, model.embed_text_tokens
+            for module in model.children():
+                if module is not codec and not (module is text and self._text_on_cpu and self._train_mode):
+                    module.to(self.device)
+            self._placed = True
+        return model
 
     def _require(self) -> Any:
         if self.model is None:
@@ -211,6 +236,9 @@ class CsmBackend(Backend):
         fraction = self.opts.depth_fraction if self.opts.trains_depth else 0.0
         batch = collate(items, self.processor.tokenizer.eos_token_id, speed.pad_multiple, fraction,
                         speed.depth_multiple)
+        if self._text_on_cpu:  # the frozen text embedding stays on the CPU: look the batch up here
+            with torch.no_grad():
+                batch["text_embeds"] = self.model.embed_text_tokens(batch["tokens"])
         batch["frames"] = int(batch["target"].sum()) - len(items)  # without the end frames
         batch["positions"] = sum(int(it["tokens"].numel()) for it in items)
         return batch
@@ -230,7 +258,8 @@ class CsmBackend(Backend):
         return self._speed or Speed(pad_multiple=1, depth_multiple=1)
 
     def configure_training(self, cfg: TrainConfig, cuda_graphs: bool = False) -> None:
-        """Attention kernels, bf16 frozen weights on a GPU, compile, recomputation, padding (before the optimizer)."""
+        """Attention kernels, bf16 frozen weights on a GPU (cast before they move there), a frozen text
+        embedding kept on the CPU, compile, recomputation, padding. Before the optimizer."""
         from voicetune.backends.csm.loss import CsmLoss, resolve_speed
         from voicetune.backends.csm.structure import cast_for_training
         from voicetune.utils.device import resolve_precision
@@ -241,12 +270,18 @@ class CsmBackend(Backend):
             model.set_attn_implementation("eager")
         if self.device.type == "cuda" and resolve_precision(cfg.precision, self.device) == "bf16":
             trained = torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32
-            cast_for_training(model, torch.bfloat16, trained)
+            cast_for_training(model, torch.bfloat16, trained)  # on the CPU when not yet placed
+            # 263 M parameters in csm-1b, read at ~40 text positions per clip: looked up on the CPU instead
+            self._text_on_cpu = not model.embed_text_tokens.weight.requires_grad
+            if self._text_on_cpu and self._train_mode:
+                model.embed_text_tokens.to("cpu")
+        self._place()
         self._speed = resolve_speed(cfg, opts, self.device)
         self._loss = CsmLoss(self._speed, opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0)
-        logger.info("CSM loss: depth decoder on %.4g of the frames, compile %s (%s), recompute %s, pad to %d%s",
+        logger.info("CSM loss: depth decoder on %.4g of the frames, compile %s (%s), recompute %s, pad to %d%s%s",
                     opts.depth_fraction, self._speed.compile, self._speed.compile_scope, self._speed.recompute,
-                    self._speed.pad_multiple, ", CUDA graphs" if cuda_graphs else "")
+                    self._speed.pad_multiple, ", CUDA graphs" if cuda_graphs else "",
+                    ", text embedding on the CPU" if self._text_on_cpu else "")
 
     def trainable(self) -> torch.nn.Module:
         """The model without its Mimi codec (backbone, depth decoder, heads, embeddings)."""
@@ -265,16 +300,19 @@ class CsmBackend(Backend):
         if self._loss is None:
             opts = CsmOptions.of(cfg)
             self._loss = CsmLoss(Speed(), opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0)
-        return self._loss(self._require(), batch)
+        return self._loss(self._place(), batch)
 
     def set_train(self, mode: bool) -> None:
-        """True: training mode with the codec parked on the CPU (training never runs it). False: inference, the
-        codec on the model's device. Cheap when the mode does not change (the loop calls it every step)."""
+        """True: training mode, the codec (and a frozen text embedding, see configure_training) parked on the
+        CPU: training never runs them. False: inference, everything on the model's device. Cheap when the mode
+        does not change (the loop calls it every step)."""
         if self._train_mode is mode:
             return
         model = self._require()
         model.train(mode)
         model.codec_model.eval().to("cpu" if mode else self.device)
+        if self._text_on_cpu:
+            model.embed_text_tokens.to("cpu" if mode else self.device)
         self._train_mode = bool(mode)
 
     # ---------------------------------------------------------------- synthesis
@@ -286,11 +324,11 @@ class CsmBackend(Backend):
     def _render(self, texts: Sequence[str], refs: Sequence[Path], seed: int) -> list[Waveform]:
         from voicetune.backends.csm import synthesis
 
-        model = self._require()
         if not refs:
             raise ValueError("synthesize needs at least one reference clip (refs)")
         was_training = bool(self._train_mode)
         self.set_train(False)
+        model = self._place()
         try:
             references = synthesis.load_references(refs, self.context_texts, self.sample_rate,
                                                    self.opts.context_seconds)

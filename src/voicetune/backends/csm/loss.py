@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 logger = logging.getLogger(__name__)
 
-LOSS_KEYS = ("tokens", "codes", "is_audio", "target", "depth_idx", "depth_valid")
+LOSS_KEYS = ("tokens", "codes", "is_audio", "target", "depth_idx", "depth_valid", "text_embeds")
 Layer = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -51,10 +51,12 @@ def run_stack(stack: Any, h: torch.Tensor, layer_fn: Layer = run_layer, recomput
     return stack.norm(h)
 
 
-def backbone_inputs(model: Any, tokens: torch.Tensor, codes: torch.Tensor, is_audio: torch.Tensor) -> torch.Tensor:
-    """Input embeddings: text token embeddings, or at frame positions the sum of the frame's codebook
-    embeddings (transformers' ``_merge_input_ids_with_input_values``, with the codes given)."""
-    text = model.embed_text_tokens(tokens)
+def backbone_inputs(model: Any, tokens: torch.Tensor, codes: torch.Tensor, is_audio: torch.Tensor,
+                    text_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Input embeddings: text token embeddings (``text_embeds`` when the batch brings them, looked up on the
+    CPU), or at frame positions the sum of the frame's codebook embeddings (transformers'
+    ``_merge_input_ids_with_input_values``, with the codes given)."""
+    text = model.embed_text_tokens(tokens) if text_embeds is None else text_embeds
     audio = model.backbone_model.embed_tokens(codes)
     return torch.where(is_audio[..., None], audio.to(text.dtype), text)
 
@@ -83,8 +85,8 @@ def csm_loss(model: Any, batch: dict[str, torch.Tensor], backbone_weight: float 
     """{"loss": weighted total, "backbone_ce", "depth_ce"} of a collated batch (``depth_ce`` is 0 without
     depth frames)."""
     tokens, codes, target = batch["tokens"], batch["codes"], batch["target"]
-    h = run_stack(model.backbone_model, backbone_inputs(model, tokens, codes, batch["is_audio"]), layer_fn,
-                  recompute)
+    x = backbone_inputs(model, tokens, codes, batch["is_audio"], batch.get("text_embeds"))
+    h = run_stack(model.backbone_model, x, layer_fn, recompute)
     logits = model.lm_head(h[:, :-1])
     labels = codes[:, 1:, 0].masked_fill(~target[:, 1:], -100)
     backbone_ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
