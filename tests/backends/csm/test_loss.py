@@ -97,3 +97,19 @@ def test_context_clips_come_before_the_clip_and_are_not_targets(csm_base, spanis
     assert int(item["target"].sum()) == own.codes.shape[0] + 1  # the clip's frames and its end frame only
     assert bool(item["target"][-own.length:].any()) and not bool(item["target"][: -own.length].any())
     assert int((item["tokens"] == backend.model.config.audio_eos_token_id).sum()) >= 2
+
+
+def test_text_embeddings_looked_up_on_the_cpu_give_the_same_loss(loaded):
+    """On a GPU a frozen text embedding stays on the CPU and collate looks the batch up (configure_training)."""
+    backend, store = loaded
+    items = [store[i] for i in range(2)]
+    plain = backend.collate(items)
+    backend._text_on_cpu = True
+    try:
+        looked_up = backend.collate(items)
+    finally:
+        backend._text_on_cpu = False
+    assert "text_embeds" in looked_up and "text_embeds" in backend.graph_inputs(looked_up)
+    with torch.no_grad():
+        a, b = csm_loss(backend.model.eval(), plain), csm_loss(backend.model.eval(), looked_up)
+    assert a["loss"].item() == pytest.approx(b["loss"].item(), rel=1e-6)
