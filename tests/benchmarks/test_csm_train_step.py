@@ -20,7 +20,7 @@ def test_the_csm_benchmark_runs_every_default_path_on_the_tiny_model(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "csm_train_step.py"), "--tiny", "--device", "cpu",
                            "--warmup", "1", "--steps", "1", "--no-busy", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          check=False, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert {"device", "date", "git_commit", "command"} <= set(report)

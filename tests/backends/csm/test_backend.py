@@ -175,3 +175,44 @@ def test_a_finetune_of_a_finetune_starts_from_the_export(lora_run, spanish_datas
     assert result.steps == 1 and np.isfinite(result.losses[0]["loss"])
     again = export(tmp_path / "again", tmp_path / "pkg2")
     assert json.loads((again / "voicetune_csm.json").read_text())["untrained"] is True  # still the tiny base
+
+
+def test_doctor_checks_a_csm_base_and_auto_trains_with_its_recommendation(csm_base, spanish_dataset, tmp_path):
+    from voicetune.preflight import doctor
+
+    report = doctor(base=csm_base, dataset=spanish_dataset, backend="csm", workdir=tmp_path)
+    checks = {c.name: c for c in report.checks}
+    assert checks["base model"].status == "warn" and "complete csm layout" in checks["base model"].detail
+    assert "UNTRAINED" in checks["base model"].detail and "training dry run" in checks
+    result = train(spanish_dataset, csm_base, tmp_path / "auto", max_steps=1, auto=True, **LORA)
+    assert result.steps == 1 and np.isfinite(result.losses[0]["loss"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_stops_then_the_run_resumes_exactly(csm_base, spanish_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    reference = train(spanish_dataset, csm_base, tmp_path / "reference", max_steps=6, **{**LORA, "save_every": 3})
+    run = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**LORA, "save_every": 3}.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "voicetune.cli", "train", str(spanish_dataset), "--base",
+                             str(csm_base), "--out", str(run), "--max-steps", "6", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and metrics.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "--resume" in out, out[-3000:]
+    stopped = latest_checkpoint(run)
+    assert stopped is not None and int(stopped.name.split("_")[1]) < 6
+    train(resume=run)
+    got = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in got] == list(range(1, 7))
+    for a, b in zip(got, reference.losses, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)

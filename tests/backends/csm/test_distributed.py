@@ -24,7 +24,7 @@ def test_two_cpu_processes_follow_the_one_process_loss_trajectory(spanish_datase
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "voicetune.cli", "train", str(spanish_dataset), "--base", str(csm_base), "--out",
            str(two), "--gpus", "2", "--grad-accum", "1", *flags]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     one = train(spanish_dataset, csm_base, tmp_path / "one", grad_accum=2, **COMMON)
     two_losses = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]

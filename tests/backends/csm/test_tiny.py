@@ -69,3 +69,13 @@ def test_make_tiny_base_refuses_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(ValueError, match="not an empty folder"):
         make_tiny_csm_base(mine)
     assert (mine / "todo.txt").read_text() == "keep me"
+
+
+def test_without_a_dataset_the_codebooks_are_fitted_to_espeak_speech(tmp_path):
+    import shutil as sh
+
+    if sh.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    base = make_tiny_csm_base(tmp_path / "base")
+    distinct = json.loads((base / layout.SIDECAR).read_text())["codebook_distinct_codes"]
+    assert len(distinct) == 8 and min(distinct.values()) >= 32  # of 64: every level spreads over the speech

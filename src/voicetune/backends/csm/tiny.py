@@ -10,7 +10,7 @@ What is small and what is real:
 * Mimi: the real stride structure (24 kHz in, 12.5 frames/s, so the processor's frame count holds) with 8
   filters, one transformer layer and 8 codebooks of 64 entries. A randomly initialised residual vector
   quantizer has all-zero codebooks and maps every frame to code 0; here each codebook is fitted by k-means to
-  the encoder's outputs (and then the residuals) of real speech (the dataset's clips, else Piper speech), so
+  the encoder's outputs (and then the residuals) of real speech (the dataset's clips, else espeak-ng's), so
   codes of real speech use many entries of every codebook (tested).
 * Tokenizer: a byte-level BPE trained here with the ``tokenizers`` library on the dataset's transcripts (any
   language or script: unknown characters fall back to bytes), with csm-1b's special tokens
@@ -120,15 +120,47 @@ def tiny_config(tokenizer: Any) -> Any:
                      **ids, depth_decoder_config=depth, codec_config=MimiConfig(**TINY_MIMI).to_dict())
 
 
+ESPEAK_SENTENCES = [("en-us", BUILTIN_CORPUS[0]), ("es", BUILTIN_CORPUS[3]), ("de", BUILTIN_CORPUS[5]),
+                    ("fr", BUILTIN_CORPUS[6])]
+
+
+def _espeak(text: str, voice: str) -> np.ndarray | None:
+    """espeak-ng's speech of ``text`` at 24 kHz (None when espeak-ng is not installed or fails)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from voicetune.audio.io import load_audio
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "say.wav"
+        try:
+            subprocess.run([exe, "-v", voice, "-w", str(wav), text], check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return load_audio(wav, sr=SAMPLE_RATE)[0]
+
+
 def _speech(stats_audio: Sequence[Path]) -> list[np.ndarray]:
-    """24 kHz mono speech for fitting the codebooks: the given clips, else Piper speech of the built-in texts."""
+    """24 kHz mono speech for fitting the codebooks: the given clips, else espeak-ng speech in four languages.
+    Without either, voiced synthetic sounds (a warning says so): the codebooks still spread, less like speech."""
     from voicetune.audio.io import load_audio
 
     clips = [load_audio(p, sr=SAMPLE_RATE)[0] for p in list(stats_audio)[:MAX_AUDIO_CLIPS]]
     if not clips:
-        from voicetune.demo_audio import speak
-
-        clips = [speak(text, sample_rate=SAMPLE_RATE, deterministic=True)[0] for text in BUILTIN_CORPUS[:3]]
+        clips = [a for a in (_espeak(text, voice) for voice, text in ESPEAK_SENTENCES) if a is not None]
+    if not clips:
+        logger.warning("no speech to fit the tiny Mimi codebooks to (no --dataset, no espeak-ng): using voiced "
+                       "synthetic sounds")
+        rng = np.random.default_rng(0)
+        t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+        for _ in range(4):
+            phase = 2 * np.pi * np.cumsum(110 + 50 * np.sin(2 * np.pi * rng.uniform(0.3, 2) * t)) / SAMPLE_RATE
+            voiced = sum(np.sin(k * phase) * rng.uniform(0.2, 1) / k for k in range(1, 12))
+            clips.append((0.3 * voiced / np.abs(voiced).max() + 0.02 * rng.standard_normal(t.size)))
     return [np.asarray(c, dtype=np.float32) for c in clips if len(c) >= SAMPLE_RATE // 4]
 
 
@@ -205,7 +237,7 @@ def make_tiny_csm_base(out: Path | str, corpus_texts: Sequence[str] | None = Non
     """Write an untrained tiny CSM base to ``out`` (built in a temporary folder, moved into place when complete).
 
     ``corpus_texts`` train the tokenizer (default: a few sentences in four languages); ``stats_audio`` (24 kHz or
-    any rate) fit the Mimi codebooks (default: Piper speech). Refuses a non-empty ``out`` that is not a tiny
+    any rate) fit the Mimi codebooks (default: espeak-ng speech). Refuses a non-empty ``out`` that is not a tiny
     CSM base written earlier: voicetune never replaces folders it did not create.
     """
     from transformers import CsmForConditionalGeneration
