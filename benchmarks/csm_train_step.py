@@ -20,9 +20,9 @@ same synthetic clips (24 kHz, default 16 x 10 s, ~40 text tokens each) as a fixe
 Reports samples/s, frames/s (Mimi frames, 12.5 per second of audio), peak allocated/reserved memory (steady and
 including warm-up, compile and capture), GPU busy fraction, and speed and memory ratios against ``plain``, with
 the goals (LoRA >= 3x samples/s at <= 40 % of the peak; full finetuning peak < 24 GB); writes JSON after every
-configuration. Usage (GPU box; no coqui-tts needed):
+configuration. Usage (GPU box; no coqui-tts needed, but soundfile/soxr from the carried wheels):
 
-    python3 benchmarks/csm_train_step.py --out $OUT/csm.json            # ~5 min on an H200
+    . benchmarks/gpu_setup.sh && python3 benchmarks/csm_train_step.py --out $OUT/csm.json   # ~5-8 min, H200
     python3 benchmarks/csm_train_step.py --tiny --device cpu --out /tmp/csm.json   # a minute on a CPU
 """
 
