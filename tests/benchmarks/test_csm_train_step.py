@@ -24,7 +24,7 @@ def test_the_csm_benchmark_runs_every_default_path_on_the_tiny_model(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert {"device", "date", "git_commit", "command"} <= set(report)
-    for name in ("plain", "vt_lora", "vt_full", "vt_lora_nographs"):
+    for name in ("plain", "vt_lora", "vt_full", "vt_lora_defaults"):
         res = report["results"][name]
         assert "error" not in res, res.get("error")
         assert res["samples_per_s"] > 0 and res["frames_per_s"] > 0 and "speed_vs_plain" in res
