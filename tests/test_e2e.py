@@ -1,4 +1,4 @@
-"""End to end through the CLI, on real components: Piper recordings → prepare → tiny base (XTTS, Tortoise) →
+"""End to end through the CLI, on real components: Piper recordings → prepare → tiny base (XTTS, Tortoise, CSM) →
 train → evaluate → export → load with coqui-tts → synthesize. CPU only, a few training steps; the recordings
 are prepared once for both backends."""
 
@@ -143,3 +143,41 @@ def test_tortoise_recordings_to_exported_model_and_speech(prepared: Path, tmp_pa
                               diffusion_iterations=2, max_mel_tokens=8, half=False)["wav"]
     assert wav.numel() > 0
     _synthesize(pkg, tmp_path / "hello.wav")  # the default preset (fast)
+
+
+def test_recordings_to_a_csm_finetune_that_transformers_loads(prepared: Path, tmp_path: Path):
+    import torch
+    from transformers import AutoProcessor, CsmForConditionalGeneration
+
+    data, base, lora, full, pkg = prepared, tmp_path / "base", tmp_path / "lora", tmp_path / "full", tmp_path / "pkg"
+    assert main(["make-tiny-base", "--backend", "csm", "--out", str(base), "--dataset", str(data)]) == 0
+    common = ["--backend", "csm", "--max-steps", "3", "--batch-size", "2"]
+    assert main(["train", str(data), "--base", str(base), "--out", str(lora), *common, "--finetune", "lora",
+                 "--lr", "1e-3", "--eval-max-sentences", "1", "--eval-probes", "1"]) == 0
+    records = [json.loads(line) for line in (lora / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("kind") == "eval"] == [0, 3]  # baseline, then the last step
+    steps = [r for r in records if r.get("kind") != "eval"]
+    assert len(steps) == 3 and all(r["backbone_ce"] > 0 and r["depth_ce"] > 0 for r in steps)
+    report = (lora / "report.html").read_text()
+    assert "c0 (backbone_ce" in report  # the loss panel says how to read a flat total
+    assert main(["train", str(data), "--base", str(base), "--out", str(full), *common, "--finetune", "full",
+                 "--lr", "1e-4", "--eval-every-epochs", "0"]) == 0
+
+    assert main(["export", str(lora), "--out", str(pkg)]) == 0
+    manifest = json.loads((pkg / "voicetune.json").read_text())
+    assert manifest["backend"] == "csm" and manifest["untrained_base"] is True and manifest["references"]
+    assert (pkg / "adapter" / "adapter_config.json").is_file()
+    model = CsmForConditionalGeneration.from_pretrained(pkg).eval()  # unchanged transformers
+    processor = AutoProcessor.from_pretrained(pkg)
+    inputs = processor.apply_chat_template([{"role": "0", "content": [{"type": "text", "text": "Hello."}]}],
+                                           tokenize=True, return_dict=True)
+    invalid = list(range(model.config.codec_config.codebook_size, model.config.vocab_size))
+    torch.manual_seed(0)
+    audio = model.generate(**inputs, output_audio=True, max_new_tokens=4, suppress_tokens=invalid,
+                           depth_decoder_suppress_tokens=invalid)
+    assert audio[0].numel() > 0
+
+    out = tmp_path / "hello.wav"
+    assert main(["synthesize", str(pkg), "--text", "Hello there, how are you?", "--out", str(out)]) == 0
+    info = sf.info(str(out))
+    assert info.samplerate == 24000 and 0 < info.duration <= 2.1

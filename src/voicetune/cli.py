@@ -508,10 +508,11 @@ def _add_model_commands(sub: Any, fmt: type, backend: str) -> None:
 
     s = sub.add_parser("make-tiny-base", help="write an UNTRAINED tiny base model (tests/demo only)",
                        description="Write a tiny, randomly initialised base model in the backend's exact "
-                       "native layout (for XTTS-v2: config.json, model.pth, dvae.pth, "
-                       "mel_stats.pth, vocab.json, speakers_xtts.pth) with a locally trained "
-                       "vocabulary. It cannot speak: it exists so the whole pipeline can be "
-                       "exercised without downloading real weights.")
+                       "native layout (XTTS-v2: config.json, model.pth, dvae.pth, mel_stats.pth, vocab.json, "
+                       "speakers_xtts.pth; CSM: the Hugging Face folder of sesame/csm-1b, with a Mimi codec "
+                       "whose codebooks are fitted to speech) with a locally trained vocabulary. It cannot "
+                       "speak: it exists so the whole pipeline can be exercised without downloading real "
+                       "weights.")
     s.add_argument("--backend", default=TrainConfig.backend, choices=available_backends(),
                    help="model backend (default: %(default)s)")
     s.add_argument("--out", required=True, help="folder to write")

@@ -30,6 +30,7 @@ COMMON = {"batch_size": 2, "seed": 5, "save_every": 2, "eval_every": 0, "eval_ev
 OPTIONS: dict[str, dict] = {  # per backend: what a short CPU run needs beyond COMMON (default: nothing)
     "xtts": {"lr": 1e-3},
     "tortoise": {"lr": 1e-3},
+    "csm": {"lr": 1e-3},
     "fake": {"lr": 1e-2},
 }
 

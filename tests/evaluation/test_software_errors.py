@@ -103,14 +103,20 @@ def test_some_sentences_failing_is_reported_with_how_many_and_why(tiny_dataset, 
     from voicetune.evaluation.probes import probe_sentences
 
     probe = probe_sentences("en", 1)[0]
-    real = XttsBackend.synthesize
+    real = XttsBackend.synthesize_batch
 
-    def no_probes(self, text, refs, language, seed):
-        if text == probe:
+    def refuse() -> Exception:
+        try:  # raised, so that it carries where it happened, as a real failure does
             raise RuntimeError("probe sentences cannot be spoken today")
-        return real(self, text, refs, language, seed)
+        except RuntimeError as e:
+            return e
 
-    monkeypatch.setattr(XttsBackend, "synthesize", no_probes)
+    def no_probes(self, texts, refs, language, seeds):  # the evaluation renders through synthesize_batch
+        keep = [i for i, t in enumerate(texts) if t != probe]
+        rendered = iter(real(self, [texts[i] for i in keep], refs, language, [seeds[i] for i in keep]))
+        return [next(rendered) if t != probe else refuse() for t in texts]
+
+    monkeypatch.setattr(XttsBackend, "synthesize_batch", no_probes)
     run = tmp_path / "run"
     result = train(tiny_dataset, tiny_base, run, max_steps=2, eval_every=2, eval_asr_model=asr_model, **SMALL)
     assert result.steps == 2  # a partial failure is a measured result: training goes on

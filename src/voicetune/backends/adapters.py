@@ -36,6 +36,9 @@ class LoraSettings:
     alpha: float
     dropout: float
     targets: tuple[str, ...]
+    # A regex over full module names that replaces ``targets`` as peft's target_modules when set: for models
+    # where a target name also occurs in modules that must not be adapted (CSM's Mimi codec has q_proj too).
+    target_regex: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -44,15 +47,17 @@ class LoraSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoraSettings:
-        return cls(int(d["rank"]), float(d["alpha"]), float(d["dropout"]), tuple(d["targets"]))
+        return cls(int(d["rank"]), float(d["alpha"]), float(d["dropout"]), tuple(d["targets"]),
+                   str(d.get("target_regex") or ""))
 
     def peft_config(self, fan_in_fan_out: bool = False) -> Any:
         """The ``peft.LoraConfig`` of these settings (``fan_in_fan_out``: weights stored [in, out], as in
         transformers' ``Conv1D``)."""
         from peft import LoraConfig
 
+        targets: Any = self.target_regex or list(self.targets)
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.targets), fan_in_fan_out=fan_in_fan_out, bias="none")
+                          target_modules=targets, fan_in_fan_out=fan_in_fan_out, bias="none")
 
 
 def has_lora(module: torch.nn.Module) -> bool:
@@ -91,8 +96,7 @@ def inject_lora(module: torch.nn.Module, settings: LoraSettings, fan_in_fan_out:
     if n == 0:
         raise ValueError(f"LoRA found no target module among {list(settings.targets)}; fix --lora-targets")
     logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters", settings.rank,
-                settings.alpha,
-                settings.dropout, ",".join(settings.targets), n / 1e6)
+                settings.alpha, settings.dropout, settings.target_regex or ",".join(settings.targets), n / 1e6)
     return n
 
 

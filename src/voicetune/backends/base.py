@@ -90,6 +90,9 @@ class Backend(abc.ABC):
     """One line naming the base folder's native layout, for help texts and errors."""
     loss_parts: ClassVar[dict[str, str]] = {}
     """The unweighted loss parts :meth:`loss` returns besides "loss", name -> short console label."""
+    loss_note: ClassVar[str] = ""
+    """How to read the loss parts (e.g. why a flat total does not mean nothing is learned), shown beside the
+    report's loss panel; default: nothing to add."""
     supports_cuda_graphs: ClassVar[bool] = False
     """Whether :meth:`graph_inputs` can return a batch's tensors, so that CUDA graphs may capture
     :meth:`loss`."""

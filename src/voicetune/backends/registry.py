@@ -39,6 +39,7 @@ _BUILTIN: dict[str, BackendEntry] = {
                          "voicetune.backends.xtts.options:XttsOptions"),
     "tortoise": BackendEntry("voicetune.backends.tortoise.backend:TortoiseBackend",
                              "voicetune.backends.tortoise.options:TortoiseOptions"),
+    "csm": BackendEntry("voicetune.backends.csm.backend:CsmBackend", "voicetune.backends.csm.options:CsmOptions"),
 }
 _REGISTRY: dict[str, BackendEntry | type] = dict(_BUILTIN)
 

@@ -48,6 +48,8 @@ class RunEvals:
     other_protocol: int = 0
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # software errors (every sentence failed to synthesize)
+    loss_parts: list[str] = field(default_factory=lambda: ["text_ce", "mel_ce"])  # run.json: the backend's parts
+    loss_note: str = ""  # run.json: how to read them (Backend.loss_note)
 
     @property
     def base_agg(self) -> dict[str, Any]:
@@ -88,6 +90,10 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
     out = RunEvals(run_dir, root, baseline, evals, train, best, in_loop,
                    {p.name for p in list_checkpoints(run_dir)}, other_protocol=len(every) - len(evals))
     out.errors = _errors(out)
+    training = (load_doc(run_dir / "run.json") or {}).get("training") or {}
+    if isinstance(training.get("loss_parts"), list):
+        out.loss_parts = [str(p) for p in training["loss_parts"]]
+    out.loss_note = str(training.get("loss_note") or "")
     out.warnings = _warnings(out)
     return out
 
@@ -203,9 +209,10 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_step: int | None = None) -> str | None:
-    """Base64 PNG of the training losses (total, text CE, mel CE) against the step; evaluations dotted,
-    the best one red."""
+def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_step: int | None = None,
+              parts: Sequence[str] = ("text_ce", "mel_ce")) -> str | None:
+    """Base64 PNG of the training losses (the total and the backend's ``parts``) against the step;
+    evaluations dotted, the best one red."""
     if not train:
         return None
     from matplotlib.figure import Figure
@@ -213,7 +220,7 @@ def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_
     fig = Figure(figsize=(7, 3.2))
     ax = fig.add_subplot(1, 1, 1)
     steps = [t["step"] for t in train]
-    for key in ("loss", "mel_ce", "text_ce"):
+    for key in ("loss", *parts):
         ys = [t.get(key) for t in train]
         if any(isinstance(y, (int, float)) for y in ys):
             ax.plot(steps, ys, label=key, linewidth=1.2)
@@ -414,13 +421,15 @@ def render_html(r: RunEvals) -> str:
                      f"{len(r.in_loop.get('evaluations', []))} in-loop evaluations "
                      f"({100 * (r.in_loop.get('overhead_fraction') or 0):.1f}% of the training wall time), "
                      f"{r.in_loop.get('baseline_seconds', 0):.1f} s for the baseline.</p>")
+    losses = loss_plot(r.train, [d["step"] for d in r.evals], r.best_step, r.loss_parts)
     plots = (("Metrics", metric_plot(r), "No evaluation after the baseline yet: nothing to plot."),
-             ("Training loss", loss_plot(r.train, [d["step"] for d in r.evals], r.best_step),
-              "No training step was logged: nothing to plot."))
+             ("Training loss", losses, "No training step was logged: nothing to plot."))
     for title, png, empty in plots:
         body = (f"<img alt='{title}' src='data:image/png;base64,{png}'>" if png
                 else f"<p class='small'>{empty}</p>")
         parts.append(f"<h2>{title}</h2>{body}")
+        if title == "Training loss" and png and r.loss_note:
+            parts.append(f"<p class='small'>{html.escape(r.loss_note)}</p>")
     audio = _audio_section(r)
     if audio:
         parts.append("<h2>Listen</h2>" + audio)

@@ -320,10 +320,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     report = _data_report(store, len(dataset.train), sampler, cfg, dist)
     if dist.is_main and ckpt is None:
         save_yaml(cfg, run_dir / "config.yaml")
-    if dist.is_main and ckpt is None:
-        RunInfo(cfg.backend, str(Path(base).resolve()), str(Path(dataset_dir).resolve()), cfg.seed,
-                software_versions(), training={**report, "model": model,
-                                               "loss_parts": list(type(backend).loss_parts)}).save(run_dir)
+    if dist.is_main and ckpt is None:  # a base that is no local path (a hub id) is recorded as given
+        base_ref = str(Path(base).resolve()) if Path(base).exists() else str(base)
+        RunInfo(cfg.backend, base_ref, str(Path(dataset_dir).resolve()), cfg.seed, software_versions(),
+                training={**report, "model": model, "loss_parts": list(type(backend).loss_parts),
+                          "loss_note": type(backend).loss_note}).save(run_dir)
     steps_per_epoch = sampler.steps_per_epoch()
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
