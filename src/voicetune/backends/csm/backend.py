@@ -310,6 +310,7 @@ class CsmBackend(Backend):
             return
         model = self._require()
         model.train(mode)
+        self._view.training = bool(mode)  # the view is a ModuleDict of its own: trainable().training reports it
         model.codec_model.eval().to("cpu" if mode else self.device)
         if self._text_on_cpu:
             model.embed_text_tokens.to("cpu" if mode else self.device)
