@@ -41,6 +41,7 @@ typical use:
   voicetune export run/ --out my_voice/
   voicetune synthesize my_voice/ --text "Hello there." --out hello.wav
   voicetune demo                                   # all of the above on generated recordings
+  voicetune ui --workspace my_workspace/           # the same in a web browser (http://127.0.0.1:7860)
 """
 
 
@@ -347,6 +348,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = doctor(base=Path(args.base) if args.base else None,
                     dataset=Path(args.dataset) if args.dataset else None, backend=args.backend,
                     stack=not args.skip_stack_check)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(report), "failed": report.failed}, indent=2, default=str))
+        return 1 if report.failed else 0
     print(report.text())
     failed = report.stack.failures if report.stack else []
     if failed and not args.verbose:
@@ -359,6 +363,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 f.write("\n\n".join(f"{c.component} ({c.what}):\n{c.traceback}" for c in failed))
         print(f"tracebacks of the failed components: {where} (or run `voicetune -v doctor`)")
     return 1 if report.failed else 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+
+    from voicetune.ui import launch
+
+    launch(args.workspace, host=args.host, port=args.port, auth=args.auth or os.environ.get("VOICETUNE_UI_AUTH"),
+           allow_remote=args.allow_remote, max_upload_mb=args.max_upload_mb)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -590,7 +604,28 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
                    help="backend whose layout --base should have (default: %(default)s)")
     s.add_argument("--dataset", help="prepared dataset folder: with --base, a short training dry run on the GPU "
                    "measures peak memory and recommends batch size, accumulation, precision and checkpointing")
+    s.add_argument("--json", action="store_true",
+                   help="print the checks and recommendations as JSON (for programs, e.g. the web UI)")
     s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("ui", help="a local web UI: dataset review, training with live curves, A/B listening, export",
+                       description="Start the web UI (Gradio) over a workspace folder: upload recordings and "
+                       "prepare them, review every clip, train with live curves (training runs in its own process "
+                       "and survives a closed browser), compare checkpoints by ear and export. It listens on "
+                       "127.0.0.1 only unless --allow-remote is given.")
+    s.add_argument("--workspace", default="voicetune_workspace",
+                   help="folder for recordings, datasets, base models, runs and exports; every path typed in the "
+                   "UI must lie inside it (default: %(default)s)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    s.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    s.add_argument("--auth", metavar="USER:PASS",
+                   help="require this user name and password (or set VOICETUNE_UI_AUTH=USER:PASS, which other "
+                   "users of the machine cannot read from the process list)")
+    s.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host other than the loopback interface (anyone who reaches it can use the UI)")
+    s.add_argument("--max-upload-mb", type=float, default=2048.0,
+                   help="refuse uploaded files larger than this (default: %(default)g MB)")
+    s.set_defaults(func=cmd_ui)
 
     s = sub.add_parser("demo", help="the whole pipeline on generated recordings (what `make demo` runs)",
                        description="Generate ~3 minutes of recordings of one speaker with the packaged Piper "

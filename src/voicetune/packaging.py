@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from voicetune.backends.registry import backend_class, detect_backend, get_backend
-from voicetune.data.manifest import Dataset
+from voicetune.data.manifest import Clip, Dataset
 from voicetune.run import (
     RunInfo,
     best_checkpoint,
@@ -66,8 +66,8 @@ def _why(run_dir: Path, ckpt: Path) -> str:
     return "chosen with --checkpoint"
 
 
-def _copy_references(dataset: Dataset, out: Path, count: int) -> list[str]:
-    """Copy the longest train clips, longest first, named by rank and duration."""
+def longest_train_clips(dataset: Dataset, count: int) -> list[tuple[float, Clip]]:
+    """(seconds, clip) of the ``count`` longest train clips, longest first: the reference clips of a model."""
     import soundfile as sf
 
     durations = []
@@ -75,9 +75,14 @@ def _copy_references(dataset: Dataset, out: Path, count: int) -> list[str]:
         info = sf.info(str(clip.audio_path))
         durations.append((info.frames / info.samplerate, clip))
     durations.sort(key=lambda t: -t[0])
+    return durations[:count]
+
+
+def _copy_references(dataset: Dataset, out: Path, count: int) -> list[str]:
+    """Copy the longest train clips, longest first, named by rank and duration."""
     (out / "reference").mkdir(parents=True, exist_ok=True)
     names = []
-    for rank, (dur, clip) in enumerate(durations[:count], 1):
+    for rank, (dur, clip) in enumerate(longest_train_clips(dataset, count), 1):
         name = f"reference/{rank:02d}_{dur:.1f}s.wav"
         shutil.copyfile(clip.audio_path, out / name)
         names.append(name)
