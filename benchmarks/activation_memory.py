@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit
 
 PARTS = ("conditioning_encoder", "conditioning_perceiver", "gpt", "text_head", "mel_head", "final_norm")
 
@@ -83,8 +83,8 @@ def main() -> int:
     import xtts_train_step as bench
 
     from voicetune.backends.base import get_backend
-    from voicetune.backends.registry import train_config
     from voicetune.backends.gpt_tts import layers as speed
+    from voicetune.backends.registry import train_config
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             res = (run_reference(base, clips, batches, device, args) if CONFIGS[cname] is None
                    else run_voicetune(CONFIGS[cname], base, clips, batches, device, args, work))
-        except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others' numbers
+        except Exception as e:  # one failing configuration must not lose the others' numbers
             logger.exception("%s failed", cname)
             res = {"error": f"{type(e).__name__}: {e}"}
         res["config_wall_s"] = time.perf_counter() - t

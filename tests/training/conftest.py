@@ -51,7 +51,7 @@ class _Lines(__import__("logging").Handler):
         self.lines: list[str] = []
         self.levels: list[int] = []
 
-    def emit(self, record) -> None:  # noqa: ANN001
+    def emit(self, record) -> None:
         self.lines.append(record.getMessage())
         self.levels.append(record.levelno)
 

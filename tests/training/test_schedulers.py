@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -27,7 +29,7 @@ def test_warmup_rises_linearly_to_the_peak_then_the_schedule_decays():
     lrs = _lrs(warmup_steps=4, scheduler="cosine", min_lr_ratio=0.1)
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
 
 
 @pytest.mark.parametrize("options, expected", [

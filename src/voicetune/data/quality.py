@@ -136,8 +136,8 @@ def clipping_ratio(audio: np.ndarray) -> float:
 
 
 def _frames(start: float, end: float, frame_seconds: float, n: int) -> tuple[int, int]:
-    i0 = max(0, int(math.floor(start / frame_seconds)))
-    i1 = min(n, int(math.ceil(end / frame_seconds)))
+    i0 = max(0, math.floor(start / frame_seconds))
+    i1 = min(n, math.ceil(end / frame_seconds))
     return i0, max(i0, i1)
 
 

@@ -69,7 +69,7 @@ class Recommendation:
             recomputed = f" ({p.recompute} recomputed)" if p.recompute != "none" else ""
             lines.append(
                 f"    micro-batch {p.batch_size:>3}{recomputed}: "
-                f"{'peak %.2f GiB + optimizer = %.2f GiB' % (p.peak_gib, p.total_gib) if p.fits else 'OOM'}"
+                f"{f'peak {p.peak_gib:.2f} GiB + optimizer = {p.total_gib:.2f} GiB' if p.fits else 'OOM'}"
                 f" ({p.seconds:.2f} s)"
             )
         if self.note:

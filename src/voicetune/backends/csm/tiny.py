@@ -160,7 +160,7 @@ def _speech(stats_audio: Sequence[Path]) -> list[np.ndarray]:
         for _ in range(4):
             phase = 2 * np.pi * np.cumsum(110 + 50 * np.sin(2 * np.pi * rng.uniform(0.3, 2) * t)) / SAMPLE_RATE
             voiced = sum(np.sin(k * phase) * rng.uniform(0.2, 1) / k for k in range(1, 12))
-            clips.append((0.3 * voiced / np.abs(voiced).max() + 0.02 * rng.standard_normal(t.size)))
+            clips.append(0.3 * voiced / np.abs(voiced).max() + 0.02 * rng.standard_normal(t.size))
     return [np.asarray(c, dtype=np.float32) for c in clips if len(c) >= SAMPLE_RATE // 4]
 
 

@@ -109,7 +109,7 @@ class XttsBackend(Backend):
         config = layout.load_config(files[layout.CONFIG])
         try:
             tokenizer = VoiceBpeTokenizer(vocab_file=str(files[layout.VOCAB]))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types for a bad vocab
+        except Exception as e:  # tokenizers raises its own exception types for a bad vocab
             raise BaseModelError(f"{files[layout.VOCAB]}: cannot read the tokenizer ({e})") from e
         if tokenizer.tokenizer.token_to_id("[START]") is None:
             raise BaseModelError(f"{files[layout.VOCAB]}: the vocabulary has no [START] token; not an XTTS vocab")
@@ -289,7 +289,7 @@ class XttsBackend(Backend):
             check_extends(model.tokenizer.tokenizer.to_str(), vocab_json)
             tok = VoiceBpeTokenizer()
             tok.tokenizer = Tokenizer.from_str(vocab_json)
-        except Exception as e:  # noqa: BLE001 - check_extends' ValueError, and tokenizers' own exception types
+        except Exception as e:  # check_extends' ValueError, and tokenizers' own exception types
             raise BaseModelError(f"the extended vocabulary does not fit the base {self.base_dir}: {e}") from e
         n = number_of_tokens(vocab_json)
         added = resize_text_tokens(model.gpt, n)

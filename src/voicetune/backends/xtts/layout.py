@@ -161,8 +161,7 @@ def normalize_model_state(state: dict[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key, value in state.items():
-        if key.startswith("xtts."):
-            key = key[len("xtts."):]
+        key = key.removeprefix("xtts.")
         if key.split(".")[0] in _TRAINER_ONLY_PREFIXES:
             continue
         if key.startswith(tuple("gpt." + p for p in INFERENCE_ONLY_GPT_PREFIXES)):
