@@ -93,7 +93,8 @@ def main() -> int:
         backend = get_backend("xtts")
         backend.load_base(base, torch.device("cpu"))
         store = backend.build_features(clips, Path(tmp) / "features")
-        # dropout 0: SDPA's CPU flash kernel has no dropout (it would fall back to math where the GPU's does not)
+        # dropout 0: SDPA's CPU flash kernel has no dropout (it would fall back to math where the GPU's does
+        # not)
         cfg = train_config(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0)
         backend.configure_model(cfg)
         backend.configure_training(cfg)

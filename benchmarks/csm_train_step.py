@@ -18,10 +18,10 @@ same synthetic clips (24 kHz, default 16 x 10 s, ~40 text tokens each) as a fixe
   finetuning, same settings), ``vt_lora_defaults`` (vt_lora with TrainConfig's generic defaults: fp32 adapter
   weights, so no FlatAdamW and no CUDA graphs).
 
-Reports samples/s, frames/s (Mimi frames, 12.5 per second of audio), peak allocated/reserved memory (steady and
-including warm-up, compile and capture), GPU busy fraction, and speed and memory ratios against ``plain``, with
-the goals (LoRA >= 3x samples/s at <= 40 % of the peak; full finetuning peak < 24 GB); writes JSON after every
-configuration. Usage (GPU box; no coqui-tts needed, but soundfile/soxr from the carried wheels):
+Reports samples/s, frames/s (Mimi frames, 12.5 per second of audio), peak allocated/reserved memory (steady
+and including warm-up, compile and capture), GPU busy fraction, and speed and memory ratios against ``plain``,
+with the goals (LoRA >= 3x samples/s at <= 40 % of the peak; full finetuning peak < 24 GB); writes JSON after
+every configuration. Usage (GPU box; no coqui-tts needed, but soundfile/soxr from the carried wheels):
 
     . benchmarks/gpu_setup.sh && python3 benchmarks/csm_train_step.py --out $OUT/csm.json   # ~5-8 min, H200
     python3 benchmarks/csm_train_step.py --tiny --device cpu --out /tmp/csm.json   # a minute on a CPU
@@ -90,7 +90,8 @@ TEXTS = [
 # ----------------------------------------------------------------------------------------- set-up
 def build_processor_and_config(tiny: bool) -> tuple[Any, Any]:
     """A CsmProcessor (local byte-level BPE with csm-1b's special tokens, CSM chat template, 24 kHz) and the
-    CsmConfig: full size (transformers' defaults = csm-1b) or the tiny test model; token ids from the tokenizer."""
+    CsmConfig: full size (transformers' defaults = csm-1b) or the tiny test model; token ids from the
+    tokenizer."""
     from transformers import CsmConfig, MimiConfig
 
     from voicetune.backends.csm import tiny as tiny_base

@@ -1,10 +1,10 @@
 """Data-parallel parity and speed-up: the same training run on 1 GPU and on 2 GPUs (torchrun via --gpus 2).
 
-Both runs see the same clips in every optimizer step (1 GPU: micro-batch B x accumulation 2; 2 GPUs: micro-batch
-B on each, accumulation 1; global batch 2B), so their per-step losses must agree up to the order of floating
-point sums. Dropout is off (--dropout 0): dropout masks are drawn per process and would differ by design.
-Writes JSON: both loss curves, the largest relative difference against the stated tolerance, step times,
-samples/s and the speed-up.
+Both runs see the same clips in every optimizer step (1 GPU: micro-batch B x accumulation 2; 2 GPUs:
+micro-batch B on each, accumulation 1; global batch 2B), so their per-step losses must agree up to the order
+of floating point sums. Dropout is off (--dropout 0): dropout masks are drawn per process and would differ by
+design. Writes JSON: both loss curves, the largest relative difference against the stated tolerance, step
+times, samples/s and the speed-up.
 
 The model is an untrained XTTS-v2 in the real layout (voicetune.backends.xtts.tiny): ``--size tiny`` (2 x 64,
 seconds) or ``--size mid`` (12 layers x 512, ~50 M GPT parameters: closer to real step times). The clips are
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and visible < 2:
         result["error"] = f"only {visible} CUDA GPU(s) visible: the 2-GPU run was skipped"
     else:
-        shutil.copytree(work / "one" / "features", work / "two" / "features")  # the cache is content-addressed
+        # the cache is content-addressed
+        shutil.copytree(work / "one" / "features", work / "two" / "features")
         two = run_training(dataset, base, work / "two", 2, args)
         diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(two["losses"], one["losses"])]
         result.update(two_gpus=two, max_relative_loss_difference=max(diffs),

@@ -1,8 +1,10 @@
-"""How long FlatAdamW's update takes for the full XTTS-v2 GPT (441 M bf16 weights), against the memory traffic.
+"""How long FlatAdamW's update takes for the full XTTS-v2 GPT (441 M bf16 weights), against the memory
+traffic.
 
 Times ``FlatAdamW.step`` (compiled: one kernel per buffer, stochastic rounding of weights and moments) and,
-for scale, ``torch.optim.AdamW(fused=True)`` on fp32 weights, plus variants of the update (one random draw per rounding, as before;
-no stochastic rounding at all) to see what the rounding costs. Writes JSON with the device, date and commit.
+for scale, ``torch.optim.AdamW(fused=True)`` on fp32 weights, plus variants of the update (one random draw per
+rounding, as before; no stochastic rounding at all) to see what the rounding costs. Writes JSON with the
+device, date and commit.
 
     python3 benchmarks/flat_adamw_step.py --out $OUT/flat_adamw.json        # on the GPU box
     python3 benchmarks/flat_adamw_step.py --numel 1000000 --device cpu --out /tmp/f.json   # CPU check

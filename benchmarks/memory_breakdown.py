@@ -34,7 +34,8 @@ GIB = 2**30
 
 def label(frames: list[dict[str, Any]]) -> str:
     """What allocated a block: the innermost voicetune or coqui-tts function on its Python stack, with
-    ``backward`` / ``compiled`` marks (the stack of a backward allocation ends at the ``.backward()`` call)."""
+    ``backward`` / ``compiled`` marks (the stack of a backward allocation ends at the ``.backward()``
+    call)."""
     names = [f.get("filename", "") for f in frames]
     owner = next((f for f in frames if "/voicetune/" in f.get("filename", "") or "/TTS/" in f.get("filename", "")),
                  None)
@@ -52,8 +53,8 @@ def label(frames: list[dict[str, Any]]) -> str:
 
 
 def live_at_peak(snapshot: dict[str, Any], device: int = 0) -> tuple[float, dict[str, float], int, list]:
-    """Replay the allocation trace: (peak GiB, GiB live at the peak by :func:`label`, trace events, the largest
-    blocks live at the peak with the innermost frames of their stacks)."""
+    """Replay the allocation trace: (peak GiB, GiB live at the peak by :func:`label`, trace events, the
+    largest blocks live at the peak with the innermost frames of their stacks)."""
     live: dict[int, tuple[int, str, list]] = {}
     total = peak = 0
     at_peak: dict[int, tuple[int, str, list]] = {}

@@ -1,19 +1,20 @@
-"""One Tortoise autoregressive training step at full size: DL-Art-School's way (the reference) against voicetune.
+"""One Tortoise autoregressive training step at full size: DL-Art-School's way (the reference) against
+voicetune.
 
 Builds the full-size UnifiedVoice of tortoise-v2 (30 layers x 1024, 16 heads, 256 text tokens, 8,194 audio
-tokens; random weights: speed and memory do not depend on their values) and DL-Art-School's DVAE (8,192 codes),
-and times, in one process, on the same synthetic 6-11 s clips as xtts_train_step.py (22.05 kHz) at the same
-batch size:
+tokens; random weights: speed and memory do not depend on their values) and DL-Art-School's DVAE (8,192
+codes), and times, in one process, on the same synthetic 6-11 s clips as xtts_train_step.py (22.05 kHz) at the
+same batch size:
 
-* ``reference``: how DL-Art-School (and so ai-voice-cloning) trains: every step turns the batch's waveforms into
-  normalised mels and DVAE codes and the 2 conditioning clips per item into mels (on the GPU), then coqui-tts's
-  ``UnifiedVoice.get_conditioning`` + ``forward``, loss 0.01 x text + 1 x mel, backward, gradient clipping at 4
-  and torch's AdamW (lr 1e-5, betas 0.9/0.96, weight decay 0.01), fp32 with TF32 off. Waveforms are padded to
-  the batch's longest clip (cheaper than padding to max_wav_length).
-* ``vt_*``: ``TortoiseBackend`` on features from ``build_features`` (codes and mels computed once), driven by the
-  training loop's own step (``voicetune.training.step.StepEngine.run``), one TrainConfig per row: the shared
-  GPT-TTS speed work of backends/gpt_tts (packed loss, bf16 weights and moments in FlatAdamW, compile, CUDA
-  graphs, MLP recomputation).
+* ``reference``: how DL-Art-School (and so ai-voice-cloning) trains: every step turns the batch's waveforms
+  into normalised mels and DVAE codes and the 2 conditioning clips per item into mels (on the GPU), then
+  coqui-tts's ``UnifiedVoice.get_conditioning`` + ``forward``, loss 0.01 x text + 1 x mel, backward, gradient
+  clipping at 4 and torch's AdamW (lr 1e-5, betas 0.9/0.96, weight decay 0.01), fp32 with TF32 off. Waveforms
+  are padded to the batch's longest clip (cheaper than padding to max_wav_length).
+* ``vt_*``: ``TortoiseBackend`` on features from ``build_features`` (codes and mels computed once), driven by
+  the training loop's own step (``voicetune.training.step.StepEngine.run``), one TrainConfig per row: the
+  shared GPT-TTS speed work of backends/gpt_tts (packed loss, bf16 weights and moments in FlatAdamW, compile,
+  CUDA graphs, MLP recomputation).
 
 Reports samples/s, peak allocated memory (steady and including warm-up, compile and capture), MFU, and the
 ratios to the reference; the goals (>= 5x samples/s at <= 0.5x peak memory including warm-up) are checked in
@@ -102,8 +103,8 @@ def make_clips(work: Path, n: int, seed: int) -> list[Any]:
 
 # ----------------------------------------------------------------------------------------- the reference
 def reference_batches(tokenizer: Any, clips: list[Any], batches: list[list[int]], seed: int) -> list[dict]:
-    """The batches DL-Art-School's paired_voice_audio dataset + collate give: 0-padded text, waveforms padded to
-    the longest, and 2 conditioning crops of 44,000 samples from other clips of the speaker (0-padded)."""
+    """The batches DL-Art-School's paired_voice_audio dataset + collate give: 0-padded text, waveforms padded
+    to the longest, and 2 conditioning crops of 44,000 samples from other clips of the speaker (0-padded)."""
     from voicetune.backends.gpt_tts.files import load_wav_tensor
 
     rng = random.Random(seed)
@@ -210,8 +211,8 @@ def run_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], batch
 
 # ----------------------------------------------------------------------------------------- FLOPs, report
 def step_flops(d: int, layers: int, positions: list[int], n_text: list[int], n_mel: list[int], cond: float) -> float:
-    """Model FLOPs of one step (3 x forward) over the positions UnifiedVoice.forward computes and counts in its
-    loss (per row: 1 conditioning + T+2 text + M+2 audio positions, the batch's padding included)."""
+    """Model FLOPs of one step (3 x forward) over the positions UnifiedVoice.forward computes and counts in
+    its loss (per row: 1 conditioning + T+2 text + M+2 audio positions, the batch's padding included)."""
     total = 3.0 * cond
     for n, t, m in zip(positions, n_text, n_mel):
         total += 6.0 * 12 * d * d * layers * n + 6.0 * layers * n * n * d + 6.0 * d * (TEXT_VOCAB * t + AUDIO_VOCAB * m)

@@ -8,8 +8,8 @@ process, on the same synthetic 6-11 s clips (22.05 kHz, ~40 text tokens) at the 
   ``GPTTrainer.get_optimizer``, fp32 with TF32 off, DVAE codes and conditioning mels recomputed every step,
   DVAE and HiFi-GAN on the GPU: how the Coqui recipe and AllTalk train.
 * ``vt_*``: ``XttsBackend`` on features from ``build_features`` (codes computed once), driven by
-  ``voicetune.training.loop._optimizer_step`` with the optimizer of ``voicetune.training.optim.build_optimizer``,
-  one TrainConfig per row.
+  ``voicetune.training.loop._optimizer_step`` with the optimizer of
+  ``voicetune.training.optim.build_optimizer``, one TrainConfig per row.
 
 Reports samples/s, audio-seconds/s, peak allocated/reserved memory (steady state and including warm-up),
 model FLOPs utilisation against the GPU's dense bf16 peak, compile/warm-up time, and speed and memory ratios
@@ -73,7 +73,8 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "vt_graphs_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
                               "optimizer_state_dtype": "bf16", "cuda_graphs": "on"},
     "vt_graphs_bf16w": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16", "cuda_graphs": "on"},
-    # + each layer's MLP recomputed in the backward pass (no random numbers inside: the graphs still capture it)
+    # + each layer's MLP recomputed in the backward pass (no random numbers inside: the graphs still capture
+    # it)
     "vt_graphs_mlp_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
                                   "optimizer_state_dtype": "bf16", "cuda_graphs": "on", "checkpoint_mlp": True},
     # one compiled layer (reused by all 30) inside the graph: as fast as the whole-loss compile there, and it
@@ -287,7 +288,8 @@ def conditioning_flops(backend: Any, store: Any, batches: list[list[int]], devic
     from voicetune.utils.device import autocast
 
     cond = backend.collate([store[i] for i in batches[0]])["cond_mels"][:1].to(device)
-    with FlopCounterMode(display=False) as counter, autocast(device, precision):  # (no no_grad: its tracker fails)
+    # (no no_grad: its tracker fails)
+    with FlopCounterMode(display=False) as counter, autocast(device, precision):
         conditioning(backend.model.gpt, cond)
     return float(counter.get_total_flops())
 

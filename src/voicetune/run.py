@@ -40,7 +40,8 @@ RUN_ENTRIES = ("run.json", "vocab.json", "config.yaml", "metrics.jsonl", "train.
                "checkpoints", "best.json", "eval", "report.html")
 _CHECKPOINT_NAME = re.compile(r"step_[0-9]{1,12}")
 
-TRAINABLE = "trainable.pt"  # in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)
+# in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)
+TRAINABLE = "trainable.pt"
 
 
 class RunError(ValueError):
@@ -54,7 +55,8 @@ class RunInfo:
     dataset: str
     seed: int = 1
     versions: dict[str, str] = field(default_factory=dict)
-    # How the run trains (voicetune.training): clips kept/dropped and why, padding, batch geometry, what trains.
+    # How the run trains (voicetune.training): clips kept/dropped and why, padding, batch geometry, what
+    # trains.
     training: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:

@@ -1,5 +1,5 @@
-"""`voicetune synthesize`: speak text with an exported package (or any native base folder), or with a checkpoint
-of a run folder (:func:`load_voice`; the web UI's "synthesize with any checkpoint")."""
+"""`voicetune synthesize`: speak text with an exported package (or any native base folder), or with a
+checkpoint of a run folder (:func:`load_voice`; the web UI's "synthesize with any checkpoint")."""
 
 from __future__ import annotations
 

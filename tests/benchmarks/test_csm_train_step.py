@@ -1,5 +1,5 @@
-"""benchmarks/csm_train_step.py runs end to end on the tiny model on a CPU (its numbers mean nothing there: the
-real run is on the GPU box, benchmarks/README.md)."""
+"""benchmarks/csm_train_step.py runs end to end on the tiny model on a CPU (its numbers mean nothing there:
+the real run is on the GPU box, benchmarks/README.md)."""
 
 from __future__ import annotations
 

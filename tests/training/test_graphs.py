@@ -53,7 +53,8 @@ def test_config_refuses_cuda_graphs_on_without_fixed_gradient_buffers():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["off", "model", "layers", "model+mlp"])  # compile scope (off: none) + recompute
+# compile scope (off: none) + recompute
+@pytest.mark.parametrize("variant", ["off", "model", "layers", "model+mlp"])
 def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_training, tmp_path, variant):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -10,7 +10,8 @@ import torch
 from voicetune.run import RunInfo, latest_checkpoint, list_checkpoints
 from voicetune.training.loop import TrainError, train
 
-NO_EVAL = {"eval_every": 0, "eval_every_epochs": 0}  # these tests are about the loop; tests/evaluate covers evaluation
+# these tests are about the loop; tests/evaluate covers evaluation
+NO_EVAL = {"eval_every": 0, "eval_every_epochs": 0}
 
 
 def test_loss_is_finite_and_decreases_on_a_repeated_batch(tiny_dataset, tiny_base, tmp_path):

@@ -77,7 +77,8 @@ def test_memory_line_and_progress_text_formats():
 
 def test_model_flops_follow_six_times_params_times_tokens_for_full_training():
     assert step_flops(params=100, trainable=100, tokens=10) == 6 * 100 * 10
-    assert step_flops(params=100, trainable=0, tokens=10) == 4 * 100 * 10  # frozen weights: no weight gradients
+    # frozen weights: no weight gradients
+    assert step_flops(params=100, trainable=0, tokens=10) == 4 * 100 * 10
     assert peak_flops(torch.device("cpu"), "fp32")[0] is None
 
 

@@ -105,7 +105,8 @@ def test_multistep_milestones_count_epochs_with_milestone_unit_epochs():
     cfg = TrainConfig(lr=1.0, scheduler="multistep", milestones=[1, 3], milestone_unit="epochs", lr_gamma=0.5)
     p = torch.nn.Parameter(torch.zeros(2))
     opt = build_optimizer([{"params": [p], "weight_decay": 0.0}], cfg, torch.device("cpu"))
-    sched = build_scheduler(opt, cfg, 10, steps_per_epoch=2)  # epoch 1 ends after step 2, epoch 3 after step 6
+    # epoch 1 ends after step 2, epoch 3 after step 6
+    sched = build_scheduler(opt, cfg, 10, steps_per_epoch=2)
     lrs = []
     for _ in range(8):
         lrs.append(opt.param_groups[0]["lr"])

@@ -289,7 +289,8 @@ def test_a_person_prepares_trains_listens_and_exports(browser, recordings, tiny_
             assert f"{top}/{required}" in names, required
         assert any(n.startswith(f"{top}/reference/01_") for n in names)
     best = (run_dir / "checkpoints" / "best").read_text().strip()
-    assert manifest["checkpoint"] == best and manifest["untrained_base"] is True  # default: the best checkpoint
+    # default: the best checkpoint
+    assert manifest["checkpoint"] == best and manifest["untrained_base"] is True
     assert _digest(recordings) == before, "the person's own files must never change"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["downloaded.zip", "workspace"]
     with open(dataset / "metadata_train.csv", newline="") as f:

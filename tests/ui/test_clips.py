@@ -1,5 +1,5 @@
-"""The review table's filter, sort and paging over thousands of clips, and its HTML (a player and an Edit button
-per row, every score shown)."""
+"""The review table's filter, sort and paging over thousands of clips, and its HTML (a player and an Edit
+button per row, every score shown)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The Evaluate tab's reading of a run's evaluations: the checkpoint table with deltas and the best marked, the
-sentences with the recording / base / checkpoint audio, and the verdict when the evaluation wrote one."""
+"""The Evaluate tab's reading of a run's evaluations: the checkpoint table with deltas and the best marked,
+the sentences with the recording / base / checkpoint audio, and the verdict when the evaluation wrote one."""
 
 from __future__ import annotations
 

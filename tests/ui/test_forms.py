@@ -1,5 +1,6 @@
-"""Forms generated from the config dataclasses: every option with a flag is a field with its documentation, and
-what the form sends becomes `voicetune train` flags that the real command line parses back to the same options."""
+"""Forms generated from the config dataclasses: every option with a flag is a field with its documentation,
+and what the form sends becomes `voicetune train` flags that the real command line parses back to the same
+options."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Training as the UI runs it: a child process in its own session, stopped with SIGINT like Ctrl+C, found again
-from the run folder alone; and a run's curves, status and log as the Train tab reads them."""
+"""Training as the UI runs it: a child process in its own session, stopped with SIGINT like Ctrl+C, found
+again from the run folder alone; and a run's curves, status and log as the Train tab reads them."""
 
 from __future__ import annotations
 
@@ -101,8 +101,10 @@ def test_a_runs_curves_come_from_metrics_jsonl(tmp_path):
 
 def test_the_status_says_what_the_folder_and_the_process_say(tmp_path):
     run_dir = _run_folder(tmp_path)
-    assert runview.status(runview.read_run(run_dir))[0] == "finished"  # trained with the CLI: no process record
-    assert not any(p.name == "process.json" for p in run_dir.rglob("*"))  # the UI's records stay out of the run
+    # trained with the CLI: no process record
+    assert runview.status(runview.read_run(run_dir))[0] == "finished"
+    # the UI's records stay out of the run
+    assert not any(p.name == "process.json" for p in run_dir.rglob("*"))
     for code, state in ((0, "finished"), (130, "stopped"), (143, "stopped"), (1, "failed")):
         atomic_write_json(process.state_dir(run_dir) / process.PROCESS_FILE, {"pid": 1, "exit_code": code})
         assert runview.status(runview.read_run(run_dir))[0] == state

@@ -1,5 +1,5 @@
-"""The UI's safety checks as plain functions: paths stay in the workspace, names cannot climb out of their folder,
-uploads have a size limit, and only the loopback interface is served without --allow-remote."""
+"""The UI's safety checks as plain functions: paths stay in the workspace, names cannot climb out of their
+folder, uploads have a size limit, and only the loopback interface is served without --allow-remote."""
 
 from __future__ import annotations
 

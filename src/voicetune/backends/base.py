@@ -208,8 +208,8 @@ class Backend(abc.ABC):
         """Render ``text`` in the voice of the reference clips, deterministically for a given seed."""
 
     def use_synthesis_preset(self, name: str) -> None:
-        """Render later syntheses with preset ``name`` (one of :attr:`synthesis_presets`). Default: the backend
-        has no presets, and naming one is a ValueError."""
+        """Render later syntheses with preset ``name`` (one of :attr:`synthesis_presets`). Default: the
+        backend has no presets, and naming one is a ValueError."""
         raise ValueError(f"the {self.name} backend has no synthesis presets (asked for {name!r})")
 
     def synthesize_batch(self, texts: Sequence[str], refs: Sequence[Path], language: str,

@@ -1,4 +1,5 @@
-"""`voicetune dataset import SRC --out DATASET_DIR`: an existing transcribed dataset in, the voicetune layout out.
+"""`voicetune dataset import SRC --out DATASET_DIR`: an existing transcribed dataset in, the voicetune layout
+out.
 
 Accepted layouts of SRC:
 

@@ -292,9 +292,9 @@ def plan_clips(
 
     ``speech``: unpadded speech spans in seconds; ``duration``: length of the audio; ``env``: frame
     envelope in which pauses are frames below ``pause_threshold``; ``word_splitter``: see
-    :func:`split_long` (used for long stretches of speech without any pause). Every clip lies within [0, duration]
-    and clips never overlap. A clip that cannot be brought within [min_seconds, max_seconds] (an isolated
-    short utterance with no room around it) carries a ``reason``.
+    :func:`split_long` (used for long stretches of speech without any pause). Every clip lies within [0,
+    duration] and clips never overlap. A clip that cannot be brought within [min_seconds, max_seconds] (an
+    isolated short utterance with no room around it) carries a ``reason``.
     """
     if not 0 < min_seconds < max_seconds:
         raise ValueError(f"need 0 < min_seconds ({min_seconds}) < max_seconds ({max_seconds})")

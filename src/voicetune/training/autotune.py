@@ -168,11 +168,10 @@ def cpu_recommendation(cfg: Any) -> Recommendation:
 
 def escalate(measure_at: Any, start: str, need: int,
              offered: tuple[str, ...] = RECOMPUTE_MODES) -> tuple[int, str, list[Probe]]:
-    """(largest micro-batch that fits, the recomputation it needs, every probe). ``measure_at(mode)`` gives the
-    probes of one mode; from ``start``, the next, more frugal mode among ``offered`` (the backend's) is
+    """(largest micro-batch that fits, the recomputation it needs, every probe). ``measure_at(mode)`` gives
+    the probes of one mode; from ``start``, the next, more frugal mode among ``offered`` (the backend's) is
     measured while fewer than ``need`` clips fit, and a mode is chosen only where it fits more clips than the
-    faster ones
-    before it."""
+    faster ones before it."""
     modes = [m for m in RECOMPUTE_MODES[RECOMPUTE_MODES.index(start):] if m in offered or m == start]
     best, chosen, probes = 0, start, []
     for mode in modes:

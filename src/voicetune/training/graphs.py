@@ -1,9 +1,9 @@
 """Forward + backward of a micro-batch captured in a CUDA graph, one graph per input shape, then replayed.
 
 A training step of the XTTS GPT is ~1,800 GPU kernels. Launching them from Python, even compiled and through
-torch.compile's own CUDA graphs (which re-check hundreds of saved tensors on every backward), left the GPU idle
-half of the step. Here the whole forward *and* backward of a micro-batch is one graph: a replay costs a copy of
-the inputs into static buffers and one launch.
+torch.compile's own CUDA graphs (which re-check hundreds of saved tensors on every backward), left the GPU
+idle half of the step. Here the whole forward *and* backward of a micro-batch is one graph: a replay costs a
+copy of the inputs into static buffers and one launch.
 
 What makes the capture valid:
 
@@ -14,8 +14,8 @@ What makes the capture valid:
   multiple, so there are a handful), all graphs drawing on one memory pool (they never run at the same time,
   and each replay's outputs are read before the next).
 * Warm-up before capture (compiling, autotuning, lazy initialisation) runs on the real batch at a point where
-  the gradients are zero (the first micro-batch of a step); they are zeroed again before the replay that counts.
-  A new shape met later in a step runs eagerly and is captured the next time it starts a step.
+  the gradients are zero (the first micro-batch of a step); they are zeroed again before the replay that
+  counts. A new shape met later in a step runs eagerly and is captured the next time it starts a step.
 * Random numbers (dropout) come from the CUDA generator's graph-safe philox offsets: new masks on each replay.
 """
 
@@ -41,7 +41,8 @@ class _Graph:
 
 
 class GraphedMicroBatches:
-    """``run(inputs, weight, grads_are_zero)``: forward + ``(loss * weight).backward()`` as a CUDA-graph replay.
+    """``run(inputs, weight, grads_are_zero)``: forward + ``(loss * weight).backward()`` as a CUDA-graph
+    replay.
 
     ``fn(inputs)`` computes the backend's loss parts (a dict with ``loss``) from the tensors that
     ``select(batch)`` picks out of a collated batch; it runs under the caller's autocast. ``zero_grad`` zeroes

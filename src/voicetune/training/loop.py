@@ -126,7 +126,8 @@ class TrainResult:
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     clips: int = 0
-    interrupted: str = ""  # the signal (SIGINT/SIGTERM) that stopped the run early; "" when it was not stopped
+    # the signal (SIGINT/SIGTERM) that stopped the run early; "" when it was not stopped
+    interrupted: str = ""
     resumed_from: int = 0
 
 

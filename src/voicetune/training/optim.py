@@ -152,9 +152,9 @@ class FlatAdamW(torch.optim.Optimizer):
                 "exp_avg_sq": torch.zeros(total, dtype=self.state_dtype, device=device)}
 
     def clip_gradients(self, max_norm: float) -> torch.Tensor:
-        """The gradients' total L2 norm (a device tensor; no synchronisation); the next :meth:`step` scales the
-        gradients by ``min(1, max_norm / norm)`` inside its update, as ``clip_grad_norm_`` would have, without a
-        separate pass over them. The gradient buffers themselves are left as they are."""
+        """The gradients' total L2 norm (a device tensor; no synchronisation); the next :meth:`step` scales
+        the gradients by ``min(1, max_norm / norm)`` inside its update, as ``clip_grad_norm_`` would have,
+        without a separate pass over them. The gradient buffers themselves are left as they are."""
         grads = [f["grad"] for f in self._flat]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
         self._grad_scale = (max_norm / (norm + 1e-6)).clamp(max=1.0) if math.isfinite(max_norm) else None

@@ -2,9 +2,9 @@
 
 A checkpoint holds everything the next step depends on: the trained weights (``trainable.pt``), the optimizer,
 the LR schedule, the fp16 GradScaler, every rank's RNG states (dropout), the position in the data stream
-(:class:`~voicetune.training.sampler.StepSampler`; the conditioning crops are keyed by (seed, epoch, clip)), and
-the micro-batch size after any out-of-memory shrink. Restored in that order, with the RNG last, a resumed run
-computes the same losses as one that never stopped (tested to 1e-6 on CPU).
+(:class:`~voicetune.training.sampler.StepSampler`; the conditioning crops are keyed by (seed, epoch, clip)),
+and the micro-batch size after any out-of-memory shrink. Restored in that order, with the RNG last, a resumed
+run computes the same losses as one that never stopped (tested to 1e-6 on CPU).
 
 Settings that shape the model, the optimizer or the data order cannot change on resume (the error names the
 option); the length of the run, checkpointing, logging and evaluation settings can.

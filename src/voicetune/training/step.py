@@ -95,7 +95,8 @@ class StepEngine:
                 counts["tokens"] += stats.get("tokens", 0.0)
                 oom.check_simulated(len(chunk))
                 weight = len(chunk) / len(share)
-                out = self._graphed(batch, weight, grads_are_zero=n == 0)  # each step starts with zero gradients
+                # each step starts with zero gradients
+                out = self._graphed(batch, weight, grads_are_zero=n == 0)
                 if out is None:
                     out = self._eager(batch, weight)
                 for k, v in out.items():

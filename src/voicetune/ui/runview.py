@@ -2,8 +2,9 @@
 
 Everything comes from files: ``config.yaml`` (the settings), ``run.json`` (clips used, batch geometry, loss
 parts), ``metrics.jsonl`` (one record per logged step, ``"kind": "eval"`` records per evaluation),
-``checkpoints/`` (``latest``, ``best``), ``RUNS/.ui/<run>/console.log`` (the process's console) and ``process.json``
-(:mod:`voicetune.ui.process`). A reloaded page, a second browser or a restarted UI therefore shows the same.
+``checkpoints/`` (``latest``, ``best``), ``RUNS/.ui/<run>/console.log`` (the process's console) and
+``process.json`` (:mod:`voicetune.ui.process`). A reloaded page, a second browser or a restarted UI therefore
+shows the same.
 """
 
 from __future__ import annotations

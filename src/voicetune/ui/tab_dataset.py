@@ -1,5 +1,5 @@
-"""The Dataset tab: recordings in (upload, or a folder of the workspace), ``prepare`` with live progress, then a
-review table of every clip with a player, transcript, scores and reasons; a transcript is edited and a clip
+"""The Dataset tab: recordings in (upload, or a folder of the workspace), ``prepare`` with live progress, then
+a review table of every clip with a player, transcript, scores and reasons; a transcript is edited and a clip
 quarantined or restored through :mod:`voicetune.data.curate`; the dataset report is shown inline."""
 
 from __future__ import annotations

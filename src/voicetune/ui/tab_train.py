@@ -1,7 +1,7 @@
 """The Train tab: a form generated from the config dataclasses (backend, base folder, the basic options, an
 advanced section per group and per backend), doctor's checks and recommended settings, start / stop (SIGINT,
-like Ctrl+C) / resume of ``voicetune train`` in its own process, and the run's live curves, memory, ETA and log,
-all read from the run folder every two seconds."""
+like Ctrl+C) / resume of ``voicetune train`` in its own process, and the run's live curves, memory, ETA and
+log, all read from the run folder every two seconds."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The CSM backend through voicetune's loop on a Spanish dataset: LoRA (only the adapters train, exact resume),
-export (a peft adapter and a merged folder transformers loads and generates from), synthesis, the codebook-
-embedding warning, out-of-memory back-off and finetuning a finetune."""
+"""The CSM backend through voicetune's loop on a Spanish dataset: LoRA (only the adapters train, exact
+resume), export (a peft adapter and a merged folder transformers loads and generates from), synthesis, the
+codebook- embedding warning, out-of-memory back-off and finetuning a finetune."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def test_a_base_with_two_different_codebook_embeddings_is_explained_and_its_expo
     shutil.copytree(csm_base, untied)
     weights = load_file(untied / "model.safetensors")
     depth = weights["depth_decoder.model.embed_tokens.weight"]
-    weights["backbone_model.embed_tokens.embed_audio_tokens.weight"] = depth + 0.01  # what an untying finetuner saves
+    # what an untying finetuner saves
+    weights["backbone_model.embed_tokens.embed_audio_tokens.weight"] = depth + 0.01
     save_file(weights, untied / "model.safetensors", metadata={"format": "pt"})
 
     tf_logger = logging.getLogger("transformers.modeling_utils")

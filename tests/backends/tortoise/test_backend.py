@@ -1,5 +1,5 @@
-"""The Tortoise backend: the ai-voice-cloning controls and their defaults, features computed once, what trains,
-checkpoints, the synthesis chain and its presets, and an export that coqui-tts's Tortoise loads."""
+"""The Tortoise backend: the ai-voice-cloning controls and their defaults, features computed once, what
+trains, checkpoints, the synthesis chain and its presets, and an export that coqui-tts's Tortoise loads."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_train_help_documents_the_wiki_controls(capsys):
 
 
 def test_param_groups_scale_the_text_and_mel_sides_by_their_lr_weights(tortoise_backend):
-    cfg = train_config(backend="tortoise", lr=1e-4)  # a new English voice: text x 0.01, mel x 1 (the rest's LR)
+    # a new English voice: text x 0.01, mel x 1 (the rest's LR)
+    cfg = train_config(backend="tortoise", lr=1e-4)
     groups = {g["name"]: g for g in tortoise_backend.param_groups(cfg)}
     assert set(groups) == {"decay", "no_decay", "text/decay", "text/no_decay"}
     assert groups["text/decay"]["lr"] == pytest.approx(1e-6) and "lr" not in groups["decay"]

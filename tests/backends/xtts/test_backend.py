@@ -85,7 +85,8 @@ def test_save_then_load_trained_round_trips_bit_exactly(xtts_backend, xtts_base,
     ours, theirs = xtts_backend.model.gpt.state_dict(), fresh.model.gpt.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert list(tmp_path.joinpath("ckpt").iterdir()) == [tmp_path / "ckpt" / "trainable.pt"]  # no temp files left
+    # no temp files left
+    assert list(tmp_path.joinpath("ckpt").iterdir()) == [tmp_path / "ckpt" / "trainable.pt"]
 
 
 def test_load_trained_rejects_a_state_of_another_model(xtts_backend, tmp_path):

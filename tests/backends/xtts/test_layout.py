@@ -132,7 +132,8 @@ def test_weights_of_another_architecture_are_rejected_naming_model_pth(xtts_base
 def test_dvae_hyperparameters_are_read_from_the_real_xtts_shapes():
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
-    dvae = DiscreteVAE(normalization=None, num_tokens=1024, **layout.DVAE_DEFAULTS)  # XTTS-v2's (52 M parameters)
+    # XTTS-v2's (52 M parameters)
+    dvae = DiscreteVAE(normalization=None, num_tokens=1024, **layout.DVAE_DEFAULTS)
     assert layout.infer_dvae_hparams(dvae.state_dict()) == {**layout.DVAE_DEFAULTS, "num_tokens": 1024}
 
 

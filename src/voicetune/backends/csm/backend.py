@@ -84,7 +84,8 @@ class CsmBackend(Backend):
         self._train_mode: bool | None = None
         self._dtype = torch.float32  # of the base's weights on disk (exports keep it)
         self._placed = False  # the model (codec aside) is on self.device
-        self._text_on_cpu = False  # a frozen text embedding stays on the CPU while training (collate looks up)
+        # a frozen text embedding stays on the CPU while training (collate looks up)
+        self._text_on_cpu = False
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
@@ -112,10 +113,10 @@ class CsmBackend(Backend):
 
     def adopt(self, model: Any, processor: Any, device: torch.device, base_ref: str = "",
               base_dir: Path | None = None, sidecar: dict[str, Any] | None = None) -> None:
-        """Take a loaded ``CsmForConditionalGeneration`` and its processor as the base (load_base's second half;
-        benchmarks hand in randomly initialised full-size models). The weights stay where they are (the CPU)
-        until they are needed on ``device``: training first casts what does not train to bf16, so that a GPU
-        never holds the float32 copy."""
+        """Take a loaded ``CsmForConditionalGeneration`` and its processor as the base (load_base's second
+        half; benchmarks hand in randomly initialised full-size models). The weights stay where they are (the
+        CPU) until they are needed on ``device``: training first casts what does not train to bf16, so that a
+        GPU never holds the float32 copy."""
         from voicetune.backends.csm.structure import trainable_view
 
         for p in model.parameters():
@@ -310,7 +311,8 @@ class CsmBackend(Backend):
             return
         model = self._require()
         model.train(mode)
-        self._view.training = bool(mode)  # the view is a ModuleDict of its own: trainable().training reports it
+        # the view is a ModuleDict of its own: trainable().training reports it
+        self._view.training = bool(mode)
         model.codec_model.eval().to("cpu" if mode else self.device)
         if self._text_on_cpu:
             model.embed_text_tokens.to("cpu" if mode else self.device)
@@ -343,8 +345,8 @@ class CsmBackend(Backend):
         return [Waveform(audio, self.sample_rate, meta) for audio, meta in results]
 
     def synthesize(self, text: str, refs: Sequence[Path], language: str, seed: int) -> Waveform:
-        """Render ``text`` (any language: CSM reads the text as it is) in the voice of ``refs`` given as context;
-        same seed, same audio; the global RNG is left untouched."""
+        """Render ``text`` (any language: CSM reads the text as it is) in the voice of ``refs`` given as
+        context; same seed, same audio; the global RNG is left untouched."""
         if not text.strip():
             raise ValueError("synthesize: the text is empty")
         return self._render([text], refs, seed)[0]
@@ -405,8 +407,8 @@ class CsmBackend(Backend):
         self.context_texts.update(meta.get("context_texts") or {})
 
     def export(self, out: Path) -> None:
-        """The merged model folder (from_pretrained loads it unchanged), the LoRA adapter (peft format) for a LoRA
-        run, and voicetune_csm.json (speaker id, reference transcripts)."""
+        """The merged model folder (from_pretrained loads it unchanged), the LoRA adapter (peft format) for a
+        LoRA run, and voicetune_csm.json (speaker id, reference transcripts)."""
         from voicetune.backends.csm.export import save_adapter, save_merged, write_sidecar
 
         model = self._require()

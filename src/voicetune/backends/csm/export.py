@@ -14,9 +14,9 @@ depth decoder's input embedding are one tensor (``tie_codebooks_embeddings``). A
 *different* copies (a finetune whose trainer untied them) makes transformers warn, on every load, that "both
 are present in the checkpoints with different values, so we will NOT tie them": the model then runs with the
 two copies as stored. voicetune keeps CSM's tie while training (full finetuning updates the one shared tensor;
-LoRA leaves it alone), so its exports store one copy and load without the warning. When the base itself has two
-different copies, voicetune says so once at load time, trains both as they are, and writes a config that says
-so (``tie_codebooks_embeddings: false``), so that the export loads without the warning too.
+LoRA leaves it alone), so its exports store one copy and load without the warning. When the base itself has
+two different copies, voicetune says so once at load time, trains both as they are, and writes a config that
+says so (``tie_codebooks_embeddings: false``), so that the export loads without the warning too.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def codebook_embeddings_tied(model: Any) -> bool:
 
 
 def explain_untied(model: Any, where: Path | str) -> None:
-    """After loading: when the config ties the codebook embeddings but the checkpoint held two different copies
-    (transformers' "will NOT tie them" warning), say what it means and make the config match the weights."""
+    """After loading: when the config ties the codebook embeddings but the checkpoint held two different
+    copies (transformers' "will NOT tie them" warning), say what it means and make the config match the
+    weights."""
     if codebook_embeddings_tied(model) or not getattr(model.config, "tie_codebooks_embeddings", False):
         return
     diff = (model.backbone_model.embed_tokens.embed_audio_tokens.weight.detach().float()

@@ -58,8 +58,8 @@ def encode_audio(codec: torch.nn.Module, audio: np.ndarray, num_codebooks: int) 
 
 @dataclass(frozen=True)
 class Prompt:
-    """Token ids of a segment around its audio: ``prefix`` (``<bos>[speaker]text<eos>``) and ``suffix`` (starting
-    with ``<audio_eos>``)."""
+    """Token ids of a segment around its audio: ``prefix`` (``<bos>[speaker]text<eos>``) and ``suffix``
+    (starting with ``<audio_eos>``)."""
 
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
@@ -115,8 +115,8 @@ def segment_tensors(seg: Segment, audio_id: int, target: bool) -> dict[str, torc
 
 
 class CsmFeatureStore(FeatureStore):
-    """Cached segments of a split. Item ``i`` is its clip, preceded by up to ``context_clips`` other clips of the
-    same speaker (chosen by (seed, epoch, i): resumable and the same on any number of processes)."""
+    """Cached segments of a split. Item ``i`` is its clip, preceded by up to ``context_clips`` other clips of
+    the same speaker (chosen by (seed, epoch, i): resumable and the same on any number of processes)."""
 
     def __init__(self, segments: list[Segment], audio_id: int, dropped: dict[str, int], seed: int = 0,
                  context_clips: int = 0, context_frames: int = 0, max_positions: int = 2048):
@@ -174,8 +174,8 @@ def collate(items: list[dict[str, torch.Tensor]], pad_id: int, pad_multiple: int
 
     Padding goes at the end of each row, so a plain causal mask serves every real position (no attention mask:
     the flash kernel). ``depth_idx`` holds flat positions (row * length + column) of
-    ``ceil(depth_fraction x target frames)`` target frames (rounded up to ``depth_multiple``; the excess, if the
-    batch has fewer frames, is marked invalid in ``depth_valid``), chosen at random from the items' keys.
+    ``ceil(depth_fraction x target frames)`` target frames (rounded up to ``depth_multiple``; the excess, if
+    the batch has fewer frames, is marked invalid in ``depth_valid``), chosen at random from the items' keys.
     """
     n = round_up(max(int(it["tokens"].numel()) for it in items), pad_multiple)
     b, k = len(items), int(items[0]["codes"].shape[1])

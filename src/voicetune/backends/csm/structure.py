@@ -1,10 +1,10 @@
-"""What trains in CSM: LoRA on the backbone and/or depth-decoder layers, or full finetuning minus frozen parts;
-optimizer groups; the checkpoint state that follows from them.
+"""What trains in CSM: LoRA on the backbone and/or depth-decoder layers, or full finetuning minus frozen
+parts; optimizer groups; the checkpoint state that follows from them.
 
-The Mimi codec never trains. A checkpoint (``trainable.pt``) holds the tensors that train (the adapters, or the
-unfrozen weights) and, under :data:`META_KEY`, what a loader needs to rebuild the same model on the base: the
-LoRA settings, the speaker id and the transcripts of the training clips (by content hash: synthesis prompts
-with those clips as context).
+The Mimi codec never trains. A checkpoint (``trainable.pt``) holds the tensors that train (the adapters, or
+the unfrozen weights) and, under :data:`META_KEY`, what a loader needs to rebuild the same model on the base:
+the LoRA settings, the speaker id and the transcripts of the training clips (by content hash: synthesis
+prompts with those clips as context).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """CSM synthesis: voice prompting with the reference clips as context, capped length, fixed seeds.
 
 CSM clones a voice from context: the prompt is a conversation whose earlier turns are the reference clips of
-the speaker (their transcript and their audio, under the speaker's id) and whose last turn is the text to speak,
-under the same id (``CsmProcessor``'s chat template). Without that context a finetuned voice drifts (users of
-the community finetuners report it), so every render here carries it. A reference clip needs its transcript:
-voicetune knows those of the clips it trained on (by content hash; an export carries them), reads
+the speaker (their transcript and their audio, under the speaker's id) and whose last turn is the text to
+speak, under the same id (``CsmProcessor``'s chat template). Without that context a finetuned voice drifts
+(users of the community finetuners report it), so every render here carries it. A reference clip needs its
+transcript: voicetune knows those of the clips it trained on (by content hash; an export carries them), reads
 ``CLIP.txt`` next to any other clip, and otherwise gives the clip with an empty transcript (a weaker prompt,
 logged).
 

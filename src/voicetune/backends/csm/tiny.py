@@ -14,7 +14,8 @@ What is small and what is real:
   codes of real speech use many entries of every codebook (tested).
 * Tokenizer: a byte-level BPE trained here with the ``tokenizers`` library on the dataset's transcripts (any
   language or script: unknown characters fall back to bytes), with csm-1b's special tokens
-  ``<|begin_of_text|>``, ``<|end_of_text|>``, ``<|AUDIO|>``, ``<|audio_eos|>``, and a chat template written here.
+  ``<|begin_of_text|>``, ``<|end_of_text|>``, ``<|AUDIO|>``, ``<|audio_eos|>``, and a chat template written
+  here.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def _espeak(text: str, voice: str) -> np.ndarray | None:
 
 def _speech(stats_audio: Sequence[Path]) -> list[np.ndarray]:
     """24 kHz mono speech for fitting the codebooks: the given clips, else espeak-ng speech in four languages.
-    Without either, voiced synthetic sounds (a warning says so): the codebooks still spread, less like speech."""
+    Without either, voiced synthetic sounds (a warning says so): the codebooks still spread, less like
+    speech."""
     from voicetune.audio.io import load_audio
 
     clips = [load_audio(p, sr=SAMPLE_RATE)[0] for p in list(stats_audio)[:MAX_AUDIO_CLIPS]]
@@ -208,9 +210,9 @@ def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iterations: int = KME
 
 @torch.no_grad()
 def fit_codebooks(codec: Any, audios: Sequence[np.ndarray], seed: int = 0) -> dict[str, int]:
-    """Fit every codebook of Mimi's split residual quantizer to speech: k-means on the encoder latents (projected
-    by each quantizer's input projection), then on what each level leaves. Returns the number of distinct codes
-    the fitted codebooks give these clips, per quantizer level."""
+    """Fit every codebook of Mimi's split residual quantizer to speech: k-means on the encoder latents
+    (projected by each quantizer's input projection), then on what each level leaves. Returns the number of
+    distinct codes the fitted codebooks give these clips, per quantizer level."""
     gen = torch.Generator().manual_seed(seed)
     latents = encoder_latents(codec, audios, SHIFTS)
     distinct: dict[str, int] = {}
@@ -234,11 +236,13 @@ def fit_codebooks(codec: Any, audios: Sequence[np.ndarray], seed: int = 0) -> di
 
 def make_tiny_csm_base(out: Path | str, corpus_texts: Sequence[str] | None = None,
                        stats_audio: Sequence[Path] | None = None, seed: int = 0) -> Path:
-    """Write an untrained tiny CSM base into the folder ``out`` (created if needed; other files are left alone).
+    """Write an untrained tiny CSM base into the folder ``out`` (created if needed; other files are left
+    alone).
 
-    ``corpus_texts`` train the tokenizer (default: a few sentences in four languages); ``stats_audio`` (24 kHz or
-    any rate) fit the Mimi codebooks (default: espeak-ng speech). Whether ``out`` may be written is decided by
-    the caller, :func:`voicetune.backends.tiny.make_tiny_base` (which builds it beside ``out`` and moves it in).
+    ``corpus_texts`` train the tokenizer (default: a few sentences in four languages); ``stats_audio`` (24 kHz
+    or any rate) fit the Mimi codebooks (default: espeak-ng speech). Whether ``out`` may be written is decided
+    by the caller, :func:`voicetune.backends.tiny.make_tiny_base` (which builds it beside ``out`` and moves it
+    in).
     """
     from transformers import CsmForConditionalGeneration
 

@@ -153,8 +153,8 @@ def infer_dvae_hparams(state: dict[str, Any], source: Path | str = "dvae.pth") -
 def load_dvae(path: Path, expected_tokens: int | None = None, *, expected_what: str = "the GPT expects",
               gpt_file: str = "the GPT's weights", state: Any = None) -> Any:
     """Build the DiscreteVAE of dvae.pth (in eval mode, on CPU, frozen). ``expected_tokens``: the number of
-    codes the GPT reads (``expected_what`` says where that number comes from, ``gpt_file`` which file holds the
-    GPT, for the error). ``state``: the file's loaded content (read here when None)."""
+    codes the GPT reads (``expected_what`` says where that number comes from, ``gpt_file`` which file holds
+    the GPT, for the error). ``state``: the file's loaded content (read here when None)."""
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
     state = unwrap_model(torch_load(path, "the DVAE") if state is None else state)

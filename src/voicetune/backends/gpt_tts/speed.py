@@ -21,10 +21,10 @@ The packing itself happens on the CPU when the batch is collated (lengths are kn
 has no host-device synchronisation before the loss.
 
 When the optimizer keeps the trainable weights in flat buffers (``FlatAdamW``, bf16 weights), the loss takes
-those buffers as its inputs and splits the weights out of them inside the graph (``torch.func.functional_call``
-over :class:`FlatLayout`): backward then yields one gradient per buffer, added into the optimizer's gradient
-buffer in one kernel, instead of ~450 per-parameter accumulations, and a compiled graph has a few weight
-inputs instead of hundreds. Both were host time that left the GPU idle.
+those buffers as its inputs and splits the weights out of them inside the graph
+(``torch.func.functional_call`` over :class:`FlatLayout`): backward then yields one gradient per buffer, added
+into the optimizer's gradient buffer in one kernel, instead of ~450 per-parameter accumulations, and a
+compiled graph has a few weight inputs instead of hundreds. Both were host time that left the GPU idle.
 
 What a backend supplies is a :class:`GptFamily`: its conditioning, its packing and its loss head.
 (Moved from ``backends/xtts/speed.py``; the XTTS pieces stay there.)
@@ -55,9 +55,9 @@ class GptFamily:
 
     ``conditioning(gpt, cond_mels)``: the conditioning tokens ``[B, C, D]`` that start every row.
     ``head_loss(gpt, h, text_targets, mel_targets)``: (text CE, mel CE) of the last hidden states.
-    ``constants(gpt)``: what ``pack`` needs of the GPT (token ids, limits); raises ValueError naming the option
-    to change when this GPT cannot use the packed loss. ``pack(batch, constants, pad_multiple)``: the collated
-    batch plus :data:`PACKED_KEYS`.
+    ``constants(gpt)``: what ``pack`` needs of the GPT (token ids, limits); raises ValueError naming the
+    option to change when this GPT cannot use the packed loss. ``pack(batch, constants, pad_multiple)``: the
+    collated batch plus :data:`PACKED_KEYS`.
     """
 
     name: str  # "XTTS", "Tortoise": in logs and errors
@@ -276,7 +276,8 @@ class GptTrainingSpeed:
             return None
         fn = flat_loss_fn(self._flat)
         if self.settings.compile:
-            if self._compile_mode == "reduce-overhead":  # fixed addresses: CUDA graphs need not copy the weights
+            # fixed addresses: CUDA graphs need not copy the weights
+            if self._compile_mode == "reduce-overhead":
                 for buffer in self._flat.flats:
                     torch._dynamo.mark_static_address(buffer)
             fn = torch.compile(fn, mode=self._compile_mode, dynamic=False)
@@ -306,8 +307,8 @@ class GptTrainingSpeed:
     def inference_context(self, device: torch.device,
                           decoder: torch.nn.Module | Sequence[torch.nn.Module] | None = None) -> Iterator[None]:
         """bf16 weights: synthesis runs under bf16 autocast, except ``decoder`` (frozen fp32 decoders: XTTS's
-        HiFi-GAN; Tortoise's diffusion decoder and vocoder), whose forward gets float32 inputs and no autocast,
-        so that the waveform is float32 as with fp32 weights."""
+        HiFi-GAN; Tortoise's diffusion decoder and vocoder), whose forward gets float32 inputs and no
+        autocast, so that the waveform is float32 as with fp32 weights."""
         if self.settings.param_dtype == torch.float32:
             yield
             return
@@ -340,8 +341,8 @@ class GptTrainingSpeed:
 def configure_training(family: GptFamily, gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False,
                        opts: Any = None) -> GptTrainingSpeed:
     """Resolve ``cfg``'s speed options (``opts``: the backend's options, default ``cfg.backend_options``) for
-    ``device`` and apply them to ``gpt`` of ``family`` (before the optimizer is built); ``cuda_graphs``: whether
-    the training loop will capture micro-batches in CUDA graphs."""
+    ``device`` and apply them to ``gpt`` of ``family`` (before the optimizer is built); ``cuda_graphs``:
+    whether the training loop will capture micro-batches in CUDA graphs."""
     return GptTrainingSpeed(gpt, SpeedSettings.resolve(cfg, device, cuda_graphs, opts), family)
 
 

@@ -55,7 +55,8 @@ class TortoiseBackend(Backend):
     def make_tiny_base(cls, out: Path, *, corpus_texts: Sequence[str] = (), stats_audio: Sequence[Path] = (),
                        seed: int = 0) -> Path:
         """A tiny random tortoise-v2 folder (backends/tortoise/tiny.py); its mel_norms.pth comes from
-        ``stats_audio``. ``corpus_texts`` is not needed: Tortoise's tokenizer is fixed (coqui-tts ships it)."""
+        ``stats_audio``. ``corpus_texts`` is not needed: Tortoise's tokenizer is fixed (coqui-tts ships
+        it)."""
         from voicetune.backends.tortoise.tiny import make_tiny_tortoise_base
 
         return make_tiny_tortoise_base(Path(out), stats_audio=list(stats_audio) or None, seed=seed)
@@ -99,8 +100,8 @@ class TortoiseBackend(Backend):
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
-        """Validate the tortoise-v2 folder (naming any missing/unreadable file and where users get it) and load
-        it: every file with weights_only, the autoregressive model onto ``device``."""
+        """Validate the tortoise-v2 folder (naming any missing/unreadable file and where users get it) and
+        load it: every file with weights_only, the autoregressive model onto ``device``."""
         from TTS.tts.models.tortoise import Tortoise
 
         from voicetune.backends.gpt_tts.files import load_dvae, load_mel_norms, torch_load
@@ -120,7 +121,8 @@ class TortoiseBackend(Backend):
                          "the vocoder")
         self._dvae = load_dvae(files[layout.DVAE], model.autoregressive.number_mel_codes - 2,
                                expected_what="autoregressive.pth reads", gpt_file="autoregressive.pth")
-        model.mel_norm_path = files[layout.MEL_NORMS]  # conditioning mels: this file, never coqui's URL default
+        # conditioning mels: this file, never coqui's URL default
+        model.mel_norm_path = files[layout.MEL_NORMS]
         for p in model.parameters():
             p.requires_grad_(False)
         for p in model.autoregressive.parameters():
@@ -178,7 +180,8 @@ class TortoiseBackend(Backend):
         if self._extractor is None:
             gpt = self.gpt
             settings = FeatureSettings(
-                # the mel position table holds max_mel_tokens + 2 + conditioning inputs; codes = samples // 1024
+                # the mel position table holds max_mel_tokens + 2 + conditioning inputs; codes = samples //
+                # 1024
                 max_wav_length=min(MAX_WAV_LENGTH, int(gpt.max_mel_tokens) * int(gpt.mel_length_compression)),
                 max_text_length=min(MAX_TEXT_LENGTH, int(gpt.max_text_tokens)),
                 code_stride=int(gpt.mel_length_compression),
@@ -275,8 +278,8 @@ class TortoiseBackend(Backend):
         return self.gpt
 
     def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
-        """Groups by learning-rate side (text x --text-lr-weight, mel x --mel-lr-weight, the rest x 1) x weight
-        decay (on the weight matrices of Linear/Conv layers only)."""
+        """Groups by learning-rate side (text x --text-lr-weight, mel x --mel-lr-weight, the rest x 1) x
+        weight decay (on the weight matrices of Linear/Conv layers only)."""
         from voicetune.backends.gpt_tts.structure import param_groups
         from voicetune.backends.tortoise.parts import PARTS, SIDES
 
@@ -285,7 +288,8 @@ class TortoiseBackend(Backend):
 
     def loss(self, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
         """Text and audio-code cross-entropies of ``UnifiedVoice.forward`` (conditioning latent from
-        ``get_conditioning`` of the batch's conditioning mels), weighted by --text-ce-weight / --mel-ce-weight."""
+        ``get_conditioning`` of the batch's conditioning mels), weighted by --text-ce-weight /
+        --mel-ce-weight."""
         parts = self._speed.loss(batch) if self._speed is not None else None
         if parts is None:
             gpt = self.gpt
@@ -306,7 +310,8 @@ class TortoiseBackend(Backend):
         if mode:
             if not self._train_mode:
                 self._cond_cache.clear()  # the conditioning encoder is about to change
-                # post_init_gpt2_config adds aliases (inference_model, gpt.wte) that must not reach saved states
+                # post_init_gpt2_config adds aliases (inference_model, gpt.wte) that must not reach saved
+                # states
                 if "inference_model" in gpt._modules:
                     del gpt.inference_model
                 if "wte" in gpt.gpt._modules:
@@ -352,7 +357,8 @@ class TortoiseBackend(Backend):
     def synthesize(self, text: str, refs: Sequence[Path], language: str, seed: int) -> Waveform:
         """Render ``text`` in the voice of ``refs`` through coqui-tts's Tortoise chain with the current preset
         (same seed, same audio; the global RNGs are left untouched). ``meta``: ``hit_max_length`` (a piece ran
-        to the code cap: usually babble), ``num_tokens`` (codes rendered), ``max_audio_tokens``, ``preset``."""
+        to the code cap: usually babble), ``num_tokens`` (codes rendered), ``max_audio_tokens``,
+        ``preset``."""
         from voicetune.backends.tortoise.synthesis import OUTPUT_RATE, render, seeded, split_text
 
         model = self._require()
@@ -421,9 +427,9 @@ class TortoiseBackend(Backend):
                                  f"unexpected {unexpected[:5]})")
 
     def export(self, out: Path) -> None:
-        """Write the tortoise-v2 layout with the finetuned autoregressive.pth (a plain UnifiedVoice state dict,
-        LoRA folded in, as coqui-tts's ``Tortoise.load_checkpoint`` and tortoise-tts load it); the other files
-        are copied from the base (config.json when it has one)."""
+        """Write the tortoise-v2 layout with the finetuned autoregressive.pth (a plain UnifiedVoice state
+        dict, LoRA folded in, as coqui-tts's ``Tortoise.load_checkpoint`` and tortoise-tts load it); the other
+        files are copied from the base (config.json when it has one)."""
         from voicetune.backends.adapters import merged_state_dict
 
         self._require()

@@ -3,8 +3,8 @@
 DL-Art-School recomputes these at every step (its ``torch_mel_spectrogram`` and ``discrete_token`` injectors);
 here they are computed once per clip:
 
-* ``text_tokens``: tortoise's ``VoiceBpeTokenizer.encode(text)`` (English cleaners; the tokenizer coqui-tts and
-  tortoise-tts ship).
+* ``text_tokens``: tortoise's ``VoiceBpeTokenizer.encode(text)`` (English cleaners; the tokenizer coqui-tts
+  and tortoise-tts ship).
 * ``mel``: the clip's log-mel (``TorchMelSpectrogram`` at 22.05 kHz, hop 256) divided by the base's
   mel_norms.pth, the input of both the DVAE and the conditioning encoder.
 * ``audio_codes``: ``dvae.get_codebook_indices(mel)`` (one code per 1024 samples). DL-Art-School codes the

@@ -1,4 +1,5 @@
-"""The Tortoise base-model folder (the tortoise-v2 layout): which files it holds, how to validate and read them.
+"""The Tortoise base-model folder (the tortoise-v2 layout): which files it holds, how to validate and read
+them.
 
 The inference files are those tortoise-tts and coqui-tts load (``Tortoise.load_checkpoint(config,
 checkpoint_dir=...)``); training the autoregressive model also needs DL-Art-School's discrete VAE::

@@ -2,9 +2,10 @@
 
 The training controls that mrq's ai-voice-cloning wiki documents for finetuning Tortoise's autoregressive
 model with DL-Art-School, with the same defaults: the text and mel loss weights, the text and mel
-learning-rate weights, and, as backend defaults of the generic options (:meth:`TortoiseOptions.generic_defaults`),
-the learning rate, MultiStepLR by epochs, AdamW's betas and weight decay and the gradient clip. The fields
-shared with XTTS (freeze, LoRA targets, dropout, the speed options of the packed loss) come from
+learning-rate weights, and, as backend defaults of the generic options
+(:meth:`TortoiseOptions.generic_defaults`), the learning rate, MultiStepLR by epochs, AdamW's betas and weight
+decay and the gradient clip. The fields shared with XTTS (freeze, LoRA targets, dropout, the speed options of
+the packed loss) come from
 :mod:`voicetune.backends.gpt_tts.options`.
 """
 

@@ -89,7 +89,8 @@ class XttsBackend(Backend):
         self._train_mode = True
         self._mode_applied: bool | None = None  # the mode set_train last applied (None: apply it again)
         self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
-        # What trains (configure_model): an extended vocabulary (vocab.json text), LoRA adapters, length limits.
+        # What trains (configure_model): an extended vocabulary (vocab.json text), LoRA adapters, length
+        # limits.
         self._vocab_json: str | None = None
         self._lora: Any = None  # lora.LoraSettings
         self._limits: dict[str, float] = {}
@@ -204,8 +205,8 @@ class XttsBackend(Backend):
 
     @contextlib.contextmanager
     def _dvae_on_device(self) -> Iterator[None]:
-        """The DVAE only turns audio into codes: it is on the model's device while features are computed and on
-        the CPU the rest of the time, so that training does not hold its 200 MB (XTTS-v2) on the GPU."""
+        """The DVAE only turns audio into codes: it is on the model's device while features are computed and
+        on the CPU the rest of the time, so that training does not hold its 200 MB (XTTS-v2) on the GPU."""
         self._dvae.to(self.device)
         try:
             yield
@@ -237,10 +238,12 @@ class XttsBackend(Backend):
         self._speed = configure_training(self._require().gpt, cfg, self.device, cuda_graphs)
         self._mode_applied = None  # attention modules replaced, weights cast: switch modes afresh
 
-    # ---------------------------------------------------------------- what trains (backends/xtts/structure.py)
+    # ---------------------------------------------------------------- what trains
+    # (backends/xtts/structure.py)
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
                         texts: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-        """Shape the model for training, before features and the optimizer: vocabulary, dropout, LoRA, freezing.
+        """Shape the model for training, before features and the optimizer: vocabulary, dropout, LoRA,
+        freezing.
 
         The vocabulary: ``run_dir/vocab.json`` when the run already has one (a resumed run), else with
         ``cfg.extend_vocab`` it is extended for ``texts`` ((transcript, language) pairs) and written there.
@@ -320,8 +323,8 @@ class XttsBackend(Backend):
 
     def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
         """Optimizer groups of the parameters that train: by learning-rate side (text, audio, conditioning,
-        the rest; --lr-*-mult) x weight decay (on the weight matrices of Linear/Conv layers only: biases, norms,
-        embeddings and the perceiver's latent queries are not decayed, as in Coqui's recipe)."""
+        the rest; --lr-*-mult) x weight decay (on the weight matrices of Linear/Conv layers only: biases,
+        norms, embeddings and the perceiver's latent queries are not decayed, as in Coqui's recipe)."""
         from voicetune.backends.xtts.structure import param_groups
 
         return param_groups(self.trainable(), cfg)
@@ -346,8 +349,8 @@ class XttsBackend(Backend):
 
     def set_train(self, mode: bool) -> None:
         """True: GPT in training mode, without the inference-only modules, and the HiFi-GAN decoder (with its
-        speaker encoder) parked on the CPU: training never runs it, and on the GPU it would hold 0.1 GB (XTTS-v2)
-        through every step. False: GPT ready to generate, decoder on the model's device.
+        speaker encoder) parked on the CPU: training never runs it, and on the GPU it would hold 0.1 GB
+        (XTTS-v2) through every step. False: GPT ready to generate, decoder on the model's device.
 
         Switching walks every module and moves the decoder (~12 ms for XTTS-v2); asking for the mode the
         model is already in costs nothing (what changes the model's modules, e.g. LoRA or a new vocabulary,

@@ -171,7 +171,8 @@ class XttsFeatureStore(FeatureStore):
         self.computed = 0
         self.reused = 0
         # Loaded items stay in RAM (a clip's features are ~0.2 MB: codes, tokens and its conditioning mel), so
-        # after the first epoch a step reads no file (the GPU benchmark measured 4 torch.load calls at 4.3 ms).
+        # after the first epoch a step reads no file (the GPU benchmark measured 4 torch.load calls at 4.3
+        # ms).
         self._memory: dict[int, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -189,7 +190,8 @@ class XttsFeatureStore(FeatureStore):
 
     def forget(self, indices: list[int]) -> None:
         """The next read of these items draws the crop of a first read in this epoch (the training loop reads
-        each clip once per epoch, so its crops depend only on (seed, epoch, clip), also when a step is redone)."""
+        each clip once per epoch, so its crops depend only on (seed, epoch, clip), also when a step is
+        redone)."""
         for i in indices:
             self._reads[i] = 0
 

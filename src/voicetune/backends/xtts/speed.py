@@ -143,8 +143,8 @@ def packed_loss(gpt: Any, batch: dict[str, torch.Tensor], sdpa: bool = True, che
 
 
 def configure_training(gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> GptTrainingSpeed:
-    """Resolve ``cfg``'s speed options for ``device`` and apply them to the XTTS ``gpt`` (before the optimizer is
-    built); ``cuda_graphs``: whether the training loop will capture micro-batches in CUDA graphs."""
+    """Resolve ``cfg``'s speed options for ``device`` and apply them to the XTTS ``gpt`` (before the optimizer
+    is built); ``cuda_graphs``: whether the training loop will capture micro-batches in CUDA graphs."""
     from voicetune.backends.xtts.options import XttsOptions
 
     return _configure(FAMILY, gpt, cfg, device, cuda_graphs, XttsOptions.of(cfg))

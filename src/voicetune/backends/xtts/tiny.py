@@ -125,7 +125,8 @@ def make_tiny_xtts_base(
     ``corpus_texts`` trains the BPE vocabulary (a built-in English list when None); ``stats_audio``
     (paths) gives the mel statistics (seeded noise when None). ``gpt`` overrides :data:`TINY_GPT` entries
     (e.g. a mid-size GPT for benchmarks; ``decoder_input_dim`` must equal ``gpt_n_model_channels``).
-    Same arguments, same weights. Returns ``out``. Every file is written atomically; other files in ``out`` are left alone.
+    Same arguments, same weights. Returns ``out``. Every file is written atomically; other files in ``out``
+    are left alone.
     """
     import torch
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
