@@ -46,7 +46,12 @@ def saved_bytes_by_part(backend: Any, batch: dict[str, torch.Tensor], cfg: Any) 
     handles = []
     tracked = [(name, getattr(gpt, name, None)) for name in PARTS]
     # the packed loss runs the transformer blocks piece by piece (voicetune.backends.gpt_tts.layers._block)
-    tracked += [("transformer layers: norms, projections, MLP", m) for block in gpt.gpt.h for m in block.modules() if m is not block]
+    tracked += [
+        ("transformer layers: norms, projections, MLP", m)
+        for block in gpt.gpt.h
+        for m in block.modules()
+        if m is not block
+    ]
     for name, module in tracked:
         if module is not None:
             handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave)]
@@ -60,7 +65,10 @@ def saved_bytes_by_part(backend: Any, batch: dict[str, torch.Tensor], cfg: Any) 
 
     weights = {p.untyped_storage().data_ptr() for p in gpt.parameters()}
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        with (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.autocast("cpu", dtype=torch.bfloat16),
+        ):
             backend.loss(batch, cfg)
     finally:
         for h in handles:
@@ -105,7 +113,9 @@ def main() -> int:
             speed.set_attention(backend.model.gpt, attention)
             results[f"attention={attention}"] = saved_bytes_by_part(backend, batch, cfg)
         speed.set_attention(backend.model.gpt, "sdpa")
-        mlp_cfg = train_config(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, checkpoint_mlp=True)
+        mlp_cfg = train_config(
+            precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, checkpoint_mlp=True
+        )
         backend.configure_training(mlp_cfg)
         results["attention=sdpa, checkpoint_mlp"] = saved_bytes_by_part(backend, batch, mlp_cfg)
     commit = git_commit()

@@ -68,11 +68,43 @@ def synthetic_dataset(root: Path, clips: int, seed: int = 0) -> Path:
 
 def run_training(dataset: Path, base: Path, out: Path, gpus: int, args: argparse.Namespace) -> dict[str, Any]:
     """One `voicetune train` run; returns its losses and speed (from metrics.jsonl)."""
-    cmd = [sys.executable, "-m", "voicetune.cli", "train", str(dataset), "--base", str(base), "--out", str(out),
-           "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--grad-accum", str(2 // gpus), "--dropout", "0", "--seed", "1", "--lr", str(args.lr),
-           "--precision", args.precision, "--compile", args.compile, "--device", args.device,
-           "--eval-every", "0", "--eval-every-epochs", "0", "--mem-every", "0", "--log-every", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voicetune.cli",
+        "train",
+        str(dataset),
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--grad-accum",
+        str(2 // gpus),
+        "--dropout",
+        "0",
+        "--seed",
+        "1",
+        "--lr",
+        str(args.lr),
+        "--precision",
+        args.precision,
+        "--compile",
+        args.compile,
+        "--device",
+        args.device,
+        "--eval-every",
+        "0",
+        "--eval-every-epochs",
+        "0",
+        "--mem-every",
+        "0",
+        "--log-every",
+        "1",
+    ]
     cmd += shlex.split(args.train_args)
     if gpus > 1:
         cmd += ["--gpus", str(gpus)]
@@ -115,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default) for a tight parity check; bf16 for production-like speed")
     p.add_argument("--compile", default="off", choices=("off", "on", "auto"))
-    p.add_argument("--train-args", default="",
-                   help="more `voicetune train` flags for both runs, e.g. the fast GPU configuration: "
-                        "'--param-dtype bf16 --optimizer-state-dtype bf16 --compile-scope model' (with --precision "
-                        "bf16 --compile on)")
+    p.add_argument(
+        "--train-args",
+        default="",
+        help="more `voicetune train` flags for both runs, e.g. the fast GPU configuration: "
+        "'--param-dtype bf16 --optimizer-state-dtype bf16 --compile-scope model' (with --precision "
+        "bf16 --compile on)",
+    )
     p.add_argument("--tolerance", type=float, default=None,
                    help="largest allowed relative loss difference (default: 1e-4 for fp32, 2e-2 otherwise)")
     p.add_argument("--timeout", type=int, default=540, help="seconds per training run")

@@ -79,11 +79,15 @@ def model_card(manifest: dict[str, Any], package_name: str = "THIS_FOLDER",
     steps = manifest.get("steps")
     choice = f", {manifest['checkpoint_choice']}" if manifest.get("checkpoint_choice") else ""
     lines = [
-        f"# {package_name}: a voicetune model package ({backend})", "",
-        (f"A text-to-speech model ({backend}) finetuned by voicetune on {voice}, speaking "
-         f"{LANGUAGES.get(language, language)} ({language}). It was trained for {steps} steps "
-         f"(checkpoint {manifest.get('checkpoint', '?')}{choice}) on {manifest.get('train_clips', '?')} clips of the "
-         f"dataset `{manifest.get('dataset')}`, starting from the base model `{manifest.get('base')}`."), "",
+        f"# {package_name}: a voicetune model package ({backend})",
+        "",
+        (
+            f"A text-to-speech model ({backend}) finetuned by voicetune on {voice}, speaking "
+            f"{LANGUAGES.get(language, language)} ({language}). It was trained for {steps} steps "
+            f"(checkpoint {manifest.get('checkpoint', '?')}{choice}) on {manifest.get('train_clips', '?')} clips of the "
+            f"dataset `{manifest.get('dataset')}`, starting from the base model `{manifest.get('base')}`."
+        ),
+        "",
     ]
     if manifest.get("untrained_base"):
         lines += [("**Warning:** the base was an UNTRAINED tiny test model (the demo's): this package cannot "

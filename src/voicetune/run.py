@@ -36,8 +36,19 @@ from voicetune.utils.io import atomic_write_json, atomic_write_text
 from voicetune.utils.outputs import MARKER, read_marker
 
 # What a run folder holds (voicetune writes all of it; see the module doc).
-RUN_ENTRIES = ("run.json", "vocab.json", "config.yaml", "metrics.jsonl", "train.log", "tensorboard", "features",
-               "checkpoints", "best.json", "eval", "report.html")
+RUN_ENTRIES = (
+    "run.json",
+    "vocab.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "train.log",
+    "tensorboard",
+    "features",
+    "checkpoints",
+    "best.json",
+    "eval",
+    "report.html",
+)
 _CHECKPOINT_NAME = re.compile(r"step_[0-9]{1,12}")
 
 # in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)

@@ -22,8 +22,10 @@ def _flat_optimizer():
 
 def test_graphs_are_off_where_they_cannot_apply_and_on_says_why():
     cpu = torch.device("cpu")
-    auto, on = TrainConfig(param_dtype="bf16", precision="bf16"), TrainConfig(param_dtype="bf16", precision="bf16",
-                                                                              cuda_graphs="on")
+    auto, on = (
+        TrainConfig(param_dtype="bf16", precision="bf16"),
+        TrainConfig(param_dtype="bf16", precision="bf16", cuda_graphs="on"),
+    )
     assert graphs.build(FakeBackend(), _flat_optimizer(), auto, cpu, "bf16") is None
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         graphs.build(FakeBackend(), _flat_optimizer(), on, cpu, "bf16")
@@ -76,7 +78,9 @@ def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_tra
                            cuda_graphs=setting)
         backend, store = xtts_for_training(base, tone_dataset, cfg, device)
         optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
-        engine = StepEngine(backend, store, optimizer, cfg, device, "bf16", Dist(), MicroBatchPlan(per_rank=4, size=2))
+        engine = StepEngine(
+            backend, store, optimizer, cfg, device, "bf16", Dist(), MicroBatchPlan(per_rank=4, size=2)
+        )
         assert (engine.graphs is not None) == (setting == "on")
         losses[setting] = [engine.run(step, [(i % len(store), 0) for i in range(step, step + 4)])["loss"]
                            for step in range(1, 6)]

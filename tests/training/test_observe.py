@@ -11,8 +11,21 @@ import torch
 from voicetune.run import RunInfo
 from voicetune.training.observe import format_duration, mem_line, peak_flops, progress_text, step_flops
 
-STEP_FIELDS = {"loss", "text_ce", "mel_ce", "lr", "grad_norm", "samples_per_s", "audio_s_per_s", "tokens", "eta_s",
-               "epoch", "micro_batch", "step_seconds", "mem_rss_gib"}
+STEP_FIELDS = {
+    "loss",
+    "text_ce",
+    "mel_ce",
+    "lr",
+    "grad_norm",
+    "samples_per_s",
+    "audio_s_per_s",
+    "tokens",
+    "eta_s",
+    "epoch",
+    "micro_batch",
+    "step_seconds",
+    "mem_rss_gib",
+}
 
 
 def test_every_logged_step_carries_rates_eta_and_memory(reference_run):

@@ -73,7 +73,9 @@ def test_each_optimizer_trains_only_parameters_that_require_grad(name, cls):
     live, frozen = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3), requires_grad=False)
     opt = build_optimizer([{"params": [live, frozen], "weight_decay": 0.0, "lr": 0.1}],
                           TrainConfig(optimizer=name, lr=1e-3), torch.device("cpu"))
-    assert isinstance(opt, cls) and opt.param_groups[0]["params"] == [live] and opt.param_groups[0]["lr"] == 0.1
+    assert (
+        isinstance(opt, cls) and opt.param_groups[0]["params"] == [live] and opt.param_groups[0]["lr"] == 0.1
+    )
     live.grad = torch.ones(3)
     opt.step()
     assert (live < 1).all()

@@ -95,8 +95,14 @@ def inject_lora(module: torch.nn.Module, settings: LoraSettings, fan_in_fan_out:
             n += p.numel()
     if n == 0:
         raise ValueError(f"LoRA found no target module among {list(settings.targets)}; fix --lora-targets")
-    logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters", settings.rank,
-                settings.alpha, settings.dropout, settings.target_regex or ",".join(settings.targets), n / 1e6)
+    logger.info(
+        "LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters",
+        settings.rank,
+        settings.alpha,
+        settings.dropout,
+        settings.target_regex or ",".join(settings.targets),
+        n / 1e6,
+    )
     return n
 
 

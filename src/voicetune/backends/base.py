@@ -154,7 +154,9 @@ class Backend(abc.ABC):
         Default: no limits of its own."""
 
     @abc.abstractmethod
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+    def build_features(
+        self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
+    ) -> FeatureStore:
         """Compute text tokens, audio codes and conditioning inputs ONCE, cached by content hash."""
 
     @abc.abstractmethod

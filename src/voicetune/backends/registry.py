@@ -35,11 +35,16 @@ class BackendEntry:
 
 
 _BUILTIN: dict[str, BackendEntry] = {
-    "xtts": BackendEntry("voicetune.backends.xtts.backend:XttsBackend",
-                         "voicetune.backends.xtts.options:XttsOptions"),
-    "tortoise": BackendEntry("voicetune.backends.tortoise.backend:TortoiseBackend",
-                             "voicetune.backends.tortoise.options:TortoiseOptions"),
-    "csm": BackendEntry("voicetune.backends.csm.backend:CsmBackend", "voicetune.backends.csm.options:CsmOptions"),
+    "xtts": BackendEntry(
+        "voicetune.backends.xtts.backend:XttsBackend", "voicetune.backends.xtts.options:XttsOptions"
+    ),
+    "tortoise": BackendEntry(
+        "voicetune.backends.tortoise.backend:TortoiseBackend",
+        "voicetune.backends.tortoise.options:TortoiseOptions",
+    ),
+    "csm": BackendEntry(
+        "voicetune.backends.csm.backend:CsmBackend", "voicetune.backends.csm.options:CsmOptions"
+    ),
 }
 _REGISTRY: dict[str, BackendEntry | type] = dict(_BUILTIN)
 

@@ -138,13 +138,15 @@ class PrepareResult:
     def summary(self) -> str:
         """Human-readable report: one summary line, the dataset folder, then reasons, skips and warnings."""
         lines = [
-            (f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min input; "
-             f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
-             f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
-             f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) used "
-             f"({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
-             f"{self.seconds_elapsed:.0f} s "
-             f"(real-time factor {self.real_time_factor:.3f}, {self.speed:.0f}x real time); ASR: {self.asr_model}"),
+            (
+                f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min input; "
+                f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
+                f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
+                f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) used "
+                f"({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
+                f"{self.seconds_elapsed:.0f} s "
+                f"(real-time factor {self.real_time_factor:.3f}, {self.speed:.0f}x real time); ASR: {self.asr_model}"
+            ),
             f"dataset: {self.out_dir}   report: {self.report_html}",
         ]
         if len(self.speakers) > 1:

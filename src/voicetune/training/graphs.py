@@ -49,8 +49,12 @@ class GraphedMicroBatches:
     the gradient buffers (the optimizer's).
     """
 
-    def __init__(self, fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], zero_grad: Callable[[], None],
-                 device: torch.device):
+    def __init__(
+        self,
+        fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+        zero_grad: Callable[[], None],
+        device: torch.device,
+    ):
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}; set --cuda-graphs off")
         self.fn, self.zero_grad, self.device = fn, zero_grad, device
@@ -66,7 +70,9 @@ class GraphedMicroBatches:
         (out["loss"] * weight).backward()
         return {k: v.detach() for k, v in out.items()}
 
-    def run(self, inputs: dict[str, torch.Tensor], weight: float, grads_are_zero: bool) -> dict[str, torch.Tensor] | None:
+    def run(
+        self, inputs: dict[str, torch.Tensor], weight: float, grads_are_zero: bool
+    ) -> dict[str, torch.Tensor] | None:
         """The loss parts after forward + backward of ``inputs`` (gradients accumulated, weighted); None when
         this shape has no graph yet and cannot be captured now (gradients not zero): run it eagerly."""
         key = self.key(inputs, weight)
@@ -98,7 +104,9 @@ class GraphedMicroBatches:
         return self.graphs[key]
 
 
-def build(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precision: str) -> GraphedMicroBatches | None:
+def build(
+    backend: Any, optimizer: Any, cfg: Any, device: torch.device, precision: str
+) -> GraphedMicroBatches | None:
     """The graph runner for this run, or None where CUDA graphs are off or do not apply (with the reason)."""
     setting = getattr(cfg, "cuda_graphs", "off")
     if setting == "off":

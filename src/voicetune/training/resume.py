@@ -57,7 +57,9 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     allowed = resumable_options(saved)
     forbidden = [k for k in changed if k not in allowed]
     if forbidden:
-        flags = ", ".join(f"--{k.replace('_', '-')} ({before.get(k)!r} -> {after.get(k)!r})" for k in forbidden)
+        flags = ", ".join(
+            f"--{k.replace('_', '-')} ({before.get(k)!r} -> {after.get(k)!r})" for k in forbidden
+        )
         raise TrainError(
             f"cannot resume {run_dir} with {flags}: these change the model, the optimizer or the data "
             "order of the run; resume without them, or start a new run (--out) from this one's export"

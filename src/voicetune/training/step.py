@@ -122,7 +122,9 @@ class StepEngine:
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return out
 
-    def _graphed(self, batch: dict[str, Any], weight: float, grads_are_zero: bool) -> dict[str, torch.Tensor] | None:
+    def _graphed(
+        self, batch: dict[str, Any], weight: float, grads_are_zero: bool
+    ) -> dict[str, torch.Tensor] | None:
         inputs = self.backend.graph_inputs(batch) if self.graphs is not None else None
         return None if inputs is None else self.graphs.run(inputs, weight, grads_are_zero)
 
@@ -168,7 +170,9 @@ class StepEngine:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         clip = getattr(self.optimizer, "clip_gradients", None)  # FlatAdamW: clipping folded into its update
-        norm = float(clip(max_norm) if clip is not None else torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        norm = float(
+            clip(max_norm) if clip is not None else torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        )
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)  # skipped by the scaler when the gradients overflowed

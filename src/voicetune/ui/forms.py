@@ -123,7 +123,9 @@ def display_value(f: FormField, value: Any) -> Any:
     return value
 
 
-def to_overrides(fields: list[FormField], values: dict[str, Any], only_changed: bool = True) -> dict[str, Any]:
+def to_overrides(
+    fields: list[FormField], values: dict[str, Any], only_changed: bool = True
+) -> dict[str, Any]:
     """Options by flat name from widget values by flat name (unknown names ignored); with ``only_changed``,
     only those that differ from their default."""
     out = {}

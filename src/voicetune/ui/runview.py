@@ -174,8 +174,10 @@ def format_seconds(seconds: float) -> str:
 
 def memory_text(last: dict[str, Any]) -> str:
     if _finite(last.get("mem_alloc_gib")):
-        return (f"GPU memory {last['mem_alloc_gib']:.2f} GiB allocated, {last.get('mem_peak_gib', 0):.2f} GiB peak, "
-                f"{last.get('mem_reserved_gib', 0):.2f} GiB reserved")
+        return (
+            f"GPU memory {last['mem_alloc_gib']:.2f} GiB allocated, {last.get('mem_peak_gib', 0):.2f} GiB peak, "
+            f"{last.get('mem_reserved_gib', 0):.2f} GiB reserved"
+        )
     if _finite(last.get("mem_rss_gib")):
         return f"no GPU: process memory {last['mem_rss_gib']:.2f} GiB (RSS)"
     return "memory: not measured yet"
@@ -205,8 +207,10 @@ def status(view: RunView) -> tuple[str, str]:
             return "running", f"setting up (features, baseline evaluation): {last[-160:]}"
         eta = float(view.last.get("eta_s") or 0.0)
         pct = f" ({100 * view.step / total:.0f}%)" if total else ""
-        return "running", (f"training: {where}{pct}, loss {view.last.get('loss', float('nan')):.4f}"
-                           + (f", ETA {format_seconds(eta)}" if math.isfinite(eta) and view.step != total else ""))
+        return "running", (
+            f"training: {where}{pct}, loss {view.last.get('loss', float('nan')):.4f}"
+            + (f", ETA {format_seconds(eta)}" if math.isfinite(eta) and view.step != total else "")
+        )
     stopped = {130: "stopped", 143: "stopped", -2: "stopped", -15: "stopped"}  # by SIGINT/SIGTERM
     how = {"exited": {0: "finished", **stopped}.get(p.exit_code or 0, "failed")
            if p.exit_code is not None else "", "gone": _ended_how(view)}.get(p.state, "")

@@ -81,7 +81,9 @@ class Workspace:
 
     def runs(self) -> list[str]:
         """Run folders (a run.json or a config.yaml) and runs the UI launched, newest first."""
-        found = [p for p in self._children("runs") if (p / "run.json").exists() or (p / "config.yaml").exists()]
+        found = [
+            p for p in self._children("runs") if (p / "run.json").exists() or (p / "config.yaml").exists()
+        ]
         launched = self.folder("runs") / STATE_FOLDER
         found += [p for p in (launched.iterdir() if launched.is_dir() else ()) if p.is_dir()
                   and p.name not in {f.name for f in found}]

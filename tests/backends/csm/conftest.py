@@ -48,4 +48,6 @@ def csm_base(spanish_dataset, tmp_path_factory) -> Path:
     """An UNTRAINED tiny CSM base: tokenizer from the Spanish transcripts, Mimi codebooks fitted to their audio."""
     from voicetune.backends.tiny import make_tiny_base
 
-    return make_tiny_base("csm", tmp_path_factory.mktemp("csm_base") / "base", dataset=spanish_dataset, seed=0)
+    return make_tiny_base(
+        "csm", tmp_path_factory.mktemp("csm_base") / "base", dataset=spanish_dataset, seed=0
+    )

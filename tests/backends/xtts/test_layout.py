@@ -82,7 +82,9 @@ def test_checkpoint_variants_load_to_the_model_keys_as_coqui_does(xtts_base, tmp
 
     full = torch.load(xtts_base / layout.MODEL, weights_only=True)["model"]
     # the GPT and a few decoder tensors keep the files small; the key handling is the same
-    state = {k: v for i, (k, v) in enumerate(full.items()) if not k.startswith("hifigan_decoder.") or i % 50 == 0}
+    state = {
+        k: v for i, (k, v) in enumerate(full.items()) if not k.startswith("hifigan_decoder.") or i % 50 == 0
+    }
     model = Xtts(layout.load_config(xtts_base / layout.CONFIG))
     for name, ckpt in _variants(state).items():
         path = tmp_path / f"{name}.pth"

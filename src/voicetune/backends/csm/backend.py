@@ -61,10 +61,12 @@ class CsmBackend(Backend):
 
     @classmethod
     def usage(cls) -> list[str]:
-        return ["It loads unchanged with transformers: `CsmForConditionalGeneration.from_pretrained(THIS_FOLDER)`",
-                "and `AutoProcessor.from_pretrained(THIS_FOLDER)`; prompt it with the clips in `reference/` as",
-                "context turns of its speaker (see voicetune_csm.json for the speaker id and their transcripts).",
-                "A LoRA run also wrote `adapter/`: `PeftModel.from_pretrained(base_model, THIS_FOLDER/adapter)`."]
+        return [
+            "It loads unchanged with transformers: `CsmForConditionalGeneration.from_pretrained(THIS_FOLDER)`",
+            "and `AutoProcessor.from_pretrained(THIS_FOLDER)`; prompt it with the clips in `reference/` as",
+            "context turns of its speaker (see voicetune_csm.json for the speaker id and their transcripts).",
+            "A LoRA run also wrote `adapter/`: `PeftModel.from_pretrained(base_model, THIS_FOLDER/adapter)`.",
+        ]
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -98,7 +100,9 @@ class CsmBackend(Backend):
         files = layout.validate_base_dir(local)
         sidecar = layout.read_sidecar(local)
         try:
-            model = CsmForConditionalGeneration.from_pretrained(local, dtype=torch.float32, attn_implementation="sdpa")
+            model = CsmForConditionalGeneration.from_pretrained(
+                local, dtype=torch.float32, attn_implementation="sdpa"
+            )
             processor = AutoProcessor.from_pretrained(local)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
             raise BaseModelError(f"{local}: cannot load the CSM model or processor ({type(e).__name__}: "
@@ -107,7 +111,9 @@ class CsmBackend(Backend):
             raise BaseModelError(f"{local}: the processor is {type(processor).__name__}, not a CsmProcessor")
         rate, codec_rate = processor.feature_extractor.sampling_rate, model.config.codec_config.sampling_rate
         if rate != codec_rate:
-            raise BaseModelError(f"{files['preprocessor']}: sampling rate {rate} differs from the codec's {codec_rate}")
+            raise BaseModelError(
+                f"{files['preprocessor']}: sampling rate {rate} differs from the codec's {codec_rate}"
+            )
         explain_untied(model, local)
         self.adopt(model, processor, device, base_ref=str(path), base_dir=local, sidecar=sidecar)
 
@@ -132,10 +138,18 @@ class CsmBackend(Backend):
         self._placed, self._text_on_cpu = False, False
         self.set_train(True)
         backbone = sum(p.numel() for p in model.backbone_model.parameters())
-        logger.info("loaded CSM base %s (backbone %d layers x %d, %.1f M parameters; depth decoder %d x %d; "
-                    "%d codebooks) for %s", base_dir or "(in memory)", model.config.num_hidden_layers,
-                    model.config.hidden_size, backbone / 1e6, model.config.depth_decoder_config.num_hidden_layers,
-                    model.config.depth_decoder_config.hidden_size, model.config.num_codebooks, self.device)
+        logger.info(
+            "loaded CSM base %s (backbone %d layers x %d, %.1f M parameters; depth decoder %d x %d; "
+            "%d codebooks) for %s",
+            base_dir or "(in memory)",
+            model.config.num_hidden_layers,
+            model.config.hidden_size,
+            backbone / 1e6,
+            model.config.depth_decoder_config.num_hidden_layers,
+            model.config.depth_decoder_config.hidden_size,
+            model.config.num_codebooks,
+            self.device,
+        )
 
     def _place(self) -> Any:
         """The model on its device (moved there the first time; the codec and, while training, a frozen text
@@ -182,13 +196,23 @@ class CsmBackend(Backend):
         logger.info("training %.2f M of %.2f M CSM parameters (%s; Mimi codec frozen): %s", trainable / 1e6,
                     total / 1e6, cfg.finetune, structure.summarize(model))
         if cfg.finetune == "lora" and cfg.lr < 2e-5:
-            logger.warning("--lr %g is low for LoRA on CSM (adapters start at zero); 1e-4 to 5e-4 is usual", cfg.lr)
+            logger.warning(
+                "--lr %g is low for LoRA on CSM (adapters start at zero); 1e-4 to 5e-4 is usual", cfg.lr
+            )
         logger.info("%s", LOSS_NOTE)
-        return {"finetune": cfg.finetune, "trainable_params": trainable, "model_params": total,
-                "lora": self._lora.to_dict() if self._lora else None, "depth_fraction": self.opts.depth_fraction}
+        return {
+            "finetune": cfg.finetune,
+            "trainable_params": trainable,
+            "model_params": total,
+            "lora": self._lora.to_dict() if self._lora else None,
+            "depth_fraction": self.opts.depth_fraction,
+        }
 
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
-        self._limits = {"max_audio_seconds": float(max_audio_seconds), "max_text_tokens": int(max_text_tokens)}
+        self._limits = {
+            "max_audio_seconds": float(max_audio_seconds),
+            "max_text_tokens": int(max_text_tokens),
+        }
 
     # ---------------------------------------------------------------- features
     @contextlib.contextmanager
@@ -202,7 +226,9 @@ class CsmBackend(Backend):
             if self._train_mode:
                 codec.to("cpu")
 
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+    def build_features(
+        self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
+    ) -> FeatureStore:
         """Mimi codes of ``clips`` (encoded once, cached under ``cache`` by content hash) and their prompts."""
         from voicetune.backends.csm.features import (
             CsmFeatureStore,
@@ -221,8 +247,19 @@ class CsmBackend(Backend):
         limits = {**self._limits, "max_positions": float(config.max_position_embeddings)}
         with self._codec_on_device() as codec:
             fingerprint = codec_fingerprint(codec, config.num_codebooks)
-            segments, dropped = build_segments(clips, Path(cache), codec, config.num_codebooks, fingerprint, prompts,
-                                               ids, self.sample_rate, self.frame_rate, limits, progress)
+            segments, dropped = build_segments(
+                clips,
+                Path(cache),
+                codec,
+                config.num_codebooks,
+                fingerprint,
+                prompts,
+                ids,
+                self.sample_rate,
+                self.frame_rate,
+                limits,
+                progress,
+            )
         for seg in segments:
             self.context_texts[seg.sha] = seg.text
         return CsmFeatureStore(segments, config.audio_token_id, dropped, seed=torch.initial_seed() % (2**31),
@@ -278,11 +315,19 @@ class CsmBackend(Backend):
                 model.embed_text_tokens.to("cpu")
         self._place()
         self._speed = resolve_speed(cfg, opts, self.device)
-        self._loss = CsmLoss(self._speed, opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0)
-        logger.info("CSM loss: depth decoder on %.4g of the frames, compile %s (%s), recompute %s, pad to %d%s%s",
-                    opts.depth_fraction, self._speed.compile, self._speed.compile_scope, self._speed.recompute,
-                    self._speed.pad_multiple, ", CUDA graphs" if cuda_graphs else "",
-                    ", text embedding on the CPU" if self._text_on_cpu else "")
+        self._loss = CsmLoss(
+            self._speed, opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0
+        )
+        logger.info(
+            "CSM loss: depth decoder on %.4g of the frames, compile %s (%s), recompute %s, pad to %d%s%s",
+            opts.depth_fraction,
+            self._speed.compile,
+            self._speed.compile_scope,
+            self._speed.recompute,
+            self._speed.pad_multiple,
+            ", CUDA graphs" if cuda_graphs else "",
+            ", text embedding on the CPU" if self._text_on_cpu else "",
+        )
 
     def trainable(self) -> torch.nn.Module:
         """The model without its Mimi codec (backbone, depth decoder, heads, embeddings)."""
@@ -300,7 +345,9 @@ class CsmBackend(Backend):
 
         if self._loss is None:
             opts = CsmOptions.of(cfg)
-            self._loss = CsmLoss(Speed(), opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0)
+            self._loss = CsmLoss(
+                Speed(), opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0
+            )
         return self._loss(self._place(), batch)
 
     def set_train(self, mode: bool) -> None:
@@ -392,13 +439,17 @@ class CsmBackend(Backend):
             if not has_lora(model):
                 inject_lora(model, settings)
             elif self._lora is not None and settings != self._lora:
-                raise BaseModelError(f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}")
+                raise BaseModelError(
+                    f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}"
+                )
             self._lora = settings
         view = self._view
         try:
             missing, unexpected = view.load_state_dict(state, strict=False)
         except RuntimeError as e:
-            raise BaseModelError(f"{path}: does not fit the base model {self.base_dir} ({str(e)[:400]})") from e
+            raise BaseModelError(
+                f"{path}: does not fit the base model {self.base_dir} ({str(e)[:400]})"
+            ) from e
         missing = [] if meta.get("partial") else missing
         if unexpected or missing:
             raise BaseModelError(f"{path}: not a CSM state of this base model (missing {missing[:5]}, "
@@ -419,7 +470,9 @@ class CsmBackend(Backend):
         save_merged(model, self.processor, out, self._dtype)
         if self._lora is not None:
             save_adapter(model, self._lora, out, self.base_ref)
-        keep = {k: self.sidecar[k] for k in ("untrained", "note", "synthesis_max_seconds") if k in self.sidecar}
+        keep = {
+            k: self.sidecar[k] for k in ("untrained", "note", "synthesis_max_seconds") if k in self.sidecar
+        }
         write_sidecar(out, {"format": 1, **keep, **self._meta(), "base": self.base_ref})
         logger.info("exported the CSM model to %s%s", out, " (+ LoRA adapter)" if self._lora else "")
 

@@ -38,7 +38,10 @@ DEPTH_AUDIO = "depth_decoder.model.embed_tokens.weight"
 
 def codebook_embeddings_tied(model: Any) -> bool:
     """Whether the backbone's and the depth decoder's codebook embeddings are one tensor (CSM's design)."""
-    return model.backbone_model.embed_tokens.embed_audio_tokens.weight is model.depth_decoder.model.embed_tokens.weight
+    return (
+        model.backbone_model.embed_tokens.embed_audio_tokens.weight
+        is model.depth_decoder.model.embed_tokens.weight
+    )
 
 
 def explain_untied(model: Any, where: Path | str) -> None:
@@ -55,7 +58,10 @@ def explain_untied(model: Any, where: Path | str) -> None:
         "This is what transformers' warning above ('both are present ... with different values, so we will NOT "
         "tie them') means: the model runs with both copies as stored, which is how it was trained, so its "
         "output is as intended. voicetune trains them as two tensors and writes tie_codebooks_embeddings: false "
-        "into the config of its exports, which then load without the warning.", where, diff)
+        "into the config of its exports, which then load without the warning.",
+        where,
+        diff,
+    )
     model.config.tie_codebooks_embeddings = False
     model.config.tie_word_embeddings = False
 

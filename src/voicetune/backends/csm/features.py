@@ -69,7 +69,11 @@ class PromptFormat:
     """The base model's prompt format, read from its processor (chat template + tokenizer)."""
 
     def __init__(self, processor: Any, audio_token_id: int, audio_eos_token_id: int):
-        self.processor, self.audio_id, self.audio_eos_id = processor, int(audio_token_id), int(audio_eos_token_id)
+        self.processor, self.audio_id, self.audio_eos_id = (
+            processor,
+            int(audio_token_id),
+            int(audio_eos_token_id),
+        )
 
     def prompt(self, speaker: int, text: str) -> Prompt:
         """The segment prompt of ``text`` said by ``speaker`` (the chat template of one message with audio)."""
@@ -81,8 +85,10 @@ class PromptFormat:
         ids = list(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
         where = [i for i, t in enumerate(ids) if t == self.audio_id]
         if len(where) != 1 or where[0] + 1 >= len(ids) or ids[where[0] + 1] != self.audio_eos_id:
-            raise ValueError(f"the chat template gives {rendered!r}: expected one audio token followed by the "
-                             "audio end token")
+            raise ValueError(
+                f"the chat template gives {rendered!r}: expected one audio token followed by the "
+                "audio end token"
+            )
         return Prompt(tuple(ids[: where[0]]), tuple(ids[where[0] + 1:]))
 
 
@@ -121,7 +127,11 @@ class CsmFeatureStore(FeatureStore):
     def __init__(self, segments: list[Segment], audio_id: int, dropped: dict[str, int], seed: int = 0,
                  context_clips: int = 0, context_frames: int = 0, max_positions: int = 2048):
         self.segments, self.audio_id, self.dropped = segments, int(audio_id), dict(dropped)
-        self.seed, self.context_clips, self.context_frames = int(seed), int(context_clips), int(context_frames)
+        self.seed, self.context_clips, self.context_frames = (
+            int(seed),
+            int(context_clips),
+            int(context_frames),
+        )
         self.max_positions = int(max_positions)
         self.epoch = 0
         self._by_speaker: dict[int, list[int]] = {}
@@ -168,8 +178,13 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple if multiple > 1 else n
 
 
-def collate(items: list[dict[str, torch.Tensor]], pad_id: int, pad_multiple: int = 1, depth_fraction: float = 1.0,
-            depth_multiple: int = 1) -> dict[str, torch.Tensor]:
+def collate(
+    items: list[dict[str, torch.Tensor]],
+    pad_id: int,
+    pad_multiple: int = 1,
+    depth_fraction: float = 1.0,
+    depth_multiple: int = 1,
+) -> dict[str, torch.Tensor]:
     """Right-pad items into a batch and pick the depth decoder's frames.
 
     Padding goes at the end of each row, so a plain causal mask serves every real position (no attention mask:
@@ -246,7 +261,11 @@ def build_segments(clips: Sequence[Clip], cache: Path, codec: torch.nn.Module, n
         elif limits.get("max_text_tokens") and len(prompt.prefix) > limits["max_text_tokens"]:
             drop("text too long", clip, f"{len(prompt.prefix)} tokens")
         elif seg.length > limits["max_positions"]:
-            drop("sequence too long for the model", clip, f"{seg.length} > {int(limits['max_positions'])} positions")
+            drop(
+                "sequence too long for the model",
+                clip,
+                f"{seg.length} > {int(limits['max_positions'])} positions",
+            )
         else:
             segments.append(seg)
     if progress:

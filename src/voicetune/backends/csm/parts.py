@@ -19,7 +19,10 @@ PARTS: dict[str, tuple[str, ...]] = {
 }
 
 # The transformer stacks LoRA may adapt (--lora-parts) -> the module-name prefix of their layers.
-LORA_PARTS: dict[str, str] = {"backbone": "backbone_model.layers", "depth_decoder": "depth_decoder.model.layers"}
+LORA_PARTS: dict[str, str] = {
+    "backbone": "backbone_model.layers",
+    "depth_decoder": "depth_decoder.model.layers",
+}
 
 # Linear layers of CsmDecoderLayer (Llama-like) that LoRA may adapt.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

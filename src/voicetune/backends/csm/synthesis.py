@@ -68,8 +68,11 @@ def load_references(refs: Sequence[Path], known: dict[str, str], sample_rate: in
         if not out and seconds > max_seconds:
             audio, text = audio[: int(max_seconds * sample_rate)], ""
         if text is None:
-            logger.info("no transcript for reference %s (put it in %s): it prompts the voice with an empty text",
-                        path, Path(path).with_suffix(".txt").name)
+            logger.info(
+                "no transcript for reference %s (put it in %s): it prompts the voice with an empty text",
+                path,
+                Path(path).with_suffix(".txt").name,
+            )
             text = ""
         out.append(Reference(np.asarray(audio, dtype=np.float32), text, Path(path)))
         total += len(audio) / sample_rate
@@ -137,10 +140,19 @@ def generate(model: Any, processor: Any, conversations: list[list[dict[str, Any]
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
         torch.manual_seed(sampling.seed)
-        out = model.generate(**inputs, max_new_tokens=frames, do_sample=True, temperature=sampling.temperature,
-                             top_k=sampling.top_k, suppress_tokens=suppress, depth_decoder_do_sample=True,
-                             depth_decoder_temperature=sampling.temperature, depth_decoder_top_k=sampling.top_k,
-                             depth_decoder_suppress_tokens=suppress, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs,
+            max_new_tokens=frames,
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            suppress_tokens=suppress,
+            depth_decoder_do_sample=True,
+            depth_decoder_temperature=sampling.temperature,
+            depth_decoder_top_k=sampling.top_k,
+            depth_decoder_suppress_tokens=suppress,
+            return_dict_in_generate=True,
+        )
         sequences = out.sequences  # [batch, frames, codebooks]
         results = []
         for row, cap in enumerate(caps):

@@ -70,7 +70,9 @@ def check_mel_norms(stats: Any, path: Path | str) -> Any:
         raise BaseModelError(f"{path}: expected a tensor of 80 mel-channel statistics, got {shape}")
     stats = stats.reshape(80).float()
     if not torch.isfinite(stats).all() or (stats == 0).any():
-        raise BaseModelError(f"{path}: mel statistics contain zero or non-finite values (they divide log-mels)")
+        raise BaseModelError(
+            f"{path}: mel statistics contain zero or non-finite values (they divide log-mels)"
+        )
     return stats
 
 
@@ -146,7 +148,9 @@ def infer_dvae_hparams(state: dict[str, Any], source: Path | str = "dvae.pth") -
         use_transposed_convs=not any(k.endswith(".0.conv.weight") for k in state if k.startswith("decoder.")),
     )
     if first.ndim != 3 or hp["channels"] != 80:
-        raise BaseModelError(f"{source}: expected a 1-D DiscreteVAE over 80 mel channels, got {tuple(first.shape)}")
+        raise BaseModelError(
+            f"{source}: expected a 1-D DiscreteVAE over 80 mel channels, got {tuple(first.shape)}"
+        )
     return hp
 
 

@@ -74,8 +74,11 @@ def _block(block: Any, h: torch.Tensor, sdpa: bool, recompute_mlp: bool = False)
 def check_gpt2_blocks(gpt2: Any, family: str = "GPT-TTS") -> None:
     """The packed forward reimplements GPT2Block: refuse configurations it does not cover."""
     cfg = gpt2.config
-    unsupported = [name for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention")
-                   if getattr(cfg, name, False)]
+    unsupported = [
+        name
+        for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention")
+        if getattr(cfg, name, False)
+    ]
     if not getattr(cfg, "scale_attn_weights", True):
         unsupported.append("scale_attn_weights=False")
     if unsupported:
@@ -148,7 +151,9 @@ class SdpaQKVAttention(torch.nn.Module):
         self.n_heads = legacy.n_heads
         self.legacy = legacy  # masks and relative positions (unused by XTTS and Tortoise) go to the original
 
-    def forward(self, qkv: torch.Tensor, mask: torch.Tensor | None = None, rel_pos: Any = None) -> torch.Tensor:
+    def forward(
+        self, qkv: torch.Tensor, mask: torch.Tensor | None = None, rel_pos: Any = None
+    ) -> torch.Tensor:
         # In eval mode the original kernels run: synthesis during training must sound exactly like synthesis
         # from the exported model (which has no voicetune code in it); only training gets the fused kernel.
         if mask is not None or rel_pos is not None or not self.training:

@@ -66,8 +66,10 @@ class FeatureSettings:
     base_hashes: dict[str, str] = field(default_factory=dict)
 
     def key(self, audio_hash: str, text: str) -> str:
-        payload = json.dumps({"v": FEATURE_VERSION, "audio": audio_hash, "text": text, "base": self.base_hashes},
-                             sort_keys=True)
+        payload = json.dumps(
+            {"v": FEATURE_VERSION, "audio": audio_hash, "text": text, "base": self.base_hashes},
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -82,8 +84,14 @@ def cond_frames(cond_length: int) -> int:
 class TortoiseFeatureExtractor:
     """One clip -> tokens, normalised mel and DVAE codes (no caching here)."""
 
-    def __init__(self, tokenizer: Any, dvae: torch.nn.Module, mel_norms: torch.Tensor, settings: FeatureSettings,
-                 device: torch.device):
+    def __init__(
+        self,
+        tokenizer: Any,
+        dvae: torch.nn.Module,
+        mel_norms: torch.Tensor,
+        settings: FeatureSettings,
+        device: torch.device,
+    ):
         from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
 
         self.tokenizer, self.dvae, self.settings, self.device = tokenizer, dvae, settings, device
@@ -178,7 +186,9 @@ class TortoiseFeatureStore(FeatureStore):
         rng = random.Random(f"{self.seed}/{self.epoch}/{i}/{self._reads[i]}") if self.random_crop else None
         others = self._others[i]
         n = self.settings.cond_clips
-        sources = [rng.choice(others) for _ in range(n)] if rng else [others[k % len(others)] for k in range(n)]
+        sources = (
+            [rng.choice(others) for _ in range(n)] if rng else [others[k % len(others)] for k in range(n)]
+        )
         cond = torch.stack([self._crop(self._load(j)["mel"], rng) for j in sources])
         return {
             "text_tokens": item["text_tokens"].long(),
@@ -201,9 +211,14 @@ class TortoiseFeatureStore(FeatureStore):
 
 def drop_kind(reason: str) -> str:
     """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and run.json)."""
-    kinds = (("longer than max_wav_length", "too_long_audio"), ("more than max_text_length", "too_long_text"),
-             ("shorter than", "too_short"), ("[UNK]", "unknown_characters"), ("empty transcript", "empty_text"),
-             ("cannot read the audio", "unreadable"))
+    kinds = (
+        ("longer than max_wav_length", "too_long_audio"),
+        ("more than max_text_length", "too_long_text"),
+        ("shorter than", "too_short"),
+        ("[UNK]", "unknown_characters"),
+        ("empty transcript", "empty_text"),
+        ("cannot read the audio", "unreadable"),
+    )
     for fragment, kind in kinds:
         if fragment in reason:
             return kind
@@ -252,13 +267,17 @@ def build_feature_store(clips: Sequence[Clip], cache: Path, extractor: TortoiseF
         progress(total, total, "Tortoise features")
     if dropped:
         logger.warning("dropped %d of %d clips (see the warnings above)", len(dropped), total)
-    logger.info("Tortoise features: %d computed, %d reused from %s", counts["computed"], counts["reused"], cache)
+    logger.info(
+        "Tortoise features: %d computed, %d reused from %s", counts["computed"], counts["reused"], cache
+    )
     store = TortoiseFeatureStore(files, lengths, speakers, extractor.settings, extractor.mel_norms, seed)
     store.dropped, store.computed, store.reused = dropped, counts["computed"], counts["reused"]
     return store
 
 
-def _clip_features(clip: Clip, cache: Path, extractor: TortoiseFeatureExtractor) -> tuple[Path | None, int, str]:
+def _clip_features(
+    clip: Clip, cache: Path, extractor: TortoiseFeatureExtractor
+) -> tuple[Path | None, int, str]:
     """(cache file, number of audio codes, "computed" | "reused") or (None, 0, why the clip is unusable)."""
     from voicetune.audio.io import AudioDecodeError, audio_duration
     from voicetune.backends.gpt_tts.files import load_wav_tensor

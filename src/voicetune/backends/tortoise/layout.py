@@ -45,9 +45,9 @@ _HUB = "the Hugging Face repository jbetker/tortoise-tts-v2 (folder .models/)"
 WHERE = {
     AUTOREGRESSIVE: f"the autoregressive model: tortoise-v2's from {_HUB}, or a finetune of it",
     MEL_NORMS: "the log-mel normaliser: tortoise-tts's tortoise/data/mel_norms.pth (also in coqui-tts's "
-               "tortoise-v2 download)",
+    "tortoise-v2 download)",
     DVAE: f"DL-Art-School's 8,192-code discrete VAE, needed for training: .models/dvae.pth in {_HUB}, the file "
-          "ai-voice-cloning downloads for training (it is not part of the inference download)",
+    "ai-voice-cloning downloads for training (it is not part of the inference download)",
     DIFFUSION: f"the diffusion decoder: tortoise-v2's from {_HUB}",
     CLVP: f"the CLVP reranker: tortoise-v2's clvp2.pth from {_HUB}",
     VOCODER: f"the UnivNet vocoder: tortoise-v2's from {_HUB}",
@@ -136,8 +136,10 @@ def autoregressive_state(obj: Any, source: Path | str) -> dict[str, Any]:
 
     state = unwrap_model(obj)
     if not isinstance(state, dict) or not any(str(k).startswith("gpt.h.") for k in state):
-        raise BaseModelError(f"{source}: not a Tortoise autoregressive model (expected a UnifiedVoice state dict "
-                             "with gpt.h.* keys)")
+        raise BaseModelError(
+            f"{source}: not a Tortoise autoregressive model (expected a UnifiedVoice state dict "
+            "with gpt.h.* keys)"
+        )
     return {k: v for k, v in state.items() if torch.is_tensor(v) and not k.startswith(INFERENCE_ONLY_PREFIXES)
             and not k.endswith(_LEGACY_SUFFIXES)}
 
@@ -163,5 +165,7 @@ def load_vocoder_state(path: Path) -> dict[str, Any]:
     """The UnivNet generator of vocoder.pth (``{"model_g": state_dict}``, as tortoise-tts and coqui-tts read it)."""
     obj = torch_load(path, "the vocoder")
     if not isinstance(obj, dict) or not isinstance(obj.get("model_g"), dict):
-        raise BaseModelError(f"{path}: expected {{'model_g': UnivNet state dict}} (tortoise-v2's vocoder.pth)")
+        raise BaseModelError(
+            f"{path}: expected {{'model_g': UnivNet state dict}} (tortoise-v2's vocoder.pth)"
+        )
     return obj["model_g"]

@@ -47,8 +47,14 @@ def tortoise_config(args: dict[str, Any] | None = None) -> Any:
     return TortoiseConfig(model_args=TortoiseArgs(**(args or {})))
 
 
-def write_base(out: Path, args: dict[str, Any] | None = None, dvae: dict[str, Any] | None = None,
-               stats_audio: list[Path] | None = None, seed: int = 0, extra: dict[str, Any] | None = None) -> Path:
+def write_base(
+    out: Path,
+    args: dict[str, Any] | None = None,
+    dvae: dict[str, Any] | None = None,
+    stats_audio: list[Path] | None = None,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write a random Tortoise base of the sizes ``args`` (TortoiseArgs fields over tortoise-v2's) and
     ``dvae`` (DiscreteVAE arguments over DL-Art-School's) to ``out``: every file of the layout, config.json
     with ``extra`` keys. Same arguments, same weights."""
@@ -63,7 +69,9 @@ def write_base(out: Path, args: dict[str, Any] | None = None, dvae: dict[str, An
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Tortoise(cfg)
-        dvae_model = DiscreteVAE(**{**DVAE_DEFAULTS, **(dvae or {})}, normalization=None, num_tokens=DVAE_TOKENS)
+        dvae_model = DiscreteVAE(
+            **{**DVAE_DEFAULTS, **(dvae or {})}, normalization=None, num_tokens=DVAE_TOKENS
+        )
     data = {**(extra or {}), **cfg.to_dict()}
     atomic_write_text(out / layout.CONFIG, json.dumps(data, indent=2) + "\n")
     atomic_torch_save(model.autoregressive.state_dict(), out / layout.AUTOREGRESSIVE)

@@ -113,7 +113,9 @@ class XttsBackend(Backend):
         except Exception as e:  # tokenizers raises its own exception types for a bad vocab
             raise BaseModelError(f"{files[layout.VOCAB]}: cannot read the tokenizer ({e})") from e
         if tokenizer.tokenizer.token_to_id("[START]") is None:
-            raise BaseModelError(f"{files[layout.VOCAB]}: the vocabulary has no [START] token; not an XTTS vocab")
+            raise BaseModelError(
+                f"{files[layout.VOCAB]}: the vocabulary has no [START] token; not an XTTS vocab"
+            )
         # What Xtts.init_models derives from the tokenizer, set first so that the model is built only once.
         args = config.model_args
         args.gpt_number_text_tokens = tokenizer.get_number_tokens()
@@ -167,7 +169,9 @@ class XttsBackend(Backend):
 
         if self._extractor is None:
             args, audio = self.config.model_args, self.config.audio
-            hashes = {name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_STATS, layout.VOCAB)}
+            hashes = {
+                name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_STATS, layout.VOCAB)
+            }
             if self._vocab_json is not None:  # an extended vocabulary (configure_model) tokenizes differently
                 hashes[layout.VOCAB] = hashlib.sha256(self._vocab_json.encode("utf-8")).hexdigest()
             settings = FeatureSettings(
@@ -176,7 +180,9 @@ class XttsBackend(Backend):
                 code_stride=int(args.gpt_code_stride_len),
                 use_perceiver=bool(args.gpt_use_perceiver_resampler),
                 # The GPT's position table holds gpt_max_audio_tokens + 3 codes: start, stop and 3 extra.
-                max_wav_length=min(MAX_WAV_LENGTH, (args.gpt_max_audio_tokens - 2) * args.gpt_code_stride_len),
+                max_wav_length=min(
+                    MAX_WAV_LENGTH, (args.gpt_max_audio_tokens - 2) * args.gpt_code_stride_len
+                ),
                 max_text_length=min(MAX_TEXT_LENGTH, args.gpt_max_text_tokens),
                 base_hashes=hashes,
             )
@@ -190,7 +196,9 @@ class XttsBackend(Backend):
             )
         return self._extractor
 
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+    def build_features(
+        self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
+    ) -> FeatureStore:
         """Tokens, DVAE codes and conditioning mels of ``clips``, cached under ``cache`` by content hash.
 
         The store's conditioning crops are seeded from ``torch.initial_seed()`` (the loop seeds torch
@@ -259,8 +267,13 @@ class XttsBackend(Backend):
         vocab = structure.read_run_vocab(run_dir)
         if vocab is None and opts.extend_vocab:
             ext = extend_vocab(self.model.tokenizer, list(texts), opts.extend_vocab_size)
-            summary["vocab"] = {"old_tokens": ext.old_size, "new_tokens": ext.new_size, "new_chars": ext.new_chars,
-                                "new_merges": len(ext.new_merges), "still_unknown": ext.still_unknown}
+            summary["vocab"] = {
+                "old_tokens": ext.old_size,
+                "new_tokens": ext.new_size,
+                "new_chars": ext.new_chars,
+                "new_merges": len(ext.new_merges),
+                "still_unknown": ext.still_unknown,
+            }
             if ext.new_size > ext.old_size:
                 vocab = ext.text
                 if run_dir is not None:
@@ -274,8 +287,13 @@ class XttsBackend(Backend):
             apply_lora(gpt, self._lora)
         trainable, total = structure.set_trainable(gpt, cfg, self._vocab_json is not None)
         self._mode_applied = None  # LoRA adapters or a resized vocabulary: new modules
-        logger.info("training %.2f M of %.2f M GPT parameters (%s): %s", trainable / 1e6, total / 1e6, cfg.finetune,
-                    structure.summarize(gpt))
+        logger.info(
+            "training %.2f M of %.2f M GPT parameters (%s): %s",
+            trainable / 1e6,
+            total / 1e6,
+            cfg.finetune,
+            structure.summarize(gpt),
+        )
         return {**summary, "finetune": cfg.finetune, "trainable_params": trainable, "gpt_params": total}
 
     def apply_vocab(self, vocab_json: str) -> None:
@@ -304,7 +322,10 @@ class XttsBackend(Backend):
 
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
         """Training clips longer than these are dropped (0: the model's own limits); before build_features."""
-        self._limits = {"max_audio_seconds": float(max_audio_seconds), "max_text_tokens": int(max_text_tokens)}
+        self._limits = {
+            "max_audio_seconds": float(max_audio_seconds),
+            "max_text_tokens": int(max_text_tokens),
+        }
         self._extractor = None
 
     def batch_stats(self, batch: Batch) -> dict[str, float]:
@@ -314,7 +335,10 @@ class XttsBackend(Backend):
         codes = (wav + args.gpt_code_stride_len - 1) // args.gpt_code_stride_len + 3
         cond = 32 if args.gpt_use_perceiver_resampler else 1
         tokens = int((batch["text_lengths"].long() + 2).sum() + (codes + 1).sum()) + cond * int(wav.numel())
-        return {"audio_seconds": float(wav.sum()) / float(self.config.audio.sample_rate), "tokens": float(tokens)}
+        return {
+            "audio_seconds": float(wav.sum()) / float(self.config.audio.sample_rate),
+            "tokens": float(tokens),
+        }
 
     # ---------------------------------------------------------------- training
     def trainable(self) -> torch.nn.Module:
@@ -393,7 +417,10 @@ class XttsBackend(Backend):
             audios.append(audio)
         try:
             latents = model.get_gpt_cond_latents(
-                torch.cat(audios, dim=-1), sr, length=int(cfg.gpt_cond_len), chunk_length=int(cfg.gpt_cond_chunk_len)
+                torch.cat(audios, dim=-1),
+                sr,
+                length=int(cfg.gpt_cond_len),
+                chunk_length=int(cfg.gpt_cond_chunk_len),
             )
         except RuntimeError as e:  # "Provided reference audio too short"
             raise ValueError(f"reference audio {[str(r) for r in refs]}: {e}") from e
@@ -422,7 +449,9 @@ class XttsBackend(Backend):
             raise ValueError("synthesize: the text is empty")
         supported = {lang.split("-")[0] for lang in cfg.languages}
         if language.split("-")[0] not in supported:
-            raise ValueError(f"language {language!r} is not supported by this model; choose one of {cfg.languages}")
+            raise ValueError(
+                f"language {language!r} is not supported by this model; choose one of {cfg.languages}"
+            )
         was_training = self._train_mode
         self.set_train(False)
         gpt = model.gpt
@@ -449,7 +478,11 @@ class XttsBackend(Backend):
             if was_training:
                 self.set_train(True)
         audio = np.clip(np.concatenate(wavs), -1.0, 1.0).astype(np.float32)
-        meta = {"hit_max_length": any(c >= cap for c in counts), "num_tokens": sum(counts), "max_audio_tokens": cap}
+        meta = {
+            "hit_max_length": any(c >= cap for c in counts),
+            "num_tokens": sum(counts),
+            "max_audio_tokens": cap,
+        }
         return Waveform(audio, int(cfg.model_args.output_sample_rate), meta)
 
     def synthesize_batch(self, texts: Sequence[str], refs: Sequence[Path], language: str,
@@ -564,7 +597,9 @@ class XttsBackend(Backend):
         for piece in pieces:
             n = len(self.model.tokenizer.encode(piece.lower(), language))
             if n >= max_tokens:
-                raise ValueError(f"text piece of {n} tokens exceeds the model's {max_tokens}-token limit: {piece[:60]!r}")
+                raise ValueError(
+                    f"text piece of {n} tokens exceeds the model's {max_tokens}-token limit: {piece[:60]!r}"
+                )
         return pieces
 
     # ---------------------------------------------------------------- state
@@ -587,7 +622,9 @@ class XttsBackend(Backend):
             if not has_lora(self.model.gpt):
                 apply_lora(self.model.gpt, settings)
             elif self._lora is not None and settings != self._lora:
-                raise BaseModelError(f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}")
+                raise BaseModelError(
+                    f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}"
+                )
             self._lora = settings
 
     def load_trained(self, path: Path) -> None:
@@ -614,7 +651,9 @@ class XttsBackend(Backend):
         try:
             missing, unexpected = gpt.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatch: trained on another base model
-            raise BaseModelError(f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})") from e
+            raise BaseModelError(
+                f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})"
+            ) from e
         missing = [] if meta.get("partial") else [k for k in missing if not k.startswith(_INFERENCE_KEYS)]
         if missing or unexpected:
             raise BaseModelError(

@@ -262,9 +262,15 @@ def cond_frames(max_cond_length: int, hop: int) -> int:
 
 def drop_kind(reason: str) -> str:
     """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and run.json)."""
-    kinds = (("longer than max_wav_length", "too_long_audio"), ("more than max_text_length", "too_long_text"),
-             ("shorter than", "too_short"), ("[UNK]", "unknown_characters"), ("empty transcript", "empty_text"),
-             ("cannot read the audio", "unreadable"), ("is not supported", "unsupported_language"))
+    kinds = (
+        ("longer than max_wav_length", "too_long_audio"),
+        ("more than max_text_length", "too_long_text"),
+        ("shorter than", "too_short"),
+        ("[UNK]", "unknown_characters"),
+        ("empty transcript", "empty_text"),
+        ("cannot read the audio", "unreadable"),
+        ("is not supported", "unsupported_language"),
+    )
     for fragment, kind in kinds:
         if fragment in reason:
             return kind
