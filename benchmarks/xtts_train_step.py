@@ -346,7 +346,8 @@ def _busy(step, device: torch.device, n: int, kernels: dict | None = None) -> fl
 
 def conditioning_flops(backend: Any, store: Any, batches: list[list[int]], device: torch.device,
                        precision: str) -> float:
-    """Forward FLOPs of the conditioning encoder + perceiver for one clip (counted, under the step's autocast)."""
+    """Forward FLOPs of the conditioning encoder + perceiver for one clip (counted, under the step's
+    autocast)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from voicetune.backends.xtts.speed import conditioning
@@ -482,7 +483,8 @@ def reference_trainer(base: Path, device: torch.device, smoke: bool) -> Any:
 def reference_batches(
     model: Any, clips: list[Any], batches: list[list[int]], seed: int
 ) -> list[dict[str, Any]]:
-    """The batches XTTSDataset + collate_fn would produce (random 3-6 s conditioning slices, masking approach)."""
+    """The batches XTTSDataset + collate_fn would produce (random 3-6 s conditioning slices, masking
+    approach)."""
     from TTS.tts.layers.xtts.trainer.dataset import XTTSDataset
 
     from voicetune.backends.xtts.features import load_wav_tensor

@@ -158,7 +158,8 @@ def is_run_folder(run_dir: Path) -> bool:
 
 
 def is_marked_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` carries the marker of a run folder that `voicetune train` owns (:func:`mark_run`)."""
+    """Whether ``run_dir`` carries the marker of a run folder that `voicetune train` owns
+    (:func:`mark_run`)."""
     return "run" in read_marker(Path(run_dir))
 
 

@@ -81,7 +81,8 @@ def reference_run(tiny_dataset, tiny_base, tmp_path_factory):
 
 @pytest.fixture
 def tone_dataset(tmp_path):
-    """A Coqui-format dataset of 6 voiced tones (GPU boxes have no Piper voice; memory does not depend on it)."""
+    """A Coqui-format dataset of 6 voiced tones (GPU boxes have no Piper voice; memory does not depend on
+    it)."""
     import numpy as np
 
     from voicetune.audio.io import write_wav

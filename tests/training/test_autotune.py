@@ -1,4 +1,5 @@
-"""Batch size, accumulation, precision and checkpointing from a measured dry run (`doctor --dataset`, `--auto`)."""
+"""Batch size, accumulation, precision and checkpointing from a measured dry run (`doctor --dataset`,
+`--auto`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""CUDA graphs of a micro-batch's forward + backward: when they apply, and that replays train like eager steps."""
+"""CUDA graphs of a micro-batch's forward + backward: when they apply, and that replays train like eager
+steps."""
 
 from __future__ import annotations
 

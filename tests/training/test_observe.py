@@ -1,4 +1,5 @@
-"""What training reports: per-step rates, ETA, memory and MFU in the log, metrics.jsonl, TensorBoard, run.json."""
+"""What training reports: per-step rates, ETA, memory and MFU in the log, metrics.jsonl, TensorBoard,
+run.json."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""FlatAdamW: the AdamW for bf16 weights (flat buffers, stochastic rounding) and its choice by build_optimizer."""
+"""FlatAdamW: the AdamW for bf16 weights (flat buffers, stochastic rounding) and its choice by
+build_optimizer."""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ def _model(sim: float, wer: float, folder: str, n: int = 2) -> dict:
 
 
 def _run(tmp_path: Path, steps: tuple[int, ...] = (2, 4), best: int = 4) -> Path:
-    """A run folder laid out as in-loop evaluation writes it (eval/baseline, eval/step_N, checkpoints/best)."""
+    """A run folder laid out as in-loop evaluation writes it (eval/baseline, eval/step_N,
+    checkpoints/best)."""
     run = tmp_path / "run"
     protocol = {"key": "k1"}
     base = _model(0.5, 0.4, "base")

@@ -64,10 +64,12 @@ class FeatureStore(torch.utils.data.Dataset):
         """Per-item length (e.g. audio tokens) used for length-bucketed batching."""
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch the next items are read for (random crops keyed by (seed, epoch, item)); default: none."""
+        """The epoch the next items are read for (random crops keyed by (seed, epoch, item)); default:
+        none."""
 
     def forget(self, indices: list[int]) -> None:
-        """Drop what is memoised for these items, so a redone step reads them afresh; default: nothing kept."""
+        """Drop what is memoised for these items, so a redone step reads them afresh; default: nothing
+        kept."""
 
     def durations(self) -> list[float]:
         """Audio seconds per item (run.json's audio hours); default: unknown (empty)."""
@@ -114,7 +116,8 @@ class Backend(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def validate_base_folder(cls, path: Path) -> dict[str, Path]:
-        """The files of a complete base folder by role; :class:`BaseModelError` naming what is missing or bad."""
+        """The files of a complete base folder by role; :class:`BaseModelError` naming what is missing or
+        bad."""
 
     @classmethod
     def is_native_folder(cls, path: Path) -> bool:
@@ -140,7 +143,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load_base(self, path: Path, device: torch.device) -> None:
-        """Validate the base folder (naming any missing/unreadable file) and load its weights onto ``device``."""
+        """Validate the base folder (naming any missing/unreadable file) and load its weights onto
+        ``device``."""
 
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
                         texts: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:

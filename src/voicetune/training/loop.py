@@ -272,7 +272,8 @@ def _features(backend: Backend, cfg: TrainConfig, dataset: Dataset, run_dir: Pat
 
 def _data_report(store: FeatureStore, n_clips: int, sampler: StepSampler, cfg: TrainConfig,
                  dist: Dist) -> dict[str, Any]:
-    """Clips kept and dropped (by reason), padding with and without length bucketing, batch geometry; logged."""
+    """Clips kept and dropped (by reason), padding with and without length bucketing, batch geometry;
+    logged."""
     dropped = store.drop_summary()
     report: dict[str, Any] = {
         "clips": n_clips,

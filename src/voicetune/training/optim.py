@@ -51,7 +51,8 @@ def make_torch_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
                     steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over ``cfg.warmup_steps``, then ``cfg.scheduler`` (see voicetune.training.schedulers)."""
+    """Linear warm-up over ``cfg.warmup_steps``, then ``cfg.scheduler`` (see
+    voicetune.training.schedulers)."""
     from voicetune.training.schedulers import build_scheduler as _build
 
     return _build(optimizer, cfg, total_steps, steps_per_epoch)

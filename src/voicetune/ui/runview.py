@@ -54,7 +54,8 @@ class RunView:
 
     @property
     def total_steps(self) -> int | None:
-        """max_steps, else epochs x steps per epoch (ceil(clips used / global batch), as the sampler has it)."""
+        """max_steps, else epochs x steps per epoch (ceil(clips used / global batch), as the sampler has
+        it)."""
         max_steps = int(self.config.get("max_steps") or 0)
         if max_steps:
             return max_steps
@@ -143,7 +144,8 @@ def loss_rows(view: RunView) -> list[dict[str, Any]]:
 
 
 def eval_rows(view: RunView) -> list[dict[str, Any]]:
-    """(step, value, series) rows of the evaluation metrics on a 0-1 scale (similarity, WER, CER, failures)."""
+    """(step, value, series) rows of the evaluation metrics on a 0-1 scale (similarity, WER, CER,
+    failures)."""
     return [{"step": r["step"], "value": r[key], "series": label}
             for r in view.evals for key, label in EVAL_SERIES if _finite(r.get(key))]
 

@@ -74,7 +74,8 @@ class Workspace:
     # ------------------------------------------------------------------ listings
 
     def datasets(self) -> list[str]:
-        """Dataset folders (those with clips.jsonl or metadata_train.csv), newest first, as workspace paths."""
+        """Dataset folders (those with clips.jsonl or metadata_train.csv), newest first, as workspace
+        paths."""
         found = [p for p in self._children("datasets")
                  if (p / "clips.jsonl").is_file() or (p / "metadata_train.csv").is_file()]
         return [self.relative(p) for p in found]

@@ -1,4 +1,5 @@
-"""Fixtures of the CSM backend tests: a Spanish dataset spoken by espeak-ng, and a tiny CSM base built from it."""
+"""Fixtures of the CSM backend tests: a Spanish dataset spoken by espeak-ng, and a tiny CSM base built from
+it."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def spanish_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def csm_base(spanish_dataset, tmp_path_factory) -> Path:
-    """An UNTRAINED tiny CSM base: tokenizer from the Spanish transcripts, Mimi codebooks fitted to their audio."""
+    """An UNTRAINED tiny CSM base: tokenizer from the Spanish transcripts, Mimi codebooks fitted to their
+    audio."""
     from voicetune.backends.tiny import make_tiny_base
 
     return make_tiny_base(

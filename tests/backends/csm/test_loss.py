@@ -107,7 +107,8 @@ def test_context_clips_come_before_the_clip_and_are_not_targets(csm_base, spanis
 
 
 def test_text_embeddings_looked_up_on_the_cpu_give_the_same_loss(loaded):
-    """On a GPU a frozen text embedding stays on the CPU and collate looks the batch up (configure_training)."""
+    """On a GPU a frozen text embedding stays on the CPU and collate looks the batch up
+    (configure_training)."""
     backend, store = loaded
     items = [store[i] for i in range(2)]
     plain = backend.collate(items)

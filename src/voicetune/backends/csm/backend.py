@@ -91,7 +91,8 @@ class CsmBackend(Backend):
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
-        """Validate the base folder (downloading a hub id first) and load model and processor onto ``device``."""
+        """Validate the base folder (downloading a hub id first) and load model and processor onto
+        ``device``."""
         from transformers import AutoProcessor, CsmForConditionalGeneration
 
         from voicetune.backends.csm.export import explain_untied
@@ -179,7 +180,8 @@ class CsmBackend(Backend):
     # ---------------------------------------------------------------- what trains
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
                         texts: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-        """LoRA adapters (--finetune lora) or full finetuning minus --freeze; the speaker id. Returns a summary."""
+        """LoRA adapters (--finetune lora) or full finetuning minus --freeze; the speaker id. Returns a
+        summary."""
         from voicetune.backends.adapters import has_lora, inject_lora
         from voicetune.backends.csm import structure
 
@@ -229,7 +231,8 @@ class CsmBackend(Backend):
     def build_features(
         self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
     ) -> FeatureStore:
-        """Mimi codes of ``clips`` (encoded once, cached under ``cache`` by content hash) and their prompts."""
+        """Mimi codes of ``clips`` (encoded once, cached under ``cache`` by content hash) and their
+        prompts."""
         from voicetune.backends.csm.features import (
             CsmFeatureStore,
             PromptFormat,
@@ -418,7 +421,8 @@ class CsmBackend(Backend):
         return {"speaker_id": self.speaker_id, "context_texts": dict(self.context_texts)}
 
     def save(self, path: Path) -> None:
-        """The tensors that train (LoRA adapters, or the unfrozen weights) and what rebuilds them (structure.py)."""
+        """The tensors that train (LoRA adapters, or the unfrozen weights) and what rebuilds them
+        (structure.py)."""
         from voicetune.backends.csm.structure import trainable_state
 
         atomic_torch_save(trainable_state(self._require(), self._lora, self._meta()), Path(path))

@@ -76,7 +76,8 @@ class PromptFormat:
         )
 
     def prompt(self, speaker: int, text: str) -> Prompt:
-        """The segment prompt of ``text`` said by ``speaker`` (the chat template of one message with audio)."""
+        """The segment prompt of ``text`` said by ``speaker`` (the chat template of one message with
+        audio)."""
         message = [{"role": str(speaker), "content": [{"type": "text", "text": text},
                                                       {"type": "audio", "path": "<audio>"}]}]
         rendered = self.processor.apply_chat_template(message, tokenize=False)

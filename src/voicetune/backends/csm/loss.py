@@ -42,7 +42,8 @@ def run_layer(layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: t
 def run_stack(
     stack: Any, h: torch.Tensor, layer_fn: Layer = run_layer, recompute: bool = False
 ) -> torch.Tensor:
-    """The layers and final norm of a transformers CSM stack (``backbone_model`` or ``depth_decoder.model``)."""
+    """The layers and final norm of a transformers CSM stack (``backbone_model`` or
+    ``depth_decoder.model``)."""
     positions = torch.arange(h.shape[1], device=h.device)[None]
     cos, sin = stack.rotary_emb(h, positions)
     for layer in stack.layers:

@@ -25,7 +25,8 @@ TRAINABLE_MODULES = ("backbone_model", "depth_decoder", "lm_head", "embed_text_t
 
 
 def trainable_view(model: Any) -> torch.nn.ModuleDict:
-    """The model without its codec, as one module (the same submodules: names and parameters are the model's)."""
+    """The model without its codec, as one module (the same submodules: names and parameters are the
+    model's)."""
     return torch.nn.ModuleDict({name: getattr(model, name) for name in TRAINABLE_MODULES})
 
 

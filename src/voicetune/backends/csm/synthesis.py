@@ -80,7 +80,8 @@ def load_references(refs: Sequence[Path], known: dict[str, str], sample_rate: in
 
 
 def conversation(refs: Sequence[Reference], speaker: int, text: str) -> list[dict[str, Any]]:
-    """The chat-template conversation: each reference as a turn of ``speaker`` with its audio, then the text."""
+    """The chat-template conversation: each reference as a turn of ``speaker`` with its audio, then the
+    text."""
     turns = [{"role": str(speaker), "content": [{"type": "text", "text": r.text},
                                                 {"type": "audio", "audio": r.audio}]} for r in refs]
     return [*turns, {"role": str(speaker), "content": [{"type": "text", "text": text}]}]

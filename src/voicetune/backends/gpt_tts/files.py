@@ -64,7 +64,8 @@ def unwrap_model(obj: Any) -> Any:
 
 
 def check_mel_norms(stats: Any, path: Path | str) -> Any:
-    """The [80] float tensor of a loaded mel normaliser; a BaseModelError naming ``path`` when it is not one."""
+    """The [80] float tensor of a loaded mel normaliser; a BaseModelError naming ``path`` when it is not
+    one."""
     if not torch.is_tensor(stats) or stats.numel() != 80:
         shape = tuple(stats.shape) if torch.is_tensor(stats) else type(stats).__name__
         raise BaseModelError(f"{path}: expected a tensor of 80 mel-channel statistics, got {shape}")

@@ -101,7 +101,8 @@ class PackedLossModule(torch.nn.Module):
 # ----------------------------------------------------------------------------------------- flat weights
 @dataclass(frozen=True, eq=False)
 class FlatLayout:
-    """Where each trainable GPT parameter lives in the optimizer's flat buffers (:mod:`voicetune.utils.flat`)."""
+    """Where each trainable GPT parameter lives in the optimizer's flat buffers
+    (:mod:`voicetune.utils.flat`)."""
 
     flats: tuple[torch.Tensor, ...]
     names: tuple[tuple[str, ...], ...]  # per buffer, in buffer order, as PackedLossModule names them
@@ -132,7 +133,8 @@ class FlatLayout:
         return all(flat.owner(p) is f for p, f in zip(self.first, self.flats))
 
     def tensors(self, flats: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        """The parameters as views split out of ``flats`` (inside autograd: their gradients reach the buffers)."""
+        """The parameters as views split out of ``flats`` (inside autograd: their gradients reach the
+        buffers)."""
         out = {}
         for buffer, names, shapes, sizes in zip(flats, self.names, self.shapes, self.sizes):
             for name, shape, piece in zip(names, shapes, buffer.split(sizes)):
@@ -313,7 +315,8 @@ class GptTrainingSpeed:
         return self.family.pack(batch, self.constants, self.settings.pad_multiple)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(text CE, mel CE) on a packed batch; None when the batch is not packed (use coqui-tts's forward)."""
+        """(text CE, mel CE) on a packed batch; None when the batch is not packed (use coqui-tts's
+        forward)."""
         if self.constants is None or "text_targets" not in batch:
             return None
         if self.settings.compile and self.settings.compile_mode == "reduce-overhead":

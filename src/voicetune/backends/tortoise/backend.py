@@ -286,7 +286,8 @@ class TortoiseBackend(Backend):
         return {"finetune": cfg.finetune, "trainable_params": trainable, "gpt_params": total}
 
     def configure_training(self, cfg: TrainConfig, cuda_graphs: bool = False) -> None:
-        """Apply cfg's speed/memory options (packed loss, attention, compile, bf16 weights) before the optimizer."""
+        """Apply cfg's speed/memory options (packed loss, attention, compile, bf16 weights) before the
+        optimizer."""
         from voicetune.backends.tortoise.speed import configure_training
 
         self._speed = configure_training(self.gpt, cfg, self.device, cuda_graphs)
@@ -423,7 +424,8 @@ class TortoiseBackend(Backend):
         )
 
     def load_trained(self, path: Path) -> None:
-        """Load a state written by :meth:`save`, or an autoregressive.pth (a finetune's) of this architecture."""
+        """Load a state written by :meth:`save`, or an autoregressive.pth (a finetune's) of this
+        architecture."""
         from voicetune.backends.adapters import LoraSettings, has_lora
         from voicetune.backends.gpt_tts.lora import apply_lora
         from voicetune.backends.gpt_tts.structure import split_meta

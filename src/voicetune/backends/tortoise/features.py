@@ -210,7 +210,8 @@ class TortoiseFeatureStore(FeatureStore):
 
 
 def drop_kind(reason: str) -> str:
-    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and run.json)."""
+    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and
+    run.json)."""
     kinds = (
         ("longer than max_wav_length", "too_long_audio"),
         ("more than max_text_length", "too_long_text"),
@@ -226,7 +227,8 @@ def drop_kind(reason: str) -> str:
 
 
 def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:
-    """Pad items into the batch ``UnifiedVoice.forward`` takes (text padded with 0, as DL-Art-School's collate)."""
+    """Pad items into the batch ``UnifiedVoice.forward`` takes (text padded with 0, as DL-Art-School's
+    collate)."""
     b = len(items)
     text_lengths = torch.tensor([it["text_tokens"].numel() for it in items], dtype=torch.long)
     code_lengths = [it["audio_codes"].numel() for it in items]

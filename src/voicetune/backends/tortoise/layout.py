@@ -106,7 +106,8 @@ def read_config_dict(path: Path) -> dict[str, Any]:
 
 
 def load_config(files: dict[str, Path]) -> tuple[Any, dict[str, Any]]:
-    """(TortoiseConfig, its raw mapping or {}) of a validated folder: config.json, else tortoise-v2's defaults."""
+    """(TortoiseConfig, its raw mapping or {}) of a validated folder: config.json, else tortoise-v2's
+    defaults."""
     from TTS.tts.configs.tortoise_config import TortoiseConfig
 
     cfg = TortoiseConfig()
@@ -162,7 +163,8 @@ def load_state(path: Path, what: str) -> dict[str, Any]:
 
 
 def load_vocoder_state(path: Path) -> dict[str, Any]:
-    """The UnivNet generator of vocoder.pth (``{"model_g": state_dict}``, as tortoise-tts and coqui-tts read it)."""
+    """The UnivNet generator of vocoder.pth (``{"model_g": state_dict}``, as tortoise-tts and coqui-tts read
+    it)."""
     obj = torch_load(path, "the vocoder")
     if not isinstance(obj, dict) or not isinstance(obj.get("model_g"), dict):
         raise BaseModelError(

@@ -87,7 +87,8 @@ def codes_rendered(samples: int) -> int:
 
 def render(model: Any, text: str, latents: tuple[torch.Tensor, torch.Tensor], preset: str, seed: int,
            max_tokens: int, half: bool) -> tuple[torch.Tensor, int]:
-    """One piece of text through ``Tortoise.inference_with_config`` (seeded): (waveform [S] at 24 kHz, codes)."""
+    """One piece of text through ``Tortoise.inference_with_config`` (seeded): (waveform [S] at 24 kHz,
+    codes)."""
     out = model.inference_with_config(
         text, conditioning_latents=latents, verbose=False, use_deterministic_seed=seed, half=half,
         max_mel_tokens=max_tokens, **PRESETS[preset])

@@ -611,7 +611,8 @@ class XttsBackend(Backend):
         atomic_torch_save(trainable_state(self._require().gpt, self._vocab_json, self._lora), Path(path))
 
     def _adopt_structure(self, meta: dict[str, Any], path: Path) -> None:
-        """Rebuild what a checkpoint's structure needs on the loaded base: its vocabulary, its LoRA adapters."""
+        """Rebuild what a checkpoint's structure needs on the loaded base: its vocabulary, its LoRA
+        adapters."""
         from voicetune.backends.adapters import LoraSettings, has_lora
         from voicetune.backends.gpt_tts.lora import apply_lora
 

@@ -200,7 +200,8 @@ class XttsFeatureStore(FeatureStore):
         return [n * self.settings.code_stride / self.settings.sample_rate for n in self._lengths]
 
     def drop_summary(self) -> dict[str, int]:
-        """How many clips were dropped, by kind of reason (too_long_audio, too_long_text, unknown_characters...)."""
+        """How many clips were dropped, by kind of reason (too_long_audio, too_long_text,
+        unknown_characters...)."""
         out: dict[str, int] = {}
         for _, reason in self.dropped:
             kind = drop_kind(reason)
@@ -261,7 +262,8 @@ def cond_frames(max_cond_length: int, hop: int) -> int:
 
 
 def drop_kind(reason: str) -> str:
-    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and run.json)."""
+    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and
+    run.json)."""
     kinds = (
         ("longer than max_wav_length", "too_long_audio"),
         ("more than max_text_length", "too_long_text"),
