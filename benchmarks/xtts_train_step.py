@@ -792,8 +792,8 @@ def _print_table(report: dict) -> None:
         print(
             f"{name:32s} {r['step_s_median']:8.4f} {r['samples_per_s']:7.1f} {r['audio_s_per_s']:8.1f} "
             f"{r['peak_alloc_gib']:6.2f} {r['peak_reserved_gib']:6.2f} {mfu:>6s} "
-            f"{r.get('speedup_vs_reference', float('nan')):6.2f} {r.get('peak_alloc_vs_reference') or float('nan'):7.2f} "
-            f"{busy:>5s} {r['warmup_s']:7.1f}"
+            f"{r.get('speedup_vs_reference', float('nan')):6.2f} "
+            f"{r.get('peak_alloc_vs_reference') or float('nan'):7.2f} {busy:>5s} {r['warmup_s']:7.1f}"
         )
     sys.stdout.flush()
 

@@ -84,8 +84,9 @@ def model_card(manifest: dict[str, Any], package_name: str = "THIS_FOLDER",
         (
             f"A text-to-speech model ({backend}) finetuned by voicetune on {voice}, speaking "
             f"{LANGUAGES.get(language, language)} ({language}). It was trained for {steps} steps "
-            f"(checkpoint {manifest.get('checkpoint', '?')}{choice}) on {manifest.get('train_clips', '?')} clips of the "
-            f"dataset `{manifest.get('dataset')}`, starting from the base model `{manifest.get('base')}`."
+            f"(checkpoint {manifest.get('checkpoint', '?')}{choice}) on {manifest.get('train_clips', '?')} "
+            f"clips of the dataset `{manifest.get('dataset')}`, starting from the base model "
+            f"`{manifest.get('base')}`."
         ),
         "",
     ]

@@ -139,13 +139,13 @@ class PrepareResult:
         """Human-readable report: one summary line, the dataset folder, then reasons, skips and warnings."""
         lines = [
             (
-                f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min input; "
-                f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
+                f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min "
+                f"input; {self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
                 f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
-                f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) used "
-                f"({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
-                f"{self.seconds_elapsed:.0f} s "
-                f"(real-time factor {self.real_time_factor:.3f}, {self.speed:.0f}x real time); ASR: {self.asr_model}"
+                f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) "
+                f"used ({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
+                f"{self.seconds_elapsed:.0f} s (real-time factor {self.real_time_factor:.3f}, "
+                f"{self.speed:.0f}x real time); ASR: {self.asr_model}"
             ),
             f"dataset: {self.out_dir}   report: {self.report_html}",
         ]
@@ -633,8 +633,9 @@ def prepare(
                            skipped=skipped, inputs=inputs)
     if result.n_kept == 0:
         raise PrepareError(
-            f"no usable clip in {', '.join(str(p) for p in inputs)}: {result.n_quarantined} clip(s) quarantined "
-            f"({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl} and {result.report_html}"
+            f"no usable clip in {', '.join(str(p) for p in inputs)}: {result.n_quarantined} clip(s) "
+            f"quarantined ({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl} and "
+            f"{result.report_html}"
         )
     return result
 

@@ -296,7 +296,8 @@ def _speaker_check(
         r.quality["speaker_similarity"] = round(sim, 4)
         if sim < cfg.min_speaker_similarity:
             r.reasons.append(
-                f"different voice (speaker similarity {sim:.2f} < {cfg.min_speaker_similarity:g} to {speaker!r})"
+                f"different voice (speaker similarity {sim:.2f} < {cfg.min_speaker_similarity:g} to "
+                f"{speaker!r})"
             )
 
 

@@ -150,8 +150,8 @@ def _prepare_run_dir(run_dir: Path, sources: dict[str, str]) -> None:
     files it did not write, nor over an earlier run."""
     if latest_checkpoint(run_dir) is not None:
         raise TrainError(
-            f"{run_dir} already holds checkpoints from an earlier run; choose a new --out folder, or continue "
-            f"it with --resume {run_dir} (voicetune never overwrites a run)"
+            f"{run_dir} already holds checkpoints from an earlier run; choose a new --out folder, or "
+            f"continue it with --resume {run_dir} (voicetune never overwrites a run)"
         )
     if run_dir.is_dir() and any(run_dir.iterdir()):
         present = {p.name for p in run_dir.iterdir()} - {MARKER}

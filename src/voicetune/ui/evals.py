@@ -89,8 +89,8 @@ def table_html(r: RunEvals) -> str:
     table = rows(r)
     if not table:
         return (
-            "<p class='vt-muted'>No evaluation yet: in-loop evaluation scores the base model before the first "
-            "step and then each evaluated checkpoint.</p>"
+            "<p class='vt-muted'>No evaluation yet: in-loop evaluation scores the base model before the "
+            "first step and then each evaluated checkpoint.</p>"
         )
     shown = [
         (k, label, fmt) for k, label, fmt in TABLE_METRICS if any(_finite(x.metrics.get(k)) for x in table)

@@ -177,8 +177,8 @@ def format_seconds(seconds: float) -> str:
 def memory_text(last: dict[str, Any]) -> str:
     if _finite(last.get("mem_alloc_gib")):
         return (
-            f"GPU memory {last['mem_alloc_gib']:.2f} GiB allocated, {last.get('mem_peak_gib', 0):.2f} GiB peak, "
-            f"{last.get('mem_reserved_gib', 0):.2f} GiB reserved"
+            f"GPU memory {last['mem_alloc_gib']:.2f} GiB allocated, {last.get('mem_peak_gib', 0):.2f} GiB "
+            f"peak, {last.get('mem_reserved_gib', 0):.2f} GiB reserved"
         )
     if _finite(last.get("mem_rss_gib")):
         return f"no GPU: process memory {last['mem_rss_gib']:.2f} GiB (RSS)"

@@ -125,9 +125,9 @@ def check_bind(host: str, allow_remote: bool) -> str | None:
             "mean it (and set --auth USER:PASS), or keep the default --host 127.0.0.1"
         )
     return (
-        f"WARNING: the voicetune UI listens on {host}: anyone who can reach this machine on that interface can "
-        "use it, including starting training and reading the workspace. Use --auth USER:PASS and a trusted "
-        "network."
+        f"WARNING: the voicetune UI listens on {host}: anyone who can reach this machine on that interface "
+        "can use it, including starting training and reading the workspace. Use --auth USER:PASS and a "
+        "trusted network."
     )
 
 

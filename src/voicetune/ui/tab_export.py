@@ -71,9 +71,10 @@ def _summary(ws: Workspace, package: Path, archive: Path) -> str:
         else ""
     )
     return (
-        f"{warn}<div class='vt-msg vt-msg-ok' id='vt-export-done'>package {html.escape(ws.relative(package))} "
-        f"({manifest.get('backend')}, {manifest.get('checkpoint')}, {manifest.get('steps')} steps); zip "
-        f"{_size(archive.stat().st_size)}</div><ul class='vt-files'>{listing}</ul>"
+        f"{warn}<div class='vt-msg vt-msg-ok' id='vt-export-done'>package "
+        f"{html.escape(ws.relative(package))} ({manifest.get('backend')}, {manifest.get('checkpoint')}, "
+        f"{manifest.get('steps')} steps); zip {_size(archive.stat().st_size)}</div><ul "
+        f"class='vt-files'>{listing}</ul>"
     )
 
 

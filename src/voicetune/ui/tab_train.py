@@ -74,9 +74,9 @@ def _status_html(view: runview.RunView) -> str:
             if isinstance(last.get("samples_per_s"), (int, float)) else "")
     evals = f" · {len(view.evals)} evaluation(s)" if view.evals else ""
     return (
-        f"<div class='vt-run-status' data-state='{state}'><span class='vt-badge vt-{_BADGE[state]}'>{state}</span> "
-        f"<b>{html.escape(view.name)}</b>: {html.escape(text)}{bar}"
-        f"<div class='vt-muted'>{rate}{html.escape(runview.memory_text(last))}{evals}</div></div>"
+        f"<div class='vt-run-status' data-state='{state}'><span class='vt-badge "
+        f"vt-{_BADGE[state]}'>{state}</span> <b>{html.escape(view.name)}</b>: {html.escape(text)}{bar}<div "
+        f"class='vt-muted'>{rate}{html.escape(runview.memory_text(last))}{evals}</div></div>"
     )
 
 

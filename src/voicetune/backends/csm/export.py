@@ -53,12 +53,13 @@ def explain_untied(model: Any, where: Path | str) -> None:
     diff = (model.backbone_model.embed_tokens.embed_audio_tokens.weight.detach().float()
             - model.depth_decoder.model.embed_tokens.weight.detach().float()).abs().max().item()
     logger.warning(
-        "%s stores two different copies of CSM's codebook embeddings (backbone input and depth-decoder input; "
-        "largest difference %.3g), which CSM normally ties into one tensor: some earlier finetune untied them. "
-        "This is what transformers' warning above ('both are present ... with different values, so we will NOT "
-        "tie them') means: the model runs with both copies as stored, which is how it was trained, so its "
-        "output is as intended. voicetune trains them as two tensors and writes tie_codebooks_embeddings: false "
-        "into the config of its exports, which then load without the warning.",
+        "%s stores two different copies of CSM's codebook embeddings (backbone input and depth-decoder "
+        "input; largest difference %.3g), which CSM normally ties into one tensor: some earlier finetune "
+        "untied them. This is what transformers' warning above ('both are present ... with different "
+        "values, so we will NOT tie them') means: the model runs with both copies as stored, which is how "
+        "it was trained, so its output is as intended. voicetune trains them as two tensors and writes "
+        "tie_codebooks_embeddings: false into the config of its exports, which then load without the "
+        "warning.",
         where,
         diff,
     )

@@ -36,9 +36,9 @@ def _check(cond: bool, msg: str) -> None:
 
 LOSS_NOTE = (
     "CSM's loss has two parts: c0 (backbone_ce: codebook 0, what is said and much of the voice) and c1+ "
-    "(depth_ce: codebooks 1-31, fine acoustic detail, close to irreducible). The depth part dominates the total "
-    "and barely moves, so a nearly flat total (e.g. 12.0 -> 11.9) can hide a real fall of c0. Judge the run by "
-    "c0 and by the evaluation against the base model, not by the total."
+    "(depth_ce: codebooks 1-31, fine acoustic detail, close to irreducible). The depth part dominates the "
+    "total and barely moves, so a nearly flat total (e.g. 12.0 -> 11.9) can hide a real fall of c0. Judge "
+    "the run by c0 and by the evaluation against the base model, not by the total."
 )
 
 
@@ -55,9 +55,9 @@ class CsmOptions(BackendOptions):
     depth_fraction: float = opt(
         1 / 16,
         "Compute amortisation (CSM paper): the depth decoder trains on this random fraction of each "
-        "batch's audio frames (rounded up to a multiple of 8 on a GPU, so compiled shapes repeat); the backbone "
-        "on all of them. 1: every frame (what transformers' processor does by default); 0: the depth decoder "
-        "does not train.",
+        "batch's audio frames (rounded up to a multiple of 8 on a GPU, so compiled shapes repeat); the "
+        "backbone on all of them. 1: every frame (what transformers' processor does by default); 0: the "
+        "depth decoder does not train.",
         low=0.0,
         high=1.0,
     )

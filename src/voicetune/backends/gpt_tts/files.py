@@ -168,8 +168,8 @@ def load_dvae(path: Path, expected_tokens: int | None = None, *, expected_what: 
     hp = infer_dvae_hparams(state, path)
     if expected_tokens is not None and hp["num_tokens"] != expected_tokens:
         raise BaseModelError(
-            f"{path}: the DVAE has {hp['num_tokens']} codes but {expected_what} {expected_tokens}; dvae.pth and "
-            f"{gpt_file} are from different models"
+            f"{path}: the DVAE has {hp['num_tokens']} codes but {expected_what} {expected_tokens}; dvae.pth "
+            f"and {gpt_file} are from different models"
         )
     dvae = DiscreteVAE(normalization=None, **hp)
     # GPTTrainer loads dvae.pth with strict=False; we only need the encoder and the codebook to be complete.

@@ -658,7 +658,8 @@ class XttsBackend(Backend):
         missing = [] if meta.get("partial") else [k for k in missing if not k.startswith(_INFERENCE_KEYS)]
         if missing or unexpected:
             raise BaseModelError(
-                f"{path}: not a GPT state of this base model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+                f"{path}: not a GPT state of this base model (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]})"
             )
 
     def export(self, out: Path) -> None:
