@@ -80,10 +80,22 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
 DEFAULT_CONFIGS = "plain,vt_lora,vt_full,vt_lora_defaults"
 
 TEXTS = [
-    "The morning light crept slowly across the kitchen table while the kettle began to sing on the old stove.",
-    "Could you tell me where the nearest train station is, and whether the last train has already left tonight?",
-    "The garden looks wonderful after a week of gentle rain, and the roses are finally starting to bloom again.",
-    "Please remember to close the window before you leave, because the forecast says a storm is coming tonight.",
+    (
+        "The morning light crept slowly across the kitchen table while the kettle began to sing on the "
+        "old stove."
+    ),
+    (
+        "Could you tell me where the nearest train station is, and whether the last train has already "
+        "left tonight?"
+    ),
+    (
+        "The garden looks wonderful after a week of gentle rain, and the roses are finally starting to "
+        "bloom again."
+    ),
+    (
+        "Please remember to close the window before you leave, because the forecast says a storm is "
+        "coming tonight."
+    ),
 ]
 
 

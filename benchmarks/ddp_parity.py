@@ -11,7 +11,8 @@ seconds) or ``--size mid`` (12 layers x 512, ~50 M GPT parameters: closer to rea
 synthetic voiced tones (2.5-8 s), so nothing is downloaded. Usage on the 2-GPU box::
 
     . benchmarks/gpu_setup.sh && python3 benchmarks/ddp_parity.py --out $OUT/ddp_parity.json
-    python3 benchmarks/ddp_parity.py --device cpu --size tiny --steps 4 --out /tmp/ddp.json   # CPU check (gloo)
+    # CPU check (gloo):
+    python3 benchmarks/ddp_parity.py --device cpu --size tiny --steps 4 --out /tmp/ddp.json
 """
 
 from __future__ import annotations

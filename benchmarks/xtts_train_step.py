@@ -16,7 +16,8 @@ model FLOPs utilisation against the GPU's dense bf16 peak, compile/warm-up time,
 against the reference; writes JSON after every configuration. Usage (GPU box, see benchmarks/README.md):
 
     . benchmarks/gpu_setup.sh && python3 benchmarks/xtts_train_step.py --out $OUT/result.json
-    python3 benchmarks/xtts_train_step.py --smoke --device cpu --configs reference,vt_packed_eager  # CPU check
+    # CPU check:
+    python3 benchmarks/xtts_train_step.py --smoke --device cpu --configs reference,vt_packed_eager
 """
 
 from __future__ import annotations

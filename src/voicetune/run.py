@@ -3,8 +3,8 @@
 Layout::
 
     RUN_DIR/
-      run.json                 backend, base folder, dataset folder (absolute), versions, seed, and "training":
-                               clips kept/dropped (by reason), padding, global batch, what trains
+      run.json                 backend, base folder, dataset folder (absolute), versions, seed, and
+                               "training": clips kept/dropped (by reason), padding, global batch, what trains
       vocab.json               the extended vocabulary (only with --extend-vocab)
       config.yaml              the TrainConfig
       metrics.jsonl            one JSON object per logged step (and per evaluation)

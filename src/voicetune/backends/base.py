@@ -101,9 +101,9 @@ class Backend(abc.ABC):
     synthesis_batch_size: ClassVar[int] = 1
     """How many texts the evaluation passes to :meth:`synthesize_batch` at once (1: one by one)."""
     synthesis_presets: ClassVar[tuple[str, ...]] = ()
-    """Named speed/quality presets of synthesis that ``voicetune synthesize --preset`` offers, its default first
-    (:meth:`use_synthesis_preset`); empty: one way to synthesize. A new instance renders the way evaluations
-    render (every evaluation uses a fresh or the training instance), until a preset is chosen."""
+    """Named speed/quality presets of synthesis that ``voicetune synthesize --preset`` offers, its default
+    first (:meth:`use_synthesis_preset`); empty: one way to synthesize. A new instance renders the way
+    evaluations render (every evaluation uses a fresh or the training instance), until a preset is chosen."""
 
     @classmethod
     @abc.abstractmethod

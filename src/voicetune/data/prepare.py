@@ -151,7 +151,8 @@ class PrepareResult:
         ]
         if len(self.speakers) > 1:
             lines += [
-                f"  speaker {name}: {int(s['kept'])}/{int(s['clips'])} clip(s) kept, {s['minutes_kept']:.1f} min"
+                f"  speaker {name}: {int(s['kept'])}/{int(s['clips'])} clip(s) kept, "
+                f"{s['minutes_kept']:.1f} min"
                 for name, s in sorted(self.speakers.items())
             ]
         lines += [f"  quarantined {n}x: {reason}" for reason, n in sorted(self.quarantine_reasons.items())]

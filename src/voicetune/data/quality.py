@@ -2,16 +2,17 @@
 
 Measured per clip (cached by the source's content hash and the clip's span, see :mod:`.cache`):
 
-| measure          | from                                                     | quarantined when (PrepareConfig)     |
-|------------------|----------------------------------------------------------|--------------------------------------|
-| clipping_ratio   | samples at full scale or in flat runs of >= 3 equal loud  | > ``max_clipping_ratio``
-| |                  | samples, in the source audio before any gain             | | | snr_db           |
-speech-frame power vs the noise floor of the nearest      | < ``min_snr_db`` | | | non-speech frames (VAD
-prob. < 0.2, within 10 s; a low    | | |                  | percentile, so speech tails do not count as noise)
-| | | silence_ratio    | share of the clip's VAD frames below the VAD threshold    | > ``max_silence_ratio`` |
-| mos              | DistillMOS (``voicetune.scoring.mos``), batched | < ``min_mos`` | | embedding |
-Resemblyzer d-vector (``voicetune.scoring.speaker``)       | cosine to the speaker's centroid     | | | | <
-``min_speaker_similarity`` |
+| measure        | from                                                   | quarantined when (PrepareConfig) |
+|----------------|--------------------------------------------------------|----------------------------------|
+| clipping_ratio | samples at full scale or in flat runs of >= 3 equal    | > ``max_clipping_ratio``         |
+|                | loud samples, in the source audio before any gain      |                                  |
+| snr_db         | speech-frame power vs the noise floor of the nearest   | < ``min_snr_db``                 |
+|                | non-speech frames (VAD prob. < 0.2, within 10 s; a     |                                  |
+|                | low percentile, so speech tails do not count as noise) |                                  |
+| silence_ratio  | share of the clip's VAD frames below the VAD threshold | > ``max_silence_ratio``          |
+| mos            | DistillMOS (``voicetune.scoring.mos``), batched        | < ``min_mos``                    |
+| embedding      | Resemblyzer d-vector (``voicetune.scoring.speaker``)   | cosine to the speaker's centroid |
+|                |                                                        | < ``min_speaker_similarity``     |
 
 Decided over the whole dataset, per speaker (:func:`dataset_reasons`): speaker similarity to a robust
 centroid (the mean of the half of the clips closest to the plain mean, so a minority of other voices

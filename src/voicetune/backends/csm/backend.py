@@ -62,7 +62,10 @@ class CsmBackend(Backend):
     @classmethod
     def usage(cls) -> list[str]:
         return [
-            "It loads unchanged with transformers: `CsmForConditionalGeneration.from_pretrained(THIS_FOLDER)`",
+            (
+                "It loads unchanged with transformers: "
+                "`CsmForConditionalGeneration.from_pretrained(THIS_FOLDER)`"
+            ),
             "and `AutoProcessor.from_pretrained(THIS_FOLDER)`; prompt it with the clips in `reference/` as",
             "context turns of its speaker (see voicetune_csm.json for the speaker id and their transcripts).",
             "A LoRA run also wrote `adapter/`: `PeftModel.from_pretrained(base_model, THIS_FOLDER/adapter)`.",

@@ -3,7 +3,8 @@
 The layout ``CsmForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` read::
 
     BASE_DIR/
-      config.json                 CsmConfig (model_type "csm"): backbone, depth_decoder_config, codec_config (Mimi)
+      config.json                 CsmConfig (model_type "csm"): backbone, depth_decoder_config,
+                                  codec_config (Mimi)
       model.safetensors           the weights: backbone, depth decoder and the Mimi codec (codec_model.*);
                                   or model.safetensors.index.json + its shards
       generation_config.json      optional: sampling defaults (depth_decoder_* for the depth decoder)
@@ -13,7 +14,8 @@ The layout ``CsmForConditionalGeneration.from_pretrained`` and ``AutoProcessor.f
       chat_template.jinja         the prompt format ("[speaker]text" + audio); or a "chat_template" entry in
                                   processor_config.json / chat_template.json / tokenizer_config.json
       voicetune_csm.json          optional, written by voicetune: the speaker id and the transcripts of the
-                                  reference clips a finetune was trained with; "untrained" for a tiny test base
+                                  reference clips a finetune was trained with; "untrained" for a tiny test
+                                  base
 
 ``BASE`` may also be a hub id (``sesame/csm-1b``) when the hub is reachable: it is downloaded once into the
 Hugging Face cache (the model is gated: accept its licence on the hub and log in with ``hf auth login``).

@@ -107,7 +107,8 @@ class TortoiseFeatureExtractor:
         if tokens.numel() == 0:
             return "empty transcript"
         if tokens.numel() > self.settings.max_text_length:
-            return f"transcript is {tokens.numel()} tokens, more than max_text_length={self.settings.max_text_length}"
+            limit = self.settings.max_text_length
+            return f"transcript is {tokens.numel()} tokens, more than max_text_length={limit}"
         if bool((tokens == UNK).any()):
             return "transcript has characters the model's vocabulary cannot encode ([UNK])"
         return None

@@ -7,9 +7,10 @@ checkpoint_dir=...)``); training the autoregressive model also needs DL-Art-Scho
     BASE_DIR/
       autoregressive.pth      UnifiedVoice state dict (the GPT voicetune finetunes; an ai-voice-cloning /
                               DL-Art-School finetune, or a voicetune export, in the same layout)
-      mel_norms.pth           tensor [80]: the per-channel log-mel normaliser (read from here, never downloaded)
-      dvae.pth                DL-Art-School's DiscreteVAE with 8,192 codes (turns audio into the GPT's audio codes;
-                              training only, not in the inference download)
+      mel_norms.pth           tensor [80]: the per-channel log-mel normaliser (read from here, never
+                              downloaded)
+      dvae.pth                DL-Art-School's DiscreteVAE with 8,192 codes (turns audio into the GPT's audio
+                              codes; training only, not in the inference download)
       diffusion_decoder.pth   DiffusionTts state dict (codes -> mel spectrogram)
       clvp2.pth               CLVP state dict (reranks the autoregressive candidates)
       vocoder.pth             {"model_g": UnivNet state dict} (mel -> 24 kHz waveform)
@@ -46,8 +47,8 @@ WHERE = {
     AUTOREGRESSIVE: f"the autoregressive model: tortoise-v2's from {_HUB}, or a finetune of it",
     MEL_NORMS: "the log-mel normaliser: tortoise-tts's tortoise/data/mel_norms.pth (also in coqui-tts's "
     "tortoise-v2 download)",
-    DVAE: f"DL-Art-School's 8,192-code discrete VAE, needed for training: .models/dvae.pth in {_HUB}, the file "
-    "ai-voice-cloning downloads for training (it is not part of the inference download)",
+    DVAE: f"DL-Art-School's 8,192-code discrete VAE, needed for training: .models/dvae.pth in {_HUB}, the "
+    "file ai-voice-cloning downloads for training (it is not part of the inference download)",
     DIFFUSION: f"the diffusion decoder: tortoise-v2's from {_HUB}",
     CLVP: f"the CLVP reranker: tortoise-v2's clvp2.pth from {_HUB}",
     VOCODER: f"the UnivNet vocoder: tortoise-v2's from {_HUB}",

@@ -8,7 +8,8 @@ targets the stop token 0, audio padding the stop code). So the packed rows keep 
 already has no padding inside (every row has the same segment lengths), and only the multiple-of-64 tail
 that the packing adds is ignored (targets -1)::
 
-    row:  [cond (1) | start, text_1..text_T (0-padded), 0 | start, code_1..code_M (stop-padded), stop | pad ...]
+    row:  [cond (1) | start, text_1..text_T (0-padded), 0 | start, code_1..code_M (stop-padded), stop
+           | pad ...]
 
 ``T`` is the longest transcript of the batch and ``M`` = the longest clip's samples // 1024 (coqui's
 ``clip_inputs``); codes after each clip's ``samples // 1024 + 1`` are the stop code (``set_mel_padding``).

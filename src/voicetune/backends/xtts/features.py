@@ -116,7 +116,8 @@ class XttsFeatureExtractor:
         if tokens.numel() <= 1:  # only the language token
             return "empty transcript"
         if tokens.numel() > self.settings.max_text_length:
-            return f"transcript is {tokens.numel()} tokens, more than max_text_length={self.settings.max_text_length}"
+            limit = self.settings.max_text_length
+            return f"transcript is {tokens.numel()} tokens, more than max_text_length={limit}"
         if self.unk_id is not None and bool((tokens == self.unk_id).any()):
             return "transcript has characters the model's vocabulary cannot encode ([UNK])"
         return None
