@@ -50,7 +50,7 @@ class Waveform:
         return len(self.audio) / float(self.sample_rate)
 
 
-class FeatureStore(torch.utils.data.Dataset):
+class FeatureStore(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Cached, model-ready features of a dataset split (computed once by ``build_features``)."""
 
     @abc.abstractmethod

@@ -85,7 +85,7 @@ def _optimizer_gib(backend: Any, cfg: Any) -> float:
     per = _STATE_BYTES.get(cfg.optimizer, 8)
     if getattr(cfg, "optimizer_state_dtype", "fp32") == "bf16":
         per //= 2
-    return trained * per / GIB
+    return float(trained * per / GIB)
 
 
 def _probe(

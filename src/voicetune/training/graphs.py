@@ -58,11 +58,11 @@ class GraphedMicroBatches:
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}; set --cuda-graphs off")
         self.fn, self.zero_grad, self.device = fn, zero_grad, device
-        self.graphs: dict[tuple, _Graph] = {}
+        self.graphs: dict[tuple[Any, ...], _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
     @staticmethod
-    def key(inputs: dict[str, torch.Tensor], weight: float) -> tuple:
+    def key(inputs: dict[str, torch.Tensor], weight: float) -> tuple[Any, ...]:
         return (weight, *((k, tuple(v.shape), v.dtype) for k, v in sorted(inputs.items())))
 
     def _step(self, inputs: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
@@ -86,7 +86,7 @@ class GraphedMicroBatches:
         entry.graph.replay()
         return entry.outputs
 
-    def _capture(self, inputs: dict[str, torch.Tensor], weight: float, key: tuple) -> _Graph:
+    def _capture(self, inputs: dict[str, torch.Tensor], weight: float, key: tuple[Any, ...]) -> _Graph:
         static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -122,7 +122,8 @@ def build(
 
     def fn(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with autocast(device, precision):
-            return backend.loss(inputs, cfg)
+            out: dict[str, torch.Tensor] = backend.loss(inputs, cfg)
+            return out
 
     return GraphedMicroBatches(fn, optimizer.zero_grad, device)
 

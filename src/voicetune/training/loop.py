@@ -236,7 +236,8 @@ def _sources(dataset_dir: Path | str | None, base: Path | str | None, out: Path 
         return cfg, run_dir, dataset, base_dir, ckpt
     if dataset_dir is None or base is None or out is None:
         raise TrainError("a new run needs a dataset folder, --base and --out (or --resume RUN_DIR)")
-    cfg = merge_options(resolve(cfg), overrides) if cfg else resolve_config(config_file, overrides)
+    cfg = merge_options(resolve(cfg), overrides) if cfg else resolve_config(
+        Path(config_file) if config_file is not None else None, overrides)
     return cfg, Path(out), Path(dataset_dir), Path(base), None
 
 

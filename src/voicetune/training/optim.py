@@ -36,7 +36,7 @@ def make_torch_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device:
                          kwargs: dict[str, Any]) -> torch.optim.Optimizer:
     """The torch.optim optimizer named by ``cfg.optimizer`` (adamw, adam, sgd, rmsprop)."""
     kind = getattr(cfg, "optimizer", "adamw")
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if kind == "adamw":
         return torch.optim.AdamW(groups, **kwargs, **fast)
     if kind == "adam":  # L2 weight decay through the gradient, as torch.optim.Adam does
@@ -171,7 +171,7 @@ class FlatAdamW(torch.optim.Optimizer):
         the gradients by ``min(1, max_norm / norm)`` inside its update, as ``clip_grad_norm_`` would have,
         without a separate pass over them. The gradient buffers themselves are left as they are."""
         grads = [f["grad"] for f in self._flat]
-        norm = torch.linalg.vector_norm(
+        norm: torch.Tensor = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
         )
         self._grad_scale = (max_norm / (norm + 1e-6)).clamp(max=1.0) if math.isfinite(max_norm) else None
@@ -214,7 +214,8 @@ class FlatAdamW(torch.optim.Optimizer):
         else:
             for bucket, scalars in zip(tensors, all_scalars):
                 for start in range(0, bucket[0].numel(), _CHUNK):
-                    _adamw_update(*(x[start : start + _CHUNK] for x in bucket), scalars, scale)
+                    p, g, m, v = (x[start : start + _CHUNK] for x in bucket)
+                    _adamw_update(p, g, m, v, scalars, scale)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -248,8 +249,8 @@ def _has_triton() -> bool:
 def _update_all(
     buckets: list[tuple[torch.Tensor, ...]], scalars: torch.Tensor, grad_scale: torch.Tensor
 ) -> None:
-    for bucket, s in zip(buckets, scalars):
-        _adamw_update(*bucket, s, grad_scale)
+    for (p, g, m, v), s in zip(buckets, scalars):
+        _adamw_update(p, g, m, v, s, grad_scale)
 
 
 def _compiled() -> Any:
