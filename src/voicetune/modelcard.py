@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 # (summary key, name in prose, how to show a value, a difference smaller than this counts as unchanged)
 _METRICS: list[tuple[str, str, str, float]] = [
@@ -22,7 +22,7 @@ LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "
 BACKENDS = {"xtts": "XTTS-v2"}
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

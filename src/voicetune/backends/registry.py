@@ -46,7 +46,7 @@ _BUILTIN: dict[str, BackendEntry] = {
         "voicetune.backends.csm.backend:CsmBackend", "voicetune.backends.csm.options:CsmOptions"
     ),
 }
-_REGISTRY: dict[str, BackendEntry | type] = dict(_BUILTIN)
+_REGISTRY: dict[str, BackendEntry | type[Backend]] = dict(_BUILTIN)
 
 
 def register_backend(name: str, backend: str | type, options: str | type | None = None) -> None:
@@ -76,7 +76,7 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _entry(name: str) -> BackendEntry | type:
+def _entry(name: str) -> BackendEntry | type[Backend]:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown backend {name!r}; choose one of {available_backends()} with --backend")
     return _REGISTRY[name]

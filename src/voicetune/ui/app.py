@@ -84,7 +84,7 @@ def build_app(workspace: Path | str, max_upload_mb: float = 2048.0) -> Any:
         t3.select(evaluate["on_load"], evaluate["run"], evaluate["run"]).then(*evaluate["show"])
         demo.load(export["on_load"], export["run"], export["run"])
         t4.select(export["on_load"], export["run"], export["run"]).then(*export["show"])
-    demo.voicetune_workspace = ws  # type: ignore[attr-defined]
+    demo.voicetune_workspace = ws
     return demo
 
 

@@ -52,7 +52,7 @@ class FormField:
 
 def _field(o: OptionField, choices: dict[str, list[str]]) -> FormField:
     f = o.field
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # narrowed above
     tp = typing.get_type_hints(o.owner)[f.name]
     tp = typing.get_origin(tp) or tp
     options = tuple(choices.get(o.flat) or f.metadata.get("choices") or ())

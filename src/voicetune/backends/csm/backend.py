@@ -477,7 +477,7 @@ class CsmBackend(Backend):
         save_merged(model, self.processor, out, self._dtype)
         if self._lora is not None:
             save_adapter(model, self._lora, out, self.base_ref)
-        keep = {
+        keep: dict[str, Any] = {
             k: self.sidecar[k] for k in ("untrained", "note", "synthesis_max_seconds") if k in self.sidecar
         }
         write_sidecar(out, {"format": 1, **keep, **self._meta(), "base": self.base_ref})

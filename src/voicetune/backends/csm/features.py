@@ -48,8 +48,9 @@ def codec_fingerprint(codec: torch.nn.Module, num_codebooks: int) -> str:
 
 
 @torch.no_grad()
-def encode_audio(codec: torch.nn.Module, audio: np.ndarray, num_codebooks: int) -> torch.Tensor:
-    """Mimi codes ``[frames, num_codebooks]`` (int16) of one mono 24 kHz clip."""
+def encode_audio(codec: Any, audio: np.ndarray, num_codebooks: int) -> torch.Tensor:
+    """Mimi codes ``[frames, num_codebooks]`` (int16) of one mono 24 kHz clip (``codec``: transformers'
+    ``MimiModel``, whose encode returns a tuple or an output object: typed Any here)."""
     p = next(codec.parameters())
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None].to(p.device, p.dtype)
     codes = codec.encode(x, num_quantizers=num_codebooks).audio_codes[0]  # [codebooks, frames]

@@ -67,7 +67,9 @@ def summarize(model: Any) -> str:
 def param_groups(model: Any, cfg: Any) -> list[dict[str, Any]]:
     """Two groups: weight matrices with weight decay (Linear layers, LoRA matrices, the codebook heads), and
     the rest without (embeddings, norm gains)."""
-    decay, no_decay, seen = [], [], set()
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    seen: set[int] = set()
     for name, p in trainable_view(model).named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue

@@ -68,7 +68,7 @@ BUILTIN_CORPUS = [
     "Merci beaucoup pour votre aide.",
 ]
 
-TINY_MIMI = {
+TINY_MIMI: dict[str, Any] = {
     "hidden_size": 32,
     "num_filters": 8,
     "codebook_size": 64,
@@ -82,9 +82,9 @@ TINY_MIMI = {
     "num_key_value_heads": 2,
     "head_dim": 16,
 }
-TINY_DEPTH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "num_key_value_heads": 1}
-TINY_BACKBONE = {
+TINY_DEPTH: dict[str, Any] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "num_key_value_heads": 1}
+TINY_BACKBONE: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,

@@ -148,7 +148,7 @@ class SdpaQKVAttention(torch.nn.Module):
 
     def __init__(self, legacy: torch.nn.Module):
         super().__init__()
-        self.n_heads = legacy.n_heads
+        self.n_heads = int(getattr(legacy, "n_heads"))  # noqa: B009 - an attribute torch.nn.Module does not type
         self.legacy = legacy  # masks and relative positions (unused by XTTS and Tortoise) go to the original
 
     def forward(

@@ -201,6 +201,7 @@ class TortoiseBackend(Backend):
                                               int(self._limits["max_audio_seconds"] * SAMPLE_RATE))
             if self._limits.get("max_text_tokens"):
                 settings.max_text_length = min(settings.max_text_length, int(self._limits["max_text_tokens"]))
+            assert self._mel_norms is not None, "load_base reads mel_norms.pth"
             self._extractor = TortoiseFeatureExtractor(
                 self.model.tokenizer, self._dvae, self._mel_norms, settings, self.device
             )

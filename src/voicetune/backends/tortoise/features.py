@@ -87,7 +87,7 @@ class TortoiseFeatureExtractor:
     def __init__(
         self,
         tokenizer: Any,
-        dvae: torch.nn.Module,
+        dvae: Any,
         mel_norms: torch.Tensor,
         settings: FeatureSettings,
         device: torch.device,

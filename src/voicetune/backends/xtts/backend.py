@@ -191,6 +191,7 @@ class XttsBackend(Backend):
                                               int(self._limits["max_audio_seconds"] * settings.sample_rate))
             if self._limits.get("max_text_tokens"):
                 settings.max_text_length = min(settings.max_text_length, int(self._limits["max_text_tokens"]))
+            assert self._mel_stats is not None, "load_base reads mel_stats.pth"
             self._extractor = XttsFeatureExtractor(
                 self.model.tokenizer, self._dvae, self._mel_stats, settings, self.device
             )

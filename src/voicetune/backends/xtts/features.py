@@ -86,7 +86,7 @@ class FeatureSettings:
 class XttsFeatureExtractor:
     """Turns one clip into tokens, DVAE codes and the conditioning mel (no caching here)."""
 
-    def __init__(self, tokenizer: Any, dvae: torch.nn.Module, mel_stats: torch.Tensor,
+    def __init__(self, tokenizer: Any, dvae: Any, mel_stats: torch.Tensor,
                  settings: FeatureSettings, device: torch.device):
         from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
 
