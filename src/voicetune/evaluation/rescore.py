@@ -25,6 +25,7 @@ from voicetune.config import ConfigError, EvalOptions, TrainConfig
 from voicetune.data.manifest import Dataset
 from voicetune.evaluation.harness import TABLE_METRICS, EvalError
 from voicetune.evaluation.selection import Selector, best_of, replay
+from voicetune.evaluation.speakers import evaluate_speakers, is_multi_speaker
 from voicetune.evaluation.suite import (
     BASELINE,
     ProbeSet,
@@ -177,6 +178,10 @@ def rescore_run(
         logger.info("%s: composite %+.3f", ckpt.name, composite)
 
     best = _decide_best(run_dir, eval_root, own, baseline_doc, rules, probe_set.key())
+    if cfg.eval.per_speaker and not errors and is_multi_speaker(dataset):  # every voice, judged on its own
+        target = resolve_checkpoint(run_dir, best) if best else ckpts[-1]
+        evaluate_speakers(backend, dataset, protocol, Path(info.base), target, eval_root, rules,
+                          (dev, metric_device, asr_device), base_info, progress)
     if errors:
         _fail(run_dir, eval_root, errors)
     from voicetune.evaluation.report import text_report, write_report
