@@ -146,7 +146,7 @@ def separation(pairs: list[dict]) -> dict:
 
 
 def piper_vs_espeak(pairs: list[dict]) -> dict:
-    """Joe's centroid only: joe's own test clips against every espeak-ng clip (the brief's real-voice test)."""
+    """Joe's centroid only: joe's own test clips against every espeak-ng clip (Piper vs espeak-ng)."""
     from sklearn.metrics import roc_auc_score
 
     same = [p["cos"] for p in pairs if p["centroid"] == "piper-joe" and p["voice"] == "piper-joe"]
@@ -187,7 +187,7 @@ def pitch_graded(joe: list[np.ndarray], enroll: int) -> dict[str, list[list[floa
 def disagreement(
     pairs: dict[str, list[dict]], sep: dict[str, dict], graded: dict[str, list[list[float]]]
 ) -> dict:
-    """|normalised change by Resemblyzer - normalised change by d-vector| over changes against one centroid."""
+    """|normalised change by Resemblyzer - normalised change by d-vector|, over changes against a centroid."""
 
     def norm(enc: str, x: np.ndarray) -> np.ndarray:
         return (x - sep[enc]["different"]["mean"]) / sep[enc]["margin"]
