@@ -150,6 +150,8 @@ def test_a_finetune_that_improves_one_voice_and_degrades_another_says_so(mixed):
     html = result.report.read_text()
     assert "Every voice" in html and "improves joe but degrades robo" in html
     assert "speakers/02_robo/step_10/finetuned/00.wav" in html
+    assert "every voice (step_10): The finetune improves joe but degrades robo" in result.text
+    assert "  robo: degrades (speaker similarity" in result.text
 
 
 def test_a_single_speaker_dataset_behaves_as_before(tmp_path, piper_sentences, make_piper_dataset, asr_model):

@@ -22,7 +22,7 @@ from typing import Any
 
 from voicetune.evaluation.harness import TABLE_METRICS
 from voicetune.evaluation.metrics import DIRECTIONS
-from voicetune.evaluation.report_speakers import encoders_html, speakers_html
+from voicetune.evaluation.report_speakers import encoders_html, speakers_html, speakers_text
 from voicetune.evaluation.suite import BASELINE, eval_docs, load_doc, partial_errors
 from voicetune.run import best_checkpoint, list_checkpoints
 from voicetune.utils.io import atomic_write_text, read_jsonl
@@ -198,6 +198,7 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
                     f"evaluations = {100 * r.in_loop['overhead_fraction']:.1f}% of the training wall time "
                     f"(+{r.in_loop['baseline_seconds']:.1f} s baseline)")
     text += [f"warning: {w}" for w in r.warnings]
+    text += speakers_text(r.eval_root)
     return "\n".join(text)
 
 

@@ -82,3 +82,15 @@ def speakers_html(eval_root: Path, report_dir: Path) -> str:
     for name, why in (doc.get("skipped") or {}).items():
         out.append(f"<p class='small'>{html.escape(name)}: not evaluated ({html.escape(why)}).</p>")
     return "\n".join(out)
+
+
+def speakers_text(eval_root: Path) -> list[str]:
+    """The per-speaker verdict and one line per speaker, for the text report ([] without a per-speaker
+    evaluation)."""
+    doc = load_doc(Path(eval_root) / FOLDER / "speakers.json")
+    if not doc or doc.get("kind") != "speakers":
+        return []
+    lines = [f"every voice ({doc.get('checkpoint')}): {doc.get('verdict', '')}"]
+    lines += [f"  {s.get('line', '')}" for s in doc.get("speakers", [])]
+    lines += [f"  {name}: not evaluated ({why})" for name, why in (doc.get("skipped") or {}).items()]
+    return lines
