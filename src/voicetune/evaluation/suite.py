@@ -8,8 +8,11 @@ Protocol (fixed per run, so every checkpoint is rendered on the same inputs):
 * the conditioning: the speaker's ``num_references`` longest TRAIN clips; every sentence rendered with
   sampling seed ``seed``;
 * the metrics (:mod:`voicetune.evaluation.metrics`, models loaded once per process and reused): speaker
-  similarity to the centroid of the speaker's held-out clips, ASR round-trip WER/CER, predicted MOS and
+  similarity to the centroid of the speaker's held-out clips (Resemblyzer, and a second opinion from another
+  encoder as ``speaker_similarity_dv``: :mod:`.encoders`), ASR round-trip WER/CER, predicted MOS and
   failure flags on every sentence; MCD/PESQ/STOI on the eval-split sentences only (``intrusive``).
+* one speaker: the one with the most training clips; :mod:`.speakers` evaluates every speaker of a
+  multi-speaker dataset on its own probe set (``build_probe_set(..., speaker=S)``).
 
 On disk (``RUN_DIR/eval/``)::
 
