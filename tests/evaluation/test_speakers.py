@@ -23,7 +23,7 @@ from voicetune.config import save_yaml
 from voicetune.data.manifest import Dataset, write_metadata_csv
 from voicetune.demo_audio import espeak
 from voicetune.evaluation.harness import EvalError, select_material
-from voicetune.evaluation.rescore import rescore_run
+from voicetune.evaluation.rescore import rescore_run, score_speakers
 from voicetune.evaluation.speakers import (
     DEGRADES,
     IMPROVES,
@@ -152,6 +152,16 @@ def test_a_finetune_that_improves_one_voice_and_degrades_another_says_so(mixed):
     assert "speakers/02_robo/step_10/finetuned/00.wav" in html
     assert "every voice (step_10): The finetune improves joe but degrades robo" in result.text
     assert "  robo: degrades (speaker similarity" in result.text
+
+
+@pytest.mark.slow  # ~30 s on 2 cores: 4 evaluations
+def test_after_training_every_voice_can_be_judged_without_rescoring(tmp_path, two_voices, asr_model):
+    dataset, recordings = two_voices
+    run = make_run(tmp_path, dataset, recordings, asr_model)
+    doc = score_speakers(run, "latest", backend=ForgetsRobo(), device="cpu")
+    assert doc["verdict"].startswith("The finetune improves joe but degrades robo")
+    assert "improves joe but degrades robo" in (run / "report.html").read_text()
+    assert not (run / "eval" / "baseline").exists()  # only the per-speaker evaluations ran
 
 
 def test_a_single_speaker_dataset_behaves_as_before(tmp_path, piper_sentences, make_piper_dataset, asr_model):

@@ -191,6 +191,31 @@ def rescore_run(
                          text_report(run_dir, eval_root), docs)
 
 
+def score_speakers(
+    run_dir: Path | str, checkpoint: str = "best", progress: Progress | None = None,
+    backend: Backend | None = None, device: str = "auto",
+) -> dict[str, Any] | None:
+    """Every voice of a multi-speaker run's dataset, judged on ``checkpoint`` (the run's own protocol), then
+    the report rewritten: what `voicetune evaluate` does after its checkpoints, for callers that trained the
+    run (its in-loop evaluation scored one speaker). None for a single-speaker dataset or with
+    ``eval.per_speaker`` off. ``backend``: an instance to use (it is loaded here)."""
+    run_dir = Path(run_dir)
+    info, cfg = RunInfo.load(run_dir), _run_config(run_dir)
+    dataset = Dataset.load(info.dataset)
+    if not cfg.eval.per_speaker or not is_multi_speaker(dataset):
+        return None
+    dev, metric_device, asr_device = _devices(device)
+    backend = backend or get_backend(info.backend)
+    doc = evaluate_speakers(backend, dataset, Protocol.of(cfg.eval), Path(info.base),
+                            resolve_checkpoint(run_dir, checkpoint), run_dir / "eval", selection_rules(cfg.eval),
+                            (dev, metric_device, asr_device),
+                            {"backend": info.backend, "base_model": info.base, "dataset": info.dataset}, progress)
+    from voicetune.evaluation.report import write_report
+
+    write_report(run_dir)
+    return doc
+
+
 def _fail(run_dir: Path, eval_root: Path, errors: list[str]) -> None:
     """Write the report (the error at its top) and raise: a software error is never a quality result."""
     from voicetune.evaluation.report import write_report
