@@ -84,7 +84,8 @@ def test_scores_are_added_to_rows_aggregate_and_groups(voices):
     E.add_dvector_scores(scored, renders, DV.dvector_centroid(joe[:3], 16000))
     rows = scored["per_sentence"]
     assert rows[0][E.KEY] > 0.6 > rows[1][E.KEY] and math.isnan(rows[2][E.KEY])
-    assert scored["groups"]["eval"][E.KEY] == rows[0][E.KEY] and scored["groups"]["probe"][E.KEY] == rows[1][E.KEY]
+    assert scored["groups"]["eval"][E.KEY] == rows[0][E.KEY]
+    assert scored["groups"]["probe"][E.KEY] == rows[1][E.KEY]
     assert scored["aggregate"][E.KEY] == pytest.approx((rows[0][E.KEY] + rows[1][E.KEY]) / 2)
 
 
@@ -99,3 +100,14 @@ def test_on_python_3_10_the_metric_is_absent_with_the_reason(monkeypatch):
     assert "Python >= 3.11" in E.encoder_note({"speaker_similarity": {"delta": 0.1}})
     with pytest.raises(RuntimeError, match="Python >= 3.11"):
         DV.dvector_embedding(tone, 16000)
+
+
+@pytest.mark.parametrize(("res", "dv", "said"), [
+    (0.10, 0.18, "+0.40 (Resemblyzer) and +0.40 (d-vector): they agree."),
+    (-0.038, -0.002, "the same direction, but the d-vector encoder sees a much smaller change"),
+    (0.02, -0.02, "opposite directions, but within the 0.50"),
+    (0.10, -0.15, "they disagree"),
+])
+def test_the_agreement_is_said_on_the_encoders_common_scale(res, dv, said):
+    assert said in E.agreement_text({"speaker_similarity": {"delta": res}, E.KEY: {"delta": dv}})
+    assert E.agreement_text({"speaker_similarity": {"delta": res}}) == ""

@@ -72,5 +72,27 @@ def encoder_note(summary: dict[str, dict[str, Any]]) -> str:
             "treat the speaker-similarity change as uncertain and listen to the samples.")
 
 
+def agreement_text(summary: dict[str, dict[str, Any]]) -> str:
+    """How far the two encoders' changes against the baseline agree, each scaled to its encoder's
+    same-voice vs other-voice margin (1 = the whole way to another voice); "" without both changes."""
+    a = (summary.get("speaker_similarity") or {}).get("delta", math.nan)
+    b = (summary.get(KEY) or {}).get("delta", math.nan)
+    if not (_finite(a) and _finite(b)):
+        return ""
+    na, nb = a / DV.MARGIN_RESEMBLYZER, b / DV.MARGIN_DVECTOR
+    if DV.encoders_disagree(a, b):
+        how = "they disagree"
+    elif (na > 0) == (nb > 0) and min(abs(na), abs(nb)) * 3 < max(abs(na), abs(nb)):
+        smaller = "the d-vector encoder" if abs(nb) < abs(na) else "Resemblyzer"
+        how = f"the same direction, but {smaller} sees a much smaller change"
+    elif (na > 0) == (nb > 0):
+        how = "they agree"
+    else:
+        how = (f"opposite directions, but within the {DV.DISAGREE_NORMALISED:.2f} the encoders differ by on "
+               "real voices")
+    return (f"Scaled to each encoder's same-voice vs other-voice margin, the changes are {na:+.2f} "
+            f"(Resemblyzer) and {nb:+.2f} (d-vector): {how}.")
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from voicetune.evaluation.encoders import KEY as DV_KEY
+from voicetune.evaluation.encoders import agreement_text
 from voicetune.evaluation.speakers import DEGRADES, FOLDER, IMPROVES
 from voicetune.evaluation.suite import BASELINE, load_doc
 
@@ -40,7 +41,7 @@ def encoders_html(doc: dict[str, Any] | None) -> str:
             f"{_change(summary, 'speaker_similarity')}, d-vector encoder {_change(summary, DV_KEY)}.")
     if note:
         return f"<div class='warn'>{html.escape(note)}<br><span class='small'>{said}</span></div>"
-    return f"<p class='small'>{said} The two encoders agree.</p>"
+    return f"<p class='small'>{said} {html.escape(agreement_text(summary))}</p>"
 
 
 def _audio(path: Path, report_dir: Path) -> str:

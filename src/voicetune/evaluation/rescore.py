@@ -206,10 +206,10 @@ def score_speakers(
         return None
     dev, metric_device, asr_device = _devices(device)
     backend = backend or get_backend(info.backend)
-    doc = evaluate_speakers(backend, dataset, Protocol.of(cfg.eval), Path(info.base),
-                            resolve_checkpoint(run_dir, checkpoint), run_dir / "eval", selection_rules(cfg.eval),
-                            (dev, metric_device, asr_device),
-                            {"backend": info.backend, "base_model": info.base, "dataset": info.dataset}, progress)
+    target = resolve_checkpoint(run_dir, checkpoint)
+    about = {"backend": info.backend, "base_model": info.base, "dataset": info.dataset}
+    doc = evaluate_speakers(backend, dataset, Protocol.of(cfg.eval), Path(info.base), target, run_dir / "eval",
+                            selection_rules(cfg.eval), (dev, metric_device, asr_device), about, progress)
     from voicetune.evaluation.report import write_report
 
     write_report(run_dir)
