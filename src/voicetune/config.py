@@ -304,6 +304,10 @@ class EvalOptions:
     wer_guard_margin: float = opt(
         0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).",
         low=0.0, flag="wer_guard_margin")
+    per_speaker: bool = opt(
+        True, "With a multi-speaker dataset, `voicetune evaluate` also scores every speaker separately (its "
+        "own references, held-out clips and baseline) and says which voices the finetune improves or "
+        "degrades.")
 
     def __post_init__(self) -> None:
         check_fields(self)
