@@ -7,7 +7,8 @@ import pytest
 
 from voicetune.cli import build_parser, main
 
-SUBCOMMANDS = ["prepare", "dataset", "make-tiny-base", "train", "evaluate", "export", "synthesize", "doctor", "demo"]
+SUBCOMMANDS = ["prepare", "dataset", "make-tiny-base", "train", "evaluate", "export", "synthesize", "doctor",
+               "demo"]
 
 
 def test_top_level_help_lists_every_subcommand(capsys):
@@ -33,13 +34,15 @@ def test_train_help_shows_config_field_documentation():
 
 
 def test_invalid_option_value_is_reported_not_raised(tmp_path, caplog):
-    rc = main(["train", str(tmp_path), "--base", str(tmp_path), "--out", str(tmp_path / "r"), "--batch-size", "0"])
+    rc = main(["train", str(tmp_path), "--base", str(tmp_path), "--out", str(tmp_path / "r"),
+               "--batch-size", "0"])
     assert rc == 1
     assert "--batch-size" in caplog.text
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "voicetune.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "voicetune.cli", "--version"], capture_output=True, text=True,
+                         check=False)
     assert out.returncode == 0 and "voicetune" in out.stdout
 
 
@@ -56,7 +59,8 @@ def _train_help(*argv: str) -> str:
 def test_train_help_is_short_with_the_basic_options_and_lists_the_advanced_ones():
     short, full = _train_help("--help"), _train_help("--help-all")
     assert len(short.splitlines()) < 120 < len(full.splitlines())
-    assert "basic options" in short and "--batch-size BATCH_SIZE" in short and "Clips per micro-batch" in short
+    assert "basic options" in short and "--batch-size BATCH_SIZE" in short
+    assert "Clips per micro-batch" in short
     assert "advanced options (" in short and "--dropout" in short and "Dropout of the GPT-2" not in short
     assert "Dropout of the GPT-2" in full and "advanced: xtts backend" in full
 
@@ -66,7 +70,8 @@ def test_train_help_shows_the_options_of_the_chosen_backend():
     assert "--energy-weight" in fake and "advanced: fake backend" in fake and "--dropout" not in fake
     from voicetune.backends.registry import available_backends
 
-    assert "{" + ",".join(available_backends()) + "}" in fake  # --backend's choices are the registered backends
+    # --backend's choices are the registered backends
+    assert "{" + ",".join(available_backends()) + "}" in fake
 
 
 def test_an_unknown_flag_suggests_the_closest_one(capsys):

@@ -161,7 +161,8 @@ def _register_recipe_backend():
     class RecipeOptions(FakeOptions):
         @classmethod
         def generic_defaults(cls):
-            return {"grad_clip": 4.0, "scheduler": "multistep", "milestones": [2, 4], "milestone_unit": "epochs"}
+            return {"grad_clip": 4.0, "scheduler": "multistep", "milestones": [2, 4],
+                    "milestone_unit": "epochs"}
 
     class RecipeBackend(FakeBackend):
         name = "recipe"
@@ -183,7 +184,8 @@ def test_a_backends_own_defaults_of_generic_fields_apply_where_the_user_set_noth
     from voicetune.backends.registry import load_train_config, merge_options, train_config
 
     cfg = train_config(backend="recipe")
-    assert (cfg.grad_clip, cfg.scheduler, cfg.milestones, cfg.milestone_unit) == (4.0, "multistep", [2, 4], "epochs")
+    got = (cfg.grad_clip, cfg.scheduler, cfg.milestones, cfg.milestone_unit)
+    assert got == (4.0, "multistep", [2, 4], "epochs")
     assert cfg.lr == TrainConfig().lr  # a field the backend has no default for keeps the generic one
     mine = train_config(backend="recipe", grad_clip=0.5, scheduler="cosine")
     assert (mine.grad_clip, mine.scheduler, mine.milestone_unit) == (0.5, "cosine", "epochs")

@@ -16,7 +16,8 @@ from voicetune.evaluation.harness import Render, model_scores
 
 @pytest.fixture(scope="module")
 def renders(piper_sentences):
-    """Real speech at 24 kHz (what XTTS renders), a noise burst (no speech for the VAD) and digital silence."""
+    """Real speech at 24 kHz (what XTTS renders), a noise burst (no speech for the VAD) and digital
+    silence."""
     out = []
     for path, _ in piper_sentences[:4]:
         audio, sr = load_audio(path)

@@ -34,7 +34,8 @@ def espeak(
     """The same sentences in a different real voice (espeak-ng's formant synthesizer)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        pytest.fail("espeak-ng is not installed (`make setup` installs it as root; else apt-get install espeak-ng): "
+        pytest.fail("espeak-ng is not installed (`make setup` installs it as root; "
+                    "else apt-get install espeak-ng): "
                     "it provides the second real voice")
     folder = tmp_path_factory.mktemp("espeak")
     out = []

@@ -318,7 +318,7 @@ def acoustic_self_similarity(
     wav = audio_at(audio, sr, 16000)
     hop = 320
     min_lag, win = int(min_lag_s * 16000 / hop), max(2, int(window_s * 16000 / hop))
-    tol = max(1, int(round(tolerance_s * 16000 / hop)))
+    tol = max(1, round(tolerance_s * 16000 / hop))
     if len(wav) < (min_lag + win) * hop or not np.any(wav):
         return 0.0
     mf = librosa.feature.mfcc(y=wav, sr=16000, n_mfcc=14, n_fft=640, hop_length=hop)[1:]

@@ -29,12 +29,12 @@ PROBES: dict[str, list[str]] = {
         "Would you like to come with us to the concert tonight?",
         "Is this really the best we can do?",
         # long sentences
-        "When the storm finally passed, the villagers walked down to the harbour to see which of the "
-        "fishing boats had survived the night, and they were surprised to find every one of them intact.",
-        "Although she had read the instructions three times, the new coffee machine still refused to "
-        "work, so she gave up and made a pot of tea the old-fashioned way instead.",
-        "It is important to remember that good recordings, a quiet room and a little patience matter "
-        "far more to the final result than any clever trick in the training recipe.",
+        ("When the storm finally passed, the villagers walked down to the harbour to see which of the "
+         "fishing boats had survived the night, and they were surprised to find every one of them intact."),
+        ("Although she had read the instructions three times, the new coffee machine still refused to "
+         "work, so she gave up and made a pot of tea the old-fashioned way instead."),
+        ("It is important to remember that good recordings, a quiet room and a little patience matter "
+         "far more to the final result than any clever trick in the training recipe."),
     ],
     "de": [
         "Ja, natürlich.",
@@ -42,8 +42,8 @@ PROBES: dict[str, list[str]] = {
         "Der Zug fährt am 3. Mai um 14:15 Uhr ab Gleis 7.",
         "Wo hast du den Schlüssel hingelegt?",
         "Frau Dr. Müller hat 25 Euro für zwei Bücher bezahlt.",
-        "Als der Regen endlich aufhörte, gingen alle hinunter zum Hafen, um nachzusehen, ob die Boote "
-        "den Sturm überstanden hatten.",
+        ("Als der Regen endlich aufhörte, gingen alle hinunter zum Hafen, um nachzusehen, ob die Boote "
+         "den Sturm überstanden hatten."),
     ],
     "fr": [
         "Oui, bien sûr.",
@@ -51,8 +51,8 @@ PROBES: dict[str, list[str]] = {
         "Le train part le 3 mai à 14 h 15 du quai numéro 7.",
         "Où as-tu mis les clés de la voiture ?",
         "Madame Dubois a payé 25 euros pour deux livres.",
-        "Quand la pluie s'est enfin arrêtée, tout le village est descendu au port pour voir si les "
-        "bateaux avaient résisté à la tempête.",
+        ("Quand la pluie s'est enfin arrêtée, tout le village est descendu au port pour voir si les "
+         "bateaux avaient résisté à la tempête."),
     ],
     "es": [
         "Sí, claro.",
@@ -60,8 +60,8 @@ PROBES: dict[str, list[str]] = {
         "El tren sale el 3 de mayo a las 14:15 desde el andén 7.",
         "¿Dónde dejaste las llaves del coche?",
         "La doctora García pagó 25 euros por dos libros.",
-        "Cuando por fin dejó de llover, todo el pueblo bajó al puerto para ver si los barcos habían "
-        "resistido la tormenta.",
+        ("Cuando por fin dejó de llover, todo el pueblo bajó al puerto para ver si los barcos habían "
+         "resistido la tormenta."),
     ],
 }
 

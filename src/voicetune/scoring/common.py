@@ -35,7 +35,8 @@ def audio_at(x: AudioLike, sr: int | None, target_sr: int) -> np.ndarray:
 
 
 def cached(key: tuple, build: Callable[[], Any]) -> Any:
-    """``build()``, made once per process for ``key`` (models: loaded once, shared by data QA and evaluation)."""
+    """``build()``, made once per process for ``key`` (models: loaded once, shared by data QA and
+    evaluation)."""
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = build()

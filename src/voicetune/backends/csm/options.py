@@ -140,7 +140,7 @@ class CsmOptions(BackendOptions):
 
 
 _HELP_NOTES = """\
-csm backend: on a GPU, add --param-dtype bf16 --optimizer-state-dtype bf16. With them LoRA trains in bf16 with
-  fused AdamW moments in fixed buffers, which CUDA graphs need: 205 samples/s on an H200 against 46 without them
-  (benchmarks/results/csm_train_step_h200_2026-12-03.json), at the same memory.
+csm backend: on a GPU, add --param-dtype bf16 --optimizer-state-dtype bf16. With them LoRA trains in bf16
+  with fused AdamW moments in fixed buffers, which CUDA graphs need: 205 samples/s on an H200 against 46
+  without them (benchmarks/results/csm_train_step_h200_2026-12-03.json), at the same memory.
 """
