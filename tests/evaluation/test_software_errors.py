@@ -25,7 +25,8 @@ from voicetune.training.errors import SoftwareError
 from voicetune.utils.io import read_jsonl
 
 SMALL = {"batch_size": 2, "lr": 5e-4, "seed": 3, "device": "cpu", "eval_max_sentences": 1, "eval_probes": 1,
-         "eval_num_references": 2, "eval_max_overhead": 0.0, "early_stop_patience": 0}
+         "eval_num_references": 2, "eval_max_overhead": 0.0, "early_stop_patience": 0,
+         "eval_seeds": 1}  # one render per sentence: the counts below are sentences
 CAUSE = ("AttributeError: 'NoneType' object has no attribute 'get_seq_length' "
          "(at TTS/tts/layers/xtts/gpt_inference.py:62)")
 
