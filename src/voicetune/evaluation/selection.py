@@ -383,6 +383,13 @@ def _no_interval(a: Assessment) -> str:
     return "no interval (the baseline has no per-sentence scores of the same sentences); the point scores decide"
 
 
+def intervals_of(d: Decision) -> dict[str, Any]:
+    """What an evaluation's metrics.json records of a decision's intervals and guards ("selection")."""
+    return {"interval": d.interval, "deltas": d.deltas, "versus_best": d.versus_best, "blocked": d.blocked,
+            "guard": d.guard, "note": d.note, "n_sentences": d.n_sentences, "seeds": d.seeds,
+            "confidence": CONFIDENCE}
+
+
 Evaluated = tuple[int, Mapping[str, Any]] | tuple[int, Mapping[str, Any], SentenceScores | None]
 
 

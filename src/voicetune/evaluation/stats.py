@@ -34,6 +34,7 @@ fixed seed, so the same scores always give the same interval.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,8 +146,10 @@ def bootstrap(
         names[:] = list(values)
         return np.stack([np.asarray(values[k], dtype=float) for k in names])
 
-    result = stats.bootstrap((np.arange(n),), stacked, vectorized=True, n_resamples=n_resamples,
-                             method="percentile", rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # a metric without values (NaN) is handled below, not warned about
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap((np.arange(n),), stacked, vectorized=True, n_resamples=n_resamples,
+                                 method="percentile", rng=np.random.default_rng(seed))
     tail = 50.0 * expanded_alpha(n, confidence)
     dist = np.asarray(result.bootstrap_distribution).reshape(len(names), -1)
     out = {}
@@ -168,6 +171,7 @@ def paired_deltas(
     (``low``, ``high``; None without an interval). The two must hold the same sentences."""
     check_paired(model, base)
     values, bases = model.point(), base.point()
+    metrics = [k for k in metrics if math.isfinite(values[k]) and math.isfinite(bases[k])]
 
     def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
         m, b = model.statistic(idx), base.statistic(idx)

@@ -63,6 +63,7 @@ from voicetune.evaluation.harness import (
 )
 from voicetune.evaluation.probes import PROBES_VERSION, probe_sentences
 from voicetune.evaluation.selection import Decision, ScoreWeights, SelectionRules, Selector
+from voicetune.evaluation.stats import SentenceScores
 from voicetune.utils.io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,14 @@ def selection_rules(options: EvalOptions) -> SelectionRules:
     )
     return SelectionRules(weights, patience=options.early_stop_patience,
                           min_delta=options.early_stop_min_delta,
-                          wer_guard=options.wer_guard, wer_margin=options.wer_guard_margin)
+                          wer_guard=options.wer_guard, wer_margin=options.wer_guard_margin,
+                          similarity_guard=options.similarity_guard)
+
+
+def sentence_scores(scored: dict[str, Any] | None, language: str) -> SentenceScores | None:
+    """A scored model's per-sentence scores (:class:`.stats.SentenceScores`), None when it has none."""
+    rows = (scored or {}).get("per_sentence") or []
+    return SentenceScores.from_rows(rows, language) if rows else None
 
 
 @dataclass
@@ -474,14 +482,21 @@ def eval_docs(eval_root: Path, key: str | None = None) -> list[dict[str, Any]]:
 def write_best_json(
     path: Path, d: Decision, selector: Selector, checkpoint: str, aggregate: dict[str, Any], decided_by: str
 ) -> None:
-    """``best.json``: which checkpoint is best, its composite score, metrics and the baseline's."""
+    """``best.json``: which checkpoint is best, its composite score (with its 95 % interval), metrics and
+    the baseline's, the changes with their paired intervals, how the decision was made."""
     base = selector.baseline
     atomic_write_json(Path(path), json_safe({
         "checkpoint": checkpoint,
         "step": d.step,
         "composite": d.composite,
+        "composite_interval": d.interval,
         "composite_parts": d.parts,
         "beats_baseline": d.composite > 0,
+        "beats_baseline_beyond_noise": bool(d.interval and d.interval[0] > 0),
+        "deltas": d.deltas,
+        "n_sentences": d.n_sentences,
+        "seeds": d.seeds,
+        "note": d.note,
         "metrics": {k: aggregate.get(k) for k in LOGGED_METRICS},
         "baseline": {k: base.get(k) for k in LOGGED_METRICS},
         "weights": selector.rules.weights.as_dict(),
