@@ -373,6 +373,7 @@ class InLoopEvaluator(TrainCallback):
         record: dict[str, Any] = {
             "kind": "eval", "name": ev.name, "step": ev.step, "time": time.time(),
             "seconds": round(ev.seconds, 3), "composite": d.composite if d else 0.0,
+            "composite_interval": d.interval if d else None,
             "best": bool(d and d.is_best), **{k: agg.get(k) for k in LOGGED_METRICS if k in agg},
             "delta": {k: agg[k] - base[k] for k in LOGGED_METRICS
                       if _finite(agg.get(k)) and _finite(base.get(k))},
