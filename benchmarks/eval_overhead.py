@@ -360,8 +360,9 @@ def main() -> None:
                           "render_split": dict(SPLIT),
                           "audio_seconds": [round(len(r.audio) / r.sample_rate, 3) for r in after
                                             if r.audio is not None]}
-        print(f"k={k} after: render {render_s:.2f} s, score {score_s:.2f} s, intervals+selection {stats_s:.2f} s, "
-              f"total {total + stats_s:.2f} s wall, {cpu_eval + cpu_stats:.2f} s CPU", flush=True)
+        print(f"k={k} after: render {render_s:.2f} s, score {score_s:.2f} s, "
+              f"intervals+selection {stats_s:.2f} s, total {total + stats_s:.2f} s wall, "
+              f"{cpu_eval + cpu_stats:.2f} s CPU", flush=True)
         result["runs"][f"k{k}"] = entry
         write()
         if args.skip_before:

@@ -276,11 +276,12 @@ class EvalOptions:
         "question and long).", low=0)
     num_references: int = opt(
         3, "Reference clips (longest of the train split) that condition synthesis.", low=1)
-    seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).",
+    seed: int = opt(0, "First sampling seed of the evaluation renders (same inputs, same seeds at every "
+                    "step).",
                     low=0, high=2**32 - 1)
     seeds: int = opt(
-        2, "Renders of every sentence, with sampling seeds --eval-seed, --eval-seed + 1, ...: the 95% intervals "
-        "of every score resample sentences with their seeds (evaluation/stats.py).", low=1, high=16)
+        2, "Renders of every sentence, with sampling seeds --eval-seed, --eval-seed + 1, ...: the 95-percent "
+        "intervals of every score resample sentences with their seeds (evaluation/stats.py).", low=1, high=16)
     asr_model: str = opt("auto", "ASR model of the WER round trip (same meaning as in prepare).")
     intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
     weight_similarity: float = opt(
@@ -308,7 +309,7 @@ class EvalOptions:
         low=0.0, flag="wer_guard_margin")
     similarity_guard: bool = opt(
         True, "Never choose as best a checkpoint whose speaker similarity is significantly below the base "
-        "model's (the 95% paired interval of the change lies below 0).", flag="similarity_guard")
+        "model's (the 95-percent paired interval of the change lies below 0).", flag="similarity_guard")
 
     def __post_init__(self) -> None:
         check_fields(self)

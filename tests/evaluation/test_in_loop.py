@@ -66,8 +66,8 @@ def test_baseline_and_step_evaluations_are_written_with_audio_and_deltas(evaluat
         assert doc["kind"] == "eval" and doc["step"] == step
         assert doc["protocol"]["key"] == baseline["protocol"]["key"]
         rows = doc["finetuned"]["per_sentence"]  # each sentence with 2 seeds (--eval-seeds), seed-major
-        assert [r["audio_file"] for r in rows] == ["finetuned/00.wav", "finetuned/01.wav", "finetuned/00_seed1.wav",
-                                                   "finetuned/01_seed1.wav"]
+        assert [r["audio_file"] for r in rows] == ["finetuned/00.wav", "finetuned/01.wav",
+                                                   "finetuned/00_seed1.wav", "finetuned/01_seed1.wav"]
         assert [(r["sentence"], r["seed"]) for r in rows] == [(0, 0), (1, 0), (0, 1), (1, 1)]
         assert all((run / "eval" / f"step_{step}" / r["audio_file"]).is_file() for r in rows)
         assert doc["selection"]["seeds"] == 2 and doc["selection"]["interval"] is None  # 2 sentences: too few

@@ -12,36 +12,41 @@ def best(sim=(0.71, 0.83, 0.09, 0.15), wer=(0.04, 0.04, -0.01, 0.01), composite=
 
     return {"checkpoint": checkpoint, "step": 1200, "composite": composite,
             "composite_interval": list(interval) if interval else None,
-            "deltas": {"speaker_similarity": delta(*sim), "wer": delta(*wer)}, "n_sentences": n, "seeds": seeds}
+            "deltas": {"speaker_similarity": delta(*sim), "wer": delta(*wer)}, "n_sentences": n,
+            "seeds": seeds}
+
+
+IMPROVED = ("Finetuning raised speaker similarity from 0.71 to 0.83 (+0.12, 95 % CI +0.09 to +0.15)")
 
 
 def test_a_measured_improvement_names_the_numbers_and_the_checkpoint():
     v = verdict(best(), evaluated=4)
-    assert v.text == ("Finetuning raised speaker similarity from 0.71 to 0.83 (+0.12, 95 % CI +0.09 to +0.15) "
-                      "with no measurable loss of intelligibility (WER 4 % → 4 %). Use step_1200.")
+    assert v.text == (f"{IMPROVED} with no measurable loss of intelligibility (WER 4 % → 4 %). "
+                      "Use step_1200.")
     assert v.kind == "improved" and v.checkpoint == "step_1200"
 
 
 def test_an_improvement_that_costs_intelligibility_says_so():
     v = verdict(best(wer=(0.04, 0.09, 0.02, 0.08)), evaluated=2)
-    assert v.text == ("Finetuning raised speaker similarity from 0.71 to 0.83 (+0.12, 95 % CI +0.09 to +0.15) "
-                      "but WER rose from 4 % to 9 % (+5 points, 95 % CI +2 to +8). Use step_1200.")
+    assert v.text == f"{IMPROVED} but WER rose from 4 % to 9 % (+5 points, 95 % CI +2 to +8). Use step_1200."
 
 
 def test_no_measurable_improvement_says_why():
-    v = verdict(best(sim=(0.71, 0.72, -0.02, 0.04), composite=0.05, interval=(-0.10, 0.20), checkpoint="step_100"),
-                evaluated=3, notes=["validation loss rose for the last 3 evaluations while training loss fell "
-                                    "(overfitting)"])
+    overfit = "validation loss rose for the last 3 evaluations while training loss fell (overfitting)"
+    v = verdict(best(sim=(0.71, 0.72, -0.02, 0.04), composite=0.05, interval=(-0.10, 0.20),
+                     checkpoint="step_100"), evaluated=3, notes=[overfit])
     assert v.kind == "no_improvement"
     assert v.text.startswith(
-        "No measurable improvement over the base model: the best checkpoint, step_100, scores +0.05 (95 % CI "
-        "-0.10 to +0.20), which cannot be told apart from the base model's 0 (speaker similarity 0.71 → 0.72 "
-        "(+0.01, 95 % CI -0.02 to +0.04); WER 4 % → 4 %). Why: validation loss rose for the last 3 "
-        "evaluations while training loss fell (overfitting); with 8 sentences x 2 seeds the intervals are wide")
+        "No measurable improvement over the base model: the best checkpoint, step_100, scores +0.05 "
+        "(95 % CI -0.10 to +0.20), which cannot be told apart from the base model's 0 (speaker similarity "
+        "0.71 → 0.72 (+0.01, 95 % CI -0.02 to +0.04); WER 4 % → 4 %). Why: validation loss rose for the "
+        "last 3 evaluations while training loss fell (overfitting); with 8 sentences x 2 seeds the "
+        "intervals are wide")
 
 
 def test_no_interval_with_too_few_sentences_claims_nothing():
-    v = verdict(best(sim=(0.71, 0.80, None, None), wer=(0.04, 0.04, None, None), interval=None, n=3), evaluated=1)
+    few = best(sim=(0.71, 0.80, None, None), wer=(0.04, 0.04, None, None), interval=None, n=3)
+    v = verdict(few, evaluated=1)
     assert v.kind == "no_improvement"
     assert "no interval" in v.text and "only 3 sentences were scored, too few for an interval" in v.text
     assert "Use step_1200" not in v.text

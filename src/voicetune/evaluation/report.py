@@ -136,7 +136,8 @@ def record_verdict(run_dir: Path | str, eval_root: Path | str | None = None) -> 
     paths = [(r.run_dir if main else r.eval_root) / "best.json"] if r.best else []
     paths += [r.eval_root / "in_loop.json"] if main and r.in_loop else []
     if r.evals:
-        paths.append(r.eval_root / (r.evals[-1].get("name") or f"step_{r.evals[-1]['step']}") / "metrics.json")
+        newest = r.evals[-1].get("name") or f"step_{r.evals[-1]['step']}"
+        paths.append(r.eval_root / newest / "metrics.json")
     for path in paths:
         doc = load_doc(path)
         if isinstance(doc, dict):
@@ -349,7 +350,9 @@ table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px soli
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{background:#fff6d6}
 .good{color:#11772d}.bad{color:#b3261e}.same{color:#777}
 .verdict{border-left:6px solid #2563eb;background:#eff6ff;padding:10px 14px;margin:12px 0;font-size:16px}
-.verdict.improved{border-color:#11772d;background:#edf7ef}.verdict.worse{border-color:#b3261e;background:#fdf0ee}.warn{background:#fff3f0;border-left:4px solid #b3261e;padding:4px 10px;
+.verdict.improved{border-color:#11772d;background:#edf7ef}
+.verdict.worse{border-color:#b3261e;background:#fdf0ee}
+.warn{background:#fff3f0;border-left:4px solid #b3261e;padding:4px 10px;
 margin:4px 0}audio{height:32px;width:220px}.small{color:#666;font-size:12px}
 .error{background:#fde7e4;border:2px solid #b3261e;padding:8px 12px;margin:8px 0;color:#5c0f0a}
 table.facts{font-size:14px}table.facts th,table.facts td{border:none;text-align:left;padding:2px 12px 2px 0;
@@ -386,8 +389,8 @@ def _decided(row: dict[str, Any]) -> str:
     sel = row.get("selection") or {}
     if row["best"]:
         return "★ best"
-    guard = {"similarity": "excluded by the similarity guard", "worse_than_base": "worse than base beyond noise",
-             "wer": "WER guard stopped training"}.get(sel.get("guard") or "")
+    guard = {"similarity": "excluded by the similarity guard", "wer": "WER guard stopped training",
+             "worse_than_base": "worse than base beyond noise"}.get(sel.get("guard") or "")
     if guard:
         return guard
     versus = sel.get("versus_best")

@@ -254,8 +254,8 @@ class Selector:
 
     def _composite(self, scores: SentenceScores, idx: np.ndarray) -> np.ndarray:
         assert self.baseline_scores is not None
-        parts = composite_parts(scores.statistic(idx), self.baseline_scores.statistic(idx), self.rules.weights,
-                                self.real_similarity)
+        parts = composite_parts(scores.statistic(idx), self.baseline_scores.statistic(idx),
+                                self.rules.weights, self.real_similarity)
         return sum(parts.values())  # type: ignore[return-value]
 
     def assess(self, metrics: Mapping[str, Any], scores: SentenceScores | None = None) -> Assessment:
@@ -313,7 +313,8 @@ class Selector:
             best_step=self.best_step if self.best_step is not None else step,
             best_composite=self.best_composite, evals_without_improvement=self.since_improvement,
             interval=a.interval, deltas=a.deltas, versus_best=versus, blocked=blocked, guard=guard, note=note,
-            n_sentences=scores.n if scores else 0, seeds=round(scores.renders / max(1, scores.n)) if scores else 0,
+            n_sentences=scores.n if scores else 0,
+            seeds=round(scores.renders / max(1, scores.n)) if scores else 0,
         )
         if rules.patience and self.since_improvement >= rules.patience:
             decision.stop = True
@@ -380,7 +381,8 @@ def _no_interval(a: Assessment) -> str:
     if a.scores.n < MIN_SENTENCES:
         return (f"only {a.scores.n} sentences: too few for an interval (at least {MIN_SENTENCES}); the point "
                 "scores decide")
-    return "no interval (the baseline has no per-sentence scores of the same sentences); the point scores decide"
+    return ("no interval (the baseline has no per-sentence scores of the same sentences); the point scores "
+            "decide")
 
 
 def intervals_of(d: Decision) -> dict[str, Any]:
@@ -421,7 +423,8 @@ def best_of(
     """
     best: Decision | None = None
     for d in sorted(decisions, key=lambda d: d.step):
-        if not _finite(d.composite) or d.blocked or (allowed_steps is not None and d.step not in allowed_steps):
+        allowed = allowed_steps is None or d.step in allowed_steps
+        if not _finite(d.composite) or d.blocked or not allowed:
             continue
         if best is None or d.composite > best.composite + min_delta:
             best = d

@@ -52,7 +52,8 @@ RATIO_METRICS = ("wer", "cer")  # total errors / total reference words (characte
 
 
 def _num(x: Any) -> float:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else math.nan
+    number = isinstance(x, (int, float)) and not isinstance(x, bool)
+    return float(x) if number and math.isfinite(x) else math.nan
 
 
 @dataclass(frozen=True)

@@ -210,8 +210,9 @@ class Scorer:
             raise ValueError(f"{total} renders for {n} sentences: expected a multiple of {n}")
         tick = _ticker(progress, total, what)
         part_eval = [renders[j * n + i] for j in range(k) for i in range(n_eval)]
-        eval_part = score(part_eval, dataclasses.replace(m, sentences=m.sentences * k), self.asr, self.centroid,
-                          self.device, intrusive=ps.protocol.intrusive, progress=tick) if n_eval else None
+        material = dataclasses.replace(m, sentences=m.sentences * k)
+        eval_part = score(part_eval, material, self.asr, self.centroid, self.device,
+                          intrusive=ps.protocol.intrusive, progress=tick) if n_eval else None
         probe_part = None
         if ps.probes:
             # probe sentences have no recording: Clip.audio_path is never read with intrusive=False
@@ -342,7 +343,8 @@ def synthesis_failure(ev: Evaluation, backend: str) -> str:
     name = "the baseline" if ev.name == BASELINE else ev.name
     rows = ev.scores.get("per_sentence") or []
     n = len({r.get("sentence", r.get("index")) for r in rows}) or len(errors)
-    what = f"{n} sentences" if n == len(errors) else f"{len(errors)} renders ({n} sentences x {len(errors) // n} seeds)"
+    what = (f"{n} sentences" if n == len(errors)
+            else f"{len(errors)} renders ({n} sentences x {len(errors) // n} seeds)")
     return (f"{name} evaluation: all {what} failed to synthesize (component: synthesis, "
             f"{backend} backend): {common}{also}. This is a software error (a bug or a broken installation; "
             "`voicetune doctor` checks the stack), not a voice quality result")

@@ -59,7 +59,8 @@ def _delta(best: Mapping[str, Any], key: str) -> dict[str, Any]:
     d = dict((best.get("deltas") or {}).get(key) or {})
     if not d:
         value, base = (best.get("metrics") or {}).get(key), (best.get("baseline") or {}).get(key)
-        d = {"value": value, "base": base, "delta": value - base if _finite(value) and _finite(base) else None}
+        both = _finite(value) and _finite(base)
+        d = {"value": value, "base": base, "delta": value - base if both else None}
     return d
 
 
@@ -106,8 +107,8 @@ def verdict(
         return Verdict("No checkpoint was evaluated: nothing to judge yet.", "not_evaluated", None, why)
     if best is None:
         reason = guards[0] if guards else "none qualified"
-        text = (f"No checkpoint beats the base model: of {evaluated} evaluated, none may be chosen ({reason}). "
-                "Keep the base model.")
+        text = (f"No checkpoint beats the base model: of {evaluated} evaluated, none may be chosen "
+                f"({reason}). Keep the base model.")
         return _with_why(Verdict(text, "worse", None, why[1:] if guards else why))
     name = str(best.get("checkpoint") or f"step_{best.get('step')}")
     composite, interval = best.get("composite"), best.get("composite_interval") or [None, None]
@@ -134,7 +135,8 @@ def verdict(
             f"scores {composite:+.2f} ({_similarity(sim)}; WER {_pct(wer.get('base'))} → "
             f"{_pct(wer.get('value'))}) but has no interval.")
     why.append(f"only {n} sentences were scored, too few for an interval (at least {MIN_SENTENCES}: raise "
-               "--eval-max-sentences or --eval-probes)" if n else "no per-sentence scores to measure the noise")
+               "--eval-max-sentences or --eval-probes)" if n else
+               "no per-sentence scores to measure the noise")
     return _with_why(Verdict(text, "no_improvement", name, why))
 
 
