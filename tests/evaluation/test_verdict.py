@@ -52,19 +52,37 @@ def test_no_interval_with_too_few_sentences_claims_nothing():
     assert "Use step_1200" not in v.text
 
 
+def similarity_guard(checkpoint, value, delta, low, high):
+    return {"checkpoint": checkpoint, "guard": "similarity",
+            "message": f"similarity guard: speaker similarity {value} is significantly below the base model's "
+                       f"0.709 ({delta}, 95% CI {low} to {high}); never the best"}
+
+
 def test_when_guards_exclude_every_checkpoint_keep_the_base_model():
-    guard = ("step_100: similarity guard: speaker similarity 0.671 is significantly below the base model's "
-             "0.709 (-0.038, 95% CI -0.060 to -0.020); never the best")
-    v = verdict(None, evaluated=1, guards=[guard])
+    guards = [similarity_guard("step_100", "0.671", "-0.038", "-0.060", "-0.020"),
+              similarity_guard("step_200", "0.680", "-0.029", "-0.050", "-0.010")]
+    v = verdict(None, evaluated=2, guards=guards)
     assert v.kind == "worse" and v.checkpoint is None
-    assert v.text == f"No checkpoint beats the base model: of 1 evaluated, none may be chosen ({guard}). " \
-                     "Keep the base model."
+    assert v.text == ("No checkpoint can be recommended over the base model: the similarity guard excluded step_100 and "
+                      "step_200 "
+                      "(step_100: speaker similarity 0.671 is significantly below the base model's 0.709 "
+                      "(-0.038, 95% CI -0.060 to -0.020)). Keep the base model.")
 
 
 def test_a_guard_that_decided_is_said_beside_an_improvement():
-    guard = "step_300: similarity guard: speaker similarity significantly below the base model's"
+    guard = similarity_guard("step_300", "0.671", "-0.038", "-0.060", "-0.020")
     v = verdict(best(), evaluated=3, guards=[guard])
-    assert v.kind == "improved" and v.text.endswith(f"Use step_1200. Why: {guard}.")
+    assert v.kind == "improved" and v.text.endswith(
+        "Use step_1200. Why: the similarity guard excluded step_300 (speaker similarity 0.671 is significantly "
+        "below the base model's 0.709 (-0.038, 95% CI -0.060 to -0.020)).")
+
+
+def test_a_wer_guard_stop_is_said():
+    stop = {"checkpoint": "step_400", "guard": "wer",
+            "message": "WER guard: WER 0.300 exceeds the base model's 0.040 by more than 0.1 (overfitting or "
+                       "hallucination)"}
+    v = verdict(best(), evaluated=4, guards=[stop])
+    assert "Why: the WER guard stopped training at step_400 (WER 0.300 exceeds the base model's 0.040" in v.text
 
 
 def test_nothing_evaluated():

@@ -101,17 +101,23 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
     return out
 
 
-def guard_lines(r: RunEvals) -> list[str]:
-    """Where a guard decided: "step_200: similarity guard: ..." per excluded evaluation, and the WER guard's
-    stops and warnings."""
+def guards(r: RunEvals) -> list[dict[str, str]]:
+    """Where a guard decided: ``{"checkpoint", "guard", "message"}`` per evaluation a guard excluded from
+    being the best (:meth:`Selector.blocked`), per WER guard stop ("wer") and warning ("wer_warn")."""
     out = []
     for d in r.evals:
         sel, name = d.get("selection") or {}, d.get("name") or f"step_{d['step']}"
         if sel.get("blocked"):
-            out.append(f"{name}: {sel['blocked']}")
-        out += [f"{name}: {w}" for w in [sel.get("reason") or "", *sel.get("warnings", [])]
-                if "WER guard" in w]
-    return list(dict.fromkeys(out))
+            out.append({"checkpoint": name, "guard": sel.get("guard") or "", "message": sel["blocked"]})
+        wer = [("wer", m) for m in (sel.get("reason") or "").split("; ") if m.startswith("WER guard")]
+        wer += [("wer_warn", w) for w in sel.get("warnings", []) if w.startswith("WER guard")]
+        out += [{"checkpoint": name, "guard": kind, "message": m} for kind, m in wer]
+    return out
+
+
+def guard_lines(r: RunEvals) -> list[str]:
+    """:func:`guards` as lines: "step_200: similarity guard: ..."."""
+    return [f"{g['checkpoint']}: {g['message']}" for g in guards(r)]
 
 
 def verdict_notes(r: RunEvals) -> list[str]:
@@ -123,7 +129,7 @@ def verdict_notes(r: RunEvals) -> list[str]:
 def run_verdict(r: RunEvals) -> Verdict:
     """The verdict of what ``r`` holds (:func:`voicetune.evaluation.verdict.verdict`)."""
     evaluated = sum(1 for d in r.evals if not d.get("error"))
-    return verdict(r.best, evaluated, guards=guard_lines(r), notes=verdict_notes(r))
+    return verdict(r.best, evaluated, guards=guards(r), notes=verdict_notes(r))
 
 
 def record_verdict(run_dir: Path | str, eval_root: Path | str | None = None) -> Verdict:
@@ -172,8 +178,9 @@ def _warnings(r: RunEvals) -> list[str]:
         failures = agg.get("failures") or {}
         if failures:
             n = agg.get("n_sentences") or "?"
+            unit = "renders" if (agg.get("seeds") or 1) > 1 else "sentences"  # sentences x seeds
             flags = ", ".join(f"{k} in {v}/{n}" for k, v in sorted(failures.items()))
-            out.append(f"{label}: failure detectors flagged {flags} sentences")
+            out.append(f"{label}: failure detectors flagged {flags} {unit}")
     if r.best and not r.best.get("beats_baseline"):
         out.append(f"no evaluated checkpoint beats the base model: the best, {r.best['checkpoint']}, scores "
                    f"{r.best['composite']:+.3f}; consider the base model, more data or a lower learning rate")
@@ -222,7 +229,9 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
     header = ["evaluation", "composite"] + [c[1] for c in cols] + ["kept"]
     lines = [header]
     for row in _rows(r):
-        cells = [row["name"] + (" *" if row["best"] else ""), _f(row["composite"], "{:.3f}", True)]
+        ci = (row.get("selection") or {}).get("interval")
+        ci = f" [{_f(ci[0], '{:.2f}', True)}, {_f(ci[1], '{:.2f}', True)}]" if ci else ""
+        cells = [row["name"] + (" *" if row["best"] else ""), _f(row["composite"], "{:.3f}", True) + ci]
         for key, _, fmt in cols:
             v, b = row["agg"].get(key), base.get(key)
             delta = "" if row["name"] == BASELINE or not isinstance(b, (int, float)) or not isinstance(
@@ -301,6 +310,23 @@ def _no_data(ax: Any, text: str) -> None:
         spine.set_visible(False)
 
 
+def _bars(r: RunEvals, key: str, base: Any) -> list[tuple[int, float, float]]:
+    """(step, low, high) per evaluation: the 95 % paired interval of the change against the baseline, drawn
+    around the baseline's value (a bar crossing the dashed baseline line: within the noise)."""
+    out = []
+    for d in r.evals:
+        sel = d.get("selection") or {}
+        if key == "composite":
+            lo_hi, offset = sel.get("interval"), 0.0
+        else:
+            delta = (sel.get("deltas") or {}).get(key) or {}
+            lo_hi, offset = [delta.get("low"), delta.get("high")], base
+        if (isinstance(lo_hi, list) and len(lo_hi) == 2 and isinstance(offset, (int, float))
+                and all(isinstance(x, (int, float)) for x in lo_hi)):
+            out.append((d["step"], offset + lo_hi[0], offset + lo_hi[1]))
+    return out
+
+
 def metric_plot(r: RunEvals) -> str | None:
     """Base64 PNG: composite score and the main metrics per evaluation, baseline dashed, best starred."""
     fig = metric_figure(r)
@@ -330,6 +356,10 @@ def metric_figure(r: RunEvals) -> Any:
             _no_data(ax, "no data: no evaluation has a value\n(failed renders, or the metric is off)")
             continue
         ax.plot(steps, ys, marker="o", linewidth=1.2)
+        bars = _bars(r, key, base)
+        if bars:
+            xs, lows, highs = zip(*bars, strict=True)
+            ax.vlines(xs, lows, highs, color="tab:blue", alpha=0.35, linewidth=4)
         if isinstance(base, (int, float)):
             ax.axhline(base, linestyle="--", color="grey", linewidth=1, label="baseline")
         if r.best_step in steps:
@@ -534,7 +564,7 @@ def render_html(r: RunEvals) -> str:
                      "beats the noise (see voicetune/evaluation/selection.py).</p>")
     elif r.evals:
         parts.append("<h2>Best checkpoint: none</h2><p class='small'>No evaluation qualified "
-                     "(see the errors and warnings).</p>")
+                     "(see the verdict, the selection column, the errors and warnings).</p>")
     if r.warnings:
         parts.append("<h2>Warnings</h2>" + "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in r.warnings))
     parts.append("<h2>Evaluations</h2>" + _table(r) if (r.baseline or r.evals) else "")
@@ -550,6 +580,9 @@ def render_html(r: RunEvals) -> str:
         body = (f"<img alt='{title}' src='data:image/png;base64,{png}'>" if png
                 else f"<p class='small'>{empty}</p>")
         parts.append(f"<h2>{title}</h2>{body}")
+        if title == "Metrics" and png:
+            parts.append("<p class='small'>Shaded bars: the 95 % paired interval of each change against the "
+                         "baseline (dashed line); a bar that crosses the line is within the noise.</p>")
         if title == "Training loss" and png and r.loss_note:
             parts.append(f"<p class='small'>{html.escape(r.loss_note)}</p>")
     audio = _audio_section(r)

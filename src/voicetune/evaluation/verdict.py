@@ -10,7 +10,7 @@ its 95 % interval and the paired changes of its metrics, as best.json records th
 * ``no_improvement``: the best cannot be told apart from the base model (its interval holds 0), or there
   is no interval (too few sentences): "No measurable improvement over the base model: ...";
 * ``worse``: no checkpoint could be the best (each was worse than the base model beyond noise or was
-  excluded by a guard): "No checkpoint beats the base model: ...";
+  excluded by a guard): "No checkpoint can be recommended over the base model: ...";
 * ``not_evaluated``: nothing was evaluated.
 
 A "Why:" sentence follows when the run measured a reason: a guard that decided, WER rising, wide
@@ -88,10 +88,41 @@ def _intelligibility(wer: Mapping[str, Any]) -> str:
     return f" with no measurable loss of intelligibility (WER {_pct(b)} → {_pct(v)})"
 
 
+GUARD_NAMES = {"similarity": "the similarity guard", "worse_than_base": "the noise rule (worse than the base "
+               "model beyond noise)", "wer": "the WER guard", "wer_warn": "the WER guard"}
+GUARD_VERBS = {"wer": "stopped training at", "wer_warn": "warned at"}
+
+
+def _names(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _detail(message: str) -> str:
+    """A guard's message without its label and ending ("similarity guard: X; never the best" -> "X")."""
+    head, sep, rest = message.partition(": ")
+    text = rest if sep and "guard" in head else message
+    return text.removesuffix("; never the best")
+
+
+def guard_text(guards: Sequence[Mapping[str, Any]]) -> str:
+    """What the guards decided, in one clause per guard: "the similarity guard excluded step_100 and
+    step_200 (step_100: speaker similarity 0.344 is significantly below ...)"."""
+    by_kind: dict[str, list[Mapping[str, Any]]] = {}
+    for g in guards:
+        by_kind.setdefault(str(g.get("guard") or ""), []).append(g)
+    parts = []
+    for kind, found in by_kind.items():
+        names = [str(g.get("checkpoint")) for g in found]
+        where = f"{names[0]}: " if len(names) > 1 else ""
+        parts.append(f"{GUARD_NAMES.get(kind, 'a guard')} {GUARD_VERBS.get(kind, 'excluded')} {_names(names)} "
+                     f"({where}{_detail(str(found[0].get('message') or ''))})")
+    return "; ".join(parts)
+
+
 def verdict(
     best: Mapping[str, Any] | None,
     evaluated: int,
-    guards: Sequence[str] = (),
+    guards: Sequence[Mapping[str, Any]] = (),
     notes: Sequence[str] = (),
 ) -> Verdict:
     """The verdict of a run (or an evaluation's protocol).
@@ -99,17 +130,18 @@ def verdict(
     ``best``: the best checkpoint as best.json describes it (``checkpoint``, ``composite``,
     ``composite_interval``, ``deltas`` per metric with ``value``/``base``/``low``/``high``, ``n_sentences``,
     ``seeds``), None when no checkpoint qualified. ``evaluated``: how many checkpoints were scored.
-    ``guards``: what the guards decided, one line each ("step_200: similarity guard: ..."). ``notes``: the
-    "why" of other checks (overfitting, no effect, too little data), said as they are.
+    ``guards``: what the guards decided, one per evaluation (``checkpoint``, ``guard``: "similarity",
+    "worse_than_base", "wer" (stopped training), "wer_warn"; ``message``: the decision's words). ``notes``:
+    the "why" of other checks (overfitting, no effect, too little data), said as they are.
     """
-    why = [*guards, *notes]
+    decided = guard_text(guards)
+    why = [decided, *notes] if decided else list(notes)
     if evaluated <= 0:
-        return Verdict("No checkpoint was evaluated: nothing to judge yet.", "not_evaluated", None, why)
+        return Verdict("No checkpoint was evaluated: nothing to judge yet.", "not_evaluated", None, list(notes))
     if best is None:
-        reason = guards[0] if guards else "none qualified"
-        text = (f"No checkpoint beats the base model: of {evaluated} evaluated, none may be chosen "
-                f"({reason}). Keep the base model.")
-        return _with_why(Verdict(text, "worse", None, why[1:] if guards else why))
+        decided = decided or f"none of the {evaluated} evaluated qualified"
+        text = f"No checkpoint can be recommended over the base model: {decided}. Keep the base model."
+        return _with_why(Verdict(text, "worse", None, list(notes)))
     name = str(best.get("checkpoint") or f"step_{best.get('step')}")
     composite, interval = best.get("composite"), best.get("composite_interval") or [None, None]
     sim, wer = _delta(best, "speaker_similarity"), _delta(best, "wer")
