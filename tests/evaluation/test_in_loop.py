@@ -170,7 +170,8 @@ def test_rescoring_reproduces_in_loop_renders_and_scores_a_base_alone(evaluated_
     assert main(["evaluate", "--base", str(base), "--dataset", str(dataset), "--out", str(out), "--asr-model",
                  asr_model, "--max-sentences", "1", "--probes", "1", "--num-references", "2", "--device", "cpu"]) == 0
     doc = _doc(out / "metrics.json")
-    assert doc["kind"] == "baseline" and doc["base"]["aggregate"]["n_sentences"] == 4  # renders: 2 sentences x 2 seeds
+    # n_sentences counts renders: 2 sentences x 2 seeds
+    assert doc["kind"] == "baseline" and doc["base"]["aggregate"]["n_sentences"] == 4
     assert (out / "base" / "00.wav").is_file() and (out / "real" / "00.wav").is_file()
 
 

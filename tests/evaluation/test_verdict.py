@@ -54,8 +54,8 @@ def test_no_interval_with_too_few_sentences_claims_nothing():
 
 def similarity_guard(checkpoint, value, delta, low, high):
     return {"checkpoint": checkpoint, "guard": "similarity",
-            "message": f"similarity guard: speaker similarity {value} is significantly below the base model's "
-                       f"0.709 ({delta}, 95% CI {low} to {high}); never the best"}
+            "message": f"similarity guard: speaker similarity {value} is significantly below the base "
+                       f"model's 0.709 ({delta}, 95% CI {low} to {high}); never the best"}
 
 
 def test_when_guards_exclude_every_checkpoint_keep_the_base_model():
@@ -63,8 +63,8 @@ def test_when_guards_exclude_every_checkpoint_keep_the_base_model():
               similarity_guard("step_200", "0.680", "-0.029", "-0.050", "-0.010")]
     v = verdict(None, evaluated=2, guards=guards)
     assert v.kind == "worse" and v.checkpoint is None
-    assert v.text == ("No checkpoint can be recommended over the base model: the similarity guard excluded step_100 and "
-                      "step_200 "
+    assert v.text == ("No checkpoint can be recommended over the base model: the similarity guard excluded "
+                      "step_100 and step_200 "
                       "(step_100: speaker similarity 0.671 is significantly below the base model's 0.709 "
                       "(-0.038, 95% CI -0.060 to -0.020)). Keep the base model.")
 
@@ -73,8 +73,8 @@ def test_a_guard_that_decided_is_said_beside_an_improvement():
     guard = similarity_guard("step_300", "0.671", "-0.038", "-0.060", "-0.020")
     v = verdict(best(), evaluated=3, guards=[guard])
     assert v.kind == "improved" and v.text.endswith(
-        "Use step_1200. Why: the similarity guard excluded step_300 (speaker similarity 0.671 is significantly "
-        "below the base model's 0.709 (-0.038, 95% CI -0.060 to -0.020)).")
+        "Use step_1200. Why: the similarity guard excluded step_300 (speaker similarity 0.671 is "
+        "significantly below the base model's 0.709 (-0.038, 95% CI -0.060 to -0.020)).")
 
 
 def test_a_wer_guard_stop_is_said():

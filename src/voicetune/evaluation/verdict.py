@@ -114,8 +114,8 @@ def guard_text(guards: Sequence[Mapping[str, Any]]) -> str:
     for kind, found in by_kind.items():
         names = [str(g.get("checkpoint")) for g in found]
         where = f"{names[0]}: " if len(names) > 1 else ""
-        parts.append(f"{GUARD_NAMES.get(kind, 'a guard')} {GUARD_VERBS.get(kind, 'excluded')} {_names(names)} "
-                     f"({where}{_detail(str(found[0].get('message') or ''))})")
+        said = GUARD_NAMES.get(kind, "a guard") + " " + GUARD_VERBS.get(kind, "excluded")
+        parts.append(f"{said} {_names(names)} ({where}{_detail(str(found[0].get('message') or ''))})")
     return "; ".join(parts)
 
 
@@ -137,7 +137,8 @@ def verdict(
     decided = guard_text(guards)
     why = [decided, *notes] if decided else list(notes)
     if evaluated <= 0:
-        return Verdict("No checkpoint was evaluated: nothing to judge yet.", "not_evaluated", None, list(notes))
+        text = "No checkpoint was evaluated: nothing to judge yet."
+        return Verdict(text, "not_evaluated", None, list(notes))
     if best is None:
         decided = decided or f"none of the {evaluated} evaluated qualified"
         text = f"No checkpoint can be recommended over the base model: {decided}. Keep the base model."
