@@ -27,6 +27,12 @@ The intervals here account for both:
   clusters even the expanded interval says little. The report and the verdict say so, and selection falls
   back to the point scores.
 
+Limits: the intervals describe the noise of THIS protocol's sentences and seeds as a sample of sentences; the
+seeds are the same for every sentence (``--eval-seed``, ``+1``, ...), so an effect of a seed common to all
+sentences is not resampled (with K = 2 there is too little to estimate it), and the speaker's reference
+clips are fixed. They say whether two checkpoints can be told apart on this probe set, not how a listener
+would rank them.
+
 Resampling is done by :func:`scipy.stats.bootstrap` (the resampled sentence indices, ``vectorized``) with a
 fixed seed, so the same scores always give the same interval.
 """
