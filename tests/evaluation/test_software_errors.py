@@ -72,7 +72,7 @@ def test_a_later_evaluation_that_synthesizes_nothing_fails_the_run_after_saving_
     code = main(["train", str(tiny_dataset), "--base", str(tiny_base), "--out", str(run), "--max-steps", "4",
                  "--eval-every", "2", "--eval-asr-model", asr_model, "--batch-size", "2", "--device", "cpu",
                  "--eval-max-sentences", "1", "--eval-probes", "1", "--eval-num-references", "2",
-                 "--eval-max-overhead", "0", "--early-stop-patience", "0"])
+                 "--eval-max-overhead", "0", "--early-stop-patience", "0", "--eval-seeds", "1"])
     err = capsys.readouterr().err
     assert code == 1
     assert "step_2 evaluation: all 2 sentences failed to synthesize" in err and CAUSE in err
