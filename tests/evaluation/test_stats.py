@@ -127,3 +127,20 @@ def test_a_real_change_is_significant_and_no_change_mostly_is_not():
         d = paired_deltas(same, base, metrics=("speaker_similarity",))["speaker_similarity"]
         false_alarms += significant(d["low"], d["high"]) != 0
     assert false_alarms <= 12  # about 5 % expected
+
+
+def test_the_corpus_wer_interval_covers_the_true_error_rate():
+    # each sentence has its own difficulty (error probability around 10 %) and length; WER is total errors over
+    # total reference words, as the aggregate computes it
+    rng = np.random.default_rng(7)
+    n, truth, reps, covered = 12, 0.10, 300, 0
+    for _ in range(reps):
+        lengths = rng.integers(4, 16, n)
+        p = rng.beta(2, 18, n)  # mean 0.10
+        rows = [{"sentence": i, "seed": j, "text": " ".join(["word"] * int(lengths[i])),
+                 "wer": rng.binomial(lengths[i], p[i]) / lengths[i], "flags": []}
+                for j in range(2) for i in range(n)]
+        scores = SentenceScores.from_rows(rows)
+        low, high = bootstrap(n, scores.statistic, n_resamples=2000, seed=int(rng.integers(1 << 30)))["wer"]
+        covered += low <= truth <= high
+    assert 0.90 <= covered / reps <= 0.985, covered / reps
