@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit
 
 PARTS = ("conditioning_encoder", "conditioning_perceiver", "gpt", "text_head", "mel_head", "final_norm")
 
@@ -46,7 +46,12 @@ def saved_bytes_by_part(backend: Any, batch: dict[str, torch.Tensor], cfg: Any) 
     handles = []
     tracked = [(name, getattr(gpt, name, None)) for name in PARTS]
     # the packed loss runs the transformer blocks piece by piece (voicetune.backends.gpt_tts.layers._block)
-    tracked += [("transformer layers: norms, projections, MLP", m) for block in gpt.gpt.h for m in block.modules() if m is not block]
+    tracked += [
+        ("transformer layers: norms, projections, MLP", m)
+        for block in gpt.gpt.h
+        for m in block.modules()
+        if m is not block
+    ]
     for name, module in tracked:
         if module is not None:
             handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave)]
@@ -60,7 +65,10 @@ def saved_bytes_by_part(backend: Any, batch: dict[str, torch.Tensor], cfg: Any) 
 
     weights = {p.untyped_storage().data_ptr() for p in gpt.parameters()}
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        with (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.autocast("cpu", dtype=torch.bfloat16),
+        ):
             backend.loss(batch, cfg)
     finally:
         for h in handles:
@@ -83,8 +91,8 @@ def main() -> int:
     import xtts_train_step as bench
 
     from voicetune.backends.base import get_backend
-    from voicetune.backends.registry import train_config
     from voicetune.backends.gpt_tts import layers as speed
+    from voicetune.backends.registry import train_config
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +101,8 @@ def main() -> int:
         backend = get_backend("xtts")
         backend.load_base(base, torch.device("cpu"))
         store = backend.build_features(clips, Path(tmp) / "features")
-        # dropout 0: SDPA's CPU flash kernel has no dropout (it would fall back to math where the GPU's does not)
+        # dropout 0: SDPA's CPU flash kernel has no dropout (it would fall back to math where the GPU's does
+        # not)
         cfg = train_config(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0)
         backend.configure_model(cfg)
         backend.configure_training(cfg)
@@ -104,7 +113,9 @@ def main() -> int:
             speed.set_attention(backend.model.gpt, attention)
             results[f"attention={attention}"] = saved_bytes_by_part(backend, batch, cfg)
         speed.set_attention(backend.model.gpt, "sdpa")
-        mlp_cfg = train_config(precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, checkpoint_mlp=True)
+        mlp_cfg = train_config(
+            precision="bf16", param_dtype="bf16", compile="off", dropout=0.0, checkpoint_mlp=True
+        )
         backend.configure_training(mlp_cfg)
         results["attention=sdpa, checkpoint_mlp"] = saved_bytes_by_part(backend, batch, mlp_cfg)
     commit = git_commit()

@@ -18,10 +18,10 @@ same synthetic clips (24 kHz, default 16 x 10 s, ~40 text tokens each) as a fixe
   finetuning, same settings), ``vt_lora_defaults`` (vt_lora with TrainConfig's generic defaults: fp32 adapter
   weights, so no FlatAdamW and no CUDA graphs).
 
-Reports samples/s, frames/s (Mimi frames, 12.5 per second of audio), peak allocated/reserved memory (steady and
-including warm-up, compile and capture), GPU busy fraction, and speed and memory ratios against ``plain``, with
-the goals (LoRA >= 3x samples/s at <= 40 % of the peak; full finetuning peak < 24 GB); writes JSON after every
-configuration. Usage (GPU box; no coqui-tts needed, but soundfile/soxr from the carried wheels):
+Reports samples/s, frames/s (Mimi frames, 12.5 per second of audio), peak allocated/reserved memory (steady
+and including warm-up, compile and capture), GPU busy fraction, and speed and memory ratios against ``plain``,
+with the goals (LoRA >= 3x samples/s at <= 40 % of the peak; full finetuning peak < 24 GB); writes JSON after
+every configuration. Usage (GPU box; no coqui-tts needed, but soundfile/soxr from the carried wheels):
 
     . benchmarks/gpu_setup.sh && python3 benchmarks/csm_train_step.py --out $OUT/csm.json   # ~5-8 min, H200
     python3 benchmarks/csm_train_step.py --tiny --device cpu --out /tmp/csm.json   # a minute on a CPU
@@ -80,17 +80,30 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
 DEFAULT_CONFIGS = "plain,vt_lora,vt_full,vt_lora_defaults"
 
 TEXTS = [
-    "The morning light crept slowly across the kitchen table while the kettle began to sing on the old stove.",
-    "Could you tell me where the nearest train station is, and whether the last train has already left tonight?",
-    "The garden looks wonderful after a week of gentle rain, and the roses are finally starting to bloom again.",
-    "Please remember to close the window before you leave, because the forecast says a storm is coming tonight.",
+    (
+        "The morning light crept slowly across the kitchen table while the kettle began to sing on the "
+        "old stove."
+    ),
+    (
+        "Could you tell me where the nearest train station is, and whether the last train has already "
+        "left tonight?"
+    ),
+    (
+        "The garden looks wonderful after a week of gentle rain, and the roses are finally starting to "
+        "bloom again."
+    ),
+    (
+        "Please remember to close the window before you leave, because the forecast says a storm is "
+        "coming tonight."
+    ),
 ]
 
 
 # ----------------------------------------------------------------------------------------- set-up
 def build_processor_and_config(tiny: bool) -> tuple[Any, Any]:
     """A CsmProcessor (local byte-level BPE with csm-1b's special tokens, CSM chat template, 24 kHz) and the
-    CsmConfig: full size (transformers' defaults = csm-1b) or the tiny test model; token ids from the tokenizer."""
+    CsmConfig: full size (transformers' defaults = csm-1b) or the tiny test model; token ids from the
+    tokenizer."""
     from transformers import CsmConfig, MimiConfig
 
     from voicetune.backends.csm import tiny as tiny_base
@@ -151,7 +164,9 @@ def run_plain(template: Any, processor: Any, clips: list[Any], batches: list[lis
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = copy.deepcopy(template).to(dtype).to(device)
-    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=LORA_TARGETS))
+    model = get_peft_model(
+        model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=LORA_TARGETS)
+    )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
@@ -171,13 +186,16 @@ def run_plain(template: Any, processor: Any, clips: list[Any], batches: list[lis
     result = measure(step, device, args.warmup, args.steps)
     result["gpu_busy"] = gpu_busy_fraction(step, device) if args.busy else None
     adapted = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
-    result["settings"] = {"dtype": str(dtype), "lora": {"r": 32, "alpha": 64, "dropout": 0.05,
-                                                        "targets": LORA_TARGETS},
-                          "lora_modules": len(adapted),
-                          "lora_modules_in_mimi": sum("codec_model" in n for n in adapted),
-                          "trainable_params": sum(p.numel() for p in params),
-                          "depth_decoder_labels_ratio": args.plain_depth_ratio, "optimizer": "torch AdamW (fused)",
-                          "audio_encoded_every_step": True}
+    result["settings"] = {
+        "dtype": str(dtype),
+        "lora": {"r": 32, "alpha": 64, "dropout": 0.05, "targets": LORA_TARGETS},
+        "lora_modules": len(adapted),
+        "lora_modules_in_mimi": sum("codec_model" in n for n in adapted),
+        "trainable_params": sum(p.numel() for p in params),
+        "depth_decoder_labels_ratio": args.plain_depth_ratio,
+        "optimizer": "torch AdamW (fused)",
+        "audio_encoded_every_step": True,
+    }
     return result  # the model and optimizer go with this frame
 
 
@@ -193,9 +211,17 @@ def run_voicetune(name: str, overrides: dict[str, Any], template: Any, processor
         overrides = {k: v for k, v in overrides.items() if k not in ("param_dtype", "optimizer_state_dtype")}
     torch.manual_seed(args.seed)
     backend = CsmBackend()
-    backend.adopt(copy.deepcopy(template), copy.deepcopy(processor), device, base_ref="(random full-size csm-1b)")
-    settings = {"backend": "csm", "batch_size": args.batch, "seed": args.seed, "device": str(device), "lr": 1e-4,
-                **overrides}
+    backend.adopt(
+        copy.deepcopy(template), copy.deepcopy(processor), device, base_ref="(random full-size csm-1b)"
+    )
+    settings = {
+        "backend": "csm",
+        "batch_size": args.batch,
+        "seed": args.seed,
+        "device": str(device),
+        "lr": 1e-4,
+        **overrides,
+    }
     cfg = train_config(**settings)
     backend.configure_model(cfg)
     store = backend.build_features(clips, work / "features")
@@ -208,13 +234,17 @@ def run_voicetune(name: str, overrides: dict[str, Any], template: Any, processor
     result["gpu_busy"] = gpu_busy_fraction(step, device) if args.busy else None
     engine = getattr(step, "engine", None)
     shapes = sorted({tuple(backend.collate([store[i] for i in idx])["tokens"].shape) for idx in batches})
-    result["settings"] = {**settings, "resolved_precision": precision, "optimizer": type(optimizer).__name__,
-                          "driver": driver, "cuda_graphs": bool(engine is not None and engine.graphs is not None),
-                          "padded_shapes": [list(s) for s in shapes],
-                          "trainable_params": sum(p.numel() for p in backend.trainable().parameters()
-                                                  if p.requires_grad),
-                          "mimi_on": str(next(backend.model.codec_model.parameters()).device),
-                          "text_embedding_on": str(backend.model.embed_text_tokens.weight.device)}
+    result["settings"] = {
+        **settings,
+        "resolved_precision": precision,
+        "optimizer": type(optimizer).__name__,
+        "driver": driver,
+        "cuda_graphs": bool(engine is not None and engine.graphs is not None),
+        "padded_shapes": [list(s) for s in shapes],
+        "trainable_params": sum(p.numel() for p in backend.trainable().parameters() if p.requires_grad),
+        "mimi_on": str(next(backend.model.codec_model.parameters()).device),
+        "text_embedding_on": str(backend.model.embed_text_tokens.weight.device),
+    }
     del backend, store, optimizer, step
     importlib.import_module("torch._dynamo").reset()  # drop compiled graphs (and CUDA-graph pools)
     return result
@@ -226,15 +256,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON file written after every configuration")
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated, from {list(CONFIGS)}")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--clips", type=int, default=16, help="synthetic clips (batches are a fixed cycle over them)")
+    p.add_argument(
+        "--clips", type=int, default=16, help="synthetic clips (batches are a fixed cycle over them)"
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="length of every clip")
     p.add_argument("--warmup", type=int, default=6)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--tiny", action="store_true", help="the tiny test model, 2 s clips: checks the code paths")
-    p.add_argument("--plain-depth-ratio", type=float, default=1.0, help="the plain path's depth_decoder_labels_ratio")
-    p.add_argument("--no-busy", dest="busy", action="store_false", help="skip the profiler's GPU-busy fraction")
+    p.add_argument(
+        "--tiny", action="store_true", help="the tiny test model, 2 s clips: checks the code paths"
+    )
+    p.add_argument(
+        "--plain-depth-ratio", type=float, default=1.0, help="the plain path's depth_decoder_labels_ratio"
+    )
+    p.add_argument(
+        "--no-busy", dest="busy", action="store_false", help="skip the profiler's GPU-busy fraction"
+    )
     p.add_argument("--command", default=None, help="the full command line, recorded in the JSON")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
@@ -288,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             if CONFIGS[cname] is None:
                 res = run_plain(template, processor, clips, batches, device, args)
             else:
-                res = run_voicetune(cname, CONFIGS[cname], template, processor, clips, batches, device, args, work)
+                res = run_voicetune(
+                    cname, CONFIGS[cname], template, processor, clips, batches, device, args, work
+                )
         except Exception as e:  # one failing configuration must not lose the others' numbers
             logger.exception("%s failed", cname)
             res = {"error": f"{type(e).__name__}: {e}"}
@@ -324,26 +364,34 @@ def _finish(report: dict[str, Any], frames_per_batch: int, batch: int) -> None:
     lora, full = report["results"].get("vt_lora", {}), report["results"].get("vt_full", {})
     if "speed_vs_plain" in lora:
         goals["lora_speed_vs_plain"] = goal(lora["speed_vs_plain"], ">= 3", lambda v: v >= 3)
-        goals["lora_peak_vs_plain"] = goal(lora.get("peak_incl_warmup_vs_plain"), "<= 0.40", lambda v: v <= 0.40)
+        goals["lora_peak_vs_plain"] = goal(
+            lora.get("peak_incl_warmup_vs_plain"), "<= 0.40", lambda v: v <= 0.40
+        )
     if "peak_alloc_incl_warmup_gib" in full:
-        goals["full_peak_gb"] = goal(full["peak_alloc_incl_warmup_gib"] * GIB / 1e9, "< 24 GB", lambda v: v < 24)
+        goals["full_peak_gb"] = goal(
+            full["peak_alloc_incl_warmup_gib"] * GIB / 1e9, "< 24 GB", lambda v: v < 24
+        )
     report["goals"] = goals
 
 
 def _print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['device']}  torch {report['torch']}  transformers {report.get('transformers')}")
-    print(f"{'config':24s} {'ms/step':>8s} {'smp/s':>7s} {'frm/s':>8s} {'alloc':>6s} {'all':>6s} {'resv':>6s} "
-          f"{'x plain':>7s} {'mem/pl':>6s} {'busy':>5s} {'warm s':>7s}")
+    print(
+        f"{'config':24s} {'ms/step':>8s} {'smp/s':>7s} {'frm/s':>8s} {'alloc':>6s} {'all':>6s} {'resv':>6s} "
+        f"{'x plain':>7s} {'mem/pl':>6s} {'busy':>5s} {'warm s':>7s}"
+    )
     for name, r in report["results"].items():
         if "step_s_median" not in r:
             print(f"{name:24s} ERROR {r.get('error', '')[:150]}")
             continue
         busy = f"{r['gpu_busy']:.2f}" if r.get("gpu_busy") is not None else "-"
         mem = r.get("peak_incl_warmup_vs_plain")
-        print(f"{name:24s} {1e3 * r['step_s_median']:8.1f} {r['samples_per_s']:7.1f} {r['frames_per_s']:8.0f} "
-              f"{r['peak_alloc_gib']:6.2f} {r['peak_alloc_incl_warmup_gib']:6.2f} "
-              f"{r['peak_reserved_incl_warmup_gib']:6.2f} {r.get('speed_vs_plain', float('nan')):7.2f} "
-              f"{mem if mem is not None else float('nan'):6.3f} {busy:>5s} {r['warmup_s']:7.1f}")
+        print(
+            f"{name:24s} {1e3 * r['step_s_median']:8.1f} {r['samples_per_s']:7.1f} {r['frames_per_s']:8.0f} "
+            f"{r['peak_alloc_gib']:6.2f} {r['peak_alloc_incl_warmup_gib']:6.2f} "
+            f"{r['peak_reserved_incl_warmup_gib']:6.2f} {r.get('speed_vs_plain', float('nan')):7.2f} "
+            f"{mem if mem is not None else float('nan'):6.3f} {busy:>5s} {r['warmup_s']:7.1f}"
+        )
     for goal, g in report.get("goals", {}).items():
         verdict = "unknown here" if g["met"] is None else "MET" if g["met"] else "NOT met"
         print(f"goal {goal}: {g['value']} ({g['goal']}): {verdict}")

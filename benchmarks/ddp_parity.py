@@ -1,17 +1,18 @@
 """Data-parallel parity and speed-up: the same training run on 1 GPU and on 2 GPUs (torchrun via --gpus 2).
 
-Both runs see the same clips in every optimizer step (1 GPU: micro-batch B x accumulation 2; 2 GPUs: micro-batch
-B on each, accumulation 1; global batch 2B), so their per-step losses must agree up to the order of floating
-point sums. Dropout is off (--dropout 0): dropout masks are drawn per process and would differ by design.
-Writes JSON: both loss curves, the largest relative difference against the stated tolerance, step times,
-samples/s and the speed-up.
+Both runs see the same clips in every optimizer step (1 GPU: micro-batch B x accumulation 2; 2 GPUs:
+micro-batch B on each, accumulation 1; global batch 2B), so their per-step losses must agree up to the order
+of floating point sums. Dropout is off (--dropout 0): dropout masks are drawn per process and would differ by
+design. Writes JSON: both loss curves, the largest relative difference against the stated tolerance, step
+times, samples/s and the speed-up.
 
 The model is an untrained XTTS-v2 in the real layout (voicetune.backends.xtts.tiny): ``--size tiny`` (2 x 64,
 seconds) or ``--size mid`` (12 layers x 512, ~50 M GPT parameters: closer to real step times). The clips are
 synthetic voiced tones (2.5-8 s), so nothing is downloaded. Usage on the 2-GPU box::
 
     . benchmarks/gpu_setup.sh && python3 benchmarks/ddp_parity.py --out $OUT/ddp_parity.json
-    python3 benchmarks/ddp_parity.py --device cpu --size tiny --steps 4 --out /tmp/ddp.json   # CPU check (gloo)
+    # CPU check (gloo):
+    python3 benchmarks/ddp_parity.py --device cpu --size tiny --steps 4 --out /tmp/ddp.json
 """
 
 from __future__ import annotations
@@ -68,16 +69,48 @@ def synthetic_dataset(root: Path, clips: int, seed: int = 0) -> Path:
 
 def run_training(dataset: Path, base: Path, out: Path, gpus: int, args: argparse.Namespace) -> dict[str, Any]:
     """One `voicetune train` run; returns its losses and speed (from metrics.jsonl)."""
-    cmd = [sys.executable, "-m", "voicetune.cli", "train", str(dataset), "--base", str(base), "--out", str(out),
-           "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--grad-accum", str(2 // gpus), "--dropout", "0", "--seed", "1", "--lr", str(args.lr),
-           "--precision", args.precision, "--compile", args.compile, "--device", args.device,
-           "--eval-every", "0", "--eval-every-epochs", "0", "--mem-every", "0", "--log-every", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voicetune.cli",
+        "train",
+        str(dataset),
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--grad-accum",
+        str(2 // gpus),
+        "--dropout",
+        "0",
+        "--seed",
+        "1",
+        "--lr",
+        str(args.lr),
+        "--precision",
+        args.precision,
+        "--compile",
+        args.compile,
+        "--device",
+        args.device,
+        "--eval-every",
+        "0",
+        "--eval-every-epochs",
+        "0",
+        "--mem-every",
+        "0",
+        "--log-every",
+        "1",
+    ]
     cmd += shlex.split(args.train_args)
     if gpus > 1:
         cmd += ["--gpus", str(gpus)]
     t0 = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
     wall = time.time() - t0
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -115,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default) for a tight parity check; bf16 for production-like speed")
     p.add_argument("--compile", default="off", choices=("off", "on", "auto"))
-    p.add_argument("--train-args", default="",
-                   help="more `voicetune train` flags for both runs, e.g. the fast GPU configuration: "
-                        "'--param-dtype bf16 --optimizer-state-dtype bf16 --compile-scope model' (with --precision "
-                        "bf16 --compile on)")
+    p.add_argument(
+        "--train-args",
+        default="",
+        help="more `voicetune train` flags for both runs, e.g. the fast GPU configuration: "
+        "'--param-dtype bf16 --optimizer-state-dtype bf16 --compile-scope model' (with --precision "
+        "bf16 --compile on)",
+    )
     p.add_argument("--tolerance", type=float, default=None,
                    help="largest allowed relative loss difference (default: 1e-4 for fp32, 2e-2 otherwise)")
     p.add_argument("--timeout", type=int, default=540, help="seconds per training run")
@@ -147,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and visible < 2:
         result["error"] = f"only {visible} CUDA GPU(s) visible: the 2-GPU run was skipped"
     else:
-        shutil.copytree(work / "one" / "features", work / "two" / "features")  # the cache is content-addressed
+        # the cache is content-addressed
+        shutil.copytree(work / "one" / "features", work / "two" / "features")
         two = run_training(dataset, base, work / "two", 2, args)
         diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(two["losses"], one["losses"])]
         result.update(two_gpus=two, max_relative_loss_difference=max(diffs),

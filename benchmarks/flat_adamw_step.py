@@ -1,8 +1,10 @@
-"""How long FlatAdamW's update takes for the full XTTS-v2 GPT (441 M bf16 weights), against the memory traffic.
+"""How long FlatAdamW's update takes for the full XTTS-v2 GPT (441 M bf16 weights), against the memory
+traffic.
 
 Times ``FlatAdamW.step`` (compiled: one kernel per buffer, stochastic rounding of weights and moments) and,
-for scale, ``torch.optim.AdamW(fused=True)`` on fp32 weights, plus variants of the update (one random draw per rounding, as before;
-no stochastic rounding at all) to see what the rounding costs. Writes JSON with the device, date and commit.
+for scale, ``torch.optim.AdamW(fused=True)`` on fp32 weights, plus variants of the update (one random draw per
+rounding, as before; no stochastic rounding at all) to see what the rounding costs. Writes JSON with the
+device, date and commit.
 
     python3 benchmarks/flat_adamw_step.py --out $OUT/flat_adamw.json        # on the GPU box
     python3 benchmarks/flat_adamw_step.py --numel 1000000 --device cpu --out /tmp/f.json   # CPU check
@@ -102,14 +104,21 @@ def main() -> int:
         traffic = n * (2 + 2 + 2 * state_bytes + 2 + 2 * state_bytes)  # read p, g, m, v; write p, m, v
         first, later = first_and_later_extra_gib(opt.step, device)
         ms = timed(opt.step, device)
-        results[f"FlatAdamW step, {state} moments"] = {"ms": round(ms, 3), "GB_per_s": round(traffic / ms / 1e6, 1),
-                                                       "extra_gib_first_call": first, "extra_gib_later_call": later}
+        results[f"FlatAdamW step, {state} moments"] = {
+            "ms": round(ms, 3),
+            "GB_per_s": round(traffic / ms / 1e6, 1),
+            "extra_gib_first_call": first,
+            "extra_gib_later_call": later,
+        }
         if state == "bf16" and device.type == "cuda":
             f = opt._flat[0]
             bucket = [(f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"])]
             scalars = torch.tensor([[1 - 1e-7, 0.9, 0.999, 1e-5, 0.03, 1e-8]], device=device)
-            for name, fn in (("three draws (before)", update_three_draws), ("weight-only rounding", update_weight_only),
-                             ("round to nearest", update_nearest)):
+            for name, fn in (
+                ("three draws (before)", update_three_draws),
+                ("weight-only rounding", update_weight_only),
+                ("round to nearest", update_nearest),
+            ):
                 compiled = torch.compile(lambda b, s, fn=fn: [fn(*x, y) for x, y in zip(b, s)], dynamic=True)
                 try:
                     with torch.no_grad():
@@ -122,14 +131,27 @@ def main() -> int:
         del opt, w
     w32 = torch.nn.Parameter(torch.randn(n, device=device) * 0.02)
     w32.grad = torch.randn_like(w32)
-    ref = torch.optim.AdamW([w32], lr=1e-5, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    ref = torch.optim.AdamW(
+        [w32], lr=1e-5, **({"fused": True} if device.type == "cuda" else {"foreach": True})
+    )
     ms = timed(ref.step, device)
-    results["torch AdamW fused, fp32 weights + moments"] = {"ms": round(ms, 3), "GB_per_s": round(n * 28 / ms / 1e6, 1)}
+    results["torch AdamW fused, fp32 weights + moments"] = {
+        "ms": round(ms, 3),
+        "GB_per_s": round(n * 28 / ms / 1e6, 1),
+    }
     commit = git_commit()
-    report = {"benchmark": "flat_adamw_step", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "date": datetime.date.today().isoformat(), "git_commit": commit, "torch": torch.__version__,
-              "command": " ".join(["python3", "benchmarks/flat_adamw_step.py", f"--numel {n}", f"--device {args.device}"]),
-              "numel": n, "results": results}
+    report = {
+        "benchmark": "flat_adamw_step",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "date": datetime.date.today().isoformat(),
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "command": " ".join(
+            ["python3", "benchmarks/flat_adamw_step.py", f"--numel {n}", f"--device {args.device}"]
+        ),
+        "numel": n,
+        "results": results,
+    }
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(results, indent=1))
     return 0

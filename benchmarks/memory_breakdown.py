@@ -34,10 +34,13 @@ GIB = 2**30
 
 def label(frames: list[dict[str, Any]]) -> str:
     """What allocated a block: the innermost voicetune or coqui-tts function on its Python stack, with
-    ``backward`` / ``compiled`` marks (the stack of a backward allocation ends at the ``.backward()`` call)."""
+    ``backward`` / ``compiled`` marks (the stack of a backward allocation ends at the ``.backward()``
+    call)."""
     names = [f.get("filename", "") for f in frames]
-    owner = next((f for f in frames if "/voicetune/" in f.get("filename", "") or "/TTS/" in f.get("filename", "")),
-                 None)
+    owner = next(
+        (f for f in frames if "/voicetune/" in f.get("filename", "") or "/TTS/" in f.get("filename", "")),
+        None,
+    )
     where = "(no voicetune frame)"
     if owner is not None:
         path = owner["filename"]
@@ -52,8 +55,8 @@ def label(frames: list[dict[str, Any]]) -> str:
 
 
 def live_at_peak(snapshot: dict[str, Any], device: int = 0) -> tuple[float, dict[str, float], int, list]:
-    """Replay the allocation trace: (peak GiB, GiB live at the peak by :func:`label`, trace events, the largest
-    blocks live at the peak with the innermost frames of their stacks)."""
+    """Replay the allocation trace: (peak GiB, GiB live at the peak by :func:`label`, trace events, the
+    largest blocks live at the peak with the innermost frames of their stacks)."""
     live: dict[int, tuple[int, str, list]] = {}
     total = peak = 0
     at_peak: dict[int, tuple[int, str, list]] = {}
@@ -72,9 +75,15 @@ def live_at_peak(snapshot: dict[str, Any], device: int = 0) -> tuple[float, dict
     for size, name, _ in at_peak.values():
         groups[name] = groups.get(name, 0.0) + size / GIB
     ordered = dict(sorted(((k, round(v, 3)) for k, v in groups.items()), key=lambda kv: -kv[1]))
-    largest = [{"gib": round(size / GIB, 3), "frames": [f"{f.get('filename', '?')}:{f.get('line', '?')} {f.get('name', '?')}"
-                                                        for f in frames[:12]]}
-               for size, _, frames in sorted(at_peak.values(), key=lambda x: -x[0])[:6]]
+    largest = [
+        {
+            "gib": round(size / GIB, 3),
+            "frames": [
+                f"{f.get('filename', '?')}:{f.get('line', '?')} {f.get('name', '?')}" for f in frames[:12]
+            ],
+        }
+        for size, _, frames in sorted(at_peak.values(), key=lambda x: -x[0])[:6]
+    ]
     return peak / GIB, ordered, len(trace), largest
 
 
@@ -91,11 +100,14 @@ def run(config: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         phases[name] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
         torch.cuda.reset_peak_memory_stats(device)
 
-    backend, store, cfg, _, optimizer, precision = bench.setup_voicetune(bench.CONFIGS[config], base, clips, device,
-                                                                          args, work)
+    backend, store, cfg, _, optimizer, precision = bench.setup_voicetune(
+        bench.CONFIGS[config], base, clips, device, args, work
+    )
     mark("load, features, configure, optimizer")
     batches = [list(range(i, i + args.batch)) for i in range(0, args.clips - args.batch + 1, args.batch)]
-    step, _ = bench.voicetune_step(backend, store, itertools.cycle(batches), cfg, optimizer, device, precision)
+    step, _ = bench.voicetune_step(
+        backend, store, itertools.cycle(batches), cfg, optimizer, device, precision
+    )
     for i in range(args.steps):
         step()
         mark(f"step {i + 1}")
@@ -109,7 +121,9 @@ def run(config: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", action="append", required=True, help=f"one of {list(bench.CONFIGS)[1:]}; repeatable")
+    ap.add_argument(
+        "--config", action="append", required=True, help=f"one of {list(bench.CONFIGS)[1:]}; repeatable"
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--clips", type=int, default=8)
@@ -122,9 +136,17 @@ def main() -> int:
     unknown = [c for c in args.config if bench.CONFIGS.get(c) is None]
     if unknown:
         ap.error(f"not voicetune configurations of xtts_train_step.py: {unknown}")
-    report = {"benchmark": "memory_breakdown", "device": torch.cuda.get_device_name(0),
-              "date": datetime.date.today().isoformat(), "git_commit": git_commit(), "torch": torch.__version__,
-              "command": " ".join(["python3", *sys.argv]), "batch": args.batch, "smoke": args.smoke, "results": []}
+    report = {
+        "benchmark": "memory_breakdown",
+        "device": torch.cuda.get_device_name(0),
+        "date": datetime.date.today().isoformat(),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "command": " ".join(["python3", *sys.argv]),
+        "batch": args.batch,
+        "smoke": args.smoke,
+        "results": [],
+    }
     for config in args.config:
         with tempfile.TemporaryDirectory() as tmp:
             report["results"].append(run(config, args, Path(tmp)))

@@ -97,7 +97,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         warm_in = Path(tmp) / "warm"
         warm_in.mkdir()
-        first = sorted(args.input.glob("*.mp3"))[0]
+        first = min(args.input.glob("*.mp3"))
         t0 = time.monotonic()
         shutil.copy(first, warm_in / first.name)
         prepare(

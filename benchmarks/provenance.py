@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def git_commit() -> str:
-    """``VOICETUNE_COMMIT`` when set (the GPU box's copy of .git can be stale: the caller says), else git's HEAD
-    of this checkout, else "unknown"."""
+    """``VOICETUNE_COMMIT`` when set (the GPU box's copy of .git can be stale: the caller says), else git's
+    HEAD of this checkout, else "unknown"."""
     if os.environ.get("VOICETUNE_COMMIT"):
         return os.environ["VOICETUNE_COMMIT"]
     try:

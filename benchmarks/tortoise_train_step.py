@@ -1,19 +1,20 @@
-"""One Tortoise autoregressive training step at full size: DL-Art-School's way (the reference) against voicetune.
+"""One Tortoise autoregressive training step at full size: DL-Art-School's way (the reference) against
+voicetune.
 
 Builds the full-size UnifiedVoice of tortoise-v2 (30 layers x 1024, 16 heads, 256 text tokens, 8,194 audio
-tokens; random weights: speed and memory do not depend on their values) and DL-Art-School's DVAE (8,192 codes),
-and times, in one process, on the same synthetic 6-11 s clips as xtts_train_step.py (22.05 kHz) at the same
-batch size:
+tokens; random weights: speed and memory do not depend on their values) and DL-Art-School's DVAE (8,192
+codes), and times, in one process, on the same synthetic 6-11 s clips as xtts_train_step.py (22.05 kHz) at the
+same batch size:
 
-* ``reference``: how DL-Art-School (and so ai-voice-cloning) trains: every step turns the batch's waveforms into
-  normalised mels and DVAE codes and the 2 conditioning clips per item into mels (on the GPU), then coqui-tts's
-  ``UnifiedVoice.get_conditioning`` + ``forward``, loss 0.01 x text + 1 x mel, backward, gradient clipping at 4
-  and torch's AdamW (lr 1e-5, betas 0.9/0.96, weight decay 0.01), fp32 with TF32 off. Waveforms are padded to
-  the batch's longest clip (cheaper than padding to max_wav_length).
-* ``vt_*``: ``TortoiseBackend`` on features from ``build_features`` (codes and mels computed once), driven by the
-  training loop's own step (``voicetune.training.step.StepEngine.run``), one TrainConfig per row: the shared
-  GPT-TTS speed work of backends/gpt_tts (packed loss, bf16 weights and moments in FlatAdamW, compile, CUDA
-  graphs, MLP recomputation).
+* ``reference``: how DL-Art-School (and so ai-voice-cloning) trains: every step turns the batch's waveforms
+  into normalised mels and DVAE codes and the 2 conditioning clips per item into mels (on the GPU), then
+  coqui-tts's ``UnifiedVoice.get_conditioning`` + ``forward``, loss 0.01 x text + 1 x mel, backward, gradient
+  clipping at 4 and torch's AdamW (lr 1e-5, betas 0.9/0.96, weight decay 0.01), fp32 with TF32 off. Waveforms
+  are padded to the batch's longest clip (cheaper than padding to max_wav_length).
+* ``vt_*``: ``TortoiseBackend`` on features from ``build_features`` (codes and mels computed once), driven by
+  the training loop's own step (``voicetune.training.step.StepEngine.run``), one TrainConfig per row: the
+  shared GPT-TTS speed work of backends/gpt_tts (packed loss, bf16 weights and moments in FlatAdamW, compile,
+  CUDA graphs, MLP recomputation).
 
 Reports samples/s, peak allocated memory (steady and including warm-up, compile and capture), MFU, and the
 ratios to the reference; the goals (>= 5x samples/s at <= 0.5x peak memory including warm-up) are checked in
@@ -57,16 +58,25 @@ _GRAPHS = {"compile": "on", "param_dtype": "bf16", "optimizer_state_dtype": "bf1
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "reference": None,  # DL-Art-School: codes recomputed every step, fp32, AdamW
     "vt_packed_eager": {"compile": "off"},  # cached codes + the packed loss on SDPA, fp32 weights
-    "vt_compiled_bf16w_bf16s": {"compile": "on", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
-                                "cuda_graphs": "off"},
+    "vt_compiled_bf16w_bf16s": {
+        "compile": "on",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "off",
+    },
     # the speed work that makes XTTS 6-7x: bf16 weights + moments, per-layer compile, CUDA graphs
     "vt_graphs_layers_bf16w_bf16s": {**_GRAPHS, "compile_scope": "layers"},
     "vt_graphs_layers_mlp_bf16w_bf16s": {**_GRAPHS, "compile_scope": "layers", "checkpoint_mlp": True},
     "vt_graphs_bf16w_bf16s": {**_GRAPHS, "compile_scope": "model"},  # whole-loss compile: minutes per length
     "vt_graphs_mlp_bf16w_bf16s": {**_GRAPHS, "compile_scope": "model", "checkpoint_mlp": True},
     # what a CPU can run of it (--smoke): the loss on FlatAdamW's bf16 buffers with MLP recomputation, eager
-    "vt_flat_mlp_bf16w_bf16s_eager": {"compile": "off", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
-                                      "cuda_graphs": "off", "checkpoint_mlp": True},
+    "vt_flat_mlp_bf16w_bf16s_eager": {
+        "compile": "off",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "off",
+        "checkpoint_mlp": True,
+    },
 }
 DEFAULT_CONFIGS = "reference,vt_graphs_layers_bf16w_bf16s,vt_graphs_layers_mlp_bf16w_bf16s"
 SMOKE_CONFIGS = "reference,vt_packed_eager,vt_flat_mlp_bf16w_bf16s_eager"
@@ -102,8 +112,8 @@ def make_clips(work: Path, n: int, seed: int) -> list[Any]:
 
 # ----------------------------------------------------------------------------------------- the reference
 def reference_batches(tokenizer: Any, clips: list[Any], batches: list[list[int]], seed: int) -> list[dict]:
-    """The batches DL-Art-School's paired_voice_audio dataset + collate give: 0-padded text, waveforms padded to
-    the longest, and 2 conditioning crops of 44,000 samples from other clips of the speaker (0-padded)."""
+    """The batches DL-Art-School's paired_voice_audio dataset + collate give: 0-padded text, waveforms padded
+    to the longest, and 2 conditioning crops of 44,000 samples from other clips of the speaker (0-padded)."""
     from voicetune.backends.gpt_tts.files import load_wav_tensor
 
     rng = random.Random(seed)
@@ -120,18 +130,29 @@ def reference_batches(tokenizer: Any, clips: list[Any], batches: list[list[int]]
     out = []
     for idx in batches:
         t_max, w_max = max(tokens[i].numel() for i in idx), max(wavs[i].numel() for i in idx)
-        conds = [[crop(rng.choice([j for j in range(len(clips)) if j != i])) for _ in range(COND_CLIPS)] for i in idx]
-        out.append({
-            "text": torch.stack([torch.nn.functional.pad(tokens[i], (0, t_max - tokens[i].numel())) for i in idx]),
-            "text_lengths": torch.tensor([tokens[i].numel() for i in idx]),
-            "wav": torch.stack([torch.nn.functional.pad(wavs[i], (0, w_max - wavs[i].numel())) for i in idx]),
-            "wav_lengths": torch.tensor([wavs[i].numel() for i in idx]),
-            "cond": torch.stack([torch.stack(c) for c in conds]),  # [B, 2, 44000]
-        })
+        conds = [
+            [crop(rng.choice([j for j in range(len(clips)) if j != i])) for _ in range(COND_CLIPS)]
+            for i in idx
+        ]
+        out.append(
+            {
+                "text": torch.stack(
+                    [torch.nn.functional.pad(tokens[i], (0, t_max - tokens[i].numel())) for i in idx]
+                ),
+                "text_lengths": torch.tensor([tokens[i].numel() for i in idx]),
+                "wav": torch.stack(
+                    [torch.nn.functional.pad(wavs[i], (0, w_max - wavs[i].numel())) for i in idx]
+                ),
+                "wav_lengths": torch.tensor([wavs[i].numel() for i in idx]),
+                "cond": torch.stack([torch.stack(c) for c in conds]),  # [B, 2, 44000]
+            }
+        )
     return out
 
 
-def run_reference(base: Path, clips: list[Any], batches: list[list[int]], device: torch.device, args: Any) -> dict:
+def run_reference(
+    base: Path, clips: list[Any], batches: list[list[int]], device: torch.device, args: Any
+) -> dict:
     from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
     from TTS.tts.models.tortoise import Tortoise
 
@@ -187,15 +208,18 @@ def conditioning_flops(backend: Any, store: Any, device: torch.device, precision
 
 def run_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], batches: list[list[int]],
                   device: torch.device, args: Any, work: Path) -> dict:
-    backend, store, cfg, settings, optimizer, precision = xb.setup_voicetune(overrides, base, clips, device, args,
-                                                                             work, backend_name="tortoise")
+    backend, store, cfg, settings, optimizer, precision = xb.setup_voicetune(
+        overrides, base, clips, device, args, work, backend_name="tortoise"
+    )
     order = itertools.cycle(batches)
     step, driver = xb.voicetune_step(backend, store, order, cfg, optimizer, device, precision)
     result = xb.measure(step, device, args.warmup, args.steps)
     result["gpu_kernels_ms_per_step"] = {}
     result["gpu_busy"] = xb.gpu_busy_fraction(step, device, kernels=result["gpu_kernels_ms_per_step"])
     graphed = getattr(getattr(step, "engine", None), "graphs", None) is not None
-    result["breakdown_ms"] = None if graphed else xb.breakdown(backend, store, order, cfg, optimizer, device, precision)
+    result["breakdown_ms"] = (
+        None if graphed else xb.breakdown(backend, store, order, cfg, optimizer, device, precision)
+    )
     result["packed_lengths"] = sorted({int(backend.collate([store[i] for i in idx]).get(
         "text_targets", torch.zeros(1, 0)).shape[1]) for idx in batches})
     result["settings"] = {**settings, "resolved_precision": precision, "optimizer": type(optimizer).__name__,
@@ -209,12 +233,18 @@ def run_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], batch
 
 
 # ----------------------------------------------------------------------------------------- FLOPs, report
-def step_flops(d: int, layers: int, positions: list[int], n_text: list[int], n_mel: list[int], cond: float) -> float:
-    """Model FLOPs of one step (3 x forward) over the positions UnifiedVoice.forward computes and counts in its
-    loss (per row: 1 conditioning + T+2 text + M+2 audio positions, the batch's padding included)."""
+def step_flops(
+    d: int, layers: int, positions: list[int], n_text: list[int], n_mel: list[int], cond: float
+) -> float:
+    """Model FLOPs of one step (3 x forward) over the positions UnifiedVoice.forward computes and counts in
+    its loss (per row: 1 conditioning + T+2 text + M+2 audio positions, the batch's padding included)."""
     total = 3.0 * cond
     for n, t, m in zip(positions, n_text, n_mel):
-        total += 6.0 * 12 * d * d * layers * n + 6.0 * layers * n * n * d + 6.0 * d * (TEXT_VOCAB * t + AUDIO_VOCAB * m)
+        total += (
+            6.0 * 12 * d * d * layers * n
+            + 6.0 * layers * n * n * d
+            + 6.0 * d * (TEXT_VOCAB * t + AUDIO_VOCAB * m)
+        )
     return total
 
 
@@ -240,9 +270,13 @@ def _finish(report: dict, batches: list[list[int]], tokens: list[int], wav_lengt
             res["speedup_vs_reference"] = ref["step_s_median"] / s
             for key in ("peak_alloc", "peak_alloc_incl_warmup"):
                 theirs = ref[f"{key}_gib"]
-                res[f"{key}_vs_reference"] = res[f"{key}_gib"] / theirs if math.isfinite(theirs) and theirs else None
-            res["goals_met"] = {k: (res.get(k) is not None and (res[k] >= v if k.startswith("speedup") else res[k] <= v))
-                                for k, v in GOALS.items()}
+                res[f"{key}_vs_reference"] = (
+                    res[f"{key}_gib"] / theirs if math.isfinite(theirs) and theirs else None
+                )
+            res["goals_met"] = {
+                k: (res.get(k) is not None and (res[k] >= v if k.startswith("speedup") else res[k] <= v))
+                for k, v in GOALS.items()
+            }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,12 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default=None, help=f"comma-separated, from {list(CONFIGS)} (default: "
                    f"{DEFAULT_CONFIGS}; with --smoke: {SMOKE_CONFIGS})")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--clips", type=int, default=16, help="synthetic clips (batches are a fixed cycle over them)")
+    p.add_argument(
+        "--clips", type=int, default=16, help="synthetic clips (batches are a fixed cycle over them)"
+    )
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--smoke", action="store_true", help="a 2-layer GPT and tiny DVAE: every code path in ~1 min")
+    p.add_argument(
+        "--smoke", action="store_true", help="a 2-layer GPT and tiny DVAE: every code path in ~1 min"
+    )
     p.add_argument("--commit", default=None, help="git commit of the code (default: git rev-parse HEAD)")
     p.add_argument("--command", default=None, help="the full command line, recorded in the JSON")
     p.add_argument("--workdir", type=Path, default=None)
@@ -268,8 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("TTS", "trainer", "voicetune.backends.tortoise.features"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     device = torch.device(args.device)
-    names = [n.strip() for n in (args.configs or (SMOKE_CONFIGS if args.smoke else DEFAULT_CONFIGS)).split(",")
-             if n.strip()]
+    names = [
+        n.strip()
+        for n in (args.configs or (SMOKE_CONFIGS if args.smoke else DEFAULT_CONFIGS)).split(",")
+        if n.strip()
+    ]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configs {unknown}")
@@ -278,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     base, n_gpt = make_base(work / "base", args.smoke)
     clips = make_clips(work, args.clips, args.seed)
-    logger.info("base and clips ready in %.1f s (UnifiedVoice: %.1f M parameters)", time.perf_counter() - t0, n_gpt / 1e6)
+    logger.info(
+        "base and clips ready in %.1f s (UnifiedVoice: %.1f M parameters)",
+        time.perf_counter() - t0,
+        n_gpt / 1e6,
+    )
     order = list(range(len(clips)))
     random.Random(args.seed).shuffle(order)
     batches = [order[i : i + args.batch] for i in range(0, len(order) - args.batch + 1, args.batch)]
@@ -294,18 +339,38 @@ def main(argv: list[str] | None = None) -> int:
     args_ = ar_args(args.smoke)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     report: dict[str, Any] = {
-        "benchmark": "tortoise_train_step", "device": name, "date": datetime.date.today().isoformat(),
-        "git_commit": args.commit or git_commit(), "command": args.command or " ".join([sys.executable, *sys.argv]),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "benchmark": "tortoise_train_step",
+        "device": name,
+        "date": datetime.date.today().isoformat(),
+        "git_commit": args.commit or git_commit(),
+        "command": args.command or " ".join([sys.executable, *sys.argv]),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
         "bf16_peak_flops": next((v for k, v in xb.BF16_PEAK.items() if k in name), None),
-        "bf16_peak_source": "datasheet dense BF16 tensor-core peak (no sparsity)", "goals": GOALS,
-        "model": {"gpt_params": n_gpt, "layers": args_.get("ar_layers", 30), "d_model": args_.get("ar_model_dim", 1024),
-                  "heads": args_.get("ar_heads", 16), "text_vocab": TEXT_VOCAB, "audio_tokens": AUDIO_VOCAB,
-                  "dvae_codes": 8192, "smoke": args.smoke},
-        "data": {"clips": len(clips), "batch": args.batch, "batches": batches,
-                 "clip_seconds": [round(s, 3) for s in seconds], "text_tokens": tokens,
-                 "conditioning": f"{COND_CLIPS} x {COND_LENGTH} samples per clip"},
-        "warmup_steps": args.warmup, "timed_steps": args.steps, "results": {},
+        "bf16_peak_source": "datasheet dense BF16 tensor-core peak (no sparsity)",
+        "goals": GOALS,
+        "model": {
+            "gpt_params": n_gpt,
+            "layers": args_.get("ar_layers", 30),
+            "d_model": args_.get("ar_model_dim", 1024),
+            "heads": args_.get("ar_heads", 16),
+            "text_vocab": TEXT_VOCAB,
+            "audio_tokens": AUDIO_VOCAB,
+            "dvae_codes": 8192,
+            "smoke": args.smoke,
+        },
+        "data": {
+            "clips": len(clips),
+            "batch": args.batch,
+            "batches": batches,
+            "clip_seconds": [round(s, 3) for s in seconds],
+            "text_tokens": tokens,
+            "conditioning": f"{COND_CLIPS} x {COND_LENGTH} samples per clip",
+        },
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "results": {},
     }
     for key in ("transformers", "TTS"):
         with contextlib.suppress(ImportError):
@@ -317,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             res = (run_reference(base, clips, batches, device, args) if CONFIGS[cname] is None
                    else run_voicetune(CONFIGS[cname], base, clips, batches, device, args, work))
-        except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others' numbers
+        except Exception as e:  # one failing configuration must not lose the others' numbers
             logger.exception("%s failed", cname)
             res = {"error": f"{type(e).__name__}: {e}"}
         res["config_wall_s"] = time.perf_counter() - t

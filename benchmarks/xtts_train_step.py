@@ -8,15 +8,16 @@ process, on the same synthetic 6-11 s clips (22.05 kHz, ~40 text tokens) at the 
   ``GPTTrainer.get_optimizer``, fp32 with TF32 off, DVAE codes and conditioning mels recomputed every step,
   DVAE and HiFi-GAN on the GPU: how the Coqui recipe and AllTalk train.
 * ``vt_*``: ``XttsBackend`` on features from ``build_features`` (codes computed once), driven by
-  ``voicetune.training.loop._optimizer_step`` with the optimizer of ``voicetune.training.optim.build_optimizer``,
-  one TrainConfig per row.
+  ``voicetune.training.loop._optimizer_step`` with the optimizer of
+  ``voicetune.training.optim.build_optimizer``, one TrainConfig per row.
 
 Reports samples/s, audio-seconds/s, peak allocated/reserved memory (steady state and including warm-up),
 model FLOPs utilisation against the GPU's dense bf16 peak, compile/warm-up time, and speed and memory ratios
 against the reference; writes JSON after every configuration. Usage (GPU box, see benchmarks/README.md):
 
     . benchmarks/gpu_setup.sh && python3 benchmarks/xtts_train_step.py --out $OUT/result.json
-    python3 benchmarks/xtts_train_step.py --smoke --device cpu --configs reference,vt_packed_eager  # CPU check
+    # CPU check:
+    python3 benchmarks/xtts_train_step.py --smoke --device cpu --configs reference,vt_packed_eager
 """
 
 from __future__ import annotations
@@ -57,32 +58,90 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "vt_compiled": {"compile": "on"},
     # (cuda_graphs "off" keeps the earlier rows what they measured: bf16 weights now turn CUDA graphs on)
     "vt_compiled_bf16w": {"compile": "on", "param_dtype": "bf16", "cuda_graphs": "off"},
-    "vt_compiled_bf16w_bf16s": {"compile": "on", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
-                                "cuda_graphs": "off"},
-    "vt_cudagraphs_bf16w_bf16s": {"compile": "on", "compile_mode": "reduce-overhead", "param_dtype": "bf16",
-                                  "optimizer_state_dtype": "bf16"},
-    "vt_model_compiled_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
-                                      "optimizer_state_dtype": "bf16", "cuda_graphs": "off"},
-    "vt_model_cudagraphs_bf16w_bf16s": {"compile": "on", "compile_mode": "reduce-overhead", "compile_scope": "model",
-                                        "param_dtype": "bf16", "optimizer_state_dtype": "bf16"},
-    "vt_model_cudagraphs_bf16w": {"compile": "on", "compile_mode": "reduce-overhead", "compile_scope": "model",
-                                  "param_dtype": "bf16"},
-    "vt_lowmem": {"compile": "on", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
-                  "gradient_checkpointing": True, "cuda_graphs": "off"},
+    "vt_compiled_bf16w_bf16s": {
+        "compile": "on",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "off",
+    },
+    "vt_cudagraphs_bf16w_bf16s": {
+        "compile": "on",
+        "compile_mode": "reduce-overhead",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+    },
+    "vt_model_compiled_bf16w_bf16s": {
+        "compile": "on",
+        "compile_scope": "model",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "off",
+    },
+    "vt_model_cudagraphs_bf16w_bf16s": {
+        "compile": "on",
+        "compile_mode": "reduce-overhead",
+        "compile_scope": "model",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+    },
+    "vt_model_cudagraphs_bf16w": {
+        "compile": "on",
+        "compile_mode": "reduce-overhead",
+        "compile_scope": "model",
+        "param_dtype": "bf16",
+    },
+    "vt_lowmem": {
+        "compile": "on",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "gradient_checkpointing": True,
+        "cuda_graphs": "off",
+    },
     # voicetune's own CUDA graphs: a micro-batch's whole forward + backward is one replay
-    "vt_graphs_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
-                              "optimizer_state_dtype": "bf16", "cuda_graphs": "on"},
-    "vt_graphs_bf16w": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16", "cuda_graphs": "on"},
-    # + each layer's MLP recomputed in the backward pass (no random numbers inside: the graphs still capture it)
-    "vt_graphs_mlp_bf16w_bf16s": {"compile": "on", "compile_scope": "model", "param_dtype": "bf16",
-                                  "optimizer_state_dtype": "bf16", "cuda_graphs": "on", "checkpoint_mlp": True},
+    "vt_graphs_bf16w_bf16s": {
+        "compile": "on",
+        "compile_scope": "model",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "on",
+    },
+    "vt_graphs_bf16w": {
+        "compile": "on",
+        "compile_scope": "model",
+        "param_dtype": "bf16",
+        "cuda_graphs": "on",
+    },
+    # + each layer's MLP recomputed in the backward pass (no random numbers inside: the graphs still capture
+    # it)
+    "vt_graphs_mlp_bf16w_bf16s": {
+        "compile": "on",
+        "compile_scope": "model",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "on",
+        "checkpoint_mlp": True,
+    },
     # one compiled layer (reused by all 30) inside the graph: as fast as the whole-loss compile there, and it
     # compiles in seconds
-    "vt_graphs_layers_bf16w_bf16s": {"compile": "on", "compile_scope": "layers", "param_dtype": "bf16",
-                                     "optimizer_state_dtype": "bf16", "cuda_graphs": "on"},
-    "vt_graphs_layers_bf16w": {"compile": "on", "compile_scope": "layers", "param_dtype": "bf16", "cuda_graphs": "on"},
-    "vt_graphs_eager_bf16w_bf16s": {"compile": "off", "param_dtype": "bf16", "optimizer_state_dtype": "bf16",
-                                    "cuda_graphs": "on"},
+    "vt_graphs_layers_bf16w_bf16s": {
+        "compile": "on",
+        "compile_scope": "layers",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "on",
+    },
+    "vt_graphs_layers_bf16w": {
+        "compile": "on",
+        "compile_scope": "layers",
+        "param_dtype": "bf16",
+        "cuda_graphs": "on",
+    },
+    "vt_graphs_eager_bf16w_bf16s": {
+        "compile": "off",
+        "param_dtype": "bf16",
+        "optimizer_state_dtype": "bf16",
+        "cuda_graphs": "on",
+    },
 }
 DEFAULT_CONFIGS = ("reference,vt_coqui_bf16,vt_packed_eager,vt_compiled,vt_compiled_bf16w,"
                    "vt_compiled_bf16w_bf16s,vt_cudagraphs_bf16w_bf16s,vt_model_cudagraphs_bf16w_bf16s,vt_lowmem")
@@ -223,12 +282,20 @@ def measure(step, device: torch.device, warmup: int, steps: int) -> dict[str, An
         gc.callbacks.remove(gc_timer)
     alloc, reserved = peaks(device)
     median = float(np.median(times))
-    return {"step_s_mean": float(np.mean(times)), "step_s_median": median, "step_s_min": float(np.min(times)),
-            "step_s_max": float(np.max(times)), "gc_s_per_step": (gc_time[0] + gc_time[1]) / steps,
-            "warmup_s": warmup_s, "warmup_step_s": warm_times,
-            "compile_and_warmup_overhead_s": max(0.0, warmup_s - warmup * median),
-            "peak_alloc_gib": alloc, "peak_reserved_gib": reserved,
-            "peak_alloc_incl_warmup_gib": max(alloc, alloc_w), "peak_reserved_incl_warmup_gib": max(reserved, reserved_w)}
+    return {
+        "step_s_mean": float(np.mean(times)),
+        "step_s_median": median,
+        "step_s_min": float(np.min(times)),
+        "step_s_max": float(np.max(times)),
+        "gc_s_per_step": (gc_time[0] + gc_time[1]) / steps,
+        "warmup_s": warmup_s,
+        "warmup_step_s": warm_times,
+        "compile_and_warmup_overhead_s": max(0.0, warmup_s - warmup * median),
+        "peak_alloc_gib": alloc,
+        "peak_reserved_gib": reserved,
+        "peak_alloc_incl_warmup_gib": max(alloc, alloc_w),
+        "peak_reserved_incl_warmup_gib": max(reserved, reserved_w),
+    }
 
 
 def gpu_busy_fraction(step, device: torch.device, n: int = 3, kernels: dict | None = None) -> float | None:
@@ -280,14 +347,16 @@ def _busy(step, device: torch.device, n: int, kernels: dict | None = None) -> fl
 
 def conditioning_flops(backend: Any, store: Any, batches: list[list[int]], device: torch.device,
                        precision: str) -> float:
-    """Forward FLOPs of the conditioning encoder + perceiver for one clip (counted, under the step's autocast)."""
+    """Forward FLOPs of the conditioning encoder + perceiver for one clip (counted, under the step's
+    autocast)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from voicetune.backends.xtts.speed import conditioning
     from voicetune.utils.device import autocast
 
     cond = backend.collate([store[i] for i in batches[0]])["cond_mels"][:1].to(device)
-    with FlopCounterMode(display=False) as counter, autocast(device, precision):  # (no no_grad: its tracker fails)
+    # (no no_grad: its tracker fails)
+    with FlopCounterMode(display=False) as counter, autocast(device, precision):
         conditioning(backend.model.gpt, cond)
     return float(counter.get_total_flops())
 
@@ -306,7 +375,9 @@ def voicetune_step(backend: Any, store: Any, order: Any, cfg: Any, optimizer: An
         return (lambda: _optimizer_step(backend, store, order, cfg, optimizer, device, precision),
                 "voicetune.training.loop._optimizer_step")
     plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
-    engine = StepEngine(backend, store, optimizer, cfg, device, precision, Dist(), plan, make_scaler(precision, device))
+    engine = StepEngine(
+        backend, store, optimizer, cfg, device, precision, Dist(), plan, make_scaler(precision, device)
+    )
     counter = itertools.count(1)
 
     def step() -> dict:
@@ -376,7 +447,9 @@ def step_flops(d: int, layers: int, text_vocab: int, audio_vocab: int, n_text: l
     return total
 
 
-def batch_shape(clips_tokens: list[int], wav_lengths: list[int], stride: int = 1024) -> tuple[list[int], list[int]]:
+def batch_shape(
+    clips_tokens: list[int], wav_lengths: list[int], stride: int = 1024
+) -> tuple[list[int], list[int]]:
     """Valid text and audio positions per clip, as GPT.forward counts them."""
     n_text = [t + 1 for t in clips_tokens]
     n_mel = [math.ceil(w / stride) + 3 + 1 for w in wav_lengths]
@@ -393,9 +466,13 @@ def reference_trainer(base: Path, device: torch.device, smoke: bool) -> Any:
                    mel_norm_file=str(base / "mel_stats.pth"), dvae_checkpoint=str(base / "dvae.pth"),
                    xtts_checkpoint=str(base / "model.pth"))
     config = GPTTrainerConfig(
-        model_args=args, audio=XttsAudioConfig(sample_rate=22050, dvae_sample_rate=22050, output_sample_rate=24000),
-        batch_size=4, optimizer="AdamW", optimizer_wd_only_on_weights=True,
-        optimizer_params={"betas": [0.9, 0.96], "eps": 1e-8, "weight_decay": 1e-2}, lr=5e-06,
+        model_args=args,
+        audio=XttsAudioConfig(sample_rate=22050, dvae_sample_rate=22050, output_sample_rate=24000),
+        batch_size=4,
+        optimizer="AdamW",
+        optimizer_wd_only_on_weights=True,
+        optimizer_params={"betas": [0.9, 0.96], "eps": 1e-8, "weight_decay": 1e-2},
+        lr=5e-06,
     )
     model = GPTTrainer.init_from_config(config)
     model = model.to(device)
@@ -404,8 +481,11 @@ def reference_trainer(base: Path, device: torch.device, smoke: bool) -> Any:
     return model
 
 
-def reference_batches(model: Any, clips: list[Any], batches: list[list[int]], seed: int) -> list[dict[str, Any]]:
-    """The batches XTTSDataset + collate_fn would produce (random 3-6 s conditioning slices, masking approach)."""
+def reference_batches(
+    model: Any, clips: list[Any], batches: list[list[int]], seed: int
+) -> list[dict[str, Any]]:
+    """The batches XTTSDataset + collate_fn would produce (random 3-6 s conditioning slices, masking
+    approach)."""
     from TTS.tts.layers.xtts.trainer.dataset import XTTSDataset
 
     from voicetune.backends.xtts.features import load_wav_tensor
@@ -420,14 +500,24 @@ def reference_batches(model: Any, clips: list[Any], batches: list[list[int]], se
             length = wav.shape[-1] // 2
         start = rng.randint(0, wav.shape[-1] - length)
         cond = torch.nn.functional.pad(wav[:, start : start + length], (0, 132300 - length))
-        items.append({"text": tokens, "text_lengths": torch.tensor(tokens.shape[0], dtype=torch.long), "wav": wav,
-                      "wav_lengths": torch.tensor(wav.shape[-1], dtype=torch.long), "filenames": str(clip.audio_path),
-                      "conditioning": cond.unsqueeze(1), "cond_lens": torch.tensor([torch.nan]),
-                      "cond_idxs": torch.tensor([start, start + length])})
+        items.append(
+            {
+                "text": tokens,
+                "text_lengths": torch.tensor(tokens.shape[0], dtype=torch.long),
+                "wav": wav,
+                "wav_lengths": torch.tensor(wav.shape[-1], dtype=torch.long),
+                "filenames": str(clip.audio_path),
+                "conditioning": cond.unsqueeze(1),
+                "cond_lens": torch.tensor([torch.nan]),
+                "cond_idxs": torch.tensor([start, start + length]),
+            }
+        )
     return [XTTSDataset.collate_fn(None, [items[i] for i in idx]) for idx in batches]
 
 
-def run_reference(base: Path, clips: list[Any], batches: list[list[int]], device: torch.device, args: Any) -> dict:
+def run_reference(
+    base: Path, clips: list[Any], batches: list[list[int]], device: torch.device, args: Any
+) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     model = reference_trainer(base, device, args.smoke)
@@ -438,11 +528,12 @@ def run_reference(base: Path, clips: list[Any], batches: list[list[int]], device
     def step() -> None:
         # a fresh copy every step: GPT.forward rescales cond_idxs in place
         batch = {k: (v.to(device, copy=True) if torch.is_tensor(v) else v) for k, v in next(cycle).items()}
-        batch = model.format_batch_on_device(batch)
-        _, losses = model.train_step(batch, None)
+        # the closure runs before run_reference's final `del`, which ruff reads as unbinding: hence the noqa
+        batch = model.format_batch_on_device(batch)  # noqa: F821 - bound while step() runs; see above
+        _, losses = model.train_step(batch, None)  # noqa: F821 - bound while step() runs; see above
         losses["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()  # noqa: F821 - bound while step() runs; see above
+        optimizer.zero_grad(set_to_none=True)  # noqa: F821 - bound while step() runs; see above
 
     result = measure(step, device, args.warmup, args.steps)
     result["gpu_busy"] = gpu_busy_fraction(step, device)
@@ -486,7 +577,9 @@ def setup_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], dev
     # "auto" is bf16 on the GPU; a CPU smoke run of bf16 weights needs bf16 said outright
     auto = "bf16" if overrides.get("param_dtype") == "bf16" and device.type == "cpu" else "auto"
     settings = {"batch_size": args.batch, "precision": auto, "seed": args.seed, **overrides}
-    cfg = train_config(**settings) if backend_name == "xtts" else train_config(backend=backend_name, **settings)
+    cfg = (
+        train_config(**settings) if backend_name == "xtts" else train_config(backend=backend_name, **settings)
+    )
     precision = resolve_precision(cfg.precision, device)
     configure_training(backend, cfg, device)
     optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
@@ -494,9 +587,19 @@ def setup_voicetune(overrides: dict[str, Any], base: Path, clips: list[Any], dev
     return backend, store, cfg, settings, optimizer, precision
 
 
-def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[Any], batches: list[list[int]],
-                  device: torch.device, args: Any, work: Path) -> dict:
-    backend, store, cfg, settings, optimizer, precision = setup_voicetune(overrides, base, clips, device, args, work)
+def run_voicetune(
+    name: str,
+    overrides: dict[str, Any],
+    base: Path,
+    clips: list[Any],
+    batches: list[list[int]],
+    device: torch.device,
+    args: Any,
+    work: Path,
+) -> dict:
+    backend, store, cfg, settings, optimizer, precision = setup_voicetune(
+        overrides, base, clips, device, args, work
+    )
     order = itertools.cycle(batches)
     step, driver = voicetune_step(backend, store, order, cfg, optimizer, device, precision)
 
@@ -505,9 +608,15 @@ def run_voicetune(name: str, overrides: dict[str, Any], base: Path, clips: list[
     result["gpu_busy"] = gpu_busy_fraction(step, device, kernels=result["gpu_kernels_ms_per_step"])
     # the breakdown times the eager calls part by part; a graph replay has no parts to time
     graphed = getattr(getattr(step, "engine", None), "graphs", None) is not None
-    result["breakdown_ms"] = None if graphed else breakdown(backend, store, order, cfg, optimizer, device, precision)
-    lengths = sorted({int(backend.collate([store[i] for i in idx]).get("text_targets", torch.zeros(1, 0)).shape[1])
-                      for idx in batches})
+    result["breakdown_ms"] = (
+        None if graphed else breakdown(backend, store, order, cfg, optimizer, device, precision)
+    )
+    lengths = sorted(
+        {
+            int(backend.collate([store[i] for i in idx]).get("text_targets", torch.zeros(1, 0)).shape[1])
+            for idx in batches
+        }
+    )
     result["packed_lengths"] = lengths
     result["settings"] = {**settings, "resolved_precision": precision, "optimizer": type(optimizer).__name__,
                           "driver": driver}
@@ -527,7 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON file written after every configuration")
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated, from {list(CONFIGS)}")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--clips", type=int, default=16, help="synthetic clips (batches are a fixed cycle over them)")
+    p.add_argument(
+        "--clips", type=int, default=16, help="synthetic clips (batches are a fixed cycle over them)"
+    )
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
@@ -551,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     base, n_gpt = make_base(work / "base", args.smoke, device)
     clips = make_clips(work / "clips", args.clips, base / "vocab.json", args.seed)
-    logger.info("base and clips ready in %.1f s (GPT: %.1f M parameters)", time.perf_counter() - t0, n_gpt / 1e6)
+    logger.info(
+        "base and clips ready in %.1f s (GPT: %.1f M parameters)", time.perf_counter() - t0, n_gpt / 1e6
+    )
     order = list(range(len(clips)))
     random.Random(args.seed).shuffle(order)
     batches = [order[i : i + args.batch] for i in range(0, len(order) - args.batch + 1, args.batch)]
@@ -562,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = VoiceBpeTokenizer(vocab_file=str(base / "vocab.json"))
     tokens = [len(tok.encode(c.text, "en")) for c in clips]
-    wav_lengths = [int(round(audio_duration(c.audio_path) * SAMPLE_RATE)) for c in clips]
+    wav_lengths = [round(audio_duration(c.audio_path) * SAMPLE_RATE) for c in clips]
     seconds = [w / SAMPLE_RATE for w in wav_lengths]
     ga = gpt_args(args.smoke)
     d, n_layers = ga["gpt_n_model_channels"], ga["gpt_layers"]
@@ -570,15 +683,35 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
     report: dict[str, Any] = {
-        "benchmark": "xtts_train_step", "device": name, "date": datetime.date.today().isoformat(),
-        "git_commit": args.commit or git_commit(), "command": args.command or " ".join([sys.executable, *sys.argv]),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "bf16_peak_flops": peak, "bf16_peak_source": "datasheet dense BF16 tensor-core peak (no sparsity)",
-        "model": {"gpt_params": n_gpt, "layers": n_layers, "d_model": d, "heads": ga["gpt_n_heads"],
-                  "text_vocab": TEXT_VOCAB, "audio_tokens": 1026, "smoke": args.smoke},
-        "data": {"clips": len(clips), "batch": args.batch, "batches": batches,
-                 "clip_seconds": [round(s, 3) for s in seconds], "text_tokens": tokens},
-        "warmup_steps": args.warmup, "timed_steps": args.steps, "results": {},
+        "benchmark": "xtts_train_step",
+        "device": name,
+        "date": datetime.date.today().isoformat(),
+        "git_commit": args.commit or git_commit(),
+        "command": args.command or " ".join([sys.executable, *sys.argv]),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "bf16_peak_flops": peak,
+        "bf16_peak_source": "datasheet dense BF16 tensor-core peak (no sparsity)",
+        "model": {
+            "gpt_params": n_gpt,
+            "layers": n_layers,
+            "d_model": d,
+            "heads": ga["gpt_n_heads"],
+            "text_vocab": TEXT_VOCAB,
+            "audio_tokens": 1026,
+            "smoke": args.smoke,
+        },
+        "data": {
+            "clips": len(clips),
+            "batch": args.batch,
+            "batches": batches,
+            "clip_seconds": [round(s, 3) for s in seconds],
+            "text_tokens": tokens,
+        },
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "results": {},
     }
     for key in ("transformers", "TTS"):
         with contextlib.suppress(ImportError):
@@ -593,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_reference(base, clips, batches, device, args)
             else:
                 res = run_voicetune(cname, CONFIGS[cname], base, clips, batches, device, args, work)
-        except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others' numbers
+        except Exception as e:  # one failing configuration must not lose the others' numbers
             logger.exception("%s failed", cname)
             res = {"error": f"{type(e).__name__}: {e}"}
         res["config_wall_s"] = time.perf_counter() - t
@@ -611,8 +744,18 @@ def _finish(report: dict, batches: list[list[int]], tokens: list[int], wav_lengt
     flops = []
     for idx in batches:
         n_text, n_mel = batch_shape([tokens[i] for i in idx], [wav_lengths[i] for i in idx])
-        flops.append(step_flops(ga["gpt_n_model_channels"], ga["gpt_layers"], TEXT_VOCAB, 1026, n_text, n_mel, 32,
-                                (args.cond_flops or 0.0) * len(idx)))
+        flops.append(
+            step_flops(
+                ga["gpt_n_model_channels"],
+                ga["gpt_layers"],
+                TEXT_VOCAB,
+                1026,
+                n_text,
+                n_mel,
+                32,
+                (args.cond_flops or 0.0) * len(idx),
+            )
+        )
     mean_flops = float(np.mean(flops))
     audio_per_batch = float(np.mean([sum(seconds[i] for i in idx) for idx in batches]))
     report["flops_per_step"] = mean_flops
@@ -628,23 +771,31 @@ def _finish(report: dict, batches: list[list[int]], tokens: list[int], wav_lengt
         res["mfu"] = mean_flops / s / report["bf16_peak_flops"] if report["bf16_peak_flops"] else None
         if "step_s_median" in ref:
             res["speedup_vs_reference"] = ref["step_s_median"] / s
-            res["peak_alloc_vs_reference"] = res["peak_alloc_gib"] / ref["peak_alloc_gib"] if ref["peak_alloc_gib"] else None
+            res["peak_alloc_vs_reference"] = (
+                res["peak_alloc_gib"] / ref["peak_alloc_gib"] if ref["peak_alloc_gib"] else None
+            )
 
 
 def _print_table(report: dict) -> None:
-    print(f"\n{report['device']}  torch {report['torch']}  flops/step {report['flops_per_step'] / 1e12:.2f} T")
-    print(f"{'config':32s} {'s/step':>8s} {'smp/s':>7s} {'aud-s/s':>8s} {'alloc':>6s} {'resv':>6s} {'MFU':>6s} "
-          f"{'x ref':>6s} {'mem/ref':>7s} {'busy':>5s} {'warm s':>7s}")
+    print(
+        f"\n{report['device']}  torch {report['torch']}  flops/step {report['flops_per_step'] / 1e12:.2f} T"
+    )
+    print(
+        f"{'config':32s} {'s/step':>8s} {'smp/s':>7s} {'aud-s/s':>8s} {'alloc':>6s} {'resv':>6s} {'MFU':>6s} "
+        f"{'x ref':>6s} {'mem/ref':>7s} {'busy':>5s} {'warm s':>7s}"
+    )
     for name, r in report["results"].items():
         if "step_s_median" not in r:
             print(f"{name:32s} ERROR {r.get('error', '')[:120]}")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         busy = f"{r['gpu_busy']:.2f}" if r.get("gpu_busy") is not None else "-"
-        print(f"{name:32s} {r['step_s_median']:8.4f} {r['samples_per_s']:7.1f} {r['audio_s_per_s']:8.1f} "
-              f"{r['peak_alloc_gib']:6.2f} {r['peak_reserved_gib']:6.2f} {mfu:>6s} "
-              f"{r.get('speedup_vs_reference', float('nan')):6.2f} {r.get('peak_alloc_vs_reference') or float('nan'):7.2f} "
-              f"{busy:>5s} {r['warmup_s']:7.1f}")
+        print(
+            f"{name:32s} {r['step_s_median']:8.4f} {r['samples_per_s']:7.1f} {r['audio_s_per_s']:8.1f} "
+            f"{r['peak_alloc_gib']:6.2f} {r['peak_reserved_gib']:6.2f} {mfu:>6s} "
+            f"{r.get('speedup_vs_reference', float('nan')):6.2f} "
+            f"{r.get('peak_alloc_vs_reference') or float('nan'):7.2f} {busy:>5s} {r['warmup_s']:7.1f}"
+        )
     sys.stdout.flush()
 
 

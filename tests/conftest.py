@@ -55,7 +55,8 @@ def piper_recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_piper_dataset(piper_sentences: list[tuple[Path, str]], root: Path, n_train: int,
                         speaker: str = "piper") -> Path:
-    """A Coqui-format dataset folder of the known Piper sentences: the first ``n_train`` train, the rest eval."""
+    """A Coqui-format dataset folder of the known Piper sentences: the first ``n_train`` train, the rest
+    eval."""
     import shutil
 
     from voicetune.data.manifest import write_metadata_csv

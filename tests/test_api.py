@@ -22,6 +22,9 @@ def test_importing_voicetune_is_light():
     import subprocess
     import sys
 
-    code = "import sys, voicetune; print(sorted(m for m in ('torch', 'TTS', 'faster_whisper') if m in sys.modules))"
+    code = (
+        "import sys, voicetune; "
+        "print(sorted(m for m in ('torch', 'TTS', 'faster_whisper') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

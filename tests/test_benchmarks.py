@@ -17,8 +17,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tortoise_train_step_smoke_runs_every_path_on_the_cpu(tmp_path):
     out = tmp_path / "tortoise.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tortoise_train_step.py"), "--smoke", "--device", "cpu",
-                    "--out", str(out), "--workdir", str(tmp_path / "work")], check=True, env=env, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "tortoise_train_step.py"),
+            "--smoke",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        check=True,
+        env=env,
+        timeout=900,
+    )
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"reference", "vt_packed_eager", "vt_flat_mlp_bf16w_bf16s_eager"}
     for name, result in report["results"].items():

@@ -1,5 +1,6 @@
 """Demo recordings from the packaged Piper voice: formats, pauses, noise and matching transcripts."""
 
+import itertools
 import json
 import re
 
@@ -47,7 +48,7 @@ def test_generated_recordings_differ_in_format_and_match_their_transcripts(tmp_p
         spans = detect_speech(mono).spans
         # one speech segment per sentence, separated by pauses of at least ~0.4 s
         assert abs(len(spans) - len(truth[p.name])) <= 1
-        assert all(b[0] - a[1] >= 0.3 for a, b in zip(spans, spans[1:]))
+        assert all(b[0] - a[1] >= 0.3 for a, b in itertools.pairwise(spans))
         # room noise: the pauses are not digital silence, but far below the speech
         noise = np.abs(mono[: int(0.3 * 16000)])
         assert 0 < noise.max() < 0.05 * np.abs(mono).max()

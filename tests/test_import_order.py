@@ -48,7 +48,8 @@ def _module_name(path: Path) -> str:
 
 
 def _rank(module: str) -> int | None:
-    """The rank of ``voicetune.<top>...``; None for the package root (its lazy API table names every stage)."""
+    """The rank of ``voicetune.<top>...``; None for the package root (its lazy API table names every
+    stage)."""
     parts = module.split(".")
     if len(parts) < 2:
         return None

@@ -33,7 +33,7 @@ _API = {
     "demo": "voicetune.demo_pipeline:demo",
 }
 
-__all__ = [*_API, "__version__"]
+__all__ = ["__version__", *_API]  # noqa: PLE0604 - the keys of _API, all strings, are the lazy names
 
 
 def __getattr__(name: str) -> Any:

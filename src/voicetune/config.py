@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import logging
 import math
 import re
@@ -53,7 +54,7 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the option that fixes it."""
 
 
-def opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = True,  # noqa: A002
+def opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None, cli: bool = True,  # noqa: A002
         low: float | None = None, high: float | None = None, basic: bool = False, resumable: bool = False,
         flag: str | None = None, item: type | None = None) -> Any:
     """Declare a config field with its documentation.
@@ -68,18 +69,18 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = Tr
     meta = {"help": help, "choices": choices, "cli": cli, "low": low, "high": high, "basic": basic,
             "resumable": resumable, "flag": flag, "item": item}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=functools.partial(type(default), default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
 def field_help(cls: type, name: str) -> str:
     for f in dataclasses.fields(cls):
         if f.name == name:
-            return f.metadata.get("help", "")
+            return str(f.metadata.get("help", ""))
     raise KeyError(name)
 
 
-def flat_name(cls: type, f: dataclasses.Field) -> str:
+def flat_name(cls: type, f: dataclasses.Field[Any]) -> str:
     """The option's flat name: its ``flag`` metadata, else the class's ``FLAG_PREFIX`` + the field name."""
     return f.metadata.get("flag") or getattr(cls, "FLAG_PREFIX", "") + f.name
 
@@ -401,7 +402,7 @@ class TrainConfig:
                     basic=True)
     weight_decay: float = opt(
         1e-2, "Weight decay (decoupled for AdamW; applied to weight matrices only).", low=0.0, high=1.0)
-    betas: list = opt([0.9, 0.96], "AdamW betas.", item=float)
+    betas: list[float] = opt([0.9, 0.96], "AdamW betas.", item=float)
     warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.", low=0, high=10**7)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).", low=0.0)
     precision: str = opt(
@@ -466,7 +467,7 @@ class TrainConfig:
     restart_mult: int = opt(
         1, "Each cosine_restarts period is this many times as long as the previous one.", low=1)
     step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).", low=0)
-    milestones: list = opt([], "When --scheduler multistep multiplies the LR by --lr-gamma: after these steps, or "
+    milestones: list[int] = opt([], "When --scheduler multistep multiplies the LR by --lr-gamma: after these steps, or "
                            "epochs with --milestone-unit epochs.", item=int, low=1)
     milestone_unit: str = opt(
         "steps", "What --milestones count: optimizer steps, or epochs (each milestone is then that many epochs "
@@ -574,7 +575,7 @@ class OptionField:
 
     flat: str
     group: str  # "" (a top-level field), "eval", or "backend_options"
-    field: dataclasses.Field
+    field: dataclasses.Field[Any]
     owner: type  # the dataclass that declares it
 
     @property
@@ -589,7 +590,8 @@ def option_fields(cls: type, options: type[BackendOptions] | None = None) -> dic
         if not f.metadata.get("group"):
             out[f.name] = OptionField(f.name, "", f, cls)
             continue
-        sub = options if f.name == "backend_options" and options is not None else f.default_factory()  # type: ignore[misc]
+        # (type: ignore: mypy cannot narrow default_factory from MISSING; a group field always has one)
+        sub = options if f.name == "backend_options" and options is not None else f.default_factory()  # type: ignore[operator]
         sub = sub if isinstance(sub, type) else type(sub)
         for g in dataclasses.fields(sub):
             name = flat_name(sub, g)
@@ -773,7 +775,8 @@ def generic_default(name: str, options: type[BackendOptions] = BackendOptions) -
     if name in own:
         return own[name]
     f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    # (type: ignore: mypy cannot narrow default_factory from MISSING; a field without a default has one)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
 
 
 def _generic_defaults(options: type[BackendOptions]) -> dict[str, Any]:

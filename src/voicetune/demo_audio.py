@@ -317,7 +317,9 @@ def espeak(text: str, sample_rate: int = 22050) -> tuple[np.ndarray, int]:
         raise DemoAudioError("espeak-ng is not installed (apt-get install espeak-ng; `make setup` does it)")
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "say.wav"
-        subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
+        subprocess.run(
+            [exe, "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True, capture_output=True
+        )
         audio, _ = load_audio(wav, sr=sample_rate)
     peak = float(np.max(np.abs(audio))) or 1.0
     return (audio / peak * 0.7).astype(np.float32), sample_rate
@@ -359,10 +361,16 @@ def fault_recordings(out_dir: Path, seed: int = 0) -> dict[str, list[dict[str, A
             audio = audio * np.float32(10 ** (rng.uniform(-2.0, 2.0) / 20))
             if fault == "clipping":  # a too-hot input level: the converter clips (after the room noise)
                 clip_spans.append((pos, pos + len(audio)))
-            pause = 1.6 if fault == "noise" or (k + 1 < len(items) and items[k + 1][1] == "noise") else rng.uniform(0.6, 1.1)
+            pause = (
+                1.6
+                if fault == "noise" or (k + 1 < len(items) and items[k + 1][1] == "noise")
+                else rng.uniform(0.6, 1.1)
+            )
             spans.append({"start": pos / sr, "end": (pos + len(audio)) / sr, "text": text, "fault": fault})
             if fault == "noise":
-                noise_spans.append((pos - int(1.2 * sr), pos + len(audio) + int(1.2 * sr), float(np.std(audio))))
+                noise_spans.append(
+                    (pos - int(1.2 * sr), pos + len(audio) + int(1.2 * sr), float(np.std(audio)))
+                )
             parts += [audio, np.zeros(int(pause * sr), np.float32)]
             pos += len(audio) + int(pause * sr)
         signal = _add_room(np.concatenate(parts), rng)

@@ -48,7 +48,9 @@ class DemoResult:
 def _fresh_workdir(workdir: Path) -> None:
     """Reuse the generated recordings; clear outputs of an earlier demo run in the same folder."""
     if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists():
-        raise FileExistsError(f"{workdir} exists and was not made by `voicetune demo`; choose another --workdir")
+        raise FileExistsError(
+            f"{workdir} exists and was not made by `voicetune demo`; choose another --workdir"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("made by voicetune demo\n")
     for sub in ("dataset", "tiny_base", "run", "package", "samples"):
@@ -56,7 +58,9 @@ def _fresh_workdir(workdir: Path) -> None:
             shutil.rmtree(workdir / sub)
 
 
-def demo(workdir: Path | str = "demo_run", max_steps: int | None = None, progress: Progress | None = None) -> DemoResult:
+def demo(
+    workdir: Path | str = "demo_run", max_steps: int | None = None, progress: Progress | None = None
+) -> DemoResult:
     from voicetune.backends.tiny import make_tiny_base
     from voicetune.data.prepare import prepare
     from voicetune.demo_audio import generate_recordings
@@ -110,7 +114,9 @@ def demo(workdir: Path | str = "demo_run", max_steps: int | None = None, progres
 
     t = time.time()
     best = (trained.run_dir / "checkpoints" / "best").is_file()
-    res.outputs["package"] = export(workdir / "run", workdir / "package", checkpoint="best" if best else "latest")
+    res.outputs["package"] = export(
+        workdir / "run", workdir / "package", checkpoint="best" if best else "latest"
+    )
     stage("export")
 
     t = time.time()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 # (summary key, name in prose, how to show a value, a difference smaller than this counts as unchanged)
 _METRICS: list[tuple[str, str, str, float]] = [
@@ -22,7 +22,7 @@ LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "
 BACKENDS = {"xtts": "XTTS-v2"}
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -79,11 +79,16 @@ def model_card(manifest: dict[str, Any], package_name: str = "THIS_FOLDER",
     steps = manifest.get("steps")
     choice = f", {manifest['checkpoint_choice']}" if manifest.get("checkpoint_choice") else ""
     lines = [
-        f"# {package_name}: a voicetune model package ({backend})", "",
-        (f"A text-to-speech model ({backend}) finetuned by voicetune on {voice}, speaking "
-         f"{LANGUAGES.get(language, language)} ({language}). It was trained for {steps} steps "
-         f"(checkpoint {manifest.get('checkpoint', '?')}{choice}) on {manifest.get('train_clips', '?')} clips of the "
-         f"dataset `{manifest.get('dataset')}`, starting from the base model `{manifest.get('base')}`."), "",
+        f"# {package_name}: a voicetune model package ({backend})",
+        "",
+        (
+            f"A text-to-speech model ({backend}) finetuned by voicetune on {voice}, speaking "
+            f"{LANGUAGES.get(language, language)} ({language}). It was trained for {steps} steps "
+            f"(checkpoint {manifest.get('checkpoint', '?')}{choice}) on {manifest.get('train_clips', '?')} "
+            f"clips of the dataset `{manifest.get('dataset')}`, starting from the base model "
+            f"`{manifest.get('base')}`."
+        ),
+        "",
     ]
     if manifest.get("untrained_base"):
         lines += [("**Warning:** the base was an UNTRAINED tiny test model (the demo's): this package cannot "

@@ -62,7 +62,9 @@ def _check_ram(r: DoctorReport) -> None:
 
     total = psutil.virtual_memory().total / GIB
     status = "pass" if total >= 16 else "warn" if total >= 8 else "fail"
-    r.add("RAM", status, f"{total:.1f} GiB total, {psutil.virtual_memory().available / GIB:.1f} GiB available")
+    r.add(
+        "RAM", status, f"{total:.1f} GiB total, {psutil.virtual_memory().available / GIB:.1f} GiB available"
+    )
 
 
 def _check_gpu(r: DoctorReport) -> None:
@@ -89,12 +91,19 @@ def _check_gpu(r: DoctorReport) -> None:
 
 
 def _check_packages(r: DoctorReport) -> None:
-    missing = [m for m in ("TTS", "faster_whisper", "silero_vad", "resemblyzer", "distillmos", "soundfile", "av")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("TTS", "faster_whisper", "silero_vad", "resemblyzer", "distillmos", "soundfile", "av")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         r.add("packages", "fail", f"not importable: {', '.join(missing)} (run `make setup`)")
     else:
-        r.add("packages", "pass", "coqui-tts, faster-whisper, silero-vad, resemblyzer, distillmos, soundfile, PyAV")
+        r.add(
+            "packages",
+            "pass",
+            "coqui-tts, faster-whisper, silero-vad, resemblyzer, distillmos, soundfile, PyAV",
+        )
 
 
 def _check_asr(r: DoctorReport) -> None:
@@ -153,7 +162,9 @@ def _check_training_memory(r: DoctorReport, base: Path, dataset: Path, backend_n
             backend.configure_model(cfg)
             store = backend.build_features(longest, Path(tmp))
             if len(store) == 0:
-                r.add("training dry run", "fail", f"{dataset}: no usable training clip (see the warnings above)")
+                r.add(
+                    "training dry run", "fail", f"{dataset}: no usable training clip (see the warnings above)"
+                )
                 return
             backend.configure_training(cfg, cuda_graphs=graphs.planned(backend, cfg, torch.device("cuda")))
             rec = recommend(backend, store, cfg, torch.device("cuda"))

@@ -3,8 +3,8 @@
 Layout::
 
     RUN_DIR/
-      run.json                 backend, base folder, dataset folder (absolute), versions, seed, and "training":
-                               clips kept/dropped (by reason), padding, global batch, what trains
+      run.json                 backend, base folder, dataset folder (absolute), versions, seed, and
+                               "training": clips kept/dropped (by reason), padding, global batch, what trains
       vocab.json               the extended vocabulary (only with --extend-vocab)
       config.yaml              the TrainConfig
       metrics.jsonl            one JSON object per logged step (and per evaluation)
@@ -36,11 +36,23 @@ from voicetune.utils.io import atomic_write_json, atomic_write_text
 from voicetune.utils.outputs import MARKER, read_marker
 
 # What a run folder holds (voicetune writes all of it; see the module doc).
-RUN_ENTRIES = ("run.json", "vocab.json", "config.yaml", "metrics.jsonl", "train.log", "tensorboard", "features",
-               "checkpoints", "best.json", "eval", "report.html")
+RUN_ENTRIES = (
+    "run.json",
+    "vocab.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "train.log",
+    "tensorboard",
+    "features",
+    "checkpoints",
+    "best.json",
+    "eval",
+    "report.html",
+)
 _CHECKPOINT_NAME = re.compile(r"step_[0-9]{1,12}")
 
-TRAINABLE = "trainable.pt"  # in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)
+# in a checkpoint folder: the backend's trainable state (Backend.save / load_trained)
+TRAINABLE = "trainable.pt"
 
 
 class RunError(ValueError):
@@ -54,7 +66,8 @@ class RunInfo:
     dataset: str
     seed: int = 1
     versions: dict[str, str] = field(default_factory=dict)
-    # How the run trains (voicetune.training): clips kept/dropped and why, padding, batch geometry, what trains.
+    # How the run trains (voicetune.training): clips kept/dropped and why, padding, batch geometry, what
+    # trains.
     training: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:
@@ -145,7 +158,8 @@ def is_run_folder(run_dir: Path) -> bool:
 
 
 def is_marked_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` carries the marker of a run folder that `voicetune train` owns (:func:`mark_run`)."""
+    """Whether ``run_dir`` carries the marker of a run folder that `voicetune train` owns
+    (:func:`mark_run`)."""
     return "run" in read_marker(Path(run_dir))
 
 

@@ -155,7 +155,7 @@ def _reference_speech() -> tuple[np.ndarray, int, str, str]:
     t = np.arange(int(4.0 * sr)) / sr
     f0 = 140.0 + 20.0 * np.sin(2 * np.pi * 3.0 * t)  # a gliding voiced tone with harmonics
     phase = 2 * np.pi * np.cumsum(f0) / sr
-    audio = sum(np.sin(k * phase) / k for k in range(1, 8)) * 0.15
+    audio = np.sum([np.sin(k * phase) / k for k in range(1, 8)], axis=0) * 0.15
     return audio.astype(np.float32), sr, "", "synthetic tone (no Piper voice, no espeak-ng)"
 
 

@@ -1,9 +1,10 @@
-"""`voicetune synthesize`: speak text with an exported package (or any native base folder), or with a checkpoint
-of a run folder (:func:`load_voice`; the web UI's "synthesize with any checkpoint")."""
+"""`voicetune synthesize`: speak text with an exported package (or any native base folder), or with a
+checkpoint of a run folder (:func:`load_voice`; the web UI's "synthesize with any checkpoint")."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class Voice:
     language: str
     source: str  # what was loaded, e.g. "run/ (step_20)" or "package/"
 
-    def say(self, text: str, out: Path | str, reference: list[Path | str] | None = None,
+    def say(self, text: str, out: Path | str, reference: Sequence[Path | str] | None = None,
             language: str | None = None, seed: int = 0) -> Waveform:
         """Render ``text`` in the voice of ``reference`` clips (default: :attr:`references`) to the wav
         ``out``."""

@@ -64,5 +64,5 @@ def test_very_short_clip_is_measured_and_normalised():
 
 def test_gain_on_near_silence_is_capped():
     hiss = (1e-4 * np.random.default_rng(1).standard_normal(SR)).astype(np.float32)
-    y, info = normalize_loudness(hiss, SR, target_lufs=-10.0, max_gain_db=20.0)
+    _, info = normalize_loudness(hiss, SR, target_lufs=-10.0, max_gain_db=20.0)
     assert info.gain_db <= 20.0

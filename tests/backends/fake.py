@@ -167,7 +167,8 @@ class FakeBackend(Backend):
 
     def build_features(self, clips: Sequence[Clip], cache: Path,
                        progress: Progress | None = None) -> FeatureStore:
-        """(text ids, [log seconds, loudness]) per clip, cached under ``cache`` by the audio's content hash."""
+        """(text ids, [log seconds, loudness]) per clip, cached under ``cache`` by the audio's content
+        hash."""
         cache = Path(cache)
         items, seconds, dropped = [], [], {}
         for n, clip in enumerate(clips):

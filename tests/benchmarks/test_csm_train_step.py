@@ -1,5 +1,5 @@
-"""benchmarks/csm_train_step.py runs end to end on the tiny model on a CPU (its numbers mean nothing there: the
-real run is on the GPU box, benchmarks/README.md)."""
+"""benchmarks/csm_train_step.py runs end to end on the tiny model on a CPU (its numbers mean nothing there:
+the real run is on the GPU box, benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,27 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_csm_benchmark_runs_every_default_path_on_the_tiny_model(tmp_path):
     out = tmp_path / "csm.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "csm_train_step.py"), "--tiny", "--device", "cpu",
-                           "--warmup", "1", "--steps", "1", "--no-busy", "--out", str(out)],
-                          check=False, capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "csm_train_step.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--no-busy",
+            "--out",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert {"device", "date", "git_commit", "command"} <= set(report)

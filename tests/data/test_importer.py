@@ -36,7 +36,7 @@ def imported(ljspeech, tmp_path_factory):
 
 
 def test_ljspeech_rows_become_clips_with_qa_and_the_normalized_column(imported, piper_sentences):
-    out, result = imported
+    out, _ = imported
     records = {r.source_file: r for r in read_clips_jsonl(out / "clips.jsonl")}
     assert len(records) == len(piper_sentences)  # one clip per audio file, duplicates merged
     r0 = records["wavs/LJ001-0000.wav"]

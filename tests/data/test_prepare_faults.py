@@ -63,7 +63,8 @@ def test_every_injected_fault_is_quarantined_for_its_reason_and_clean_speech_is_
     n_faults = sum(s["fault"] != "clean" for v in truth.values() for s in v)
     precision, recall = tp / max(1, tp + fp), tp / n_faults
     print(
-        f"QA on injected faults: precision {precision:.2f}, recall {recall:.2f} ({tp} of {n_faults}, {fp} false)"
+        f"QA on injected faults: precision {precision:.2f}, recall {recall:.2f} ({tp} of {n_faults}, {fp} "
+        "false)"
     )
     assert recall == 1.0 and precision >= 0.85
     assert result.quarantine_reasons.get("different voice", 0) >= 2

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -62,7 +64,7 @@ def test_splits_recursively_until_every_piece_fits():
     assert all(e - s >= 1.0 for s, e in pieces)
     assert pieces == sorted(pieces)
     # every cut lies in a pause
-    for (_, e), (s, _) in zip(pieces, pieces[1:]):
+    for (_, e), (s, _) in itertools.pairwise(pieces):
         assert any(d0 - 1e-6 <= e <= s <= d1 + 1e-6 for d0, d1, _ in dips)
 
 
@@ -125,7 +127,7 @@ def test_plan_invariants_on_random_speech(seed):
         assert 0.0 <= c.start < c.end <= duration
         assert c.duration <= 11.6 + 1e-3
         assert c.ok == (c.duration >= 1.0 - 1e-3)
-    for a, b in zip(clips, clips[1:]):
+    for a, b in itertools.pairwise(clips):
         assert a.end <= b.start + 1e-6
     # all speech is covered by some clip (except zero-length cut points)
     for s, e in speech:
@@ -163,7 +165,7 @@ def test_split_at_words_cuts_only_in_gaps_between_words_and_fits_max():
     words = _words(40)  # 40 words of 0.4 s, 20 ms apart: 16.8 s without any pause
     pieces = split_at_words((0.0, 16.8), words, max_len=6.0, min_len=1.0)
     assert pieces and all(b - a <= 6.0 + 1e-6 for a, b in pieces)
-    for (_, b), (c, _) in zip(pieces, pieces[1:]):
+    for (_, b), (c, _) in itertools.pairwise(pieces):
         assert not any(s + 1e-6 < b < e - 1e-6 or s + 1e-6 < c < e - 1e-6 for _, s, e in words), (b, c)
 
 

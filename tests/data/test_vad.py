@@ -43,7 +43,7 @@ def test_finds_one_segment_per_sentence(spoken_file):
 
 
 def test_pauses_shorter_than_min_silence_do_not_split(spoken_file):
-    audio, truth = spoken_file
+    audio, _ = spoken_file
     result = detect_speech(audio, min_silence_ms=1500)  # longer than every pause
     assert len(result.spans) == 1
 

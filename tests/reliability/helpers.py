@@ -105,8 +105,11 @@ def assert_unchanged(before: dict[str, str], *roots: Path, logs: tuple[str, ...]
     except the log files named in ``logs`` (a run's train.log records the refused attempt too)."""
     after = {k: v for k, v in digest(*roots).items() if os.path.basename(k) not in logs}
     prefixes = [os.fsdecode(bytes(Path(r))) for r in roots]
-    before = {k: v for k, v in before.items()
-              if any(k == p or k.startswith(p + os.sep) for p in prefixes) and os.path.basename(k) not in logs}
+    before = {
+        k: v
+        for k, v in before.items()
+        if any(k == p or k.startswith(p + os.sep) for p in prefixes) and os.path.basename(k) not in logs
+    }
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, f"inputs changed: {changed[:10]}"
 

@@ -73,7 +73,8 @@ def test_a_damaged_run_folder_is_refused_on_resume_naming_the_file(kind, run_cop
     outcome = cli("train", "--resume", run, "--max-steps", "3")
     assert outcome.rc == 1
     assert_reported(outcome, expected)  # 1.
-    assert_unchanged(before, run, logs=("train.log",))  # 3. (2: a run cannot go on from a checkpoint it cannot trust)
+    # 3. (2: a run cannot go on from a checkpoint it cannot trust)
+    assert_unchanged(before, run, logs=("train.log",))
     assert not (run / "checkpoints" / "step_3").exists() and not leftovers(run / "checkpoints")  # 4.
 
 

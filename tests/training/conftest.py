@@ -28,7 +28,9 @@ def accent_dataset(piper_sentences, tmp_path_factory) -> Path:
     rows = []
     for i, (path, _) in enumerate(piper_sentences):
         shutil.copyfile(path, root / "wavs" / path.name)
-        rows.append((f"wavs/{path.name}", ACCENTED[i] if i < 4 else "A plain sentence.", "anna" if i % 2 else "ben"))
+        rows.append(
+            (f"wavs/{path.name}", ACCENTED[i] if i < 4 else "A plain sentence.", "anna" if i % 2 else "ben")
+        )
     write_metadata_csv(root / "metadata_train.csv", rows[:4])
     write_metadata_csv(root / "metadata_eval.csv", rows[4:])
     return root
@@ -51,7 +53,7 @@ class _Lines(__import__("logging").Handler):
         self.lines: list[str] = []
         self.levels: list[int] = []
 
-    def emit(self, record) -> None:  # noqa: ANN001
+    def emit(self, record) -> None:
         self.lines.append(record.getMessage())
         self.levels.append(record.levelno)
 
@@ -79,7 +81,8 @@ def reference_run(tiny_dataset, tiny_base, tmp_path_factory):
 
 @pytest.fixture
 def tone_dataset(tmp_path):
-    """A Coqui-format dataset of 6 voiced tones (GPU boxes have no Piper voice; memory does not depend on it)."""
+    """A Coqui-format dataset of 6 voiced tones (GPU boxes have no Piper voice; memory does not depend on
+    it)."""
     import numpy as np
 
     from voicetune.audio.io import write_wav
@@ -92,7 +95,11 @@ def tone_dataset(tmp_path):
     for i, (wav, _, _) in enumerate(rows):
         t = np.arange(int(22050 * (2.0 + 0.7 * i))) / 22050
         voice = sum(np.sin(2 * np.pi * (100.0 + 15 * i) * k * t) / k for k in range(1, 6))
-        write_wav(tmp_path / "data" / wav, (0.2 * voice * (0.6 + 0.4 * np.sin(6 * np.pi * t))).astype(np.float32), 22050)
+        write_wav(
+            tmp_path / "data" / wav,
+            (0.2 * voice * (0.6 + 0.4 * np.sin(6 * np.pi * t))).astype(np.float32),
+            22050,
+        )
     write_metadata_csv(tmp_path / "data" / "metadata_train.csv", rows[:4])
     write_metadata_csv(tmp_path / "data" / "metadata_eval.csv", rows[4:])
     return tmp_path / "data"

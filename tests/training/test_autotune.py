@@ -1,4 +1,5 @@
-"""Batch size, accumulation, precision and checkpointing from a measured dry run (`doctor --dataset`, `--auto`)."""
+"""Batch size, accumulation, precision and checkpointing from a measured dry run (`doctor --dataset`,
+`--auto`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def test_doctor_on_a_cpu_says_it_cannot_measure_and_recommends_cpu_settings(tiny
     assert any("--precision fp32" in r and r.startswith("CPU") for r in report.recommendations)
 
 
-def test_train_auto_on_a_cpu_applies_cpu_settings_and_keeps_the_effective_batch(tiny_dataset, tiny_base, tmp_path):
+def test_train_auto_on_a_cpu_applies_cpu_settings_and_keeps_the_effective_batch(
+    tiny_dataset, tiny_base, tmp_path
+):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: see the gpu-marked test")
     train(tiny_dataset, tiny_base, tmp_path / "run", max_steps=1, batch_size=4, grad_accum=1, auto=True,

@@ -32,7 +32,9 @@ def test_the_cache_folder_and_key_follow_the_environment_model_and_settings(tmp_
     assert a.folder.parent == tmp_path / "compile"
     assert a.folder == CompileCache.for_run(cpu, small, {"compile_mode": "default"}, root=tmp_path).folder
     assert a.folder != CompileCache.for_run(cpu, large, {"compile_mode": "default"}, root=tmp_path).folder
-    assert a.folder != CompileCache.for_run(cpu, small, {"compile_mode": "max-autotune"}, root=tmp_path).folder
+    assert (
+        a.folder != CompileCache.for_run(cpu, small, {"compile_mode": "max-autotune"}, root=tmp_path).folder
+    )
 
 
 def test_only_new_artifacts_are_written_and_covered_files_are_replaced(tmp_path, monkeypatch):
@@ -92,8 +94,14 @@ def test_a_new_machine_state_compiles_nothing_after_loading_the_cache(tmp_path):
         env = {**os.environ, "VOICETUNE_CACHE_DIR": str(tmp_path / "voicetune"),
                "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / run / "inductor"), "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(Path(compile_cache.__file__).parents[2])}
-        proc = subprocess.run([sys.executable, "-c", COMPILE_AND_SAVE], env=env, capture_output=True, text=True,
-                              check=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-c", COMPILE_AND_SAVE],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
+        )
         out.append(proc.stdout.strip().splitlines()[-1])
     assert "LOADED 0 " in out[0] and " 0 hit / 2 miss" in out[0], out
     assert "LOADED 0 " not in out[1] and "fx graphs 2 hit / 0 miss" in out[1], out

@@ -1,4 +1,5 @@
-"""CUDA graphs of a micro-batch's forward + backward: when they apply, and that replays train like eager steps."""
+"""CUDA graphs of a micro-batch's forward + backward: when they apply, and that replays train like eager
+steps."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ def _flat_optimizer():
 
 def test_graphs_are_off_where_they_cannot_apply_and_on_says_why():
     cpu = torch.device("cpu")
-    auto, on = TrainConfig(param_dtype="bf16", precision="bf16"), TrainConfig(param_dtype="bf16", precision="bf16",
-                                                                              cuda_graphs="on")
+    auto, on = (
+        TrainConfig(param_dtype="bf16", precision="bf16"),
+        TrainConfig(param_dtype="bf16", precision="bf16", cuda_graphs="on"),
+    )
     assert graphs.build(FakeBackend(), _flat_optimizer(), auto, cpu, "bf16") is None
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         graphs.build(FakeBackend(), _flat_optimizer(), on, cpu, "bf16")
@@ -53,7 +56,8 @@ def test_config_refuses_cuda_graphs_on_without_fixed_gradient_buffers():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["off", "model", "layers", "model+mlp"])  # compile scope (off: none) + recompute
+# compile scope (off: none) + recompute
+@pytest.mark.parametrize("variant", ["off", "model", "layers", "model+mlp"])
 def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_training, tmp_path, variant):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
@@ -75,7 +79,9 @@ def test_graph_replays_train_like_eager_steps_on_cuda(tone_dataset, xtts_for_tra
                            cuda_graphs=setting)
         backend, store = xtts_for_training(base, tone_dataset, cfg, device)
         optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
-        engine = StepEngine(backend, store, optimizer, cfg, device, "bf16", Dist(), MicroBatchPlan(per_rank=4, size=2))
+        engine = StepEngine(
+            backend, store, optimizer, cfg, device, "bf16", Dist(), MicroBatchPlan(per_rank=4, size=2)
+        )
         assert (engine.graphs is not None) == (setting == "on")
         losses[setting] = [engine.run(step, [(i % len(store), 0) for i in range(step, step + 4)])["loss"]
                            for step in range(1, 6)]

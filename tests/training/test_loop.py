@@ -10,12 +10,15 @@ import torch
 from voicetune.run import RunInfo, latest_checkpoint, list_checkpoints
 from voicetune.training.loop import TrainError, train
 
-NO_EVAL = {"eval_every": 0, "eval_every_epochs": 0}  # these tests are about the loop; tests/evaluate covers evaluation
+# these tests are about the loop; tests/evaluate covers evaluation
+NO_EVAL = {"eval_every": 0, "eval_every_epochs": 0}
 
 
 def test_loss_is_finite_and_decreases_on_a_repeated_batch(tiny_dataset, tiny_base, tmp_path):
     # batch 4 = the whole train split, so every step sees the same batch
-    res = train(tiny_dataset, tiny_base, tmp_path / "run", max_steps=12, batch_size=4, lr=1e-3, seed=3, **NO_EVAL)
+    res = train(
+        tiny_dataset, tiny_base, tmp_path / "run", max_steps=12, batch_size=4, lr=1e-3, seed=3, **NO_EVAL
+    )
     losses = [h["loss"] for h in res.losses]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.8 * losses[0], losses
@@ -24,7 +27,9 @@ def test_loss_is_finite_and_decreases_on_a_repeated_batch(tiny_dataset, tiny_bas
 
 def test_run_folder_has_config_metrics_tensorboard_and_checkpoints(tiny_dataset, tiny_base, tmp_path):
     run = tmp_path / "run"
-    train(tiny_dataset, tiny_base, run, max_steps=4, batch_size=2, save_every=1, keep_last=2, lr=1e-4, **NO_EVAL)
+    train(
+        tiny_dataset, tiny_base, run, max_steps=4, batch_size=2, save_every=1, keep_last=2, lr=1e-4, **NO_EVAL
+    )
     assert (run / "config.yaml").is_file()
     info = RunInfo.load(run)
     assert info.backend == "xtts" and info.base.endswith("base")

@@ -1,4 +1,5 @@
-"""What training reports: per-step rates, ETA, memory and MFU in the log, metrics.jsonl, TensorBoard, run.json."""
+"""What training reports: per-step rates, ETA, memory and MFU in the log, metrics.jsonl, TensorBoard,
+run.json."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ import torch
 from voicetune.run import RunInfo
 from voicetune.training.observe import format_duration, mem_line, peak_flops, progress_text, step_flops
 
-STEP_FIELDS = {"loss", "text_ce", "mel_ce", "lr", "grad_norm", "samples_per_s", "audio_s_per_s", "tokens", "eta_s",
-               "epoch", "micro_batch", "step_seconds", "mem_rss_gib"}
+STEP_FIELDS = {
+    "loss",
+    "text_ce",
+    "mel_ce",
+    "lr",
+    "grad_norm",
+    "samples_per_s",
+    "audio_s_per_s",
+    "tokens",
+    "eta_s",
+    "epoch",
+    "micro_batch",
+    "step_seconds",
+    "mem_rss_gib",
+}
 
 
 def test_every_logged_step_carries_rates_eta_and_memory(reference_run):
@@ -77,7 +91,8 @@ def test_memory_line_and_progress_text_formats():
 
 def test_model_flops_follow_six_times_params_times_tokens_for_full_training():
     assert step_flops(params=100, trainable=100, tokens=10) == 6 * 100 * 10
-    assert step_flops(params=100, trainable=0, tokens=10) == 4 * 100 * 10  # frozen weights: no weight gradients
+    # frozen weights: no weight gradients
+    assert step_flops(params=100, trainable=0, tokens=10) == 4 * 100 * 10
     assert peak_flops(torch.device("cpu"), "fp32")[0] is None
 
 

@@ -1,4 +1,5 @@
-"""FlatAdamW: the AdamW for bf16 weights (flat buffers, stochastic rounding) and its choice by build_optimizer."""
+"""FlatAdamW: the AdamW for bf16 weights (flat buffers, stochastic rounding) and its choice by
+build_optimizer."""
 
 from __future__ import annotations
 
@@ -117,7 +118,9 @@ def test_build_optimizer_uses_flat_adamw_for_bf16_weights():
     cfg = TrainConfig(precision="bf16", param_dtype="bf16", optimizer_state_dtype="bf16", compile="off")
     opt = build_optimizer(_groups(m), cfg, torch.device("cpu"))
     assert isinstance(opt, FlatAdamW) and opt.state_dtype == torch.bfloat16
-    assert isinstance(build_optimizer(_groups(_model()), TrainConfig(), torch.device("cpu")), torch.optim.AdamW)
+    assert isinstance(
+        build_optimizer(_groups(_model()), TrainConfig(), torch.device("cpu")), torch.optim.AdamW
+    )
 
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e6])

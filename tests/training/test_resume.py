@@ -69,12 +69,26 @@ def test_a_run_of_an_earlier_version_resumes_exactly(tiny_dataset, tiny_base, tm
 
 
 def _cli(dataset: Path, base: Path, run: Path, steps: int, options: dict, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "voicetune.cli", "train", str(dataset), "--base", str(base), "--out", str(run),
-            "--max-steps", str(steps), *(f"--{k.replace('_', '-')}={v}" for k, v in options.items()), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "voicetune.cli",
+        "train",
+        str(dataset),
+        "--base",
+        str(base),
+        "--out",
+        str(run),
+        "--max-steps",
+        str(steps),
+        *(f"--{k.replace('_', '-')}={v}" for k, v in options.items()),
+        *extra,
+    ]
 
 
-def test_sigterm_mid_run_finishes_the_step_saves_and_exits_then_resume_matches(tiny_dataset, tiny_base, tmp_path,
-                                                                                reference_run, train_options):
+def test_sigterm_mid_run_finishes_the_step_saves_and_exits_then_resume_matches(
+    tiny_dataset, tiny_base, tmp_path, reference_run, train_options
+):
     reference, _ = reference_run
     run = tmp_path / "run"
     cmd = _cli(tiny_dataset, tiny_base, run, 6, train_options)
@@ -82,7 +96,11 @@ def test_sigterm_mid_run_finishes_the_step_saves_and_exits_then_resume_matches(t
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 240
-    while not (metrics.is_file() and metrics.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+    while (
+        not (metrics.is_file() and metrics.read_text().strip())
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
@@ -125,14 +143,17 @@ def test_under_a_launcher_a_forwarded_copy_of_the_signal_does_not_count_as_the_s
             time.sleep(0.5)
 
 
-def test_a_second_ctrl_c_stops_the_cli_at_once_leaving_only_complete_checkpoints(tiny_dataset, tiny_base, tmp_path,
-                                                                                  train_options):
+def test_a_second_ctrl_c_stops_the_cli_at_once_leaving_only_complete_checkpoints(
+    tiny_dataset, tiny_base, tmp_path, train_options
+):
     run, log = tmp_path / "run", tmp_path / "log.txt"
     with open(log, "w") as out:
         proc = subprocess.Popen(_cli(tiny_dataset, tiny_base, run, 200, train_options, "--save-every", "1"),
                                 stdout=out, stderr=subprocess.STDOUT)
         metrics, deadline = run / "metrics.jsonl", time.time() + 240
-        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2) and time.time() < deadline:
+        while (
+            not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2) and time.time() < deadline
+        ):
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         while "SIGINT received" not in log.read_text() and time.time() < deadline:

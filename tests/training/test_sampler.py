@@ -12,7 +12,8 @@ LENGTHS = [5, 90, 12, 40, 41, 7, 88, 60, 3, 33, 70, 19, 25, 80, 11, 50, 64, 9, 4
 @pytest.mark.parametrize("window", [0, 4])
 def test_every_clip_is_seen_once_per_epoch_and_steps_are_full(window):
     s = StepSampler(LENGTHS, step_size=6, seed=3, bucket_window=window)
-    stream = [item for _ in range(10) for item in s.next_step()]  # 60 clips = 3 epochs of 20, steps straddle epochs
+    # 60 clips = 3 epochs of 20, steps straddle epochs
+    stream = [item for _ in range(10) for item in s.next_step()]
     for epoch in range(3):
         assert sorted(i for i, e in stream if e == epoch) == list(range(20))
     assert s.epoch == 3 and s.pos == 0
@@ -49,6 +50,7 @@ def test_a_position_saved_for_another_batch_geometry_is_refused():
 def test_ranks_split_a_step_like_accumulation_does_on_one_process():
     step = StepSampler(LENGTHS, step_size=8, seed=1).next_step()
     one_process = micro_batches(rank_share(step, 0, 1), 2)  # batch 2 x accumulation 4
-    two_ranks = [mb for r in range(2) for mb in micro_batches(rank_share(step, r, 2), 2)]  # 2 x 2 on each rank
+    # 2 x 2 on each rank
+    two_ranks = [mb for r in range(2) for mb in micro_batches(rank_share(step, r, 2), 2)]
     assert one_process == two_ranks
     assert sorted(i for mb in two_ranks for i, _ in mb) == sorted(i for i, _ in step)

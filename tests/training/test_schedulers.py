@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -27,7 +29,7 @@ def test_warmup_rises_linearly_to_the_peak_then_the_schedule_decays():
     lrs = _lrs(warmup_steps=4, scheduler="cosine", min_lr_ratio=0.1)
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
 
 
 @pytest.mark.parametrize("options, expected", [
@@ -71,7 +73,9 @@ def test_each_optimizer_trains_only_parameters_that_require_grad(name, cls):
     live, frozen = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3), requires_grad=False)
     opt = build_optimizer([{"params": [live, frozen], "weight_decay": 0.0, "lr": 0.1}],
                           TrainConfig(optimizer=name, lr=1e-3), torch.device("cpu"))
-    assert isinstance(opt, cls) and opt.param_groups[0]["params"] == [live] and opt.param_groups[0]["lr"] == 0.1
+    assert (
+        isinstance(opt, cls) and opt.param_groups[0]["params"] == [live] and opt.param_groups[0]["lr"] == 0.1
+    )
     live.grad = torch.ones(3)
     opt.step()
     assert (live < 1).all()
@@ -103,7 +107,8 @@ def test_multistep_milestones_count_epochs_with_milestone_unit_epochs():
     cfg = TrainConfig(lr=1.0, scheduler="multistep", milestones=[1, 3], milestone_unit="epochs", lr_gamma=0.5)
     p = torch.nn.Parameter(torch.zeros(2))
     opt = build_optimizer([{"params": [p], "weight_decay": 0.0}], cfg, torch.device("cpu"))
-    sched = build_scheduler(opt, cfg, 10, steps_per_epoch=2)  # epoch 1 ends after step 2, epoch 3 after step 6
+    # epoch 1 ends after step 2, epoch 3 after step 6
+    sched = build_scheduler(opt, cfg, 10, steps_per_epoch=2)
     lrs = []
     for _ in range(8):
         lrs.append(opt.param_groups[0]["lr"])

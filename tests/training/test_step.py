@@ -89,7 +89,9 @@ def test_a_non_finite_loss_skips_the_step_and_a_streak_of_them_stops_training(ti
     real, store = xtts_for_training(tiny_base, tiny_dataset, cfg, device)
     backend = _Diverging(real)
     optimizer = build_optimizer(real.param_groups(cfg), cfg, device)
-    engine = StepEngine(backend, store, optimizer, cfg, device, "fp32", Dist(), oom.MicroBatchPlan(per_rank=2, size=2))
+    engine = StepEngine(
+        backend, store, optimizer, cfg, device, "fp32", Dist(), oom.MicroBatchPlan(per_rank=2, size=2)
+    )
     weights = lambda: [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
     share = [(0, 0), (1, 0)]
 

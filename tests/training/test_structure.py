@@ -19,8 +19,20 @@ def lora_run(accent_dataset, tiny_base, tmp_path_factory):
     from voicetune.packaging import export
 
     root = tmp_path_factory.mktemp("lora")
-    result = train(accent_dataset, tiny_base, root / "run", max_steps=2, batch_size=2, lr=1e-2, finetune="lora",
-                   lora_rank=4, extend_vocab=True, eval_every=0, eval_every_epochs=0, seed=2)
+    result = train(
+        accent_dataset,
+        tiny_base,
+        root / "run",
+        max_steps=2,
+        batch_size=2,
+        lr=1e-2,
+        finetune="lora",
+        lora_rank=4,
+        extend_vocab=True,
+        eval_every=0,
+        eval_every_epochs=0,
+        seed=2,
+    )
     package = export(root / "run", root / "package")
     return result, package
 
@@ -51,7 +63,11 @@ def test_a_lora_checkpoint_holds_only_the_adapters_and_the_grown_text_rows(lora_
     state = torch.load(latest_checkpoint(lora_run[0].run_dir) / "trainable.pt", weights_only=True)
     meta = state.pop("__voicetune__")
     assert meta["partial"] and meta["lora"]["rank"] == 4 and meta["vocab"]
-    assert {k for k in state if ".lora_" not in k} == {"text_embedding.weight", "text_head.weight", "text_head.bias"}
+    assert {k for k in state if ".lora_" not in k} == {
+        "text_embedding.weight",
+        "text_head.weight",
+        "text_head.bias",
+    }
     assert sum(".lora_A." in k for k in state) == 2 * 4  # 2 layers x (c_attn, c_proj, c_fc, mlp.c_proj)
 
 
@@ -97,8 +113,12 @@ def test_new_text_rows_start_at_the_mean_of_the_old_ones(tiny_base):
     assert ext.new_chars[:2] and ext.old_size == old_emb.shape[0]
     backend.apply_vocab(ext.text)
     assert torch.equal(gpt.text_embedding.weight[: ext.old_size], old_emb)
-    assert torch.allclose(gpt.text_embedding.weight[ext.old_size :], old_emb.mean(0).expand(ext.new_size - ext.old_size, -1))
-    assert torch.allclose(gpt.text_head.weight[ext.old_size :], old_head.mean(0).expand(ext.new_size - ext.old_size, -1))
+    assert torch.allclose(
+        gpt.text_embedding.weight[ext.old_size :], old_emb.mean(0).expand(ext.new_size - ext.old_size, -1)
+    )
+    assert torch.allclose(
+        gpt.text_head.weight[ext.old_size :], old_head.mean(0).expand(ext.new_size - ext.old_size, -1)
+    )
     # text the old vocabulary covered tokenizes exactly as before
     before = get_backend("xtts")
     before.load_base(tiny_base, torch.device("cpu"))
@@ -110,8 +130,18 @@ def test_frozen_parts_stay_put_and_lr_multipliers_reach_the_optimizer(accent_dat
     from voicetune.backends.registry import train_config
 
     run = tmp_path / "run"
-    result = train(accent_dataset, tiny_base, run, max_steps=2, batch_size=2, lr=1e-2, eval_every=0,
-                   eval_every_epochs=0, freeze="conditioning_encoder,conditioning_perceiver", lr_audio_mult=0.5)
+    result = train(
+        accent_dataset,
+        tiny_base,
+        run,
+        max_steps=2,
+        batch_size=2,
+        lr=1e-2,
+        eval_every=0,
+        eval_every_epochs=0,
+        freeze="conditioning_encoder,conditioning_perceiver",
+        lr_audio_mult=0.5,
+    )
     training = RunInfo.load(run).training
     # no --extend-vocab: the accented transcripts are dropped for unknown characters, counted by reason
     assert training["clips_dropped"].get("unknown_characters") == 3
@@ -132,7 +162,9 @@ def test_frozen_parts_stay_put_and_lr_multipliers_reach_the_optimizer(accent_dat
                    for q in base.model.gpt.conditioning_encoder.parameters())
 
 
-def test_with_several_speakers_each_clip_is_conditioned_on_a_crop_of_itself(accent_dataset, tiny_base, tmp_path):
+def test_with_several_speakers_each_clip_is_conditioned_on_a_crop_of_itself(
+    accent_dataset, tiny_base, tmp_path
+):
     from voicetune.backends.registry import train_config
     from voicetune.data.manifest import Dataset
 

@@ -31,7 +31,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     """Where the browser tests save their screenshots (kept after the run, for people to look at)."""
-    folder = Path(os.environ.get("VOICETUNE_UI_ARTIFACTS") or Path(tempfile.gettempdir()) / "voicetune-ui-artifacts")
+    folder = Path(
+        os.environ.get("VOICETUNE_UI_ARTIFACTS") or Path(tempfile.gettempdir()) / "voicetune-ui-artifacts"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

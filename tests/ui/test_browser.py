@@ -76,7 +76,9 @@ def _wait_text(page: Any, selector: str, pattern: str, timeout_s: float) -> str:
             if re.search(pattern, text):
                 return text
         time.sleep(0.25)
-    shown = page.locator(selector).first.inner_html()[-2000:] if page.locator(selector).count() else "(absent)"
+    shown = (
+        page.locator(selector).first.inner_html()[-2000:] if page.locator(selector).count() else "(absent)"
+    )
     raise AssertionError(f"{selector}: no {pattern!r} within {timeout_s:.0f} s; it says: {text[-1500:]!r}; "
                          f"html: {shown}")
 
@@ -93,7 +95,9 @@ def _wait_state(page: Any, states: tuple[str, ...], timeout_s: float, run_dir: P
             return _run_state(page)
         time.sleep(0.5)
     log = process.log_path(run_dir).read_text()[-3000:] if process.log_path(run_dir).is_file() else ""
-    raise AssertionError(f"run state {_run_state(page)!r}, not {states}, after {timeout_s:.0f} s; train.log:\n{log}")
+    raise AssertionError(
+        f"run state {_run_state(page)!r}, not {states}, after {timeout_s:.0f} s; train.log:\n{log}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +148,11 @@ def test_a_person_prepares_trains_listens_and_exports(browser, recordings, tiny_
         # edit a transcript through the curation functions
         clip = shown[0]
         page.locator(f"#vt-clip-table button.vt-edit[data-clip='{clip}']").click()
-        page.wait_for_function("(c) => document.querySelector('#vt-clip-id textarea, #vt-clip-id input').value == c",
-                               arg=clip, timeout=15_000)
+        page.wait_for_function(
+            "(c) => document.querySelector('#vt-clip-id textarea, #vt-clip-id input').value == c",
+            arg=clip,
+            timeout=15_000,
+        )
         page.locator("#vt-clip-audio").get_by_role("button", name="Play", exact=True).wait_for(timeout=15_000)
         _fill(page, "vt-clip-text", NEW_TEXT)
         page.locator("#vt-save-text").click()
@@ -160,12 +167,19 @@ def test_a_person_prepares_trains_listens_and_exports(browser, recordings, tiny_
         # quarantine another clip, then restore it: the wav moves and the dataset files follow
         other = shown[1]
         page.locator(f"#vt-clip-table button.vt-edit[data-clip='{other}']").click()
-        page.wait_for_function("(c) => document.querySelector('#vt-clip-id textarea, #vt-clip-id input').value == c",
-                               arg=other, timeout=15_000)
+        page.wait_for_function(
+            "(c) => document.querySelector('#vt-clip-id textarea, #vt-clip-id input').value == c",
+            arg=other,
+            timeout=15_000,
+        )
         page.locator("#vt-quarantine").click()
         _wait_text(page, "#vt-edit-msg", f"{other}: quarantined", 30)
-        assert (dataset / "quarantine" / f"{other}.wav").is_file() and not (dataset / "wavs" / f"{other}.wav").exists()
-        page.locator(f"#vt-clip-table tr[data-clip-row='{other}']", has_text="quarantined").wait_for(timeout=15_000)
+        assert (dataset / "quarantine" / f"{other}.wav").is_file() and not (
+            dataset / "wavs" / f"{other}.wav"
+        ).exists()
+        page.locator(f"#vt-clip-table tr[data-clip-row='{other}']", has_text="quarantined").wait_for(
+            timeout=15_000
+        )
         page.locator("#vt-filter-status").get_by_label("quarantined", exact=True).check()
         _wait_text(page, "#vt-clip-table", r"1 clip\(s\) match", 15)
         page.locator("#vt-filter-status").get_by_label("all", exact=True).check()
@@ -254,21 +268,28 @@ def test_a_person_prepares_trains_listens_and_exports(browser, recordings, tiny_
         assert "baseline" in table and "best" in table
         checkpoint_player = page.locator("#vt-ab-checkpoint")
         checkpoint_player.get_by_role("button", name="Play", exact=True).wait_for(timeout=30_000)
-        page.locator("#vt-ab-recording").get_by_role("button", name="Play", exact=True).wait_for(timeout=30_000)
+        page.locator("#vt-ab-recording").get_by_role("button", name="Play", exact=True).wait_for(
+            timeout=30_000
+        )
         checkpoint_player.get_by_role("button", name="Play", exact=True).click()
         checkpoint_player.get_by_role("button", name="Pause", exact=True).wait_for(timeout=10_000)  # it plays
         _fill(page, "vt-synth-text", "Hello from the web page.")
         page.locator("#vt-synth").click()
         _wait_text(page, "#vt-synth-msg", rf"{final}: [\d.]+ s of audio", 180)
         assert list((run_dir / "synth").glob(f"{final}_*.wav"))
-        page.locator("#vt-synth-audio").get_by_role("button", name="Play", exact=True).wait_for(timeout=30_000)
+        page.locator("#vt-synth-audio").get_by_role("button", name="Play", exact=True).wait_for(
+            timeout=30_000
+        )
         page.screenshot(path=str(artifacts / "tab3_evaluate.png"), full_page=True)
         clock("evaluate: table, A/B, synthesize")
 
         # ---------------------------------------------------------------- Export: build, download the zip
         _tab(page, "4 · Export")
-        page.wait_for_function("() => document.querySelector('#vt-export-name textarea, #vt-export-name input')"
-                               ".value == 'first-best'", timeout=30_000)  # the best checkpoint by default
+        page.wait_for_function(
+            "() => document.querySelector('#vt-export-name textarea, #vt-export-name input')"
+            ".value == 'first-best'",
+            timeout=30_000,
+        )  # the best checkpoint by default
         page.locator("#vt-export-build").click()
         _wait_text(page, "#vt-export-status", "package exports/", 180)
         with page.expect_download(timeout=60_000) as download:
@@ -289,7 +310,8 @@ def test_a_person_prepares_trains_listens_and_exports(browser, recordings, tiny_
             assert f"{top}/{required}" in names, required
         assert any(n.startswith(f"{top}/reference/01_") for n in names)
     best = (run_dir / "checkpoints" / "best").read_text().strip()
-    assert manifest["checkpoint"] == best and manifest["untrained_base"] is True  # default: the best checkpoint
+    # default: the best checkpoint
+    assert manifest["checkpoint"] == best and manifest["untrained_base"] is True
     assert _digest(recordings) == before, "the person's own files must never change"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["downloaded.zip", "workspace"]
     with open(dataset / "metadata_train.csv", newline="") as f:
@@ -330,7 +352,9 @@ def test_the_ui_refuses_outside_paths_bad_names_and_oversized_uploads(browser, t
         page.reload()
         page.locator("#vt-uploads input[type=file]").set_input_files(
             [{"name": "big.wav", "mimeType": "audio/wav", "buffer": b"\0" * (2 * 1024 * 1024)}])
-        page.get_by_text(re.compile(r"(exceed|larger|too large|maximum)", re.IGNORECASE)).first.wait_for(timeout=30_000)
+        page.get_by_text(re.compile(r"(exceed|larger|too large|maximum)", re.IGNORECASE)).first.wait_for(
+            timeout=30_000
+        )
         page.screenshot(path=str(artifacts / "refused_upload_size.png"), full_page=True)
         assert not list(ws.rglob("big*"))
     finally:

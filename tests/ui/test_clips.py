@@ -1,5 +1,5 @@
-"""The review table's filter, sort and paging over thousands of clips, and its HTML (a player and an Edit button
-per row, every score shown)."""
+"""The review table's filter, sort and paging over thousands of clips, and its HTML (a player and an Edit
+button per row, every score shown)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,24 @@ def _clips(n: int, seed: int = 0) -> list[ClipRecord]:
         quality = {"snr_db": round(rng.uniform(5, 45), 2), "silence_ratio": rng.random(), "limited": False}
         if i % 7:  # some clips lack a score
             quality["mos"] = round(rng.uniform(1, 5), 2)
-        out.append(ClipRecord(
-            id=f"c{i:05d}", audio_file=f"{'wavs' if kept else 'quarantine'}/c{i:05d}.wav", source_file="s.wav",
-            start=0.0, end=2.0, duration=round(rng.uniform(1, 11), 3), text=f"sentence number {i}", language="en",
-            split=rng.choice(["train", "eval"]) if kept else "", status="kept" if kept else "quarantined",
-            reasons=[] if kept else ["low SNR"], asr={"avg_logprob": -rng.random(), "model": "tiny"},
-            quality=quality, needs_review=not kept and i % 3 == 0))
+        out.append(
+            ClipRecord(
+                id=f"c{i:05d}",
+                audio_file=f"{'wavs' if kept else 'quarantine'}/c{i:05d}.wav",
+                source_file="s.wav",
+                start=0.0,
+                end=2.0,
+                duration=round(rng.uniform(1, 11), 3),
+                text=f"sentence number {i}",
+                language="en",
+                split=rng.choice(["train", "eval"]) if kept else "",
+                status="kept" if kept else "quarantined",
+                reasons=[] if kept else ["low SNR"],
+                asr={"avg_logprob": -rng.random(), "model": "tiny"},
+                quality=quality,
+                needs_review=not kept and i % 3 == 0,
+            )
+        )
     return out
 
 
@@ -44,7 +56,9 @@ def test_every_numeric_score_can_sort_and_filter():
 
 def test_thousands_of_clips_are_paged_and_filtered():
     records = _clips(5000)
-    q = ClipQuery(status="quarantined", score="quality.snr_db", low=10, high=20, sort="quality.snr_db", page_size=25)
+    q = ClipQuery(
+        status="quarantined", score="quality.snr_db", low=10, high=20, sort="quality.snr_db", page_size=25
+    )
     first = query(records, q)
     expected = [r for r in records if r.status != "kept" and 10 <= r.quality["snr_db"] <= 20]
     assert first.total == len(expected) and first.pages == -(-len(expected) // 25) and len(first.rows) == 25
@@ -64,7 +78,9 @@ def test_the_table_has_a_player_an_edit_button_and_every_score_per_row():
     records = _clips(30)
     keys = score_keys(records)
     page = query(records, ClipQuery(page_size=10, sort="quality.snr_db"))
-    html = table_html(page, keys, Path("/ws/datasets/d"), lambda p: f"/file={p}", ClipQuery(sort="quality.snr_db"))
+    html = table_html(
+        page, keys, Path("/ws/datasets/d"), lambda p: f"/file={p}", ClipQuery(sort="quality.snr_db")
+    )
     assert html.count("<audio ") == 10 and html.count("class='vt-edit'") == 10
     assert "/file=/ws/datasets/d/wavs/" in html or "/file=/ws/datasets/d/quarantine/" in html
     assert "data-sort='quality.snr_db'" in html and "SNR dB ▲" in html

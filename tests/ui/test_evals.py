@@ -1,5 +1,5 @@
-"""The Evaluate tab's reading of a run's evaluations: the checkpoint table with deltas and the best marked, the
-sentences with the recording / base / checkpoint audio, and the verdict when the evaluation wrote one."""
+"""The Evaluate tab's reading of a run's evaluations: the checkpoint table with deltas and the best marked,
+the sentences with the recording / base / checkpoint audio, and the verdict when the evaluation wrote one."""
 
 from __future__ import annotations
 
@@ -11,21 +11,48 @@ from voicetune.utils.io import atomic_write_json
 
 
 def _model(sim: float, wer: float, folder: str, n: int = 2) -> dict:
-    per = [{"index": i, "text": f"sentence {i}", "group": "eval" if i == 0 else "probe", "speaker_similarity": sim,
-            "wer": wer, "mos": 3.0, "flags": [], "hypothesis": f"sentence {i}", "audio_file": f"{folder}/{i:02d}.wav"}
-           for i in range(n)]
-    return {"aggregate": {"speaker_similarity": sim, "wer": wer, "mos": 3.0, "failure_rate": 0.0}, "per_sentence": per}
+    per = [
+        {
+            "index": i,
+            "text": f"sentence {i}",
+            "group": "eval" if i == 0 else "probe",
+            "speaker_similarity": sim,
+            "wer": wer,
+            "mos": 3.0,
+            "flags": [],
+            "hypothesis": f"sentence {i}",
+            "audio_file": f"{folder}/{i:02d}.wav",
+        }
+        for i in range(n)
+    ]
+    return {
+        "aggregate": {"speaker_similarity": sim, "wer": wer, "mos": 3.0, "failure_rate": 0.0},
+        "per_sentence": per,
+    }
 
 
 def _run(tmp_path: Path, steps: tuple[int, ...] = (2, 4), best: int = 4) -> Path:
-    """A run folder laid out as in-loop evaluation writes it (eval/baseline, eval/step_N, checkpoints/best)."""
+    """A run folder laid out as in-loop evaluation writes it (eval/baseline, eval/step_N,
+    checkpoints/best)."""
     run = tmp_path / "run"
     protocol = {"key": "k1"}
     base = _model(0.5, 0.4, "base")
-    real = {"aggregate": {"speaker_similarity": 0.9}, "per_sentence": [
-        {"index": 0, "text": "sentence 0", "group": "eval", "speaker_similarity": 0.9, "audio_file": "real/00.wav"}]}
-    atomic_write_json(run / "eval" / "baseline" / "metrics.json", {"kind": "baseline", "name": "baseline", "step": 0,
-                                                                    "protocol": protocol, "base": base, "real": real})
+    real = {
+        "aggregate": {"speaker_similarity": 0.9},
+        "per_sentence": [
+            {
+                "index": 0,
+                "text": "sentence 0",
+                "group": "eval",
+                "speaker_similarity": 0.9,
+                "audio_file": "real/00.wav",
+            }
+        ],
+    }
+    atomic_write_json(
+        run / "eval" / "baseline" / "metrics.json",
+        {"kind": "baseline", "name": "baseline", "step": 0, "protocol": protocol, "base": base, "real": real},
+    )
     for folder in ("base", "real"):
         (run / "eval" / "baseline" / folder).mkdir(parents=True, exist_ok=True)
         for i in range(2 if folder == "base" else 1):

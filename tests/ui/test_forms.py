@@ -1,5 +1,6 @@
-"""Forms generated from the config dataclasses: every option with a flag is a field with its documentation, and
-what the form sends becomes `voicetune train` flags that the real command line parses back to the same options."""
+"""Forms generated from the config dataclasses: every option with a flag is a field with its documentation,
+and what the form sends becomes `voicetune train` flags that the real command line parses back to the same
+options."""
 
 from __future__ import annotations
 
@@ -80,9 +81,11 @@ def test_form_values_become_flags_that_the_cli_parses_back_to_the_same_config():
 def test_doctor_recommendations_fill_the_fields_they_name():
     fields = train_fields("xtts")
     # doctor's order: the GPU check's rule of thumb, then the measured dry run (which wins)
-    recs = ["GPU 0 (80 GiB): --precision bf16 --batch-size 16 --grad-accum 2",
-            "cuda: --batch-size 8 --grad-accum 4 --precision bf16 --checkpoint-mlp\n    micro-batch 8: peak ...",
-            "--unknown-flag 3"]
+    recs = [
+        "GPU 0 (80 GiB): --precision bf16 --batch-size 16 --grad-accum 2",
+        "cuda: --batch-size 8 --grad-accum 4 --precision bf16 --checkpoint-mlp\n    micro-batch 8: peak ...",
+        "--unknown-flag 3",
+    ]
     got = recommended_values(recs, fields)
     assert got == {"batch_size": 8, "grad_accum": 4, "precision": "bf16", "checkpoint_mlp": True}
 

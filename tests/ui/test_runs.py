@@ -1,5 +1,5 @@
-"""Training as the UI runs it: a child process in its own session, stopped with SIGINT like Ctrl+C, found again
-from the run folder alone; and a run's curves, status and log as the Train tab reads them."""
+"""Training as the UI runs it: a child process in its own session, stopped with SIGINT like Ctrl+C, found
+again from the run folder alone; and a run's curves, status and log as the Train tab reads them."""
 
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ def test_a_run_started_in_its_own_session_stops_like_ctrl_c_and_is_found_again(t
 
 def test_a_recorded_pid_is_trusted_only_with_its_start_time(tmp_path):
     process.state_dir(tmp_path).mkdir(parents=True)
-    atomic_write_json(process.state_dir(tmp_path) / process.PROCESS_FILE, {"pid": os.getpid(), "create_time": 1.0})
+    atomic_write_json(
+        process.state_dir(tmp_path) / process.PROCESS_FILE, {"pid": os.getpid(), "create_time": 1.0}
+    )
     assert process.process_state(tmp_path).state == "gone"  # this pid now belongs to another process
     import psutil
 
@@ -73,8 +75,17 @@ def _run_folder(tmp_path, epochs: int = 0, max_steps: int = 4):
     save_yaml(train_config(max_steps=max_steps, epochs=epochs or 10), run_dir / "config.yaml")
     atomic_write_json(run_dir / "run.json", {"backend": "xtts", "training": {
         "clips_used": 5, "global_batch": 2, "loss_parts": ["text_ce", "mel_ce"]}})
-    records = [{"kind": "eval", "name": "baseline", "step": 0, "speaker_similarity": 0.5, "wer": 0.4, "mos": 2.0,
-                "composite": 0.0}]
+    records = [
+        {
+            "kind": "eval",
+            "name": "baseline",
+            "step": 0,
+            "speaker_similarity": 0.5,
+            "wer": 0.4,
+            "mos": 2.0,
+            "composite": 0.0,
+        }
+    ]
     for step in range(1, 5):
         records.append({"step": step, "loss": 5.0 - step, "text_ce": 3.0, "mel_ce": 4.0 - step, "lr": 1e-5,
                         "eta_s": 10.0 * (4 - step), "mem_rss_gib": 1.5, "samples_per_s": 3.0})
@@ -91,7 +102,10 @@ def test_a_runs_curves_come_from_metrics_jsonl(tmp_path):
     loss = runview.loss_rows(view)
     assert {r["series"] for r in loss} == {"loss", "text_ce", "mel_ce", "val_loss"}
     assert [r["value"] for r in loss if r["series"] == "loss"] == [4.0, 3.0, 2.0, 1.0]
-    assert {(r["step"], r["series"]) for r in runview.eval_rows(view)} >= {(0, "WER"), (4, "speaker similarity")}
+    assert {(r["step"], r["series"]) for r in runview.eval_rows(view)} >= {
+        (0, "WER"),
+        (4, "speaker similarity"),
+    }
     assert {r["series"] for r in runview.quality_rows(view)} == {"predicted MOS", "composite score"}
     assert [r["value"] for r in runview.memory_rows(view)] == [1.5] * 4
     assert view.latest == "step_4" and view.total_steps == 4
@@ -101,8 +115,10 @@ def test_a_runs_curves_come_from_metrics_jsonl(tmp_path):
 
 def test_the_status_says_what_the_folder_and_the_process_say(tmp_path):
     run_dir = _run_folder(tmp_path)
-    assert runview.status(runview.read_run(run_dir))[0] == "finished"  # trained with the CLI: no process record
-    assert not any(p.name == "process.json" for p in run_dir.rglob("*"))  # the UI's records stay out of the run
+    # trained with the CLI: no process record
+    assert runview.status(runview.read_run(run_dir))[0] == "finished"
+    # the UI's records stay out of the run
+    assert not any(p.name == "process.json" for p in run_dir.rglob("*"))
     for code, state in ((0, "finished"), (130, "stopped"), (143, "stopped"), (1, "failed")):
         atomic_write_json(process.state_dir(run_dir) / process.PROCESS_FILE, {"pid": 1, "exit_code": code})
         assert runview.status(runview.read_run(run_dir))[0] == state

@@ -1,5 +1,5 @@
-"""The UI's safety checks as plain functions: paths stay in the workspace, names cannot climb out of their folder,
-uploads have a size limit, and only the loopback interface is served without --allow-remote."""
+"""The UI's safety checks as plain functions: paths stay in the workspace, names cannot climb out of their
+folder, uploads have a size limit, and only the loopback interface is served without --allow-remote."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from voicetune.ui.safety import (
 from voicetune.ui.workspace import Workspace
 
 
-@pytest.mark.parametrize("typed", ["/etc", "/etc/passwd", "..", "../x", "datasets/../../x", "~/x", "a\x00b", ""])
+@pytest.mark.parametrize(
+    "typed", ["/etc", "/etc/passwd", "..", "../x", "datasets/../../x", "~/x", "a\x00b", ""]
+)
 def test_paths_outside_the_workspace_are_refused_with_the_reason(tmp_path, typed):
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -47,8 +49,23 @@ def test_paths_inside_resolve_and_owner_links_are_read_but_never_written_through
         resolve_inside(ws, "datasets/missing", must_exist=True)
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "../x.wav", "a/b.wav", "..\\x.wav", "dir\\x.wav", "..", ".",
-                                  ".hidden.wav", "..evil.wav", "x\n.wav", "", "   "])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        "../x.wav",
+        "a/b.wav",
+        "..\\x.wav",
+        "dir\\x.wav",
+        "..",
+        ".",
+        ".hidden.wav",
+        "..evil.wav",
+        "x\n.wav",
+        "",
+        "   ",
+    ],
+)
 def test_upload_names_that_name_a_folder_or_a_hidden_file_are_refused(name):
     with pytest.raises(UiSafetyError):
         safe_upload_name(name)
@@ -62,7 +79,9 @@ def test_other_upload_names_are_kept_readable_with_odd_characters_replaced(given
     assert safe_upload_name(given) == stored
 
 
-@pytest.mark.parametrize("name", ["../escape", "a/b", "a b", "", ".hidden", "x..y", "-rf", "é" * 3, "a" * 200])
+@pytest.mark.parametrize(
+    "name", ["../escape", "a/b", "a b", "", ".hidden", "x..y", "-rf", "é" * 3, "a" * 200]
+)
 def test_dataset_run_and_package_names_are_refused_not_repaired(name):
     with pytest.raises(UiSafetyError):
         safe_name(name, "run name")
@@ -74,7 +93,9 @@ def test_good_names_pass_unchanged():
 
 def test_upload_size_limit_names_the_file_and_the_flag():
     check_upload_size(1024 * 1024, 1.0, "a.wav")
-    with pytest.raises(UiSafetyError, match=r"big\.wav: 2\.0 MB is over the upload limit of 1 MB.*--max-upload-mb"):
+    with pytest.raises(
+        UiSafetyError, match=r"big\.wav: 2\.0 MB is over the upload limit of 1 MB.*--max-upload-mb"
+    ):
         check_upload_size(2 * 1024 * 1024, 1.0, "big.wav")
 
 

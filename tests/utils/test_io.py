@@ -8,10 +8,9 @@ from voicetune.utils.io import append_jsonl, atomic_dir, atomic_path, atomic_wri
 def test_failed_atomic_write_keeps_the_previous_content(tmp_path):
     target = tmp_path / "manifest.json"
     atomic_write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text('{"v": 2, "trunc')
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"v": 2, "trunc')
+        raise RuntimeError("interrupted")
     assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp file left behind
 
@@ -20,10 +19,9 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
     d = tmp_path / "ckpt"
     with atomic_dir(d) as tmp:
         (tmp / "a.pt").write_text("first")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(d) as tmp:
-            (tmp / "a.pt").write_text("second, half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_dir(d) as tmp:
+        (tmp / "a.pt").write_text("second, half")
+        raise KeyboardInterrupt
     assert (d / "a.pt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     with atomic_dir(d) as tmp:

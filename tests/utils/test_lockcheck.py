@@ -11,7 +11,9 @@ LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 def test_installed_packages_equal_the_lock():
     diff = compare(LOCK)
-    assert diff.ok, f"installed packages drifted from {LOCK.name} (run `make clean-venv setup`):\n{diff.describe()}"
+    assert diff.ok, (
+        f"installed packages drifted from {LOCK.name} (run `make clean-venv setup`):\n{diff.describe()}"
+    )
 
 
 def test_the_lock_pins_the_packages_that_broke_before():

@@ -43,7 +43,9 @@ def _decode_av(path: Path) -> tuple[np.ndarray, int]:
         stream = container.streams.audio[0]
         sr = stream.codec_context.sample_rate or stream.rate
         channels = stream.codec_context.channels or 1
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=sr)
+        resampler = av.AudioResampler(
+            format="fltp", layout=stream.layout.name if stream.layout else None, rate=sr
+        )
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(channels, -1))

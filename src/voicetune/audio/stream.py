@@ -126,8 +126,8 @@ class AudioSource:
         if src is None:
             raise AudioDecodeError(f"{self.path}: not seekable; spool it first")
         with sf.SoundFile(str(src)) as f:
-            a = max(0, int(round(start * f.samplerate)))
-            b = min(f.frames, int(round(end * f.samplerate)))
+            a = max(0, round(start * f.samplerate))
+            b = min(f.frames, round(end * f.samplerate))
             f.seek(a)
             data = f.read(max(0, b - a), dtype="float32", always_2d=True)
         return np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0], dtype=np.float32)

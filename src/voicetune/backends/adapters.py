@@ -56,7 +56,8 @@ class LoraSettings:
         from peft import LoraConfig
 
         targets: Any = self.target_regex or list(self.targets)
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+        # (type: ignore: peft annotates lora_alpha as int, but scales by lora_alpha / r in floats)
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,  # type: ignore[arg-type]
                           target_modules=targets, fan_in_fan_out=fan_in_fan_out, bias="none")
 
 
@@ -95,8 +96,14 @@ def inject_lora(module: torch.nn.Module, settings: LoraSettings, fan_in_fan_out:
             n += p.numel()
     if n == 0:
         raise ValueError(f"LoRA found no target module among {list(settings.targets)}; fix --lora-targets")
-    logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters", settings.rank,
-                settings.alpha, settings.dropout, settings.target_regex or ",".join(settings.targets), n / 1e6)
+    logger.info(
+        "LoRA r=%d alpha=%g dropout=%g on %s: %.2f M adapter parameters",
+        settings.rank,
+        settings.alpha,
+        settings.dropout,
+        settings.target_regex or ",".join(settings.targets),
+        n / 1e6,
+    )
     return n
 
 
@@ -143,7 +150,9 @@ def merged_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, to
     for name, m in module.named_modules(remove_duplicate=False):  # aliases too
         if isinstance(m, LoraLayer) and ADAPTER in getattr(m, "lora_A", {}):
             with torch.no_grad():
-                deltas[f"{prefix}{name}.weight" if name else f"{prefix}weight"] = m.get_delta_weight(ADAPTER)
+                # (type: ignore: the base LoraLayer leaves get_delta_weight to its layer kinds; all have it)
+                delta = m.get_delta_weight(ADAPTER)  # type: ignore[attr-defined]
+                deltas[f"{prefix}{name}.weight" if name else f"{prefix}weight"] = delta
     out: dict[str, torch.Tensor] = {}
     for key, value in module.state_dict(prefix=prefix).items():
         if is_lora_key(key):

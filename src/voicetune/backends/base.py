@@ -50,7 +50,7 @@ class Waveform:
         return len(self.audio) / float(self.sample_rate)
 
 
-class FeatureStore(torch.utils.data.Dataset):
+class FeatureStore(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Cached, model-ready features of a dataset split (computed once by ``build_features``)."""
 
     @abc.abstractmethod
@@ -64,10 +64,12 @@ class FeatureStore(torch.utils.data.Dataset):
         """Per-item length (e.g. audio tokens) used for length-bucketed batching."""
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch the next items are read for (random crops keyed by (seed, epoch, item)); default: none."""
+        """The epoch the next items are read for (random crops keyed by (seed, epoch, item)); default:
+        none."""
 
     def forget(self, indices: list[int]) -> None:
-        """Drop what is memoised for these items, so a redone step reads them afresh; default: nothing kept."""
+        """Drop what is memoised for these items, so a redone step reads them afresh; default: nothing
+        kept."""
 
     def durations(self) -> list[float]:
         """Audio seconds per item (run.json's audio hours); default: unknown (empty)."""
@@ -99,9 +101,9 @@ class Backend(abc.ABC):
     synthesis_batch_size: ClassVar[int] = 1
     """How many texts the evaluation passes to :meth:`synthesize_batch` at once (1: one by one)."""
     synthesis_presets: ClassVar[tuple[str, ...]] = ()
-    """Named speed/quality presets of synthesis that ``voicetune synthesize --preset`` offers, its default first
-    (:meth:`use_synthesis_preset`); empty: one way to synthesize. A new instance renders the way evaluations
-    render (every evaluation uses a fresh or the training instance), until a preset is chosen."""
+    """Named speed/quality presets of synthesis that ``voicetune synthesize --preset`` offers, its default
+    first (:meth:`use_synthesis_preset`); empty: one way to synthesize. A new instance renders the way
+    evaluations render (every evaluation uses a fresh or the training instance), until a preset is chosen."""
 
     @classmethod
     @abc.abstractmethod
@@ -114,7 +116,8 @@ class Backend(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def validate_base_folder(cls, path: Path) -> dict[str, Path]:
-        """The files of a complete base folder by role; :class:`BaseModelError` naming what is missing or bad."""
+        """The files of a complete base folder by role; :class:`BaseModelError` naming what is missing or
+        bad."""
 
     @classmethod
     def is_native_folder(cls, path: Path) -> bool:
@@ -140,7 +143,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load_base(self, path: Path, device: torch.device) -> None:
-        """Validate the base folder (naming any missing/unreadable file) and load its weights onto ``device``."""
+        """Validate the base folder (naming any missing/unreadable file) and load its weights onto
+        ``device``."""
 
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
                         texts: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -154,7 +158,9 @@ class Backend(abc.ABC):
         Default: no limits of its own."""
 
     @abc.abstractmethod
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+    def build_features(
+        self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
+    ) -> FeatureStore:
         """Compute text tokens, audio codes and conditioning inputs ONCE, cached by content hash."""
 
     @abc.abstractmethod
@@ -208,8 +214,8 @@ class Backend(abc.ABC):
         """Render ``text`` in the voice of the reference clips, deterministically for a given seed."""
 
     def use_synthesis_preset(self, name: str) -> None:
-        """Render later syntheses with preset ``name`` (one of :attr:`synthesis_presets`). Default: the backend
-        has no presets, and naming one is a ValueError."""
+        """Render later syntheses with preset ``name`` (one of :attr:`synthesis_presets`). Default: the
+        backend has no presets, and naming one is a ValueError."""
         raise ValueError(f"the {self.name} backend has no synthesis presets (asked for {name!r})")
 
     def synthesize_batch(self, texts: Sequence[str], refs: Sequence[Path], language: str,

@@ -35,13 +35,18 @@ class BackendEntry:
 
 
 _BUILTIN: dict[str, BackendEntry] = {
-    "xtts": BackendEntry("voicetune.backends.xtts.backend:XttsBackend",
-                         "voicetune.backends.xtts.options:XttsOptions"),
-    "tortoise": BackendEntry("voicetune.backends.tortoise.backend:TortoiseBackend",
-                             "voicetune.backends.tortoise.options:TortoiseOptions"),
-    "csm": BackendEntry("voicetune.backends.csm.backend:CsmBackend", "voicetune.backends.csm.options:CsmOptions"),
+    "xtts": BackendEntry(
+        "voicetune.backends.xtts.backend:XttsBackend", "voicetune.backends.xtts.options:XttsOptions"
+    ),
+    "tortoise": BackendEntry(
+        "voicetune.backends.tortoise.backend:TortoiseBackend",
+        "voicetune.backends.tortoise.options:TortoiseOptions",
+    ),
+    "csm": BackendEntry(
+        "voicetune.backends.csm.backend:CsmBackend", "voicetune.backends.csm.options:CsmOptions"
+    ),
 }
-_REGISTRY: dict[str, BackendEntry | type] = dict(_BUILTIN)
+_REGISTRY: dict[str, BackendEntry | type[Backend]] = dict(_BUILTIN)
 
 
 def register_backend(name: str, backend: str | type, options: str | type | None = None) -> None:
@@ -71,7 +76,7 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _entry(name: str) -> BackendEntry | type:
+def _entry(name: str) -> BackendEntry | type[Backend]:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown backend {name!r}; choose one of {available_backends()} with --backend")
     return _REGISTRY[name]

@@ -43,7 +43,10 @@ class CurateResult:
 
     def summary(self) -> str:
         lines = [
-            f"{len(self.changed)} clip(s) changed; dataset: {self.n_kept} kept, {self.n_quarantined} quarantined"
+            (
+                f"{len(self.changed)} clip(s) changed; dataset: {self.n_kept} kept, "
+                f"{self.n_quarantined} quarantined"
+            )
         ]
         if self.unchanged:
             lines.append(f"  already so: {', '.join(self.unchanged)}")

@@ -132,8 +132,8 @@ def assign_split(records: list[ClipRecord], cfg: PrepareConfig, warnings: list[s
     total = sum(r.duration for r in kept)
     if total < MIN_RECOMMENDED_SECONDS:
         warnings.append(
-            f"only {total / 60:.1f} minutes ({total:.0f} s) of usable speech in {len(kept)} clips; at least 3 "
-            "minutes are recommended for finetuning (10+ minutes give clearly better results)"
+            f"only {total / 60:.1f} minutes ({total:.0f} s) of usable speech in {len(kept)} clips; at least "
+            "3 minutes are recommended for finetuning (10+ minutes give clearly better results)"
         )
     for spk in speakers:
         mine = [r for r in kept if r.speaker == spk]

@@ -1,4 +1,5 @@
-"""`voicetune dataset import SRC --out DATASET_DIR`: an existing transcribed dataset in, the voicetune layout out.
+"""`voicetune dataset import SRC --out DATASET_DIR`: an existing transcribed dataset in, the voicetune layout
+out.
 
 Accepted layouts of SRC:
 
@@ -79,7 +80,8 @@ def read_listing(
     plain = src / "metadata.csv"
     if not coqui and not plain.is_file():
         raise PrepareError(
-            f"{src}: no metadata.csv (LJSpeech) or metadata_train.csv / metadata_eval.csv (Coqui/AllTalk) found"
+            f"{src}: no metadata.csv (LJSpeech) or metadata_train.csv / metadata_eval.csv (Coqui/AllTalk) "
+            "found"
         )
     listing: dict[Path, list[Row]] = {}
     for path in coqui or [plain]:
@@ -188,7 +190,8 @@ def _check_given(cfg: PrepareConfig, notes: list[str]):
             elif best_wer > cfg.max_asr_disagreement:
                 rec.needs_review = True
                 rec.reasons.append(
-                    f"needs review: given transcript differs from the ASR (WER {best_wer:.2f}): heard {heard.strip()!r}"
+                    f"needs review: given transcript differs from the ASR (WER {best_wer:.2f}): heard "
+                    f"{heard.strip()!r}"
                 )
             rec.asr["given_vs_asr_wer"] = round(best_wer, 3)
 

@@ -343,11 +343,11 @@ class ClipProcessor:
         for j in jobs:
             assert j.tr is not None
             why = qa.is_uncertain(j.tr, j.span.duration, self.cfg)
-            if j.given_texts and not why:  # import: a given transcript the ASR disagrees with
-                if min(qa.transcript_disagreement(t, j.tr.text, j.rec.language) for t in j.given_texts) > (
-                    self.cfg.max_asr_disagreement
-                ):
-                    why = "given transcript differs from the ASR"
+            # import: a given transcript the ASR disagrees with
+            if j.given_texts and not why and min(
+                qa.transcript_disagreement(t, j.tr.text, j.rec.language) for t in j.given_texts
+            ) > self.cfg.max_asr_disagreement:
+                why = "given transcript differs from the ASR"
             if self.cfg.asr_verify != "all" and not why:
                 continue
             key = f"{j.key}|{self.settings2}|{j.file.language}"

@@ -138,18 +138,21 @@ class PrepareResult:
     def summary(self) -> str:
         """Human-readable report: one summary line, the dataset folder, then reasons, skips and warnings."""
         lines = [
-            f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min input; "
-            f"{self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
-            f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
-            f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) used "
-            f"({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
-            f"{self.seconds_elapsed:.0f} s "
-            f"(real-time factor {self.real_time_factor:.3f}, {self.speed:.0f}x real time); ASR: {self.asr_model}",
+            (
+                f"{self.n_kept} clip(s) kept ({self.minutes_kept:.1f} min of {self.minutes_input:.1f} min "
+                f"input; {self.n_train} train / {self.n_eval} eval), {self.n_quarantined} quarantined "
+                f"({self.minutes_quarantined:.1f} min; {self.n_needs_review} need review), "
+                f"{self.n_files - self.n_files_failed - len(self.no_speech)}/{self.n_files} audio file(s) "
+                f"used ({len(self.no_speech)} without speech, {self.n_files_failed} skipped), "
+                f"{self.seconds_elapsed:.0f} s (real-time factor {self.real_time_factor:.3f}, "
+                f"{self.speed:.0f}x real time); ASR: {self.asr_model}"
+            ),
             f"dataset: {self.out_dir}   report: {self.report_html}",
         ]
         if len(self.speakers) > 1:
             lines += [
-                f"  speaker {name}: {int(s['kept'])}/{int(s['clips'])} clip(s) kept, {s['minutes_kept']:.1f} min"
+                f"  speaker {name}: {int(s['kept'])}/{int(s['clips'])} clip(s) kept, "
+                f"{s['minutes_kept']:.1f} min"
                 for name, s in sorted(self.speakers.items())
             ]
         lines += [f"  quarantined {n}x: {reason}" for reason, n in sorted(self.quarantine_reasons.items())]
@@ -631,8 +634,9 @@ def prepare(
                            skipped=skipped, inputs=inputs)
     if result.n_kept == 0:
         raise PrepareError(
-            f"no usable clip in {', '.join(str(p) for p in inputs)}: {result.n_quarantined} clip(s) quarantined "
-            f"({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl} and {result.report_html}"
+            f"no usable clip in {', '.join(str(p) for p in inputs)}: {result.n_quarantined} clip(s) "
+            f"quarantined ({result.quarantine_reasons or 'no speech found'}); see {result.clips_jsonl} and "
+            f"{result.report_html}"
         )
     return result
 

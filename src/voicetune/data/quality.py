@@ -2,17 +2,17 @@
 
 Measured per clip (cached by the source's content hash and the clip's span, see :mod:`.cache`):
 
-| measure          | from                                                     | quarantined when (PrepareConfig)     |
-|------------------|----------------------------------------------------------|--------------------------------------|
-| clipping_ratio   | samples at full scale or in flat runs of >= 3 equal loud  | > ``max_clipping_ratio``             |
-|                  | samples, in the source audio before any gain             |                                      |
-| snr_db           | speech-frame power vs the noise floor of the nearest      | < ``min_snr_db``                     |
-|                  | non-speech frames (VAD prob. < 0.2, within 10 s; a low    |                                      |
-|                  | percentile, so speech tails do not count as noise)        |                                      |
-| silence_ratio    | share of the clip's VAD frames below the VAD threshold    | > ``max_silence_ratio``              |
-| mos              | DistillMOS (``voicetune.scoring.mos``), batched            | < ``min_mos``                        |
-| embedding        | Resemblyzer d-vector (``voicetune.scoring.speaker``)       | cosine to the speaker's centroid     |
-|                  |                                                           | < ``min_speaker_similarity``         |
+| measure        | from                                                   | quarantined when (PrepareConfig) |
+|----------------|--------------------------------------------------------|----------------------------------|
+| clipping_ratio | samples at full scale or in flat runs of >= 3 equal    | > ``max_clipping_ratio``         |
+|                | loud samples, in the source audio before any gain      |                                  |
+| snr_db         | speech-frame power vs the noise floor of the nearest   | < ``min_snr_db``                 |
+|                | non-speech frames (VAD prob. < 0.2, within 10 s; a     |                                  |
+|                | low percentile, so speech tails do not count as noise) |                                  |
+| silence_ratio  | share of the clip's VAD frames below the VAD threshold | > ``max_silence_ratio``          |
+| mos            | DistillMOS (``voicetune.scoring.mos``), batched        | < ``min_mos``                    |
+| embedding      | Resemblyzer d-vector (``voicetune.scoring.speaker``)   | cosine to the speaker's centroid |
+|                |                                                        | < ``min_speaker_similarity``     |
 
 Decided over the whole dataset, per speaker (:func:`dataset_reasons`): speaker similarity to a robust
 centroid (the mean of the half of the clips closest to the plain mean, so a minority of other voices
@@ -136,8 +136,8 @@ def clipping_ratio(audio: np.ndarray) -> float:
 
 
 def _frames(start: float, end: float, frame_seconds: float, n: int) -> tuple[int, int]:
-    i0 = max(0, int(math.floor(start / frame_seconds)))
-    i1 = min(n, int(math.ceil(end / frame_seconds)))
+    i0 = max(0, math.floor(start / frame_seconds))
+    i1 = min(n, math.ceil(end / frame_seconds))
     return i0, max(i0, i1)
 
 
@@ -297,7 +297,8 @@ def _speaker_check(
         r.quality["speaker_similarity"] = round(sim, 4)
         if sim < cfg.min_speaker_similarity:
             r.reasons.append(
-                f"different voice (speaker similarity {sim:.2f} < {cfg.min_speaker_similarity:g} to {speaker!r})"
+                f"different voice (speaker similarity {sim:.2f} < {cfg.min_speaker_similarity:g} to "
+                f"{speaker!r})"
             )
 
 

@@ -51,7 +51,7 @@ def _duration_plot(records: list[ClipRecord], cfg: PrepareConfig) -> str:
     kept = [r.duration for r in records if r.status == "kept"]
     quar = [r.duration for r in records if r.status != "kept"]
     top = max([cfg.max_seconds + 1] + kept + quar)
-    bins = [i * 0.5 for i in range(int(math.ceil(top / 0.5)) + 1)]
+    bins = [i * 0.5 for i in range(math.ceil(top / 0.5) + 1)]
     ax.hist([kept, quar], bins=bins, stacked=True, label=["kept", "quarantined"], color=["#4a7", "#c54"])
     for x in (cfg.min_seconds, cfg.max_seconds):
         ax.axvline(x, color="#555", ls="--", lw=1)
@@ -89,7 +89,7 @@ def _scores_plot(records: list[ClipRecord], cfg: PrepareConfig) -> str | None:
     if not panels:
         return None
     cols = 3
-    rows = int(math.ceil(len(panels) / cols))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(11, 2.8 * rows), squeeze=False)
     for ax, (key, label, limit, vals) in zip(axes.flat, panels):
         kept = [v for v, s in vals if s == "kept"]
@@ -122,13 +122,13 @@ def _totals(result: PrepareResult) -> str:
         ],
         [
             "clips",
-            f"{result.n_clips}: {result.n_kept} kept, {result.n_quarantined} quarantined "
-            f"({result.n_needs_review} need review)",
+            (f"{result.n_clips}: {result.n_kept} kept, {result.n_quarantined} quarantined "
+             f"({result.n_needs_review} need review)"),
         ],
         [
             "minutes",
-            f"{result.minutes_input:.1f} input, {result.minutes_kept:.1f} kept, "
-            f"{result.minutes_quarantined:.1f} quarantined",
+            (f"{result.minutes_input:.1f} input, {result.minutes_kept:.1f} kept, "
+             f"{result.minutes_quarantined:.1f} quarantined"),
         ],
         ["split", f"{result.n_train} train / {result.n_eval} eval"],
         ["ASR", html.escape(result.asr_model) + f" ({result.n_second_opinions} second opinions)"],

@@ -67,7 +67,7 @@ def energy_envelope(audio: np.ndarray, sr: int, frame_seconds: float = 0.02) -> 
 
     A model-free stand-in for VAD probabilities (used by tests and as a fallback).
     """
-    hop = max(1, int(round(sr * frame_seconds)))
+    hop = max(1, round(sr * frame_seconds))
     n = int(np.ceil(len(audio) / hop))
     padded = np.zeros(n * hop, dtype=np.float64)
     padded[: len(audio)] = audio
@@ -133,7 +133,7 @@ def split_long(
     if max_len <= 0:
         raise ValueError("max_len must be > 0")
     out: list[Span] = []
-    stack = list(reversed(sorted(spans)))
+    stack = sorted(spans, reverse=True)
     while stack:
         s, e = stack.pop()
         if e - s <= max_len + _EPS:
@@ -292,9 +292,9 @@ def plan_clips(
 
     ``speech``: unpadded speech spans in seconds; ``duration``: length of the audio; ``env``: frame
     envelope in which pauses are frames below ``pause_threshold``; ``word_splitter``: see
-    :func:`split_long` (used for long stretches of speech without any pause). Every clip lies within [0, duration]
-    and clips never overlap. A clip that cannot be brought within [min_seconds, max_seconds] (an isolated
-    short utterance with no room around it) carries a ``reason``.
+    :func:`split_long` (used for long stretches of speech without any pause). Every clip lies within [0,
+    duration] and clips never overlap. A clip that cannot be brought within [min_seconds, max_seconds] (an
+    isolated short utterance with no room around it) carries a ``reason``.
     """
     if not 0 < min_seconds < max_seconds:
         raise ValueError(f"need 0 < min_seconds ({min_seconds}) < max_seconds ({max_seconds})")

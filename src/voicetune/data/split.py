@@ -32,7 +32,7 @@ def eval_count(n: int, eval_fraction: float, min_eval_clips: int) -> int:
     never so many that fewer than half the clips (and at least one) remain for training."""
     if n < 2 or eval_fraction <= 0:
         return 0
-    want = max(int(round(n * eval_fraction)), min_eval_clips, 1)
+    want = max(round(n * eval_fraction), min_eval_clips, 1)
     return min(want, n // 2)
 
 
@@ -65,7 +65,7 @@ def split_train_eval(
     if n_eval:
         k = n / n_eval
         offset = float(np.random.default_rng(seed).uniform(0.0, k))
-        positions = sorted({min(n - 1, int(math.floor(offset + i * k))) for i in range(n_eval)})
+        positions = sorted({min(n - 1, math.floor(offset + i * k)) for i in range(n_eval)})
         eval_idx = sorted(order[p] for p in positions)
     chosen = set(eval_idx)
     train_idx = [i for i in range(n) if i not in chosen]

@@ -401,8 +401,8 @@ class Asr:
         """The text of each 16 kHz clip, the clips decoded in batches (faster-whisper's
         ``BatchedInferencePipeline``), each in its own 30 s window: no clip hears another, so a clip's text
         does not depend on what else is in its batch (up to the rounding of batched matrix products). Beam
-        search of ``beam_size``, no timestamps, no temperature fallback (the batched decoder has none). Clips of under
-        0.1 s or over 29 s (cut) are handled as :meth:`transcribe` handles them."""
+        search of ``beam_size``, no timestamps, no temperature fallback (the batched decoder has none). Clips
+        of under 0.1 s or over 29 s (cut) are handled as :meth:`transcribe` handles them."""
         lang = self._language(language)
         texts = [""] * len(clips)
         keep = [i for i, c in enumerate(clips) if np.asarray(c).size >= 1600]

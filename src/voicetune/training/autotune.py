@@ -69,7 +69,7 @@ class Recommendation:
             recomputed = f" ({p.recompute} recomputed)" if p.recompute != "none" else ""
             lines.append(
                 f"    micro-batch {p.batch_size:>3}{recomputed}: "
-                f"{'peak %.2f GiB + optimizer = %.2f GiB' % (p.peak_gib, p.total_gib) if p.fits else 'OOM'}"
+                f"{f'peak {p.peak_gib:.2f} GiB + optimizer = {p.total_gib:.2f} GiB' if p.fits else 'OOM'}"
                 f" ({p.seconds:.2f} s)"
             )
         if self.note:
@@ -85,7 +85,7 @@ def _optimizer_gib(backend: Any, cfg: Any) -> float:
     per = _STATE_BYTES.get(cfg.optimizer, 8)
     if getattr(cfg, "optimizer_state_dtype", "fp32") == "bf16":
         per //= 2
-    return trained * per / GIB
+    return float(trained * per / GIB)
 
 
 def _probe(
@@ -168,11 +168,10 @@ def cpu_recommendation(cfg: Any) -> Recommendation:
 
 def escalate(measure_at: Any, start: str, need: int,
              offered: tuple[str, ...] = RECOMPUTE_MODES) -> tuple[int, str, list[Probe]]:
-    """(largest micro-batch that fits, the recomputation it needs, every probe). ``measure_at(mode)`` gives the
-    probes of one mode; from ``start``, the next, more frugal mode among ``offered`` (the backend's) is
+    """(largest micro-batch that fits, the recomputation it needs, every probe). ``measure_at(mode)`` gives
+    the probes of one mode; from ``start``, the next, more frugal mode among ``offered`` (the backend's) is
     measured while fewer than ``need`` clips fit, and a mode is chosen only where it fits more clips than the
-    faster ones
-    before it."""
+    faster ones before it."""
     modes = [m for m in RECOMPUTE_MODES[RECOMPUTE_MODES.index(start):] if m in offered or m == start]
     best, chosen, probes = 0, start, []
     for mode in modes:

@@ -75,8 +75,8 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, mark it latest, prune older ones beyond ``keep_last``.
 
-    ``extra`` (e.g. the GradScaler, every rank's RNG, the micro-batch plan: voicetune.training.resume) is stored in
-    state.pt next to the optimizer, scheduler, RNG and data-order state.
+    ``extra`` (e.g. the GradScaler, every rank's RNG, the micro-batch plan: voicetune.training.resume) is
+    stored in state.pt next to the optimizer, scheduler, RNG and data-order state.
     """
     final = checkpoints_dir(run_dir) / f"step_{step}"
     need = checkpoint_bytes(run_dir, backend, optimizer)
@@ -125,7 +125,8 @@ def _prune(run_dir: Path, keep_last: int, protect: set[str]) -> None:
     ckpts = list_checkpoints(run_dir)
     for old in ckpts[:-keep_last]:
         if old.name not in protect:
-            # renamed first (atomic), so an interrupted deletion never leaves a half-deleted "complete" checkpoint
+            # renamed first (atomic), so an interrupted deletion never leaves a half-deleted "complete"
+            # checkpoint
             doomed = old.with_name(f".{old.name}.deleting")
             try:
                 old.rename(doomed)

@@ -31,6 +31,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ def cache_counters() -> str:
         from torch._dynamo.utils import counters
     except ImportError:
         return "(no counters)"
-    fx, aot = counters.get("inductor", {}), counters.get("aot_autograd", {})
+    fx: Mapping[str, int] = counters.get("inductor", {})
+    aot: Mapping[str, int] = counters.get("aot_autograd", {})
     return (f"fx graphs {fx.get('fxgraph_cache_hit', 0)} hit / {fx.get('fxgraph_cache_miss', 0)} miss / "
             f"{fx.get('fxgraph_cache_bypass', 0)} bypass, autograd {aot.get('autograd_cache_hit', 0)} hit / "
             f"{aot.get('autograd_cache_miss', 0)} miss / {aot.get('autograd_cache_bypass', 0)} bypass")

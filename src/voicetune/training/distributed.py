@@ -5,11 +5,12 @@ start ``torchrun --nproc-per-node N -m voicetune.cli train ...`` or ``accelerate
 voicetune.cli train ...``: all of them set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT``, which :func:`init_distributed` reads (NCCL on GPUs, gloo on CPUs).
 
-Each rank computes the gradients of its share of the step's clips (see :mod:`voicetune.training.sampler`); after
-the last micro-batch the gradients are averaged with one all-reduce per bucket (:func:`all_reduce_gradients`).
-The loop drives the backend's loss directly rather than through ``DistributedDataParallel``'s forward, so the
-averaging is explicit; it also lets every rank agree on skipped steps (out of memory, fp16 overflow) before
-any gradient is exchanged. Rank 0 alone writes logs, metrics and checkpoints.
+Each rank computes the gradients of its share of the step's clips (see :mod:`voicetune.training.sampler`);
+after the last micro-batch the gradients are averaged with one all-reduce per bucket
+(:func:`all_reduce_gradients`). The loop drives the backend's loss directly rather than through
+``DistributedDataParallel``'s forward, so the averaging is explicit; it also lets every rank agree on skipped
+steps (out of memory, fp16 overflow) before any gradient is exchanged. Rank 0 alone writes logs, metrics and
+checkpoints.
 """
 
 from __future__ import annotations

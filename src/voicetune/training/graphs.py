@@ -1,9 +1,9 @@
 """Forward + backward of a micro-batch captured in a CUDA graph, one graph per input shape, then replayed.
 
 A training step of the XTTS GPT is ~1,800 GPU kernels. Launching them from Python, even compiled and through
-torch.compile's own CUDA graphs (which re-check hundreds of saved tensors on every backward), left the GPU idle
-half of the step. Here the whole forward *and* backward of a micro-batch is one graph: a replay costs a copy of
-the inputs into static buffers and one launch.
+torch.compile's own CUDA graphs (which re-check hundreds of saved tensors on every backward), left the GPU
+idle half of the step. Here the whole forward *and* backward of a micro-batch is one graph: a replay costs a
+copy of the inputs into static buffers and one launch.
 
 What makes the capture valid:
 
@@ -14,8 +14,8 @@ What makes the capture valid:
   multiple, so there are a handful), all graphs drawing on one memory pool (they never run at the same time,
   and each replay's outputs are read before the next).
 * Warm-up before capture (compiling, autotuning, lazy initialisation) runs on the real batch at a point where
-  the gradients are zero (the first micro-batch of a step); they are zeroed again before the replay that counts.
-  A new shape met later in a step runs eagerly and is captured the next time it starts a step.
+  the gradients are zero (the first micro-batch of a step); they are zeroed again before the replay that
+  counts. A new shape met later in a step runs eagerly and is captured the next time it starts a step.
 * Random numbers (dropout) come from the CUDA generator's graph-safe philox offsets: new masks on each replay.
 """
 
@@ -41,23 +41,28 @@ class _Graph:
 
 
 class GraphedMicroBatches:
-    """``run(inputs, weight, grads_are_zero)``: forward + ``(loss * weight).backward()`` as a CUDA-graph replay.
+    """``run(inputs, weight, grads_are_zero)``: forward + ``(loss * weight).backward()`` as a CUDA-graph
+    replay.
 
     ``fn(inputs)`` computes the backend's loss parts (a dict with ``loss``) from the tensors that
     ``select(batch)`` picks out of a collated batch; it runs under the caller's autocast. ``zero_grad`` zeroes
     the gradient buffers (the optimizer's).
     """
 
-    def __init__(self, fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], zero_grad: Callable[[], None],
-                 device: torch.device):
+    def __init__(
+        self,
+        fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+        zero_grad: Callable[[], None],
+        device: torch.device,
+    ):
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}; set --cuda-graphs off")
         self.fn, self.zero_grad, self.device = fn, zero_grad, device
-        self.graphs: dict[tuple, _Graph] = {}
+        self.graphs: dict[tuple[Any, ...], _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
     @staticmethod
-    def key(inputs: dict[str, torch.Tensor], weight: float) -> tuple:
+    def key(inputs: dict[str, torch.Tensor], weight: float) -> tuple[Any, ...]:
         return (weight, *((k, tuple(v.shape), v.dtype) for k, v in sorted(inputs.items())))
 
     def _step(self, inputs: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
@@ -65,7 +70,9 @@ class GraphedMicroBatches:
         (out["loss"] * weight).backward()
         return {k: v.detach() for k, v in out.items()}
 
-    def run(self, inputs: dict[str, torch.Tensor], weight: float, grads_are_zero: bool) -> dict[str, torch.Tensor] | None:
+    def run(
+        self, inputs: dict[str, torch.Tensor], weight: float, grads_are_zero: bool
+    ) -> dict[str, torch.Tensor] | None:
         """The loss parts after forward + backward of ``inputs`` (gradients accumulated, weighted); None when
         this shape has no graph yet and cannot be captured now (gradients not zero): run it eagerly."""
         key = self.key(inputs, weight)
@@ -79,7 +86,7 @@ class GraphedMicroBatches:
         entry.graph.replay()
         return entry.outputs
 
-    def _capture(self, inputs: dict[str, torch.Tensor], weight: float, key: tuple) -> _Graph:
+    def _capture(self, inputs: dict[str, torch.Tensor], weight: float, key: tuple[Any, ...]) -> _Graph:
         static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -97,7 +104,9 @@ class GraphedMicroBatches:
         return self.graphs[key]
 
 
-def build(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precision: str) -> GraphedMicroBatches | None:
+def build(
+    backend: Any, optimizer: Any, cfg: Any, device: torch.device, precision: str
+) -> GraphedMicroBatches | None:
     """The graph runner for this run, or None where CUDA graphs are off or do not apply (with the reason)."""
     setting = getattr(cfg, "cuda_graphs", "off")
     if setting == "off":
@@ -113,7 +122,8 @@ def build(backend: Any, optimizer: Any, cfg: Any, device: torch.device, precisio
 
     def fn(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with autocast(device, precision):
-            return backend.loss(inputs, cfg)
+            out: dict[str, torch.Tensor] = backend.loss(inputs, cfg)
+            return out
 
     return GraphedMicroBatches(fn, optimizer.zero_grad, device)
 

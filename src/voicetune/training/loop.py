@@ -126,7 +126,8 @@ class TrainResult:
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     clips: int = 0
-    interrupted: str = ""  # the signal (SIGINT/SIGTERM) that stopped the run early; "" when it was not stopped
+    # the signal (SIGINT/SIGTERM) that stopped the run early; "" when it was not stopped
+    interrupted: str = ""
     resumed_from: int = 0
 
 
@@ -149,8 +150,8 @@ def _prepare_run_dir(run_dir: Path, sources: dict[str, str]) -> None:
     files it did not write, nor over an earlier run."""
     if latest_checkpoint(run_dir) is not None:
         raise TrainError(
-            f"{run_dir} already holds checkpoints from an earlier run; choose a new --out folder, or continue "
-            f"it with --resume {run_dir} (voicetune never overwrites a run)"
+            f"{run_dir} already holds checkpoints from an earlier run; choose a new --out folder, or "
+            f"continue it with --resume {run_dir} (voicetune never overwrites a run)"
         )
     if run_dir.is_dir() and any(run_dir.iterdir()):
         present = {p.name for p in run_dir.iterdir()} - {MARKER}
@@ -223,7 +224,9 @@ def _sources(dataset_dir: Path | str | None, base: Path | str | None, out: Path 
     """(config, run folder, dataset, base, checkpoint to resume from or None) of a new or resumed run."""
     if resume is not None:
         if cfg is not None or config_file is not None:
-            raise TrainError("--resume continues with the run's own config.yaml; pass only the options to change")
+            raise TrainError(
+                "--resume continues with the run's own config.yaml; pass only the options to change"
+            )
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise TrainError(f"--resume {resume} writes into that run folder; drop --out {out}")
         run_dir = Path(resume)
@@ -233,7 +236,8 @@ def _sources(dataset_dir: Path | str | None, base: Path | str | None, out: Path 
         return cfg, run_dir, dataset, base_dir, ckpt
     if dataset_dir is None or base is None or out is None:
         raise TrainError("a new run needs a dataset folder, --base and --out (or --resume RUN_DIR)")
-    cfg = merge_options(resolve(cfg), overrides) if cfg else resolve_config(config_file, overrides)
+    cfg = merge_options(resolve(cfg), overrides) if cfg else resolve_config(
+        Path(config_file) if config_file is not None else None, overrides)
     return cfg, Path(out), Path(dataset_dir), Path(base), None
 
 
@@ -255,21 +259,32 @@ def _features(backend: Backend, cfg: TrainConfig, dataset: Dataset, run_dir: Pat
     store: FeatureStore | None = None
     for turn in (0, 1):
         if (turn == 0) == dist.is_main:
-            store = backend.build_features(dataset.train, run_dir / "features", progress if dist.is_main else None)
+            store = backend.build_features(
+                dataset.train, run_dir / "features", progress if dist.is_main else None
+            )
         dist.barrier()
     assert store is not None
     if len(store) == 0:
-        raise TrainError(f"no usable training clips in {dataset.root} (all were dropped; see the warnings above)")
+        raise TrainError(
+            f"no usable training clips in {dataset.root} (all were dropped; see the warnings above)"
+        )
     return store, model
 
 
 def _data_report(store: FeatureStore, n_clips: int, sampler: StepSampler, cfg: TrainConfig,
                  dist: Dist) -> dict[str, Any]:
-    """Clips kept and dropped (by reason), padding with and without length bucketing, batch geometry; logged."""
+    """Clips kept and dropped (by reason), padding with and without length bucketing, batch geometry;
+    logged."""
     dropped = store.drop_summary()
-    report: dict[str, Any] = {"clips": n_clips, "clips_used": len(store), "clips_dropped": dropped,
-                              "world_size": dist.world, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-                              "global_batch": cfg.batch_size * cfg.grad_accum * dist.world}
+    report: dict[str, Any] = {
+        "clips": n_clips,
+        "clips_used": len(store),
+        "clips_dropped": dropped,
+        "world_size": dist.world,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "global_batch": cfg.batch_size * cfg.grad_accum * dist.world,
+    }
     if dropped:
         logger.warning("dropped %d of %d training clips: %s (limits: --max-audio-seconds, --max-text-tokens; "
                        "--extend-vocab for unknown characters)", sum(dropped.values()), n_clips,
@@ -282,8 +297,11 @@ def _data_report(store: FeatureStore, n_clips: int, sampler: StepSampler, cfg: T
     report["padding_fraction"] = {"shuffled": round(shuffled, 4), "bucketed": round(bucketed, 4),
                                   "in_use": round(bucketed if cfg.bucket_window > 1 else shuffled, 4)}
     if cfg.bucket_window > 1:
-        logger.info("length bucketing: padding %.1f%% of audio positions instead of %.1f%% with plain shuffling",
-                    100 * bucketed, 100 * shuffled)
+        logger.info(
+            "length bucketing: padding %.1f%% of audio positions instead of %.1f%% with plain shuffling",
+            100 * bucketed,
+            100 * shuffled,
+        )
     logger.info("global batch %d = batch %d x accumulation %d x %d process(es)", report["global_batch"],
                 cfg.batch_size, cfg.grad_accum, dist.world)
     return report
@@ -331,7 +349,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, base: Path, ckpt:
     compiled = _compile_cache(cfg, backend, device, precision)
     scheduler = build_scheduler(optimizer, cfg, total, steps_per_epoch)
     plan = MicroBatchPlan(per_rank=cfg.batch_size * cfg.grad_accum, size=cfg.batch_size)
-    engine = StepEngine(backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device))
+    engine = StepEngine(
+        backend, store, optimizer, cfg, device, precision, dist, plan, make_scaler(precision, device)
+    )
     if dist.is_main:  # say early when the checkpoints will not fit (each save checks again, and refuses)
         warn_if_short(run_dir, (cfg.keep_last + 1) * checkpoint_bytes(run_dir, backend, optimizer),
                       f"keeping {cfg.keep_last} checkpoints (--keep-last) plus the one being written")
@@ -405,13 +425,19 @@ def train(
     step, saves and returns (``TrainResult.interrupted``).
     """
     t0 = time.time()
-    cfg, run_dir, dataset_dir, base, ckpt = _sources(dataset_dir, base, out, cfg, config_file, overrides, resume)
+    cfg, run_dir, dataset_dir, base, ckpt = _sources(
+        dataset_dir, base, out, cfg, config_file, overrides, resume
+    )
     dist, device_name = init_distributed(cfg.device)
     try:
         run = _setup(cfg, run_dir, dataset_dir, base, ckpt, dist, device_name, progress, callbacks)
         if run.start_step >= run.state.total_steps:
-            logger.info("%s is already complete (step %d of %d); raise --max-steps or --epochs to train longer",
-                        run_dir, run.start_step, run.state.total_steps)
+            logger.info(
+                "%s is already complete (step %d of %d); raise --max-steps or --epochs to train longer",
+                run_dir,
+                run.start_step,
+                run.state.total_steps,
+            )
         else:
             with GracefulStop() as stopper:
                 _loop(run, stopper)
@@ -520,11 +546,24 @@ def _finish(run: _Run, seconds: float) -> TrainResult:
     if run.writer:
         run.writer.close()
     if run.interrupted:
-        logger.warning("interrupted (%s) at step %d; checkpoint %s. Continue with: voicetune train --resume %s",
-                       run.interrupted, run.state.step, run.state.checkpoint, run.run_dir)
+        logger.warning(
+            "interrupted (%s) at step %d; checkpoint %s. Continue with: voicetune train --resume %s",
+            run.interrupted,
+            run.state.step,
+            run.state.checkpoint,
+            run.run_dir,
+        )
     assert run.state.checkpoint is not None
-    return TrainResult(run.run_dir, run.state.step, Path(run.state.checkpoint), run.history, seconds, len(run.store),
-                       interrupted=run.interrupted, resumed_from=run.start_step)
+    return TrainResult(
+        run.run_dir,
+        run.state.step,
+        Path(run.state.checkpoint),
+        run.history,
+        seconds,
+        len(run.store),
+        interrupted=run.interrupted,
+        resumed_from=run.start_step,
+    )
 
 
 def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:

@@ -121,8 +121,9 @@ class Meter:
     peak: float | None
     window: int = 20
     clock: Callable[[], float] = time.perf_counter
-    _marks: deque = field(init=False, repr=False)  # (time, samples, audio seconds, tokens) at recorded steps
-    _totals: list = field(init=False, repr=False)
+    # (time, samples, audio seconds, tokens) at recorded steps
+    _marks: deque[tuple[float, ...]] = field(init=False, repr=False)
+    _totals: list[float] = field(init=False, repr=False)
     _first: tuple[float, int] | None = field(init=False, repr=False, default=None)  # (time, step) of step 1
     _t0: float = field(init=False, repr=False, default=0.0)
 

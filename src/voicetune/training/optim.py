@@ -11,7 +11,9 @@ from voicetune.config import TrainConfig
 from voicetune.utils import flat as flat_params
 
 
-def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    param_groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
     """``cfg.optimizer`` (AdamW by default) over the backend's parameter groups (only parameters that train).
 
     Groups may carry their own ``lr`` (per-part multipliers) and ``weight_decay``. Fused kernels on CUDA for
@@ -23,7 +25,9 @@ def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig, device
         raise ValueError("the backend exposes no trainable parameters")
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
     if getattr(cfg, "param_dtype", "fp32") == "bf16":
-        state_dtype = torch.bfloat16 if getattr(cfg, "optimizer_state_dtype", "fp32") == "bf16" else torch.float32
+        state_dtype = (
+            torch.bfloat16 if getattr(cfg, "optimizer_state_dtype", "fp32") == "bf16" else torch.float32
+        )
         return FlatAdamW(groups, state_dtype=state_dtype, **kwargs)
     return make_torch_optimizer(groups, cfg, device, kwargs)
 
@@ -32,7 +36,7 @@ def make_torch_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device:
                          kwargs: dict[str, Any]) -> torch.optim.Optimizer:
     """The torch.optim optimizer named by ``cfg.optimizer`` (adamw, adam, sgd, rmsprop)."""
     kind = getattr(cfg, "optimizer", "adamw")
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if kind == "adamw":
         return torch.optim.AdamW(groups, **kwargs, **fast)
     if kind == "adam":  # L2 weight decay through the gradient, as torch.optim.Adam does
@@ -47,7 +51,8 @@ def make_torch_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
                     steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over ``cfg.warmup_steps``, then ``cfg.scheduler`` (see voicetune.training.schedulers)."""
+    """Linear warm-up over ``cfg.warmup_steps``, then ``cfg.scheduler`` (see
+    voicetune.training.schedulers)."""
     from voicetune.training.schedulers import build_scheduler as _build
 
     return _build(optimizer, cfg, total_steps, steps_per_epoch)
@@ -106,8 +111,16 @@ class FlatAdamW(torch.optim.Optimizer):
     * On CUDA with Triton the update is compiled (one kernel, random bits generated inside it).
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, state_dtype: torch.dtype = torch.float32, compiled: bool | None = None):
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        state_dtype: torch.dtype = torch.float32,
+        compiled: bool | None = None,
+    ):
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
@@ -123,7 +136,9 @@ class FlatAdamW(torch.optim.Optimizer):
             # What the optimizer's groups hold (and what a loop clips, all-reduces and counts): the flat
             # buffers, a handful of tensors instead of hundreds.
             flat_groups.append({**group, "params": [b["param"] for b in buckets]})
-        super().__init__(flat_groups, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        super().__init__(
+            flat_groups, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        )
         if compiled is None:
             compiled = self._flat[0]["param"].device.type == "cuda" and _has_triton()
         self.compiled = compiled
@@ -152,11 +167,13 @@ class FlatAdamW(torch.optim.Optimizer):
                 "exp_avg_sq": torch.zeros(total, dtype=self.state_dtype, device=device)}
 
     def clip_gradients(self, max_norm: float) -> torch.Tensor:
-        """The gradients' total L2 norm (a device tensor; no synchronisation); the next :meth:`step` scales the
-        gradients by ``min(1, max_norm / norm)`` inside its update, as ``clip_grad_norm_`` would have, without a
-        separate pass over them. The gradient buffers themselves are left as they are."""
+        """The gradients' total L2 norm (a device tensor; no synchronisation); the next :meth:`step` scales
+        the gradients by ``min(1, max_norm / norm)`` inside its update, as ``clip_grad_norm_`` would have,
+        without a separate pass over them. The gradient buffers themselves are left as they are."""
         grads = [f["grad"] for f in self._flat]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+        norm: torch.Tensor = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+        )
         self._grad_scale = (max_norm / (norm + 1e-6)).clamp(max=1.0) if math.isfinite(max_norm) else None
         return norm
 
@@ -183,17 +200,22 @@ class FlatAdamW(torch.optim.Optimizer):
             flat["step"] += 1
             t, (b1, b2) = flat["step"], group["betas"]
             lr, wd = float(group["lr"]), float(group["weight_decay"])
-            all_scalars.append((1.0 - lr * wd, b1, b2, lr / (1.0 - b1**t), math.sqrt(1.0 - b2**t), group["eps"]))
+            all_scalars.append(
+                (1.0 - lr * wd, b1, b2, lr / (1.0 - b1**t), math.sqrt(1.0 - b2**t), group["eps"])
+            )
         tensors = [(f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"]) for f in self._flat]
         device = self._flat[0]["param"].device
         scale = self._grad_scale if self._grad_scale is not None else torch.ones((), device=device)
         self._grad_scale = None
         if self.compiled:  # one call (one host-to-device copy of the scalars) for every bucket
-            _compiled()(tensors, torch.tensor(all_scalars, dtype=torch.float32).to(device, non_blocking=True), scale)
+            _compiled()(
+                tensors, torch.tensor(all_scalars, dtype=torch.float32).to(device, non_blocking=True), scale
+            )
         else:
             for bucket, scalars in zip(tensors, all_scalars):
                 for start in range(0, bucket[0].numel(), _CHUNK):
-                    _adamw_update(*(x[start : start + _CHUNK] for x in bucket), scalars, scale)
+                    p, g, m, v = (x[start : start + _CHUNK] for x in bucket)
+                    _adamw_update(p, g, m, v, scalars, scale)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -205,7 +227,9 @@ class FlatAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         flat_state = state_dict.pop("flat_state", None)
-        if flat_state is None or [s["exp_avg"].numel() for s in flat_state] != [f["param"].numel() for f in self._flat]:
+        if flat_state is None or [s["exp_avg"].numel() for s in flat_state] != [
+            f["param"].numel() for f in self._flat
+        ]:
             raise ValueError("not a FlatAdamW state of these parameters (another optimizer, or other groups)")
         super().load_state_dict(state_dict)
         for flat, saved in zip(self._flat, flat_state):
@@ -222,9 +246,11 @@ def _has_triton() -> bool:
     return True
 
 
-def _update_all(buckets: list[tuple[torch.Tensor, ...]], scalars: torch.Tensor, grad_scale: torch.Tensor) -> None:
-    for bucket, s in zip(buckets, scalars):
-        _adamw_update(*bucket, s, grad_scale)
+def _update_all(
+    buckets: list[tuple[torch.Tensor, ...]], scalars: torch.Tensor, grad_scale: torch.Tensor
+) -> None:
+    for (p, g, m, v), s in zip(buckets, scalars):
+        _adamw_update(p, g, m, v, s, grad_scale)
 
 
 def _compiled() -> Any:

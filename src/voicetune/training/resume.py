@@ -2,9 +2,9 @@
 
 A checkpoint holds everything the next step depends on: the trained weights (``trainable.pt``), the optimizer,
 the LR schedule, the fp16 GradScaler, every rank's RNG states (dropout), the position in the data stream
-(:class:`~voicetune.training.sampler.StepSampler`; the conditioning crops are keyed by (seed, epoch, clip)), and
-the micro-batch size after any out-of-memory shrink. Restored in that order, with the RNG last, a resumed run
-computes the same losses as one that never stopped (tested to 1e-6 on CPU).
+(:class:`~voicetune.training.sampler.StepSampler`; the conditioning crops are keyed by (seed, epoch, clip)),
+and the micro-batch size after any out-of-memory shrink. Restored in that order, with the RNG last, a resumed
+run computes the same losses as one that never stopped (tested to 1e-6 on CPU).
 
 Settings that shape the model, the optimizer or the data order cannot change on resume (the error names the
 option); the length of the run, checkpointing, logging and evaluation settings can.
@@ -57,7 +57,9 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     allowed = resumable_options(saved)
     forbidden = [k for k in changed if k not in allowed]
     if forbidden:
-        flags = ", ".join(f"--{k.replace('_', '-')} ({before.get(k)!r} -> {after.get(k)!r})" for k in forbidden)
+        flags = ", ".join(
+            f"--{k.replace('_', '-')} ({before.get(k)!r} -> {after.get(k)!r})" for k in forbidden
+        )
         raise TrainError(
             f"cannot resume {run_dir} with {flags}: these change the model, the optimizer or the data "
             "order of the run; resume without them, or start a new run (--out) from this one's export"

@@ -10,7 +10,8 @@ cosine         cosine from the peak down to ``lr x min_lr_ratio`` at the last st
 cosine_restarts cosine with warm restarts every ``restart_steps`` steps (period x ``restart_mult`` each time)
 linear         linear from the peak down to ``lr x min_lr_ratio`` at the last step
 step           x ``lr_gamma`` every ``step_size`` steps
-multistep      x ``lr_gamma`` at each of ``milestones`` (steps counted from the start of training, or epochs of
+multistep      x ``lr_gamma`` at each of ``milestones`` (steps counted from the start of training, or epochs
+of
                ``steps_per_epoch`` steps with ``milestone_unit`` epochs)
 exponential    x ``lr_gamma`` every step
 ============== ==========================================================================================

@@ -95,7 +95,8 @@ class StepEngine:
                 counts["tokens"] += stats.get("tokens", 0.0)
                 oom.check_simulated(len(chunk))
                 weight = len(chunk) / len(share)
-                out = self._graphed(batch, weight, grads_are_zero=n == 0)  # each step starts with zero gradients
+                # each step starts with zero gradients
+                out = self._graphed(batch, weight, grads_are_zero=n == 0)
                 if out is None:
                     out = self._eager(batch, weight)
                 for k, v in out.items():
@@ -121,7 +122,9 @@ class StepEngine:
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return out
 
-    def _graphed(self, batch: dict[str, Any], weight: float, grads_are_zero: bool) -> dict[str, torch.Tensor] | None:
+    def _graphed(
+        self, batch: dict[str, Any], weight: float, grads_are_zero: bool
+    ) -> dict[str, torch.Tensor] | None:
         inputs = self.backend.graph_inputs(batch) if self.graphs is not None else None
         return None if inputs is None else self.graphs.run(inputs, weight, grads_are_zero)
 
@@ -167,7 +170,9 @@ class StepEngine:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         clip = getattr(self.optimizer, "clip_gradients", None)  # FlatAdamW: clipping folded into its update
-        norm = float(clip(max_norm) if clip is not None else torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        norm = float(
+            clip(max_norm) if clip is not None else torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        )
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)  # skipped by the scaler when the gradients overflowed

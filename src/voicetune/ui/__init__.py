@@ -6,9 +6,9 @@ process of its own), progress comes through the library's callbacks, and what a 
 workspace's files. Importing this package does not import Gradio; :func:`launch` does.
 
 Modules: ``app`` (the Blocks and the launch), one per tab (``tab_dataset``, ``tab_train``, ``tab_evaluate``,
-``tab_export``), and the plain logic they use, without Gradio: ``safety`` (paths, names, uploads, bind address),
-``workspace``, ``forms`` (forms from the config dataclasses), ``clips`` (the review table), ``process`` (the
-training process), ``runview`` (a run from its folder), ``evals`` (a run's evaluations).
+``tab_export``), and the plain logic they use, without Gradio: ``safety`` (paths, names, uploads, bind
+address), ``workspace``, ``forms`` (forms from the config dataclasses), ``clips`` (the review table),
+``process`` (the training process), ``runview`` (a run from its folder), ``evals`` (a run's evaluations).
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ tr.vt-best-row td { background: rgba(253, 230, 138, 0.35); }
 .vt-table-wrap { overflow-x: auto; max-height: 640px; overflow-y: auto; }
 table.vt-clips, table.vt-evals, table.vt-doctor { border-collapse: collapse; width: 100%; font-size: 0.88em; }
 table.vt-clips th, table.vt-clips td, table.vt-evals th, table.vt-evals td, table.vt-doctor td {
-  border-bottom: 1px solid var(--border-color-primary); padding: 3px 6px; text-align: left; vertical-align: middle; }
+  border-bottom: 1px solid var(--border-color-primary); padding: 3px 6px; text-align: left;
+  vertical-align: middle; }
 table.vt-clips th[data-sort] { cursor: pointer; white-space: nowrap; position: sticky; top: 0;
   background: var(--background-fill-secondary); }
 table.vt-clips audio { height: 30px; width: 210px; }
@@ -83,7 +84,7 @@ def build_app(workspace: Path | str, max_upload_mb: float = 2048.0) -> Any:
         t3.select(evaluate["on_load"], evaluate["run"], evaluate["run"]).then(*evaluate["show"])
         demo.load(export["on_load"], export["run"], export["run"])
         t4.select(export["on_load"], export["run"], export["run"]).then(*export["show"])
-    demo.voicetune_workspace = ws  # type: ignore[attr-defined]
+    demo.voicetune_workspace = ws
     return demo
 
 

@@ -118,10 +118,15 @@ def load(dataset: Path) -> list[ClipRecord]:
 
 def counts(records: list[ClipRecord]) -> dict[str, Any]:
     kept = [r for r in records if r.status == "kept"]
-    return {"clips": len(records), "kept": len(kept), "quarantined": len(records) - len(kept),
-            "needs_review": sum(1 for r in records if r.needs_review),
-            "train": sum(1 for r in kept if r.split == "train"), "eval": sum(1 for r in kept if r.split == "eval"),
-            "minutes_kept": sum(r.duration for r in kept) / 60}
+    return {
+        "clips": len(records),
+        "kept": len(kept),
+        "quarantined": len(records) - len(kept),
+        "needs_review": sum(1 for r in records if r.needs_review),
+        "train": sum(1 for r in kept if r.split == "train"),
+        "eval": sum(1 for r in kept if r.split == "eval"),
+        "minutes_kept": sum(r.duration for r in kept) / 60,
+    }
 
 
 def _fmt(v: float | None) -> str:
@@ -130,13 +135,22 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
-def table_html(page: Page, keys: list[str], dataset: Path, url_for: Callable[[Path], str], q: ClipQuery) -> str:
+def table_html(
+    page: Page, keys: list[str], dataset: Path, url_for: Callable[[Path], str], q: ClipQuery
+) -> str:
     """The page as an HTML table: a player, id, status, split, transcript, reasons and every score per row.
     Column headers carry ``data-sort`` and rows an Edit button with ``data-clip`` (the tab's script turns
     clicks on them into events)."""
     e = html.escape
     arrow = " ▼" if q.descending else " ▲"
-    heads = [("", ""), ("", ""), ("id", "clip"), ("status", "status"), ("split", "split"), ("text", "transcript")]
+    heads = [
+        ("", ""),
+        ("", ""),
+        ("id", "clip"),
+        ("status", "status"),
+        ("split", "split"),
+        ("text", "transcript"),
+    ]
     heads += [(k, label(k)) for k in keys] + [("", "reasons")]
     head = "".join(
         f"<th data-sort='{e(k)}' title='sort by {e(k)}'>{e(t)}{arrow if k and k == q.sort else ''}</th>"
@@ -148,15 +162,25 @@ def table_html(page: Page, keys: list[str], dataset: Path, url_for: Callable[[Pa
         status = "kept" if r.status == "kept" else "quarantined"
         flag = " <span class='vt-badge vt-review'>review</span>" if r.needs_review else ""
         manual = f" <span class='vt-muted'>({MANUAL.get(r.manual, r.manual)})</span>" if r.manual else ""
-        cells = [f"<button class='vt-edit' data-clip='{e(r.id)}' title='edit clip {e(r.id)}'>Edit</button>",
-                 audio, f"<code>{e(r.id)}</code>", f"<span class='vt-badge vt-{status}'>{status}</span>{flag}{manual}",
-                 e(r.split or "-"), f"<span class='vt-text'>{e(r.text)}</span>"]
+        cells = [
+            f"<button class='vt-edit' data-clip='{e(r.id)}' title='edit clip {e(r.id)}'>Edit</button>",
+            audio,
+            f"<code>{e(r.id)}</code>",
+            f"<span class='vt-badge vt-{status}'>{status}</span>{flag}{manual}",
+            e(r.split or "-"),
+            f"<span class='vt-text'>{e(r.text)}</span>",
+        ]
         cells += [_fmt(score_value(r, k)) for k in keys]
         cells.append(e("; ".join(r.reasons)))
-        body.append(f"<tr data-clip-row='{e(r.id)}' class='vt-{status}'>" + "".join(f"<td>{c}</td>" for c in cells)
-                    + "</tr>")
+        body.append(
+            f"<tr data-clip-row='{e(r.id)}' class='vt-{status}'>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
     if not body:
-        body.append(f"<tr><td colspan='{len(heads)}' class='vt-muted'>no clip matches these filters</td></tr>")
+        body.append(
+            f"<tr><td colspan='{len(heads)}' class='vt-muted'>no clip matches these filters</td></tr>"
+        )
     return (f"<div class='vt-table-wrap'><table class='vt-clips'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>"
             f"<p class='vt-muted'>{page.total} clip(s) match; page {page.page} of {page.pages}</p>")

@@ -52,9 +52,20 @@ def rows(r: RunEvals) -> list[Row]:
     for d in r.evals:
         agg = d.get("finetuned", {}).get("aggregate", {})
         name = d.get("name") or f"step_{d['step']}"
-        deltas = {k: agg[k] - base[k] for k, _, _ in TABLE_METRICS if _finite(agg.get(k)) and _finite(base.get(k))}
-        out.append(Row(name, int(d.get("step", 0)), d.get("composite"), {k: agg.get(k) for k, _, _ in TABLE_METRICS},
-                       deltas, d.get("step") == r.best_step, name in r.kept))
+        deltas = {
+            k: agg[k] - base[k] for k, _, _ in TABLE_METRICS if _finite(agg.get(k)) and _finite(base.get(k))
+        }
+        out.append(
+            Row(
+                name,
+                int(d.get("step", 0)),
+                d.get("composite"),
+                {k: agg.get(k) for k, _, _ in TABLE_METRICS},
+                deltas,
+                d.get("step") == r.best_step,
+                name in r.kept,
+            )
+        )
     return out
 
 
@@ -77,9 +88,13 @@ def table_html(r: RunEvals) -> str:
     """The checkpoint table: composite score, every metric (change against the base model), kept on disk."""
     table = rows(r)
     if not table:
-        return "<p class='vt-muted'>No evaluation yet: in-loop evaluation scores the base model before the first " \
-               "step and then each evaluated checkpoint.</p>"
-    shown = [(k, label, fmt) for k, label, fmt in TABLE_METRICS if any(_finite(x.metrics.get(k)) for x in table)]
+        return (
+            "<p class='vt-muted'>No evaluation yet: in-loop evaluation scores the base model before the "
+            "first step and then each evaluated checkpoint.</p>"
+        )
+    shown = [
+        (k, label, fmt) for k, label, fmt in TABLE_METRICS if any(_finite(x.metrics.get(k)) for x in table)
+    ]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in shown)
     body = []
     for row in table:
@@ -90,8 +105,12 @@ def table_html(r: RunEvals) -> str:
         disk = "" if row.name == BASELINE else ("yes" if row.on_disk else "no (pruned)")
         body.append(f"<tr class='{'vt-best-row' if row.best else ''}'><td>{name}</td><td>{row.step}</td>"
                     f"<td>{comp}</td>{cells}<td>{disk}</td></tr>")
-    note = (f"<p class='vt-muted'>{r.other_protocol} evaluation(s) made with another protocol are not compared "
-            f"here.</p>" if r.other_protocol else "")
+    note = (
+        f"<p class='vt-muted'>{r.other_protocol} evaluation(s) made with another protocol are not compared "
+        f"here.</p>"
+        if r.other_protocol
+        else ""
+    )
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in r.warnings)
     return (f"<table class='vt-evals'><thead><tr><th>evaluation</th><th>step</th><th>composite</th>{head}"
             f"<th>checkpoint on disk</th></tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
@@ -182,8 +201,10 @@ def verdict(run_dir: Path) -> str | None:
     eval/in_loop.json, else of the newest evaluation's metrics.json. None when none exists."""
     run_dir = Path(run_dir)
     docs = [run_dir / f for f in VERDICT_FILES]
-    steps = sorted((run_dir / "eval").glob("step_*/metrics.json"),
-                   key=lambda p: int(p.parent.name.split("_")[1]) if p.parent.name.split("_")[1].isdigit() else -1)
+    steps = sorted(
+        (run_dir / "eval").glob("step_*/metrics.json"),
+        key=lambda p: int(p.parent.name.split("_")[1]) if p.parent.name.split("_")[1].isdigit() else -1,
+    )
     for path in docs + steps[::-1]:
         try:
             data = json.loads(path.read_text())

@@ -52,7 +52,7 @@ class FormField:
 
 def _field(o: OptionField, choices: dict[str, list[str]]) -> FormField:
     f = o.field
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # narrowed above
     tp = typing.get_type_hints(o.owner)[f.name]
     tp = typing.get_origin(tp) or tp
     options = tuple(choices.get(o.flat) or f.metadata.get("choices") or ())
@@ -123,7 +123,9 @@ def display_value(f: FormField, value: Any) -> Any:
     return value
 
 
-def to_overrides(fields: list[FormField], values: dict[str, Any], only_changed: bool = True) -> dict[str, Any]:
+def to_overrides(
+    fields: list[FormField], values: dict[str, Any], only_changed: bool = True
+) -> dict[str, Any]:
     """Options by flat name from widget values by flat name (unknown names ignored); with ``only_changed``,
     only those that differ from their default."""
     out = {}

@@ -135,7 +135,9 @@ def start(run_dir: Path, argv: list[str], cwd: Path) -> ProcessState:
 
     run_dir = Path(run_dir)
     if process_state(run_dir).running:
-        raise RuntimeError(f"{run_dir.name} is already training (pid {process_state(run_dir).pid}); stop it first")
+        raise RuntimeError(
+            f"{run_dir.name} is already training (pid {process_state(run_dir).pid}); stop it first"
+        )
     state = state_dir(run_dir)
     state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -153,7 +155,9 @@ def start(run_dir: Path, argv: list[str], cwd: Path) -> ProcessState:
         atomic_write_json(state / PROCESS_FILE, {"pid": proc.pid, "create_time": created, "command": command,
                                                    "started": time.time(), "stop_requests": 0})
     _children[run_dir.resolve()] = proc
-    threading.Thread(target=_reap, args=(proc, run_dir), daemon=True, name=f"voicetune-ui-wait-{proc.pid}").start()
+    threading.Thread(
+        target=_reap, args=(proc, run_dir), daemon=True, name=f"voicetune-ui-wait-{proc.pid}"
+    ).start()
     logger.info("started training of %s (pid %d): %s", run_dir, proc.pid, command)
     return process_state(run_dir)
 

@@ -2,8 +2,9 @@
 
 Everything comes from files: ``config.yaml`` (the settings), ``run.json`` (clips used, batch geometry, loss
 parts), ``metrics.jsonl`` (one record per logged step, ``"kind": "eval"`` records per evaluation),
-``checkpoints/`` (``latest``, ``best``), ``RUNS/.ui/<run>/console.log`` (the process's console) and ``process.json``
-(:mod:`voicetune.ui.process`). A reloaded page, a second browser or a restarted UI therefore shows the same.
+``checkpoints/`` (``latest``, ``best``), ``RUNS/.ui/<run>/console.log`` (the process's console) and
+``process.json`` (:mod:`voicetune.ui.process`). A reloaded page, a second browser or a restarted UI therefore
+shows the same.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class RunView:
 
     @property
     def total_steps(self) -> int | None:
-        """max_steps, else epochs x steps per epoch (ceil(clips used / global batch), as the sampler has it)."""
+        """max_steps, else epochs x steps per epoch (ceil(clips used / global batch), as the sampler has
+        it)."""
         max_steps = int(self.config.get("max_steps") or 0)
         if max_steps:
             return max_steps
@@ -142,7 +144,8 @@ def loss_rows(view: RunView) -> list[dict[str, Any]]:
 
 
 def eval_rows(view: RunView) -> list[dict[str, Any]]:
-    """(step, value, series) rows of the evaluation metrics on a 0-1 scale (similarity, WER, CER, failures)."""
+    """(step, value, series) rows of the evaluation metrics on a 0-1 scale (similarity, WER, CER,
+    failures)."""
     return [{"step": r["step"], "value": r[key], "series": label}
             for r in view.evals for key, label in EVAL_SERIES if _finite(r.get(key))]
 
@@ -173,8 +176,10 @@ def format_seconds(seconds: float) -> str:
 
 def memory_text(last: dict[str, Any]) -> str:
     if _finite(last.get("mem_alloc_gib")):
-        return (f"GPU memory {last['mem_alloc_gib']:.2f} GiB allocated, {last.get('mem_peak_gib', 0):.2f} GiB peak, "
-                f"{last.get('mem_reserved_gib', 0):.2f} GiB reserved")
+        return (
+            f"GPU memory {last['mem_alloc_gib']:.2f} GiB allocated, {last.get('mem_peak_gib', 0):.2f} GiB "
+            f"peak, {last.get('mem_reserved_gib', 0):.2f} GiB reserved"
+        )
     if _finite(last.get("mem_rss_gib")):
         return f"no GPU: process memory {last['mem_rss_gib']:.2f} GiB (RSS)"
     return "memory: not measured yet"
@@ -204,8 +209,10 @@ def status(view: RunView) -> tuple[str, str]:
             return "running", f"setting up (features, baseline evaluation): {last[-160:]}"
         eta = float(view.last.get("eta_s") or 0.0)
         pct = f" ({100 * view.step / total:.0f}%)" if total else ""
-        return "running", (f"training: {where}{pct}, loss {view.last.get('loss', float('nan')):.4f}"
-                           + (f", ETA {format_seconds(eta)}" if math.isfinite(eta) and view.step != total else ""))
+        return "running", (
+            f"training: {where}{pct}, loss {view.last.get('loss', float('nan')):.4f}"
+            + (f", ETA {format_seconds(eta)}" if math.isfinite(eta) and view.step != total else "")
+        )
     stopped = {130: "stopped", 143: "stopped", -2: "stopped", -15: "stopped"}  # by SIGINT/SIGTERM
     how = {"exited": {0: "finished", **stopped}.get(p.exit_code or 0, "failed")
            if p.exit_code is not None else "", "gone": _ended_how(view)}.get(p.state, "")

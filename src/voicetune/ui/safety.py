@@ -87,16 +87,20 @@ def safe_name(name: str, what: str = "name") -> str:
     if not text:
         raise UiSafetyError(f"the {what} is empty: give it a name (letters, digits, _ - .)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", text) or ".." in text or len(text) > MAX_NAME_CHARS:
-        raise UiSafetyError(f"{what} {text!r} is refused: use letters, digits and _ - . (no spaces, no slashes, "
-                            f"no '..', at most {MAX_NAME_CHARS} characters)")
+        raise UiSafetyError(
+            f"{what} {text!r} is refused: use letters, digits and _ - . (no spaces, no slashes, "
+            f"no '..', at most {MAX_NAME_CHARS} characters)"
+        )
     return text
 
 
 def check_upload_size(size_bytes: int, limit_mb: float, name: str) -> None:
     """Refuse an upload over the limit, naming the file, its size and the flag that raises the limit."""
     if size_bytes > limit_mb * 1024 * 1024:
-        raise UiSafetyError(f"{name}: {size_bytes / 1024**2:.1f} MB is over the upload limit of {limit_mb:g} MB "
-                            "(start the UI with --max-upload-mb to change it)")
+        raise UiSafetyError(
+            f"{name}: {size_bytes / 1024**2:.1f} MB is over the upload limit of {limit_mb:g} MB "
+            "(start the UI with --max-upload-mb to change it)"
+        )
 
 
 def is_local_host(host: str) -> bool:
@@ -115,12 +119,16 @@ def check_bind(host: str, allow_remote: bool) -> str | None:
     if is_local_host(host):
         return None
     if not allow_remote:
-        raise UiSafetyError(f"--host {host} would make the UI reachable from other machines; it can start and "
-                            "stop training and read and write the workspace. Pass --allow-remote as well if you "
-                            "mean it (and set --auth USER:PASS), or keep the default --host 127.0.0.1")
-    return (f"WARNING: the voicetune UI listens on {host}: anyone who can reach this machine on that interface can "
-            "use it, including starting training and reading the workspace. Use --auth USER:PASS and a trusted "
-            "network.")
+        raise UiSafetyError(
+            f"--host {host} would make the UI reachable from other machines; it can start and "
+            "stop training and read and write the workspace. Pass --allow-remote as well if you "
+            "mean it (and set --auth USER:PASS), or keep the default --host 127.0.0.1"
+        )
+    return (
+        f"WARNING: the voicetune UI listens on {host}: anyone who can reach this machine on that interface "
+        "can use it, including starting training and reading the workspace. Use --auth USER:PASS and a "
+        "trusted network."
+    )
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:

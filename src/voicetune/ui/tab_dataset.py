@@ -1,5 +1,5 @@
-"""The Dataset tab: recordings in (upload, or a folder of the workspace), ``prepare`` with live progress, then a
-review table of every clip with a player, transcript, scores and reasons; a transcript is edited and a clip
+"""The Dataset tab: recordings in (upload, or a folder of the workspace), ``prepare`` with live progress, then
+a review table of every clip with a player, transcript, scores and reasons; a transcript is edited and a clip
 quarantined or restored through :mod:`voicetune.data.curate`; the dataset report is shown inline."""
 
 from __future__ import annotations
@@ -102,8 +102,17 @@ def _query(status: str, search: str, score: str, low: Any, high: Any, sort: str,
         except ValueError:
             raise UiSafetyError(f"{v!r} is not a number (score filter)") from None
 
-    return C.ClipQuery(status=status or "all", search=search or "", score=score or "", low=num(low), high=num(high),
-                       sort=sort or "id", descending=bool(desc), page=int(page or 1), page_size=int(size or 25))
+    return C.ClipQuery(
+        status=status or "all",
+        search=search or "",
+        score=score or "",
+        low=num(low),
+        high=num(high),
+        sort=sort or "id",
+        descending=bool(desc),
+        page=int(page or 1),
+        page_size=int(size or 25),
+    )
 
 
 def build(ws: Workspace) -> dict[str, Any]:
@@ -118,8 +127,10 @@ def build(ws: Workspace) -> dict[str, Any]:
             folder = gr.Textbox(label="…or a folder in the workspace", placeholder="recordings/my_session",
                                 elem_id="vt-rec-folder")
         with gr.Column(scale=1):
-            gr.Markdown("### 2 · Prepare\nCut, transcribe and check the recordings into a dataset folder under "
-                        "`datasets/`. Running it again on the same name adds new recordings only.")
+            gr.Markdown(
+                "### 2 · Prepare\nCut, transcribe and check the recordings into a dataset folder under "
+                "`datasets/`. Running it again on the same name adds new recordings only."
+            )
             name = gr.Textbox(label="dataset name", value="my_voice", elem_id="vt-dataset-name")
             widgets = {}
             for f in prepare_fields:
@@ -134,15 +145,18 @@ def build(ws: Workspace) -> dict[str, Any]:
 
     gr.Markdown("### 3 · Review every clip")
     with gr.Row():
-        dataset = gr.Dropdown(label="dataset", choices=[], allow_custom_value=True, elem_id="vt-review-dataset",
-                              scale=3)
+        dataset = gr.Dropdown(
+            label="dataset", choices=[], allow_custom_value=True, elem_id="vt-review-dataset", scale=3
+        )
         reload_btn = gr.Button("Reload", scale=0, min_width=90)
     counts = gr.HTML(elem_id="vt-counts")
     with gr.Row():
         status = gr.Radio(list(C.STATUSES), value="all", label="show", elem_id="vt-filter-status")
         search = gr.Textbox(label="search id / transcript / reason", elem_id="vt-search")
     with gr.Row(equal_height=True):
-        score = gr.Dropdown(label="filter by score", choices=[""], value="", elem_id="vt-filter-score", scale=2)
+        score = gr.Dropdown(
+            label="filter by score", choices=[""], value="", elem_id="vt-filter-score", scale=2
+        )
         low = gr.Textbox(label="min", elem_id="vt-filter-min", scale=1, min_width=90)
         high = gr.Textbox(label="max", elem_id="vt-filter-max", scale=1, min_width=90)
         sort = gr.Dropdown(label="sort by (or click a column)", choices=list(C.TEXT_COLUMNS), value="id",
@@ -151,7 +165,9 @@ def build(ws: Workspace) -> dict[str, Any]:
         size = gr.Dropdown(label="per page", choices=PAGE_SIZES, value="25", elem_id="vt-page-size", scale=1,
                            min_width=90)
         prev_btn = gr.Button("◀", scale=0, min_width=50, elem_id="vt-prev")
-        page = gr.Number(label="page", value=1, precision=0, minimum=1, elem_id="vt-page", scale=1, min_width=80)
+        page = gr.Number(
+            label="page", value=1, precision=0, minimum=1, elem_id="vt-page", scale=1, min_width=80
+        )
         next_btn = gr.Button("▶", scale=0, min_width=50, elem_id="vt-next")
     table = gr.HTML(elem_id="vt-clip-table", js_on_load=_TABLE_JS)
 
@@ -159,11 +175,15 @@ def build(ws: Workspace) -> dict[str, Any]:
         gr.Markdown("#### Edit a clip (click Edit in its row)")
         with gr.Row():
             clip_id = gr.Textbox(label="clip", elem_id="vt-clip-id", scale=1)
-            clip_audio = gr.Audio(label="listen", type="filepath", interactive=False, elem_id="vt-clip-audio", scale=2)
+            clip_audio = gr.Audio(
+                label="listen", type="filepath", interactive=False, elem_id="vt-clip-audio", scale=2
+            )
         clip_text = gr.Textbox(label="transcript", lines=2, elem_id="vt-clip-text")
         clip_info = gr.HTML(elem_id="vt-clip-info")
         with gr.Row():
-            save_btn = gr.Button("Save transcript and keep the clip", variant="primary", elem_id="vt-save-text")
+            save_btn = gr.Button(
+                "Save transcript and keep the clip", variant="primary", elem_id="vt-save-text"
+            )
             quarantine_btn = gr.Button("Quarantine", variant="stop", elem_id="vt-quarantine")
             restore_btn = gr.Button("Restore", elem_id="vt-restore")
         edit_msg = gr.HTML(elem_id="vt-edit-msg")
@@ -190,12 +210,17 @@ def build(ws: Workspace) -> dict[str, Any]:
             query.sort = "id"
         pg = C.query(records, query)
         n = C.counts(records)
-        summary = (f"<div class='vt-counts'><b>{n['clips']}</b> clips: <b>{n['kept']}</b> kept ({n['train']} train, "
-                   f"{n['eval']} eval; {n['minutes_kept']:.1f} min), <b>{n['quarantined']}</b> quarantined, "
-                   f"{n['needs_review']} need review</div>")
+        summary = (
+            f"<div class='vt-counts'><b>{n['clips']}</b> clips: <b>{n['kept']}</b> kept ({n['train']} train, "
+            f"{n['eval']} eval; {n['minutes_kept']:.1f} min), <b>{n['quarantined']}</b> quarantined, "
+            f"{n['needs_review']} need review</div>"
+        )
         rep = root / "report.html"
-        report_html = (f"<iframe class='vt-report' src='{file_url(rep)}?t={rep.stat().st_mtime:.0f}'></iframe>"
-                       if rep.is_file() else "<p class='vt-muted'>no report.html</p>")
+        report_html = (
+            f"<iframe class='vt-report' src='{file_url(rep)}?t={rep.stat().st_mtime:.0f}'></iframe>"
+            if rep.is_file()
+            else "<p class='vt-muted'>no report.html</p>"
+        )
         sort_choices = [*C.TEXT_COLUMNS, *keys]
         return (C.table_html(pg, keys, root, file_url, query), summary,
                 gr.update(choices=["", *keys]), gr.update(choices=sort_choices), report_html)
@@ -233,11 +258,17 @@ def build(ws: Workspace) -> dict[str, Any]:
         if rec is None:
             return None, "", "", message("error", f"no clip named {cid!r} in {ds}")
         scores = ", ".join(f"{C.label(k)} {C.score_value(rec, k):.3g}" for k in C.score_keys([rec]))
-        info = (f"<div class='vt-muted'>status <b>{rec.status}</b> {('(' + rec.split + ')') if rec.split else ''}"
-                f"; source {html.escape(rec.source_file)} {rec.start:.2f}–{rec.end:.2f} s; {html.escape(scores)}"
-                + (f"<br>reasons: {html.escape('; '.join(rec.reasons))}" if rec.reasons else "")
-                + (f"<br>ASR heard: “{html.escape(rec.raw_text)}”" if rec.raw_text and rec.raw_text != rec.text
-                   else "") + "</div>")
+        info = (
+            f"<div class='vt-muted'>status <b>{rec.status}</b> {('(' + rec.split + ')') if rec.split else ''}"
+            f"; source {html.escape(rec.source_file)} {rec.start:.2f}–{rec.end:.2f} s; {html.escape(scores)}"
+            + (f"<br>reasons: {html.escape('; '.join(rec.reasons))}" if rec.reasons else "")
+            + (
+                f"<br>ASR heard: “{html.escape(rec.raw_text)}”"
+                if rec.raw_text and rec.raw_text != rec.text
+                else ""
+            )
+            + "</div>"
+        )
         audio = str(root / rec.audio_file) if rec.audio_file and (root / rec.audio_file).is_file() else None
         return audio, rec.text, info, ""
 
@@ -283,4 +314,8 @@ def build(ws: Workspace) -> dict[str, Any]:
     def on_load(current: str | None) -> Any:
         return choices_update(ws.datasets(), current)
 
-    return {"dataset": dataset, "on_load": on_load, "show": (render, [dataset, *query_inputs], render_outputs)}
+    return {
+        "dataset": dataset,
+        "on_load": on_load,
+        "show": (render, [dataset, *query_inputs], render_outputs),
+    }

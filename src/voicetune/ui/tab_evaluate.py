@@ -68,7 +68,9 @@ def build(ws: Workspace) -> dict[str, Any]:
     gr.Markdown("### Listen: the same sentence from the recording, the base model and a checkpoint")
     with gr.Row():
         sentence = gr.Dropdown(label="sentence", choices=[], elem_id="vt-ab-sentence", scale=3)
-        evaluation = gr.Dropdown(label="checkpoint evaluation", choices=[], elem_id="vt-ab-evaluation", scale=1)
+        evaluation = gr.Dropdown(
+            label="checkpoint evaluation", choices=[], elem_id="vt-ab-evaluation", scale=1
+        )
     with gr.Row():
         players, captions = [], []
         for who in ("recording (ground truth)", "base model", "checkpoint"):
@@ -79,8 +81,9 @@ def build(ws: Workspace) -> dict[str, Any]:
 
     gr.Markdown("### Synthesize any text")
     with gr.Row():
-        text = gr.Textbox(label="text", value="Hello, this is my own voice.", lines=2, elem_id="vt-synth-text",
-                          scale=3)
+        text = gr.Textbox(
+            label="text", value="Hello, this is my own voice.", lines=2, elem_id="vt-synth-text", scale=3
+        )
         with gr.Column(scale=2):
             model = gr.Dropdown(label="model", choices=[], elem_id="vt-synth-model")
             reference = gr.Dropdown(label="reference clip", choices=[DEFAULT_REFS], value=DEFAULT_REFS,
@@ -101,8 +104,13 @@ def build(ws: Workspace) -> dict[str, Any]:
         except (UiSafetyError, ValueError, OSError) as e:
             return (gr.update(visible=False), message("error", str(e)), *(gr.skip(),) * 4)
         said = E.verdict(run_dir)
-        verdict_html = (gr.update(value=f"<div class='vt-verdict'><b>Verdict</b><p>{html.escape(said)}</p></div>",
-                                  visible=True) if said else gr.update(visible=False))
+        verdict_html = (
+            gr.update(
+                value=f"<div class='vt-verdict'><b>Verdict</b><p>{html.escape(said)}</p></div>", visible=True
+            )
+            if said
+            else gr.update(visible=False)
+        )
         sents = E.sentences(r)
         names = E.evaluation_names(r)
         best = next((x.name for x in E.rows(r) if x.best), None)
@@ -136,21 +144,28 @@ def build(ws: Workspace) -> dict[str, Any]:
         for who in ("recording", "base model", ev):
             t = found.get(who) if who else None
             out_audio.append(str(t.audio) if t and t.audio else None)
-            out_caps.append(f"<div class='vt-muted'>{html.escape(t.caption())}</div>" if t else
-                            "<div class='vt-muted'>none for this sentence (probe sentences have no recording)</div>")
+            out_caps.append(
+                f"<div class='vt-muted'>{html.escape(t.caption())}</div>"
+                if t
+                else "<div class='vt-muted'>none for this sentence (probe sentences have no recording)</div>"
+            )
         return out_audio + out_caps
 
     for comp in (sentence, evaluation):
         comp.change(listen, [run, sentence, evaluation], [*players, *captions])
 
-    def synthesize(name: str | None, words: str, ckpt: str | None, ref: str | None, sd: Any) -> tuple[Any, str]:
+    def synthesize(
+        name: str | None, words: str, ckpt: str | None, ref: str | None, sd: Any
+    ) -> tuple[Any, str]:
         try:
             if not name or not ckpt:
                 raise UiSafetyError("choose a run and a model")
             if not words or not words.strip():
                 raise UiSafetyError("type the text to speak")
             if len(words) > MAX_TEXT_CHARS:
-                raise UiSafetyError(f"the text is {len(words)} characters; at most {MAX_TEXT_CHARS} at a time")
+                raise UiSafetyError(
+                    f"the text is {len(words)} characters; at most {MAX_TEXT_CHARS} at a time"
+                )
             run_dir = ws.run_dir(name)
             refs = None
             if ref and ref != DEFAULT_REFS:
@@ -166,7 +181,9 @@ def build(ws: Workspace) -> dict[str, Any]:
         return str(out), message("ok", f"{ckpt}: {wav.duration:.2f} s of audio in {time.time() - t0:.1f} s "
                                        f"(saved as {ws.relative(out)})")
 
-    synth_btn.click(synthesize, [run, text, model, reference, seed], [synth_audio, synth_msg], concurrency_limit=1)
+    synth_btn.click(
+        synthesize, [run, text, model, reference, seed], [synth_audio, synth_msg], concurrency_limit=1
+    )
 
     def rescore(name: str | None) -> Any:
         from voicetune.evaluation.rescore import rescore_run

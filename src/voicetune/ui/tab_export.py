@@ -59,13 +59,23 @@ def _size(n: int) -> str:
 def _summary(ws: Workspace, package: Path, archive: Path) -> str:
     manifest = json.loads((package / MANIFEST).read_text())
     files = sorted(p for p in package.rglob("*") if p.is_file())
-    listing = "".join(f"<li><code>{html.escape(str(p.relative_to(package)))}</code> {_size(p.stat().st_size)}</li>"
-                      for p in files)
-    warn = message("warn", "the base was an UNTRAINED tiny test model: this package cannot produce usable speech") \
-        if manifest.get("untrained_base") else ""
-    return (f"{warn}<div class='vt-msg vt-msg-ok' id='vt-export-done'>package {html.escape(ws.relative(package))} "
-            f"({manifest.get('backend')}, {manifest.get('checkpoint')}, {manifest.get('steps')} steps); zip "
-            f"{_size(archive.stat().st_size)}</div><ul class='vt-files'>{listing}</ul>")
+    listing = "".join(
+        f"<li><code>{html.escape(str(p.relative_to(package)))}</code> {_size(p.stat().st_size)}</li>"
+        for p in files
+    )
+    warn = (
+        message(
+            "warn", "the base was an UNTRAINED tiny test model: this package cannot produce usable speech"
+        )
+        if manifest.get("untrained_base")
+        else ""
+    )
+    return (
+        f"{warn}<div class='vt-msg vt-msg-ok' id='vt-export-done'>package "
+        f"{html.escape(ws.relative(package))} ({manifest.get('backend')}, {manifest.get('checkpoint')}, "
+        f"{manifest.get('steps')} steps); zip {_size(archive.stat().st_size)}</div><ul "
+        f"class='vt-files'>{listing}</ul>"
+    )
 
 
 def build(ws: Workspace) -> dict[str, Any]:
@@ -100,7 +110,9 @@ def build(ws: Workspace) -> dict[str, Any]:
             run_dir = ws.run_dir(name_)
             out = ws.new_child("exports", pkg_name, "package name")
             if out.exists() and not (out / MANIFEST).is_file():
-                raise UiSafetyError(f"exports/{pkg_name} exists and is not a voicetune package; choose another name")
+                raise UiSafetyError(
+                    f"exports/{pkg_name} exists and is not a voicetune package; choose another name"
+                )
             t0 = time.time()
             export(run_dir, out, checkpoint=ckpt)
             archive = zip_package(out)

@@ -1,7 +1,7 @@
 """The Train tab: a form generated from the config dataclasses (backend, base folder, the basic options, an
 advanced section per group and per backend), doctor's checks and recommended settings, start / stop (SIGINT,
-like Ctrl+C) / resume of ``voicetune train`` in its own process, and the run's live curves, memory, ETA and log,
-all read from the run folder every two seconds."""
+like Ctrl+C) / resume of ``voicetune train`` in its own process, and the run's live curves, memory, ETA and
+log, all read from the run folder every two seconds."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ def _doctor(ws: Workspace, base: str, backend: str, dataset: str | None) -> dict
     try:
         return json.loads(done.stdout)
     except ValueError:
-        raise RuntimeError(f"doctor failed (exit status {done.returncode}): {done.stderr.strip()[-800:]}") from None
+        raise RuntimeError(
+            f"doctor failed (exit status {done.returncode}): {done.stderr.strip()[-800:]}"
+        ) from None
 
 
 def _doctor_html(report: dict[str, Any]) -> str:
@@ -71,9 +73,11 @@ def _status_html(view: runview.RunView) -> str:
     rate = (f"{last['samples_per_s']:.1f} samples/s · {last.get('audio_s_per_s', 0):.0f} audio-s/s · "
             if isinstance(last.get("samples_per_s"), (int, float)) else "")
     evals = f" · {len(view.evals)} evaluation(s)" if view.evals else ""
-    return (f"<div class='vt-run-status' data-state='{state}'><span class='vt-badge vt-{_BADGE[state]}'>{state}</span> "
-            f"<b>{html.escape(view.name)}</b>: {html.escape(text)}{bar}"
-            f"<div class='vt-muted'>{rate}{html.escape(runview.memory_text(last))}{evals}</div></div>")
+    return (
+        f"<div class='vt-run-status' data-state='{state}'><span class='vt-badge "
+        f"vt-{_BADGE[state]}'>{state}</span> <b>{html.escape(view.name)}</b>: {html.escape(text)}{bar}<div "
+        f"class='vt-muted'>{rate}{html.escape(runview.memory_text(last))}{evals}</div></div>"
+    )
 
 
 def build(ws: Workspace) -> dict[str, Any]:
@@ -86,8 +90,12 @@ def build(ws: Workspace) -> dict[str, Any]:
 
     gr.Markdown("### New training run")
     with gr.Row():
-        run_name = gr.Textbox(label="run name", value=time.strftime("run-%Y%m%d-%H%M%S"), elem_id="vt-run-name")
-        dataset = gr.Dropdown(label="dataset", choices=[], allow_custom_value=True, elem_id="vt-train-dataset")
+        run_name = gr.Textbox(
+            label="run name", value=time.strftime("run-%Y%m%d-%H%M%S"), elem_id="vt-run-name"
+        )
+        dataset = gr.Dropdown(
+            label="dataset", choices=[], allow_custom_value=True, elem_id="vt-train-dataset"
+        )
         base = gr.Dropdown(label="base model folder (in the workspace, e.g. bases/XTTS-v2)", choices=[],
                            allow_custom_value=True, elem_id="vt-train-base")
     widgets: dict[str, Any] = {}
@@ -120,23 +128,54 @@ def build(ws: Workspace) -> dict[str, Any]:
     with gr.Row():
         run = gr.Dropdown(label="run", choices=[], elem_id="vt-run", scale=3)
         stop_btn = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="vt-stop", scale=1)
-        until = gr.Number(label="resume until step (0: the run's own length)", value=0, precision=0, minimum=0,
-                          elem_id="vt-resume-until", scale=1)
+        until = gr.Number(
+            label="resume until step (0: the run's own length)",
+            value=0,
+            precision=0,
+            minimum=0,
+            elem_id="vt-resume-until",
+            scale=1,
+        )
         resume_btn = gr.Button("Resume", elem_id="vt-resume", scale=1)
     control_msg = gr.HTML(elem_id="vt-control-msg")
     status = gr.HTML(elem_id="vt-run-status")
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="training loss (and validation loss)",
-                                height=260, elem_id="vt-loss-plot")
-        eval_plot = gr.LinePlot(x="step", y="value", color="series", title="evaluation: similarity, WER, failures",
-                                height=260, y_lim=[0.0, 1.05], elem_id="vt-eval-plot")
+        loss_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="series",
+            title="training loss (and validation loss)",
+            height=260,
+            elem_id="vt-loss-plot",
+        )
+        eval_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="series",
+            title="evaluation: similarity, WER, failures",
+            height=260,
+            y_lim=[0.0, 1.05],
+            elem_id="vt-eval-plot",
+        )
     with gr.Row():
-        quality_plot = gr.LinePlot(x="step", y="value", color="series", title="predicted MOS and composite score",
-                                   height=260, elem_id="vt-quality-plot")
+        quality_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="series",
+            title="predicted MOS and composite score",
+            height=260,
+            elem_id="vt-quality-plot",
+        )
         memory_plot = gr.LinePlot(x="step", y="value", color="series", title="memory (GiB)", height=260,
                                   elem_id="vt-memory-plot")
-    log = gr.Textbox(label="console (its last lines: the whole of it is runs/.ui/RUN/console.log)", lines=LOG_LINES + 4,
-                     max_lines=LOG_LINES + 4, interactive=False, elem_id="vt-log", autoscroll=True)
+    log = gr.Textbox(
+        label="console (its last lines: the whole of it is runs/.ui/RUN/console.log)",
+        lines=LOG_LINES + 4,
+        max_lines=LOG_LINES + 4,
+        interactive=False,
+        elem_id="vt-log",
+        autoscroll=True,
+    )
     with gr.Accordion("config.yaml of this run", open=False):
         config_view = gr.Code(language="yaml", interactive=False, elem_id="vt-config")
     seen = gr.State("")
@@ -166,7 +205,9 @@ def build(ws: Workspace) -> dict[str, Any]:
             return message("error", str(e)), {}
         return _doctor_html(report), report
 
-    doctor_btn.click(run_doctor, [base, dataset, *all_inputs], [doctor_out, doctor_state], concurrency_limit=1)
+    doctor_btn.click(
+        run_doctor, [base, dataset, *all_inputs], [doctor_out, doctor_state], concurrency_limit=1
+    )
 
     def apply_recs(report: dict[str, Any], *args: Any) -> list[Any]:
         chosen, _ = values_of(args)
@@ -190,11 +231,15 @@ def build(ws: Workspace) -> dict[str, Any]:
             train_config(**overrides)  # validated here: a bad option is named before anything starts
             run_dir = ws.new_child("runs", name, "run name")
             if run_dir.exists() and any(run_dir.iterdir()):
-                raise UiSafetyError(f"runs/{name} exists already: choose another run name (or Resume it below)")
+                raise UiSafetyError(
+                    f"runs/{name} exists already: choose another run name (or Resume it below)"
+                )
             if not ds:
                 raise UiSafetyError("choose a dataset (prepare one in the Dataset tab)")
             if not base_dir:
-                raise UiSafetyError("choose the base model folder (put or link it under bases/ in the workspace)")
+                raise UiSafetyError(
+                    "choose the base model folder (put or link it under bases/ in the workspace)"
+                )
             data_dir, base_path = ws.path(ds, must_exist=True), ws.path(base_dir, must_exist=True)
             argv = process.train_command(data_dir, base_path, run_dir, cli_flags(fields, overrides))
             process.start(run_dir, argv, cwd=ws.root)
@@ -210,8 +255,11 @@ def build(ws: Workspace) -> dict[str, Any]:
             process.stop(ws.run_dir(name))
         except (UiSafetyError, RuntimeError, OSError) as e:
             return message("error", str(e))
-        return message("ok", f"asked {name} to stop (as Ctrl+C): it finishes its step and saves a checkpoint; "
-                             "press Stop again to stop at once")
+        return message(
+            "ok",
+            f"asked {name} to stop (as Ctrl+C): it finishes its step and saves a checkpoint; "
+            "press Stop again to stop at once",
+        )
 
     stop_btn.click(stop, run, control_msg)
 
@@ -222,7 +270,9 @@ def build(ws: Workspace) -> dict[str, Any]:
             view = runview.read_run(run_dir)
             if view.latest is None:
                 raise UiSafetyError(f"{name} has no checkpoint to resume from; start a new run instead")
-            process.start(run_dir, process.train_command(None, None, run_dir, flags, resume=True), cwd=ws.root)
+            process.start(
+                run_dir, process.train_command(None, None, run_dir, flags, resume=True), cwd=ws.root
+            )
         except (UiSafetyError, RuntimeError, OSError) as e:
             return message("error", str(e))
         return message("ok", f"resuming {name} from {view.latest}")
@@ -232,8 +282,18 @@ def build(ws: Workspace) -> dict[str, Any]:
     def refresh(name: str | None, last_seen: str) -> tuple[Any, ...]:
         if not name:
             empty = _frame([])
-            return ("<p class='vt-muted'>No run yet: start one above.</p>", empty, empty, empty, empty, "", "",
-                    gr.update(interactive=False), gr.update(interactive=False), "")
+            return (
+                "<p class='vt-muted'>No run yet: start one above.</p>",
+                empty,
+                empty,
+                empty,
+                empty,
+                "",
+                "",
+                gr.update(interactive=False),
+                gr.update(interactive=False),
+                "",
+            )
         try:
             view = runview.read_run(ws.run_dir(name))
         except UiSafetyError as e:
@@ -245,10 +305,28 @@ def build(ws: Workspace) -> dict[str, Any]:
                           (runview.loss_rows, runview.eval_rows, runview.quality_rows, runview.memory_rows))
         config = (view.path / "config.yaml").read_text() if (view.path / "config.yaml").is_file() else ""
         running = view.process.running
-        return (_status_html(view), *plots, "\n".join(view.log_lines[-LOG_LINES:]), config,
-                gr.update(interactive=running), gr.update(interactive=not running and view.latest is not None), key)
+        return (
+            _status_html(view),
+            *plots,
+            "\n".join(view.log_lines[-LOG_LINES:]),
+            config,
+            gr.update(interactive=running),
+            gr.update(interactive=not running and view.latest is not None),
+            key,
+        )
 
-    outputs = [status, loss_plot, eval_plot, quality_plot, memory_plot, log, config_view, stop_btn, resume_btn, seen]
+    outputs = [
+        status,
+        loss_plot,
+        eval_plot,
+        quality_plot,
+        memory_plot,
+        log,
+        config_view,
+        stop_btn,
+        resume_btn,
+        seen,
+    ]
     timer.tick(refresh, [run, seen], outputs, show_progress="hidden")
     run.change(lambda n: refresh(n, ""), run, outputs, show_progress="hidden")
 

@@ -17,7 +17,12 @@ def option_widget(f: FormField, value: Any = None, visible: bool = True) -> Any:
     (decimal numbers are typed as text, so 5e-06 stays exactly that). Label: the option's name; info: its
     documentation and flag."""
     value = f.default if value is None else value
-    common: dict[str, Any] = {"label": f.label, "info": f.info, "visible": visible, "elem_id": f"opt-{f.name}"}
+    common: dict[str, Any] = {
+        "label": f.label,
+        "info": f.info,
+        "visible": visible,
+        "elem_id": f"opt-{f.name}",
+    }
     if f.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if f.kind == "choice":
@@ -47,8 +52,10 @@ def message(kind: str, text: str) -> str:
 def progress_html(done: int, total: int, what: str, running: bool = True) -> str:
     pct = 100.0 * done / total if total else 0.0
     state = "running" if running else "done"
-    return (f"<div class='vt-progress vt-{state}'><div class='vt-bar'><div style='width:{pct:.1f}%'></div></div>"
-            f"<span>{html.escape(what)} ({done}/{total})</span></div>")
+    return (
+        f"<div class='vt-progress vt-{state}'><div class='vt-bar'><div style='width:{pct:.1f}%'></div></div>"
+        f"<span>{html.escape(what)} ({done}/{total})</span></div>"
+    )
 
 
 def choices_update(choices: list[str], current: str | None = None) -> Any:

@@ -74,14 +74,17 @@ class Workspace:
     # ------------------------------------------------------------------ listings
 
     def datasets(self) -> list[str]:
-        """Dataset folders (those with clips.jsonl or metadata_train.csv), newest first, as workspace paths."""
+        """Dataset folders (those with clips.jsonl or metadata_train.csv), newest first, as workspace
+        paths."""
         found = [p for p in self._children("datasets")
                  if (p / "clips.jsonl").is_file() or (p / "metadata_train.csv").is_file()]
         return [self.relative(p) for p in found]
 
     def runs(self) -> list[str]:
         """Run folders (a run.json or a config.yaml) and runs the UI launched, newest first."""
-        found = [p for p in self._children("runs") if (p / "run.json").exists() or (p / "config.yaml").exists()]
+        found = [
+            p for p in self._children("runs") if (p / "run.json").exists() or (p / "config.yaml").exists()
+        ]
         launched = self.folder("runs") / STATE_FOLDER
         found += [p for p in (launched.iterdir() if launched.is_dir() else ()) if p.is_dir()
                   and p.name not in {f.name for f in found}]

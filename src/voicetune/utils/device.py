@@ -32,7 +32,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision autocast for 'bf16' or 'fp16' (fp16 needs a GradScaler: voicetune.training.step); none for fp32."""
+    """Mixed-precision autocast for 'bf16' or 'fp16' (fp16 needs a GradScaler: voicetune.training.step); none
+    for fp32."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision == "fp16":

@@ -33,7 +33,8 @@ def buckets(params: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, list[tor
     """``params`` grouped by their flat buffers, each group in buffer order: ``[(buffer, [params])]``.
 
     None unless every parameter lives in a buffer and each buffer is exactly tiled by the given parameters
-    (contiguous, no gaps, no overlap, nothing else in it): only then is ``buffer.split(sizes)`` the parameters.
+    (contiguous, no gaps, no overlap, nothing else in it): only then is ``buffer.split(sizes)`` the
+    parameters.
     """
     groups: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
     for p in params:

@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     if diff.ok:
         print(f"installed packages match {lock} ({len(locked_versions(lock))} pinned)")
         return 0
-    print(f"installed packages differ from {lock}:\n{diff.describe()}\n"
-          f"Re-install exactly the lock with `make clean-venv setup` (or `uv pip sync {lock}`).", file=sys.stderr)
+    print(
+        f"installed packages differ from {lock}:\n{diff.describe()}\n"
+        f"Re-install exactly the lock with `make clean-venv setup` (or `uv pip sync {lock}`).",
+        file=sys.stderr,
+    )
     return 1
 
 

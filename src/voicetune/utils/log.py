@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 CONSOLE_FORMAT = "%(asctime)s %(levelprefix)s%(message)s"
 VERBOSE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -90,7 +91,7 @@ class DeferredFileHandler(logging.Handler):
         self.ready = ready or self.path.parent.is_dir
         self.max_buffered = max_buffered
         self._buffer: list[str] = []
-        self._file = None
+        self._file: TextIO | None = None
         self.setFormatter(logging.Formatter(FILE_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
         # voicetune's DEBUG records (every training step, tracebacks); other libraries' INFO and up (their
         # DEBUG chatter, e.g. Piper's phonemes or HTTP connection attempts, would bury the rest)

@@ -1,4 +1,5 @@
-"""Fixtures of the CSM backend tests: a Spanish dataset spoken by espeak-ng, and a tiny CSM base built from it."""
+"""Fixtures of the CSM backend tests: a Spanish dataset spoken by espeak-ng, and a tiny CSM base built from
+it."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def spanish_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def csm_base(spanish_dataset, tmp_path_factory) -> Path:
-    """An UNTRAINED tiny CSM base: tokenizer from the Spanish transcripts, Mimi codebooks fitted to their audio."""
+    """An UNTRAINED tiny CSM base: tokenizer from the Spanish transcripts, Mimi codebooks fitted to their
+    audio."""
     from voicetune.backends.tiny import make_tiny_base
 
-    return make_tiny_base("csm", tmp_path_factory.mktemp("csm_base") / "base", dataset=spanish_dataset, seed=0)
+    return make_tiny_base(
+        "csm", tmp_path_factory.mktemp("csm_base") / "base", dataset=spanish_dataset, seed=0
+    )

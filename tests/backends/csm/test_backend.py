@@ -1,6 +1,6 @@
-"""The CSM backend through voicetune's loop on a Spanish dataset: LoRA (only the adapters train, exact resume),
-export (a peft adapter and a merged folder transformers loads and generates from), synthesis, the codebook-
-embedding warning, out-of-memory back-off and finetuning a finetune."""
+"""The CSM backend through voicetune's loop on a Spanish dataset: LoRA (only the adapters train, exact
+resume), export (a peft adapter and a merged folder transformers loads and generates from), synthesis, the
+codebook- embedding warning, out-of-memory back-off and finetuning a finetune."""
 
 from __future__ import annotations
 
@@ -22,8 +22,20 @@ from voicetune.run import latest_checkpoint, trainable_path
 from voicetune.training.loop import train
 from voicetune.utils.io import file_sha256
 
-LORA = {"backend": "csm", "finetune": "lora", "lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lr": 5e-3,
-        "batch_size": 2, "seed": 3, "save_every": 2, "eval_every": 0, "eval_every_epochs": 0, "device": "cpu"}
+LORA = {
+    "backend": "csm",
+    "finetune": "lora",
+    "lora_rank": 4,
+    "lora_alpha": 8.0,
+    "lora_dropout": 0.0,
+    "lr": 5e-3,
+    "batch_size": 2,
+    "seed": 3,
+    "save_every": 2,
+    "eval_every": 0,
+    "eval_every_epochs": 0,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +49,18 @@ def _batch(backend, dataset, cache):
     return backend.collate([store[i] for i in range(len(store))])
 
 
-def test_lora_trains_only_the_adapters_and_a_resumed_run_continues_exactly(lora_run, csm_base, spanish_dataset):
+def test_lora_trains_only_the_adapters_and_a_resumed_run_continues_exactly(
+    lora_run, csm_base, spanish_dataset
+):
     root, reference = lora_run
     assert all(np.isfinite(h["loss"]) and {"backbone_ce", "depth_ce"} <= set(h) for h in reference.losses)
     state = torch.load(trainable_path(latest_checkpoint(reference.run_dir)), weights_only=True)
     tensors = [k for k, v in state.items() if torch.is_tensor(v)]
     assert tensors and all(is_lora_key(k) for k in tensors)
     assert not any(k.startswith("codec_model") for k in tensors)
-    assert any(k.startswith("depth_decoder") for k in tensors) and any(k.startswith("backbone") for k in tensors)
+    assert any(k.startswith("depth_decoder") for k in tensors) and any(
+        k.startswith("backbone") for k in tensors
+    )
     info = json.loads((reference.run_dir / "run.json").read_text())["training"]
     assert info["loss_parts"] == ["backbone_ce", "depth_ce"] and "c0" in info["loss_note"]
     run = root / "resumed"
@@ -74,10 +90,14 @@ def test_the_lora_export_is_a_peft_adapter_and_a_merged_folder_that_transformers
         want = csm_loss(trained.model, batch)["loss"]
         merged = CsmForConditionalGeneration.from_pretrained(pkg).eval()
         got = csm_loss(merged, batch)["loss"]
-        peft_model = PeftModel.from_pretrained(CsmForConditionalGeneration.from_pretrained(csm_base), pkg / "adapter")
+        peft_model = PeftModel.from_pretrained(
+            CsmForConditionalGeneration.from_pretrained(csm_base), pkg / "adapter"
+        )
         via_peft = csm_loss(peft_model.base_model.model.eval(), batch)["loss"]
         base = csm_loss(CsmForConditionalGeneration.from_pretrained(csm_base).eval(), batch)["loss"]
-    assert got.item() == pytest.approx(want.item(), rel=1e-5) and via_peft.item() == pytest.approx(want.item(), rel=1e-5)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5) and via_peft.item() == pytest.approx(
+        want.item(), rel=1e-5
+    )
     assert abs(got.item() - base.item()) > 1e-4  # the finetune changed the model
     adapted = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
     assert adapted and not any("codec_model" in n for n in adapted)  # the Mimi codec got no adapters
@@ -87,13 +107,21 @@ def test_the_lora_export_is_a_peft_adapter_and_a_merged_folder_that_transformers
     ref = min((pkg / "reference").iterdir())
     audio, _ = load_audio(ref, sr=24000)
     text = sidecar["context_texts"][file_sha256(ref)]  # the export knows its references' transcripts
-    conversation = [{"role": "0", "content": [{"type": "text", "text": text}, {"type": "audio", "audio": audio}]},
-                    {"role": "0", "content": [{"type": "text", "text": "¿Qué hora es?"}]}]
+    conversation = [
+        {"role": "0", "content": [{"type": "text", "text": text}, {"type": "audio", "audio": audio}]},
+        {"role": "0", "content": [{"type": "text", "text": "¿Qué hora es?"}]},
+    ]
     inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True)
     invalid = list(range(merged.config.codec_config.codebook_size, merged.config.vocab_size))
     torch.manual_seed(0)
-    out = merged.generate(**inputs, output_audio=True, max_new_tokens=6, do_sample=True, suppress_tokens=invalid,
-                          depth_decoder_suppress_tokens=invalid)
+    out = merged.generate(
+        **inputs,
+        output_audio=True,
+        max_new_tokens=6,
+        do_sample=True,
+        suppress_tokens=invalid,
+        depth_decoder_suppress_tokens=invalid,
+    )
     assert out[0].ndim == 1 and out[0].numel() > 0
 
 
@@ -105,7 +133,12 @@ def test_synthesis_speaks_spanish_from_the_package_capped_and_seeded(lora_run, t
     root, _ = lora_run
     pkg = root / "pkg" if (root / "pkg").is_dir() else export(root / "run", root / "pkg")
     out = tmp_path / "hola.wav"
-    assert main(["synthesize", str(pkg), "--text", "Buenos días, ¿cómo estás?", "--out", str(out), "--seed", "7"]) == 0
+    assert (
+        main(
+            ["synthesize", str(pkg), "--text", "Buenos días, ¿cómo estás?", "--out", str(out), "--seed", "7"]
+        )
+        == 0
+    )
     info = sf.info(str(out))
     assert info.samplerate == 24000 and 0 < info.duration <= 2.0 + 0.1  # the tiny base's 2 s cap
     backend = get_backend("csm")
@@ -127,7 +160,8 @@ def test_a_base_with_two_different_codebook_embeddings_is_explained_and_its_expo
     shutil.copytree(csm_base, untied)
     weights = load_file(untied / "model.safetensors")
     depth = weights["depth_decoder.model.embed_tokens.weight"]
-    weights["backbone_model.embed_tokens.embed_audio_tokens.weight"] = depth + 0.01  # what an untying finetuner saves
+    # what an untying finetuner saves
+    weights["backbone_model.embed_tokens.embed_audio_tokens.weight"] = depth + 0.01
     save_file(weights, untied / "model.safetensors", metadata={"format": "pt"})
 
     tf_logger = logging.getLogger("transformers.modeling_utils")
@@ -140,7 +174,9 @@ def test_a_base_with_two_different_codebook_embeddings_is_explained_and_its_expo
         backend = get_backend("csm")
         backend.load_base(untied, torch.device("cpu"))
         assert any("will NOT tie them" in m for m in seen)  # transformers' warning, reproduced
-        assert any("two different copies of CSM's codebook embeddings" in r.getMessage() for r in caplog.records)
+        assert any(
+            "two different copies of CSM's codebook embeddings" in r.getMessage() for r in caplog.records
+        )
         backend.export(tmp_path / "out")
         config = json.loads((tmp_path / "out" / "config.json").read_text())
         assert config["tie_codebooks_embeddings"] is False
@@ -150,7 +186,10 @@ def test_a_base_with_two_different_codebook_embeddings_is_explained_and_its_expo
         assert torch.equal(model.backbone_model.embed_tokens.embed_audio_tokens.weight,
                            weights["backbone_model.embed_tokens.embed_audio_tokens.weight"])
         tied = CsmForConditionalGeneration.from_pretrained(csm_base)  # a tied base stays tied, silently
-        assert tied.backbone_model.embed_tokens.embed_audio_tokens.weight is tied.depth_decoder.model.embed_tokens.weight
+        assert (
+            tied.backbone_model.embed_tokens.embed_audio_tokens.weight
+            is tied.depth_decoder.model.embed_tokens.weight
+        )
         assert not any("tie" in m for m in seen)
     finally:
         tf_logger.removeHandler(handler)
@@ -177,7 +216,9 @@ def test_a_finetune_of_a_finetune_starts_from_the_export(lora_run, spanish_datas
     assert json.loads((again / "voicetune_csm.json").read_text())["untrained"] is True  # still the tiny base
 
 
-def test_doctor_checks_a_csm_base_and_auto_trains_with_its_recommendation(csm_base, spanish_dataset, tmp_path):
+def test_doctor_checks_a_csm_base_and_auto_trains_with_its_recommendation(
+    csm_base, spanish_dataset, tmp_path
+):
     from voicetune.preflight import doctor
 
     report = doctor(base=csm_base, dataset=spanish_dataset, backend="csm", workdir=tmp_path)
@@ -196,15 +237,38 @@ def test_ctrl_c_saves_and_stops_then_the_run_resumes_exactly(csm_base, spanish_d
     import sys
     import time
 
-    reference = train(spanish_dataset, csm_base, tmp_path / "reference", max_steps=6, **{**LORA, "save_every": 3})
+    reference = train(
+        spanish_dataset, csm_base, tmp_path / "reference", max_steps=6, **{**LORA, "save_every": 3}
+    )
     run = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**LORA, "save_every": 3}.items()]
-    proc = subprocess.Popen([sys.executable, "-m", "voicetune.cli", "train", str(spanish_dataset), "--base",
-                             str(csm_base), "--out", str(run), "--max-steps", "6", *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voicetune.cli",
+            "train",
+            str(spanish_dataset),
+            "--base",
+            str(csm_base),
+            "--out",
+            str(run),
+            "--max-steps",
+            "6",
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 300
-    while not (metrics.is_file() and metrics.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+    while (
+        not (metrics.is_file() and metrics.read_text().strip())
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)

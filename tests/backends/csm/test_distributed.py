@@ -22,8 +22,22 @@ def test_two_cpu_processes_follow_the_one_process_loss_trajectory(spanish_datase
     two = tmp_path / "two"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "voicetune.cli", "train", str(spanish_dataset), "--base", str(csm_base), "--out",
-           str(two), "--gpus", "2", "--grad-accum", "1", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voicetune.cli",
+        "train",
+        str(spanish_dataset),
+        "--base",
+        str(csm_base),
+        "--out",
+        str(two),
+        "--gpus",
+        "2",
+        "--grad-accum",
+        "1",
+        *flags,
+    ]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     one = train(spanish_dataset, csm_base, tmp_path / "one", grad_accum=2, **COMMON)
@@ -56,5 +70,8 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(csm_base, spanish_dat
     eager["loss"].backward()
     for key in ("loss", "backbone_ce", "depth_ce"):
         assert compiled[key].item() == pytest.approx(eager[key].item(), rel=1e-5)
-    assert grads and all(torch.allclose(grads[n], p.grad, atol=1e-6) for n, p in backend.model.named_parameters()
-                         if p.grad is not None)
+    assert grads and all(
+        torch.allclose(grads[n], p.grad, atol=1e-6)
+        for n, p in backend.model.named_parameters()
+        if p.grad is not None
+    )

@@ -20,7 +20,9 @@ def loaded(csm_base, spanish_dataset, tmp_path_factory):
     backend = get_backend("csm")
     backend.load_base(csm_base, torch.device("cpu"))
     backend.configure_model(train_config(backend="csm"))
-    store = backend.build_features(Dataset.load(spanish_dataset).train, tmp_path_factory.mktemp("csm_features"))
+    store = backend.build_features(
+        Dataset.load(spanish_dataset).train, tmp_path_factory.mktemp("csm_features")
+    )
     return backend, store
 
 
@@ -78,8 +80,13 @@ def test_padding_changes_nothing_and_every_trained_part_gets_gradients(loaded):
     model.train()
     model.zero_grad(set_to_none=True)
     csm_loss(model, plain)["loss"].backward()
-    for name in ("backbone_model.layers.0.self_attn.q_proj.weight", "depth_decoder.model.layers.0.mlp.up_proj.weight",
-                 "depth_decoder.codebooks_head.weight", "lm_head.weight", "embed_text_tokens.weight"):
+    for name in (
+        "backbone_model.layers.0.self_attn.q_proj.weight",
+        "depth_decoder.model.layers.0.mlp.up_proj.weight",
+        "depth_decoder.codebooks_head.weight",
+        "lm_head.weight",
+        "embed_text_tokens.weight",
+    ):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert all(p.grad is None for p in model.codec_model.parameters())
@@ -100,7 +107,8 @@ def test_context_clips_come_before_the_clip_and_are_not_targets(csm_base, spanis
 
 
 def test_text_embeddings_looked_up_on_the_cpu_give_the_same_loss(loaded):
-    """On a GPU a frozen text embedding stays on the CPU and collate looks the batch up (configure_training)."""
+    """On a GPU a frozen text embedding stays on the CPU and collate looks the batch up
+    (configure_training)."""
     backend, store = loaded
     items = [store[i] for i in range(2)]
     plain = backend.collate(items)

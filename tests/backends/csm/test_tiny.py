@@ -32,7 +32,9 @@ def test_the_tiny_base_is_a_hub_layout_that_transformers_loads_and_says_it_is_un
     assert tok.convert_tokens_to_ids("<|audio_eos|>") == model.config.audio_eos_token_id
 
 
-@pytest.mark.parametrize("text", ["¿Dónde está la estación?", "Привет, как дела?", "東京は晴れです。", "ÀÉÎÕÜ ñ ç ß"])
+@pytest.mark.parametrize(
+    "text", ["¿Dónde está la estación?", "Привет, как дела?", "東京は晴れです。", "ÀÉÎÕÜ ñ ç ß"]
+)
 def test_the_local_tokenizer_encodes_any_script_without_unknown_tokens(csm_base, text):
     from transformers import AutoProcessor
 

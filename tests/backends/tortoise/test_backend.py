@@ -1,5 +1,5 @@
-"""The Tortoise backend: the ai-voice-cloning controls and their defaults, features computed once, what trains,
-checkpoints, the synthesis chain and its presets, and an export that coqui-tts's Tortoise loads."""
+"""The Tortoise backend: the ai-voice-cloning controls and their defaults, features computed once, what
+trains, checkpoints, the synthesis chain and its presets, and an export that coqui-tts's Tortoise loads."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ def test_the_wiki_controls_have_ai_voice_cloning_defaults():
     cfg = train_config(backend="tortoise")
     opts = cfg.backend_options
     assert isinstance(opts, TortoiseOptions)
-    assert (opts.text_ce_weight, opts.mel_ce_weight, opts.text_lr_weight, opts.mel_lr_weight) == (0.01, 1.0, 0.01, 1.0)
+    assert (opts.text_ce_weight, opts.mel_ce_weight, opts.text_lr_weight, opts.mel_lr_weight) == (
+        0.01,
+        1.0,
+        0.01,
+        1.0,
+    )
     assert (cfg.lr, cfg.scheduler, cfg.milestone_unit, cfg.lr_gamma) == (1e-5, "multistep", "epochs", 0.5)
     assert cfg.milestones == [2, 4, 9, 18, 25, 33, 50]
     assert (cfg.betas, cfg.weight_decay, cfg.grad_clip, cfg.optimizer) == ([0.9, 0.96], 0.01, 4.0, "adamw")
@@ -35,25 +40,42 @@ def test_train_help_documents_the_wiki_controls(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--backend", "tortoise", "--help"])
     text = capsys.readouterr().out
-    for words in ("--text-lr-weight 1 --mel-lr-weight 0.01", "--milestones 2 4 9 18 25 33 50", "--grad-clip 4",
-                  "--betas 0.9 0.96", "11.6 s at 22.05 kHz", "--resume", "--gpus N", "voicetune Tortoise export",
-                  "--text-ce-weight", "--mel-ce-weight"):
+    for words in (
+        "--text-lr-weight 1 --mel-lr-weight 0.01",
+        "--milestones 2 4 9 18 25 33 50",
+        "--grad-clip 4",
+        "--betas 0.9 0.96",
+        "11.6 s at 22.05 kHz",
+        "--resume",
+        "--gpus N",
+        "voicetune Tortoise export",
+        "--text-ce-weight",
+        "--mel-ce-weight",
+    ):
         assert words in text, words
     flat = " ".join(text.split())
     assert "new language" in flat and "(default: 0.01)" in flat
 
 
 def test_param_groups_scale_the_text_and_mel_sides_by_their_lr_weights(tortoise_backend):
-    cfg = train_config(backend="tortoise", lr=1e-4)  # a new English voice: text x 0.01, mel x 1 (the rest's LR)
+    # a new English voice: text x 0.01, mel x 1 (the rest's LR)
+    cfg = train_config(backend="tortoise", lr=1e-4)
     groups = {g["name"]: g for g in tortoise_backend.param_groups(cfg)}
     assert set(groups) == {"decay", "no_decay", "text/decay", "text/no_decay"}
     assert groups["text/decay"]["lr"] == pytest.approx(1e-6) and "lr" not in groups["decay"]
     language = train_config(backend="tortoise", lr=1e-4, text_lr_weight=1.0, mel_lr_weight=0.01)
     mel = {g["name"]: g for g in tortoise_backend.param_groups(language)}
-    assert set(mel) == {"decay", "no_decay", "mel/decay", "mel/no_decay"} and mel["mel/decay"]["lr"] == pytest.approx(1e-6)
+    assert set(mel) == {"decay", "no_decay", "mel/decay", "mel/no_decay"} and mel["mel/decay"][
+        "lr"
+    ] == pytest.approx(1e-6)
     names = {id(p): n for n, p in tortoise_backend.gpt.named_parameters()}
     text = {names[id(p)] for g in ("text/decay", "text/no_decay") for p in groups[g]["params"]}
-    assert text == {"text_embedding.weight", "text_pos_embedding.emb.weight", "text_head.weight", "text_head.bias"}
+    assert text == {
+        "text_embedding.weight",
+        "text_pos_embedding.emb.weight",
+        "text_head.weight",
+        "text_head.bias",
+    }
     every = [p for g in groups.values() for p in g["params"]]
     assert len(every) == len({id(p) for p in every}) == sum(1 for _ in tortoise_backend.gpt.parameters())
     assert groups["no_decay"]["weight_decay"] == 0.0 and groups["decay"]["weight_decay"] == 0.01
@@ -71,8 +93,13 @@ def test_features_are_computed_once_and_conditioning_comes_from_the_speakers_oth
     mels = [torch.load(f, weights_only=True)["mel"] for f in store.files]
     crop = item["cond_mels"][0]
     frames = min(172, mels[1].shape[1])
-    assert any(torch.equal(crop[:, :frames], mels[1][:, s : s + frames]) for s in range(mels[1].shape[1] - frames + 1))
-    others = [[j for j in range(len(tortoise_clips)) if j != i and (j < 2) == (i < 2)] for i in range(len(store))]
+    assert any(
+        torch.equal(crop[:, :frames], mels[1][:, s : s + frames])
+        for s in range(mels[1].shape[1] - frames + 1)
+    )
+    others = [
+        [j for j in range(len(tortoise_clips)) if j != i and (j < 2) == (i < 2)] for i in range(len(store))
+    ]
     assert store._others == others  # speaker a: clips 0 and 1; speaker b: the rest
     store.set_epoch(1)
     first = store[2]["cond_mels"]
@@ -86,7 +113,9 @@ def test_loss_weights_and_a_few_steps_reduce_the_loss(tortoise_backend, tortoise
     batch = b.collate([store[i] for i in range(4)])
     cfg = train_config(backend="tortoise", text_ce_weight=0.5, mel_ce_weight=2.0)
     out = b.loss(batch, cfg)
-    assert float(out["loss"].detach()) == pytest.approx(0.5 * float(out["text_ce"]) + 2.0 * float(out["mel_ce"]), rel=1e-6)
+    assert float(out["loss"].detach()) == pytest.approx(
+        0.5 * float(out["text_ce"]) + 2.0 * float(out["mel_ce"]), rel=1e-6
+    )
     optimizer = torch.optim.AdamW(b.param_groups(train_config(backend="tortoise", lr=1e-3)))
     losses = []
     for _ in range(4):
@@ -129,7 +158,9 @@ def test_synthesis_is_seeded_24k_and_names_its_preset(tortoise_shared_backend, t
     again = b.synthesize("Good morning.", refs, "en", seed=3)
     other = b.synthesize("Good morning.", refs, "en", seed=4)
     assert a.sample_rate == 24000 and a.audio.dtype.name == "float32" and abs(a.audio).max() <= 1.0
-    assert (a.audio == again.audio).all() and not (a.audio.shape == other.audio.shape and (a.audio == other.audio).all())
+    assert (a.audio == again.audio).all() and not (
+        a.audio.shape == other.audio.shape and (a.audio == other.audio).all()
+    )
     assert a.meta["preset"] == "evaluation" and a.meta["max_audio_tokens"] == 24
     assert 0 < a.meta["num_tokens"] <= 24
     with pytest.raises(ValueError, match="empty"):
@@ -138,7 +169,9 @@ def test_synthesis_is_seeded_24k_and_names_its_preset(tortoise_shared_backend, t
         b.use_synthesis_preset("turbo")
 
 
-def test_export_loads_in_coqui_tortoise_and_lora_is_merged(tortoise_backend, tortoise_base, tortoise_clips, tmp_path):
+def test_export_loads_in_coqui_tortoise_and_lora_is_merged(
+    tortoise_backend, tortoise_base, tortoise_clips, tmp_path
+):
     from TTS.tts.configs.tortoise_config import TortoiseConfig
     from TTS.tts.models.tortoise import Tortoise
 
@@ -193,10 +226,17 @@ def test_validation_loss_gives_the_text_and_mel_parts_of_held_out_clips_in_infer
     b.set_train(False)
     parts = b.validation_loss(batch, cfg)
     assert set(parts) == {"loss", *type(b).loss_parts} and not parts["loss"].requires_grad
-    assert float(parts["loss"]) == pytest.approx(0.01 * float(parts["text_ce"]) + float(parts["mel_ce"]), rel=1e-6)
+    assert float(parts["loss"]) == pytest.approx(
+        0.01 * float(parts["text_ce"]) + float(parts["mel_ce"]), rel=1e-6
+    )
     with torch.no_grad():  # UnifiedVoice.forward on the same batch, no dropout: the same numbers
         latent = b.gpt.get_conditioning(batch["cond_mels"])
-        text_ce, mel_ce, _ = b.gpt(latent, batch["text_inputs"], batch["text_lengths"], batch["audio_codes"].clone(),
-                                   batch["wav_lengths"])
+        text_ce, mel_ce, _ = b.gpt(
+            latent,
+            batch["text_inputs"],
+            batch["text_lengths"],
+            batch["audio_codes"].clone(),
+            batch["wav_lengths"],
+        )
     assert float(parts["text_ce"]) == pytest.approx(float(text_ce), abs=1e-5)
     assert float(parts["mel_ce"]) == pytest.approx(float(mel_ce), abs=1e-5)

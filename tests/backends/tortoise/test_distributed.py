@@ -25,8 +25,22 @@ def test_two_cpu_processes_follow_the_one_process_loss_trajectory(tiny_dataset, 
     two = tmp_path / "two"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "voicetune.cli", "train", str(tiny_dataset), "--base", str(base), "--out", str(two),
-           "--gpus", "2", "--grad-accum", "1", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voicetune.cli",
+        "train",
+        str(tiny_dataset),
+        "--base",
+        str(base),
+        "--out",
+        str(two),
+        "--gpus",
+        "2",
+        "--grad-accum",
+        "1",
+        *flags,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     one = train(tiny_dataset, base, tmp_path / "one", grad_accum=2, **COMMON)

@@ -113,7 +113,8 @@ def test_mel_normalisation_reads_the_local_mel_norms_never_a_url(tortoise_base, 
     b.load_base(tortoise_base, torch.device("cpu"))
     store = b.build_features(tortoise_clips[:2], tmp_path / "features")
     b.set_train(False)
-    with torch.inference_mode():  # what synthesis conditions on (coqui-tts's format_conditioning reads the norms)
+    # what synthesis conditions on (coqui-tts's format_conditioning reads the norms)
+    with torch.inference_mode():
         b._conditioning([tortoise_clips[0].audio_path], seed=0)
     assert opened and all(p == str(tortoise_base / layout.MEL_NORMS) for p in opened), opened
     # the cached mel is TorchMelSpectrogram normalised by the folder's file

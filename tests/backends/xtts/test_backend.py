@@ -68,7 +68,12 @@ def test_param_groups_decay_weight_matrices_only_and_cover_every_parameter(xtts_
     assert len(ids) == len(set(ids)) == len(list(gpt.parameters()))
     decayed = {id(p) for p in decay["params"]}
     assert id(gpt.mel_head.weight) in decayed and id(gpt.gpt.h[0].attn.c_attn.weight) in decayed
-    for p in (gpt.mel_head.bias, gpt.final_norm.weight, gpt.text_embedding.weight, gpt.mel_pos_embedding.emb.weight):
+    for p in (
+        gpt.mel_head.bias,
+        gpt.final_norm.weight,
+        gpt.text_embedding.weight,
+        gpt.mel_pos_embedding.emb.weight,
+    ):
         assert id(p) not in decayed
     assert all(p.ndim >= 2 for p in decay["params"])
 
@@ -85,7 +90,8 @@ def test_save_then_load_trained_round_trips_bit_exactly(xtts_backend, xtts_base,
     ours, theirs = xtts_backend.model.gpt.state_dict(), fresh.model.gpt.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert list(tmp_path.joinpath("ckpt").iterdir()) == [tmp_path / "ckpt" / "trainable.pt"]  # no temp files left
+    # no temp files left
+    assert list(tmp_path.joinpath("ckpt").iterdir()) == [tmp_path / "ckpt" / "trainable.pt"]
 
 
 def test_load_trained_rejects_a_state_of_another_model(xtts_backend, tmp_path):
@@ -94,7 +100,9 @@ def test_load_trained_rejects_a_state_of_another_model(xtts_backend, tmp_path):
         xtts_backend.load_trained(tmp_path / "bad.pt")
 
 
-def test_evaluation_in_between_keeps_training_and_saved_keys_unchanged(xtts_backend, xtts_clips, batch, tmp_path):
+def test_evaluation_in_between_keeps_training_and_saved_keys_unchanged(
+    xtts_backend, xtts_clips, batch, tmp_path
+):
     cfg = TrainConfig(lr=1e-3)
     xtts_backend.set_train(True)
     keys = set(xtts_backend.trainable().state_dict())
@@ -154,7 +162,9 @@ def test_long_text_is_split_into_pieces_under_the_character_limit(xtts_shared_ba
     assert " ".join(pieces) == text
 
 
-def test_export_loads_unchanged_in_coqui_tts_and_speaks_like_the_backend(xtts_backend, xtts_clips, batch, tmp_path):
+def test_export_loads_unchanged_in_coqui_tts_and_speaks_like_the_backend(
+    xtts_backend, xtts_clips, batch, tmp_path
+):
     from TTS.tts.configs.xtts_config import XttsConfig
     from TTS.tts.models.xtts import Xtts
 
@@ -177,13 +187,23 @@ def test_export_loads_unchanged_in_coqui_tts_and_speaks_like_the_backend(xtts_ba
     ref = xtts_clips[0].audio_path
     ours = xtts_backend.synthesize(TEXT, [ref], "en", seed=7)
     audio = load_wav_tensor(ref, 22050)[:, : 22050 * config.max_ref_len]
-    latents = model.get_gpt_cond_latents(audio, 22050, length=config.gpt_cond_len, chunk_length=config.gpt_cond_chunk_len)
+    latents = model.get_gpt_cond_latents(
+        audio, 22050, length=config.gpt_cond_len, chunk_length=config.gpt_cond_chunk_len
+    )
     speaker = model.get_speaker_embedding(audio, 22050)
     model.gpt.max_gen_mel_tokens = ours.meta["max_audio_tokens"]
     torch.manual_seed(7)
-    theirs = model.inference(TEXT, "en", latents, speaker, temperature=config.temperature,
-                             length_penalty=config.length_penalty, repetition_penalty=config.repetition_penalty,
-                             top_k=config.top_k, top_p=config.top_p)["wav"]
+    theirs = model.inference(
+        TEXT,
+        "en",
+        latents,
+        speaker,
+        temperature=config.temperature,
+        length_penalty=config.length_penalty,
+        repetition_penalty=config.repetition_penalty,
+        top_k=config.top_k,
+        top_p=config.top_p,
+    )["wav"]
     np.testing.assert_array_equal(ours.audio, np.clip(theirs, -1, 1).astype(np.float32))
     assert "Tiny Random" in model.speaker_manager.speakers  # speakers_xtts.pth came along
 

@@ -27,7 +27,10 @@ def test_features_are_computed_once_then_reused(xtts_shared_backend, xtts_clips,
 
 def test_a_changed_transcript_recomputes_only_that_clip(xtts_shared_backend, xtts_clips, tmp_path):
     xtts_shared_backend.build_features(xtts_clips, tmp_path / "f")
-    edited = [Clip(xtts_clips[0].audio_path, xtts_clips[0].text + " Really.", "speaker", "en"), *xtts_clips[1:]]
+    edited = [
+        Clip(xtts_clips[0].audio_path, xtts_clips[0].text + " Really.", "speaker", "en"),
+        *xtts_clips[1:],
+    ]
     store = xtts_shared_backend.build_features(edited, tmp_path / "f")
     assert (store.computed, store.reused) == (1, len(xtts_clips) - 1)
 
@@ -38,7 +41,9 @@ def test_progress_is_reported(xtts_shared_backend, xtts_clips, tmp_path):
     assert calls[0] == (0, 2) and calls[-1] == (2, 2)
 
 
-def test_unusable_clips_are_skipped_with_a_warning_naming_them(xtts_shared_backend, xtts_clips, tmp_path, caplog):
+def test_unusable_clips_are_skipped_with_a_warning_naming_them(
+    xtts_shared_backend, xtts_clips, tmp_path, caplog
+):
     long_wav = synthetic_speechlike(tmp_path / "long.wav", 12.0, 120.0)
     short_wav = synthetic_speechlike(tmp_path / "short.wav", 0.3, 120.0)
     broken = tmp_path / "broken.wav"
@@ -64,7 +69,9 @@ def test_unusable_clips_are_skipped_with_a_warning_naming_them(xtts_shared_backe
     assert f"dropped {len(bad)} of {len(bad) + 1} clips" in caplog.text
 
 
-def test_codes_and_conditioning_match_coqui_computed_on_the_waveform(xtts_shared_backend, xtts_clips, tmp_path):
+def test_codes_and_conditioning_match_coqui_computed_on_the_waveform(
+    xtts_shared_backend, xtts_clips, tmp_path
+):
     """What GPTTrainer.format_batch_on_device computes per step is what the cache holds."""
     from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
 
@@ -79,8 +86,10 @@ def test_codes_and_conditioning_match_coqui_computed_on_the_waveform(xtts_shared
     assert torch.equal(record["audio_codes"].long(), codes)
     assert abs(record["audio_codes"].numel() - math.ceil(wav.shape[-1] / 1024)) <= 1
     assert record["wav_length"] == wav.shape[-1]
-    assert torch.equal(record["text_tokens"], torch.tensor(xtts_shared_backend.model.tokenizer.encode(clip.text, "en"),
-                                                           dtype=torch.int32))
+    assert torch.equal(
+        record["text_tokens"],
+        torch.tensor(xtts_shared_backend.model.tokenizer.encode(clip.text, "en"), dtype=torch.int32),
+    )
 
     # Coqui's evaluation crop: the first 4.5 s (or half the clip), zero-padded to 6 s, then the style mel.
     store.random_crop = False
@@ -101,7 +110,9 @@ def test_codes_and_conditioning_match_coqui_computed_on_the_waveform(xtts_shared
     assert int(item["cond_len"]) == length
 
 
-def test_conditioning_crops_vary_between_reads_and_repeat_with_the_seed(xtts_shared_backend, xtts_clips, tmp_path):
+def test_conditioning_crops_vary_between_reads_and_repeat_with_the_seed(
+    xtts_shared_backend, xtts_clips, tmp_path
+):
     a = xtts_shared_backend.build_features(xtts_clips[:1], tmp_path / "f")
     b = xtts_shared_backend.build_features(xtts_clips[:1], tmp_path / "f")
     b.seed = a.seed
@@ -134,5 +145,7 @@ def test_collate_pads_into_the_gpt_batch(xtts_shared_backend, xtts_clips, tmp_pa
 
 @pytest.mark.parametrize("language", ["xx"])
 def test_an_unsupported_language_drops_the_clip(xtts_shared_backend, xtts_clips, tmp_path, language):
-    store = xtts_shared_backend.build_features([Clip(xtts_clips[0].audio_path, "hello", "s", language)], tmp_path / "f")
+    store = xtts_shared_backend.build_features(
+        [Clip(xtts_clips[0].audio_path, "hello", "s", language)], tmp_path / "f"
+    )
     assert len(store) == 0 and "not supported" in store.dropped[0][1]

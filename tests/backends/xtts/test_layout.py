@@ -82,7 +82,9 @@ def test_checkpoint_variants_load_to_the_model_keys_as_coqui_does(xtts_base, tmp
 
     full = torch.load(xtts_base / layout.MODEL, weights_only=True)["model"]
     # the GPT and a few decoder tensors keep the files small; the key handling is the same
-    state = {k: v for i, (k, v) in enumerate(full.items()) if not k.startswith("hifigan_decoder.") or i % 50 == 0}
+    state = {
+        k: v for i, (k, v) in enumerate(full.items()) if not k.startswith("hifigan_decoder.") or i % 50 == 0
+    }
     model = Xtts(layout.load_config(xtts_base / layout.CONFIG))
     for name, ckpt in _variants(state).items():
         path = tmp_path / f"{name}.pth"
@@ -132,7 +134,8 @@ def test_weights_of_another_architecture_are_rejected_naming_model_pth(xtts_base
 def test_dvae_hyperparameters_are_read_from_the_real_xtts_shapes():
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
-    dvae = DiscreteVAE(normalization=None, num_tokens=1024, **layout.DVAE_DEFAULTS)  # XTTS-v2's (52 M parameters)
+    # XTTS-v2's (52 M parameters)
+    dvae = DiscreteVAE(normalization=None, num_tokens=1024, **layout.DVAE_DEFAULTS)
     assert layout.infer_dvae_hparams(dvae.state_dict()) == {**layout.DVAE_DEFAULTS, "num_tokens": 1024}
 
 

@@ -40,8 +40,14 @@ def test_packed_loss_equals_coqui_forward(xtts_backend, batch, pad_multiple, sdp
 
 def test_packed_gradients_equal_coqui_gradients(xtts_backend, batch):
     gpt = xtts_backend.model.gpt.eval()
-    names = ["text_embedding.weight", "mel_head.weight", "gpt.h.0.attn.c_attn.weight",
-             "conditioning_encoder.init.weight", "conditioning_perceiver.latents", "mel_pos_embedding.emb.weight"]
+    names = [
+        "text_embedding.weight",
+        "mel_head.weight",
+        "gpt.h.0.attn.c_attn.weight",
+        "conditioning_encoder.init.weight",
+        "conditioning_perceiver.latents",
+        "mel_pos_embedding.emb.weight",
+    ]
     params = dict(gpt.named_parameters())
     grads = []
     packed = speed.pack_batch(batch, speed.GptConstants.of(gpt), 64)
@@ -69,7 +75,9 @@ def test_packed_rows_are_padded_at_the_end_to_the_multiple(xtts_backend, batch):
             ref = coqui[theirs][row]
             assert torch.equal(mine[mine != -1], ref[ref != -1])
         real = constants.cond_tokens + int(coqui["n_text"][row] + coqui["n_mel"][row])
-        assert (packed["text_targets"][row, real:] == -1).all() and (packed["mel_targets"][row, real:] == -1).all()
+        assert (packed["text_targets"][row, real:] == -1).all() and (
+            packed["mel_targets"][row, real:] == -1
+        ).all()
     # one multiple for every batch of the same longest clip: a compiled graph is reused
     assert layers.round_up(1, 64) == 64 and layers.round_up(64, 64) == 64 and layers.round_up(65, 64) == 128
 
@@ -77,7 +85,12 @@ def test_packed_rows_are_padded_at_the_end_to_the_multiple(xtts_backend, batch):
 def test_recomputation_gives_the_same_loss_and_gradients(xtts_backend, batch):
     gpt = xtts_backend.model.gpt.train()  # dropout on: recomputation must not change the masks
     packed = speed.pack_batch(batch, speed.GptConstants.of(gpt), 64)
-    names = ["gpt.h.0.mlp.c_fc.weight", "gpt.h.1.ln_2.weight", "gpt.h.1.attn.c_attn.weight", "text_embedding.weight"]
+    names = [
+        "gpt.h.0.mlp.c_fc.weight",
+        "gpt.h.1.ln_2.weight",
+        "gpt.h.1.attn.c_attn.weight",
+        "text_embedding.weight",
+    ]
     params = dict(gpt.named_parameters())
     results = {}
     for checkpointing in RECOMPUTE_MODES:

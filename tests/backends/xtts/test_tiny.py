@@ -30,7 +30,9 @@ def test_vocab_has_the_xtts_special_tokens_and_encodes_english_without_unk(xtts_
     assert ids["[STOP]"] == 0 and ids["[UNK]"] == 1 and ids["[SPACE]"] == 2 and ids["[START]"] is not None
     assert all(tok.tokenizer.token_to_id(f"[{lang}]") is not None for lang in XTTS_LANGUAGES)
     assert 100 <= tok.get_number_tokens() <= 512
-    for _, text in xtts_speech + [(None, "It's 42 degrees; isn't that odd? Dr. Smith said: \"yes\" (twice)!")]:
+    for _, text in xtts_speech + [
+        (None, "It's 42 degrees; isn't that odd? Dr. Smith said: \"yes\" (twice)!")
+    ]:
         encoded = tok.encode(text, "en")
         assert 1 not in encoded and 0 not in encoded
         assert tok.decode(encoded).startswith("[en]")
@@ -44,7 +46,9 @@ def test_model_is_tiny_and_its_sizes_are_consistent(xtts_base):
     assert gpt_params < 2_000_000
     assert args.decoder_input_dim == args.gpt_n_model_channels
     dvae = layout.load_dvae(xtts_base / layout.DVAE, expected_tokens=args.gpt_num_audio_tokens - 2)
-    assert dvae.num_tokens == 1024 and args.gpt_start_audio_token == 1024 and args.gpt_stop_audio_token == 1025
+    assert (
+        dvae.num_tokens == 1024 and args.gpt_start_audio_token == 1024 and args.gpt_stop_audio_token == 1025
+    )
     mel_stats = layout.load_mel_stats(xtts_base / layout.MEL_STATS)
     assert torch.equal(state["mel_stats"], mel_stats)  # the buffer in model.pth is the file's copy
 
@@ -79,7 +83,9 @@ def test_same_arguments_give_the_same_files_and_another_seed_does_not(xtts_base,
     for name in (layout.MODEL, layout.DVAE, layout.MEL_STATS, layout.SPEAKERS):
         # torch.save names the archive after the (temporary) file, so compare the contents
         x, y = (torch.load(p / name, weights_only=True) for p in (again, xtts_base))
-        assert _flat(x).keys() == _flat(y).keys() and all(torch.equal(_flat(x)[k], _flat(y)[k]) for k in _flat(x))
+        assert _flat(x).keys() == _flat(y).keys() and all(
+            torch.equal(_flat(x)[k], _flat(y)[k]) for k in _flat(x)
+        )
     a, c = (layout.load_model_state(p / layout.MODEL) for p in (xtts_base, other))
     key = "gpt.gpt.h.0.attn.c_attn.weight"
     assert not torch.equal(a[key], c[key])

@@ -1,4 +1,5 @@
-"""Sesame CSM-1B backend (``--backend csm``): transformers' ``CsmForConditionalGeneration`` with its Mimi codec.
+"""Sesame CSM-1B backend (``--backend csm``): transformers' ``CsmForConditionalGeneration`` with its Mimi
+codec.
 
 Files: :mod:`.layout` (the base folder: Hugging Face layout of ``sesame/csm-1b``, validation, hub ids),
 :mod:`.options` (``CsmOptions``), :mod:`.parts` (named parts, LoRA targets), :mod:`.features` (Mimi codes

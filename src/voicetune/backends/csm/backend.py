@@ -61,10 +61,15 @@ class CsmBackend(Backend):
 
     @classmethod
     def usage(cls) -> list[str]:
-        return ["It loads unchanged with transformers: `CsmForConditionalGeneration.from_pretrained(THIS_FOLDER)`",
-                "and `AutoProcessor.from_pretrained(THIS_FOLDER)`; prompt it with the clips in `reference/` as",
-                "context turns of its speaker (see voicetune_csm.json for the speaker id and their transcripts).",
-                "A LoRA run also wrote `adapter/`: `PeftModel.from_pretrained(base_model, THIS_FOLDER/adapter)`."]
+        return [
+            (
+                "It loads unchanged with transformers: "
+                "`CsmForConditionalGeneration.from_pretrained(THIS_FOLDER)`"
+            ),
+            "and `AutoProcessor.from_pretrained(THIS_FOLDER)`; prompt it with the clips in `reference/` as",
+            "context turns of its speaker (see voicetune_csm.json for the speaker id and their transcripts).",
+            "A LoRA run also wrote `adapter/`: `PeftModel.from_pretrained(base_model, THIS_FOLDER/adapter)`.",
+        ]
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -84,11 +89,13 @@ class CsmBackend(Backend):
         self._train_mode: bool | None = None
         self._dtype = torch.float32  # of the base's weights on disk (exports keep it)
         self._placed = False  # the model (codec aside) is on self.device
-        self._text_on_cpu = False  # a frozen text embedding stays on the CPU while training (collate looks up)
+        # a frozen text embedding stays on the CPU while training (collate looks up)
+        self._text_on_cpu = False
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
-        """Validate the base folder (downloading a hub id first) and load model and processor onto ``device``."""
+        """Validate the base folder (downloading a hub id first) and load model and processor onto
+        ``device``."""
         from transformers import AutoProcessor, CsmForConditionalGeneration
 
         from voicetune.backends.csm.export import explain_untied
@@ -97,7 +104,9 @@ class CsmBackend(Backend):
         files = layout.validate_base_dir(local)
         sidecar = layout.read_sidecar(local)
         try:
-            model = CsmForConditionalGeneration.from_pretrained(local, dtype=torch.float32, attn_implementation="sdpa")
+            model = CsmForConditionalGeneration.from_pretrained(
+                local, dtype=torch.float32, attn_implementation="sdpa"
+            )
             processor = AutoProcessor.from_pretrained(local)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
             raise BaseModelError(f"{local}: cannot load the CSM model or processor ({type(e).__name__}: "
@@ -106,16 +115,18 @@ class CsmBackend(Backend):
             raise BaseModelError(f"{local}: the processor is {type(processor).__name__}, not a CsmProcessor")
         rate, codec_rate = processor.feature_extractor.sampling_rate, model.config.codec_config.sampling_rate
         if rate != codec_rate:
-            raise BaseModelError(f"{files['preprocessor']}: sampling rate {rate} differs from the codec's {codec_rate}")
+            raise BaseModelError(
+                f"{files['preprocessor']}: sampling rate {rate} differs from the codec's {codec_rate}"
+            )
         explain_untied(model, local)
         self.adopt(model, processor, device, base_ref=str(path), base_dir=local, sidecar=sidecar)
 
     def adopt(self, model: Any, processor: Any, device: torch.device, base_ref: str = "",
               base_dir: Path | None = None, sidecar: dict[str, Any] | None = None) -> None:
-        """Take a loaded ``CsmForConditionalGeneration`` and its processor as the base (load_base's second half;
-        benchmarks hand in randomly initialised full-size models). The weights stay where they are (the CPU)
-        until they are needed on ``device``: training first casts what does not train to bf16, so that a GPU
-        never holds the float32 copy."""
+        """Take a loaded ``CsmForConditionalGeneration`` and its processor as the base (load_base's second
+        half; benchmarks hand in randomly initialised full-size models). The weights stay where they are (the
+        CPU) until they are needed on ``device``: training first casts what does not train to bf16, so that a
+        GPU never holds the float32 copy."""
         from voicetune.backends.csm.structure import trainable_view
 
         for p in model.parameters():
@@ -131,10 +142,18 @@ class CsmBackend(Backend):
         self._placed, self._text_on_cpu = False, False
         self.set_train(True)
         backbone = sum(p.numel() for p in model.backbone_model.parameters())
-        logger.info("loaded CSM base %s (backbone %d layers x %d, %.1f M parameters; depth decoder %d x %d; "
-                    "%d codebooks) for %s", base_dir or "(in memory)", model.config.num_hidden_layers,
-                    model.config.hidden_size, backbone / 1e6, model.config.depth_decoder_config.num_hidden_layers,
-                    model.config.depth_decoder_config.hidden_size, model.config.num_codebooks, self.device)
+        logger.info(
+            "loaded CSM base %s (backbone %d layers x %d, %.1f M parameters; depth decoder %d x %d; "
+            "%d codebooks) for %s",
+            base_dir or "(in memory)",
+            model.config.num_hidden_layers,
+            model.config.hidden_size,
+            backbone / 1e6,
+            model.config.depth_decoder_config.num_hidden_layers,
+            model.config.depth_decoder_config.hidden_size,
+            model.config.num_codebooks,
+            self.device,
+        )
 
     def _place(self) -> Any:
         """The model on its device (moved there the first time; the codec and, while training, a frozen text
@@ -164,7 +183,8 @@ class CsmBackend(Backend):
     # ---------------------------------------------------------------- what trains
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
                         texts: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-        """LoRA adapters (--finetune lora) or full finetuning minus --freeze; the speaker id. Returns a summary."""
+        """LoRA adapters (--finetune lora) or full finetuning minus --freeze; the speaker id. Returns a
+        summary."""
         from voicetune.backends.adapters import has_lora, inject_lora
         from voicetune.backends.csm import structure
 
@@ -181,13 +201,23 @@ class CsmBackend(Backend):
         logger.info("training %.2f M of %.2f M CSM parameters (%s; Mimi codec frozen): %s", trainable / 1e6,
                     total / 1e6, cfg.finetune, structure.summarize(model))
         if cfg.finetune == "lora" and cfg.lr < 2e-5:
-            logger.warning("--lr %g is low for LoRA on CSM (adapters start at zero); 1e-4 to 5e-4 is usual", cfg.lr)
+            logger.warning(
+                "--lr %g is low for LoRA on CSM (adapters start at zero); 1e-4 to 5e-4 is usual", cfg.lr
+            )
         logger.info("%s", LOSS_NOTE)
-        return {"finetune": cfg.finetune, "trainable_params": trainable, "model_params": total,
-                "lora": self._lora.to_dict() if self._lora else None, "depth_fraction": self.opts.depth_fraction}
+        return {
+            "finetune": cfg.finetune,
+            "trainable_params": trainable,
+            "model_params": total,
+            "lora": self._lora.to_dict() if self._lora else None,
+            "depth_fraction": self.opts.depth_fraction,
+        }
 
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
-        self._limits = {"max_audio_seconds": float(max_audio_seconds), "max_text_tokens": int(max_text_tokens)}
+        self._limits = {
+            "max_audio_seconds": float(max_audio_seconds),
+            "max_text_tokens": int(max_text_tokens),
+        }
 
     # ---------------------------------------------------------------- features
     @contextlib.contextmanager
@@ -201,8 +231,11 @@ class CsmBackend(Backend):
             if self._train_mode:
                 codec.to("cpu")
 
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
-        """Mimi codes of ``clips`` (encoded once, cached under ``cache`` by content hash) and their prompts."""
+    def build_features(
+        self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
+    ) -> FeatureStore:
+        """Mimi codes of ``clips`` (encoded once, cached under ``cache`` by content hash) and their
+        prompts."""
         from voicetune.backends.csm.features import (
             CsmFeatureStore,
             PromptFormat,
@@ -220,8 +253,19 @@ class CsmBackend(Backend):
         limits = {**self._limits, "max_positions": float(config.max_position_embeddings)}
         with self._codec_on_device() as codec:
             fingerprint = codec_fingerprint(codec, config.num_codebooks)
-            segments, dropped = build_segments(clips, Path(cache), codec, config.num_codebooks, fingerprint, prompts,
-                                               ids, self.sample_rate, self.frame_rate, limits, progress)
+            segments, dropped = build_segments(
+                clips,
+                Path(cache),
+                codec,
+                config.num_codebooks,
+                fingerprint,
+                prompts,
+                ids,
+                self.sample_rate,
+                self.frame_rate,
+                limits,
+                progress,
+            )
         for seg in segments:
             self.context_texts[seg.sha] = seg.text
         return CsmFeatureStore(segments, config.audio_token_id, dropped, seed=torch.initial_seed() % (2**31),
@@ -277,11 +321,19 @@ class CsmBackend(Backend):
                 model.embed_text_tokens.to("cpu")
         self._place()
         self._speed = resolve_speed(cfg, opts, self.device)
-        self._loss = CsmLoss(self._speed, opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0)
-        logger.info("CSM loss: depth decoder on %.4g of the frames, compile %s (%s), recompute %s, pad to %d%s%s",
-                    opts.depth_fraction, self._speed.compile, self._speed.compile_scope, self._speed.recompute,
-                    self._speed.pad_multiple, ", CUDA graphs" if cuda_graphs else "",
-                    ", text embedding on the CPU" if self._text_on_cpu else "")
+        self._loss = CsmLoss(
+            self._speed, opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0
+        )
+        logger.info(
+            "CSM loss: depth decoder on %.4g of the frames, compile %s (%s), recompute %s, pad to %d%s%s",
+            opts.depth_fraction,
+            self._speed.compile,
+            self._speed.compile_scope,
+            self._speed.recompute,
+            self._speed.pad_multiple,
+            ", CUDA graphs" if cuda_graphs else "",
+            ", text embedding on the CPU" if self._text_on_cpu else "",
+        )
 
     def trainable(self) -> torch.nn.Module:
         """The model without its Mimi codec (backbone, depth decoder, heads, embeddings)."""
@@ -299,7 +351,9 @@ class CsmBackend(Backend):
 
         if self._loss is None:
             opts = CsmOptions.of(cfg)
-            self._loss = CsmLoss(Speed(), opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0)
+            self._loss = CsmLoss(
+                Speed(), opts.backbone_weight, opts.depth_weight if opts.trains_depth else 0.0
+            )
         return self._loss(self._place(), batch)
 
     def set_train(self, mode: bool) -> None:
@@ -310,7 +364,8 @@ class CsmBackend(Backend):
             return
         model = self._require()
         model.train(mode)
-        self._view.training = bool(mode)  # the view is a ModuleDict of its own: trainable().training reports it
+        # the view is a ModuleDict of its own: trainable().training reports it
+        self._view.training = bool(mode)
         model.codec_model.eval().to("cpu" if mode else self.device)
         if self._text_on_cpu:
             model.embed_text_tokens.to("cpu" if mode else self.device)
@@ -343,8 +398,8 @@ class CsmBackend(Backend):
         return [Waveform(audio, self.sample_rate, meta) for audio, meta in results]
 
     def synthesize(self, text: str, refs: Sequence[Path], language: str, seed: int) -> Waveform:
-        """Render ``text`` (any language: CSM reads the text as it is) in the voice of ``refs`` given as context;
-        same seed, same audio; the global RNG is left untouched."""
+        """Render ``text`` (any language: CSM reads the text as it is) in the voice of ``refs`` given as
+        context; same seed, same audio; the global RNG is left untouched."""
         if not text.strip():
             raise ValueError("synthesize: the text is empty")
         return self._render([text], refs, seed)[0]
@@ -369,7 +424,8 @@ class CsmBackend(Backend):
         return {"speaker_id": self.speaker_id, "context_texts": dict(self.context_texts)}
 
     def save(self, path: Path) -> None:
-        """The tensors that train (LoRA adapters, or the unfrozen weights) and what rebuilds them (structure.py)."""
+        """The tensors that train (LoRA adapters, or the unfrozen weights) and what rebuilds them
+        (structure.py)."""
         from voicetune.backends.csm.structure import trainable_state
 
         atomic_torch_save(trainable_state(self._require(), self._lora, self._meta()), Path(path))
@@ -390,13 +446,17 @@ class CsmBackend(Backend):
             if not has_lora(model):
                 inject_lora(model, settings)
             elif self._lora is not None and settings != self._lora:
-                raise BaseModelError(f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}")
+                raise BaseModelError(
+                    f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}"
+                )
             self._lora = settings
         view = self._view
         try:
             missing, unexpected = view.load_state_dict(state, strict=False)
         except RuntimeError as e:
-            raise BaseModelError(f"{path}: does not fit the base model {self.base_dir} ({str(e)[:400]})") from e
+            raise BaseModelError(
+                f"{path}: does not fit the base model {self.base_dir} ({str(e)[:400]})"
+            ) from e
         missing = [] if meta.get("partial") else missing
         if unexpected or missing:
             raise BaseModelError(f"{path}: not a CSM state of this base model (missing {missing[:5]}, "
@@ -405,8 +465,8 @@ class CsmBackend(Backend):
         self.context_texts.update(meta.get("context_texts") or {})
 
     def export(self, out: Path) -> None:
-        """The merged model folder (from_pretrained loads it unchanged), the LoRA adapter (peft format) for a LoRA
-        run, and voicetune_csm.json (speaker id, reference transcripts)."""
+        """The merged model folder (from_pretrained loads it unchanged), the LoRA adapter (peft format) for a
+        LoRA run, and voicetune_csm.json (speaker id, reference transcripts)."""
         from voicetune.backends.csm.export import save_adapter, save_merged, write_sidecar
 
         model = self._require()
@@ -417,7 +477,9 @@ class CsmBackend(Backend):
         save_merged(model, self.processor, out, self._dtype)
         if self._lora is not None:
             save_adapter(model, self._lora, out, self.base_ref)
-        keep = {k: self.sidecar[k] for k in ("untrained", "note", "synthesis_max_seconds") if k in self.sidecar}
+        keep: dict[str, Any] = {
+            k: self.sidecar[k] for k in ("untrained", "note", "synthesis_max_seconds") if k in self.sidecar
+        }
         write_sidecar(out, {"format": 1, **keep, **self._meta(), "base": self.base_ref})
         logger.info("exported the CSM model to %s%s", out, " (+ LoRA adapter)" if self._lora else "")
 

@@ -14,9 +14,9 @@ depth decoder's input embedding are one tensor (``tie_codebooks_embeddings``). A
 *different* copies (a finetune whose trainer untied them) makes transformers warn, on every load, that "both
 are present in the checkpoints with different values, so we will NOT tie them": the model then runs with the
 two copies as stored. voicetune keeps CSM's tie while training (full finetuning updates the one shared tensor;
-LoRA leaves it alone), so its exports store one copy and load without the warning. When the base itself has two
-different copies, voicetune says so once at load time, trains both as they are, and writes a config that says
-so (``tie_codebooks_embeddings: false``), so that the export loads without the warning too.
+LoRA leaves it alone), so its exports store one copy and load without the warning. When the base itself has
+two different copies, voicetune says so once at load time, trains both as they are, and writes a config that
+says so (``tie_codebooks_embeddings: false``), so that the export loads without the warning too.
 """
 
 from __future__ import annotations
@@ -38,23 +38,31 @@ DEPTH_AUDIO = "depth_decoder.model.embed_tokens.weight"
 
 def codebook_embeddings_tied(model: Any) -> bool:
     """Whether the backbone's and the depth decoder's codebook embeddings are one tensor (CSM's design)."""
-    return model.backbone_model.embed_tokens.embed_audio_tokens.weight is model.depth_decoder.model.embed_tokens.weight
+    return (
+        model.backbone_model.embed_tokens.embed_audio_tokens.weight
+        is model.depth_decoder.model.embed_tokens.weight
+    )
 
 
 def explain_untied(model: Any, where: Path | str) -> None:
-    """After loading: when the config ties the codebook embeddings but the checkpoint held two different copies
-    (transformers' "will NOT tie them" warning), say what it means and make the config match the weights."""
+    """After loading: when the config ties the codebook embeddings but the checkpoint held two different
+    copies (transformers' "will NOT tie them" warning), say what it means and make the config match the
+    weights."""
     if codebook_embeddings_tied(model) or not getattr(model.config, "tie_codebooks_embeddings", False):
         return
     diff = (model.backbone_model.embed_tokens.embed_audio_tokens.weight.detach().float()
             - model.depth_decoder.model.embed_tokens.weight.detach().float()).abs().max().item()
     logger.warning(
-        "%s stores two different copies of CSM's codebook embeddings (backbone input and depth-decoder input; "
-        "largest difference %.3g), which CSM normally ties into one tensor: some earlier finetune untied them. "
-        "This is what transformers' warning above ('both are present ... with different values, so we will NOT "
-        "tie them') means: the model runs with both copies as stored, which is how it was trained, so its "
-        "output is as intended. voicetune trains them as two tensors and writes tie_codebooks_embeddings: false "
-        "into the config of its exports, which then load without the warning.", where, diff)
+        "%s stores two different copies of CSM's codebook embeddings (backbone input and depth-decoder "
+        "input; largest difference %.3g), which CSM normally ties into one tensor: some earlier finetune "
+        "untied them. This is what transformers' warning above ('both are present ... with different "
+        "values, so we will NOT tie them') means: the model runs with both copies as stored, which is how "
+        "it was trained, so its output is as intended. voicetune trains them as two tensors and writes "
+        "tie_codebooks_embeddings: false into the config of its exports, which then load without the "
+        "warning.",
+        where,
+        diff,
+    )
     model.config.tie_codebooks_embeddings = False
     model.config.tie_word_embeddings = False
 

@@ -48,8 +48,9 @@ def codec_fingerprint(codec: torch.nn.Module, num_codebooks: int) -> str:
 
 
 @torch.no_grad()
-def encode_audio(codec: torch.nn.Module, audio: np.ndarray, num_codebooks: int) -> torch.Tensor:
-    """Mimi codes ``[frames, num_codebooks]`` (int16) of one mono 24 kHz clip."""
+def encode_audio(codec: Any, audio: np.ndarray, num_codebooks: int) -> torch.Tensor:
+    """Mimi codes ``[frames, num_codebooks]`` (int16) of one mono 24 kHz clip (``codec``: transformers'
+    ``MimiModel``, whose encode returns a tuple or an output object: typed Any here)."""
     p = next(codec.parameters())
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None].to(p.device, p.dtype)
     codes = codec.encode(x, num_quantizers=num_codebooks).audio_codes[0]  # [codebooks, frames]
@@ -58,8 +59,8 @@ def encode_audio(codec: torch.nn.Module, audio: np.ndarray, num_codebooks: int) 
 
 @dataclass(frozen=True)
 class Prompt:
-    """Token ids of a segment around its audio: ``prefix`` (``<bos>[speaker]text<eos>``) and ``suffix`` (starting
-    with ``<audio_eos>``)."""
+    """Token ids of a segment around its audio: ``prefix`` (``<bos>[speaker]text<eos>``) and ``suffix``
+    (starting with ``<audio_eos>``)."""
 
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
@@ -69,10 +70,15 @@ class PromptFormat:
     """The base model's prompt format, read from its processor (chat template + tokenizer)."""
 
     def __init__(self, processor: Any, audio_token_id: int, audio_eos_token_id: int):
-        self.processor, self.audio_id, self.audio_eos_id = processor, int(audio_token_id), int(audio_eos_token_id)
+        self.processor, self.audio_id, self.audio_eos_id = (
+            processor,
+            int(audio_token_id),
+            int(audio_eos_token_id),
+        )
 
     def prompt(self, speaker: int, text: str) -> Prompt:
-        """The segment prompt of ``text`` said by ``speaker`` (the chat template of one message with audio)."""
+        """The segment prompt of ``text`` said by ``speaker`` (the chat template of one message with
+        audio)."""
         message = [{"role": str(speaker), "content": [{"type": "text", "text": text},
                                                       {"type": "audio", "path": "<audio>"}]}]
         rendered = self.processor.apply_chat_template(message, tokenize=False)
@@ -81,8 +87,10 @@ class PromptFormat:
         ids = list(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
         where = [i for i, t in enumerate(ids) if t == self.audio_id]
         if len(where) != 1 or where[0] + 1 >= len(ids) or ids[where[0] + 1] != self.audio_eos_id:
-            raise ValueError(f"the chat template gives {rendered!r}: expected one audio token followed by the "
-                             "audio end token")
+            raise ValueError(
+                f"the chat template gives {rendered!r}: expected one audio token followed by the "
+                "audio end token"
+            )
         return Prompt(tuple(ids[: where[0]]), tuple(ids[where[0] + 1:]))
 
 
@@ -115,13 +123,17 @@ def segment_tensors(seg: Segment, audio_id: int, target: bool) -> dict[str, torc
 
 
 class CsmFeatureStore(FeatureStore):
-    """Cached segments of a split. Item ``i`` is its clip, preceded by up to ``context_clips`` other clips of the
-    same speaker (chosen by (seed, epoch, i): resumable and the same on any number of processes)."""
+    """Cached segments of a split. Item ``i`` is its clip, preceded by up to ``context_clips`` other clips of
+    the same speaker (chosen by (seed, epoch, i): resumable and the same on any number of processes)."""
 
     def __init__(self, segments: list[Segment], audio_id: int, dropped: dict[str, int], seed: int = 0,
                  context_clips: int = 0, context_frames: int = 0, max_positions: int = 2048):
         self.segments, self.audio_id, self.dropped = segments, int(audio_id), dict(dropped)
-        self.seed, self.context_clips, self.context_frames = int(seed), int(context_clips), int(context_frames)
+        self.seed, self.context_clips, self.context_frames = (
+            int(seed),
+            int(context_clips),
+            int(context_frames),
+        )
         self.max_positions = int(max_positions)
         self.epoch = 0
         self._by_speaker: dict[int, list[int]] = {}
@@ -168,14 +180,19 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple if multiple > 1 else n
 
 
-def collate(items: list[dict[str, torch.Tensor]], pad_id: int, pad_multiple: int = 1, depth_fraction: float = 1.0,
-            depth_multiple: int = 1) -> dict[str, torch.Tensor]:
+def collate(
+    items: list[dict[str, torch.Tensor]],
+    pad_id: int,
+    pad_multiple: int = 1,
+    depth_fraction: float = 1.0,
+    depth_multiple: int = 1,
+) -> dict[str, torch.Tensor]:
     """Right-pad items into a batch and pick the depth decoder's frames.
 
     Padding goes at the end of each row, so a plain causal mask serves every real position (no attention mask:
     the flash kernel). ``depth_idx`` holds flat positions (row * length + column) of
-    ``ceil(depth_fraction x target frames)`` target frames (rounded up to ``depth_multiple``; the excess, if the
-    batch has fewer frames, is marked invalid in ``depth_valid``), chosen at random from the items' keys.
+    ``ceil(depth_fraction x target frames)`` target frames (rounded up to ``depth_multiple``; the excess, if
+    the batch has fewer frames, is marked invalid in ``depth_valid``), chosen at random from the items' keys.
     """
     n = round_up(max(int(it["tokens"].numel()) for it in items), pad_multiple)
     b, k = len(items), int(items[0]["codes"].shape[1])
@@ -246,7 +263,11 @@ def build_segments(clips: Sequence[Clip], cache: Path, codec: torch.nn.Module, n
         elif limits.get("max_text_tokens") and len(prompt.prefix) > limits["max_text_tokens"]:
             drop("text too long", clip, f"{len(prompt.prefix)} tokens")
         elif seg.length > limits["max_positions"]:
-            drop("sequence too long for the model", clip, f"{seg.length} > {int(limits['max_positions'])} positions")
+            drop(
+                "sequence too long for the model",
+                clip,
+                f"{seg.length} > {int(limits['max_positions'])} positions",
+            )
         else:
             segments.append(seg)
     if progress:

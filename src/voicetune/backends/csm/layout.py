@@ -3,7 +3,8 @@
 The layout ``CsmForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` read::
 
     BASE_DIR/
-      config.json                 CsmConfig (model_type "csm"): backbone, depth_decoder_config, codec_config (Mimi)
+      config.json                 CsmConfig (model_type "csm"): backbone, depth_decoder_config,
+                                  codec_config (Mimi)
       model.safetensors           the weights: backbone, depth decoder and the Mimi codec (codec_model.*);
                                   or model.safetensors.index.json + its shards
       generation_config.json      optional: sampling defaults (depth_decoder_* for the depth decoder)
@@ -13,7 +14,8 @@ The layout ``CsmForConditionalGeneration.from_pretrained`` and ``AutoProcessor.f
       chat_template.jinja         the prompt format ("[speaker]text" + audio); or a "chat_template" entry in
                                   processor_config.json / chat_template.json / tokenizer_config.json
       voicetune_csm.json          optional, written by voicetune: the speaker id and the transcripts of the
-                                  reference clips a finetune was trained with; "untrained" for a tiny test base
+                                  reference clips a finetune was trained with; "untrained" for a tiny test
+                                  base
 
 ``BASE`` may also be a hub id (``sesame/csm-1b``) when the hub is reachable: it is downloaded once into the
 Hugging Face cache (the model is gated: accept its licence on the hub and log in with ``hf auth login``).
@@ -45,9 +47,11 @@ HUB_ID = "sesame/csm-1b"
 # What a download of a hub id fetches (the weights, configs, tokenizer and processor files).
 HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors", "*.txt", "*.model"]
 
-_HINT = (f"A CSM base is a folder in the Hugging Face layout of {HUB_ID} (get it with `hf download {HUB_ID} "
-         f"--local-dir csm-1b` after accepting its licence on https://huggingface.co/{HUB_ID}), a package "
-         "written by `voicetune export`, or an untrained test model from `voicetune make-tiny-base --backend csm`.")
+_HINT = (
+    f"A CSM base is a folder in the Hugging Face layout of {HUB_ID} (get it with `hf download {HUB_ID} "
+    f"--local-dir csm-1b` after accepting its licence on https://huggingface.co/{HUB_ID}), a package "
+    "written by `voicetune export`, or an untrained test model from `voicetune make-tiny-base --backend csm`."
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -107,7 +111,9 @@ def _check_config(path: Path, problems: list[str]) -> None:
         return
     codec = config.get("codec_config")
     if not isinstance(codec, dict) or codec.get("model_type") != "mimi":
-        problems.append(f"{path}: codec_config is not a Mimi codec configuration (the audio codec is missing)")
+        problems.append(
+            f"{path}: codec_config is not a Mimi codec configuration (the audio codec is missing)"
+        )
 
 
 def _weight_files(path: Path, problems: list[str]) -> list[Path]:
@@ -171,9 +177,11 @@ def validate_base_dir(path: Path | str) -> dict[str, Path]:
         raise BaseModelError(f"{path}: base model folder does not exist or is not a folder. {_HINT}")
     problems: list[str] = []
     found: dict[str, Path] = {}
-    for role, name, what in (("config", CONFIG, "the CsmConfig of the model and its Mimi codec"),
-                             ("tokenizer", TOKENIZER, "the text tokenizer"),
-                             ("tokenizer_config", TOKENIZER_CONFIG, "the tokenizer's settings and special tokens")):
+    for role, name, what in (
+        ("config", CONFIG, "the CsmConfig of the model and its Mimi codec"),
+        ("tokenizer", TOKENIZER, "the text tokenizer"),
+        ("tokenizer_config", TOKENIZER_CONFIG, "the tokenizer's settings and special tokens"),
+    ):
         problem = _file_problem(path / name)
         if problem is None:
             found[role] = path / name
@@ -183,21 +191,27 @@ def validate_base_dir(path: Path | str) -> dict[str, Path]:
         _check_config(found["config"], problems)
     extractor = _feature_extractor_file(path)
     if extractor is None:
-        problems.append(f"{path / PREPROCESSOR}: missing, and processor_config.json has no 'feature_extractor' "
-                        "(the audio feature extractor of the processor)")
+        problems.append(
+            f"{path / PREPROCESSOR}: missing, and processor_config.json has no 'feature_extractor' "
+            "(the audio feature extractor of the processor)"
+        )
     else:
         found["preprocessor"] = extractor
     for i, p in enumerate(_weight_files(path, problems)):
         found["weights" if i == 0 else f"weights_{i}"] = p
     if not _has_chat_template(path):
-        problems.append(f"{path}: no chat template (chat_template.jinja, or a 'chat_template' entry in "
-                        "processor_config.json / chat_template.json / tokenizer_config.json): the prompt format")
+        problems.append(
+            f"{path}: no chat template (chat_template.jinja, or a 'chat_template' entry in "
+            "processor_config.json / chat_template.json / tokenizer_config.json): the prompt format"
+        )
     if (path / GENERATION).is_file():
         found["generation"] = path / GENERATION
     if (path / SIDECAR).is_file():
         found["sidecar"] = path / SIDECAR
     if problems:
-        raise BaseModelError(f"{path} is not a usable CSM base model:\n  " + "\n  ".join(problems) + f"\n{_HINT}")
+        raise BaseModelError(
+            f"{path} is not a usable CSM base model:\n  " + "\n  ".join(problems) + f"\n{_HINT}"
+        )
     return found
 
 

@@ -39,8 +39,11 @@ def run_layer(layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: t
     return out[0] if isinstance(out, tuple) else out  # transformers 4.x returned a tuple
 
 
-def run_stack(stack: Any, h: torch.Tensor, layer_fn: Layer = run_layer, recompute: bool = False) -> torch.Tensor:
-    """The layers and final norm of a transformers CSM stack (``backbone_model`` or ``depth_decoder.model``)."""
+def run_stack(
+    stack: Any, h: torch.Tensor, layer_fn: Layer = run_layer, recompute: bool = False
+) -> torch.Tensor:
+    """The layers and final norm of a transformers CSM stack (``backbone_model`` or
+    ``depth_decoder.model``)."""
     positions = torch.arange(h.shape[1], device=h.device)[None]
     cos, sin = stack.rotary_emb(h, positions)
     for layer in stack.layers:
@@ -80,8 +83,14 @@ def codebook_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return torch.einsum("dnh,nhv->dnv", hidden[:, 1:], weight.to(hidden.dtype))
 
 
-def csm_loss(model: Any, batch: dict[str, torch.Tensor], backbone_weight: float = 1.0, depth_weight: float = 1.0,
-             layer_fn: Layer = run_layer, recompute: bool = False) -> dict[str, torch.Tensor]:
+def csm_loss(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    backbone_weight: float = 1.0,
+    depth_weight: float = 1.0,
+    layer_fn: Layer = run_layer,
+    recompute: bool = False,
+) -> dict[str, torch.Tensor]:
     """{"loss": weighted total, "backbone_ce", "depth_ce"} of a collated batch (``depth_ce`` is 0 without
     depth frames)."""
     tokens, codes, target = batch["tokens"], batch["codes"], batch["target"]

@@ -36,9 +36,9 @@ def _check(cond: bool, msg: str) -> None:
 
 LOSS_NOTE = (
     "CSM's loss has two parts: c0 (backbone_ce: codebook 0, what is said and much of the voice) and c1+ "
-    "(depth_ce: codebooks 1-31, fine acoustic detail, close to irreducible). The depth part dominates the total "
-    "and barely moves, so a nearly flat total (e.g. 12.0 -> 11.9) can hide a real fall of c0. Judge the run by "
-    "c0 and by the evaluation against the base model, not by the total."
+    "(depth_ce: codebooks 1-31, fine acoustic detail, close to irreducible). The depth part dominates the "
+    "total and barely moves, so a nearly flat total (e.g. 12.0 -> 11.9) can hide a real fall of c0. Judge "
+    "the run by c0 and by the evaluation against the base model, not by the total."
 )
 
 
@@ -53,13 +53,19 @@ class CsmOptions(BackendOptions):
         "frames) in the total. The two parts are logged separately (c0, c1+): the depth part is nearly "
         "irreducible and keeps the total flat while c0 falls; judge a run by c0 and the evaluation.", low=0.0)
     depth_fraction: float = opt(
-        1 / 16, "Compute amortisation (CSM paper): the depth decoder trains on this random fraction of each "
-        "batch's audio frames (rounded up to a multiple of 8 on a GPU, so compiled shapes repeat); the backbone "
-        "on all of them. 1: every frame (what transformers' processor does by default); 0: the depth decoder "
-        "does not train.", low=0.0, high=1.0)
+        1 / 16,
+        "Compute amortisation (CSM paper): the depth decoder trains on this random fraction of each "
+        "batch's audio frames (rounded up to a multiple of 8 on a GPU, so compiled shapes repeat); the "
+        "backbone on all of them. 1: every frame (what transformers' processor does by default); 0: the "
+        "depth decoder does not train.",
+        low=0.0,
+        high=1.0,
+    )
     lora_targets: str = opt(
-        ",".join(LORA_TARGETS), "Comma-separated Linear layers of each transformer layer that get LoRA adapters "
-        "(--finetune lora): q_proj, k_proj, v_proj, o_proj (attention), gate_proj, up_proj, down_proj (MLP).")
+        ",".join(LORA_TARGETS),
+        "Comma-separated Linear layers of each transformer layer that get LoRA adapters "
+        "(--finetune lora): q_proj, k_proj, v_proj, o_proj (attention), gate_proj, up_proj, down_proj (MLP).",
+    )
     lora_parts: str = opt(
         "backbone,depth_decoder", "Comma-separated transformer stacks that get LoRA adapters: backbone (the "
         "1B Llama-like model that predicts codebook 0) and/or depth_decoder (the small one that predicts "
@@ -68,15 +74,21 @@ class CsmOptions(BackendOptions):
         "", "Comma-separated parts that do not train in full finetuning: text_embedding, audio_embedding, "
         "backbone, backbone_head, depth_decoder, depth_head. The Mimi codec never trains.")
     speaker_id: int = opt(
-        0, "CSM speaker id ('[0]' in the prompt) of the dataset's speaker, in training and synthesis; a dataset "
-        "of several speakers gives them consecutive ids from this one, in name order.", low=0)
+        0,
+        "CSM speaker id ('[0]' in the prompt) of the dataset's speaker, in training and synthesis; a dataset "
+        "of several speakers gives them consecutive ids from this one, in name order.",
+        low=0,
+    )
     context_clips: int = opt(
         0, "Voice prompting in training: put this many other clips of the same speaker (text and audio, not "
         "scored) before each training clip, as synthesis puts the reference clips. 0: each clip alone "
         "(faster); synthesis always uses the references as context.", low=0, high=8)
     context_seconds: float = opt(
-        24.0, "Synthesis (and training with --context-clips): at most this many seconds of reference audio as "
-        "context before the text to speak.", low=0.0)
+        24.0,
+        "Synthesis (and training with --context-clips): at most this many seconds of reference audio as "
+        "context before the text to speak.",
+        low=0.0,
+    )
     synthesis_max_seconds: float = opt(
         30.0, "Synthesis: stop generating after this many seconds of audio (or 2 s + 0.25 s per character of "
         "the text, whichever is shorter) when the model has not ended the utterance itself.", low=0.5)
@@ -113,6 +125,10 @@ class CsmOptions(BackendOptions):
         _check(self.depth_fraction > 0 or self.backbone_weight > 0,
                "--depth-fraction 0 leaves only the backbone loss, whose --backbone-weight is 0; raise one")
 
+    @classmethod
+    def help_notes(cls) -> str:
+        return _HELP_NOTES
+
     def recompute_modes(self) -> tuple[str, ...]:
         """No recomputation, or whole transformer layers (--gradient-checkpointing)."""
         return ("none", "layer")
@@ -121,3 +137,10 @@ class CsmOptions(BackendOptions):
     def trains_depth(self) -> bool:
         """Whether the depth decoder's loss is computed at all."""
         return self.depth_fraction > 0 and self.depth_weight > 0
+
+
+_HELP_NOTES = """\
+csm backend: on a GPU, add --param-dtype bf16 --optimizer-state-dtype bf16. With them LoRA trains in bf16 with
+  fused AdamW moments in fixed buffers, which CUDA graphs need: 205 samples/s on an H200 against 46 without them
+  (benchmarks/results/csm_train_step_h200_2026-12-03.json), at the same memory.
+"""

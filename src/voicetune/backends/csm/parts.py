@@ -8,8 +8,8 @@ from __future__ import annotations
 # part name -> the parameter-name prefixes of transformers' CsmForConditionalGeneration it covers.
 PARTS: dict[str, tuple[str, ...]] = {
     "text_embedding": ("embed_text_tokens.",),  # text token embeddings of the backbone (Llama-3 vocabulary)
-    # the codebook embeddings: the backbone sums one per codebook for each frame, and the depth decoder reads the
-    # same table (CSM ties them: one tensor under two names)
+    # the codebook embeddings: the backbone sums one per codebook for each frame, and the depth decoder reads
+    # the same table (CSM ties them: one tensor under two names)
     "audio_embedding": ("backbone_model.embed_tokens.", "depth_decoder.model.embed_tokens."),
     "backbone": ("backbone_model.layers.", "backbone_model.norm."),  # the Llama-like transformer
     "backbone_head": ("lm_head.",),  # hidden state -> codebook 0
@@ -19,7 +19,10 @@ PARTS: dict[str, tuple[str, ...]] = {
 }
 
 # The transformer stacks LoRA may adapt (--lora-parts) -> the module-name prefix of their layers.
-LORA_PARTS: dict[str, str] = {"backbone": "backbone_model.layers", "depth_decoder": "depth_decoder.model.layers"}
+LORA_PARTS: dict[str, str] = {
+    "backbone": "backbone_model.layers",
+    "depth_decoder": "depth_decoder.model.layers",
+}
 
 # Linear layers of CsmDecoderLayer (Llama-like) that LoRA may adapt.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -1,10 +1,10 @@
-"""What trains in CSM: LoRA on the backbone and/or depth-decoder layers, or full finetuning minus frozen parts;
-optimizer groups; the checkpoint state that follows from them.
+"""What trains in CSM: LoRA on the backbone and/or depth-decoder layers, or full finetuning minus frozen
+parts; optimizer groups; the checkpoint state that follows from them.
 
-The Mimi codec never trains. A checkpoint (``trainable.pt``) holds the tensors that train (the adapters, or the
-unfrozen weights) and, under :data:`META_KEY`, what a loader needs to rebuild the same model on the base: the
-LoRA settings, the speaker id and the transcripts of the training clips (by content hash: synthesis prompts
-with those clips as context).
+The Mimi codec never trains. A checkpoint (``trainable.pt``) holds the tensors that train (the adapters, or
+the unfrozen weights) and, under :data:`META_KEY`, what a loader needs to rebuild the same model on the base:
+the LoRA settings, the speaker id and the transcripts of the training clips (by content hash: synthesis
+prompts with those clips as context).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ TRAINABLE_MODULES = ("backbone_model", "depth_decoder", "lm_head", "embed_text_t
 
 
 def trainable_view(model: Any) -> torch.nn.ModuleDict:
-    """The model without its codec, as one module (the same submodules: names and parameters are the model's)."""
+    """The model without its codec, as one module (the same submodules: names and parameters are the
+    model's)."""
     return torch.nn.ModuleDict({name: getattr(model, name) for name in TRAINABLE_MODULES})
 
 
@@ -66,7 +67,9 @@ def summarize(model: Any) -> str:
 def param_groups(model: Any, cfg: Any) -> list[dict[str, Any]]:
     """Two groups: weight matrices with weight decay (Linear layers, LoRA matrices, the codebook heads), and
     the rest without (embeddings, norm gains)."""
-    decay, no_decay, seen = [], [], set()
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    seen: set[int] = set()
     for name, p in trainable_view(model).named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue

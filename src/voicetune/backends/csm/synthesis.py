@@ -1,10 +1,10 @@
 """CSM synthesis: voice prompting with the reference clips as context, capped length, fixed seeds.
 
 CSM clones a voice from context: the prompt is a conversation whose earlier turns are the reference clips of
-the speaker (their transcript and their audio, under the speaker's id) and whose last turn is the text to speak,
-under the same id (``CsmProcessor``'s chat template). Without that context a finetuned voice drifts (users of
-the community finetuners report it), so every render here carries it. A reference clip needs its transcript:
-voicetune knows those of the clips it trained on (by content hash; an export carries them), reads
+the speaker (their transcript and their audio, under the speaker's id) and whose last turn is the text to
+speak, under the same id (``CsmProcessor``'s chat template). Without that context a finetuned voice drifts
+(users of the community finetuners report it), so every render here carries it. A reference clip needs its
+transcript: voicetune knows those of the clips it trained on (by content hash; an export carries them), reads
 ``CLIP.txt`` next to any other clip, and otherwise gives the clip with an empty transcript (a weaker prompt,
 logged).
 
@@ -68,8 +68,11 @@ def load_references(refs: Sequence[Path], known: dict[str, str], sample_rate: in
         if not out and seconds > max_seconds:
             audio, text = audio[: int(max_seconds * sample_rate)], ""
         if text is None:
-            logger.info("no transcript for reference %s (put it in %s): it prompts the voice with an empty text",
-                        path, Path(path).with_suffix(".txt").name)
+            logger.info(
+                "no transcript for reference %s (put it in %s): it prompts the voice with an empty text",
+                path,
+                Path(path).with_suffix(".txt").name,
+            )
             text = ""
         out.append(Reference(np.asarray(audio, dtype=np.float32), text, Path(path)))
         total += len(audio) / sample_rate
@@ -77,7 +80,8 @@ def load_references(refs: Sequence[Path], known: dict[str, str], sample_rate: in
 
 
 def conversation(refs: Sequence[Reference], speaker: int, text: str) -> list[dict[str, Any]]:
-    """The chat-template conversation: each reference as a turn of ``speaker`` with its audio, then the text."""
+    """The chat-template conversation: each reference as a turn of ``speaker`` with its audio, then the
+    text."""
     turns = [{"role": str(speaker), "content": [{"type": "text", "text": r.text},
                                                 {"type": "audio", "audio": r.audio}]} for r in refs]
     return [*turns, {"role": str(speaker), "content": [{"type": "text", "text": text}]}]
@@ -137,10 +141,19 @@ def generate(model: Any, processor: Any, conversations: list[list[dict[str, Any]
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
         torch.manual_seed(sampling.seed)
-        out = model.generate(**inputs, max_new_tokens=frames, do_sample=True, temperature=sampling.temperature,
-                             top_k=sampling.top_k, suppress_tokens=suppress, depth_decoder_do_sample=True,
-                             depth_decoder_temperature=sampling.temperature, depth_decoder_top_k=sampling.top_k,
-                             depth_decoder_suppress_tokens=suppress, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs,
+            max_new_tokens=frames,
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            suppress_tokens=suppress,
+            depth_decoder_do_sample=True,
+            depth_decoder_temperature=sampling.temperature,
+            depth_decoder_top_k=sampling.top_k,
+            depth_decoder_suppress_tokens=suppress,
+            return_dict_in_generate=True,
+        )
         sequences = out.sequences  # [batch, frames, codebooks]
         results = []
         for row, cap in enumerate(caps):

@@ -14,7 +14,8 @@ What is small and what is real:
   codes of real speech use many entries of every codebook (tested).
 * Tokenizer: a byte-level BPE trained here with the ``tokenizers`` library on the dataset's transcripts (any
   language or script: unknown characters fall back to bytes), with csm-1b's special tokens
-  ``<|begin_of_text|>``, ``<|end_of_text|>``, ``<|AUDIO|>``, ``<|audio_eos|>``, and a chat template written here.
+  ``<|begin_of_text|>``, ``<|end_of_text|>``, ``<|AUDIO|>``, ``<|audio_eos|>``, and a chat template written
+  here.
 """
 
 from __future__ import annotations
@@ -67,13 +68,30 @@ BUILTIN_CORPUS = [
     "Merci beaucoup pour votre aide.",
 ]
 
-TINY_MIMI = {"hidden_size": 32, "num_filters": 8, "codebook_size": 64, "codebook_dim": 16, "num_quantizers": 8,
-             "vector_quantization_hidden_dimension": 16, "upsample_groups": 32, "num_hidden_layers": 1,
-             "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16}
-TINY_DEPTH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "num_key_value_heads": 1}
-TINY_BACKBONE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "max_position_embeddings": 2048}
+TINY_MIMI: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_filters": 8,
+    "codebook_size": 64,
+    "codebook_dim": 16,
+    "num_quantizers": 8,
+    "vector_quantization_hidden_dimension": 16,
+    "upsample_groups": 32,
+    "num_hidden_layers": 1,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+TINY_DEPTH: dict[str, Any] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "num_key_value_heads": 1}
+TINY_BACKBONE: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
 TINY_SYNTHESIS_SECONDS = 2.0  # generation cap of the tiny base: it babbles until the cap, keep tests fast
 KMEANS_ITERATIONS = 12
 MAX_AUDIO_CLIPS = 32
@@ -115,9 +133,18 @@ def tiny_config(tokenizer: Any) -> Any:
              "vocab_size": vocab, "max_position_embeddings": n + 1}
     ids = {name: tokenizer.token_to_id(tok) for name, tok in
            (("bos_token_id", BOS), ("audio_token_id", AUDIO), ("audio_eos_token_id", AUDIO_EOS))}
-    return CsmConfig(**TINY_BACKBONE, num_codebooks=n, vocab_size=vocab, text_vocab_size=tokenizer.get_vocab_size(),
-                     codebook_pad_token_id=vocab - 1, codebook_eos_token_id=0, pad_token_id=ids["audio_token_id"],
-                     **ids, depth_decoder_config=depth, codec_config=MimiConfig(**TINY_MIMI).to_dict())
+    return CsmConfig(
+        **TINY_BACKBONE,
+        num_codebooks=n,
+        vocab_size=vocab,
+        text_vocab_size=tokenizer.get_vocab_size(),
+        codebook_pad_token_id=vocab - 1,
+        codebook_eos_token_id=0,
+        pad_token_id=ids["audio_token_id"],
+        **ids,
+        depth_decoder_config=depth,
+        codec_config=MimiConfig(**TINY_MIMI).to_dict(),
+    )
 
 
 ESPEAK_SENTENCES = [("en-us", BUILTIN_CORPUS[0]), ("es", BUILTIN_CORPUS[3]), ("de", BUILTIN_CORPUS[5]),
@@ -138,7 +165,9 @@ def _espeak(text: str, voice: str) -> np.ndarray | None:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "say.wav"
         try:
-            subprocess.run([exe, "-v", voice, "-w", str(wav), text], check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [exe, "-v", voice, "-w", str(wav), text], check=True, capture_output=True, timeout=60
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return load_audio(wav, sr=SAMPLE_RATE)[0]
@@ -146,21 +175,26 @@ def _espeak(text: str, voice: str) -> np.ndarray | None:
 
 def _speech(stats_audio: Sequence[Path]) -> list[np.ndarray]:
     """24 kHz mono speech for fitting the codebooks: the given clips, else espeak-ng speech in four languages.
-    Without either, voiced synthetic sounds (a warning says so): the codebooks still spread, less like speech."""
+    Without either, voiced synthetic sounds (a warning says so): the codebooks still spread, less like
+    speech."""
     from voicetune.audio.io import load_audio
 
     clips = [load_audio(p, sr=SAMPLE_RATE)[0] for p in list(stats_audio)[:MAX_AUDIO_CLIPS]]
     if not clips:
         clips = [a for a in (_espeak(text, voice) for voice, text in ESPEAK_SENTENCES) if a is not None]
     if not clips:
-        logger.warning("no speech to fit the tiny Mimi codebooks to (no --dataset, no espeak-ng): using voiced "
-                       "synthetic sounds")
+        logger.warning(
+            "no speech to fit the tiny Mimi codebooks to (no --dataset, no espeak-ng): using voiced "
+            "synthetic sounds"
+        )
         rng = np.random.default_rng(0)
         t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
         for _ in range(4):
-            phase = 2 * np.pi * np.cumsum(110 + 50 * np.sin(2 * np.pi * rng.uniform(0.3, 2) * t)) / SAMPLE_RATE
+            phase = (
+                2 * np.pi * np.cumsum(110 + 50 * np.sin(2 * np.pi * rng.uniform(0.3, 2) * t)) / SAMPLE_RATE
+            )
             voiced = sum(np.sin(k * phase) * rng.uniform(0.2, 1) / k for k in range(1, 12))
-            clips.append((0.3 * voiced / np.abs(voiced).max() + 0.02 * rng.standard_normal(t.size)))
+            clips.append(0.3 * voiced / np.abs(voiced).max() + 0.02 * rng.standard_normal(t.size))
     return [np.asarray(c, dtype=np.float32) for c in clips if len(c) >= SAMPLE_RATE // 4]
 
 
@@ -190,7 +224,9 @@ def encoder_latents(codec: Any, audios: Sequence[np.ndarray], shifts: Sequence[i
     return torch.cat([c.transpose(0, 1).reshape(c.shape[1], -1) for c in captured], dim=-1)[None]
 
 
-def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iterations: int = KMEANS_ITERATIONS) -> torch.Tensor:
+def _kmeans(
+    x: torch.Tensor, k: int, gen: torch.Generator, iterations: int = KMEANS_ITERATIONS
+) -> torch.Tensor:
     """``k`` centroids of the rows of ``x`` (Lloyd's algorithm from random rows; empty clusters re-seeded)."""
     if x.shape[0] < k:  # too few frames: jittered copies
         extra = x[torch.randint(x.shape[0], (k - x.shape[0],), generator=gen)]
@@ -208,9 +244,9 @@ def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iterations: int = KME
 
 @torch.no_grad()
 def fit_codebooks(codec: Any, audios: Sequence[np.ndarray], seed: int = 0) -> dict[str, int]:
-    """Fit every codebook of Mimi's split residual quantizer to speech: k-means on the encoder latents (projected
-    by each quantizer's input projection), then on what each level leaves. Returns the number of distinct codes
-    the fitted codebooks give these clips, per quantizer level."""
+    """Fit every codebook of Mimi's split residual quantizer to speech: k-means on the encoder latents
+    (projected by each quantizer's input projection), then on what each level leaves. Returns the number of
+    distinct codes the fitted codebooks give these clips, per quantizer level."""
     gen = torch.Generator().manual_seed(seed)
     latents = encoder_latents(codec, audios, SHIFTS)
     distinct: dict[str, int] = {}
@@ -234,11 +270,13 @@ def fit_codebooks(codec: Any, audios: Sequence[np.ndarray], seed: int = 0) -> di
 
 def make_tiny_csm_base(out: Path | str, corpus_texts: Sequence[str] | None = None,
                        stats_audio: Sequence[Path] | None = None, seed: int = 0) -> Path:
-    """Write an untrained tiny CSM base into the folder ``out`` (created if needed; other files are left alone).
+    """Write an untrained tiny CSM base into the folder ``out`` (created if needed; other files are left
+    alone).
 
-    ``corpus_texts`` train the tokenizer (default: a few sentences in four languages); ``stats_audio`` (24 kHz or
-    any rate) fit the Mimi codebooks (default: espeak-ng speech). Whether ``out`` may be written is decided by
-    the caller, :func:`voicetune.backends.tiny.make_tiny_base` (which builds it beside ``out`` and moves it in).
+    ``corpus_texts`` train the tokenizer (default: a few sentences in four languages); ``stats_audio`` (24 kHz
+    or any rate) fit the Mimi codebooks (default: espeak-ng speech). Whether ``out`` may be written is decided
+    by the caller, :func:`voicetune.backends.tiny.make_tiny_base` (which builds it beside ``out`` and moves it
+    in).
     """
     from transformers import CsmForConditionalGeneration
 

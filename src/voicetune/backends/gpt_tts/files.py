@@ -64,13 +64,16 @@ def unwrap_model(obj: Any) -> Any:
 
 
 def check_mel_norms(stats: Any, path: Path | str) -> Any:
-    """The [80] float tensor of a loaded mel normaliser; a BaseModelError naming ``path`` when it is not one."""
+    """The [80] float tensor of a loaded mel normaliser; a BaseModelError naming ``path`` when it is not
+    one."""
     if not torch.is_tensor(stats) or stats.numel() != 80:
         shape = tuple(stats.shape) if torch.is_tensor(stats) else type(stats).__name__
         raise BaseModelError(f"{path}: expected a tensor of 80 mel-channel statistics, got {shape}")
     stats = stats.reshape(80).float()
     if not torch.isfinite(stats).all() or (stats == 0).any():
-        raise BaseModelError(f"{path}: mel statistics contain zero or non-finite values (they divide log-mels)")
+        raise BaseModelError(
+            f"{path}: mel statistics contain zero or non-finite values (they divide log-mels)"
+        )
     return stats
 
 
@@ -146,15 +149,17 @@ def infer_dvae_hparams(state: dict[str, Any], source: Path | str = "dvae.pth") -
         use_transposed_convs=not any(k.endswith(".0.conv.weight") for k in state if k.startswith("decoder.")),
     )
     if first.ndim != 3 or hp["channels"] != 80:
-        raise BaseModelError(f"{source}: expected a 1-D DiscreteVAE over 80 mel channels, got {tuple(first.shape)}")
+        raise BaseModelError(
+            f"{source}: expected a 1-D DiscreteVAE over 80 mel channels, got {tuple(first.shape)}"
+        )
     return hp
 
 
 def load_dvae(path: Path, expected_tokens: int | None = None, *, expected_what: str = "the GPT expects",
               gpt_file: str = "the GPT's weights", state: Any = None) -> Any:
     """Build the DiscreteVAE of dvae.pth (in eval mode, on CPU, frozen). ``expected_tokens``: the number of
-    codes the GPT reads (``expected_what`` says where that number comes from, ``gpt_file`` which file holds the
-    GPT, for the error). ``state``: the file's loaded content (read here when None)."""
+    codes the GPT reads (``expected_what`` says where that number comes from, ``gpt_file`` which file holds
+    the GPT, for the error). ``state``: the file's loaded content (read here when None)."""
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
     state = unwrap_model(torch_load(path, "the DVAE") if state is None else state)
@@ -163,8 +168,8 @@ def load_dvae(path: Path, expected_tokens: int | None = None, *, expected_what: 
     hp = infer_dvae_hparams(state, path)
     if expected_tokens is not None and hp["num_tokens"] != expected_tokens:
         raise BaseModelError(
-            f"{path}: the DVAE has {hp['num_tokens']} codes but {expected_what} {expected_tokens}; dvae.pth and "
-            f"{gpt_file} are from different models"
+            f"{path}: the DVAE has {hp['num_tokens']} codes but {expected_what} {expected_tokens}; dvae.pth "
+            f"and {gpt_file} are from different models"
         )
     dvae = DiscreteVAE(normalization=None, **hp)
     # GPTTrainer loads dvae.pth with strict=False; we only need the encoder and the codebook to be complete.

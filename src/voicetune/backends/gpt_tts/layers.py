@@ -3,8 +3,8 @@
 XTTS's ``GPT`` (coqui-tts ``TTS/tts/layers/xtts/gpt.py``) and Tortoise's ``UnifiedVoice``
 (``TTS/tts/layers/tortoise/autoregressive.py``) are one design: a transformers ``GPT2Model`` without its own
 token and position tables, fed ``[conditioning | text embeddings + positions | audio-code embeddings +
-positions]``, with a conditioning encoder (``conditioning_encoder``: tortoise ``AttentionBlock``s) in front and
-two heads (``text_head``, ``mel_head``) after ``final_norm``. What differs is the conditioning (XTTS: a
+positions]``, with a conditioning encoder (``conditioning_encoder``: tortoise ``AttentionBlock``s) in front
+and two heads (``text_head``, ``mel_head``) after ``final_norm``. What differs is the conditioning (XTTS: a
 perceiver's 32 latents; Tortoise: one latent) and which padding the loss counts; each backend supplies those
 (its ``speed.py``) and uses these pieces for the rest:
 
@@ -74,8 +74,11 @@ def _block(block: Any, h: torch.Tensor, sdpa: bool, recompute_mlp: bool = False)
 def check_gpt2_blocks(gpt2: Any, family: str = "GPT-TTS") -> None:
     """The packed forward reimplements GPT2Block: refuse configurations it does not cover."""
     cfg = gpt2.config
-    unsupported = [name for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention")
-                   if getattr(cfg, name, False)]
+    unsupported = [
+        name
+        for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention")
+        if getattr(cfg, name, False)
+    ]
     if not getattr(cfg, "scale_attn_weights", True):
         unsupported.append("scale_attn_weights=False")
     if unsupported:
@@ -87,9 +90,9 @@ def layers(gpt2: Any, h: torch.Tensor, sdpa: bool = True, checkpointing: str = "
            block_fn: Any = None) -> torch.Tensor:
     """The layers of transformers' ``GPT2Model`` on input embeddings, without its final LayerNorm (its
     position table is coqui's zero function). ``block_fn(block, h, sdpa, recompute_mlp)`` runs one layer
-    (default :func:`_block`; a compiled one for speed). ``checkpointing`` (one of ``RECOMPUTE_MODES``): "layer"
-    recomputes each whole layer in the backward pass (saving and restoring the RNG state for its dropout),
-    "mlp" only each layer's MLP (no random numbers: CUDA graphs can capture it)."""
+    (default :func:`_block`; a compiled one for speed). ``checkpointing`` (one of ``RECOMPUTE_MODES``):
+    "layer" recomputes each whole layer in the backward pass (saving and restoring the RNG state for its
+    dropout), "mlp" only each layer's MLP (no random numbers: CUDA graphs can capture it)."""
     if checkpointing not in RECOMPUTE_MODES:
         raise ValueError(f"checkpointing must be one of {RECOMPUTE_MODES}, not {checkpointing!r}")
     block_fn = block_fn or _block
@@ -145,12 +148,14 @@ class SdpaQKVAttention(torch.nn.Module):
 
     def __init__(self, legacy: torch.nn.Module):
         super().__init__()
-        self.n_heads = legacy.n_heads
+        self.n_heads = int(getattr(legacy, "n_heads"))  # noqa: B009 - an attribute torch.nn.Module does not type
         self.legacy = legacy  # masks and relative positions (unused by XTTS and Tortoise) go to the original
 
-    def forward(self, qkv: torch.Tensor, mask: torch.Tensor | None = None, rel_pos: Any = None) -> torch.Tensor:
-        # In eval mode the original kernels run: synthesis during training must sound exactly like synthesis from
-        # the exported model (which has no voicetune code in it); only training gets the fused kernel.
+    def forward(
+        self, qkv: torch.Tensor, mask: torch.Tensor | None = None, rel_pos: Any = None
+    ) -> torch.Tensor:
+        # In eval mode the original kernels run: synthesis during training must sound exactly like synthesis
+        # from the exported model (which has no voicetune code in it); only training gets the fused kernel.
         if mask is not None or rel_pos is not None or not self.training:
             return self.legacy(qkv, mask, rel_pos)
         bs, width, length = qkv.shape

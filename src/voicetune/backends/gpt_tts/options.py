@@ -32,8 +32,11 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def lora_targets_field() -> Any:
-    return opt("c_attn,c_proj,c_fc", "Comma-separated GPT-2 modules that get LoRA adapters: c_attn (fused q/k/v), "
-               "c_proj (attention output and MLP output), c_fc (MLP input).")
+    return opt(
+        "c_attn,c_proj,c_fc",
+        "Comma-separated GPT-2 modules that get LoRA adapters: c_attn (fused q/k/v), "
+        "c_proj (attention output and MLP output), c_fc (MLP input).",
+    )
 
 
 def freeze_field(parts: Iterable[str]) -> Any:
@@ -56,10 +59,14 @@ def attention_field() -> Any:
 
 
 def compile_scope_field(n_layers: int) -> Any:
-    return opt("layers", f"What one compiled graph covers: layers (one transformer layer, reused by all {n_layers}, "
-               "plus the conditioning encoder and the loss head: compiles in seconds) or model (the whole loss: "
-               "fewer launches, minutes of compiling per padded length).", choices=("layers", "model"),
-               resumable=True)
+    return opt(
+        "layers",
+        f"What one compiled graph covers: layers (one transformer layer, reused by all {n_layers}, "
+        "plus the conditioning encoder and the loss head: compiles in seconds) or model (the whole loss: "
+        "fewer launches, minutes of compiling per padded length).",
+        choices=("layers", "model"),
+        resumable=True,
+    )
 
 
 def pad_multiple_field() -> Any:
@@ -68,10 +75,14 @@ def pad_multiple_field() -> Any:
 
 
 def checkpoint_mlp_field() -> Any:
-    return opt(False, "Recompute only each transformer layer's MLP (norm, first projection, activation: its "
-               "largest tensors) in the backward pass. Less memory than none at a few percent of speed; unlike "
-               "--gradient-checkpointing it draws no random numbers, so it works with --cuda-graphs. Packed loss "
-               "only.", resumable=True)
+    return opt(
+        False,
+        "Recompute only each transformer layer's MLP (norm, first projection, activation: its "
+        "largest tensors) in the backward pass. Less memory than none at a few percent of speed; unlike "
+        "--gradient-checkpointing it draws no random numbers, so it works with --cuda-graphs. Packed loss "
+        "only.",
+        resumable=True,
+    )
 
 
 class GptTtsOptions:
@@ -95,7 +106,9 @@ class GptTtsOptions:
         _check(bool(targets) and set(targets) <= set(LORA_TARGETS),
                f"lora_targets {self.lora_targets!r}: choose from {list(LORA_TARGETS)}; fix --lora-targets")
         unknown = sorted(set(split_names(self.freeze)) - set(self.PARTS))
-        _check(not unknown, f"freeze: unknown part(s) {unknown}; choose from {list(self.PARTS)}; fix --freeze")
+        _check(
+            not unknown, f"freeze: unknown part(s) {unknown}; choose from {list(self.PARTS)}; fix --freeze"
+        )
         _check(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0,
                "dropout must be -1 or lie in [0, 1); fix --dropout")
         _check(not self.checkpoint_mlp or self.fast_loss,

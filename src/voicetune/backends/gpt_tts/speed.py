@@ -21,10 +21,10 @@ The packing itself happens on the CPU when the batch is collated (lengths are kn
 has no host-device synchronisation before the loss.
 
 When the optimizer keeps the trainable weights in flat buffers (``FlatAdamW``, bf16 weights), the loss takes
-those buffers as its inputs and splits the weights out of them inside the graph (``torch.func.functional_call``
-over :class:`FlatLayout`): backward then yields one gradient per buffer, added into the optimizer's gradient
-buffer in one kernel, instead of ~450 per-parameter accumulations, and a compiled graph has a few weight
-inputs instead of hundreds. Both were host time that left the GPU idle.
+those buffers as its inputs and splits the weights out of them inside the graph
+(``torch.func.functional_call`` over :class:`FlatLayout`): backward then yields one gradient per buffer, added
+into the optimizer's gradient buffer in one kernel, instead of ~450 per-parameter accumulations, and a
+compiled graph has a few weight inputs instead of hundreds. Both were host time that left the GPU idle.
 
 What a backend supplies is a :class:`GptFamily`: its conditioning, its packing and its loss head.
 (Moved from ``backends/xtts/speed.py``; the XTTS pieces stay there.)
@@ -55,9 +55,9 @@ class GptFamily:
 
     ``conditioning(gpt, cond_mels)``: the conditioning tokens ``[B, C, D]`` that start every row.
     ``head_loss(gpt, h, text_targets, mel_targets)``: (text CE, mel CE) of the last hidden states.
-    ``constants(gpt)``: what ``pack`` needs of the GPT (token ids, limits); raises ValueError naming the option
-    to change when this GPT cannot use the packed loss. ``pack(batch, constants, pad_multiple)``: the collated
-    batch plus :data:`PACKED_KEYS`.
+    ``constants(gpt)``: what ``pack`` needs of the GPT (token ids, limits); raises ValueError naming the
+    option to change when this GPT cannot use the packed loss. ``pack(batch, constants, pad_multiple)``: the
+    collated batch plus :data:`PACKED_KEYS`.
     """
 
     name: str  # "XTTS", "Tortoise": in logs and errors
@@ -92,14 +92,17 @@ class PackedLossModule(torch.nn.Module):
         self.gpt = gpt
         self.fns = fns
 
-    def forward(self, batch: dict[str, torch.Tensor], sdpa: bool, checkpointing: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], sdpa: bool, checkpointing: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return packed_loss(self.gpt, batch, sdpa, checkpointing, self.fns)
 
 
 # ----------------------------------------------------------------------------------------- flat weights
 @dataclass(frozen=True, eq=False)
 class FlatLayout:
-    """Where each trainable GPT parameter lives in the optimizer's flat buffers (:mod:`voicetune.utils.flat`)."""
+    """Where each trainable GPT parameter lives in the optimizer's flat buffers
+    (:mod:`voicetune.utils.flat`)."""
 
     flats: tuple[torch.Tensor, ...]
     names: tuple[tuple[str, ...], ...]  # per buffer, in buffer order, as PackedLossModule names them
@@ -117,9 +120,11 @@ class FlatLayout:
             return None
         names = {id(p): "gpt." + n for n, p in gpt.named_parameters()}
         return cls(
-            flats=tuple(f for f, _ in groups), names=tuple(tuple(names[id(p)] for p in ps) for _, ps in groups),
+            flats=tuple(f for f, _ in groups),
+            names=tuple(tuple(names[id(p)] for p in ps) for _, ps in groups),
             shapes=tuple(tuple(p.shape for p in ps) for _, ps in groups),
-            sizes=tuple(tuple(p.numel() for p in ps) for _, ps in groups), first=tuple(ps[0] for _, ps in groups),
+            sizes=tuple(tuple(p.numel() for p in ps) for _, ps in groups),
+            first=tuple(ps[0] for _, ps in groups),
         )
 
     def current(self) -> bool:
@@ -128,7 +133,8 @@ class FlatLayout:
         return all(flat.owner(p) is f for p, f in zip(self.first, self.flats))
 
     def tensors(self, flats: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        """The parameters as views split out of ``flats`` (inside autograd: their gradients reach the buffers)."""
+        """The parameters as views split out of ``flats`` (inside autograd: their gradients reach the
+        buffers)."""
         out = {}
         for buffer, names, shapes, sizes in zip(flats, self.names, self.shapes, self.sizes):
             for name, shape, piece in zip(names, shapes, buffer.split(sizes)):
@@ -142,7 +148,9 @@ def flat_loss_fn(layout: FlatLayout) -> Any:
 
     def fn(flats: list[torch.Tensor], module: PackedLossModule, batch: dict[str, torch.Tensor], sdpa: bool,
            checkpointing: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.func.functional_call(module, layout.tensors(flats), (batch, sdpa, checkpointing), strict=False)
+        return torch.func.functional_call(
+            module, layout.tensors(flats), (batch, sdpa, checkpointing), strict=False
+        )
 
     return fn
 
@@ -165,30 +173,38 @@ class SpeedSettings:
 
     def describe(self) -> str:
         """One readable line, e.g. "packed loss, SDPA attention, no compile, padding to 64, fp32 weights"."""
-        parts = ["packed loss" if self.fast_loss else "coqui's loss",
-                 f"{self.attention.upper()} attention",
-                 f"torch.compile ({self.compile_mode}, {self.compile_scope})" if self.compile else "no compile",
-                 f"padding to multiples of {self.pad_multiple}",
-                 "bf16 weights" if self.param_dtype == torch.bfloat16 else "fp32 weights"]
+        parts = [
+            "packed loss" if self.fast_loss else "coqui's loss",
+            f"{self.attention.upper()} attention",
+            f"torch.compile ({self.compile_mode}, {self.compile_scope})" if self.compile else "no compile",
+            f"padding to multiples of {self.pad_multiple}",
+            "bf16 weights" if self.param_dtype == torch.bfloat16 else "fp32 weights",
+        ]
         if self.recompute != "none":
             parts.append(f"recomputing {self.recompute} in backward")
         return ", ".join(parts)
 
     @classmethod
-    def resolve(cls, cfg: Any, device: torch.device, cuda_graphs: bool = False, opts: Any = None) -> SpeedSettings:
+    def resolve(
+        cls, cfg: Any, device: torch.device, cuda_graphs: bool = False, opts: Any = None
+    ) -> SpeedSettings:
         """``cuda_graphs``: the training loop will capture micro-batches in CUDA graphs (its decision).
         ``opts``: the backend's options, with the speed fields of
         :class:`voicetune.backends.gpt_tts.options.GptTtsOptions` (default: ``cfg.backend_options``)."""
         from voicetune.utils.device import resolve_precision
 
         opts = cfg.backend_options if opts is None else opts
-        compile_on = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and _triton_available())
+        compile_on = cfg.compile == "on" or (
+            cfg.compile == "auto" and device.type == "cuda" and _triton_available()
+        )
         if compile_on and not opts.fast_loss:
             raise ValueError("compile needs the packed loss; set fast_loss: true or compile: off")
 
         if cfg.param_dtype == "bf16" and resolve_precision(cfg.precision, device) == "fp32":
-            raise ValueError(f"param_dtype bf16 trains under bf16 autocast, but precision {cfg.precision!r} is fp32 "
-                             f"on {device}; set precision: bf16")
+            raise ValueError(
+                f"param_dtype bf16 trains under bf16 autocast, but precision {cfg.precision!r} is fp32 "
+                f"on {device}; set precision: bf16"
+            )
         return cls(
             fast_loss=bool(opts.fast_loss), attention=opts.attention, compile=compile_on,
             compile_mode=cfg.compile_mode, compile_scope=opts.compile_scope,
@@ -253,8 +269,11 @@ class GptTrainingSpeed:
         # Under CUDA graphs (the loop's decision, passed in by Backend.configure_training) per-parameter
         # accumulation costs no host time and frees each gradient as it goes, where the flat form holds a
         # whole flat gradient extra at the end of backward.
-        self._flat_allowed = (settings.fast_loss and (not settings.compile or settings.compile_scope == "model")
-                              and settings.cuda_graphs_excluded)
+        self._flat_allowed = (
+            settings.fast_loss
+            and (not settings.compile or settings.compile_scope == "model")
+            and settings.cuda_graphs_excluded
+        )
         self._module = PackedLossModule(gpt, family.fns())
         self._flat: FlatLayout | None = None
         self._flat_fn: Any = None
@@ -276,13 +295,18 @@ class GptTrainingSpeed:
             return None
         fn = flat_loss_fn(self._flat)
         if self.settings.compile:
-            if self._compile_mode == "reduce-overhead":  # fixed addresses: CUDA graphs need not copy the weights
+            # fixed addresses: CUDA graphs need not copy the weights
+            if self._compile_mode == "reduce-overhead":
                 for buffer in self._flat.flats:
                     torch._dynamo.mark_static_address(buffer)
             fn = torch.compile(fn, mode=self._compile_mode, dynamic=False)
         self._flat_fn = fn
-        logger.info("%s loss on %d flat weight buffers (%d parameters)", self.family.name, len(self._flat.flats),
-                    sum(len(n) for n in self._flat.names))
+        logger.info(
+            "%s loss on %d flat weight buffers (%d parameters)",
+            self.family.name,
+            len(self._flat.flats),
+            sum(len(n) for n in self._flat.names),
+        )
         return self._flat, self._flat_fn
 
     def pack(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -291,7 +315,8 @@ class GptTrainingSpeed:
         return self.family.pack(batch, self.constants, self.settings.pad_multiple)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(text CE, mel CE) on a packed batch; None when the batch is not packed (use coqui-tts's forward)."""
+        """(text CE, mel CE) on a packed batch; None when the batch is not packed (use coqui-tts's
+        forward)."""
         if self.constants is None or "text_targets" not in batch:
             return None
         if self.settings.compile and self.settings.compile_mode == "reduce-overhead":
@@ -303,11 +328,12 @@ class GptTrainingSpeed:
         return self._fn(self.gpt, batch, sdpa, checkpointing, self._fns)
 
     @contextlib.contextmanager
-    def inference_context(self, device: torch.device,
-                          decoder: torch.nn.Module | Sequence[torch.nn.Module] | None = None) -> Iterator[None]:
+    def inference_context(
+        self, device: torch.device, decoder: torch.nn.Module | Sequence[torch.nn.Module] | None = None
+    ) -> Iterator[None]:
         """bf16 weights: synthesis runs under bf16 autocast, except ``decoder`` (frozen fp32 decoders: XTTS's
-        HiFi-GAN; Tortoise's diffusion decoder and vocoder), whose forward gets float32 inputs and no autocast,
-        so that the waveform is float32 as with fp32 weights."""
+        HiFi-GAN; Tortoise's diffusion decoder and vocoder), whose forward gets float32 inputs and no
+        autocast, so that the waveform is float32 as with fp32 weights."""
         if self.settings.param_dtype == torch.float32:
             yield
             return
@@ -325,10 +351,15 @@ class GptTrainingSpeed:
             contexts.pop().__exit__(None, None, None)
             return output
 
-        decoders = [] if decoder is None else [decoder] if isinstance(decoder, torch.nn.Module) else list(decoder)
+        decoders = (
+            [] if decoder is None else [decoder] if isinstance(decoder, torch.nn.Module) else list(decoder)
+        )
         handles = []
         for module in decoders:
-            handles += [module.register_forward_pre_hook(before, with_kwargs=True), module.register_forward_hook(after)]
+            handles += [
+                module.register_forward_pre_hook(before, with_kwargs=True),
+                module.register_forward_hook(after),
+            ]
         try:
             with torch.autocast(device_type=device.type, dtype=self.settings.param_dtype):
                 yield
@@ -340,8 +371,8 @@ class GptTrainingSpeed:
 def configure_training(family: GptFamily, gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False,
                        opts: Any = None) -> GptTrainingSpeed:
     """Resolve ``cfg``'s speed options (``opts``: the backend's options, default ``cfg.backend_options``) for
-    ``device`` and apply them to ``gpt`` of ``family`` (before the optimizer is built); ``cuda_graphs``: whether
-    the training loop will capture micro-batches in CUDA graphs."""
+    ``device`` and apply them to ``gpt`` of ``family`` (before the optimizer is built); ``cuda_graphs``:
+    whether the training loop will capture micro-batches in CUDA graphs."""
     return GptTrainingSpeed(gpt, SpeedSettings.resolve(cfg, device, cuda_graphs, opts), family)
 
 

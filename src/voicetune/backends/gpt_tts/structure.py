@@ -33,9 +33,9 @@ def set_dropout(gpt: Any, p: float) -> None:
 
 def set_trainable(gpt: Any, finetune: str, frozen: Collection[str], parts: Mapping[str, str],
                   lora_extra: Collection[str] = ()) -> tuple[int, int]:
-    """``requires_grad``: every GPT weight (``finetune`` full) or the LoRA adapters (lora), minus the ``frozen``
-    parts. ``lora_extra``: parts that train beside the adapters (e.g. the grown rows of an extended vocabulary).
-    Returns (trainable, total) parameter counts."""
+    """``requires_grad``: every GPT weight (``finetune`` full) or the LoRA adapters (lora), minus the
+    ``frozen`` parts. ``lora_extra``: parts that train beside the adapters (e.g. the grown rows of an extended
+    vocabulary). Returns (trainable, total) parameter counts."""
     lora = finetune == "lora"
     for name, p in gpt.named_parameters():
         part = gpt_part(name, parts)
@@ -55,8 +55,8 @@ def param_groups(gpt: Any, cfg: Any, parts: Mapping[str, str], sides: Mapping[st
 
     Weight decay applies to the weight matrices of Linear/Conv layers only: biases, LayerNorm gains, token and
     position embeddings and (XTTS) the perceiver's latent queries are not decayed (Coqui's
-    ``optimizer_wd_only_on_weights`` excludes the same kinds). A side whose multiplier (``mults``) is not 1 gets
-    its own groups (``text/decay``...) with ``lr = cfg.lr x multiplier``; everything else is in
+    ``optimizer_wd_only_on_weights`` excludes the same kinds). A side whose multiplier (``mults``) is not 1
+    gets its own groups (``text/decay``...) with ``lr = cfg.lr x multiplier``; everything else is in
     ``decay``/``no_decay`` (the optimizer's default LR): with every multiplier at 1 that is the two groups of
     Coqui's recipe.
     """

@@ -55,7 +55,8 @@ class TortoiseBackend(Backend):
     def make_tiny_base(cls, out: Path, *, corpus_texts: Sequence[str] = (), stats_audio: Sequence[Path] = (),
                        seed: int = 0) -> Path:
         """A tiny random tortoise-v2 folder (backends/tortoise/tiny.py); its mel_norms.pth comes from
-        ``stats_audio``. ``corpus_texts`` is not needed: Tortoise's tokenizer is fixed (coqui-tts ships it)."""
+        ``stats_audio``. ``corpus_texts`` is not needed: Tortoise's tokenizer is fixed (coqui-tts ships
+        it)."""
         from voicetune.backends.tortoise.tiny import make_tiny_tortoise_base
 
         return make_tiny_tortoise_base(Path(out), stats_audio=list(stats_audio) or None, seed=seed)
@@ -99,8 +100,8 @@ class TortoiseBackend(Backend):
 
     # ---------------------------------------------------------------- loading
     def load_base(self, path: Path, device: torch.device) -> None:
-        """Validate the tortoise-v2 folder (naming any missing/unreadable file and where users get it) and load
-        it: every file with weights_only, the autoregressive model onto ``device``."""
+        """Validate the tortoise-v2 folder (naming any missing/unreadable file and where users get it) and
+        load it: every file with weights_only, the autoregressive model onto ``device``."""
         from TTS.tts.models.tortoise import Tortoise
 
         from voicetune.backends.gpt_tts.files import load_dvae, load_mel_norms, torch_load
@@ -108,19 +109,25 @@ class TortoiseBackend(Backend):
         path = Path(path)
         files = layout.validate_base_dir(path)
         config, config_dict = layout.load_config(files)
-        ar_state = layout.autoregressive_state(torch_load(files[layout.AUTOREGRESSIVE], "the autoregressive model"),
-                                               files[layout.AUTOREGRESSIVE])
+        ar_state = layout.autoregressive_state(
+            torch_load(files[layout.AUTOREGRESSIVE], "the autoregressive model"), files[layout.AUTOREGRESSIVE]
+        )
         mel_norms = load_mel_norms(files[layout.MEL_NORMS])
         model = Tortoise(config)
         self._load_autoregressive(model.autoregressive, ar_state, files[layout.AUTOREGRESSIVE])
         for name, key, what in (("diffusion", layout.DIFFUSION, "the diffusion decoder"),
                                 ("clvp", layout.CLVP, "the CLVP model")):
             layout.load_into(getattr(model, name), layout.load_state(files[key], what), files[key], what)
-        layout.load_into(model.vocoder, layout.load_vocoder_state(files[layout.VOCODER]), files[layout.VOCODER],
-                         "the vocoder")
+        layout.load_into(
+            model.vocoder,
+            layout.load_vocoder_state(files[layout.VOCODER]),
+            files[layout.VOCODER],
+            "the vocoder",
+        )
         self._dvae = load_dvae(files[layout.DVAE], model.autoregressive.number_mel_codes - 2,
                                expected_what="autoregressive.pth reads", gpt_file="autoregressive.pth")
-        model.mel_norm_path = files[layout.MEL_NORMS]  # conditioning mels: this file, never coqui's URL default
+        # conditioning mels: this file, never coqui's URL default
+        model.mel_norm_path = files[layout.MEL_NORMS]
         for p in model.parameters():
             p.requires_grad_(False)
         for p in model.autoregressive.parameters():
@@ -178,23 +185,31 @@ class TortoiseBackend(Backend):
         if self._extractor is None:
             gpt = self.gpt
             settings = FeatureSettings(
-                # the mel position table holds max_mel_tokens + 2 + conditioning inputs; codes = samples // 1024
+                # the mel position table holds max_mel_tokens + 2 + conditioning inputs; codes = samples //
+                # 1024
                 max_wav_length=min(MAX_WAV_LENGTH, int(gpt.max_mel_tokens) * int(gpt.mel_length_compression)),
                 max_text_length=min(MAX_TEXT_LENGTH, int(gpt.max_text_tokens)),
                 code_stride=int(gpt.mel_length_compression),
-                cond_clips=self._opts.conditioning_clips, cond_length=self._opts.conditioning_length,
-                base_hashes={name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_NORMS)},
+                cond_clips=self._opts.conditioning_clips,
+                cond_length=self._opts.conditioning_length,
+                base_hashes={
+                    name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_NORMS)
+                },
             )
             if self._limits.get("max_audio_seconds"):
                 settings.max_wav_length = min(settings.max_wav_length,
                                               int(self._limits["max_audio_seconds"] * SAMPLE_RATE))
             if self._limits.get("max_text_tokens"):
                 settings.max_text_length = min(settings.max_text_length, int(self._limits["max_text_tokens"]))
-            self._extractor = TortoiseFeatureExtractor(self.model.tokenizer, self._dvae, self._mel_norms, settings,
-                                                       self.device)
+            assert self._mel_norms is not None, "load_base reads mel_norms.pth"
+            self._extractor = TortoiseFeatureExtractor(
+                self.model.tokenizer, self._dvae, self._mel_norms, settings, self.device
+            )
         return self._extractor
 
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+    def build_features(
+        self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
+    ) -> FeatureStore:
         """Tokens, normalised mels and DVAE codes of ``clips``, cached under ``cache`` by content hash; the
         conditioning crops are drawn from them per item, seeded from ``torch.initial_seed()``."""
         from voicetune.backends.tortoise.features import build_feature_store
@@ -231,7 +246,10 @@ class TortoiseBackend(Backend):
 
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
         """Training clips longer than these are dropped (0: 11.6 s and 200 tokens, DL-Art-School's limits)."""
-        self._limits = {"max_audio_seconds": float(max_audio_seconds), "max_text_tokens": int(max_text_tokens)}
+        self._limits = {
+            "max_audio_seconds": float(max_audio_seconds),
+            "max_text_tokens": int(max_text_tokens),
+        }
         self._extractor = None
 
     def batch_stats(self, batch: Batch) -> dict[str, float]:
@@ -259,12 +277,18 @@ class TortoiseBackend(Backend):
         if self._lora is not None and not has_lora(gpt):
             apply_lora(gpt, self._lora)
         trainable, total = structure.set_trainable(gpt, cfg.finetune, set(split_names(opts.freeze)), PARTS)
-        logger.info("training %.2f M of %.2f M autoregressive parameters (%s): %s", trainable / 1e6, total / 1e6,
-                    cfg.finetune, structure.summarize(gpt, PARTS))
+        logger.info(
+            "training %.2f M of %.2f M autoregressive parameters (%s): %s",
+            trainable / 1e6,
+            total / 1e6,
+            cfg.finetune,
+            structure.summarize(gpt, PARTS),
+        )
         return {"finetune": cfg.finetune, "trainable_params": trainable, "gpt_params": total}
 
     def configure_training(self, cfg: TrainConfig, cuda_graphs: bool = False) -> None:
-        """Apply cfg's speed/memory options (packed loss, attention, compile, bf16 weights) before the optimizer."""
+        """Apply cfg's speed/memory options (packed loss, attention, compile, bf16 weights) before the
+        optimizer."""
         from voicetune.backends.tortoise.speed import configure_training
 
         self._speed = configure_training(self.gpt, cfg, self.device, cuda_graphs)
@@ -275,17 +299,20 @@ class TortoiseBackend(Backend):
         return self.gpt
 
     def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
-        """Groups by learning-rate side (text x --text-lr-weight, mel x --mel-lr-weight, the rest x 1) x weight
-        decay (on the weight matrices of Linear/Conv layers only)."""
+        """Groups by learning-rate side (text x --text-lr-weight, mel x --mel-lr-weight, the rest x 1) x
+        weight decay (on the weight matrices of Linear/Conv layers only)."""
         from voicetune.backends.gpt_tts.structure import param_groups
         from voicetune.backends.tortoise.parts import PARTS, SIDES
 
         opts = TortoiseOptions.of(cfg)
-        return param_groups(self.gpt, cfg, PARTS, SIDES, {"text": opts.text_lr_weight, "mel": opts.mel_lr_weight})
+        return param_groups(
+            self.gpt, cfg, PARTS, SIDES, {"text": opts.text_lr_weight, "mel": opts.mel_lr_weight}
+        )
 
     def loss(self, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
         """Text and audio-code cross-entropies of ``UnifiedVoice.forward`` (conditioning latent from
-        ``get_conditioning`` of the batch's conditioning mels), weighted by --text-ce-weight / --mel-ce-weight."""
+        ``get_conditioning`` of the batch's conditioning mels), weighted by --text-ce-weight /
+        --mel-ce-weight."""
         parts = self._speed.loss(batch) if self._speed is not None else None
         if parts is None:
             gpt = self.gpt
@@ -306,7 +333,8 @@ class TortoiseBackend(Backend):
         if mode:
             if not self._train_mode:
                 self._cond_cache.clear()  # the conditioning encoder is about to change
-                # post_init_gpt2_config adds aliases (inference_model, gpt.wte) that must not reach saved states
+                # post_init_gpt2_config adds aliases (inference_model, gpt.wte) that must not reach saved
+                # states
                 if "inference_model" in gpt._modules:
                     del gpt.inference_model
                 if "wte" in gpt.gpt._modules:
@@ -352,7 +380,8 @@ class TortoiseBackend(Backend):
     def synthesize(self, text: str, refs: Sequence[Path], language: str, seed: int) -> Waveform:
         """Render ``text`` in the voice of ``refs`` through coqui-tts's Tortoise chain with the current preset
         (same seed, same audio; the global RNGs are left untouched). ``meta``: ``hit_max_length`` (a piece ran
-        to the code cap: usually babble), ``num_tokens`` (codes rendered), ``max_audio_tokens``, ``preset``."""
+        to the code cap: usually babble), ``num_tokens`` (codes rendered), ``max_audio_tokens``,
+        ``preset``."""
         from voicetune.backends.tortoise.synthesis import OUTPUT_RATE, render, seeded, split_text
 
         model = self._require()
@@ -367,8 +396,11 @@ class TortoiseBackend(Backend):
         was_training = self._train_mode
         self.set_train(False)
         cap, half = self._max_audio_tokens(), self.device.type == "cuda"
-        speed_ctx = (self._speed.inference_context(self.device, [model.diffusion, model.vocoder]) if self._speed
-                     else contextlib.nullcontext())
+        speed_ctx = (
+            self._speed.inference_context(self.device, [model.diffusion, model.vocoder])
+            if self._speed
+            else contextlib.nullcontext()
+        )
         try:
             with torch.inference_mode(), speed_ctx, seeded(seed, self.device):
                 latents = self._conditioning(refs, seed)
@@ -388,10 +420,13 @@ class TortoiseBackend(Backend):
         the tensors that train, with the structure they need."""
         from voicetune.backends.gpt_tts.structure import trainable_state
 
-        atomic_torch_save(trainable_state(self.gpt, layout.INFERENCE_ONLY_PREFIXES, None, self._lora), Path(path))
+        atomic_torch_save(
+            trainable_state(self.gpt, layout.INFERENCE_ONLY_PREFIXES, None, self._lora), Path(path)
+        )
 
     def load_trained(self, path: Path) -> None:
-        """Load a state written by :meth:`save`, or an autoregressive.pth (a finetune's) of this architecture."""
+        """Load a state written by :meth:`save`, or an autoregressive.pth (a finetune's) of this
+        architecture."""
         from voicetune.backends.adapters import LoraSettings, has_lora
         from voicetune.backends.gpt_tts.lora import apply_lora
         from voicetune.backends.gpt_tts.structure import split_meta
@@ -401,29 +436,41 @@ class TortoiseBackend(Backend):
         try:
             loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError) as e:
-            raise BaseModelError(f"{path}: cannot load the trained Tortoise autoregressive state ({e})") from e
+            raise BaseModelError(
+                f"{path}: cannot load the trained Tortoise autoregressive state ({e})"
+            ) from e
         loaded, meta = split_meta(loaded)
         if meta.get("lora"):
             settings = LoraSettings.from_dict(meta["lora"])
             if not has_lora(gpt):
                 apply_lora(gpt, settings)
             elif self._lora is not None and settings != self._lora:
-                raise BaseModelError(f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}")
+                raise BaseModelError(
+                    f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}"
+                )
             self._lora = settings
         state = layout.autoregressive_state(loaded, path) if not meta.get("partial") else loaded
         try:
             missing, unexpected = gpt.load_state_dict(state, strict=False)
         except RuntimeError as e:
-            raise BaseModelError(f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})") from e
-        missing = [] if meta.get("partial") else [k for k in missing if not k.startswith(layout.INFERENCE_ONLY_PREFIXES)]
+            raise BaseModelError(
+                f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})"
+            ) from e
+        missing = (
+            []
+            if meta.get("partial")
+            else [k for k in missing if not k.startswith(layout.INFERENCE_ONLY_PREFIXES)]
+        )
         if missing or unexpected:
-            raise BaseModelError(f"{path}: not an autoregressive state of this base model (missing {missing[:5]}, "
-                                 f"unexpected {unexpected[:5]})")
+            raise BaseModelError(
+                f"{path}: not an autoregressive state of this base model (missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]})"
+            )
 
     def export(self, out: Path) -> None:
-        """Write the tortoise-v2 layout with the finetuned autoregressive.pth (a plain UnifiedVoice state dict,
-        LoRA folded in, as coqui-tts's ``Tortoise.load_checkpoint`` and tortoise-tts load it); the other files
-        are copied from the base (config.json when it has one)."""
+        """Write the tortoise-v2 layout with the finetuned autoregressive.pth (a plain UnifiedVoice state
+        dict, LoRA folded in, as coqui-tts's ``Tortoise.load_checkpoint`` and tortoise-tts load it); the other
+        files are copied from the base (config.json when it has one)."""
         from voicetune.backends.adapters import merged_state_dict
 
         self._require()

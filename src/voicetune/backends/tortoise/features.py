@@ -3,8 +3,8 @@
 DL-Art-School recomputes these at every step (its ``torch_mel_spectrogram`` and ``discrete_token`` injectors);
 here they are computed once per clip:
 
-* ``text_tokens``: tortoise's ``VoiceBpeTokenizer.encode(text)`` (English cleaners; the tokenizer coqui-tts and
-  tortoise-tts ship).
+* ``text_tokens``: tortoise's ``VoiceBpeTokenizer.encode(text)`` (English cleaners; the tokenizer coqui-tts
+  and tortoise-tts ship).
 * ``mel``: the clip's log-mel (``TorchMelSpectrogram`` at 22.05 kHz, hop 256) divided by the base's
   mel_norms.pth, the input of both the DVAE and the conditioning encoder.
 * ``audio_codes``: ``dvae.get_codebook_indices(mel)`` (one code per 1024 samples). DL-Art-School codes the
@@ -66,8 +66,10 @@ class FeatureSettings:
     base_hashes: dict[str, str] = field(default_factory=dict)
 
     def key(self, audio_hash: str, text: str) -> str:
-        payload = json.dumps({"v": FEATURE_VERSION, "audio": audio_hash, "text": text, "base": self.base_hashes},
-                             sort_keys=True)
+        payload = json.dumps(
+            {"v": FEATURE_VERSION, "audio": audio_hash, "text": text, "base": self.base_hashes},
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -82,8 +84,14 @@ def cond_frames(cond_length: int) -> int:
 class TortoiseFeatureExtractor:
     """One clip -> tokens, normalised mel and DVAE codes (no caching here)."""
 
-    def __init__(self, tokenizer: Any, dvae: torch.nn.Module, mel_norms: torch.Tensor, settings: FeatureSettings,
-                 device: torch.device):
+    def __init__(
+        self,
+        tokenizer: Any,
+        dvae: Any,
+        mel_norms: torch.Tensor,
+        settings: FeatureSettings,
+        device: torch.device,
+    ):
         from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
 
         self.tokenizer, self.dvae, self.settings, self.device = tokenizer, dvae, settings, device
@@ -99,7 +107,8 @@ class TortoiseFeatureExtractor:
         if tokens.numel() == 0:
             return "empty transcript"
         if tokens.numel() > self.settings.max_text_length:
-            return f"transcript is {tokens.numel()} tokens, more than max_text_length={self.settings.max_text_length}"
+            limit = self.settings.max_text_length
+            return f"transcript is {tokens.numel()} tokens, more than max_text_length={limit}"
         if bool((tokens == UNK).any()):
             return "transcript has characters the model's vocabulary cannot encode ([UNK])"
         return None
@@ -178,7 +187,9 @@ class TortoiseFeatureStore(FeatureStore):
         rng = random.Random(f"{self.seed}/{self.epoch}/{i}/{self._reads[i]}") if self.random_crop else None
         others = self._others[i]
         n = self.settings.cond_clips
-        sources = [rng.choice(others) for _ in range(n)] if rng else [others[k % len(others)] for k in range(n)]
+        sources = (
+            [rng.choice(others) for _ in range(n)] if rng else [others[k % len(others)] for k in range(n)]
+        )
         cond = torch.stack([self._crop(self._load(j)["mel"], rng) for j in sources])
         return {
             "text_tokens": item["text_tokens"].long(),
@@ -200,10 +211,16 @@ class TortoiseFeatureStore(FeatureStore):
 
 
 def drop_kind(reason: str) -> str:
-    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and run.json)."""
-    kinds = (("longer than max_wav_length", "too_long_audio"), ("more than max_text_length", "too_long_text"),
-             ("shorter than", "too_short"), ("[UNK]", "unknown_characters"), ("empty transcript", "empty_text"),
-             ("cannot read the audio", "unreadable"))
+    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and
+    run.json)."""
+    kinds = (
+        ("longer than max_wav_length", "too_long_audio"),
+        ("more than max_text_length", "too_long_text"),
+        ("shorter than", "too_short"),
+        ("[UNK]", "unknown_characters"),
+        ("empty transcript", "empty_text"),
+        ("cannot read the audio", "unreadable"),
+    )
     for fragment, kind in kinds:
         if fragment in reason:
             return kind
@@ -211,7 +228,8 @@ def drop_kind(reason: str) -> str:
 
 
 def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:
-    """Pad items into the batch ``UnifiedVoice.forward`` takes (text padded with 0, as DL-Art-School's collate)."""
+    """Pad items into the batch ``UnifiedVoice.forward`` takes (text padded with 0, as DL-Art-School's
+    collate)."""
     b = len(items)
     text_lengths = torch.tensor([it["text_tokens"].numel() for it in items], dtype=torch.long)
     code_lengths = [it["audio_codes"].numel() for it in items]
@@ -252,13 +270,17 @@ def build_feature_store(clips: Sequence[Clip], cache: Path, extractor: TortoiseF
         progress(total, total, "Tortoise features")
     if dropped:
         logger.warning("dropped %d of %d clips (see the warnings above)", len(dropped), total)
-    logger.info("Tortoise features: %d computed, %d reused from %s", counts["computed"], counts["reused"], cache)
+    logger.info(
+        "Tortoise features: %d computed, %d reused from %s", counts["computed"], counts["reused"], cache
+    )
     store = TortoiseFeatureStore(files, lengths, speakers, extractor.settings, extractor.mel_norms, seed)
     store.dropped, store.computed, store.reused = dropped, counts["computed"], counts["reused"]
     return store
 
 
-def _clip_features(clip: Clip, cache: Path, extractor: TortoiseFeatureExtractor) -> tuple[Path | None, int, str]:
+def _clip_features(
+    clip: Clip, cache: Path, extractor: TortoiseFeatureExtractor
+) -> tuple[Path | None, int, str]:
     """(cache file, number of audio codes, "computed" | "reused") or (None, 0, why the clip is unusable)."""
     from voicetune.audio.io import AudioDecodeError, audio_duration
     from voicetune.backends.gpt_tts.files import load_wav_tensor

@@ -1,4 +1,5 @@
-"""The Tortoise base-model folder (the tortoise-v2 layout): which files it holds, how to validate and read them.
+"""The Tortoise base-model folder (the tortoise-v2 layout): which files it holds, how to validate and read
+them.
 
 The inference files are those tortoise-tts and coqui-tts load (``Tortoise.load_checkpoint(config,
 checkpoint_dir=...)``); training the autoregressive model also needs DL-Art-School's discrete VAE::
@@ -6,9 +7,10 @@ checkpoint_dir=...)``); training the autoregressive model also needs DL-Art-Scho
     BASE_DIR/
       autoregressive.pth      UnifiedVoice state dict (the GPT voicetune finetunes; an ai-voice-cloning /
                               DL-Art-School finetune, or a voicetune export, in the same layout)
-      mel_norms.pth           tensor [80]: the per-channel log-mel normaliser (read from here, never downloaded)
-      dvae.pth                DL-Art-School's DiscreteVAE with 8,192 codes (turns audio into the GPT's audio codes;
-                              training only, not in the inference download)
+      mel_norms.pth           tensor [80]: the per-channel log-mel normaliser (read from here, never
+                              downloaded)
+      dvae.pth                DL-Art-School's DiscreteVAE with 8,192 codes (turns audio into the GPT's audio
+                              codes; training only, not in the inference download)
       diffusion_decoder.pth   DiffusionTts state dict (codes -> mel spectrogram)
       clvp2.pth               CLVP state dict (reranks the autoregressive candidates)
       vocoder.pth             {"model_g": UnivNet state dict} (mel -> 24 kHz waveform)
@@ -44,9 +46,9 @@ _HUB = "the Hugging Face repository jbetker/tortoise-tts-v2 (folder .models/)"
 WHERE = {
     AUTOREGRESSIVE: f"the autoregressive model: tortoise-v2's from {_HUB}, or a finetune of it",
     MEL_NORMS: "the log-mel normaliser: tortoise-tts's tortoise/data/mel_norms.pth (also in coqui-tts's "
-               "tortoise-v2 download)",
-    DVAE: f"DL-Art-School's 8,192-code discrete VAE, needed for training: .models/dvae.pth in {_HUB}, the file "
-          "ai-voice-cloning downloads for training (it is not part of the inference download)",
+    "tortoise-v2 download)",
+    DVAE: f"DL-Art-School's 8,192-code discrete VAE, needed for training: .models/dvae.pth in {_HUB}, the "
+    "file ai-voice-cloning downloads for training (it is not part of the inference download)",
     DIFFUSION: f"the diffusion decoder: tortoise-v2's from {_HUB}",
     CLVP: f"the CLVP reranker: tortoise-v2's clvp2.pth from {_HUB}",
     VOCODER: f"the UnivNet vocoder: tortoise-v2's from {_HUB}",
@@ -105,7 +107,8 @@ def read_config_dict(path: Path) -> dict[str, Any]:
 
 
 def load_config(files: dict[str, Path]) -> tuple[Any, dict[str, Any]]:
-    """(TortoiseConfig, its raw mapping or {}) of a validated folder: config.json, else tortoise-v2's defaults."""
+    """(TortoiseConfig, its raw mapping or {}) of a validated folder: config.json, else tortoise-v2's
+    defaults."""
     from TTS.tts.configs.tortoise_config import TortoiseConfig
 
     cfg = TortoiseConfig()
@@ -135,8 +138,10 @@ def autoregressive_state(obj: Any, source: Path | str) -> dict[str, Any]:
 
     state = unwrap_model(obj)
     if not isinstance(state, dict) or not any(str(k).startswith("gpt.h.") for k in state):
-        raise BaseModelError(f"{source}: not a Tortoise autoregressive model (expected a UnifiedVoice state dict "
-                             "with gpt.h.* keys)")
+        raise BaseModelError(
+            f"{source}: not a Tortoise autoregressive model (expected a UnifiedVoice state dict "
+            "with gpt.h.* keys)"
+        )
     return {k: v for k, v in state.items() if torch.is_tensor(v) and not k.startswith(INFERENCE_ONLY_PREFIXES)
             and not k.endswith(_LEGACY_SUFFIXES)}
 
@@ -159,8 +164,11 @@ def load_state(path: Path, what: str) -> dict[str, Any]:
 
 
 def load_vocoder_state(path: Path) -> dict[str, Any]:
-    """The UnivNet generator of vocoder.pth (``{"model_g": state_dict}``, as tortoise-tts and coqui-tts read it)."""
+    """The UnivNet generator of vocoder.pth (``{"model_g": state_dict}``, as tortoise-tts and coqui-tts read
+    it)."""
     obj = torch_load(path, "the vocoder")
     if not isinstance(obj, dict) or not isinstance(obj.get("model_g"), dict):
-        raise BaseModelError(f"{path}: expected {{'model_g': UnivNet state dict}} (tortoise-v2's vocoder.pth)")
+        raise BaseModelError(
+            f"{path}: expected {{'model_g': UnivNet state dict}} (tortoise-v2's vocoder.pth)"
+        )
     return obj["model_g"]

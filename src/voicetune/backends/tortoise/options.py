@@ -2,9 +2,10 @@
 
 The training controls that mrq's ai-voice-cloning wiki documents for finetuning Tortoise's autoregressive
 model with DL-Art-School, with the same defaults: the text and mel loss weights, the text and mel
-learning-rate weights, and, as backend defaults of the generic options (:meth:`TortoiseOptions.generic_defaults`),
-the learning rate, MultiStepLR by epochs, AdamW's betas and weight decay and the gradient clip. The fields
-shared with XTTS (freeze, LoRA targets, dropout, the speed options of the packed loss) come from
+learning-rate weights, and, as backend defaults of the generic options
+(:meth:`TortoiseOptions.generic_defaults`), the learning rate, MultiStepLR by epochs, AdamW's betas and weight
+decay and the gradient clip. The fields shared with XTTS (freeze, LoRA targets, dropout, the speed options of
+the packed loss) come from
 :mod:`voicetune.backends.gpt_tts.options`.
 """
 
@@ -77,8 +78,16 @@ class TortoiseOptions(GptTtsOptions, BackendOptions):
     def generic_defaults(cls) -> dict[str, Any]:
         """ai-voice-cloning's DL-Art-School defaults: learning rate 1e-5, MultiStepLR (gamma 0.5) at epochs
         [2, 4, 9, 18, 25, 33, 50], AdamW betas (0.9, 0.96) with weight decay 0.01, gradient clip 4."""
-        return {"lr": 1e-5, "scheduler": "multistep", "milestones": list(MILESTONES), "milestone_unit": "epochs",
-                "lr_gamma": 0.5, "betas": [0.9, 0.96], "weight_decay": 0.01, "grad_clip": 4.0}
+        return {
+            "lr": 1e-5,
+            "scheduler": "multistep",
+            "milestones": list(MILESTONES),
+            "milestone_unit": "epochs",
+            "lr_gamma": 0.5,
+            "betas": [0.9, 0.96],
+            "weight_decay": 0.01,
+            "grad_clip": 4.0,
+        }
 
     @classmethod
     def help_notes(cls) -> str:

@@ -20,7 +20,8 @@ PARTS: dict[str, str] = {
     "final_norm": "final_norm",
 }
 
-# learning-rate side -> parts (everything else: the conditioning encoder, the transformer, the final norm: x 1).
+# learning-rate side -> parts (everything else: the conditioning encoder, the transformer, the final norm: x
+# 1).
 SIDES: dict[str, tuple[str, ...]] = {
     "text": ("text_embedding", "text_pos_embedding", "text_head"),
     "mel": ("mel_embedding", "mel_pos_embedding", "mel_head"),

@@ -8,7 +8,8 @@ targets the stop token 0, audio padding the stop code). So the packed rows keep 
 already has no padding inside (every row has the same segment lengths), and only the multiple-of-64 tail
 that the packing adds is ignored (targets -1)::
 
-    row:  [cond (1) | start, text_1..text_T (0-padded), 0 | start, code_1..code_M (stop-padded), stop | pad ...]
+    row:  [cond (1) | start, text_1..text_T (0-padded), 0 | start, code_1..code_M (stop-padded), stop
+           | pad ...]
 
 ``T`` is the longest transcript of the batch and ``M`` = the longest clip's samples // 1024 (coqui's
 ``clip_inputs``); codes after each clip's ``samples // 1024 + 1`` are the stop code (``set_mel_padding``).
@@ -77,7 +78,9 @@ def coqui_inputs(batch: dict[str, torch.Tensor], c: TortoiseConstants) -> dict[s
     return {"text_in": text_in, "text_tg": text_tg, "mel_in": mel_in, "mel_tg": mel_tg}
 
 
-def pack_batch(batch: dict[str, torch.Tensor], c: TortoiseConstants, pad_multiple: int = 64) -> dict[str, torch.Tensor]:
+def pack_batch(
+    batch: dict[str, torch.Tensor], c: TortoiseConstants, pad_multiple: int = 64
+) -> dict[str, torch.Tensor]:
     """Add the packed-layout tensors (see the module doc) to a batch from ``features.collate``."""
     t = coqui_inputs(batch, c)
     n_text, n_mel = t["text_in"].shape[1], t["mel_in"].shape[1]
@@ -94,9 +97,14 @@ def pack_batch(batch: dict[str, torch.Tensor], c: TortoiseConstants, pad_multipl
     mel_pos = torch.where(is_mel, mel_q, 0)
     ignore = torch.full((b, c.cond_tokens), -1, dtype=torch.long)
     packed = {
-        "text_ids": torch.where(is_text, t["text_in"].gather(1, text_pos), 0), "text_pos": text_pos,
-        "mel_ids": torch.where(is_mel, t["mel_in"].gather(1, mel_pos), 0), "mel_pos": mel_pos, "is_text": is_text,
-        "text_targets": torch.cat([ignore, torch.where(is_text, t["text_tg"].gather(1, text_pos), -1)], dim=1),
+        "text_ids": torch.where(is_text, t["text_in"].gather(1, text_pos), 0),
+        "text_pos": text_pos,
+        "mel_ids": torch.where(is_mel, t["mel_in"].gather(1, mel_pos), 0),
+        "mel_pos": mel_pos,
+        "is_text": is_text,
+        "text_targets": torch.cat(
+            [ignore, torch.where(is_text, t["text_tg"].gather(1, text_pos), -1)], dim=1
+        ),
         "mel_targets": torch.cat([ignore, torch.where(is_mel, t["mel_tg"].gather(1, mel_pos), -1)], dim=1),
     }
     return {**batch, **packed}
@@ -114,8 +122,13 @@ def head_loss(gpt: Any, h: torch.Tensor, text_targets: torch.Tensor,
     return shared.head_loss(gpt, h, text_targets, mel_targets)
 
 
-FAMILY = GptFamily(name="Tortoise", conditioning=conditioning, head_loss=head_loss, constants=TortoiseConstants.of,
-                   pack=pack_batch)
+FAMILY = GptFamily(
+    name="Tortoise",
+    conditioning=conditioning,
+    head_loss=head_loss,
+    constants=TortoiseConstants.of,
+    pack=pack_batch,
+)
 """Tortoise's UnifiedVoice for the shared packed loss and speed work."""
 
 
@@ -125,7 +138,9 @@ def packed_loss(gpt: Any, batch: dict[str, torch.Tensor], sdpa: bool = True, che
     return _packed_loss(gpt, batch, sdpa, checkpointing, {**FAMILY.fns(), **(fns or {})})
 
 
-def configure_training(gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> GptTrainingSpeed:
+def configure_training(
+    gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False
+) -> GptTrainingSpeed:
     """Resolve ``cfg``'s speed options for ``device`` and apply them to ``gpt`` (before the optimizer)."""
     from voicetune.backends.tortoise.options import TortoiseOptions
 

@@ -4,8 +4,8 @@ candidates -> CLVP rerank -> diffusion -> UnivNet vocoder, with named presets.
 The presets are coqui-tts's (``Tortoise.inference_with_config``: ``ultra_fast``, ``very_fast``, ``fast``,
 ``standard``, ``high_quality``...) plus ``evaluation``: few candidates and few diffusion steps, what
 voicetune's evaluation renders every probe sentence with (in-loop, ``voicetune evaluate``, the base model's
-baseline), so that evaluations stay cheap and comparable. ``voicetune synthesize`` uses ``fast`` (tortoise-tts's
-default) unless ``--preset`` says otherwise.
+baseline), so that evaluations stay cheap and comparable. ``voicetune synthesize`` uses ``fast``
+(tortoise-tts's default) unless ``--preset`` says otherwise.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def reference_audio(refs: Sequence[Path]) -> list[list[torch.Tensor]]:
 
 
 def split_text(text: str, tokenizer: Any) -> list[str]:
-    """Sentences packed into pieces of at most :data:`MAX_PIECE_CHARS` characters (tortoise-tts reads long text
-    piece by piece); a ValueError when a piece is still too long for the model."""
+    """Sentences packed into pieces of at most :data:`MAX_PIECE_CHARS` characters (tortoise-tts reads long
+    text piece by piece); a ValueError when a piece is still too long for the model."""
     text = " ".join(text.split())
     pieces = [""]
     for sentence in re.split(r"(?<=[.!?;:])\s+", text):
@@ -87,7 +87,8 @@ def codes_rendered(samples: int) -> int:
 
 def render(model: Any, text: str, latents: tuple[torch.Tensor, torch.Tensor], preset: str, seed: int,
            max_tokens: int, half: bool) -> tuple[torch.Tensor, int]:
-    """One piece of text through ``Tortoise.inference_with_config`` (seeded): (waveform [S] at 24 kHz, codes)."""
+    """One piece of text through ``Tortoise.inference_with_config`` (seeded): (waveform [S] at 24 kHz,
+    codes)."""
     out = model.inference_with_config(
         text, conditioning_latents=latents, verbose=False, use_deterministic_seed=seed, half=half,
         max_mel_tokens=max_tokens, **PRESETS[preset])

@@ -47,11 +47,17 @@ def tortoise_config(args: dict[str, Any] | None = None) -> Any:
     return TortoiseConfig(model_args=TortoiseArgs(**(args or {})))
 
 
-def write_base(out: Path, args: dict[str, Any] | None = None, dvae: dict[str, Any] | None = None,
-               stats_audio: list[Path] | None = None, seed: int = 0, extra: dict[str, Any] | None = None) -> Path:
-    """Write a random Tortoise base of the sizes ``args`` (TortoiseArgs fields over tortoise-v2's) and ``dvae``
-    (DiscreteVAE arguments over DL-Art-School's) to ``out``: every file of the layout, config.json with
-    ``extra`` keys. Same arguments, same weights."""
+def write_base(
+    out: Path,
+    args: dict[str, Any] | None = None,
+    dvae: dict[str, Any] | None = None,
+    stats_audio: list[Path] | None = None,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a random Tortoise base of the sizes ``args`` (TortoiseArgs fields over tortoise-v2's) and
+    ``dvae`` (DiscreteVAE arguments over DL-Art-School's) to ``out``: every file of the layout, config.json
+    with ``extra`` keys. Same arguments, same weights."""
     import torch
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
     from TTS.tts.models.tortoise import Tortoise
@@ -63,7 +69,9 @@ def write_base(out: Path, args: dict[str, Any] | None = None, dvae: dict[str, An
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Tortoise(cfg)
-        dvae_model = DiscreteVAE(**{**DVAE_DEFAULTS, **(dvae or {})}, normalization=None, num_tokens=DVAE_TOKENS)
+        dvae_model = DiscreteVAE(
+            **{**DVAE_DEFAULTS, **(dvae or {})}, normalization=None, num_tokens=DVAE_TOKENS
+        )
     data = {**(extra or {}), **cfg.to_dict()}
     atomic_write_text(out / layout.CONFIG, json.dumps(data, indent=2) + "\n")
     atomic_torch_save(model.autoregressive.state_dict(), out / layout.AUTOREGRESSIVE)
@@ -77,8 +85,8 @@ def write_base(out: Path, args: dict[str, Any] | None = None, dvae: dict[str, An
 
 def make_tiny_tortoise_base(out: Path | str, stats_audio: list[Path] | None = None, seed: int = 0) -> Path:
     """Write an UNTRAINED, tiny, randomly initialised Tortoise base folder at ``out`` (module doc); its
-    mel_norms.pth comes from ``stats_audio`` (paths; seeded noise when None). Every file is written atomically;
-    other files in ``out`` are left alone. Returns ``out``."""
+    mel_norms.pth comes from ``stats_audio`` (paths; seeded noise when None). Every file is written
+    atomically; other files in ``out`` are left alone. Returns ``out``."""
     logger.warning("writing %s to %s", TINY_NOTE, out)
     extra = {"voicetune_note": TINY_NOTE,
              "voicetune": {"tiny": True, "synthesis_max_audio_tokens": TINY_SYNTHESIS_MAX_AUDIO_TOKENS}}

@@ -89,7 +89,8 @@ class XttsBackend(Backend):
         self._train_mode = True
         self._mode_applied: bool | None = None  # the mode set_train last applied (None: apply it again)
         self._speed: Any = None  # speed.GptTrainingSpeed, set by configure_training
-        # What trains (configure_model): an extended vocabulary (vocab.json text), LoRA adapters, length limits.
+        # What trains (configure_model): an extended vocabulary (vocab.json text), LoRA adapters, length
+        # limits.
         self._vocab_json: str | None = None
         self._lora: Any = None  # lora.LoraSettings
         self._limits: dict[str, float] = {}
@@ -109,10 +110,12 @@ class XttsBackend(Backend):
         config = layout.load_config(files[layout.CONFIG])
         try:
             tokenizer = VoiceBpeTokenizer(vocab_file=str(files[layout.VOCAB]))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types for a bad vocab
+        except Exception as e:  # tokenizers raises its own exception types for a bad vocab
             raise BaseModelError(f"{files[layout.VOCAB]}: cannot read the tokenizer ({e})") from e
         if tokenizer.tokenizer.token_to_id("[START]") is None:
-            raise BaseModelError(f"{files[layout.VOCAB]}: the vocabulary has no [START] token; not an XTTS vocab")
+            raise BaseModelError(
+                f"{files[layout.VOCAB]}: the vocabulary has no [START] token; not an XTTS vocab"
+            )
         # What Xtts.init_models derives from the tokenizer, set first so that the model is built only once.
         args = config.model_args
         args.gpt_number_text_tokens = tokenizer.get_number_tokens()
@@ -166,7 +169,9 @@ class XttsBackend(Backend):
 
         if self._extractor is None:
             args, audio = self.config.model_args, self.config.audio
-            hashes = {name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_STATS, layout.VOCAB)}
+            hashes = {
+                name: file_sha256(self._files[name]) for name in (layout.DVAE, layout.MEL_STATS, layout.VOCAB)
+            }
             if self._vocab_json is not None:  # an extended vocabulary (configure_model) tokenizes differently
                 hashes[layout.VOCAB] = hashlib.sha256(self._vocab_json.encode("utf-8")).hexdigest()
             settings = FeatureSettings(
@@ -175,7 +180,9 @@ class XttsBackend(Backend):
                 code_stride=int(args.gpt_code_stride_len),
                 use_perceiver=bool(args.gpt_use_perceiver_resampler),
                 # The GPT's position table holds gpt_max_audio_tokens + 3 codes: start, stop and 3 extra.
-                max_wav_length=min(MAX_WAV_LENGTH, (args.gpt_max_audio_tokens - 2) * args.gpt_code_stride_len),
+                max_wav_length=min(
+                    MAX_WAV_LENGTH, (args.gpt_max_audio_tokens - 2) * args.gpt_code_stride_len
+                ),
                 max_text_length=min(MAX_TEXT_LENGTH, args.gpt_max_text_tokens),
                 base_hashes=hashes,
             )
@@ -184,12 +191,15 @@ class XttsBackend(Backend):
                                               int(self._limits["max_audio_seconds"] * settings.sample_rate))
             if self._limits.get("max_text_tokens"):
                 settings.max_text_length = min(settings.max_text_length, int(self._limits["max_text_tokens"]))
+            assert self._mel_stats is not None, "load_base reads mel_stats.pth"
             self._extractor = XttsFeatureExtractor(
                 self.model.tokenizer, self._dvae, self._mel_stats, settings, self.device
             )
         return self._extractor
 
-    def build_features(self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None) -> FeatureStore:
+    def build_features(
+        self, clips: Sequence[Clip], cache: Path, progress: Progress | None = None
+    ) -> FeatureStore:
         """Tokens, DVAE codes and conditioning mels of ``clips``, cached under ``cache`` by content hash.
 
         The store's conditioning crops are seeded from ``torch.initial_seed()`` (the loop seeds torch
@@ -204,8 +214,8 @@ class XttsBackend(Backend):
 
     @contextlib.contextmanager
     def _dvae_on_device(self) -> Iterator[None]:
-        """The DVAE only turns audio into codes: it is on the model's device while features are computed and on
-        the CPU the rest of the time, so that training does not hold its 200 MB (XTTS-v2) on the GPU."""
+        """The DVAE only turns audio into codes: it is on the model's device while features are computed and
+        on the CPU the rest of the time, so that training does not hold its 200 MB (XTTS-v2) on the GPU."""
         self._dvae.to(self.device)
         try:
             yield
@@ -237,10 +247,12 @@ class XttsBackend(Backend):
         self._speed = configure_training(self._require().gpt, cfg, self.device, cuda_graphs)
         self._mode_applied = None  # attention modules replaced, weights cast: switch modes afresh
 
-    # ---------------------------------------------------------------- what trains (backends/xtts/structure.py)
+    # ---------------------------------------------------------------- what trains
+    # (backends/xtts/structure.py)
     def configure_model(self, cfg: TrainConfig, run_dir: Path | None = None,
                         texts: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-        """Shape the model for training, before features and the optimizer: vocabulary, dropout, LoRA, freezing.
+        """Shape the model for training, before features and the optimizer: vocabulary, dropout, LoRA,
+        freezing.
 
         The vocabulary: ``run_dir/vocab.json`` when the run already has one (a resumed run), else with
         ``cfg.extend_vocab`` it is extended for ``texts`` ((transcript, language) pairs) and written there.
@@ -256,8 +268,13 @@ class XttsBackend(Backend):
         vocab = structure.read_run_vocab(run_dir)
         if vocab is None and opts.extend_vocab:
             ext = extend_vocab(self.model.tokenizer, list(texts), opts.extend_vocab_size)
-            summary["vocab"] = {"old_tokens": ext.old_size, "new_tokens": ext.new_size, "new_chars": ext.new_chars,
-                                "new_merges": len(ext.new_merges), "still_unknown": ext.still_unknown}
+            summary["vocab"] = {
+                "old_tokens": ext.old_size,
+                "new_tokens": ext.new_size,
+                "new_chars": ext.new_chars,
+                "new_merges": len(ext.new_merges),
+                "still_unknown": ext.still_unknown,
+            }
             if ext.new_size > ext.old_size:
                 vocab = ext.text
                 if run_dir is not None:
@@ -271,8 +288,13 @@ class XttsBackend(Backend):
             apply_lora(gpt, self._lora)
         trainable, total = structure.set_trainable(gpt, cfg, self._vocab_json is not None)
         self._mode_applied = None  # LoRA adapters or a resized vocabulary: new modules
-        logger.info("training %.2f M of %.2f M GPT parameters (%s): %s", trainable / 1e6, total / 1e6, cfg.finetune,
-                    structure.summarize(gpt))
+        logger.info(
+            "training %.2f M of %.2f M GPT parameters (%s): %s",
+            trainable / 1e6,
+            total / 1e6,
+            cfg.finetune,
+            structure.summarize(gpt),
+        )
         return {**summary, "finetune": cfg.finetune, "trainable_params": trainable, "gpt_params": total}
 
     def apply_vocab(self, vocab_json: str) -> None:
@@ -289,7 +311,7 @@ class XttsBackend(Backend):
             check_extends(model.tokenizer.tokenizer.to_str(), vocab_json)
             tok = VoiceBpeTokenizer()
             tok.tokenizer = Tokenizer.from_str(vocab_json)
-        except Exception as e:  # noqa: BLE001 - check_extends' ValueError, and tokenizers' own exception types
+        except Exception as e:  # check_extends' ValueError, and tokenizers' own exception types
             raise BaseModelError(f"the extended vocabulary does not fit the base {self.base_dir}: {e}") from e
         n = number_of_tokens(vocab_json)
         added = resize_text_tokens(model.gpt, n)
@@ -301,7 +323,10 @@ class XttsBackend(Backend):
 
     def set_length_limits(self, max_audio_seconds: float = 0.0, max_text_tokens: int = 0) -> None:
         """Training clips longer than these are dropped (0: the model's own limits); before build_features."""
-        self._limits = {"max_audio_seconds": float(max_audio_seconds), "max_text_tokens": int(max_text_tokens)}
+        self._limits = {
+            "max_audio_seconds": float(max_audio_seconds),
+            "max_text_tokens": int(max_text_tokens),
+        }
         self._extractor = None
 
     def batch_stats(self, batch: Batch) -> dict[str, float]:
@@ -311,7 +336,10 @@ class XttsBackend(Backend):
         codes = (wav + args.gpt_code_stride_len - 1) // args.gpt_code_stride_len + 3
         cond = 32 if args.gpt_use_perceiver_resampler else 1
         tokens = int((batch["text_lengths"].long() + 2).sum() + (codes + 1).sum()) + cond * int(wav.numel())
-        return {"audio_seconds": float(wav.sum()) / float(self.config.audio.sample_rate), "tokens": float(tokens)}
+        return {
+            "audio_seconds": float(wav.sum()) / float(self.config.audio.sample_rate),
+            "tokens": float(tokens),
+        }
 
     # ---------------------------------------------------------------- training
     def trainable(self) -> torch.nn.Module:
@@ -320,8 +348,8 @@ class XttsBackend(Backend):
 
     def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
         """Optimizer groups of the parameters that train: by learning-rate side (text, audio, conditioning,
-        the rest; --lr-*-mult) x weight decay (on the weight matrices of Linear/Conv layers only: biases, norms,
-        embeddings and the perceiver's latent queries are not decayed, as in Coqui's recipe)."""
+        the rest; --lr-*-mult) x weight decay (on the weight matrices of Linear/Conv layers only: biases,
+        norms, embeddings and the perceiver's latent queries are not decayed, as in Coqui's recipe)."""
         from voicetune.backends.xtts.structure import param_groups
 
         return param_groups(self.trainable(), cfg)
@@ -346,8 +374,8 @@ class XttsBackend(Backend):
 
     def set_train(self, mode: bool) -> None:
         """True: GPT in training mode, without the inference-only modules, and the HiFi-GAN decoder (with its
-        speaker encoder) parked on the CPU: training never runs it, and on the GPU it would hold 0.1 GB (XTTS-v2)
-        through every step. False: GPT ready to generate, decoder on the model's device.
+        speaker encoder) parked on the CPU: training never runs it, and on the GPU it would hold 0.1 GB
+        (XTTS-v2) through every step. False: GPT ready to generate, decoder on the model's device.
 
         Switching walks every module and moves the decoder (~12 ms for XTTS-v2); asking for the mode the
         model is already in costs nothing (what changes the model's modules, e.g. LoRA or a new vocabulary,
@@ -390,7 +418,10 @@ class XttsBackend(Backend):
             audios.append(audio)
         try:
             latents = model.get_gpt_cond_latents(
-                torch.cat(audios, dim=-1), sr, length=int(cfg.gpt_cond_len), chunk_length=int(cfg.gpt_cond_chunk_len)
+                torch.cat(audios, dim=-1),
+                sr,
+                length=int(cfg.gpt_cond_len),
+                chunk_length=int(cfg.gpt_cond_chunk_len),
             )
         except RuntimeError as e:  # "Provided reference audio too short"
             raise ValueError(f"reference audio {[str(r) for r in refs]}: {e}") from e
@@ -419,7 +450,9 @@ class XttsBackend(Backend):
             raise ValueError("synthesize: the text is empty")
         supported = {lang.split("-")[0] for lang in cfg.languages}
         if language.split("-")[0] not in supported:
-            raise ValueError(f"language {language!r} is not supported by this model; choose one of {cfg.languages}")
+            raise ValueError(
+                f"language {language!r} is not supported by this model; choose one of {cfg.languages}"
+            )
         was_training = self._train_mode
         self.set_train(False)
         gpt = model.gpt
@@ -446,7 +479,11 @@ class XttsBackend(Backend):
             if was_training:
                 self.set_train(True)
         audio = np.clip(np.concatenate(wavs), -1.0, 1.0).astype(np.float32)
-        meta = {"hit_max_length": any(c >= cap for c in counts), "num_tokens": sum(counts), "max_audio_tokens": cap}
+        meta = {
+            "hit_max_length": any(c >= cap for c in counts),
+            "num_tokens": sum(counts),
+            "max_audio_tokens": cap,
+        }
         return Waveform(audio, int(cfg.model_args.output_sample_rate), meta)
 
     def synthesize_batch(self, texts: Sequence[str], refs: Sequence[Path], language: str,
@@ -561,7 +598,9 @@ class XttsBackend(Backend):
         for piece in pieces:
             n = len(self.model.tokenizer.encode(piece.lower(), language))
             if n >= max_tokens:
-                raise ValueError(f"text piece of {n} tokens exceeds the model's {max_tokens}-token limit: {piece[:60]!r}")
+                raise ValueError(
+                    f"text piece of {n} tokens exceeds the model's {max_tokens}-token limit: {piece[:60]!r}"
+                )
         return pieces
 
     # ---------------------------------------------------------------- state
@@ -573,7 +612,8 @@ class XttsBackend(Backend):
         atomic_torch_save(trainable_state(self._require().gpt, self._vocab_json, self._lora), Path(path))
 
     def _adopt_structure(self, meta: dict[str, Any], path: Path) -> None:
-        """Rebuild what a checkpoint's structure needs on the loaded base: its vocabulary, its LoRA adapters."""
+        """Rebuild what a checkpoint's structure needs on the loaded base: its vocabulary, its LoRA
+        adapters."""
         from voicetune.backends.adapters import LoraSettings, has_lora
         from voicetune.backends.gpt_tts.lora import apply_lora
 
@@ -584,7 +624,9 @@ class XttsBackend(Backend):
             if not has_lora(self.model.gpt):
                 apply_lora(self.model.gpt, settings)
             elif self._lora is not None and settings != self._lora:
-                raise BaseModelError(f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}")
+                raise BaseModelError(
+                    f"{path}: LoRA {settings} differs from the adapters of this model {self._lora}"
+                )
             self._lora = settings
 
     def load_trained(self, path: Path) -> None:
@@ -611,11 +653,14 @@ class XttsBackend(Backend):
         try:
             missing, unexpected = gpt.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatch: trained on another base model
-            raise BaseModelError(f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})") from e
+            raise BaseModelError(
+                f"{path}: does not fit the loaded base model {self.base_dir} ({str(e)[:400]})"
+            ) from e
         missing = [] if meta.get("partial") else [k for k in missing if not k.startswith(_INFERENCE_KEYS)]
         if missing or unexpected:
             raise BaseModelError(
-                f"{path}: not a GPT state of this base model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+                f"{path}: not a GPT state of this base model (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]})"
             )
 
     def export(self, out: Path) -> None:

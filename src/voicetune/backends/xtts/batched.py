@@ -34,6 +34,7 @@ differs by float rounding otherwise (tests/backends/xtts/test_batched.py states 
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,8 @@ class PerRowSampler:
         if any(self.carry_on):
             for i, t in enumerate(tokens.tolist()):
                 self.done[i] = self.done[i] or (self.carry_on[i] and t == self.eos)
-        return torch.full_like(scores, float("-inf")).scatter_(1, tokens.view(-1, 1), 0.0)
+        only = torch.full_like(scores, float("-inf")).scatter_(1, tokens.view(-1, 1), 0.0)
+        return typing.cast(torch.FloatTensor, only)  # (transformers' LogitsProcessor signature)
 
 
 def processors(sampling: Sampling, generators: Sequence[torch.Generator], eos: int,

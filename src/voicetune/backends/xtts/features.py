@@ -86,7 +86,7 @@ class FeatureSettings:
 class XttsFeatureExtractor:
     """Turns one clip into tokens, DVAE codes and the conditioning mel (no caching here)."""
 
-    def __init__(self, tokenizer: Any, dvae: torch.nn.Module, mel_stats: torch.Tensor,
+    def __init__(self, tokenizer: Any, dvae: Any, mel_stats: torch.Tensor,
                  settings: FeatureSettings, device: torch.device):
         from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
 
@@ -116,7 +116,8 @@ class XttsFeatureExtractor:
         if tokens.numel() <= 1:  # only the language token
             return "empty transcript"
         if tokens.numel() > self.settings.max_text_length:
-            return f"transcript is {tokens.numel()} tokens, more than max_text_length={self.settings.max_text_length}"
+            limit = self.settings.max_text_length
+            return f"transcript is {tokens.numel()} tokens, more than max_text_length={limit}"
         if self.unk_id is not None and bool((tokens == self.unk_id).any()):
             return "transcript has characters the model's vocabulary cannot encode ([UNK])"
         return None
@@ -171,7 +172,8 @@ class XttsFeatureStore(FeatureStore):
         self.computed = 0
         self.reused = 0
         # Loaded items stay in RAM (a clip's features are ~0.2 MB: codes, tokens and its conditioning mel), so
-        # after the first epoch a step reads no file (the GPU benchmark measured 4 torch.load calls at 4.3 ms).
+        # after the first epoch a step reads no file (the GPU benchmark measured 4 torch.load calls at 4.3
+        # ms).
         self._memory: dict[int, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -189,7 +191,8 @@ class XttsFeatureStore(FeatureStore):
 
     def forget(self, indices: list[int]) -> None:
         """The next read of these items draws the crop of a first read in this epoch (the training loop reads
-        each clip once per epoch, so its crops depend only on (seed, epoch, clip), also when a step is redone)."""
+        each clip once per epoch, so its crops depend only on (seed, epoch, clip), also when a step is
+        redone)."""
         for i in indices:
             self._reads[i] = 0
 
@@ -198,7 +201,8 @@ class XttsFeatureStore(FeatureStore):
         return [n * self.settings.code_stride / self.settings.sample_rate for n in self._lengths]
 
     def drop_summary(self) -> dict[str, int]:
-        """How many clips were dropped, by kind of reason (too_long_audio, too_long_text, unknown_characters...)."""
+        """How many clips were dropped, by kind of reason (too_long_audio, too_long_text,
+        unknown_characters...)."""
         out: dict[str, int] = {}
         for _, reason in self.dropped:
             kind = drop_kind(reason)
@@ -259,10 +263,17 @@ def cond_frames(max_cond_length: int, hop: int) -> int:
 
 
 def drop_kind(reason: str) -> str:
-    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and run.json)."""
-    kinds = (("longer than max_wav_length", "too_long_audio"), ("more than max_text_length", "too_long_text"),
-             ("shorter than", "too_short"), ("[UNK]", "unknown_characters"), ("empty transcript", "empty_text"),
-             ("cannot read the audio", "unreadable"), ("is not supported", "unsupported_language"))
+    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and
+    run.json)."""
+    kinds = (
+        ("longer than max_wav_length", "too_long_audio"),
+        ("more than max_text_length", "too_long_text"),
+        ("shorter than", "too_short"),
+        ("[UNK]", "unknown_characters"),
+        ("empty transcript", "empty_text"),
+        ("cannot read the audio", "unreadable"),
+        ("is not supported", "unsupported_language"),
+    )
     for fragment, kind in kinds:
         if fragment in reason:
             return kind

@@ -29,10 +29,29 @@ from voicetune.backends.gpt_tts.files import DVAE_DEFAULTS, check_mel_norms, inf
 from voicetune.backends.gpt_tts.files import file_problem as _file_problem
 from voicetune.backends.gpt_tts.files import unwrap_model as _unwrap_model
 
-__all__ = ["CONFIG", "DVAE", "DVAE_DEFAULTS", "INFERENCE_ONLY_GPT_PREFIXES", "LAYOUT_FILES", "MEL_STATS", "MODEL",
-           "OPTIONAL_FILES", "REQUIRED_FILES", "SPEAKERS", "VOCAB", "infer_dvae_hparams", "load_config", "load_dvae",
-           "load_mel_stats", "load_model_state", "load_speakers", "normalize_model_state", "read_config_dict",
-           "validate_base_dir", "voicetune_settings"]
+__all__ = [
+    "CONFIG",
+    "DVAE",
+    "DVAE_DEFAULTS",
+    "INFERENCE_ONLY_GPT_PREFIXES",
+    "LAYOUT_FILES",
+    "MEL_STATS",
+    "MODEL",
+    "OPTIONAL_FILES",
+    "REQUIRED_FILES",
+    "SPEAKERS",
+    "VOCAB",
+    "infer_dvae_hparams",
+    "load_config",
+    "load_dvae",
+    "load_mel_stats",
+    "load_model_state",
+    "load_speakers",
+    "normalize_model_state",
+    "read_config_dict",
+    "validate_base_dir",
+    "voicetune_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +104,9 @@ def validate_base_dir(path: Path | str) -> dict[str, Path]:
         if problem is None:
             found[name] = p
         elif name in OPTIONAL_FILES and not p.exists():
-            logger.warning("%s: %s is missing (%s); continuing without built-in speakers", path, name, _WHAT[name])
+            logger.warning(
+                "%s: %s is missing (%s); continuing without built-in speakers", path, name, _WHAT[name]
+            )
         else:
             problems.append(f"{p}: {problem} ({_WHAT[name]})")
     for name in (CONFIG, VOCAB):
@@ -95,7 +116,9 @@ def validate_base_dir(path: Path | str) -> dict[str, Path]:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 problems.append(f"{found[name]}: unreadable, not valid JSON ({e})")
     if problems:
-        raise BaseModelError(f"{path} is not a usable XTTS-v2 base model:\n  " + "\n  ".join(problems) + f"\n{_HINT}")
+        raise BaseModelError(
+            f"{path} is not a usable XTTS-v2 base model:\n  " + "\n  ".join(problems) + f"\n{_HINT}"
+        )
     return found
 
 
@@ -161,8 +184,7 @@ def normalize_model_state(state: dict[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key, value in state.items():
-        if key.startswith("xtts."):
-            key = key[len("xtts."):]
+        key = key.removeprefix("xtts.")
         if key.split(".")[0] in _TRAINER_ONLY_PREFIXES:
             continue
         if key.startswith(tuple("gpt." + p for p in INFERENCE_ONLY_GPT_PREFIXES)):
@@ -175,7 +197,9 @@ def load_model_state(path: Path) -> dict[str, Any]:
     """The normalised state dict of model.pth (``{"model": state_dict}``, or a bare state dict)."""
     ckpt = _unwrap_model(_torch_load(path, "the XTTS checkpoint"))
     if not isinstance(ckpt, dict) or not any(str(k).startswith(("gpt.", "xtts.gpt.")) for k in ckpt):
-        raise BaseModelError(f"{path}: not an XTTS checkpoint (expected {{'model': state_dict}} with gpt.* keys)")
+        raise BaseModelError(
+            f"{path}: not an XTTS checkpoint (expected {{'model': state_dict}} with gpt.* keys)"
+        )
     return normalize_model_state(ckpt)
 
 
@@ -186,8 +210,13 @@ def load_mel_stats(path: Path) -> Any:
 
 def load_dvae(path: Path, expected_tokens: int | None = None) -> Any:
     """Build the DiscreteVAE of dvae.pth (in eval mode, on CPU)."""
-    return files.load_dvae(path, expected_tokens, expected_what="config.json expects gpt_num_audio_tokens - 2 =",
-                           gpt_file="model.pth", state=_torch_load(path, "the DVAE"))
+    return files.load_dvae(
+        path,
+        expected_tokens,
+        expected_what="config.json expects gpt_num_audio_tokens - 2 =",
+        gpt_file="model.pth",
+        state=_torch_load(path, "the DVAE"),
+    )
 
 
 def load_speakers(path: Path) -> dict[str, Any]:

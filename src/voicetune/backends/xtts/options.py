@@ -67,4 +67,7 @@ class XttsOptions(GptTtsOptions, BackendOptions):
         super().__post_init__()  # the shared checks (gpt_tts.options.GptTtsOptions)
         for name in ("lr_text_mult", "lr_audio_mult", "lr_cond_mult"):
             flag = "--" + name.replace("_", "-")
-            _check(getattr(self, name) > 0, f"{name} must be > 0 (to stop a part training use --freeze); fix {flag}")
+            _check(
+                getattr(self, name) > 0,
+                f"{name} must be > 0 (to stop a part training use --freeze); fix {flag}",
+            )

@@ -1,7 +1,8 @@
 """Named parts of the XTTS GPT: what ``--freeze`` accepts and which per-part learning-rate multiplier applies.
 
 Kept free of heavy imports: :mod:`.options` validates ``--freeze`` and ``--lora-targets`` against these up
-front. The rules (and the GPT-2 modules LoRA adapts) are shared with Tortoise: :mod:`voicetune.backends.gpt_tts.parts`.
+front. The rules (and the GPT-2 modules LoRA adapts) are shared with Tortoise:
+:mod:`voicetune.backends.gpt_tts.parts`.
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ class GptConstants:
     @classmethod
     def of(cls, gpt: Any) -> GptConstants:
         if not getattr(gpt, "use_perceiver_resampler", False):
-            raise ValueError("the packed XTTS loss needs the perceiver conditioning of XTTS-v2; set fast_loss: false")
+            raise ValueError(
+                "the packed XTTS loss needs the perceiver conditioning of XTTS-v2; set fast_loss: false"
+            )
         return cls(
             start_text=int(gpt.start_text_token), stop_text=int(gpt.stop_text_token),
             start_audio=int(gpt.start_audio_token), stop_audio=int(gpt.stop_audio_token),
@@ -83,7 +85,9 @@ def coqui_targets(batch: dict[str, torch.Tensor], c: GptConstants) -> dict[str, 
             "n_text": n_text, "n_mel": n_mel}
 
 
-def pack_batch(batch: dict[str, torch.Tensor], c: GptConstants, pad_multiple: int = 64) -> dict[str, torch.Tensor]:
+def pack_batch(
+    batch: dict[str, torch.Tensor], c: GptConstants, pad_multiple: int = 64
+) -> dict[str, torch.Tensor]:
     """Add the packed-layout tensors (see the module doc) to a batch from ``features.collate``.
 
     Every packed tensor is ``[B, L]`` (``L`` = the longest clip's cond + text + audio positions, rounded up
@@ -111,8 +115,13 @@ def pack_batch(batch: dict[str, torch.Tensor], c: GptConstants, pad_multiple: in
     text_tg = torch.where(is_text, t["text_tg"].gather(1, text_pos.clamp(max=t["text_tg"].shape[1] - 1)), -1)
     mel_tg = torch.where(is_mel, t["mel_tg"].gather(1, mel_pos.clamp(max=t["mel_tg"].shape[1] - 1)), -1)
     packed = {
-        "text_ids": text_ids, "text_pos": text_pos, "mel_ids": mel_ids, "mel_pos": mel_pos, "is_text": is_text,
-        "text_targets": torch.cat([ignore, text_tg], dim=1), "mel_targets": torch.cat([ignore, mel_tg], dim=1),
+        "text_ids": text_ids,
+        "text_pos": text_pos,
+        "mel_ids": mel_ids,
+        "mel_pos": mel_pos,
+        "is_text": is_text,
+        "text_targets": torch.cat([ignore, text_tg], dim=1),
+        "mel_targets": torch.cat([ignore, mel_tg], dim=1),
     }
     return {**batch, **packed}
 
@@ -142,9 +151,11 @@ def packed_loss(gpt: Any, batch: dict[str, torch.Tensor], sdpa: bool = True, che
     return _packed_loss(gpt, batch, sdpa, checkpointing, {**FAMILY.fns(), **(fns or {})})
 
 
-def configure_training(gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False) -> GptTrainingSpeed:
-    """Resolve ``cfg``'s speed options for ``device`` and apply them to the XTTS ``gpt`` (before the optimizer is
-    built); ``cuda_graphs``: whether the training loop will capture micro-batches in CUDA graphs."""
+def configure_training(
+    gpt: Any, cfg: Any, device: torch.device, cuda_graphs: bool = False
+) -> GptTrainingSpeed:
+    """Resolve ``cfg``'s speed options for ``device`` and apply them to the XTTS ``gpt`` (before the optimizer
+    is built); ``cuda_graphs``: whether the training loop will capture micro-batches in CUDA graphs."""
     from voicetune.backends.xtts.options import XttsOptions
 
     return _configure(FAMILY, gpt, cfg, device, cuda_graphs, XttsOptions.of(cfg))

@@ -17,8 +17,19 @@ from voicetune.backends.gpt_tts.structure import META_KEY, set_dropout, split_me
 from voicetune.backends.xtts.options import XttsOptions
 from voicetune.backends.xtts.parts import PARTS, SIDES, split_names
 
-__all__ = ["META_KEY", "RUN_VOCAB", "gpt_part", "lora_settings", "param_groups", "read_run_vocab", "set_dropout",
-           "set_trainable", "split_meta", "summarize", "trainable_state"]
+__all__ = [
+    "META_KEY",
+    "RUN_VOCAB",
+    "gpt_part",
+    "lora_settings",
+    "param_groups",
+    "read_run_vocab",
+    "set_dropout",
+    "set_trainable",
+    "split_meta",
+    "summarize",
+    "trainable_state",
+]
 
 RUN_VOCAB = "vocab.json"  # the extended vocabulary, in the run folder
 

@@ -25,15 +25,43 @@ from voicetune.backends.gpt_tts.files import compute_mel_norms as compute_mel_st
 from voicetune.backends.xtts import layout
 from voicetune.utils.io import atomic_torch_save, atomic_write_text
 
-__all__ = ["ALPHABET", "BUILTIN_CORPUS", "SPECIAL_TOKENS", "TINY_DVAE", "TINY_GPT", "TINY_NOTE", "XTTS_LANGUAGES",
-           "compute_mel_stats", "make_tiny_xtts_base", "train_bpe_vocab"]
+__all__ = [
+    "ALPHABET",
+    "BUILTIN_CORPUS",
+    "SPECIAL_TOKENS",
+    "TINY_DVAE",
+    "TINY_GPT",
+    "TINY_NOTE",
+    "XTTS_LANGUAGES",
+    "compute_mel_stats",
+    "make_tiny_xtts_base",
+    "train_bpe_vocab",
+]
 
 logger = logging.getLogger(__name__)
 
 TINY_NOTE = "UNTRAINED tiny random model for tests/demo; not usable for real speech"
 
 # Languages of XTTS-v2; each gets its "[xx]" token in the vocabulary.
-XTTS_LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
+XTTS_LANGUAGES = [
+    "en",
+    "es",
+    "fr",
+    "de",
+    "it",
+    "pt",
+    "pl",
+    "tr",
+    "ru",
+    "nl",
+    "cs",
+    "ar",
+    "zh-cn",
+    "hu",
+    "ko",
+    "ja",
+    "hi",
+]
 # Ids 0, 1, 2 as in XTTS-v2's vocab.json: the dataset code asserts that 0 ([STOP]) and 1 ([UNK]) never occur.
 SPECIAL_TOKENS = ["[STOP]", "[UNK]", "[SPACE]", *[f"[{lang}]" for lang in XTTS_LANGUAGES], "[START]"]
 # Every character the English cleaners can leave behind, so that English text never maps to [UNK].
@@ -125,7 +153,8 @@ def make_tiny_xtts_base(
     ``corpus_texts`` trains the BPE vocabulary (a built-in English list when None); ``stats_audio``
     (paths) gives the mel statistics (seeded noise when None). ``gpt`` overrides :data:`TINY_GPT` entries
     (e.g. a mid-size GPT for benchmarks; ``decoder_input_dim`` must equal ``gpt_n_model_channels``).
-    Same arguments, same weights. Returns ``out``. Every file is written atomically; other files in ``out`` are left alone.
+    Same arguments, same weights. Returns ``out``. Every file is written atomically; other files in ``out``
+    are left alone.
     """
     import torch
     from TTS.tts.layers.xtts.dvae import DiscreteVAE

@@ -15,6 +15,7 @@ size and initialises the new rows with the mean of the existing ones.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import Counter
@@ -89,7 +90,7 @@ def _learn_merges(
     while len(merges) < budget:
         pairs: Counter = Counter()
         for word, symbols in seqs.items():
-            for a, b in zip(symbols, symbols[1:]):
+            for a, b in itertools.pairwise(symbols):
                 if (a + b) not in known and (set(a) | set(b)) & new_chars:
                     pairs[(a, b)] += counts[word]
         if not pairs:
