@@ -60,7 +60,8 @@ def _delta(best: Mapping[str, Any], key: str) -> dict[str, Any]:
     if not d:
         value, base = (best.get("metrics") or {}).get(key), (best.get("baseline") or {}).get(key)
         both = _finite(value) and _finite(base)
-        d = {"value": value, "base": base, "delta": value - base if both else None}
+        delta = float(value) - float(base) if both else None  # type: ignore[arg-type]
+        d = {"value": value, "base": base, "delta": delta}
     return d
 
 
