@@ -144,3 +144,15 @@ def test_the_corpus_wer_interval_covers_the_true_error_rate():
         low, high = bootstrap(n, scores.statistic, n_resamples=2000, seed=int(rng.integers(1 << 30)))["wer"]
         covered += low <= truth <= high
     assert 0.90 <= covered / reps <= 0.985, covered / reps
+
+
+def test_each_value_gets_its_own_interval_beside_the_paired_one_of_its_change():
+    rng = np.random.default_rng(2)
+    values = sample(rng, 10, 2, 0.70, 0.05, 0.01)
+    base = SentenceScores.from_rows(rows_of(values))
+    model = SentenceScores.from_rows(rows_of(values + 0.05))
+    d = paired_deltas(model, base, metrics=("speaker_similarity",))["speaker_similarity"]
+    alone = bootstrap(10, model.statistic)["speaker_similarity"]
+    assert (d["value_low"], d["value_high"]) == pytest.approx(alone)  # the same draws: the same interval
+    assert d["value_low"] < d["value"] < d["value_high"] and d["base_low"] < d["base"] < d["base_high"]
+    assert d["high"] - d["low"] < 0.2 * (d["value_high"] - d["value_low"])  # the pair cancels the sentences

@@ -397,10 +397,15 @@ def _interval(lo_hi: Any, fmt: str) -> str:
     return f"<br><span class='small'>[{_f(lo_hi[0], fmt, True)}, {_f(lo_hi[1], fmt, True)}]</span>"
 
 
-def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool, delta_ci: Any = None) -> str:
+def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool, delta_ci: Any = None,
+          value_ci: Any = None) -> str:
     """The value and its change against the baseline: green/red when the change's 95 % paired interval
-    (shown under it) excludes 0, grey when it holds 0; by its sign when there is no interval."""
+    (shown under it) excludes 0, grey when it holds 0; by its sign when there is no interval. The value's own
+    95 % interval is its tooltip."""
     value = _f(v, fmt)
+    tip = _interval(value_ci, fmt).replace("<br><span class='small'>", "").replace("</span>", "")
+    if tip:
+        value = f"<span title='95 % interval of the value: {tip}'>{value}</span>"
     if is_baseline or not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
         return f"<td>{value}</td>"
     delta = v - base
@@ -437,9 +442,17 @@ def _table(r: RunEvals) -> str:
     for row in _rows(r):
         is_base = row["name"] == BASELINE
         deltas = row.get("selection", {}).get("deltas") or {}
-        cells = "".join(_cell(row["agg"].get(k), r.base_agg.get(k), k, fmt, is_base,
-                              [(deltas.get(k) or {}).get("low"), (deltas.get(k) or {}).get("high")])
-                        for k, _, fmt in TABLE_METRICS)
+        if is_base:  # the baseline's own intervals: from any evaluation's paired deltas (the same draws)
+            deltas = next((d.get("selection", {}).get("deltas") for d in r.evals
+                           if (d.get("selection") or {}).get("deltas")), None) or {}
+        own = "base" if is_base else "value"
+
+        def ci(k: str, low: str, high: str) -> list[Any]:
+            d = deltas.get(k) or {}  # noqa: B023 - used at once, in this iteration
+            return [d.get(low), d.get(high)]
+
+        cells = "".join(_cell(row["agg"].get(k), r.base_agg.get(k), k, fmt, is_base, ci(k, "low", "high"),
+                              ci(k, f"{own}_low", f"{own}_high")) for k, _, fmt in TABLE_METRICS)
         name = html.escape(row["name"])
         cls = ' class="best"' if row["best"] else ""
         composite = _f(row["composite"], "{:.3f}", True) + _interval(row.get("selection", {}).get("interval"),
@@ -453,7 +466,8 @@ def _table(r: RunEvals) -> str:
         out.append(f"<p class='small'>Under each change: its 95 % paired interval against the baseline "
                    f"(cluster bootstrap over {max(n)} sentences x {max(seeds or {1})} seeds; "
                    "voicetune/evaluation/stats.py). Green or red only when the interval excludes 0 (beyond "
-                   "noise); grey when the change is within the noise.</p>")
+                   "noise); grey when the change is within the noise. Hover a value for its own 95 % "
+                   "interval.</p>")
     else:
         out.append("<p class='small'>No intervals: too few sentences or no per-sentence scores "
                    "(see voicetune/evaluation/stats.py).</p>")

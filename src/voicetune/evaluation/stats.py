@@ -174,22 +174,34 @@ def paired_deltas(
     model: SentenceScores, base: SentenceScores, metrics: Sequence[str] = MEAN_METRICS + RATIO_METRICS,
     confidence: float = CONFIDENCE,
 ) -> dict[str, dict[str, float | None]]:
-    """Per metric: ``value``, ``base``, ``delta`` (value - base) and the paired interval of the delta
-    (``low``, ``high``; None without an interval). The two must hold the same sentences."""
+    """Per metric: ``value``, ``base``, ``delta`` (value - base), the paired interval of the delta (``low``,
+    ``high``) and the intervals of the value and of the base's value themselves (``value_low``,
+    ``value_high``, ``base_low``, ``base_high``); None without an interval. The two must hold the same
+    sentences."""
     check_paired(model, base)
     values, bases = model.point(), base.point()
     metrics = [k for k in metrics if math.isfinite(values[k]) and math.isfinite(bases[k])]
 
     def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
         m, b = model.statistic(idx), base.statistic(idx)
-        return {k: m[k] - b[k] for k in metrics}
+        out = {k: m[k] - b[k] for k in metrics}
+        out.update({f"value:{k}": m[k] for k in metrics})
+        out.update({f"base:{k}": b[k] for k in metrics})
+        return out
 
-    ci = bootstrap(model.n, stat, confidence)
+    ci = bootstrap(model.n, stat, confidence) or {}
+    nan = (math.nan, math.nan)
+
+    def bound(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
     out: dict[str, dict[str, float | None]] = {}
     for k in metrics:
-        low, high = (ci or {}).get(k, (math.nan, math.nan))
+        (low, high), (v_low, v_high), (b_low, b_high) = (ci.get(k, nan), ci.get(f"value:{k}", nan),
+                                                         ci.get(f"base:{k}", nan))
         out[k] = {"value": values[k], "base": bases[k], "delta": values[k] - bases[k],
-                  "low": low if math.isfinite(low) else None, "high": high if math.isfinite(high) else None}
+                  "low": bound(low), "high": bound(high), "value_low": bound(v_low),
+                  "value_high": bound(v_high), "base_low": bound(b_low), "base_high": bound(b_high)}
     return out
 
 
