@@ -403,7 +403,9 @@ def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool, delta_ci: An
     (shown under it) excludes 0, grey when it holds 0; by its sign when there is no interval. The value's own
     95 % interval is its tooltip."""
     value = _f(v, fmt)
-    tip = _interval(value_ci, fmt).replace("<br><span class='small'>", "").replace("</span>", "")
+    tip = ""
+    if _interval(value_ci, fmt):  # a finite pair
+        tip = f"[{_f(value_ci[0], fmt)}, {_f(value_ci[1], fmt)}]"
     if tip:
         value = f"<span title='95 % interval of the value: {tip}'>{value}</span>"
     if is_baseline or not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
