@@ -557,6 +557,8 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
                        "fixed probe sentences) with checkpoints of RUN_DIR, score speaker similarity, ASR "
                        "round-trip WER/CER, predicted MOS, MCD/PESQ/STOI and failure flags against the base "
                        "model's baseline, re-decide checkpoints/best and rewrite RUN_DIR/report.html. "
+                       "A multi-speaker dataset also gets every speaker scored and judged on its own "
+                       "(eval.per_speaker). "
                        "With --base DIR --dataset DIR: score a base model alone. The protocol is the run's "
                        "(its config.yaml) unless options below change it.")
     s.add_argument("run_dir", nargs="?", help="run folder written by `voicetune train`")

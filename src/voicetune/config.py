@@ -311,6 +311,10 @@ class EvalOptions:
     similarity_guard: bool = opt(
         True, "Never choose as best a checkpoint whose speaker similarity is significantly below the base "
         "model's (the 95-percent paired interval of the change lies below 0).", flag="similarity_guard")
+    per_speaker: bool = opt(
+        True, "With a multi-speaker dataset, `voicetune evaluate` also scores every speaker separately (its "
+        "own references, held-out clips and baseline) and says which voices the finetune improves or "
+        "degrades.")
 
     def __post_init__(self) -> None:
         check_fields(self)

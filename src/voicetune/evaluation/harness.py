@@ -37,6 +37,7 @@ MODELS = ("real", "base", "finetuned")
 TABLE_METRICS: list[tuple[str, str, str]] = [
     # (aggregate key, label, format)
     ("speaker_similarity", "speaker similarity", "{:.3f}"),
+    ("speaker_similarity_dv", "speaker similarity (d-vector)", "{:.3f}"),
     ("wer", "WER", "{:.3f}"),
     ("cer", "CER", "{:.3f}"),
     ("mos", "predicted MOS", "{:.2f}"),
@@ -78,12 +79,18 @@ class Render:
 # ----------------------------------------------------------------------------------------- selection
 
 
-def select_material(dataset: Dataset, num_references: int, max_sentences: int) -> EvalMaterial:
-    """Pick the speaker, its ``num_references`` longest train clips and up to ``max_sentences`` eval clips."""
+def select_material(dataset: Dataset, num_references: int, max_sentences: int,
+                    speaker: str | None = None) -> EvalMaterial:
+    """Pick the speaker (``speaker``, else the one with the most training clips), its ``num_references``
+    longest train clips and up to ``max_sentences`` of its eval clips."""
     counts = collections.Counter(c.speaker for c in dataset.train)
-    speaker = sorted(counts, key=lambda s: (-counts[s], s))[0]
-    if len(counts) > 1:
-        logger.info("dataset has %d speakers; evaluating %r (most training clips)", len(counts), speaker)
+    if speaker is None:
+        speaker = sorted(counts, key=lambda s: (-counts[s], s))[0]
+        if len(counts) > 1:
+            logger.info("dataset has %d speakers; evaluating %r (most training clips)", len(counts), speaker)
+    elif speaker not in counts:
+        raise EvalError(f"{dataset.root / 'metadata_train.csv'}: no training clips of speaker {speaker!r}; "
+                        f"the dataset's speakers are {sorted(counts)}")
     train = [c for c in dataset.train if c.speaker == speaker]
     held_out = [c for c in dataset.eval if c.speaker == speaker and c.text.strip()]
     if not held_out:

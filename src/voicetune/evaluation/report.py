@@ -22,6 +22,7 @@ from typing import Any
 
 from voicetune.evaluation.harness import TABLE_METRICS
 from voicetune.evaluation.metrics import DIRECTIONS
+from voicetune.evaluation.report_speakers import encoders_html, speakers_html, speakers_text
 from voicetune.evaluation.suite import BASELINE, eval_docs, load_doc, partial_errors
 from voicetune.evaluation.verdict import Verdict, verdict
 from voicetune.run import best_checkpoint, list_checkpoints
@@ -257,6 +258,7 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
     text += [f"guard: {g}" for g in guard_lines(r)]
     text += [f"note: {n}" for n in _notes(r)]
     text += [f"warning: {w}" for w in r.warnings]
+    text += speakers_text(r.eval_root)
     return "\n".join(text)
 
 
@@ -584,6 +586,10 @@ def render_html(r: RunEvals) -> str:
     if r.warnings:
         parts.append("<h2>Warnings</h2>" + "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in r.warnings))
     parts.append("<h2>Evaluations</h2>" + _table(r) if (r.baseline or r.evals) else "")
+    parts.append(encoders_html(next((d for d in r.evals if d["step"] == r.best_step), r.evals[-1] if r.evals
+                                    else None)))
+    speakers = speakers_html(r.eval_root, r.report_path.parent)
+    parts.append(f"<h2>Every voice</h2>{speakers}" if speakers else "")
     if r.in_loop:
         parts.append(f"<p class='small'>Evaluation cost: {r.in_loop.get('eval_seconds', 0):.1f} s over "
                      f"{len(r.in_loop.get('evaluations', []))} in-loop evaluations "

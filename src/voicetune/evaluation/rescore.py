@@ -25,6 +25,7 @@ from voicetune.config import ConfigError, EvalOptions, TrainConfig
 from voicetune.data.manifest import Dataset
 from voicetune.evaluation.harness import TABLE_METRICS, EvalError
 from voicetune.evaluation.selection import Decision, Selector, replay
+from voicetune.evaluation.speakers import evaluate_speakers, is_multi_speaker
 from voicetune.evaluation.suite import (
     BASELINE,
     ProbeSet,
@@ -184,6 +185,10 @@ def rescore_run(
         logger.info("%s: composite %+.3f%s", ckpt.name, a.composite, f" ({blocked})" if blocked else "")
 
     best = _decide_best(run_dir, eval_root, own, baseline_doc, rules, probe_set.key())
+    if cfg.eval.per_speaker and not errors and is_multi_speaker(dataset):  # every voice, judged on its own
+        target = resolve_checkpoint(run_dir, best) if best else ckpts[-1]
+        evaluate_speakers(backend, dataset, protocol, Path(info.base), target, eval_root, rules,
+                          (dev, metric_device, asr_device), base_info, progress)
     if errors:
         _fail(run_dir, eval_root, errors)
     from voicetune.evaluation.report import record_verdict, text_report, write_report
@@ -192,6 +197,31 @@ def rescore_run(
     report = write_report(run_dir, eval_root)
     return RescoreResult(run_dir, eval_root, [c.name for c in ckpts], best, report,
                          text_report(run_dir, eval_root), docs, said.text)
+
+
+def score_speakers(
+    run_dir: Path | str, checkpoint: str = "best", progress: Progress | None = None,
+    backend: Backend | None = None, device: str = "auto",
+) -> dict[str, Any] | None:
+    """Every voice of a multi-speaker run's dataset, judged on ``checkpoint`` (the run's own protocol), then
+    the report rewritten: what `voicetune evaluate` does after its checkpoints, for callers that trained the
+    run (its in-loop evaluation scored one speaker). None for a single-speaker dataset or with
+    ``eval.per_speaker`` off. ``backend``: an instance to use (it is loaded here)."""
+    run_dir = Path(run_dir)
+    info, cfg = RunInfo.load(run_dir), _run_config(run_dir)
+    dataset = Dataset.load(info.dataset)
+    if not cfg.eval.per_speaker or not is_multi_speaker(dataset):
+        return None
+    dev, metric_device, asr_device = _devices(device)
+    backend = backend or get_backend(info.backend)
+    target = resolve_checkpoint(run_dir, checkpoint)
+    about = {"backend": info.backend, "base_model": info.base, "dataset": info.dataset}
+    doc = evaluate_speakers(backend, dataset, Protocol.of(cfg.eval), Path(info.base), target, run_dir / "eval",
+                            selection_rules(cfg.eval), (dev, metric_device, asr_device), about, progress)
+    from voicetune.evaluation.report import write_report
+
+    write_report(run_dir)
+    return doc
 
 
 def _fail(run_dir: Path, eval_root: Path, errors: list[str]) -> None:

@@ -53,7 +53,7 @@ CONFIDENCE = 0.95
 MIN_SENTENCES = 5  # fewer sentences than this: no interval is claimed
 N_RESAMPLES = 4000
 SEED = 0
-MEAN_METRICS = ("speaker_similarity", "mos", "mcd", "pesq", "stoi", "failure_rate")
+MEAN_METRICS = ("speaker_similarity", "speaker_similarity_dv", "mos", "mcd", "pesq", "stoi", "failure_rate")
 RATIO_METRICS = ("wer", "cer")  # total errors / total reference words (characters)
 
 

@@ -9,8 +9,11 @@ Protocol (fixed per run, so every checkpoint is rendered on the same inputs):
   times, with sampling seeds ``seed``, ``seed + 1``, ... (the intervals of :mod:`.stats` resample sentences
   with their seeds);
 * the metrics (:mod:`voicetune.evaluation.metrics`, models loaded once per process and reused): speaker
-  similarity to the centroid of the speaker's held-out clips, ASR round-trip WER/CER, predicted MOS and
+  similarity to the centroid of the speaker's held-out clips (Resemblyzer, and a second opinion from another
+  encoder as ``speaker_similarity_dv``: :mod:`.encoders`), ASR round-trip WER/CER, predicted MOS and
   failure flags on every sentence; MCD/PESQ/STOI on the eval-split sentences only (``intrusive``).
+* one speaker: the one with the most training clips; :mod:`.speakers` evaluates every speaker of a
+  multi-speaker dataset on its own probe set (``build_probe_set(..., speaker=S)``).
 
 On disk (``RUN_DIR/eval/``)::
 
@@ -49,6 +52,7 @@ from voicetune.backends.base import Backend, Progress
 from voicetune.config import EvalOptions
 from voicetune.data.manifest import Clip, Dataset
 from voicetune.evaluation import metrics as M
+from voicetune.evaluation.encoders import add_dvector_scores, dvector_centroid, encoder_note
 from voicetune.evaluation.harness import (
     EvalError,
     EvalMaterial,
@@ -71,7 +75,8 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 3  # 2: ASR in batched passes, each clip in its own window; 3: K seeds per sentence
 BASELINE = "baseline"
 INTRUSIVE = ("mcd", "pesq", "stoi")
-LOGGED_METRICS = ("speaker_similarity", "wer", "cer", "mos", "mcd", "pesq", "stoi", "failure_rate")
+LOGGED_METRICS = ("speaker_similarity", "speaker_similarity_dv", "wer", "cer", "mos", "mcd", "pesq", "stoi",
+                  "failure_rate")
 
 
 @dataclass(frozen=True)
@@ -165,13 +170,14 @@ class ProbeSet:
         }
 
 
-def build_probe_set(dataset: Dataset, protocol: Protocol) -> ProbeSet:
-    """Select the speaker, references and eval sentences (:func:`harness.select_material`) and the probes.
+def build_probe_set(dataset: Dataset, protocol: Protocol, speaker: str | None = None) -> ProbeSet:
+    """Select the speaker (``speaker``, else the one with the most training clips), references and eval
+    sentences (:func:`harness.select_material`) and the probes.
 
     Raises :class:`EvalError` when the dataset has no eval clips of the speaker (the similarity centroid
     and the intrusive metrics need real held-out recordings).
     """
-    material = select_material(dataset, protocol.num_references, protocol.max_sentences)
+    material = select_material(dataset, protocol.num_references, protocol.max_sentences, speaker)
     probes = probe_sentences(dataset.language, protocol.probes) if protocol.probes else []
     if not material.sentences and not probes:
         raise EvalError("the evaluation protocol has no sentences: set eval_max_sentences or eval_probes >= 1")
@@ -193,6 +199,7 @@ class Scorer:
         lang = probe_set.material.language
         self.asr = M.get_asr(probe_set.protocol.asr_model, lang, asr_device)
         self.centroid = M.speaker_centroid(probe_set.material.held_out, device=device)
+        self.dv_centroid = dvector_centroid(probe_set.material.held_out)  # None: no second opinion here
 
     @property
     def asr_name(self) -> str:
@@ -221,7 +228,8 @@ class Scorer:
             part_probe = [renders[j * n + i] for j in range(k) for i in range(n_eval, n)]
             probe_part = score(part_probe, probe_material, self.asr, self.centroid, self.device,
                                intrusive=False, progress=_offset(tick, len(part_eval)))
-        return combine(eval_part, probe_part, ps.texts, m.language, ps.seeds[:k])
+        scored = combine(eval_part, probe_part, ps.texts, m.language, ps.seeds[:k])
+        return add_dvector_scores(scored, renders, self.dv_centroid)
 
     def score_real(self) -> dict:
         """The real recordings of the eval sentences, scored like renders (the ceiling of each metric)."""
@@ -232,7 +240,7 @@ class Scorer:
         part = score(real, m, self.asr, self.centroid, self.device, intrusive=False)
         for row in part["per_sentence"]:
             row["group"] = "eval"
-        return {**part, "groups": {"eval": part["aggregate"]}}
+        return add_dvector_scores({**part, "groups": {"eval": part["aggregate"]}}, real, self.dv_centroid)
 
 
 def _ticker(progress: Progress | None, total: int, what: str) -> Progress | None:
@@ -433,11 +441,13 @@ def write_evaluation(
             if row.get("audio_file"):
                 row["audio_file"] = f"../{BASELINE}/{row['audio_file']}"
         models[name] = copy
+    summary = summarize(models)
     with atomic_dir(out) as tmp:
         _write_renders(tmp, "finetuned", ev.renders, finetuned)
         doc = {
             "kind": "eval", "name": ev.name, "step": ev.step, **(info or {}), **probe_set.describe(),
-            "seconds": _timing(ev), "summary": summarize(models), **(selection or {}), **models,
+            "seconds": _timing(ev), "summary": summary, **(selection or {}), **models,
+            "speaker_encoders": encoder_note(summary),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(tmp / "metrics.json", json_safe(doc))
