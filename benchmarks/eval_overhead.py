@@ -10,7 +10,10 @@ logits processor that ends each row at its own length (after), so both do the wo
   Resemblyzer, DistillMOS one clip at a time), as evaluation worked until this change;
 * **after**: what ``voicetune train`` runs now: ``suite.run_evaluation`` (``harness.render``, which hands
   ``synthesis_batch_size`` texts to ``synthesize_batch``, and ``Scorer.score``, which scores the model-based
-  metrics in batches); with two seeds per sentence (``k2``), the same building blocks on twice the renders.
+  metrics in batches) with the protocol's ``--eval-seeds`` k (``k1``, ``k2``), plus what selection adds: the
+  bootstrap intervals of :mod:`voicetune.evaluation.stats` (``stats_s``). ``cpu_s``: process CPU seconds
+  (all threads) of one evaluation. On a voicetune without ``--eval-seeds`` (before issue 14), ``k1`` is its
+  ``run_evaluation`` and ``k2`` the same building blocks on twice the renders.
 
 Both include the failure detectors and MCD/PESQ/STOI (CPU; left out of both where pesq/pystoi are not
 installed, and the JSON says so). ``--asr`` names the faster-whisper model
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -326,21 +330,39 @@ def main() -> None:
         backend.set_train(True)  # each evaluation starts cold (the training loop clears the conditioning)
         reset_split()
         with per_row_caps(backend, caps):
-            if k == 1:  # exactly what the training loop runs
-                evaluate = partial(suite.run_evaluation, backend, probe_set, scorer, "step_1", 1)
+            if _has_seeds(options):  # exactly what the training loop runs: the protocol renders k seeds
+                options_k = dataclasses.replace(options, seeds=k)
+                probe_k = suite.build_probe_set(data, suite.Protocol.of(options_k))
+                scorer.probe_set = probe_k
+                evaluate = partial(suite.run_evaluation, backend, probe_k, scorer, "step_1", 1)
+                cpu0 = time.process_time()
                 ev, total = timed(evaluate, device)
+                cpu_eval = time.process_time() - cpu0
+                after, render_s, score_s = ev.renders, ev.render_seconds, ev.score_seconds
+                cpu0 = time.process_time()
+                stats_s = timed(partial(_select, ev, probe_k), device)[1]  # intervals + selection
+                cpu_stats = time.process_time() - cpu0
+                scorer.probe_set = probe_set
+            elif k == 1:  # a voicetune without seeds (main before this change): what its loop runs
+                evaluate = partial(suite.run_evaluation, backend, probe_set, scorer, "step_1", 1)
+                cpu0 = time.process_time()
+                ev, total = timed(evaluate, device)
+                cpu_eval, stats_s, cpu_stats = time.process_time() - cpu0, 0.0, 0.0
                 after, render_s, score_s = ev.renders, ev.render_seconds, ev.score_seconds
             else:
                 after, render_s = timed(partial(_render_seeded, backend, rows, refs, seeds), device)
                 _, score_s = timed(partial(_score_k, scorer, after, k), device)
-                total = render_s + score_s
+                total, cpu_eval, stats_s, cpu_stats = render_s + score_s, math.nan, 0.0, 0.0
         steps = max(caps.values()) + 1  # one batch: generation runs as long as its longest row (+ its stop)
-        entry["after"] = {"render_s": render_s, "score_s": score_s, "total_s": total,
+        entry["after"] = {"render_s": render_s, "score_s": score_s, "stats_s": stats_s,
+                          "total_s": total + stats_s, "cpu_s": cpu_eval + cpu_stats, "cpu_stats_s": cpu_stats,
                           "generation_steps": steps, "render_ms_per_generation_step": 1e3 * render_s / steps,
                           "render_split": dict(SPLIT),
                           "audio_seconds": [round(len(r.audio) / r.sample_rate, 3) for r in after
                                             if r.audio is not None]}
-        print(f"k={k} after: render {render_s:.2f} s, score {score_s:.2f} s, total {total:.2f} s", flush=True)
+        print(f"k={k} after: render {render_s:.2f} s, score {score_s:.2f} s, "
+              f"intervals+selection {stats_s:.2f} s, total {total + stats_s:.2f} s wall, "
+              f"{cpu_eval + cpu_stats:.2f} s CPU", flush=True)
         result["runs"][f"k{k}"] = entry
         write()
         if args.skip_before:
@@ -372,6 +394,21 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def _has_seeds(options: Any) -> bool:
+    """Does this voicetune render several seeds per sentence itself (--eval-seeds)?"""
+    return "seeds" in type(options).PROTOCOL
+
+
+def _select(ev: Any, probe_set: Any) -> Any:
+    """What selection adds per evaluation: the paired intervals of every metric and of the composite against
+    a baseline (here: the evaluation itself, which costs the same)."""
+    from voicetune.evaluation.selection import Selector
+    from voicetune.evaluation.suite import sentence_scores
+
+    scores = sentence_scores(ev.scores, probe_set.material.language)
+    return Selector(ev.aggregate, baseline_scores=scores).update(1, ev.aggregate, scores)
 
 
 def _render_seeded(backend: Any, texts: list[str], refs: list[Path], seeds: list[int]) -> list:

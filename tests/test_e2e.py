@@ -67,6 +67,7 @@ def _train_evaluate_export(data: Path, tmp_path: Path, backend: str, lr: str,
     export = f"  voicetune export {run} --out {voice} --checkpoint best   # {best}, the best evaluation"
     synthesize = f"  voicetune synthesize {voice} --text \"Hello, this is my voice.\" --out hello.wav"
     assert out[-4:] == ["next:", evaluate, export, synthesize]
+    assert out[-5].startswith("verdict: ")  # the plain verdict ends the report (evaluation/verdict.py)
     assert (run / "train.log").is_file() and "step 2/6" in (run / "train.log").read_text()
     # a run folder is not a package: say so, with the export command
     assert main(["synthesize", str(run), "--text", "Hi.", "--out", str(tmp_path / "x.wav")]) == 1

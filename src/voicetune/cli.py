@@ -271,8 +271,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(text_report(result.run_dir))
         print(f"report: {result.run_dir / 'report.html'}")
+        print(_verdict_line(result.run_dir))
     print(_next_commands(result.run_dir))
     return 0
+
+
+def _verdict_line(run_dir: Path) -> str:
+    from voicetune.evaluation.report import collect
+
+    said = collect(run_dir).verdict
+    return f"verdict: {said.text}" if said else ""
 
 
 def _duration(seconds: float) -> str:
@@ -319,6 +327,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          device=device, **options)
     print(result.text)
     print(f"report: {result.report}")
+    print(f"verdict: {result.verdict}")
     return 0
 
 

@@ -260,8 +260,8 @@ class EvalOptions:
     """
 
     FLAG_PREFIX: ClassVar[str] = "eval_"
-    PROTOCOL: ClassVar[tuple[str, ...]] = ("max_sentences", "probes", "num_references", "seed", "asr_model",
-                                           "intrusive")
+    PROTOCOL: ClassVar[tuple[str, ...]] = ("max_sentences", "probes", "num_references", "seed", "seeds",
+                                           "asr_model", "intrusive")
 
     every: int = opt(0, "Evaluate voice quality every N optimizer steps (0: use --eval-every-epochs).", low=0)
     every_epochs: int = opt(
@@ -277,8 +277,12 @@ class EvalOptions:
         "question and long).", low=0)
     num_references: int = opt(
         3, "Reference clips (longest of the train split) that condition synthesis.", low=1)
-    seed: int = opt(0, "Sampling seed of every evaluation render (same inputs, same seed at every step).",
+    seed: int = opt(0, "First sampling seed of the evaluation renders (same inputs, same seeds at every "
+                    "step).",
                     low=0, high=2**32 - 1)
+    seeds: int = opt(
+        2, "Renders of every sentence, with sampling seeds --eval-seed, --eval-seed + 1, ...: the 95-percent "
+        "intervals of every score resample sentences with their seeds (evaluation/stats.py).", low=1, high=16)
     asr_model: str = opt("auto", "ASR model of the WER round trip (same meaning as in prepare).")
     intrusive: bool = opt(True, "Also MCD/PESQ/STOI against the real recordings of the eval-split sentences.")
     weight_similarity: float = opt(
@@ -304,6 +308,9 @@ class EvalOptions:
     wer_guard_margin: float = opt(
         0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).",
         low=0.0, flag="wer_guard_margin")
+    similarity_guard: bool = opt(
+        True, "Never choose as best a checkpoint whose speaker similarity is significantly below the base "
+        "model's (the 95-percent paired interval of the change lies below 0).", flag="similarity_guard")
     per_speaker: bool = opt(
         True, "With a multi-speaker dataset, `voicetune evaluate` also scores every speaker separately (its "
         "own references, held-out clips and baseline) and says which voices the finetune improves or "

@@ -93,7 +93,10 @@ def test_evaluate_scores_the_checkpoint_against_the_base(cycle, asr_model):
                          asr_model=asr_model)
     assert result.evaluated == [f"step_{STEPS}"]
     doc = result.docs[f"step_{STEPS}"]
-    assert doc["finetuned"]["aggregate"]["n_sentences"] == 2 and "summary" in doc
+    assert doc["finetuned"]["aggregate"]["n_sentences"] == 4 and "summary" in doc  # 2 sentences x 2 seeds
+    rows = doc["finetuned"]["per_sentence"]
+    assert [(r["sentence"], r["seed"]) for r in rows] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert result.verdict  # the plain verdict, printed by `voicetune evaluate`
     assert result.report.is_file()
 
 

@@ -65,7 +65,8 @@ def make_run(root: Path, dataset: Path, recordings: dict[str, Path], base_snr: f
     return run
 
 
-PROTOCOL = {"eval_max_sentences": 3, "eval_probes": 0, "eval_num_references": 2, "eval_seed": 3}
+PROTOCOL = {"eval_max_sentences": 3, "eval_probes": 0, "eval_num_references": 2, "eval_seed": 3,
+            "eval_seeds": 1}  # one render per sentence: the counts below are sentences
 
 
 @pytest.fixture(scope="module")

@@ -65,8 +65,13 @@ def test_baseline_and_step_evaluations_are_written_with_audio_and_deltas(evaluat
         doc = _doc(run / "eval" / f"step_{step}" / "metrics.json")
         assert doc["kind"] == "eval" and doc["step"] == step
         assert doc["protocol"]["key"] == baseline["protocol"]["key"]
-        assert [r["audio_file"] for r in doc["finetuned"]["per_sentence"]] == ["finetuned/00.wav", "finetuned/01.wav"]
-        assert all((run / "eval" / f"step_{step}" / f"finetuned/{i:02d}.wav").is_file() for i in range(2))
+        rows = doc["finetuned"]["per_sentence"]  # each sentence with 2 seeds (--eval-seeds), seed-major
+        assert [r["audio_file"] for r in rows] == ["finetuned/00.wav", "finetuned/01.wav",
+                                                   "finetuned/00_seed1.wav", "finetuned/01_seed1.wav"]
+        assert [(r["sentence"], r["seed"]) for r in rows] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+        assert all((run / "eval" / f"step_{step}" / r["audio_file"]).is_file() for r in rows)
+        assert doc["selection"]["seeds"] == 2 and doc["selection"]["interval"] is None  # 2 sentences: too few
+        assert "too few for an interval" in doc["selection"]["note"] or doc["step"] != 2
         sim = doc["summary"]["speaker_similarity"]
         assert sim["base"] == baseline["base"]["aggregate"]["speaker_similarity"]
         assert sim["delta"] == pytest.approx(sim["finetuned"] - sim["base"])
@@ -165,7 +170,8 @@ def test_rescoring_reproduces_in_loop_renders_and_scores_a_base_alone(evaluated_
     assert main(["evaluate", "--base", str(base), "--dataset", str(dataset), "--out", str(out), "--asr-model",
                  asr_model, "--max-sentences", "1", "--probes", "1", "--num-references", "2", "--device", "cpu"]) == 0
     doc = _doc(out / "metrics.json")
-    assert doc["kind"] == "baseline" and doc["base"]["aggregate"]["n_sentences"] == 2
+    # n_sentences counts renders: 2 sentences x 2 seeds
+    assert doc["kind"] == "baseline" and doc["base"]["aggregate"]["n_sentences"] == 4
     assert (out / "base" / "00.wav").is_file() and (out / "real" / "00.wav").is_file()
 
 
@@ -217,3 +223,16 @@ def test_a_resumed_run_reuses_its_baseline_and_continues_the_selection(dataset, 
                     selection_rules(load_train_config(run / "config.yaml").eval),
                     base_doc["real"]["aggregate"]["speaker_similarity"])
     assert best_checkpoint(run).name == f"step_{sel.best_step}"  # as if the run had never stopped
+
+
+def test_the_verdict_heads_the_report_and_is_recorded_for_the_ui(evaluated_run):
+    from voicetune.ui.evals import verdict as ui_verdict
+
+    run, _ = evaluated_run
+    html = (run / "report.html").read_text()
+    assert html.index("class='verdict") < html.index("<table")  # at the top, before everything else
+    said = _doc(run / "best.json")["verdict"]
+    assert said["kind"] in ("improved", "no_improvement") and said["text"]
+    assert "too few for an interval" in said["text"]  # 2 sentences: no interval is claimed, and it says so
+    assert _doc(run / "eval" / "in_loop.json")["verdict"] == said
+    assert ui_verdict(run) == said["text"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from voicetune.evaluation.selection import (
@@ -14,6 +15,7 @@ from voicetune.evaluation.selection import (
     composite_score,
     replay,
 )
+from voicetune.evaluation.stats import SentenceScores
 
 BASE = {"speaker_similarity": 0.70, "wer": 0.05, "cer": 0.02, "mos": 3.0, "failure_rate": 0.0}
 REAL_SIM = 0.90  # the real recordings' similarity: the gap to close is 0.20
@@ -130,3 +132,74 @@ def test_invalid_rules_are_rejected():
         SelectionRules(wer_guard="panic")
     with pytest.raises(ValueError, match=">= 0"):
         SelectionRules(patience=-1)
+
+
+# ------------------------------------------------------------------------ with per-sentence scores (noise)
+
+N_SENT, N_SEEDS = 8, 2
+
+
+def scored(sim, wer, rng, noise=0.01):
+    """Per-sentence rows of an evaluation (8 sentences x 2 seeds) around ``sim`` (per sentence, or per
+    sentence and seed) and ``wer`` (per sentence), and their aggregate."""
+    sim = np.broadcast_to(np.asarray(sim).reshape(N_SENT, -1), (N_SENT, N_SEEDS))
+    rows = [{"sentence": i, "seed": j, "text": "one two three four five six seven eight nine ten",
+             "speaker_similarity": float(sim[i, j] + rng.normal(0, noise)), "wer": float(max(0.0, wer[i])),
+             "cer": float(max(0.0, wer[i]) / 2), "mos": 3.0, "flags": []}
+            for j in range(N_SEEDS) for i in range(N_SENT)]
+    scores = SentenceScores.from_rows(rows)
+    return scores.point(), scores
+
+
+@pytest.fixture
+def sentences():
+    rng = np.random.default_rng(0)
+    return rng, 0.70 + rng.normal(0, 0.05, N_SENT), np.full(N_SENT, 0.05)
+
+
+def test_a_checkpoint_worse_than_the_baseline_beyond_noise_is_never_best(sentences):
+    rng, sim, wer = sentences
+    base, base_scores = scored(sim, wer, rng)
+    sel = Selector(base, SelectionRules(similarity_guard=False), REAL_SIM, base_scores)
+    worse = sel.update(10, *scored(sim - 0.06, wer + 0.10, rng))  # similarity and WER both worse
+    assert worse.interval[1] < 0 and worse.guard == "worse_than_base" and not worse.is_best
+    assert sel.best_step is None
+    # a checkpoint that is merely not better (within the noise) may still be the best so far
+    same = sel.update(20, *scored(sim, wer, rng))
+    assert same.interval[0] < 0 < same.interval[1] and same.is_best and sel.best_step == 20
+    assert best_of([worse]) is None
+
+
+def test_the_similarity_guard_keeps_a_voice_that_drifted_from_the_speaker_out(sentences):
+    rng, sim, wer = sentences
+    base, base_scores = scored(sim, wer + 0.30, rng)
+    drifted = scored(sim - 0.03, wer, rng)  # WER 30 points better, similarity 0.03 lower: composite > 0
+    sel = Selector(base, SelectionRules(), REAL_SIM, base_scores)
+    d = sel.update(10, *drifted)
+    assert d.composite > 0 and d.deltas["speaker_similarity"]["high"] < 0
+    assert not d.is_best and d.guard == "similarity" and "similarity guard" in d.blocked
+    off = Selector(base, SelectionRules(similarity_guard=False), REAL_SIM, base_scores)
+    assert off.update(10, *drifted).is_best  # configurable
+
+
+def test_best_moves_only_when_the_gain_beats_the_noise(sentences):
+    rng, sim, wer = sentences
+    base, base_scores = scored(sim, wer, rng)
+    sel = Selector(base, SelectionRules(patience=0), REAL_SIM, base_scores)
+    renders = sim[:, None] + 0.08 + rng.normal(0, 0.02, (N_SENT, N_SEEDS))
+    first = sel.update(10, *scored(renders, wer, rng, noise=0.0))
+    assert first.is_best and first.interval[0] > 0
+    one_sentence = renders.copy()
+    one_sentence[0] += 0.10  # better on one sentence of 8: a higher mean, but not beyond the noise
+    close = sel.update(20, *scored(one_sentence, wer, rng, noise=0.0))
+    assert close.composite > first.composite + 0.01 and not close.is_best and sel.best_step == 10
+    assert close.versus_best["low"] <= 0 < close.versus_best["high"]
+    assert "cannot be told apart from step 10" in close.note
+    clear = sel.update(30, *scored(renders + 0.06, wer, rng, noise=0.0))
+    assert clear.is_best and clear.versus_best["low"] > 0 and sel.best_step == 30
+
+
+def test_without_per_sentence_scores_the_point_scores_decide_and_the_decision_says_so():
+    sel = Selector(BASE, SelectionRules(), REAL_SIM)
+    d = sel.update(10, m(sim=0.75))
+    assert d.is_best and d.interval is None and "no interval" in d.note

@@ -25,7 +25,8 @@ from voicetune.training.errors import SoftwareError
 from voicetune.utils.io import read_jsonl
 
 SMALL = {"batch_size": 2, "lr": 5e-4, "seed": 3, "device": "cpu", "eval_max_sentences": 1, "eval_probes": 1,
-         "eval_num_references": 2, "eval_max_overhead": 0.0, "early_stop_patience": 0}
+         "eval_num_references": 2, "eval_max_overhead": 0.0, "early_stop_patience": 0,
+         "eval_seeds": 1}  # one render per sentence: the counts below are sentences
 CAUSE = ("AttributeError: 'NoneType' object has no attribute 'get_seq_length' "
          "(at TTS/tts/layers/xtts/gpt_inference.py:62)")
 
@@ -71,7 +72,7 @@ def test_a_later_evaluation_that_synthesizes_nothing_fails_the_run_after_saving_
     code = main(["train", str(tiny_dataset), "--base", str(tiny_base), "--out", str(run), "--max-steps", "4",
                  "--eval-every", "2", "--eval-asr-model", asr_model, "--batch-size", "2", "--device", "cpu",
                  "--eval-max-sentences", "1", "--eval-probes", "1", "--eval-num-references", "2",
-                 "--eval-max-overhead", "0", "--early-stop-patience", "0"])
+                 "--eval-max-overhead", "0", "--early-stop-patience", "0", "--eval-seeds", "1"])
     err = capsys.readouterr().err
     assert code == 1
     assert "step_2 evaluation: all 2 sentences failed to synthesize" in err and CAUSE in err

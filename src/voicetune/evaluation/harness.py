@@ -119,13 +119,14 @@ def render(
     texts: Sequence[str],
     refs: Sequence[Path],
     language: str,
-    seed: int,
+    seed: int | Sequence[int],
     progress: Progress | None = None,
     done: int = 0,
     total: int = 0,
     what: str = "synthesize",
 ) -> list[Render]:
-    """Synthesize every text (inference mode, fixed seed); a failing sentence is recorded, not fatal.
+    """Synthesize every text (inference mode, fixed seed, or ``seed[i]`` for text i); a failing sentence is
+    recorded, not fatal.
 
     Texts go to ``Backend.synthesize_batch`` ``Backend.synthesis_batch_size`` at a time (a batch's time is
     shared by its renders). Audio is clipped to [-1, 1] (as every writer does), so scores and the cache see
@@ -134,11 +135,14 @@ def render(
     backend.set_train(False)
     out: list[Render] = []
     size = max(1, int(type(backend).synthesis_batch_size))
+    seeds = [seed] * len(texts) if isinstance(seed, int) else [int(x) for x in seed]
+    if len(seeds) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(seeds)} seeds")
     for start in range(0, len(texts), size):
         chunk = list(texts[start:start + size])
         t0 = time.perf_counter()
         try:
-            results = backend.synthesize_batch(chunk, list(refs), language, [seed] * len(chunk))
+            results = backend.synthesize_batch(chunk, list(refs), language, seeds[start:start + size])
         except Exception as e:  # noqa: BLE001 - a backend error on the batch is a failure of its sentences
             results = [e] * len(chunk)
         seconds = (time.perf_counter() - t0) / len(chunk)

@@ -36,7 +36,7 @@ from typing import Any
 from voicetune.backends.base import Progress
 from voicetune.data.manifest import DatasetError
 from voicetune.evaluation.harness import EvalError, json_safe
-from voicetune.evaluation.selection import Decision, Selector
+from voicetune.evaluation.selection import Decision, Selector, intervals_of
 from voicetune.evaluation.suite import (
     BASELINE,
     LOGGED_METRICS,
@@ -49,6 +49,7 @@ from voicetune.evaluation.suite import (
     partial_errors,
     run_evaluation,
     selection_rules,
+    sentence_scores,
     synthesis_failure,
     warm_up,
     write_baseline,
@@ -175,7 +176,9 @@ class InLoopEvaluator(TrainCallback):
             self._estimate = float((reused.get("seconds") or {}).get("total") or 0.0)
         base_agg = self.baseline_doc["base"]["aggregate"]
         real_sim = (self.baseline_doc.get("real") or {}).get("aggregate", {}).get("speaker_similarity")
-        self.selector = Selector(base_agg, selection_rules(cfg.eval), real_similarity=real_sim)
+        self.language = self.probe_set.material.language
+        self.selector = Selector(base_agg, selection_rules(cfg.eval), real_similarity=real_sim,
+                                 baseline_scores=sentence_scores(self.baseline_doc["base"], self.language))
         self._baseline_seconds = time.perf_counter() - t0
         if reused is None:
             self._record(ev, None, state)
@@ -204,7 +207,7 @@ class InLoopEvaluator(TrainCallback):
             if step > resumed_from:
                 continue
             agg = doc["finetuned"]["aggregate"]
-            decision = self.selector.update(step, agg)
+            decision = self.selector.update(step, agg, sentence_scores(doc["finetuned"], self.language))
             self._aggregates[step] = agg
             self.evaluations.append({"step": step, "seconds": (doc.get("seconds") or {}).get("total"),
                                      "composite": decision.composite})
@@ -242,7 +245,7 @@ class InLoopEvaluator(TrainCallback):
             self._fail(state, error)
             return
         assert self.selector is not None
-        decision = self.selector.update(step, ev.aggregate)
+        decision = self.selector.update(step, ev.aggregate, sentence_scores(ev.scores, self.language))
         self._aggregates[step] = ev.aggregate
         write_evaluation(self.run_dir / "eval" / name, self.probe_set, ev, self.baseline_doc,
                          selection=self._selection(decision), info={**self.info, "checkpoint": name,
@@ -308,9 +311,11 @@ class InLoopEvaluator(TrainCallback):
         self._write_report()
 
     def _write_report(self) -> None:
-        from voicetune.evaluation.report import text_report, write_report
+        from voicetune.evaluation.report import record_verdict, text_report, write_report
 
         try:
+            said = record_verdict(self.run_dir)  # in best.json and eval/in_loop.json, for the UI and the CLI
+            logger.info("verdict: %s", said.text)
             path = write_report(self.run_dir)
             logger.info("report: %s", path)
             logger.debug("%s", text_report(self.run_dir))  # the CLI prints it; the log file keeps it too
@@ -358,6 +363,7 @@ class InLoopEvaluator(TrainCallback):
                 "is_best": d.is_best, "best_step": d.best_step, "best_composite": d.best_composite,
                 "evals_without_improvement": d.evals_without_improvement, "stop": d.stop, "reason": d.reason,
                 "warnings": d.warnings, "weights": self.selector.rules.weights.as_dict(),
+                **intervals_of(d),
             },
         }
 
@@ -367,6 +373,7 @@ class InLoopEvaluator(TrainCallback):
         record: dict[str, Any] = {
             "kind": "eval", "name": ev.name, "step": ev.step, "time": time.time(),
             "seconds": round(ev.seconds, 3), "composite": d.composite if d else 0.0,
+            "composite_interval": d.interval if d else None,
             "best": bool(d and d.is_best), **{k: agg.get(k) for k in LOGGED_METRICS if k in agg},
             "delta": {k: agg[k] - base[k] for k in LOGGED_METRICS
                       if _finite(agg.get(k)) and _finite(base.get(k))},

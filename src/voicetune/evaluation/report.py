@@ -24,8 +24,9 @@ from voicetune.evaluation.harness import TABLE_METRICS
 from voicetune.evaluation.metrics import DIRECTIONS
 from voicetune.evaluation.report_speakers import encoders_html, speakers_html, speakers_text
 from voicetune.evaluation.suite import BASELINE, eval_docs, load_doc, partial_errors
+from voicetune.evaluation.verdict import Verdict, verdict
 from voicetune.run import best_checkpoint, list_checkpoints
-from voicetune.utils.io import atomic_write_text, read_jsonl
+from voicetune.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class RunEvals:
     errors: list[str] = field(default_factory=list)  # software errors (every sentence failed to synthesize)
     loss_parts: list[str] = field(default_factory=lambda: ["text_ce", "mel_ce"])  # run.json: the backend's parts
     loss_note: str = ""  # run.json: how to read them (Backend.loss_note)
+    verdict: Verdict | None = None  # the plain verdict (verdict.py), at the top of the report
 
     @property
     def base_agg(self) -> dict[str, Any]:
@@ -96,7 +98,58 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
         out.loss_parts = [str(p) for p in training["loss_parts"]]
     out.loss_note = str(training.get("loss_note") or "")
     out.warnings = _warnings(out)
+    out.verdict = run_verdict(out)
     return out
+
+
+def guards(r: RunEvals) -> list[dict[str, str]]:
+    """Where a guard decided: ``{"checkpoint", "guard", "message"}`` per evaluation a guard excluded from
+    being the best (:meth:`Selector.blocked`), per WER guard stop ("wer") and warning ("wer_warn")."""
+    out = []
+    for d in r.evals:
+        sel, name = d.get("selection") or {}, d.get("name") or f"step_{d['step']}"
+        if sel.get("blocked"):
+            out.append({"checkpoint": name, "guard": sel.get("guard") or "", "message": sel["blocked"]})
+        wer = [("wer", m) for m in (sel.get("reason") or "").split("; ") if m.startswith("WER guard")]
+        wer += [("wer_warn", w) for w in sel.get("warnings", []) if w.startswith("WER guard")]
+        out += [{"checkpoint": name, "guard": kind, "message": m} for kind, m in wer]
+    return out
+
+
+def guard_lines(r: RunEvals) -> list[str]:
+    """:func:`guards` as lines: "step_200: similarity guard: ..."."""
+    return [f"{g['checkpoint']}: {g['message']}" for g in guards(r)]
+
+
+def verdict_notes(r: RunEvals) -> list[str]:
+    """The "why" notes of the other checks (validation-loss overfitting, no-effect check, speakers), read
+    from the run folder; none yet."""
+    return []
+
+
+def run_verdict(r: RunEvals) -> Verdict:
+    """The verdict of what ``r`` holds (:func:`voicetune.evaluation.verdict.verdict`)."""
+    evaluated = sum(1 for d in r.evals if not d.get("error"))
+    return verdict(r.best, evaluated, guards=guards(r), notes=verdict_notes(r))
+
+
+def record_verdict(run_dir: Path | str, eval_root: Path | str | None = None) -> Verdict:
+    """Compute the verdict and write it as the ``verdict`` field of best.json (when there is a best), of
+    eval/in_loop.json (a run's own evaluations) and of the newest evaluation's metrics.json (what the web UI
+    reads, in that order)."""
+    r = collect(run_dir, eval_root)
+    assert r.verdict is not None
+    main = r.eval_root.resolve() == (r.run_dir / "eval").resolve()
+    paths = [(r.run_dir if main else r.eval_root) / "best.json"] if r.best else []
+    paths += [r.eval_root / "in_loop.json"] if main and r.in_loop else []
+    if r.evals:
+        newest = r.evals[-1].get("name") or f"step_{r.evals[-1]['step']}"
+        paths.append(r.eval_root / newest / "metrics.json")
+    for path in paths:
+        doc = load_doc(path)
+        if isinstance(doc, dict):
+            atomic_write_json(path, {**doc, "verdict": r.verdict.as_dict()})
+    return r.verdict
 
 
 def _errors(r: RunEvals) -> list[str]:
@@ -126,8 +179,9 @@ def _warnings(r: RunEvals) -> list[str]:
         failures = agg.get("failures") or {}
         if failures:
             n = agg.get("n_sentences") or "?"
+            unit = "renders" if (agg.get("seeds") or 1) > 1 else "sentences"  # sentences x seeds
             flags = ", ".join(f"{k} in {v}/{n}" for k, v in sorted(failures.items()))
-            out.append(f"{label}: failure detectors flagged {flags} sentences")
+            out.append(f"{label}: failure detectors flagged {flags} {unit}")
     if r.best and not r.best.get("beats_baseline"):
         out.append(f"no evaluated checkpoint beats the base model: the best, {r.best['checkpoint']}, scores "
                    f"{r.best['composite']:+.3f}; consider the base model, more data or a lower learning rate")
@@ -161,7 +215,7 @@ def _rows(r: RunEvals) -> list[dict[str, Any]]:
         name = d.get("name") or f"step_{d['step']}"
         failed = bool(d.get("error"))  # nothing was synthesized: no values, not the worst possible ones
         rows.append({"name": name + (" (error)" if failed else ""), "step": d["step"],
-                     "composite": d.get("composite"),
+                     "composite": d.get("composite"), "selection": d.get("selection") or {},
                      "agg": {} if failed else d.get("finetuned", {}).get("aggregate", {}),
                      "kept": "yes" if name in r.kept else "no", "best": d["step"] == r.best_step})
     return rows
@@ -176,7 +230,9 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
     header = ["evaluation", "composite"] + [c[1] for c in cols] + ["kept"]
     lines = [header]
     for row in _rows(r):
-        cells = [row["name"] + (" *" if row["best"] else ""), _f(row["composite"], "{:.3f}", True)]
+        ci = (row.get("selection") or {}).get("interval")
+        ci = f" [{_f(ci[0], '{:.2f}', True)}, {_f(ci[1], '{:.2f}', True)}]" if ci else ""
+        cells = [row["name"] + (" *" if row["best"] else ""), _f(row["composite"], "{:.3f}", True) + ci]
         for key, _, fmt in cols:
             v, b = row["agg"].get(key), base.get(key)
             delta = "" if row["name"] == BASELINE or not isinstance(b, (int, float)) or not isinstance(
@@ -190,16 +246,26 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
                        for i, (c, w) in enumerate(zip(x, widths, strict=True))) for x in lines]
     if r.best:
         where = "marked in checkpoints/best" if r.report_path == r.run_dir / "report.html" else "this protocol"
-        text.append(f"best: {r.best['checkpoint']} (composite {r.best['composite']:+.3f}, {where})")
+        ci = r.best.get("composite_interval")
+        ci_text = f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else ", no interval"
+        text.append(f"best: {r.best['checkpoint']} (composite {r.best['composite']:+.3f}{ci_text}, {where})")
     elif r.evals:
         text.append("best: none marked")
     if r.in_loop and r.in_loop.get("overhead_fraction") is not None:
         text.append(f"evaluation cost: {r.in_loop['eval_seconds']:.1f} s in {len(r.in_loop['evaluations'])} "
                     f"evaluations = {100 * r.in_loop['overhead_fraction']:.1f}% of the training wall time "
                     f"(+{r.in_loop['baseline_seconds']:.1f} s baseline)")
+    text += [f"guard: {g}" for g in guard_lines(r)]
+    text += [f"note: {n}" for n in _notes(r)]
     text += [f"warning: {w}" for w in r.warnings]
     text += speakers_text(r.eval_root)
     return "\n".join(text)
+
+
+def _notes(r: RunEvals) -> list[str]:
+    """How selection decided where it is not obvious ("cannot be told apart", no interval), per step."""
+    return [f"step {d['step']}: {(d.get('selection') or {})['note']}" for d in r.evals
+            if (d.get("selection") or {}).get("note")]
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -246,6 +312,23 @@ def _no_data(ax: Any, text: str) -> None:
         spine.set_visible(False)
 
 
+def _bars(r: RunEvals, key: str, base: Any) -> list[tuple[int, float, float]]:
+    """(step, low, high) per evaluation: the 95 % paired interval of the change against the baseline, drawn
+    around the baseline's value (a bar crossing the dashed baseline line: within the noise)."""
+    out = []
+    for d in r.evals:
+        sel = d.get("selection") or {}
+        if key == "composite":
+            lo_hi, offset = sel.get("interval"), 0.0
+        else:
+            delta = (sel.get("deltas") or {}).get(key) or {}
+            lo_hi, offset = [delta.get("low"), delta.get("high")], base
+        if (isinstance(lo_hi, list) and len(lo_hi) == 2 and isinstance(offset, (int, float))
+                and all(isinstance(x, (int, float)) for x in lo_hi)):
+            out.append((d["step"], offset + lo_hi[0], offset + lo_hi[1]))
+    return out
+
+
 def metric_plot(r: RunEvals) -> str | None:
     """Base64 PNG: composite score and the main metrics per evaluation, baseline dashed, best starred."""
     fig = metric_figure(r)
@@ -275,6 +358,10 @@ def metric_figure(r: RunEvals) -> Any:
             _no_data(ax, "no data: no evaluation has a value\n(failed renders, or the metric is off)")
             continue
         ax.plot(steps, ys, marker="o", linewidth=1.2)
+        bars = _bars(r, key, base)
+        if bars:
+            xs, lows, highs = zip(*bars, strict=True)
+            ax.vlines(xs, lows, highs, color="tab:blue", alpha=0.35, linewidth=4)
         if isinstance(base, (int, float)):
             ax.axhline(base, linestyle="--", color="grey", linewidth=1, label="baseline")
         if r.best_step in steps:
@@ -293,15 +380,36 @@ def metric_figure(r: RunEvals) -> Any:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{background:#fff6d6}
-.good{color:#11772d}.bad{color:#b3261e}.warn{background:#fff3f0;border-left:4px solid #b3261e;padding:4px 10px;
+.good{color:#11772d}.bad{color:#b3261e}.same{color:#777}
+.verdict{border-left:6px solid #2563eb;background:#eff6ff;padding:10px 14px;margin:12px 0;font-size:16px}
+.verdict.improved{border-color:#11772d;background:#edf7ef}
+.verdict.worse{border-color:#b3261e;background:#fdf0ee}
+.warn{background:#fff3f0;border-left:4px solid #b3261e;padding:4px 10px;
 margin:4px 0}audio{height:32px;width:220px}.small{color:#666;font-size:12px}
 .error{background:#fde7e4;border:2px solid #b3261e;padding:8px 12px;margin:8px 0;color:#5c0f0a}
 table.facts{font-size:14px}table.facts th,table.facts td{border:none;text-align:left;padding:2px 12px 2px 0;
 background:none}table.facts th{white-space:nowrap;vertical-align:top}"""
 
 
-def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool) -> str:
+def _interval(lo_hi: Any, fmt: str) -> str:
+    """"<br><span class=small>[+0.09, +0.15]</span>" for a 95 % interval, "" without one."""
+    if not isinstance(lo_hi, (list, tuple)) or len(lo_hi) != 2 or not all(
+            isinstance(x, (int, float)) and math.isfinite(x) for x in lo_hi):
+        return ""
+    return f"<br><span class='small'>[{_f(lo_hi[0], fmt, True)}, {_f(lo_hi[1], fmt, True)}]</span>"
+
+
+def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool, delta_ci: Any = None,
+          value_ci: Any = None) -> str:
+    """The value and its change against the baseline: green/red when the change's 95 % paired interval
+    (shown under it) excludes 0, grey when it holds 0; by its sign when there is no interval. The value's own
+    95 % interval is its tooltip."""
     value = _f(v, fmt)
+    tip = ""
+    if _interval(value_ci, fmt):  # a finite pair
+        tip = f"[{_f(value_ci[0], fmt)}, {_f(value_ci[1], fmt)}]"
+    if tip:
+        value = f"<span title='95 % interval of the value: {tip}'>{value}</span>"
     if is_baseline or not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
         return f"<td>{value}</td>"
     delta = v - base
@@ -309,21 +417,64 @@ def _cell(v: Any, base: Any, key: str, fmt: str, is_baseline: bool) -> str:
         return f"<td>{value}</td>"
     good = (delta > 0) == (DIRECTIONS.get(key) == "higher")
     cls = "" if delta == 0 else ("good" if good else "bad")
-    return f'<td>{value} <span class="{cls}">({_f(delta, fmt, True)})</span></td>'
+    ci = _interval(delta_ci, fmt)
+    if ci and delta_ci[0] <= 0 <= delta_ci[1]:
+        cls = "same"  # within the noise
+    return f'<td>{value} <span class="{cls}">({_f(delta, fmt, True)})</span>{ci}</td>'
+
+
+def _decided(row: dict[str, Any]) -> str:
+    """The selection column: how this evaluation was decided (best, a guard, within the noise)."""
+    sel = row.get("selection") or {}
+    if row["best"]:
+        return "★ best"
+    guard = {"similarity": "excluded by the similarity guard", "wer": "WER guard stopped training",
+             "worse_than_base": "worse than base beyond noise"}.get(sel.get("guard") or "")
+    if guard:
+        return guard
+    versus = sel.get("versus_best")
+    if isinstance(versus, dict) and str(sel.get("note") or "").startswith("cannot be told apart"):
+        return f"cannot be told apart from step {versus.get('step')}"
+    return ""
 
 
 def _table(r: RunEvals) -> str:
     head = "".join(f"<th>{html.escape(label)} {'↑' if DIRECTIONS[k] == 'higher' else '↓'}</th>"
                    for k, label, _ in TABLE_METRICS)
-    out = [f"<table><tr><th>evaluation</th><th>composite</th>{head}<th>checkpoint kept</th></tr>"]
+    out = [(f"<table><tr><th>evaluation</th><th>composite</th>{head}<th>selection</th>"
+            "<th>checkpoint kept</th></tr>")]
     for row in _rows(r):
         is_base = row["name"] == BASELINE
-        cells = "".join(_cell(row["agg"].get(k), r.base_agg.get(k), k, fmt, is_base) for k, _, fmt in TABLE_METRICS)
-        name = html.escape(row["name"]) + (" ★ best" if row["best"] else "")
+        deltas = row.get("selection", {}).get("deltas") or {}
+        if is_base:  # the baseline's own intervals: from any evaluation's paired deltas (the same draws)
+            deltas = next((d.get("selection", {}).get("deltas") for d in r.evals
+                           if (d.get("selection") or {}).get("deltas")), None) or {}
+        own = "base" if is_base else "value"
+
+        def ci(k: str, low: str, high: str) -> list[Any]:
+            d = deltas.get(k) or {}  # noqa: B023 - used at once, in this iteration
+            return [d.get(low), d.get(high)]
+
+        cells = "".join(_cell(row["agg"].get(k), r.base_agg.get(k), k, fmt, is_base, ci(k, "low", "high"),
+                              ci(k, f"{own}_low", f"{own}_high")) for k, _, fmt in TABLE_METRICS)
+        name = html.escape(row["name"])
         cls = ' class="best"' if row["best"] else ""
-        out.append(f"<tr{cls}><td>{name}</td><td>{_f(row['composite'], '{:.3f}', True)}</td>{cells}"
-                   f"<td>{row['kept']}</td></tr>")
+        composite = _f(row["composite"], "{:.3f}", True) + _interval(row.get("selection", {}).get("interval"),
+                                                                     "{:.3f}")
+        out.append(f"<tr{cls}><td>{name}</td><td>{composite}</td>{cells}"
+                   f"<td>{html.escape(_decided(row))}</td><td>{row['kept']}</td></tr>")
     out.append("</table>")
+    seeds = {(row.get("selection") or {}).get("seeds") for row in _rows(r)} - {None, 0}
+    n = {(row.get("selection") or {}).get("n_sentences") for row in _rows(r)} - {None, 0}
+    if n:
+        out.append(f"<p class='small'>Under each change: its 95 % paired interval against the baseline "
+                   f"(cluster bootstrap over {max(n)} sentences x {max(seeds or {1})} seeds; "
+                   "voicetune/evaluation/stats.py). Green or red only when the interval excludes 0 (beyond "
+                   "noise); grey when the change is within the noise. Hover a value for its own 95 % "
+                   "interval.</p>")
+    else:
+        out.append("<p class='small'>No intervals: too few sentences or no per-sentence scores "
+                   "(see voicetune/evaluation/stats.py).</p>")
     return "\n".join(out)
 
 
@@ -375,10 +526,17 @@ def _protocol_text(b: dict[str, Any]) -> str:
     refs = len(b.get("references") or []) or p.get("num_references")
     text = (f"{n_eval} eval-split sentence{'s' * (n_eval != 1)} with their recordings + {n_probe} probe "
             f"sentence{'s' * (n_probe != 1)}, conditioned on {refs} reference clip{'s' * (refs != 1)} "
-            f"of the speaker, sampling seed {p.get('seed', '?')}")
+            f"of the speaker, " + _seeds_text(b.get("seeds") or [p.get("seed", "?")]))
     if "intrusive" in p:
         text += "; MCD/PESQ/STOI against the recordings " + ("on" if p["intrusive"] else "off")
     return text + (f" (protocol {p['key']})" if p.get("key") else "")
+
+
+def _seeds_text(seeds: list[Any]) -> str:
+    """"sampling seed 0" or "each sentence rendered 2 times, with sampling seeds 0, 1"."""
+    if len(seeds) == 1:
+        return f"sampling seed {seeds[0]}"
+    return f"each sentence rendered {len(seeds)} times, with sampling seeds {', '.join(map(str, seeds))}"
 
 
 def _weights_text(weights: dict[str, Any]) -> str:
@@ -387,6 +545,13 @@ def _weights_text(weights: dict[str, Any]) -> str:
              "failures": "failure rate"}
     return ", ".join(f"{names.get(k, k)} ×{v:g}" for k, v in weights.items()
                      if isinstance(v, (int, float)) and v)
+
+
+def _verdict_html(r: RunEvals) -> str:
+    if r.verdict is None or (not r.evals and not r.baseline):
+        return ""
+    return (f"<div class='verdict {html.escape(r.verdict.kind)}'><b>Verdict.</b> "
+            f"{html.escape(r.verdict.text)}</div>")
 
 
 def _header(r: RunEvals) -> list[str]:
@@ -405,16 +570,19 @@ def _header(r: RunEvals) -> list[str]:
 def render_html(r: RunEvals) -> str:
     """The report page as a string."""
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>voicetune report</title>"
-              f"<style>{_CSS}</style></head><body><h1>voicetune report</h1>"), *_header(r)]
+              f"<style>{_CSS}</style></head><body><h1>voicetune report</h1>"), _verdict_html(r), *_header(r)]
     if r.best:
+        ci = r.best.get("composite_interval")
+        ci = f", 95 % CI {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else ", no interval"
         parts.append(f"<h2>Best checkpoint: {html.escape(r.best['checkpoint'])} "
-                     f"(composite {r.best['composite']:+.3f})</h2>"
+                     f"(composite {r.best['composite']:+.3f}{ci})</h2>"
                      "<p class='small'>Composite score = weighted change against the baseline (the base "
                      f"model, zero-shot): {html.escape(_weights_text(r.best.get('weights', {})))}. 0 is the "
-                     "base model; above 0 is better (see voicetune/evaluation/selection.py).</p>")
+                     "base model; above 0 is better. The best moves to a later checkpoint only when its gain "
+                     "beats the noise (see voicetune/evaluation/selection.py).</p>")
     elif r.evals:
         parts.append("<h2>Best checkpoint: none</h2><p class='small'>No evaluation qualified "
-                     "(see the errors and warnings).</p>")
+                     "(see the verdict, the selection column, the errors and warnings).</p>")
     if r.warnings:
         parts.append("<h2>Warnings</h2>" + "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in r.warnings))
     parts.append("<h2>Evaluations</h2>" + _table(r) if (r.baseline or r.evals) else "")
@@ -434,6 +602,9 @@ def render_html(r: RunEvals) -> str:
         body = (f"<img alt='{title}' src='data:image/png;base64,{png}'>" if png
                 else f"<p class='small'>{empty}</p>")
         parts.append(f"<h2>{title}</h2>{body}")
+        if title == "Metrics" and png:
+            parts.append("<p class='small'>Shaded bars: the 95 % paired interval of each change against the "
+                         "baseline (dashed line); a bar that crosses the line is within the noise.</p>")
         if title == "Training loss" and png and r.loss_note:
             parts.append(f"<p class='small'>{html.escape(r.loss_note)}</p>")
     audio = _audio_section(r)

@@ -24,7 +24,7 @@ from voicetune.backends.registry import detect_backend, get_backend, load_train_
 from voicetune.config import ConfigError, EvalOptions, TrainConfig
 from voicetune.data.manifest import Dataset
 from voicetune.evaluation.harness import TABLE_METRICS, EvalError
-from voicetune.evaluation.selection import Selector, best_of, replay
+from voicetune.evaluation.selection import Decision, Selector, replay
 from voicetune.evaluation.speakers import evaluate_speakers, is_multi_speaker
 from voicetune.evaluation.suite import (
     BASELINE,
@@ -36,6 +36,7 @@ from voicetune.evaluation.suite import (
     load_doc,
     run_evaluation,
     selection_rules,
+    sentence_scores,
     synthesis_failure,
     write_baseline,
     write_best_json,
@@ -79,6 +80,7 @@ class RescoreResult:
     report: Path
     text: str
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verdict: str = ""  # the plain verdict (evaluation/verdict.py)
 
 
 def _run_config(run_dir: Path) -> TrainConfig:
@@ -160,22 +162,27 @@ def rescore_run(
     if baseline_doc.get("error"):  # nothing to compare the checkpoints with: stop here, loudly
         _fail(run_dir, eval_root, [baseline_doc["error"]])
     rules = selection_rules(cfg.eval)
-    scorer0 = Selector(baseline_doc["base"]["aggregate"], rules, _real_similarity(baseline_doc))
+    lang = probe_set.material.language
+    scorer0 = Selector(baseline_doc["base"]["aggregate"], rules, _real_similarity(baseline_doc),
+                       sentence_scores(baseline_doc["base"], lang))
     docs, errors = {}, []
     for ckpt in ckpts:
         backend.load_trained(trainable_path(ckpt))
         step = int(read_meta(ckpt).get("step") or 0)
         ev = run_evaluation(backend, probe_set, scorer, ckpt.name, step, progress)
-        composite, parts = scorer0.score(ev.aggregate)
+        a = scorer0.assess(ev.aggregate, sentence_scores(ev.scores, lang))
+        guard, blocked = scorer0.blocked(a)
         error = synthesis_failure(ev, backend.name)
         if error:
             errors.append(error)
             logger.error("%s", error)
+        selection = {"decided_by": "rescore", "interval": a.interval, "deltas": a.deltas, "guard": guard,
+                     "blocked": blocked, "n_sentences": a.scores.n if a.scores else 0}
         docs[ckpt.name] = write_evaluation(
             eval_root / ckpt.name, probe_set, ev, baseline_doc,
-            selection={"composite": composite, "composite_parts": parts, "selection": {"decided_by": "rescore"}},
+            selection={"composite": a.composite, "composite_parts": a.parts, "selection": selection},
             info={**base_info, "checkpoint": ckpt.name, **({"error": error} if error else {})})
-        logger.info("%s: composite %+.3f", ckpt.name, composite)
+        logger.info("%s: composite %+.3f%s", ckpt.name, a.composite, f" ({blocked})" if blocked else "")
 
     best = _decide_best(run_dir, eval_root, own, baseline_doc, rules, probe_set.key())
     if cfg.eval.per_speaker and not errors and is_multi_speaker(dataset):  # every voice, judged on its own
@@ -184,11 +191,12 @@ def rescore_run(
                           (dev, metric_device, asr_device), base_info, progress)
     if errors:
         _fail(run_dir, eval_root, errors)
-    from voicetune.evaluation.report import text_report, write_report
+    from voicetune.evaluation.report import record_verdict, text_report, write_report
 
+    said = record_verdict(run_dir, eval_root)
     report = write_report(run_dir, eval_root)
     return RescoreResult(run_dir, eval_root, [c.name for c in ckpts], best, report,
-                         text_report(run_dir, eval_root), docs)
+                         text_report(run_dir, eval_root), docs, said.text)
 
 
 def score_speakers(
@@ -231,13 +239,16 @@ def _real_similarity(baseline_doc: dict[str, Any]) -> float | None:
 def _decide_best(
     run_dir: Path, eval_root: Path, own: bool, baseline_doc: dict[str, Any], rules: Any, key: str
 ) -> str | None:
-    """Replay selection over every evaluation of this protocol; mark the best whose checkpoint exists."""
+    """Replay selection (noise rule and guards included) over the evaluations of this protocol whose
+    checkpoint still exists; mark the best."""
     docs = eval_docs(eval_root, key)
-    evaluations = [(int(d["step"]), d["finetuned"]["aggregate"]) for d in docs]
-    selector, decisions = replay(baseline_doc["base"]["aggregate"], evaluations, rules,
-                                 _real_similarity(baseline_doc))
+    lang = baseline_doc.get("language") or "en"
     existing = {int(read_meta(c).get("step") or 0): c for c in list_checkpoints(run_dir)}
-    best = best_of(decisions, set(existing), rules.min_delta)
+    evaluations = [(int(d["step"]), d["finetuned"]["aggregate"], sentence_scores(d["finetuned"], lang))
+                   for d in docs if int(d["step"]) in existing and not d.get("error")]
+    selector, decisions = replay(baseline_doc["base"]["aggregate"], evaluations, rules,
+                                 _real_similarity(baseline_doc), sentence_scores(baseline_doc["base"], lang))
+    best: Decision | None = next((d for d in decisions if d.step == selector.best_step), None)
     if best is None:
         return None
     ckpt = existing[best.step]

@@ -31,17 +31,44 @@ whole weight (-1 x weight), so a broken checkpoint never wins by having nothing 
 in which every sentence failed to synthesize is a software error, not a measurement: its composite is NaN,
 so it is never the best.
 
-Early stopping (:class:`Selector`): the best score so far must improve by more than ``min_delta``
-within ``patience`` evaluations, else training stops. The WER guard stops (or warns) when an
-evaluation's WER exceeds the baseline's by more than ``wer_margin``: the model is losing the text.
+Noise (:mod:`.stats`): given the per-sentence scores of the baseline and of each evaluation (sentences x
+seeds), every composite and every metric delta gets a 95 % paired cluster-bootstrap interval. Then:
+
+* a checkpoint whose composite is worse than the base model's beyond noise (its interval lies below 0) is
+  never the best;
+* the similarity guard (``similarity_guard``, on by default): a checkpoint whose speaker similarity is
+  significantly below the base model's (the paired interval of the change lies below 0) is never the best;
+* the best moves to a later checkpoint only when the improvement beats the noise: the paired interval of
+  (candidate - best) lies above 0 (and the gain exceeds ``min_delta``), or the candidate is better than the
+  base model beyond noise while the best is not. Otherwise the decision says the two "cannot be told apart"
+  and the earlier (less trained) checkpoint stays.
+
+Without per-sentence scores, or with fewer than :data:`.stats.MIN_SENTENCES` sentences, there are no
+intervals: the point scores decide as before (a gain above ``min_delta``), and the decision says so.
+
+Early stopping (:class:`Selector`): the best must move within ``patience`` evaluations, else training
+stops. The WER guard stops (or warns) when an evaluation's WER exceeds the baseline's by more than
+``wer_margin``: the model is losing the text.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+
+from voicetune.evaluation.stats import (
+    CONFIDENCE,
+    MIN_SENTENCES,
+    SentenceScores,
+    bootstrap,
+    check_paired,
+    paired_deltas,
+    significant,
+)
 
 SIMILARITY_GAP_FLOOR = 0.05
 WER_GUARD_ACTIONS = ("stop", "warn", "off")
@@ -74,6 +101,7 @@ class SelectionRules:
     min_delta: float = 0.01  # an improvement must exceed this to count
     wer_guard: str = "stop"  # "stop" | "warn" | "off"
     wer_margin: float = 0.10  # WER above the baseline's by more than this trips the guard
+    similarity_guard: bool = True  # similarity significantly below the baseline's: never the best
 
     def __post_init__(self) -> None:
         if self.wer_guard not in WER_GUARD_ACTIONS:
@@ -100,37 +128,58 @@ def composite_score(
     ``failure_rate`` (missing keys count as NaN). ``real_similarity``: the real recordings' own
     similarity (the ceiling); 1.0 when unknown. The baseline itself scores 0.
     """
-    parts: dict[str, float] = {}
     if all_failed(metrics):  # nothing was synthesized: a software error, never a score (nor the best)
         return math.nan, {name: math.nan for name in ("similarity", "wer", "cer", "mos", "failures")}
-    base_sim = baseline.get("speaker_similarity", math.nan)
-    ceiling = real_similarity if _finite(real_similarity) else 1.0
-    gap = max(ceiling - base_sim, SIMILARITY_GAP_FLOOR) if _finite(base_sim) else 1.0
-    terms = [  # (part name, metric key, sign: +1 higher is better, scale)
-        ("similarity", "speaker_similarity", +1.0, 1.0 / gap),
-        ("wer", "wer", -1.0, 1.0),
-        ("cer", "cer", -1.0, 1.0),
-        ("mos", "mos", +1.0, 1.0),
-        ("failures", "failure_rate", -1.0, 1.0),
-    ]
-    for name, key, sign, scale in terms:
-        w = float(getattr(weights, name))
-        if w == 0.0:
-            parts[name] = 0.0
-            continue
-        value, base = metrics.get(key, math.nan), baseline.get(key, math.nan)
-        if not _finite(base):
-            parts[name] = 0.0  # nothing to compare with
-        elif not _finite(value):
-            parts[name] = -w  # lost the metric altogether: the worst case, not a free pass
-        else:
-            parts[name] = w * sign * (float(value) - float(base)) * scale + 0.0  # no -0.0
+    as_array = {k: np.asarray(float(v) if _finite(v) else math.nan) for k, v in metrics.items()}
+    base = {k: np.asarray(float(v) if _finite(v) else math.nan) for k, v in baseline.items()}
+    parts = {k: float(v) + 0.0 for k, v in composite_parts(as_array, base, weights, real_similarity).items()}
     return sum(parts.values()), parts
+
+
+TERMS = [  # (part name, metric key, sign: +1 higher is better)
+    ("similarity", "speaker_similarity", +1.0),
+    ("wer", "wer", -1.0),
+    ("cer", "cer", -1.0),
+    ("mos", "mos", +1.0),
+    ("failures", "failure_rate", -1.0),
+]
+
+
+def composite_parts(
+    metrics: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray], weights: ScoreWeights,
+    real_similarity: float | None = None,
+) -> dict[str, np.ndarray]:
+    """The parts of the composite score, element-wise over arrays of aggregates (one value per bootstrap
+    resample; 0-d arrays for one evaluation): the rules of :func:`composite_score`."""
+    nan = np.asarray(math.nan)
+    base_sim = np.asarray(baseline.get("speaker_similarity", nan), dtype=float)
+    ceiling = real_similarity if _finite(real_similarity) else 1.0
+    gap = np.where(np.isfinite(base_sim), np.maximum(ceiling - base_sim, SIMILARITY_GAP_FLOOR), 1.0)
+    parts = {}
+    for name, key, sign in TERMS:
+        w = float(getattr(weights, name))
+        value = np.asarray(metrics.get(key, nan), dtype=float)
+        base = np.asarray(baseline.get(key, nan), dtype=float)
+        scale = 1.0 / gap if name == "similarity" else 1.0
+        with np.errstate(invalid="ignore"):
+            change = w * sign * (value - base) * scale
+        # no baseline value: nothing to compare with (0); a lost metric: the worst case (-w), not a free pass
+        part = np.where(~np.isfinite(base), 0.0, np.where(~np.isfinite(value), -w, change))
+        parts[name] = np.zeros_like(part) if w == 0.0 else part
+    return parts
 
 
 @dataclass
 class Decision:
-    """What one evaluation means for selection: its score, whether it is the new best, whether to stop."""
+    """What one evaluation means for selection: its score, whether it is the new best, whether to stop.
+
+    ``interval``: the 95 % interval of the composite (a change against the baseline); ``deltas``: per metric
+    the value, the base model's, the change and its paired interval (:func:`.stats.paired_deltas`);
+    ``versus_best``: the paired comparison with the best at the time (``step``, ``delta``, ``low``,
+    ``high``); ``blocked``: why this evaluation may not be the best (a guard, or worse than the base model
+    beyond noise); ``note``: how the decision was made when that is not obvious ("cannot be told apart",
+    no interval). ``n_sentences`` x ``seeds`` renders were scored.
+    """
 
     step: int
     composite: float
@@ -142,15 +191,36 @@ class Decision:
     stop: bool = False
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
+    interval: list[float] | None = None
+    deltas: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    versus_best: dict[str, Any] | None = None
+    blocked: str = ""
+    guard: str = ""  # "similarity" / "worse_than_base" when ``blocked``; "wer" when the WER guard stopped
+    note: str = ""
+    n_sentences: int = 0
+    seeds: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class Selector:
-    """Tracks the best evaluation, early stopping and the WER guard over a sequence of evaluations.
+@dataclass
+class Assessment:
+    """One evaluation against the baseline: the composite, its parts and (with per-sentence scores) the
+    intervals; no state."""
 
-    Pure bookkeeping: feed it each evaluation's aggregate metrics in step order with :meth:`update`.
+    composite: float
+    parts: dict[str, float]
+    interval: list[float] | None = None
+    deltas: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    scores: SentenceScores | None = None
+
+
+class Selector:
+    """Tracks the best evaluation, early stopping and the guards over a sequence of evaluations.
+
+    Pure bookkeeping: feed it each evaluation's aggregate metrics in step order with :meth:`update`, with its
+    per-sentence scores (:class:`.stats.SentenceScores`) when known; ``baseline_scores``: the baseline's.
     """
 
     def __init__(
@@ -158,50 +228,134 @@ class Selector:
         baseline: Mapping[str, Any],
         rules: SelectionRules | None = None,
         real_similarity: float | None = None,
+        baseline_scores: SentenceScores | None = None,
     ):
         self.baseline = dict(baseline)
         self.rules = rules or SelectionRules()
         self.real_similarity = real_similarity
+        self.baseline_scores = baseline_scores
         self.best_step: int | None = None
         self.best_composite = -math.inf
+        self.best_assessment: Assessment | None = None
         self.since_improvement = 0
         self.history: list[Decision] = []
 
     def score(self, metrics: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
         return composite_score(metrics, self.baseline, self.rules.weights, self.real_similarity)
 
-    def update(self, step: int, metrics: Mapping[str, Any]) -> Decision:
+    def _paired(self, scores: SentenceScores | None) -> bool:
+        if scores is None or self.baseline_scores is None:
+            return False
+        try:
+            check_paired(scores, self.baseline_scores)
+        except ValueError:
+            return False
+        return scores.n >= MIN_SENTENCES
+
+    def _composite(self, scores: SentenceScores, idx: np.ndarray) -> np.ndarray:
+        assert self.baseline_scores is not None
+        parts = composite_parts(scores.statistic(idx), self.baseline_scores.statistic(idx),
+                                self.rules.weights, self.real_similarity)
+        return sum(parts.values())  # type: ignore[return-value]
+
+    def assess(self, metrics: Mapping[str, Any], scores: SentenceScores | None = None) -> Assessment:
+        """The composite of ``metrics`` and, with per-sentence ``scores`` paired with the baseline's, the
+        interval of the composite and of every metric's change."""
+        composite, parts = self.score(metrics)
+        out = Assessment(composite, parts, scores=scores)
+        if not _finite(composite) or not self._paired(scores):
+            return out
+        assert scores is not None and self.baseline_scores is not None
+        out.deltas = paired_deltas(scores, self.baseline_scores, confidence=CONFIDENCE)
+        ci = bootstrap(scores.n, lambda idx: {"composite": self._composite(scores, idx)})
+        if ci is not None and all(math.isfinite(x) for x in ci["composite"]):
+            out.interval = list(ci["composite"])
+        return out
+
+    def compare(self, a: Assessment, b: Assessment) -> dict[str, Any] | None:
+        """The paired interval of composite(a) - composite(b) (both against the baseline), or None."""
+        if a.scores is None or b.scores is None or not self._paired(a.scores) or not self._paired(b.scores):
+            return None
+        sa, sb = a.scores, b.scores
+        ci = bootstrap(sa.n, lambda idx: {"d": self._composite(sa, idx) - self._composite(sb, idx)})
+        if ci is None or not all(math.isfinite(x) for x in ci["d"]):
+            return None
+        return {"delta": a.composite - b.composite, "low": ci["d"][0], "high": ci["d"][1]}
+
+    def blocked(self, a: Assessment) -> tuple[str, str]:
+        """(guard, message) when ``a`` may not be the best; ("", "") otherwise."""
+        lo_hi = a.interval or [None, None]
+        if significant(*lo_hi) < 0:
+            return "worse_than_base", (
+                f"worse than the base model beyond noise: composite {a.composite:+.3f} "
+                f"({_ci(lo_hi)}); never the best")
+        sim = a.deltas.get("speaker_similarity") or {}
+        if self.rules.similarity_guard and significant(sim.get("low"), sim.get("high")) < 0:
+            return "similarity", (
+                f"similarity guard: speaker similarity {sim['value']:.3f} is significantly below the base "
+                f"model's {sim['base']:.3f} ({sim['delta']:+.3f}, {_ci([sim['low'], sim['high']])}); "
+                "never the best")
+        return "", ""
+
+    def update(self, step: int, metrics: Mapping[str, Any], scores: SentenceScores | None = None) -> Decision:
         """Score one evaluation; decide whether it is the new best and whether training should stop."""
         rules = self.rules
-        composite, parts = self.score(metrics)
-        improved = _finite(composite) and (
-            self.best_step is None or composite > self.best_composite + rules.min_delta
-        )
+        a = self.assess(metrics, scores)
+        guard, blocked = self.blocked(a) if _finite(a.composite) else ("", "")
+        improved, versus, note = self._improves(a, blocked)
         if improved:
-            self.best_step, self.best_composite, self.since_improvement = step, composite, 0
+            self.best_step, self.best_composite, self.since_improvement = step, a.composite, 0
+            self.best_assessment = a
         else:
             self.since_improvement += 1
         decision = Decision(
-            step=step, composite=composite, parts=parts, is_best=improved,
+            step=step, composite=a.composite, parts=a.parts, is_best=improved,
             best_step=self.best_step if self.best_step is not None else step,
             best_composite=self.best_composite, evals_without_improvement=self.since_improvement,
+            interval=a.interval, deltas=a.deltas, versus_best=versus, blocked=blocked, guard=guard, note=note,
+            n_sentences=scores.n if scores else 0,
+            seeds=round(scores.renders / max(1, scores.n)) if scores else 0,
         )
         if rules.patience and self.since_improvement >= rules.patience:
             decision.stop = True
             decision.reason = (
-                f"early stopping: the composite score did not improve by more than {rules.min_delta:g} "
-                f"in {rules.patience} evaluations (best: step {decision.best_step}, "
-                f"{decision.best_composite:+.3f})"
-            )
-        guard = self.wer_guard(metrics)
-        if guard:
+                f"early stopping: the composite score did not improve (beyond noise and by more than "
+                f"{rules.min_delta:g}) in {rules.patience} evaluations (best: step {self.best_step}, "
+                f"{self.best_composite:+.3f})" if self.best_step is not None else
+                f"early stopping: no evaluation could be the best in {rules.patience} evaluations")
+        wer = self.wer_guard(metrics)
+        if wer:
             if rules.wer_guard == "stop":
-                decision.stop = True
-                decision.reason = "; ".join(r for r in (decision.reason, guard) if r)
+                decision.stop, decision.guard = True, decision.guard or "wer"
+                decision.reason = "; ".join(r for r in (decision.reason, wer) if r)
             else:
-                decision.warnings.append(guard)
+                decision.warnings.append(wer)
         self.history.append(decision)
         return decision
+
+    def _improves(self, a: Assessment, blocked: str) -> tuple[bool, dict[str, Any] | None, str]:
+        """(is the new best, the comparison with the best, a note) for an evaluation (see the module doc)."""
+        min_delta = self.rules.min_delta
+        if not _finite(a.composite) or blocked:
+            return False, None, ""
+        if self.best_assessment is None:
+            return True, None, "" if a.interval else _no_interval(a)
+        best = self.best_assessment
+        versus = self.compare(a, best)
+        gain = a.composite - best.composite
+        if versus is None:  # no intervals: the point scores decide
+            return gain > min_delta, None, _no_interval(a)
+        versus["step"] = self.best_step
+        beyond_base = significant(*(a.interval or [None, None])) > 0
+        best_beyond_base = significant(*(best.interval or [None, None])) > 0
+        if gain > min_delta and (versus["low"] > 0 or (beyond_base and not best_beyond_base)):
+            return True, versus, ""
+        if gain > min_delta:
+            return False, versus, (
+                f"cannot be told apart from step {self.best_step}: composite {a.composite:+.3f} vs "
+                f"{best.composite:+.3f}, difference {gain:+.3f} ({_ci([versus['low'], versus['high']])}) is "
+                f"within the noise; the best stays step {self.best_step}")
+        return False, versus, ""
 
     def wer_guard(self, metrics: Mapping[str, Any]) -> str:
         """A message when WER exceeds the baseline's by more than the margin (guard on), else ""."""
@@ -216,19 +370,45 @@ class Selector:
         return ""
 
 
+def _ci(lo_hi: Sequence[float | None]) -> str:
+    lo, hi = lo_hi
+    return f"95% CI {lo:+.3f} to {hi:+.3f}" if lo is not None and hi is not None else "no interval"
+
+
+def _no_interval(a: Assessment) -> str:
+    if a.scores is None:
+        return "no per-sentence scores: no interval, the point scores decide"
+    if a.scores.n < MIN_SENTENCES:
+        return (f"only {a.scores.n} sentences: too few for an interval (at least {MIN_SENTENCES}); the point "
+                "scores decide")
+    return ("no interval (the baseline has no per-sentence scores of the same sentences); the point scores "
+            "decide")
+
+
+def intervals_of(d: Decision) -> dict[str, Any]:
+    """What an evaluation's metrics.json records of a decision's intervals and guards ("selection")."""
+    return {"interval": d.interval, "deltas": d.deltas, "versus_best": d.versus_best, "blocked": d.blocked,
+            "guard": d.guard, "note": d.note, "n_sentences": d.n_sentences, "seeds": d.seeds,
+            "confidence": CONFIDENCE}
+
+
+Evaluated = tuple[int, Mapping[str, Any]] | tuple[int, Mapping[str, Any], SentenceScores | None]
+
+
 def replay(
     baseline: Mapping[str, Any],
-    evaluations: Iterable[tuple[int, Mapping[str, Any]]],
+    evaluations: Iterable[Evaluated],
     rules: SelectionRules | None = None,
     real_similarity: float | None = None,
+    baseline_scores: SentenceScores | None = None,
 ) -> tuple[Selector, list[Decision]]:
-    """Run a :class:`Selector` over recorded ``(step, metrics)`` pairs (in step order).
+    """Run a :class:`Selector` over recorded ``(step, metrics[, scores])`` (in step order).
 
     Used to re-decide the best checkpoint after the fact (``voicetune evaluate --checkpoints all``)
     and by tests. Returns the selector (``best_step``) and every decision.
     """
-    sel = Selector(baseline, rules, real_similarity)
-    decisions = [sel.update(step, m) for step, m in sorted(evaluations, key=lambda e: e[0])]
+    sel = Selector(baseline, rules, real_similarity, baseline_scores)
+    decisions = [sel.update(*e) for e in sorted(evaluations, key=lambda e: e[0])]
     return sel, decisions
 
 
@@ -238,11 +418,13 @@ def best_of(
     """The best decision among ``allowed_steps`` (e.g. steps whose checkpoint still exists), by the
     rule the :class:`Selector` applies during training: in step order, a later evaluation replaces the
     best only when it scores more than ``min_delta`` higher (near-ties go to the earlier, less trained
-    checkpoint). None when nothing is allowed.
+    checkpoint). Never one that is ``blocked`` (a guard; worse than the base model beyond noise). None when
+    nothing is allowed. Point scores only: :func:`replay` over the allowed evaluations applies the noise rule.
     """
     best: Decision | None = None
     for d in sorted(decisions, key=lambda d: d.step):
-        if not _finite(d.composite) or (allowed_steps is not None and d.step not in allowed_steps):
+        allowed = allowed_steps is None or d.step in allowed_steps
+        if not _finite(d.composite) or d.blocked or not allowed:
             continue
         if best is None or d.composite > best.composite + min_delta:
             best = d

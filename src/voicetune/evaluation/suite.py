@@ -5,8 +5,9 @@ Protocol (fixed per run, so every checkpoint is rendered on the same inputs):
 * the sentences: up to ``max_sentences`` EVAL-split clips of the speaker (text + real recording, so the
   intrusive metrics MCD/PESQ/STOI can compare with the recording), then the first ``probes`` fixed probe
   sentences of the language (:mod:`voicetune.evaluation.probes`: short, numbers/names, questions, long);
-* the conditioning: the speaker's ``num_references`` longest TRAIN clips; every sentence rendered with
-  sampling seed ``seed``;
+* the conditioning: the speaker's ``num_references`` longest TRAIN clips; every sentence rendered ``seeds``
+  times, with sampling seeds ``seed``, ``seed + 1``, ... (the intervals of :mod:`.stats` resample sentences
+  with their seeds);
 * the metrics (:mod:`voicetune.evaluation.metrics`, models loaded once per process and reused): speaker
   similarity to the centroid of the speaker's held-out clips (Resemblyzer, and a second opinion from another
   encoder as ``speaker_similarity_dv``: :mod:`.encoders`), ASR round-trip WER/CER, predicted MOS and
@@ -18,7 +19,8 @@ On disk (``RUN_DIR/eval/``)::
 
     baseline/metrics.json    kind "baseline": the base model zero-shot ("base") and the real recordings
                              ("real", eval split only), the protocol and its key
-    baseline/base/NN.wav     base renders (NN: index in the probe set, eval sentences first)
+    baseline/base/NN.wav     base renders (NN: index in the probe set, eval sentences first; NN_seedS.wav:
+                             the render with sampling seed S, for every seed after the first)
     baseline/real/NN.wav     copies of the real recordings of the eval sentences
     step_N/metrics.json      kind "eval": "finetuned" (this step), "base"/"real" (copied from the
                              baseline), "summary" (per metric: base, finetuned, delta, better),
@@ -65,11 +67,12 @@ from voicetune.evaluation.harness import (
 )
 from voicetune.evaluation.probes import PROBES_VERSION, probe_sentences
 from voicetune.evaluation.selection import Decision, ScoreWeights, SelectionRules, Selector
+from voicetune.evaluation.stats import SentenceScores
 from voicetune.utils.io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2  # 2: ASR in batched passes, each clip in its own window (no temperature fallback)
+PROTOCOL_VERSION = 3  # 2: ASR in batched passes, each clip in its own window; 3: K seeds per sentence
 BASELINE = "baseline"
 INTRUSIVE = ("mcd", "pesq", "stoi")
 LOGGED_METRICS = ("speaker_similarity", "speaker_similarity_dv", "wer", "cer", "mos", "mcd", "pesq", "stoi",
@@ -85,6 +88,7 @@ class Protocol:
     probes: int
     num_references: int
     seed: int
+    seeds: int
     asr_model: str
     intrusive: bool
 
@@ -101,7 +105,14 @@ def selection_rules(options: EvalOptions) -> SelectionRules:
     )
     return SelectionRules(weights, patience=options.early_stop_patience,
                           min_delta=options.early_stop_min_delta,
-                          wer_guard=options.wer_guard, wer_margin=options.wer_guard_margin)
+                          wer_guard=options.wer_guard, wer_margin=options.wer_guard_margin,
+                          similarity_guard=options.similarity_guard)
+
+
+def sentence_scores(scored: dict[str, Any] | None, language: str) -> SentenceScores | None:
+    """A scored model's per-sentence scores (:class:`.stats.SentenceScores`), None when it has none."""
+    rows = (scored or {}).get("per_sentence") or []
+    return SentenceScores.from_rows(rows, language) if rows else None
 
 
 @dataclass
@@ -124,6 +135,11 @@ class ProbeSet:
     def n_eval(self) -> int:
         return len(self.material.sentences)
 
+    @property
+    def seeds(self) -> list[int]:
+        """The sampling seeds every sentence is rendered with (``seed``, ``seed + 1``, ...)."""
+        return [self.protocol.seed + j for j in range(self.protocol.seeds)]
+
     def key(self) -> str:
         """Hash of everything a score depends on: equal keys mean comparable evaluations."""
         blob = json.dumps(
@@ -145,6 +161,7 @@ class ProbeSet:
             "chars_per_second": m.chars_per_second,
             "references": [str(p) for p in m.references],
             "held_out_clips": len(m.held_out),
+            "seeds": self.seeds,
             "sentences": [
                 {"index": i, "text": t, "group": g,
                  "real_audio": str(m.sentences[i].audio_path) if g == "eval" else None}
@@ -189,20 +206,29 @@ class Scorer:
         return getattr(self.asr, "name", str(self.asr))
 
     def score(self, renders: list[Render], progress: Progress | None = None, what: str = "score") -> dict:
-        """Every metric of every render: ``{"aggregate", "per_sentence", "groups"}``."""
+        """Every metric of every render: ``{"aggregate", "per_sentence", "groups"}``.
+
+        ``renders``: the probe set's texts once per seed, seed-major (as :func:`run_evaluation` renders them:
+        every text with the first seed, then every text with the second...)."""
         ps, m = self.probe_set, self.probe_set.material
-        n_eval, total = ps.n_eval, len(renders)
+        n, n_eval, total = len(ps.texts), ps.n_eval, len(renders)
+        k = total // n
+        if k * n != total:
+            raise ValueError(f"{total} renders for {n} sentences: expected a multiple of {n}")
         tick = _ticker(progress, total, what)
-        eval_part = score(renders[:n_eval], m, self.asr, self.centroid, self.device,
+        part_eval = [renders[j * n + i] for j in range(k) for i in range(n_eval)]
+        material = dataclasses.replace(m, sentences=m.sentences * k)
+        eval_part = score(part_eval, material, self.asr, self.centroid, self.device,
                           intrusive=ps.protocol.intrusive, progress=tick) if n_eval else None
         probe_part = None
         if ps.probes:
             # probe sentences have no recording: Clip.audio_path is never read with intrusive=False
             clips = [Clip(None, t, m.speaker, m.language) for t in ps.probes]  # type: ignore[arg-type]
-            probe_material = dataclasses.replace(m, sentences=clips)
-            probe_part = score(renders[n_eval:], probe_material, self.asr, self.centroid, self.device,
-                               intrusive=False, progress=_offset(tick, n_eval))
-        scored = combine(eval_part, probe_part, ps.texts, m.language)
+            probe_material = dataclasses.replace(m, sentences=clips * k)
+            part_probe = [renders[j * n + i] for j in range(k) for i in range(n_eval, n)]
+            probe_part = score(part_probe, probe_material, self.asr, self.centroid, self.device,
+                               intrusive=False, progress=_offset(tick, len(part_eval)))
+        scored = combine(eval_part, probe_part, ps.texts, m.language, ps.seeds[:k])
         return add_dvector_scores(scored, renders, self.dv_centroid)
 
     def score_real(self) -> dict:
@@ -229,16 +255,29 @@ def _offset(tick: Progress | None, offset: int) -> Progress | None:
     return lambda done, total, what: tick(offset + done, total, what)
 
 
-def combine(eval_part: dict | None, probe_part: dict | None, texts: list[str], language: str) -> dict:
-    """One scored model from its eval-split and probe parts: overall aggregate + per-group aggregates."""
-    rows, groups = [], {}
+def combine(eval_part: dict | None, probe_part: dict | None, texts: list[str], language: str,
+            seeds: list[int] | None = None) -> dict:
+    """One scored model from its eval-split and probe parts: overall aggregate + per-group aggregates.
+
+    With ``seeds`` (k of them), each part holds its sentences once per seed, seed-major; the rows come out
+    in render order (every text with the first seed, then with the second...), each with its ``sentence``
+    (index in ``texts``) and ``seed``: rows ``0..len(texts)-1`` are the first seed's."""
+    seeds = list(seeds or [None])  # type: ignore[list-item]
+    k, n = len(seeds), len(texts)
+    rows: list[dict[str, Any]] = [{} for _ in range(n * k)]
+    groups, offset = {}, 0
     for name, part in (("eval", eval_part), ("probe", probe_part)):
         if part is None:
             continue
         groups[name] = part["aggregate"]
-        for row in part["per_sentence"]:
-            rows.append({**row, "index": len(rows), "group": name})
-    overall = aggregate(rows, texts, language, intrusive=False)
+        size = len(part["per_sentence"]) // k
+        for r, row in enumerate(part["per_sentence"]):
+            j, i = divmod(r, size)
+            rows[j * n + offset + i] = {**row, "index": j * n + offset + i, "sentence": offset + i,
+                                        "seed": seeds[j], "group": name}
+        offset += size
+    overall = aggregate(rows, texts * k, language, intrusive=False)
+    overall["seeds"] = k
     if eval_part is not None:
         for key in INTRUSIVE:
             if key in eval_part["aggregate"]:
@@ -274,18 +313,21 @@ def run_evaluation(
     backend: Backend, probe_set: ProbeSet, scorer: Scorer, name: str, step: int,
     progress: Progress | None = None,
 ) -> Evaluation:
-    """Render the probe set with the backend's CURRENT weights (inference mode, fixed seed) and score it.
+    """Render the probe set with the backend's CURRENT weights (inference mode, each sentence once per seed of
+    the protocol) and score it.
 
     ``progress`` counts sentences: ``(done, n, "eval NAME: rendering")``, then
     ``(done, n, "eval NAME: scoring")``.
     The backend is left in inference mode; callers switch it back (the training loop does).
     """
     ps = probe_set
-    n, label = len(ps.texts), f"eval {name}"
+    texts = ps.texts * len(ps.seeds)  # seed-major: every text with the first seed, then the second...
+    seeds = [seed for seed in ps.seeds for _ in ps.texts]
+    n, label = len(texts), f"eval {name}"
     if progress:
         progress(0, n, f"{label}: rendering")
     t0 = time.perf_counter()
-    renders = render(backend, ps.texts, ps.material.references, ps.material.language, ps.protocol.seed,
+    renders = render(backend, texts, ps.material.references, ps.material.language, seeds,
                      progress=progress, total=n, what=f"{label}: rendering")
     t1 = time.perf_counter()
     if progress:
@@ -307,19 +349,25 @@ def synthesis_failure(ev: Evaluation, backend: str) -> str:
     common, count = collections.Counter(errors).most_common(1)[0]
     also = "" if count == len(errors) else f" ({count} of them; others: {min(set(errors) - {common})})"
     name = "the baseline" if ev.name == BASELINE else ev.name
-    return (f"{name} evaluation: all {len(errors)} sentences failed to synthesize (component: synthesis, "
+    rows = ev.scores.get("per_sentence") or []
+    n = len({r.get("sentence", r.get("index")) for r in rows}) or len(errors)
+    what = (f"{n} sentences" if n == len(errors)
+            else f"{len(errors)} renders ({n} sentences x {len(errors) // n} seeds)")
+    return (f"{name} evaluation: all {what} failed to synthesize (component: synthesis, "
             f"{backend} backend): {common}{also}. This is a software error (a bug or a broken installation; "
             "`voicetune doctor` checks the stack), not a voice quality result")
 
 
 def partial_errors(name: str, aggregate: dict[str, Any]) -> str:
-    """"step 100: 3 of 8 sentences failed to synthesize: ERROR (3)" when some, not all, failed; else ""."""
+    """"step 100: 3 of 8 sentences failed to synthesize: ERROR (3)" when some, not all, failed; else ""
+    (with several seeds per sentence: "3 of 16 renders")."""
     n, errors = aggregate.get("n_sentences") or 0, aggregate.get("errors") or {}
     count = sum(errors.values())
     if not count or count >= n:
         return ""
     why = "; ".join(f"{e} ({k}x)" for e, k in sorted(errors.items(), key=lambda t: -t[1]))
-    return f"{name}: {count} of {n} sentences failed to synthesize: {why}"
+    what = "renders" if (aggregate.get("seeds") or 1) > 1 else "sentences"
+    return f"{name}: {count} of {n} {what} failed to synthesize: {why}"
 
 
 def warm_up(backend: Backend, probe_set: ProbeSet, scorer: Scorer) -> float:
@@ -407,12 +455,18 @@ def write_evaluation(
 
 
 def _write_renders(folder: Path, name: str, renders: list[Render], scored: dict[str, Any]) -> None:
+    """``name/NN.wav`` for the first seed's render of sentence NN, ``name/NN_seedS.wav`` for the others."""
+    rows = scored["per_sentence"]
+    first = rows[0].get("seed") if rows else None
     for i, r in enumerate(renders):
         path = None
         if r.audio is not None:
-            write_wav(folder / name / f"{i:02d}.wav", r.audio, r.sample_rate)
-            path = f"{name}/{i:02d}.wav"
-        scored["per_sentence"][i]["audio_file"] = path
+            row = rows[i]
+            seed = row.get("seed")
+            stem = f"{row.get('sentence', i):02d}" + ("" if seed == first else f"_seed{seed}")
+            write_wav(folder / name / f"{stem}.wav", r.audio, r.sample_rate)
+            path = f"{name}/{stem}.wav"
+        rows[i]["audio_file"] = path
 
 
 def load_doc(path: Path) -> dict[str, Any] | None:
@@ -440,14 +494,21 @@ def eval_docs(eval_root: Path, key: str | None = None) -> list[dict[str, Any]]:
 def write_best_json(
     path: Path, d: Decision, selector: Selector, checkpoint: str, aggregate: dict[str, Any], decided_by: str
 ) -> None:
-    """``best.json``: which checkpoint is best, its composite score, metrics and the baseline's."""
+    """``best.json``: which checkpoint is best, its composite score (with its 95 % interval), metrics and
+    the baseline's, the changes with their paired intervals, how the decision was made."""
     base = selector.baseline
     atomic_write_json(Path(path), json_safe({
         "checkpoint": checkpoint,
         "step": d.step,
         "composite": d.composite,
+        "composite_interval": d.interval,
         "composite_parts": d.parts,
         "beats_baseline": d.composite > 0,
+        "beats_baseline_beyond_noise": bool(d.interval and d.interval[0] > 0),
+        "deltas": d.deltas,
+        "n_sentences": d.n_sentences,
+        "seeds": d.seeds,
+        "note": d.note,
         "metrics": {k: aggregate.get(k) for k in LOGGED_METRICS},
         "baseline": {k: base.get(k) for k in LOGGED_METRICS},
         "weights": selector.rules.weights.as_dict(),

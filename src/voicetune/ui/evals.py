@@ -124,8 +124,13 @@ def sentences(r: RunEvals) -> list[tuple[str, int]]:
     """(label, index) of every sentence of the probe set: "eval 0: <text>" (with a real recording) or
     "probe 2: <text>"."""
     per = (r.baseline or {}).get("base", {}).get("per_sentence", [])
-    return [(f"{s.get('group', '?')} {s.get('index', i)}: {s.get('text', '')}", int(s.get("index", i)))
-            for i, s in enumerate(per)]
+    first = per[0].get("seed") if per else None  # renders with the other seeds (--eval-seeds) say theirs
+
+    def label(i: int, s: dict[str, Any]) -> str:
+        seed = f" (seed {s['seed']})" if s.get("seed", first) != first else ""
+        return f"{s.get('group', '?')} {s.get('sentence', s.get('index', i))}: {s.get('text', '')}{seed}"
+
+    return [(label(i, s), int(s.get("index", i))) for i, s in enumerate(per)]
 
 
 def evaluation_names(r: RunEvals) -> list[str]:
