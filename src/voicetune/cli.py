@@ -379,8 +379,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from voicetune.ui import launch
 
-    launch(args.workspace, host=args.host, port=args.port, auth=args.auth or os.environ.get("VOICETUNE_UI_AUTH"),
-           allow_remote=args.allow_remote, max_upload_mb=args.max_upload_mb)
+    launch(
+        args.workspace,
+        host=args.host,
+        port=args.port,
+        auth=args.auth or os.environ.get("VOICETUNE_UI_AUTH"),
+        allow_remote=args.allow_remote,
+        max_upload_mb=args.max_upload_mb,
+    )
     return 0
 
 
@@ -404,7 +410,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _protocol_options() -> dict[str, OptionField]:
     fields = option_fields(TrainConfig)
-    return {o.flat: o for o in fields.values() if o.owner is EvalOptions and o.field.name in EvalOptions.PROTOCOL}
+    return {
+        o.flat: o for o in fields.values() if o.owner is EvalOptions and o.field.name in EvalOptions.PROTOCOL
+    }
 
 
 PREPARE_OPTIONS = "prepare options (also settable in the YAML file given to --config)"
@@ -412,10 +420,14 @@ PREPARE_OPTIONS = "prepare options (also settable in the YAML file given to --co
 
 def _add_data_commands(sub: Any, fmt: type) -> None:
     prepare_options = list(option_fields(PrepareConfig).values())
-    s = sub.add_parser("prepare", help="recordings → transcribed, checked, split dataset", formatter_class=fmt,
-                       description="Decode every audio file under INPUT_DIR (wav/flac/mp3/ogg/m4a, any rate, mono or "
-                       "stereo), cut speech clips with Silero VAD, transcribe them with faster-whisper, normalise "
-                       "loudness and write a Coqui/AllTalk-format dataset. Input files are never modified.")
+    s = sub.add_parser(
+        "prepare",
+        help="recordings → transcribed, checked, split dataset",
+        formatter_class=fmt,
+        description="Decode every audio file under INPUT_DIR (wav/flac/mp3/ogg/m4a, any rate, mono or "
+        "stereo), cut speech clips with Silero VAD, transcribe them with faster-whisper, normalise "
+        "loudness and write a Coqui/AllTalk-format dataset. Input files are never modified.",
+    )
     s.add_argument("input_dir", nargs="?", help="folder (or single file) of recordings")
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--speaker", action="append", metavar="NAME=FOLDER",
@@ -470,10 +482,13 @@ def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.Arg
 
     options = option_fields(TrainConfig, options_class(backend))
     defaults, notes = options_class(backend).generic_defaults(), options_class(backend).help_notes()
-    groups = {"": [o for o in options.values() if o.group == "" and not o.field.metadata.get("basic")],
-              "eval": [o for o in options.values() if o.group == "eval" and not o.field.metadata.get("basic")],
-              "backend_options": [o for o in options.values() if o.group == "backend_options"
-                                  and not o.field.metadata.get("basic")]}
+    groups = {
+        "": [o for o in options.values() if o.group == "" and not o.field.metadata.get("basic")],
+        "eval": [o for o in options.values() if o.group == "eval" and not o.field.metadata.get("basic")],
+        "backend_options": [
+            o for o in options.values() if o.group == "backend_options" and not o.field.metadata.get("basic")
+        ],
+    }
     advanced = [o for os_ in groups.values() for o in os_]
     epilog = None
     if not full:
@@ -501,12 +516,21 @@ def _train_parser(sub: Any, fmt: type, backend: str, full: bool) -> argparse.Arg
                    "`voicetune export`)")
     s.add_argument("--out", help="run folder to create")
     s.add_argument("--config", help="YAML TrainConfig; command-line options override it")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its latest checkpoint (its "
-                   "dataset, base and config.yaml; options given here may change its length, checkpointing, logging "
-                   "and evaluation). Ctrl+C or SIGTERM during training saves a checkpoint to resume from.")
-    s.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine: re-launches this command "
-                   "under torchrun (global batch = batch size x grad accum x N). `torchrun --nproc-per-node N -m "
-                   "voicetune.cli train ...` and `accelerate launch -m voicetune.cli train ...` work too.")
+    s.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR exactly from its latest checkpoint (its "
+        "dataset, base and config.yaml; options given here may change its length, checkpointing, logging "
+        "and evaluation). Ctrl+C or SIGTERM during training saves a checkpoint to resume from.",
+    )
+    s.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="train on N GPUs of this machine: re-launches this command "
+        "under torchrun (global batch = batch size x grad accum x N). `torchrun --nproc-per-node N -m "
+        "voicetune.cli train ...` and `accelerate launch -m voicetune.cli train ...` work too.",
+    )
     basic = [o for o in options.values() if o.field.metadata.get("basic")]
     _add_options(s.add_argument_group("basic options (also settable in a YAML --config)"), basic,
                  choices={"backend": available_backends()}, defaults=defaults)
@@ -551,19 +575,26 @@ def _add_model_commands(sub: Any, fmt: type, backend: str) -> None:
 def _add_result_commands(sub: Any, fmt: type) -> None:
     from voicetune.backends.registry import available_backends
 
-    s = sub.add_parser("evaluate", help="score checkpoints (or a base model) against the base model",
-                       formatter_class=fmt,
-                       description="Render the run's probe set (eval-split sentences with their recordings, plus "
-                       "fixed probe sentences) with checkpoints of RUN_DIR, score speaker similarity, ASR "
-                       "round-trip WER/CER, predicted MOS, MCD/PESQ/STOI and failure flags against the base "
-                       "model's baseline, re-decide checkpoints/best and rewrite RUN_DIR/report.html. "
-                       "A multi-speaker dataset also gets every speaker scored and judged on its own "
-                       "(eval.per_speaker). "
-                       "With --base DIR --dataset DIR: score a base model alone. The protocol is the run's "
-                       "(its config.yaml) unless options below change it.")
+    s = sub.add_parser(
+        "evaluate",
+        help="score checkpoints (or a base model) against the base model",
+        formatter_class=fmt,
+        description="Render the run's probe set (eval-split sentences with their recordings, plus "
+        "fixed probe sentences) with checkpoints of RUN_DIR, score speaker similarity, ASR "
+        "round-trip WER/CER, predicted MOS, MCD/PESQ/STOI and failure flags against the base "
+        "model's baseline, re-decide checkpoints/best and rewrite RUN_DIR/report.html. "
+        "A multi-speaker dataset also gets every speaker scored and judged on its own "
+        "(eval.per_speaker). "
+        "With --base DIR --dataset DIR: score a base model alone. The protocol is the run's "
+        "(its config.yaml) unless options below change it.",
+    )
     s.add_argument("run_dir", nargs="?", help="run folder written by `voicetune train`")
-    s.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint folder name like step_100")
-    s.add_argument("--checkpoints", help="'all' (every checkpoint on disk) or a comma-separated list of names")
+    s.add_argument(
+        "--checkpoint", default="latest", help="'latest', 'best' or a checkpoint folder name like step_100"
+    )
+    s.add_argument(
+        "--checkpoints", help="'all' (every checkpoint on disk) or a comma-separated list of names"
+    )
     s.add_argument("--base", help="score this base model folder alone (with --dataset)")
     s.add_argument("--dataset", help="dataset folder whose speaker and eval split --base is scored on")
     s.add_argument("--backend", choices=available_backends(),
@@ -575,9 +606,12 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
                  aliases=True)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("export", help="write a self-contained model package",
-                       description="Write the backend's native layout (loadable by the upstream library "
-                       "unchanged), reference clips sorted by length, voicetune.json and a README model card.")
+    s = sub.add_parser(
+        "export",
+        help="write a self-contained model package",
+        description="Write the backend's native layout (loadable by the upstream library "
+        "unchanged), reference clips sorted by length, voicetune.json and a README model card.",
+    )
     s.add_argument("run_dir", help="run folder written by `voicetune train`")
     s.add_argument("--out", required=True, help="package folder to write")
     s.add_argument("--checkpoint", default="auto",
@@ -592,12 +626,17 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.add_argument("package_dir", help="package written by `voicetune export` (or a native model folder)")
     s.add_argument("--text", required=True, help="the text to speak")
     s.add_argument("--out", required=True, help="wav file to write")
-    s.add_argument("--reference", action="append", help="reference clip(s); default: the package's reference/")
+    s.add_argument(
+        "--reference", action="append", help="reference clip(s); default: the package's reference/"
+    )
     s.add_argument("--language", help="default: the dataset language recorded in the package")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same audio; default: 0)")
     s.add_argument("--force", action="store_true", help="replace --out if it exists")
-    s.add_argument("--preset", help="speed/quality preset of backends that have them (tortoise: fast (default), "
-                   "ultra_fast, very_fast, standard, high_quality, evaluation)")
+    s.add_argument(
+        "--preset",
+        help="speed/quality preset of backends that have them (tortoise: fast (default), "
+        "ultra_fast, very_fast, standard, high_quality, evaluation)",
+    )
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("doctor", help="pre-flight checks: disk, RAM, GPU, base folder; does the stack work",
@@ -613,27 +652,42 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
     s.add_argument("--base", help="base model folder to check for completeness")
     s.add_argument("--backend", default=TrainConfig.backend, choices=available_backends(),
                    help="backend whose layout --base should have (default: %(default)s)")
-    s.add_argument("--dataset", help="prepared dataset folder: with --base, a short training dry run on the GPU "
-                   "measures peak memory and recommends batch size, accumulation, precision and checkpointing")
+    s.add_argument(
+        "--dataset",
+        help="prepared dataset folder: with --base, a short training dry run on the GPU "
+        "measures peak memory and recommends batch size, accumulation, precision and checkpointing",
+    )
     s.add_argument("--json", action="store_true",
                    help="print the checks and recommendations as JSON (for programs, e.g. the web UI)")
     s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("ui", help="a local web UI: dataset review, training with live curves, A/B listening, export",
-                       description="Start the web UI (Gradio) over a workspace folder: upload recordings and "
-                       "prepare them, review every clip, train with live curves (training runs in its own process "
-                       "and survives a closed browser), compare checkpoints by ear and export. It listens on "
-                       "127.0.0.1 only unless --allow-remote is given.")
-    s.add_argument("--workspace", default="voicetune_workspace",
-                   help="folder for recordings, datasets, base models, runs and exports; every path typed in the "
-                   "UI must lie inside it (default: %(default)s)")
+    s = sub.add_parser(
+        "ui",
+        help="a local web UI: dataset review, training with live curves, A/B listening, export",
+        description="Start the web UI (Gradio) over a workspace folder: upload recordings and "
+        "prepare them, review every clip, train with live curves (training runs in its own process "
+        "and survives a closed browser), compare checkpoints by ear and export. It listens on "
+        "127.0.0.1 only unless --allow-remote is given.",
+    )
+    s.add_argument(
+        "--workspace",
+        default="voicetune_workspace",
+        help="folder for recordings, datasets, base models, runs and exports; every path typed in the "
+        "UI must lie inside it (default: %(default)s)",
+    )
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    s.add_argument("--auth", metavar="USER:PASS",
-                   help="require this user name and password (or set VOICETUNE_UI_AUTH=USER:PASS, which other "
-                   "users of the machine cannot read from the process list)")
-    s.add_argument("--allow-remote", action="store_true",
-                   help="allow a --host other than the loopback interface (anyone who reaches it can use the UI)")
+    s.add_argument(
+        "--auth",
+        metavar="USER:PASS",
+        help="require this user name and password (or set VOICETUNE_UI_AUTH=USER:PASS, which other "
+        "users of the machine cannot read from the process list)",
+    )
+    s.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other than the loopback interface (anyone who reaches it can use the UI)",
+    )
     s.add_argument("--max-upload-mb", type=float, default=2048.0,
                    help="refuse uploaded files larger than this (default: %(default)g MB)")
     s.set_defaults(func=cmd_ui)
@@ -644,7 +698,9 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
                        "The tiny base is UNTRAINED, so the resulting voice is not usable: real use takes an "
                        "XTTS-v2 base folder.")
     s.add_argument("--workdir", default="demo_run", help="folder for all demo outputs")
-    s.add_argument("--max-steps", type=int, default=None, help="training steps (default: a few minutes on CPU)")
+    s.add_argument(
+        "--max-steps", type=int, default=None, help="training steps (default: a few minutes on CPU)"
+    )
     s.set_defaults(func=cmd_demo)
 
 

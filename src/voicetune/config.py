@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import logging
-import math
 import re
 import typing
 from collections.abc import Callable
@@ -42,85 +40,24 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
+from voicetune.utils import options
 from voicetune.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+# The option machinery (declaring a field, the checks all configs share) lives in utils.options; its public
+# names are importable from here too, beside the configs that use them.
+ConfigError = options.ConfigError
+opt = options.opt
+check_fields = options.check_fields
+field_help = options.field_help
+flag_of = options.flag_of
+flat_name = options.flat_name
+_check = options._check
+coerce = options.coerce
+
 T = TypeVar("T")
 B = TypeVar("B", bound="BackendOptions")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the option that fixes it."""
-
-
-def opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None, cli: bool = True,  # noqa: A002
-        low: float | None = None, high: float | None = None, basic: bool = False, resumable: bool = False,
-        flag: str | None = None, item: type | None = None) -> Any:
-    """Declare a config field with its documentation.
-
-    ``choices``: the allowed values. ``low``/``high``: inclusive numeric bounds, checked for every config
-    class by :func:`check_fields` (the error names the flag and the range). ``basic``: listed in the short
-    ``--help`` (the others in its advanced sections). ``resumable``: may change when a run is resumed.
-    ``flag``: the option's flat name when it is not the group's prefix + the field name. ``cli=False``: no
-    flag. ``item``: the type of a list's items (checked and converted when loaded; ``low``/``high`` then
-    bound every item).
-    """
-    meta = {"help": help, "choices": choices, "cli": cli, "low": low, "high": high, "basic": basic,
-            "resumable": resumable, "flag": flag, "item": item}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=functools.partial(type(default), default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def field_help(cls: type, name: str) -> str:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return str(f.metadata.get("help", ""))
-    raise KeyError(name)
-
-
-def flat_name(cls: type, f: dataclasses.Field[Any]) -> str:
-    """The option's flat name: its ``flag`` metadata, else the class's ``FLAG_PREFIX`` + the field name."""
-    return f.metadata.get("flag") or getattr(cls, "FLAG_PREFIX", "") + f.name
-
-
-def flag_of(cls: type, name: str) -> str:
-    """The command-line flag of field ``name`` of ``cls`` (e.g. ``--eval-max-sentences``)."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return "--" + flat_name(cls, f).replace("_", "-")
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-def _num(v: Any) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-
-def check_fields(obj: Any) -> None:
-    """The checks every config declares in :func:`opt` metadata: choices, ``low``/``high`` bounds, finite
-    floats."""
-    cls = type(obj)
-    for f in dataclasses.fields(obj):
-        if f.metadata.get("group"):
-            continue
-        value, flag = getattr(obj, f.name), flag_of(cls, f.name)
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{f.name}={value!r} is not one of {list(choices)}; set {flag} to one of them")
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                continue
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{f.name} must be a finite number, not {v}; fix {flag}")
-            low, high = f.metadata.get("low"), f.metadata.get("high")
-            if (low is not None and v < low) or (high is not None and v > high):
-                bound = (f"lie in [{_num(low)}, {_num(high)}]" if low is not None and high is not None
-                         else f"be >= {_num(low)}" if low is not None else f"be <= {_num(high)}")
-                raise ConfigError(f"{f.name} must {bound}, not {value!r}; fix {flag}")
 
 
 @dataclass
@@ -137,14 +74,17 @@ class PrepareConfig:
         "else the packaged tiny.en (English only).",
     )
     speaker_name: str = opt(
-        "speaker", "Speaker name written into the metadata CSVs (inputs given without a speaker of their own)."
+        "speaker",
+        "Speaker name written into the metadata CSVs (inputs given without a speaker of their own).",
     )
     speaker_folders: bool = opt(
         False, "Each first-level subfolder of INPUT_DIR holds one speaker, named after the folder."
     )
     sample_rate: int = opt(22050, "Sample rate of the written clips (XTTS trains at 22050 Hz).")
     min_seconds: float = opt(1.0, "Shorter speech segments are merged with neighbours or extended.")
-    max_seconds: float = opt(11.6, "Longer segments are split at the longest pause (XTTS max_wav_length is 11.6 s).")
+    max_seconds: float = opt(
+        11.6, "Longer segments are split at the longest pause (XTTS max_wav_length is 11.6 s)."
+    )
     vad_threshold: float = opt(0.5, "Silero VAD speech probability threshold (0-1).")
     min_silence_ms: int = opt(300, "Silence shorter than this does not end a speech segment.")
     pad_ms: int = opt(150, "Audio kept before and after each speech segment.")
@@ -160,8 +100,8 @@ class PrepareConfig:
     asr_verify: str = opt(
         "uncertain",
         "Second ASR opinion (greedy decoding with temperature fallback, or --asr-verify-model): for "
-        "'uncertain' clips only (low confidence, no words, repetition), for 'all' clips, or 'off'. Clips whose "
-        "two transcripts disagree, or stay unconfident, are quarantined as needs_review.",
+        "'uncertain' clips only (low confidence, no words, repetition), for 'all' clips, or 'off'. Clips "
+        "whose two transcripts disagree, or stay unconfident, are quarantined as needs_review.",
         choices=("off", "uncertain", "all"),
     )
     asr_verify_model: str = opt(
@@ -191,8 +131,12 @@ class PrepareConfig:
     max_clipping_ratio: float = opt(
         0.001, "Clips with more than this share of clipped samples (in the source) are quarantined."
     )
-    min_snr_db: float = opt(15.0, "Clips whose estimated signal-to-noise ratio is below this (dB) are quarantined.")
-    max_silence_ratio: float = opt(0.6, "Clips whose share of non-speech (VAD) frames exceeds this are quarantined.")
+    min_snr_db: float = opt(
+        15.0, "Clips whose estimated signal-to-noise ratio is below this (dB) are quarantined."
+    )
+    max_silence_ratio: float = opt(
+        0.6, "Clips whose share of non-speech (VAD) frames exceeds this are quarantined."
+    )
     max_rate_z: float = opt(
         3.5, "Clips whose speaking rate (characters/s) is a robust z-score further than this from the "
         "speaker's median are quarantined (wrong transcript or audio)."
@@ -219,10 +163,18 @@ class PrepareConfig:
         _check(self.max_seconds <= 29.0, "max_seconds must be <= 29 (Whisper hears 30 s); fix --max-seconds")
         _check(self.asr_batch_size >= 1, "asr_batch_size must be >= 1; fix --asr-batch-size")
         _check(self.asr_recheck_logprob < 0.0, "asr_recheck_logprob must be < 0; fix --asr-recheck-logprob")
-        _check(self.max_asr_disagreement >= 0.0, "max_asr_disagreement must be >= 0; fix --max-asr-disagreement")
+        _check(
+            self.max_asr_disagreement >= 0.0, "max_asr_disagreement must be >= 0; fix --max-asr-disagreement"
+        )
         _check(self.peak_dbfs <= 0.0, "peak_dbfs must be <= 0; fix --peak-dbfs")
-        _check(0.0 <= self.max_clipping_ratio <= 1.0, "max_clipping_ratio must lie in [0, 1]; fix --max-clipping-ratio")
-        _check(0.0 < self.max_silence_ratio <= 1.0, "max_silence_ratio must lie in (0, 1]; fix --max-silence-ratio")
+        _check(
+            0.0 <= self.max_clipping_ratio <= 1.0,
+            "max_clipping_ratio must lie in [0, 1]; fix --max-clipping-ratio",
+        )
+        _check(
+            0.0 < self.max_silence_ratio <= 1.0,
+            "max_silence_ratio must lie in (0, 1]; fix --max-silence-ratio",
+        )
         _check(self.max_rate_z > 0.0, "max_rate_z must be > 0; fix --max-rate-z")
         _check(1.0 <= self.min_mos <= 5.0, "min_mos must lie in [1, 5]; fix --min-mos")
         _check(-1.0 <= self.min_speaker_similarity <= 1.0,
@@ -236,7 +188,10 @@ class PrepareConfig:
         for name in ("min_silence_ms", "pad_ms", "min_speech_ms", "merge_gap_ms"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0; fix --{name.replace('_', '-')}")
         _check(self.asr_beam_size >= 1, "asr_beam_size must be >= 1; fix --asr-beam-size")
-        _check(0.0 < self.max_no_speech_prob <= 1.0, "max_no_speech_prob must lie in (0, 1]; fix --max-no-speech-prob")
+        _check(
+            0.0 < self.max_no_speech_prob <= 1.0,
+            "max_no_speech_prob must lie in (0, 1]; fix --max-no-speech-prob",
+        )
         _check(self.min_avg_logprob < 0.0, "min_avg_logprob must be < 0; fix --min-avg-logprob")
         _check(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1); fix --eval-fraction")
         _check(self.sample_rate in (16000, 22050, 24000, 44100, 48000),
@@ -245,7 +200,8 @@ class PrepareConfig:
                "speaker_name must be non-empty and contain no '|'; fix --speaker-name")
 
 
-RECOMPUTE_MODES = ("none", "mlp", "layer")  # what the backward pass recomputes instead of keeping; fastest first
+# What the backward pass recomputes instead of keeping; fastest first.
+RECOMPUTE_MODES = ("none", "mlp", "layer")
 
 
 @dataclass
@@ -349,15 +305,17 @@ class BackendOptions:
 
     @classmethod
     def generic_defaults(cls) -> dict[str, Any]:
-        """The backend's own defaults of generic TrainConfig fields, by flat name (e.g. a schedule or a gradient
-        clip that its upstream recipe uses): a config made for this backend starts from them instead of the
-        generic defaults, wherever it does not set the field itself (see :func:`merge`). Default: none."""
+        """The backend's own defaults of generic TrainConfig fields, by flat name (e.g. a schedule or a
+        gradient clip that its upstream recipe uses): a config made for this backend starts from them instead
+        of the generic defaults, wherever it does not set the field itself (see :func:`merge`). Default:
+        none."""
         return {}
 
     @classmethod
     def help_notes(cls) -> str:
-        """Text printed as it is (lines of at most 110 columns) under ``voicetune train --backend NAME --help``'s
-        description, e.g. the upstream recipe its defaults follow; default: none."""
+        """Text printed as it is (lines of at most 110 columns) under
+        ``voicetune train --backend NAME --help``'s description, e.g. the upstream recipe its defaults
+        follow; default: none."""
         return ""
 
     def recompute_modes(self) -> tuple[str, ...]:
@@ -391,7 +349,8 @@ def group_meta(help: str, *, resumable: bool = False) -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    """Settings of `voicetune train`: the generic training fields, the ``eval`` group and ``backend_options``."""
+    """Settings of `voicetune train`: the generic training fields, the ``eval`` group and
+    ``backend_options``."""
 
     backend: str = opt("xtts", "Model backend (one of the registered backends).", basic=True)
     max_steps: int = opt(0, "Stop after this many optimizer steps (0: use --epochs).", low=0, high=10**7,
@@ -406,7 +365,8 @@ class TrainConfig:
                     basic=True)
     weight_decay: float = opt(
         1e-2, "Weight decay (decoupled for AdamW; applied to weight matrices only).", low=0.0, high=1.0)
-    betas: list[float] = opt([0.9, 0.96], "AdamW betas.", item=float)
+    # opt() gives each instance its own copy of a list default (a default_factory): RUF009 does not apply
+    betas: list[float] = opt([0.9, 0.96], "AdamW betas.", item=float)  # noqa: RUF009
     warmup_steps: int = opt(0, "Linear learning-rate warm-up steps.", low=0, high=10**7)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).", low=0.0)
     precision: str = opt(
@@ -471,11 +431,12 @@ class TrainConfig:
     restart_mult: int = opt(
         1, "Each cosine_restarts period is this many times as long as the previous one.", low=1)
     step_size: int = opt(0, "Steps between the LR drops of --scheduler step (0: a third of the run).", low=0)
-    milestones: list[int] = opt([], "When --scheduler multistep multiplies the LR by --lr-gamma: after these steps, or "
-                           "epochs with --milestone-unit epochs.", item=int, low=1)
+    milestones: list[int] = opt(  # noqa: RUF009 (a default_factory, as betas)
+        [], "When --scheduler multistep multiplies the LR by --lr-gamma: after these steps, or "
+        "epochs with --milestone-unit epochs.", item=int, low=1)
     milestone_unit: str = opt(
-        "steps", "What --milestones count: optimizer steps, or epochs (each milestone is then that many epochs "
-        "of steps, as ai-voice-cloning converts its epoch schedule).", choices=("steps", "epochs"))
+        "steps", "What --milestones count: optimizer steps, or epochs (each milestone is then that many "
+        "epochs of steps, as ai-voice-cloning converts its epoch schedule).", choices=("steps", "epochs"))
     lr_gamma: float = opt(0.5, "LR factor of the step, multistep and exponential schedules.")
     finetune: str = opt(
         "full", "What trains: full (every weight of the trainable model not in the backend's --freeze) or "
@@ -511,16 +472,27 @@ class TrainConfig:
         check_fields(self)
         _check(self.epochs >= 1 or self.max_steps > 0, "set --epochs >= 1 or --max-steps > 0")
         _check(self.lr > 0, "lr must be a positive number; fix --lr")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)")
-        _check(self.param_dtype == "fp32" or self.precision != "fp32",
-               "param_dtype bf16 trains under bf16 autocast; set --precision auto or bf16 (or --param-dtype fp32)")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas must be two numbers in [0, 1)",
+        )
+        _check(
+            self.param_dtype == "fp32" or self.precision != "fp32",
+            "param_dtype bf16 trains under bf16 autocast; set --precision auto or bf16 "
+            "(or --param-dtype fp32)",
+        )
         _check(self.optimizer_state_dtype == "fp32" or self.param_dtype == "bf16",
                "optimizer_state_dtype bf16 needs --param-dtype bf16")
-        _check(self.cuda_graphs != "on" or self.param_dtype == "bf16",
-               "cuda_graphs on needs gradients in fixed buffers: set --param-dtype bf16 (or --cuda-graphs auto/off)")
-        _check(self.cuda_graphs != "on" or self.compile_mode not in ("reduce-overhead", "max-autotune"),
-               f"--compile-mode {self.compile_mode} captures its own CUDA graphs; use --compile-mode default with "
-               "--cuda-graphs on (or --cuda-graphs off)")
+        _check(
+            self.cuda_graphs != "on" or self.param_dtype == "bf16",
+            "cuda_graphs on needs gradients in fixed buffers: set --param-dtype bf16 "
+            "(or --cuda-graphs auto/off)",
+        )
+        _check(
+            self.cuda_graphs != "on" or self.compile_mode not in ("reduce-overhead", "max-autotune"),
+            f"--compile-mode {self.compile_mode} captures its own CUDA graphs; "
+            "use --compile-mode default with --cuda-graphs on (or --cuda-graphs off)",
+        )
         _check(self.cuda_graphs != "on" or not self.gradient_checkpointing,
                "cuda_graphs on cannot capture gradient checkpointing (it saves and restores the RNG state); "
                "drop --gradient-checkpointing or set --cuda-graphs auto/off")
@@ -542,11 +514,16 @@ class TrainConfig:
         _check(0.0 < self.lr_gamma <= 1.0, "lr_gamma must lie in (0, 1]; fix --lr-gamma")
         _check(all(float(m) >= 1 and float(m) == int(m) for m in self.milestones),
                f"milestones must be whole {self.milestone_unit} numbers >= 1; fix --milestones")
-        _check(self.scheduler != "multistep" or bool(self.milestones), "--scheduler multistep needs --milestones")
+        _check(
+            self.scheduler != "multistep" or bool(self.milestones), "--scheduler multistep needs --milestones"
+        )
         _check(self.lora_alpha > 0, "lora_alpha must be > 0; fix --lora-alpha")
         _check(self.lora_dropout < 1.0, "lora_dropout must lie in [0, 1); fix --lora-dropout")
-        _check(self.param_dtype == "fp32" or self.precision != "fp16",
-               "param_dtype bf16 cannot train under --precision fp16; use --precision bf16 (or --param-dtype fp32)")
+        _check(
+            self.param_dtype == "fp32" or self.precision != "fp16",
+            "param_dtype bf16 cannot train under --precision fp16; use --precision bf16 "
+            "(or --param-dtype fp32)",
+        )
         _check(self.param_dtype == "fp32" or self.optimizer == "adamw",
                "param_dtype bf16 has its own AdamW; use --optimizer adamw (or --param-dtype fp32)")
 
@@ -575,7 +552,8 @@ REMOVED_OPTIONS = {"num_workers": "features are read from the run's in-memory ca
 
 @dataclass(frozen=True)
 class OptionField:
-    """One option of a config class: its flat name (flag without dashes), where it lives and its declaration."""
+    """One option of a config class: its flat name (flag without dashes), where it lives and its
+    declaration."""
 
     flat: str
     group: str  # "" (a top-level field), "eval", or "backend_options"
@@ -588,7 +566,8 @@ class OptionField:
 
 
 def option_fields(cls: type, options: type[BackendOptions] | None = None) -> dict[str, OptionField]:
-    """Every option of ``cls`` by flat name, groups included (``options``: the backend options class to use)."""
+    """Every option of ``cls`` by flat name, groups included (``options``: the backend options class to
+    use)."""
     out: dict[str, OptionField] = {}
     for f in dataclasses.fields(cls):
         if not f.metadata.get("group"):
@@ -607,7 +586,8 @@ def option_fields(cls: type, options: type[BackendOptions] | None = None) -> dic
 
 
 def resumable_options(cfg: TrainConfig) -> set[str]:
-    """Flat names of the options a resumed run may change (``resumable`` in opt(), or in a resumable group)."""
+    """Flat names of the options a resumed run may change (``resumable`` in opt(), or in a resumable
+    group)."""
     groups = {f.name: f.metadata.get("resumable", False) for f in dataclasses.fields(cfg)}
     return {name for name, o in option_fields(TrainConfig, type(cfg.backend_options)).items()
             if o.field.metadata.get("resumable") or groups.get(o.group)}
@@ -624,30 +604,6 @@ def flatten(cfg: Any) -> dict[str, Any]:
     return out
 
 
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _coerce(value: Any, tp: Any, name: str, item: type | None = None) -> Any:
-    """``value`` as the field type ``tp``: ints for floats, YAML's text like '1e-4' for floats (YAML 1.1 reads
-    an exponent without a dot as a string), whole floats for ints; a bool is never a number; list items as
-    ``item``."""
-    origin = typing.get_origin(tp) or tp
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)] if item else list(value)
-    if origin is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        return float(value)
-    if origin is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    wrong_bool = isinstance(value, bool) != (origin is bool)  # YAML's true is an int to Python, not to us
-    if origin in (int, float, str, bool) and (not isinstance(value, origin) or wrong_bool):
-        raise ConfigError(f"{name} must be of type {origin.__name__}, got {value!r}")
-    return value
-
-
 def _unknown(keys: list[str], known: list[str], source: str) -> ConfigError:
     hints = [f"{k!r} (did you mean {m[0]!r}?)" for k in keys for m in [difflib.get_close_matches(k, known,
                                                                                                  1)] if m]
@@ -661,7 +617,7 @@ def _build(cls: type[T], kwargs: dict[str, Any], source: str) -> T:
     coerced = {}
     for k, v in kwargs.items():
         try:
-            coerced[k] = _coerce(v, hints[k], f"{source}: {k}", items.get(k))
+            coerced[k] = coerce(v, hints[k], f"{source}: {k}", items.get(k))
         except ConfigError as e:
             fix = "" if dataclasses.is_dataclass(hints[k]) else f"; fix {flag_of(cls, k)}"
             raise ConfigError(f"{e}{fix}") from None
@@ -714,7 +670,9 @@ def _train_from_dict(data: dict[str, Any], source: str, options_for: OptionsFor 
         if section is not None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key} must be a mapping of options, got {value!r}")
-            known = {f.name for f in dataclasses.fields(options if section == "backend_options" else EvalOptions)}
+            known = {
+                f.name for f in dataclasses.fields(options if section == "backend_options" else EvalOptions)
+            }
             bad = sorted(set(value) - known)
             if bad:
                 raise _unknown([f"{key}.{k}" for k in bad], [f"{key}.{k}" for k in known], source)
@@ -751,7 +709,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as the mapping YAML holds (a TrainConfig in the layout of the module doc)."""
     if not isinstance(cfg, TrainConfig):
         return dataclasses.asdict(cfg)
-    out = {f.name: dataclasses.asdict(cfg)[f.name] for f in dataclasses.fields(cfg) if not f.metadata.get("group")}
+    out = {
+        f.name: dataclasses.asdict(cfg)[f.name]
+        for f in dataclasses.fields(cfg)
+        if not f.metadata.get("group")
+    }
     out["eval"] = dataclasses.asdict(cfg.eval)
     if dataclasses.fields(cfg.backend_options):
         out[cfg.backend] = dataclasses.asdict(cfg.backend_options)
@@ -803,10 +765,10 @@ def _switched_defaults(flat: dict[str, Any], old: type[BackendOptions],
 def merge(cfg: T, overrides: dict[str, Any], options_for: OptionsFor | None = None) -> T:
     """Return a copy of ``cfg`` with the non-None ``overrides`` (by flat name) applied and validated.
 
-    For a TrainConfig, a changed ``backend`` (or the placeholder options of ``TrainConfig()``) starts from that
-    backend's default options (``options_for``), and each generic field that ``cfg`` holds at the previous
-    backend's default takes the new backend's default (:meth:`BackendOptions.generic_defaults`) before the
-    overrides apply.
+    For a TrainConfig, a changed ``backend`` (or the placeholder options of ``TrainConfig()``) starts from
+    that backend's default options (``options_for``), and each generic field that ``cfg`` holds at the
+    previous backend's default takes the new backend's default (:meth:`BackendOptions.generic_defaults`)
+    before the overrides apply.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not isinstance(cfg, TrainConfig):
