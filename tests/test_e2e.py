@@ -1,6 +1,6 @@
-"""End to end through the CLI, on real components: Piper recordings → prepare → tiny base (XTTS, Tortoise, CSM) →
-train → evaluate → export → load with coqui-tts → synthesize. CPU only, a few training steps; the recordings
-are prepared once for both backends."""
+"""End to end through the CLI, on real components: Piper recordings → prepare → tiny base (XTTS, Tortoise,
+CSM) → train → evaluate → export → load with coqui-tts → synthesize. CPU only, a few training steps; the
+recordings are prepared once for all backends."""
 
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ from voicetune.evaluation.metrics import normalize_text
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,9 @@ def _train_evaluate_export(data: Path, tmp_path: Path, backend: str, lr: str,
 
 
 def _synthesize(pkg: Path, out: Path, *flags: str) -> None:
-    assert main(["synthesize", str(pkg), "--text", "Hello there, how are you?", "--out", str(out), *flags]) == 0
+    assert (
+        main(["synthesize", str(pkg), "--text", "Hello there, how are you?", "--out", str(out), *flags]) == 0
+    )
     info = sf.info(str(out))
     assert info.samplerate == 24000 and 0.1 < info.duration < 60
 
@@ -140,8 +145,15 @@ def test_tortoise_recordings_to_exported_model_and_speech(prepared: Path, tmp_pa
                                                       for k, v in exported.items())
     with torch.inference_mode():  # and speaks through coqui-tts's own chain
         latents = model.get_conditioning_latents([[torch.randn(1, 22050) * 0.1, torch.randn(1, 24000) * 0.1]])
-        wav = model.inference("Hello.", conditioning_latents=latents, verbose=False, num_autoregressive_samples=2,
-                              diffusion_iterations=2, max_mel_tokens=8, half=False)["wav"]
+        wav = model.inference(
+            "Hello.",
+            conditioning_latents=latents,
+            verbose=False,
+            num_autoregressive_samples=2,
+            diffusion_iterations=2,
+            max_mel_tokens=8,
+            half=False,
+        )["wav"]
     assert wav.numel() > 0
     _synthesize(pkg, tmp_path / "hello.wav")  # the default preset (fast)
 
@@ -150,7 +162,13 @@ def test_recordings_to_a_csm_finetune_that_transformers_loads(prepared: Path, tm
     import torch
     from transformers import AutoProcessor, CsmForConditionalGeneration
 
-    data, base, lora, full, pkg = prepared, tmp_path / "base", tmp_path / "lora", tmp_path / "full", tmp_path / "pkg"
+    data, base, lora, full, pkg = (
+        prepared,
+        tmp_path / "base",
+        tmp_path / "lora",
+        tmp_path / "full",
+        tmp_path / "pkg",
+    )
     assert main(["make-tiny-base", "--backend", "csm", "--out", str(base), "--dataset", str(data)]) == 0
     common = ["--backend", "csm", "--max-steps", "3", "--batch-size", "2"]
     assert main(["train", str(data), "--base", str(base), "--out", str(lora), *common, "--finetune", "lora",

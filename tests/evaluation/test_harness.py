@@ -147,7 +147,10 @@ def test_sampling_seed_is_passed_and_the_baseline_is_reused_across_checkpoints(
     assert second.evaluated == ["step_9"]
     assert [snr for _, snr in second_backend.calls] == [40.0, 40.0]  # the baseline came from eval/baseline
     assert second.docs["step_9"]["base"]["per_sentence"] == first.docs["step_5"]["base"]["per_sentence"]
-    assert second.docs["step_9"]["finetuned"]["aggregate"]["mos"] > first.docs["step_5"]["finetuned"]["aggregate"]["mos"]
+    assert (
+        second.docs["step_9"]["finetuned"]["aggregate"]["mos"]
+        > first.docs["step_5"]["finetuned"]["aggregate"]["mos"]
+    )
     assert second.best == "step_9"  # re-decided over both evaluations of this protocol
 
 
@@ -166,7 +169,10 @@ def test_a_sentence_that_fails_to_synthesize_is_reported_not_fatal(tmp_path, dat
     doc = result.docs["step_1"]
     bad = doc["finetuned"]["per_sentence"][1]
     assert bad["flags"] == ["synthesis_error"] and "inf, nan" in bad["error"] and bad["audio_file"] is None
-    assert doc["finetuned"]["aggregate"]["failure_rate"] == 0.5 and doc["base"]["aggregate"]["failure_rate"] == 0.0
+    assert (
+        doc["finetuned"]["aggregate"]["failure_rate"] == 0.5
+        and doc["base"]["aggregate"]["failure_rate"] == 0.0
+    )
     assert not (run / "eval" / "step_1" / "finetuned" / "01.wav").exists()
     assert np.isfinite(doc["summary"]["speaker_similarity"]["finetuned"])  # still averages the good sentence
 

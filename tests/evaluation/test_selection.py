@@ -89,7 +89,9 @@ def test_early_stopping_triggers_after_patience_evaluations_without_improvement(
 def test_improvements_within_min_delta_do_not_count_and_near_ties_go_to_the_earlier_step():
     rules = SelectionRules(patience=2, min_delta=0.05)
     # composites: 0.50, 0.54 (+0.04: within min_delta), 0.53
-    sel, decisions = replay(BASE, [(10, m(sim=0.80)), (20, m(sim=0.808)), (30, m(sim=0.806))], rules, REAL_SIM)
+    sel, decisions = replay(
+        BASE, [(10, m(sim=0.80)), (20, m(sim=0.808)), (30, m(sim=0.806))], rules, REAL_SIM
+    )
     assert sel.best_step == 10
     assert decisions[-1].stop  # two evaluations without a real improvement
     assert best_of(decisions, min_delta=0.05).step == 10

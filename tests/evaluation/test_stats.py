@@ -130,8 +130,8 @@ def test_a_real_change_is_significant_and_no_change_mostly_is_not():
 
 
 def test_the_corpus_wer_interval_covers_the_true_error_rate():
-    # each sentence has its own difficulty (error probability around 10 %) and length; WER is total errors over
-    # total reference words, as the aggregate computes it
+    # each sentence has its own difficulty (error probability around 10 %) and length; WER is total errors
+    # over total reference words, as the aggregate computes it
     rng = np.random.default_rng(7)
     n, truth, reps, covered = 12, 0.10, 300, 0
     for _ in range(reps):

@@ -4,8 +4,8 @@ evaluation from (used by in-loop evaluation and by `voicetune evaluate`, :mod:`.
 * :func:`select_material`: the speaker (the one with the most training clips), its ``num_references`` longest
   TRAIN clips (they condition every synthesis) and up to ``max_sentences`` of its EVAL clips (their text, and
   their real recordings for the intrusive metrics).
-* :func:`render`: synthesize texts with a backend in inference mode with a fixed seed; a sentence that fails to
-  synthesize is recorded with its error, not fatal.
+* :func:`render`: synthesize texts with a backend in inference mode with a fixed seed; a sentence that fails
+  to synthesize is recorded with its error, not fatal.
 * :func:`score`: every metric of :mod:`voicetune.evaluation.metrics` per render (speaker similarity to the
   centroid of ALL held-out eval clips of the speaker, ASR round-trip WER/CER, predicted MOS, failure flags,
   and MCD/PESQ/STOI against the real recording of the same sentence), then :func:`aggregate`.
@@ -85,7 +85,7 @@ def select_material(dataset: Dataset, num_references: int, max_sentences: int,
     longest train clips and up to ``max_sentences`` of its eval clips."""
     counts = collections.Counter(c.speaker for c in dataset.train)
     if speaker is None:
-        speaker = sorted(counts, key=lambda s: (-counts[s], s))[0]
+        speaker = min(counts, key=lambda s: (-counts[s], s))
         if len(counts) > 1:
             logger.info("dataset has %d speakers; evaluating %r (most training clips)", len(counts), speaker)
     elif speaker not in counts:

@@ -216,8 +216,18 @@ def score_speakers(
     backend = backend or get_backend(info.backend)
     target = resolve_checkpoint(run_dir, checkpoint)
     about = {"backend": info.backend, "base_model": info.base, "dataset": info.dataset}
-    doc = evaluate_speakers(backend, dataset, Protocol.of(cfg.eval), Path(info.base), target, run_dir / "eval",
-                            selection_rules(cfg.eval), (dev, metric_device, asr_device), about, progress)
+    doc = evaluate_speakers(
+        backend,
+        dataset,
+        Protocol.of(cfg.eval),
+        Path(info.base),
+        target,
+        run_dir / "eval",
+        selection_rules(cfg.eval),
+        (dev, metric_device, asr_device),
+        about,
+        progress,
+    )
     from voicetune.evaluation.report import write_report
 
     write_report(run_dir)

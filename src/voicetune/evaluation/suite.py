@@ -155,7 +155,11 @@ class ProbeSet:
     def describe(self) -> dict[str, Any]:
         m = self.material
         return {
-            "protocol": {**dataclasses.asdict(self.protocol), "key": self.key(), "probes_version": PROBES_VERSION},
+            "protocol": {
+                **dataclasses.asdict(self.protocol),
+                "key": self.key(),
+                "probes_version": PROBES_VERSION,
+            },
             "speaker": m.speaker,
             "language": m.language,
             "chars_per_second": m.chars_per_second,
@@ -163,8 +167,12 @@ class ProbeSet:
             "held_out_clips": len(m.held_out),
             "seeds": self.seeds,
             "sentences": [
-                {"index": i, "text": t, "group": g,
-                 "real_audio": str(m.sentences[i].audio_path) if g == "eval" else None}
+                {
+                    "index": i,
+                    "text": t,
+                    "group": g,
+                    "real_audio": str(m.sentences[i].audio_path) if g == "eval" else None,
+                }
                 for i, (t, g) in enumerate(zip(self.texts, self.groups, strict=True))
             ],
         }
@@ -180,7 +188,9 @@ def build_probe_set(dataset: Dataset, protocol: Protocol, speaker: str | None = 
     material = select_material(dataset, protocol.num_references, protocol.max_sentences, speaker)
     probes = probe_sentences(dataset.language, protocol.probes) if protocol.probes else []
     if not material.sentences and not probes:
-        raise EvalError("the evaluation protocol has no sentences: set eval_max_sentences or eval_probes >= 1")
+        raise EvalError(
+            "the evaluation protocol has no sentences: set eval_max_sentences or eval_probes >= 1"
+        )
     return ProbeSet(material, probes, protocol)
 
 
@@ -481,7 +491,8 @@ def load_doc(path: Path) -> dict[str, Any] | None:
 
 
 def eval_docs(eval_root: Path, key: str | None = None) -> list[dict[str, Any]]:
-    """The step evaluations under ``eval_root`` (kind "eval"), in step order; only protocol ``key``'s if given."""
+    """The step evaluations under ``eval_root`` (kind "eval"), in step order; only protocol ``key``'s if
+    given."""
     out = []
     root = Path(eval_root)
     for folder in root.glob("step_*") if root.is_dir() else []:
