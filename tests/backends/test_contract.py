@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from voicetune.backends.base import Backend, FeatureStore
-from voicetune.backends.registry import available_backends, backend_class, detect_backend, get_backend
+from voicetune.backends.registry import (
+    available_backends,
+    backend_class,
+    detect_backend,
+    get_backend,
+    load_train_config,
+)
 from voicetune.backends.tiny import make_tiny_base
 from voicetune.data.manifest import Dataset
 from voicetune.run import latest_checkpoint, trainable_path
@@ -140,6 +146,27 @@ def test_set_train_is_what_trainable_training_reports(cycle):
     for mode in (False, False, True, True, False, True):
         backend.set_train(mode)
         assert backend.trainable().training is mode
+
+
+def test_validation_loss_gives_the_trained_parts_on_the_eval_split_without_gradients(cycle, tiny_dataset):
+    """Backend.validation_loss (what the in-loop validation losses call, voicetune.evaluation.validation): the
+    declared parts, finite, the same twice in inference mode, and nothing for the optimizer to follow."""
+    from voicetune.evaluation.validation import build_validation_set, validation_losses
+
+    name, root, _, _, reference = cycle
+    cfg = load_train_config(reference.run_dir / "config.yaml")
+    (root / "val").mkdir()
+    backend = get_backend(name)
+    backend.load_base(reference.run_dir / ".." / "base", torch.device("cpu"))
+    backend.configure_model(cfg, root / "val", [(c.text, c.language) for c in Dataset.load(tiny_dataset).train])
+    backend.load_trained(trainable_path(latest_checkpoint(reference.run_dir)))
+    vs = build_validation_set(backend, Dataset.load(tiny_dataset).eval, root / "val" / "features", cfg)
+    assert vs is not None and len(vs) == 2
+    first, second = (validation_losses(backend, vs, cfg) for _ in range(2))
+    assert set(first) == {"val_loss", *(f"val_{p}" for p in backend_class(name).loss_parts)}
+    assert all(np.isfinite(v) for v in first.values()) and first == second
+    assert backend.trainable().training is False
+    assert all(p.grad is None for p in backend.trainable().parameters())
 
 
 def test_registered_backends_include_the_real_ones():
