@@ -37,7 +37,7 @@ from typing import Any
 
 from voicetune.backends.base import Progress
 from voicetune.data.manifest import DatasetError
-from voicetune.evaluation import validation
+from voicetune.evaluation import change, validation
 from voicetune.evaluation.harness import EvalError, json_safe
 from voicetune.evaluation.selection import Decision, Selector
 from voicetune.evaluation.suite import (
@@ -313,6 +313,7 @@ class InLoopEvaluator(TrainCallback):
             "max_overhead": self.cfg.eval.max_overhead,
             "stop_reason": self.stop_reason,
             "warnings": self.warnings,
+            "overfit_evals": self.cfg.eval.overfit_evals,
             "best_step": self.best.step if self.best else None,
             "error": self.error,
         }
@@ -323,6 +324,8 @@ class InLoopEvaluator(TrainCallback):
                     self._baseline_seconds)
         if self._writer is not None:
             self._writer.close()
+        if not self.error:  # did the finetune change the voice? (eval/change.json, shown in the report)
+            change.check_run(self.run_dir, device=self.scorer.device)
         self._write_report()
 
     def _write_report(self) -> None:

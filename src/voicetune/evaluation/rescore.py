@@ -179,8 +179,10 @@ def rescore_run(
     best = _decide_best(run_dir, eval_root, own, baseline_doc, rules, probe_set.key())
     if errors:
         _fail(run_dir, eval_root, errors)
+    from voicetune.evaluation.change import check_run
     from voicetune.evaluation.report import text_report, write_report
 
+    check_run(run_dir, eval_root, metric_device)  # did the finetune change the voice? (EVAL_ROOT/change.json)
     report = write_report(run_dir, eval_root)
     return RescoreResult(run_dir, eval_root, [c.name for c in ckpts], best, report,
                          text_report(run_dir, eval_root), docs)

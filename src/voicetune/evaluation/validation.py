@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from voicetune.backends.base import Backend, FeatureStore
-from voicetune.config import TrainConfig
+from voicetune.config import EvalOptions, TrainConfig
 from voicetune.data.manifest import Clip
 from voicetune.training.step import to_device
 from voicetune.utils.device import autocast, resolve_precision
@@ -33,6 +33,7 @@ from voicetune.utils.device import autocast, resolve_precision
 logger = logging.getLogger(__name__)
 
 PREFIX = "val_"
+DEFAULT_OVERFIT_EVALS: int = EvalOptions.__dataclass_fields__["overfit_evals"].default  # type: ignore[assignment]
 
 
 @dataclass
@@ -135,8 +136,8 @@ def overfit_text(span: tuple[Point, Point]) -> str:
     a, b = span
     return (f"overfitting: from step {a.step} to step {b.step} the training loss kept falling "
             f"({a.train:.3f} → {b.train:.3f}) while the validation loss on the eval split kept rising "
-            f"({a.val:.3f} → {b.val:.3f}); a checkpoint from before step {b.step} (the best one) is likely the "
-            "better voice, and more data, fewer steps or a lower learning rate would help")
+            f"({a.val:.3f} → {b.val:.3f}); a checkpoint from step {a.step} or earlier may be the better voice, "
+            "and more data, fewer steps or a lower learning rate would help")
 
 
 def notes(records: Sequence[dict[str, Any]], n: int) -> list[str]:
