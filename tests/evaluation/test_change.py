@@ -23,7 +23,6 @@ from voicetune.evaluation import change
 from voicetune.evaluation.harness import render
 from voicetune.evaluation.rescore import rescore_run
 from voicetune.run import latest_checkpoint, trainable_path
-from voicetune.training.loop import train
 
 
 def _clips(piper_sentences, n: int = 3) -> list[tuple[np.ndarray, int]]:
@@ -52,16 +51,6 @@ def test_failed_renders_are_left_out_and_nothing_to_compare_is_none(piper_senten
     assert change.compare([None, None], clips) is None
 
 
-@pytest.fixture(scope="module")
-def lora_run(tiny_dataset, tiny_base, tmp_path_factory) -> Path:
-    """A 4-step LoRA run of the tiny XTTS at learning rate 1e-2, enough to move its renders: on this random
-    model, renders run to the length cap and a 2-step run at 1e-3 moves them by ~0.3 dB MCD (inaudible; it is
-    flagged), 4 steps at 1e-2 by ~2 dB."""
-    opts = {"max_steps": 4, "batch_size": 2, "seed": 1, "device": "cpu", "finetune": "lora", "lr": 1e-2,
-            "eval_every": 0, "eval_every_epochs": 0}
-    return train(tiny_dataset, tiny_base, tmp_path_factory.mktemp("lora_run") / "run", **opts).run_dir
-
-
 def _renders(tiny_base: Path, tiny_dataset: Path, weights: Path | None = None) -> list[tuple[np.ndarray, int] | None]:
     """Renders of an eval sentence (seed 7) by the base, or by the base with trained ``weights``."""
     backend = get_backend("xtts")
@@ -73,8 +62,8 @@ def _renders(tiny_base: Path, tiny_dataset: Path, weights: Path | None = None) -
     return [(r.audio, r.sample_rate) if r.audio is not None else None for r in out]
 
 
-def test_a_zero_weight_lora_is_flagged_and_a_trained_one_is_not(lora_run, tiny_base, tiny_dataset, tmp_path):
-    trained_weights = trainable_path(latest_checkpoint(lora_run))
+def test_a_zero_weight_lora_is_flagged_and_a_trained_one_is_not(tiny_lora_run, tiny_base, tiny_dataset, tmp_path):
+    trained_weights = trainable_path(latest_checkpoint(tiny_lora_run))
     state = torch.load(trained_weights, weights_only=True)
     lora = [k for k in state if "lora_" in k]
     assert lora and any(state[k].any() for k in lora if "lora_B" in k)  # training moved the adapter
