@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from backends.fake import FakeBackend
 
-from voicetune.evaluation.validation import Point, notes, overfit_text, overfitting, points
+from voicetune.evaluation.validation import Point, notes, overfit_text, overfitting, points, run_notes
 from voicetune.finetune import train
 from voicetune.utils.io import read_jsonl
 
@@ -83,6 +83,9 @@ def test_every_evaluation_records_validation_losses_beside_the_training_losses(f
     acc.Reload()
     assert [e.step for e in acc.Scalars("val/loss")] == [0, 2, 4, 6]
     assert [e.value for e in acc.Scalars("val/loss")] == pytest.approx([r["val_loss"] for r in evals])
+    from tensorboard.plugins.custom_scalar import metadata
+
+    assert acc.Tensors(metadata.CONFIG_SUMMARY_TAG)  # the chart that overlays train/loss and val/loss
 
 
 def test_the_report_plots_validation_losses_beside_the_training_losses(fake_run):
@@ -107,5 +110,7 @@ def test_the_report_says_overfitting_in_words_and_shades_it(tmp_path):
     assert any(w.startswith("overfitting: from step 2 to step 10") for w in r.warnings)
     html = render_html(r)
     assert "overfitting: from step 2 to step 10" in html and "Dashed with dots" in html
+    assert run_notes(run) and run_notes(run)[0].startswith("overfitting seen in the validation loss")
     atomic_write_json(run / "eval" / "in_loop.json", {"overfit_evals": 5, "evaluations": []})
     assert not any(w.startswith("overfitting") for w in collect(run).warnings)  # 4 rises < 5
+    assert run_notes(run) == []

@@ -164,6 +164,8 @@ class InLoopEvaluator(TrainCallback):
                 return
             self.info["asr_model"] = self.scorer.asr_name
             self.validation = validation.build_validation_set(state.backend, dataset.eval, run_dir / "features", cfg)
+            if self.validation is not None and self._tensorboard() is not None:  # train/X beside val/X in one chart
+                self._writer.add_custom_scalars(validation.tensorboard_layout(type(state.backend).loss_parts))
             resumed_from = state.resumed_from  # the step a resumed run continues after (0: a new run)
             reused = self._reusable_baseline() if resumed_from else None
             if reused is None:

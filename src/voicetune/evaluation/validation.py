@@ -29,6 +29,7 @@ from voicetune.config import EvalOptions, TrainConfig
 from voicetune.data.manifest import Clip
 from voicetune.training.step import to_device
 from voicetune.utils.device import autocast, resolve_precision
+from voicetune.utils.io import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,12 @@ def validation_losses(backend: Backend, vs: ValidationSet, cfg: TrainConfig) -> 
         return {}
     values = torch.stack(list(sums.values())).cpu().tolist()
     return {PREFIX + k: v / n for k, v in zip(sums, values, strict=True)}
+
+
+def tensorboard_layout(parts: Sequence[str]) -> dict[str, Any]:
+    """A TensorBoard custom-scalars layout: one chart per loss part with ``train/<part>`` and ``val/<part>``."""
+    return {"loss: training vs. validation": {
+        part: ["Multiline", [f"train/{part}", f"val/{part}"]] for part in ("loss", *parts)}}
 
 
 # ----------------------------------------------------------------------------------------- overfitting
@@ -148,3 +155,16 @@ def notes(records: Sequence[dict[str, Any]], n: int) -> list[str]:
     a, b = span
     return [(f"overfitting seen in the validation loss (it rose {a.val:.3f} → {b.val:.3f} from step {a.step} to "
             f"step {b.step} while the training loss fell {a.train:.3f} → {b.train:.3f})")]
+
+
+def run_notes(run_dir: Path | str) -> list[str]:
+    """:func:`notes` of a run folder (its metrics.jsonl, with the run's --eval-overfit-evals from
+    eval/in_loop.json): what the verdict takes as ``notes``."""
+    import json
+
+    run_dir = Path(run_dir)
+    try:
+        n = json.loads((run_dir / "eval" / "in_loop.json").read_text()).get("overfit_evals", DEFAULT_OVERFIT_EVALS)
+    except (OSError, json.JSONDecodeError):
+        n = DEFAULT_OVERFIT_EVALS
+    return notes(read_jsonl(run_dir / "metrics.jsonl"), int(n))
