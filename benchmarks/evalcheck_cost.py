@@ -2,10 +2,12 @@
 export), next to what the evaluation itself costs, on one backend and dataset.
 
 Measured in one process, after a warm-up, as wall seconds and CPU seconds of this process (all its threads:
-on a shared machine the CPU seconds are the stable figure): ``evaluation`` is ``suite.run_evaluation`` with the
+on a shared machine the CPU seconds are the stable figure): ``evaluation`` is ``suite.run_evaluation`` with
+the
 default protocol (4 eval-split sentences + 4 probes, the packaged tiny.en ASR); ``validation_losses`` is what
 every in-loop evaluation adds (teacher-forced losses on the whole eval split, in batches of --batch-size);
-``change_check`` is what the end of training and ``voicetune evaluate`` add once (8 pairs of renders compared);
+``change_check`` is what the end of training and ``voicetune evaluate`` add once (8 pairs of renders
+compared);
 ``export_check`` is what ``voicetune export`` adds once (2 sentences rendered by three models, models
 loaded). The one-time features of the eval split are reported apart.
 
@@ -39,8 +41,12 @@ def measure(fn, repeat: int) -> dict[str, Any]:
         fn()
         walls.append(time.perf_counter() - w)
         cpus.append(time.process_time() - c)
-    return {"wall_s": round(statistics.median(walls), 4), "cpu_s": round(statistics.median(cpus), 4),
-            "wall_all": [round(x, 4) for x in walls], "cpu_all": [round(x, 4) for x in cpus]}
+    return {
+        "wall_s": round(statistics.median(walls), 4),
+        "cpu_s": round(statistics.median(cpus), 4),
+        "wall_all": [round(x, 4) for x in walls],
+        "cpu_all": [round(x, 4) for x in cpus],
+    }
 
 
 def main() -> None:
@@ -61,8 +67,12 @@ def main() -> None:
     from voicetune.packaging import check_export
 
     data = Dataset.load(args.dataset)
-    cfg = train_config(backend=args.backend, device="cpu", batch_size=args.batch_size,
-                       eval_asr_model=str(packaged_model_path()))
+    cfg = train_config(
+        backend=args.backend,
+        device="cpu",
+        batch_size=args.batch_size,
+        eval_asr_model=str(packaged_model_path()),
+    )
     backend = get_backend(args.backend)
     backend.load_base(Path(args.base), torch.device("cpu"))
     work = Path(tempfile.mkdtemp(prefix="evalcheck_cost_"))
@@ -83,15 +93,29 @@ def main() -> None:
 
     evaluation()
     clips = [(r.audio, r.sample_rate) if r.audio is not None else None for r in renders]
-    other = [(r.audio, r.sample_rate) if r.audio is not None else None
-             for r in render(backend, probe_set.texts, probe_set.material.references,
-                             probe_set.material.language, probe_set.protocol.seed + 1)]
+    other = [
+        (r.audio, r.sample_rate) if r.audio is not None else None
+        for r in render(
+            backend,
+            probe_set.texts,
+            probe_set.material.references,
+            probe_set.material.language,
+            probe_set.protocol.seed + 1,
+        )
+    ]
     change.compare(clips, other)  # warm-up: the speaker encoder
     result: dict[str, Any] = {
-        "benchmark": "evalcheck_cost", "command": " ".join([sys.executable, *sys.argv]), "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "device": platform.processor() or "cpu",
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "backend": args.backend,
-        "eval_split_clips": len(vs), "sentences": len(probe_set.texts), "batch_size": args.batch_size,
+        "benchmark": "evalcheck_cost",
+        "command": " ".join([sys.executable, *sys.argv]),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "device": platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "backend": args.backend,
+        "eval_split_clips": len(vs),
+        "sentences": len(probe_set.texts),
+        "batch_size": args.batch_size,
         "eval_split_features_once_s": round(features_s, 3),
         "evaluation": measure(evaluation, args.repeat),
         "validation_losses": measure(lambda: validation_losses(backend, vs, cfg), args.repeat),
@@ -99,7 +123,8 @@ def main() -> None:
     }
     refs = list(probe_set.material.references)
     result["export_check"] = measure(
-        lambda: check_export(backend, Path(args.base), Path(args.base), refs, data.language, "base"), 1)
+        lambda: check_export(backend, Path(args.base), Path(args.base), refs, data.language, "base"), 1
+    )
     ev, val = result["evaluation"], result["validation_losses"]
     result["validation_share_of_evaluation_cpu"] = round(val["cpu_s"] / ev["cpu_s"], 4)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The export check of ``voicetune export`` (voicetune.packaging.check_export): the written package is loaded
-back and compared with the checkpoint and the base model; an export that silently drops the adapter is refused,
-``--no-check`` skips the check. The tiny XTTS with a trained LoRA; the fault (an adapter folded in as zero, as a
+back and compared with the checkpoint and the base model; an export that silently drops the adapter is
+refused, ``--no-check`` skips the check. The tiny XTTS with a trained LoRA; the fault (an adapter folded in as
+zero, as a
 broken merge would) is injected into peft's LoRA layer, everything else is real."""
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ def test_the_export_check_passes_for_a_real_finetune_and_is_recorded(tiny_lora_r
     package = export(tiny_lora_run, tmp_path / "package")
     check = read_package(package)["export_check"]
     assert check["checked"] and check["passed"] is True and check["sentences"] == 2
-    assert not check["export_vs_base"]["indistinguishable"] and not check["checkpoint_vs_base"]["indistinguishable"]
+    assert (
+        not check["export_vs_base"]["indistinguishable"]
+        and not check["checkpoint_vs_base"]["indistinguishable"]
+    )
     assert check["export_vs_base"]["spectral_distance"] > change.SPECTRAL_DISTANCE_MAX
 
 
-def test_an_export_that_drops_the_adapter_is_refused_and_no_check_skips_the_check(tiny_lora_run, tmp_path,
-                                                                                  monkeypatch, capsys):
+def test_an_export_that_drops_the_adapter_is_refused_and_no_check_skips_the_check(
+    tiny_lora_run, tmp_path, monkeypatch, capsys
+):
     from peft.tuners.lora.layer import Linear
 
     def dropped(self, adapter):  # a merge that silently folds in nothing

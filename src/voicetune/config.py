@@ -304,8 +304,8 @@ class EvalOptions:
         0.10, "WER rise over the base model that trips the WER guard (0.10 = 10 points).",
         low=0.0, flag="wer_guard_margin")
     overfit_evals: int = opt(
-        3, "Warn of overfitting when, at this many consecutive evaluations, the validation loss on the eval split "
-        "rose while the training loss fell (0: no warning).", low=0)
+        3, "Warn of overfitting when, at this many consecutive evaluations, the validation loss on the eval "
+        "split rose while the training loss fell (0: no warning).", low=0)
 
     def __post_init__(self) -> None:
         check_fields(self)

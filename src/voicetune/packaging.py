@@ -130,8 +130,8 @@ def _renders(backend: Backend, texts: list[str], refs: list[Path], language: str
 def check_export(trained: Backend, package: Path, base: Path, refs: list[Path], language: str,
                  checkpoint: str) -> dict[str, Any]:
     """Load ``package`` back and compare its renders with the base model's and the ``trained`` backend's
-    (:mod:`voicetune.evaluation.change`); raise :class:`ExportCheckError` when the export renders like the base
-    model although the checkpoint does not. Returns what voicetune.json records ("export_check")."""
+    (:mod:`voicetune.evaluation.change`); raise :class:`ExportCheckError` when the export renders like the
+    base model although the checkpoint does not. Returns what voicetune.json records ("export_check")."""
     texts = probe_sentences(language, CHECK_SENTENCES)
     tuned = _renders(trained, texts, refs, language)
     renders = {}
@@ -149,16 +149,18 @@ def check_export(trained: Backend, package: Path, base: Path, refs: list[Path], 
            "checkpoint_vs_base": json_safe(ckpt.as_dict()),
            "export_vs_base": json_safe(exported.as_dict())}
     if ckpt.indistinguishable:
-        logger.warning("export check: %s itself renders like the base model, so the check cannot tell whether "
-                       "the export kept the finetune. %s", checkpoint, ckpt.message)
+        logger.warning("export check: %s itself renders like the base model, so the check cannot tell "
+                       "whether the export kept the finetune. %s", checkpoint, ckpt.message)
         return {**doc, "passed": None}
     if exported.indistinguishable:
         raise ExportCheckError(
             f"the exported model renders like the base model although {checkpoint} does not (export against "
-            f"the base: speaker-embedding distance {change.number(exported.speaker_distance, '.4f')}, spectral "
+            f"the base: speaker-embedding distance {change.number(exported.speaker_distance, '.4f')}, "
+            "spectral "
             f"distance {change.number(exported.spectral_distance, '.2f')} dB; {checkpoint} against the base: "
-            f"{change.number(ckpt.spectral_distance, '.2f')} dB): the export lost the finetune (e.g. an adapter "
-            "that was not merged into the written weights). Nothing was written; --no-check writes it anyway")
+            f"{change.number(ckpt.spectral_distance, '.2f')} dB): the export lost the finetune (e.g. an "
+            "adapter that was not merged into the written weights). Nothing was written; --no-check writes it "
+            "anyway")
     logger.info("export check passed: the export renders unlike the base model (spectral distance %.2f dB), "
                 "as %s does (%.2f dB)", exported.spectral_distance, checkpoint, ckpt.spectral_distance)
     return {**doc, "passed": True}

@@ -158,7 +158,8 @@ def test_validation_loss_gives_the_trained_parts_on_the_eval_split_without_gradi
     (root / "val").mkdir()
     backend = get_backend(name)
     backend.load_base(reference.run_dir / ".." / "base", torch.device("cpu"))
-    backend.configure_model(cfg, root / "val", [(c.text, c.language) for c in Dataset.load(tiny_dataset).train])
+    texts = [(c.text, c.language) for c in Dataset.load(tiny_dataset).train]
+    backend.configure_model(cfg, root / "val", texts)
     backend.load_trained(trainable_path(latest_checkpoint(reference.run_dir)))
     vs = build_validation_set(backend, Dataset.load(tiny_dataset).eval, root / "val" / "features", cfg)
     assert vs is not None and len(vs) == 2

@@ -1,8 +1,10 @@
-"""The no-effect check (voicetune.evaluation.change): a finetune whose output is the base model's is flagged, a
+"""The no-effect check (voicetune.evaluation.change): a finetune whose output is the base model's is flagged,
+a
 finetune that changed the model is not.
 
 Known answers: the same audio (flagged), the same audio with noise at 30 dB SNR (not flagged); a tiny XTTS
-whose LoRA weights are zero (flagged) and the same LoRA after real training steps (not flagged); and the wiring
+whose LoRA weights are zero (flagged) and the same LoRA after real training steps (not flagged); and the
+wiring
 into ``voicetune evaluate`` (change.json, the report's section, the verdict's note) on the fake backend."""
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ def test_the_same_audio_is_indistinguishable_and_noise_at_30_db_is_not(piper_sen
     same = change.compare(clips, [(a.copy(), sr) for a, sr in clips])
     assert same is not None and same.indistinguishable and same.identical == same.pairs == 3
     assert same.speaker_distance == 0.0 and same.spectral_distance == 0.0
-    assert "indistinguishable from the base model" in same.message and "adapter was not applied" in same.message
+    assert (
+        "indistinguishable from the base model" in same.message
+        and "adapter was not applied" in same.message
+    )
     rng = np.random.default_rng(0)
-    noisy = [(a + rng.normal(0, np.sqrt(np.mean(a**2)) * 10 ** (-30 / 20), a.shape).astype(np.float32), sr)
-             for a, sr in clips]
+    noisy = [
+        (a + rng.normal(0, np.sqrt(np.mean(a**2)) * 10 ** (-30 / 20), a.shape).astype(np.float32), sr)
+        for a, sr in clips
+    ]
     moved = change.compare(clips, noisy)
     assert moved is not None and not moved.indistinguishable and moved.identical == 0
     assert moved.spectral_distance > change.SPECTRAL_DISTANCE_MAX
@@ -51,7 +58,9 @@ def test_failed_renders_are_left_out_and_nothing_to_compare_is_none(piper_senten
     assert change.compare([None, None], clips) is None
 
 
-def _renders(tiny_base: Path, tiny_dataset: Path, weights: Path | None = None) -> list[tuple[np.ndarray, int] | None]:
+def _renders(
+    tiny_base: Path, tiny_dataset: Path, weights: Path | None = None
+) -> list[tuple[np.ndarray, int] | None]:
     """Renders of an eval sentence (seed 7) by the base, or by the base with trained ``weights``."""
     backend = get_backend("xtts")
     backend.load_base(tiny_base, torch.device("cpu"))
@@ -62,7 +71,9 @@ def _renders(tiny_base: Path, tiny_dataset: Path, weights: Path | None = None) -
     return [(r.audio, r.sample_rate) if r.audio is not None else None for r in out]
 
 
-def test_a_zero_weight_lora_is_flagged_and_a_trained_one_is_not(tiny_lora_run, tiny_base, tiny_dataset, tmp_path):
+def test_a_zero_weight_lora_is_flagged_and_a_trained_one_is_not(
+    tiny_lora_run, tiny_base, tiny_dataset, tmp_path
+):
     trained_weights = trainable_path(latest_checkpoint(tiny_lora_run))
     state = torch.load(trained_weights, weights_only=True)
     lora = [k for k in state if "lora_" in k]
@@ -70,23 +81,33 @@ def test_a_zero_weight_lora_is_flagged_and_a_trained_one_is_not(tiny_lora_run, t
     zeroed = {k: (torch.zeros_like(v) if k in lora else v) for k, v in state.items()}
     torch.save(zeroed, tmp_path / "zero_lora.pt")  # the same adapter, every weight zero
     base = _renders(tiny_base, tiny_dataset)
-    zero = change.compare(base, _renders(tiny_base, tiny_dataset, tmp_path / "zero_lora.pt"),
-                          finetuned_name="zero LoRA")
-    trained = change.compare(base, _renders(tiny_base, tiny_dataset, trained_weights),
-                             finetuned_name="trained LoRA")
+    zero = change.compare(
+        base, _renders(tiny_base, tiny_dataset, tmp_path / "zero_lora.pt"), finetuned_name="zero LoRA"
+    )
+    trained = change.compare(
+        base, _renders(tiny_base, tiny_dataset, trained_weights), finetuned_name="trained LoRA"
+    )
     assert zero is not None and zero.indistinguishable, zero
     assert trained is not None and not trained.indistinguishable, trained
     assert trained.spectral_distance > change.SPECTRAL_DISTANCE_MAX and trained.identical == 0
 
 
 @pytest.mark.parametrize("snr, flagged", [(0.0, True), (30.0, False)])
-def test_evaluate_writes_change_json_and_the_report_section(snr, flagged, tmp_path, tiny_dataset, piper_sentences,
-                                                             asr_model):
+def test_evaluate_writes_change_json_and_the_report_section(
+    snr, flagged, tmp_path, tiny_dataset, piper_sentences, asr_model
+):
     """``voicetune evaluate`` on the fake backend: a checkpoint equal to the base (0 dB, the base's) is
     flagged; one at 30 dB SNR is not."""
     recordings = {t: p for p, t in piper_sentences}
-    run = make_run(tmp_path, tiny_dataset, recordings, 0.0, {"step_10": snr}, asr_model,
-                   **{**PROTOCOL, "eval_max_sentences": 2})
+    run = make_run(
+        tmp_path,
+        tiny_dataset,
+        recordings,
+        0.0,
+        {"step_10": snr},
+        asr_model,
+        **{**PROTOCOL, "eval_max_sentences": 2},
+    )
     result = rescore_run(run, "latest", backend=FakeBackend(), device="cpu")
     doc = json.loads((result.eval_root / change.CHANGE_FILE).read_text())
     assert doc["finetuned"] == "step_10" and doc["pairs"] == 2 and doc["indistinguishable"] is flagged

@@ -1,4 +1,5 @@
-"""Validation losses (voicetune.evaluation.validation): the overfitting rule on records with a known answer, and
+"""Validation losses (voicetune.evaluation.validation): the overfitting rule on records with a known answer,
+and
 the in-loop wiring on the fake backend (metrics.jsonl, TensorBoard, the report's loss plot and warning).
 
 That every registered backend's ``validation_loss`` gives its declared parts is in
@@ -41,11 +42,14 @@ def test_overfitting_needs_n_consecutive_rises_while_training_falls():
     assert notes(rising, 3) and "overfitting seen in the validation loss" in notes(rising, 3)[0]
 
 
-@pytest.mark.parametrize("val", [
-    [9, 3.0, 2.9, 2.8, 2.7, 2.6],  # both fall: learning
-    [9, 3.0, 3.1, 3.0, 3.1, 3.0],  # noise around a plateau: never 3 rises in a row
-    [9, 3.0, 3.1, 3.2, 2.0, 2.1],  # two rises, then a drop resets the streak
-])
+@pytest.mark.parametrize(
+    "val",
+    [
+        [9, 3.0, 2.9, 2.8, 2.7, 2.6],  # both fall: learning
+        [9, 3.0, 3.1, 3.0, 3.1, 3.0],  # noise around a plateau: never 3 rises in a row
+        [9, 3.0, 3.1, 3.2, 2.0, 2.1],  # two rises, then a drop resets the streak
+    ],
+)
 def test_no_overfitting_without_a_streak(val):
     assert overfitting(points(_records([5, 5, 4, 4, 3, 3, 2, 2, 1, 1], val)), 3) is None
     assert notes(_records([5, 5, 4, 4, 3, 3, 2, 2, 1, 1], val), 3) == []
@@ -60,9 +64,25 @@ def fake_run(tiny_dataset, piper_sentences, asr_model, tmp_path_factory) -> Path
     """The fake backend trained 6 steps with an evaluation every 2 (and the baseline)."""
     root = tmp_path_factory.mktemp("val_run")
     base = FakeBackend.make_tiny_base(root / "base", recordings={t: p for p, t in piper_sentences})
-    train(tiny_dataset, base, root / "run", backend="fake", max_steps=6, batch_size=2, lr=1e-2, seed=1,
-          device="cpu", eval_every=2, eval_max_sentences=1, eval_probes=1, eval_num_references=1,
-          eval_asr_model=asr_model, eval_max_overhead=0.0, early_stop_patience=0, eval_overfit_evals=1)
+    train(
+        tiny_dataset,
+        base,
+        root / "run",
+        backend="fake",
+        max_steps=6,
+        batch_size=2,
+        lr=1e-2,
+        seed=1,
+        device="cpu",
+        eval_every=2,
+        eval_max_sentences=1,
+        eval_probes=1,
+        eval_num_references=1,
+        eval_asr_model=asr_model,
+        eval_max_overhead=0.0,
+        early_stop_patience=0,
+        eval_overfit_evals=1,
+    )
     return root / "run"
 
 

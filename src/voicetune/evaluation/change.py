@@ -51,10 +51,12 @@ LIKELY_CAUSES = (
     "the learning rate is too low for the steps taken (--lr)",
     "the LoRA targets miss the layers that matter (--lora-targets; or --finetune full)",
 )
-METHOD = (f"The base model and the finetune render the same sentences with the same seeds; each pair is compared "
-          f"by the distance of their speaker embeddings (Resemblyzer, 1 − cosine) and their spectra (MCD, dB). "
-          f"Both medians below {SPEAKER_DISTANCE_MAX} and {SPECTRAL_DISTANCE_MAX} dB mean the finetune did not "
-          "change the output.")
+METHOD = (
+    f"The base model and the finetune render the same sentences with the same seeds; each pair is compared "
+    f"by the distance of their speaker embeddings (Resemblyzer, 1 − cosine) and their spectra (MCD, dB). "
+    f"Both medians below {SPEAKER_DISTANCE_MAX} and {SPECTRAL_DISTANCE_MAX} dB mean the finetune did not "
+    "change the output."
+)
 
 Clip = tuple[np.ndarray, int] | None
 """A render: (float32 mono audio, sample rate), or None when it failed."""
@@ -76,9 +78,14 @@ class Change:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "thresholds": {"speaker_distance": SPEAKER_DISTANCE_MAX,
-                                               "spectral_distance": SPECTRAL_DISTANCE_MAX},
-                "likely_causes": list(LIKELY_CAUSES) if self.indistinguishable else []}
+        return {
+            **asdict(self),
+            "thresholds": {
+                "speaker_distance": SPEAKER_DISTANCE_MAX,
+                "spectral_distance": SPECTRAL_DISTANCE_MAX,
+            },
+            "likely_causes": list(LIKELY_CAUSES) if self.indistinguishable else [],
+        }
 
 
 def _median(values: Sequence[float]) -> float:
@@ -90,46 +97,86 @@ def _below(value: float, limit: float) -> bool | None:
     return None if not math.isfinite(value) else value < limit
 
 
-def compare(base: Sequence[Clip], finetuned: Sequence[Clip], base_name: str = "base model",
-            finetuned_name: str = "finetune", texts: Sequence[str] = (), device: str = "cpu") -> Change | None:
+def compare(
+    base: Sequence[Clip],
+    finetuned: Sequence[Clip],
+    base_name: str = "base model",
+    finetuned_name: str = "finetune",
+    texts: Sequence[str] = (),
+    device: str = "cpu",
+) -> Change | None:
     """Compare renders of the same sentences and seeds, pairwise; None when no pair has both renders."""
     t0 = time.perf_counter()
-    pairs = [(i, a, b) for i, (a, b) in enumerate(zip(base, finetuned, strict=True))
-             if a is not None and b is not None and a[0].size and b[0].size]
+    pairs = [
+        (i, a, b)
+        for i, (a, b) in enumerate(zip(base, finetuned, strict=True))
+        if a is not None and b is not None and a[0].size and b[0].size
+    ]
     if not pairs:
-        logger.info("no-effect check skipped: no sentence was rendered by both %s and %s", base_name,
-                    finetuned_name)
+        logger.info(
+            "no-effect check skipped: no sentence was rendered by both %s and %s", base_name, finetuned_name
+        )
         return None
-    embeddings = speaker_embeddings([audio_at(c[0], c[1], 16000) for _, a, b in pairs for c in (a, b)], device)
+    embeddings = speaker_embeddings(
+        [audio_at(c[0], c[1], 16000) for _, a, b in pairs for c in (a, b)], device
+    )
     rows = []
     for k, (i, a, b) in enumerate(pairs):
         ea, eb = embeddings[2 * k], embeddings[2 * k + 1]
-        cosine = (float(np.dot(ea, eb) / (np.linalg.norm(ea) * np.linalg.norm(eb)))
-                  if ea is not None and eb is not None else math.nan)
+        cosine = (
+            float(np.dot(ea, eb) / (np.linalg.norm(ea) * np.linalg.norm(eb)))
+            if ea is not None and eb is not None
+            else math.nan
+        )
         same = a[1] == b[1] and a[0].shape == b[0].shape and bool(np.array_equal(a[0], b[0]))
-        rows.append({"index": i, "text": texts[i] if i < len(texts) else "", "identical": same,
-                     "speaker_distance": 0.0 if same else 1.0 - cosine,
-                     "spectral_distance": 0.0 if same else mcd_dtw(a[0], audio_at(b[0], b[1], a[1]), a[1])})
+        rows.append(
+            {
+                "index": i,
+                "text": texts[i] if i < len(texts) else "",
+                "identical": same,
+                "speaker_distance": 0.0 if same else 1.0 - cosine,
+                "spectral_distance": 0.0 if same else mcd_dtw(a[0], audio_at(b[0], b[1], a[1]), a[1]),
+            }
+        )
     speaker = _median([r["speaker_distance"] for r in rows])
     spectral = _median([r["spectral_distance"] for r in rows])
     identical = sum(r["identical"] for r in rows)
-    votes = [v for v in (_below(speaker, SPEAKER_DISTANCE_MAX), _below(spectral, SPECTRAL_DISTANCE_MAX))
-             if v is not None]
+    votes = [
+        v
+        for v in (_below(speaker, SPEAKER_DISTANCE_MAX), _below(spectral, SPECTRAL_DISTANCE_MAX))
+        if v is not None
+    ]
     same_output = all(votes) if votes else identical == len(rows)
-    return Change(base_name, finetuned_name, len(rows), identical, speaker, spectral, same_output,
-                  _message(same_output, finetuned_name, base_name, speaker, spectral, identical, len(rows)),
-                  rows, round(time.perf_counter() - t0, 3))
+    return Change(
+        base_name,
+        finetuned_name,
+        len(rows),
+        identical,
+        speaker,
+        spectral,
+        same_output,
+        _message(same_output, finetuned_name, base_name, speaker, spectral, identical, len(rows)),
+        rows,
+        round(time.perf_counter() - t0, 3),
+    )
 
 
-def _message(same: bool, finetuned: str, base: str, speaker: float, spectral: float, identical: int,
-             pairs: int) -> str:
-    numbers = (f"speaker-embedding distance {speaker:.4f}, spectral distance {spectral:.2f} dB, "
-               f"{identical} of {pairs} renders identical")
+def _message(
+    same: bool, finetuned: str, base: str, speaker: float, spectral: float, identical: int, pairs: int
+) -> str:
+    numbers = (
+        f"speaker-embedding distance {speaker:.4f}, spectral distance {spectral:.2f} dB, "
+        f"{identical} of {pairs} renders identical"
+    )
     if same:
-        return (f"The finetune output is indistinguishable from the base model: {finetuned} renders the same "
-                f"sentences with the same seeds like {base} ({numbers}). Likely causes: "
-                + "; ".join(LIKELY_CAUSES) + ".")
-    return f"The finetune changed the output: {finetuned} against {base}, same sentences and seeds ({numbers})."
+        return (
+            f"The finetune output is indistinguishable from the base model: {finetuned} renders the same "
+            f"sentences with the same seeds like {base} ({numbers}). Likely causes: "
+            + "; ".join(LIKELY_CAUSES)
+            + "."
+        )
+    return (f"The finetune changed the output: {finetuned} against {base}, same sentences and seeds "
+            f"({numbers}).")
 
 
 # ------------------------------------------------------------------------------- from evaluation folders
@@ -162,13 +209,21 @@ def compare_evaluation(eval_root: Path, name: str, device: str = "cpu") -> Chang
     if not base_doc or not doc or base_doc.get("error") or doc.get("error"):
         return None
     if base_doc.get("protocol", {}).get("key") != doc.get("protocol", {}).get("key"):
-        logger.info("no-effect check skipped: %s was rendered with another protocol than the baseline", name)
+        logger.info(
+            "no-effect check skipped: %s was rendered with another protocol than the baseline", name
+        )
         return None
     base, texts = _renders(eval_root / BASELINE, base_doc.get("base") or {})
     tuned, _ = _renders(eval_root / name, doc.get("finetuned") or {})
     keys = [k for k in base if k in tuned]
-    return compare([base[k] for k in keys], [tuned[k] for k in keys], "the base model", name,
-                   [texts[k] for k in keys], device)
+    return compare(
+        [base[k] for k in keys],
+        [tuned[k] for k in keys],
+        "the base model",
+        name,
+        [texts[k] for k in keys],
+        device,
+    )
 
 
 def _checked_evaluation(run_dir: Path, eval_root: Path) -> str | None:
@@ -177,15 +232,20 @@ def _checked_evaluation(run_dir: Path, eval_root: Path) -> str | None:
     names = [str(d.get("name") or f"step_{d['step']}") for d in docs]
     main = eval_root.resolve() == (run_dir / "eval").resolve()
     best = best_checkpoint(run_dir) if main else None
-    best_name = best.name if best is not None else (load_doc(eval_root / "best.json") or {}).get("checkpoint")
+    best_name = (
+        best.name if best is not None else (load_doc(eval_root / "best.json") or {}).get("checkpoint")
+    )
     if best_name in names:
         return str(best_name)
     return names[-1] if names else None
 
 
-def check_run(run_dir: Path | str, eval_root: Path | str | None = None, device: str = "cpu") -> Change | None:
+def check_run(
+    run_dir: Path | str, eval_root: Path | str | None = None, device: str = "cpu"
+) -> Change | None:
     """Run the no-effect check on a run's evaluations (best, else latest, against the baseline), write
-    ``EVAL_ROOT/change.json`` and warn when the finetune is indistinguishable; None when nothing to compare."""
+    ``EVAL_ROOT/change.json`` and warn when the finetune is indistinguishable; None when nothing to
+    compare."""
     run_dir = Path(run_dir)
     root = Path(eval_root) if eval_root else run_dir / "eval"
     name = _checked_evaluation(run_dir, root)
@@ -213,10 +273,16 @@ def number(value: Any, spec: str) -> str:
 
 
 def notes(doc: dict[str, Any] | None) -> list[str]:
-    """The verdict's "why" notes (``verdict(..., notes=...)``): ``["the adapter had no effect: ..."]`` or []."""
+    """The verdict's "why" notes (``verdict(..., notes=...)``): ``["the adapter had no effect: ..."]``
+    or []."""
     if not doc or not doc.get("indistinguishable"):
         return []
-    return [(f"the adapter had no effect: {doc.get('finetuned')} renders like the base model (speaker-embedding "
-             f"distance {number(doc.get('speaker_distance'), '.4f')}, spectral distance "
-             f"{number(doc.get('spectral_distance'), '.2f')} dB); likely {LIKELY_CAUSES[0]}, a learning rate "
-             "too low, or LoRA targets that miss the layers that matter")]
+    return [
+        (
+            f"the adapter had no effect: {doc.get('finetuned')} renders like the base model ("
+            "speaker-embedding "
+            f"distance {number(doc.get('speaker_distance'), '.4f')}, spectral distance "
+            f"{number(doc.get('spectral_distance'), '.2f')} dB); likely {LIKELY_CAUSES[0]}, a learning rate "
+            "too low, or LoRA targets that miss the layers that matter"
+        )
+    ]

@@ -11,8 +11,9 @@
 2. ``on_step_end`` at the cadence: the probe set is rendered with the weights of that very step and
    scored; ``eval/step_N/`` (wavs + metrics.json), a ``"kind": "eval"`` record in metrics.jsonl and
    ``eval/<metric>`` TensorBoard scalars (plus a few audio samples) are written. Every evaluation (the
-   baseline too) also computes the validation losses on the eval split (:mod:`voicetune.evaluation.validation`:
-   ``val_<part>`` in the record, ``val/<part>`` scalars) and warns of overfitting (``--eval-overfit-evals``). The composite score
+   baseline too) also computes the validation losses on the eval split
+   (:mod:`voicetune.evaluation.validation`: ``val_<part>`` in the record, ``val/<part>`` scalars) and warns of
+   overfitting (``--eval-overfit-evals``). The composite score
    (:mod:`voicetune.evaluation.selection`) decides whether this is the new best: if so the loop is asked
    for a checkpoint of this step, which ``on_checkpoint`` marks as ``checkpoints/best`` (pruning never
    removes it) and describes in ``best.json``. Early stopping (patience in evaluations) and the WER
@@ -130,8 +131,8 @@ class InLoopEvaluator(TrainCallback):
         self._baseline_seconds = 0.0
         self._aggregates: dict[int, dict[str, Any]] = {}  # step -> aggregate metrics (for best.json)
         self._timed: list[float] = []  # seconds of each evaluation made by this process
-        self.validation: validation.ValidationSet | None = None  # the eval split's features (validation losses)
-        self._losses: list[dict[str, Any]] = []  # {"step", "loss"} per step and the eval records (overfitting)
+        self.validation: validation.ValidationSet | None = None  # eval-split features (validation losses)
+        self._losses: list[dict[str, Any]] = []  # {"step", "loss"} per step, and the eval records
         self._overfit_warned = -1  # the step whose overfitting span was last warned about
 
     # ------------------------------------------------------------------------------ callback hooks
@@ -163,8 +164,9 @@ class InLoopEvaluator(TrainCallback):
                 self.enabled = False
                 return
             self.info["asr_model"] = self.scorer.asr_name
-            self.validation = validation.build_validation_set(state.backend, dataset.eval, run_dir / "features", cfg)
-            if self.validation is not None and self._tensorboard() is not None:  # train/X beside val/X in one chart
+            self.validation = validation.build_validation_set(state.backend, dataset.eval,
+                                                              run_dir / "features", cfg)
+            if self.validation is not None and self._tensorboard() is not None:  # train/X, val/X: one chart
                 self._writer.add_custom_scalars(validation.tensorboard_layout(type(state.backend).loss_parts))
             resumed_from = state.resumed_from  # the step a resumed run continues after (0: a new run)
             reused = self._reusable_baseline() if resumed_from else None
@@ -197,7 +199,8 @@ class InLoopEvaluator(TrainCallback):
             self._warn_partial(BASELINE, base_agg)
         else:
             self._replay(resumed_from)
-            self._losses = [r for r in read_jsonl(run_dir / "metrics.jsonl") if int(r.get("step", 0)) <= resumed_from]
+            self._losses = [r for r in read_jsonl(run_dir / "metrics.jsonl")
+                            if int(r.get("step", 0)) <= resumed_from]
         self._t_train = time.perf_counter()
 
     def _reusable_baseline(self) -> dict[str, Any] | None:
@@ -357,7 +360,8 @@ class InLoopEvaluator(TrainCallback):
         return val, time.perf_counter() - t0
 
     def _warn_overfitting(self) -> None:
-        """Warn (once per span) when the validation loss rose while the training loss fell for N evaluations."""
+        """Warn (once per span) when the validation loss rose while the training loss fell for N
+        evaluations."""
         span = validation.overfitting(validation.points(self._losses), self.cfg.eval.overfit_evals)
         if span is None or span[1].step == self._overfit_warned:
             return

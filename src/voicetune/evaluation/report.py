@@ -51,7 +51,7 @@ class RunEvals:
     errors: list[str] = field(default_factory=list)  # software errors (every sentence failed to synthesize)
     loss_parts: list[str] = field(default_factory=lambda: ["text_ce", "mel_ce"])  # run.json: the backend's parts
     loss_note: str = ""  # run.json: how to read them (Backend.loss_note)
-    val: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl eval records with validation losses
+    val: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl eval records with val_ losses
     change: dict[str, Any] | None = None  # EVAL_ROOT/change.json: did the finetune change the voice?
 
     @property
@@ -98,7 +98,7 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
     if isinstance(training.get("loss_parts"), list):
         out.loss_parts = [str(p) for p in training["loss_parts"]]
     out.loss_note = str(training.get("loss_note") or "")
-    out.val = [x for x in records if x.get("kind") == "eval" and validation.PREFIX + "loss" in x] if main else []
+    out.val = [x for x in records if main and x.get("kind") == "eval" and validation.PREFIX + "loss" in x]
     out.change = change.load(root)
     out.warnings = _warnings(out)
     return out
@@ -229,8 +229,8 @@ def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_
               parts: Sequence[str] = ("text_ce", "mel_ce"), val: Sequence[dict[str, Any]] = (),
               overfit: tuple[validation.Point, validation.Point] | None = None) -> str | None:
     """Base64 PNG of the training losses (the total and the backend's ``parts``) against the step, and the
-    validation losses of the evaluations (``val``: ``val_<part>`` records) on the same axes, dashed with dots in
-    the colour of their training part; evaluations dotted, the best one red, an overfitting span shaded."""
+    validation losses of the evaluations (``val``: ``val_<part>`` records) on the same axes, dashed with dots
+    in the colour of their training part; evaluations dotted, the best one red, an overfitting span shaded."""
     if not train:
         return None
     from matplotlib.figure import Figure
@@ -446,7 +446,8 @@ def render_html(r: RunEvals) -> str:
                      f"{len(r.in_loop.get('evaluations', []))} in-loop evaluations "
                      f"({100 * (r.in_loop.get('overhead_fraction') or 0):.1f}% of the training wall time), "
                      f"{r.in_loop.get('baseline_seconds', 0):.1f} s for the baseline.</p>")
-    losses = loss_plot(r.train, [d["step"] for d in r.evals], r.best_step, r.loss_parts, r.val, _overfit_span(r))
+    losses = loss_plot(r.train, [d["step"] for d in r.evals], r.best_step, r.loss_parts, r.val,
+                       _overfit_span(r))
     plots = (("Metrics", metric_plot(r), "No evaluation after the baseline yet: nothing to plot."),
              ("Training loss", losses, "No training step was logged: nothing to plot."))
     for title, png, empty in plots:
@@ -468,10 +469,11 @@ def render_html(r: RunEvals) -> str:
 def _validation_note(r: RunEvals) -> str:
     """One line under the loss plot: what the dashed validation curves are, or why there are none."""
     if not r.val:
-        return ("<p class='small'>No validation losses: the run made no in-loop evaluation, or its dataset has "
-                "no usable eval-split clip.</p>") if r.train else ""
-    return ("<p class='small'>Dashed with dots: the same loss parts, teacher-forced on the eval split at each "
-            "evaluation (validation losses). Training loss falling while validation loss rises means the "
+        return ("<p class='small'>No validation losses: the run made no in-loop evaluation, or its dataset "
+                "has no usable eval-split clip.</p>") if r.train else ""
+    return ("<p class='small'>Dashed with dots: the same loss parts, teacher-forced on the eval split at "
+            "each evaluation (validation losses). Training loss falling while validation loss rises means "
+            "the "
             "model is learning the training clips by heart (overfitting).</p>")
 
 
@@ -483,8 +485,10 @@ def _change_section(r: RunEvals) -> str:
         return ""
     verdict = (f"<div class='warn'>{html.escape(c['message'])}</div>" if c.get("indistinguishable")
                else f"<p>{html.escape(c['message'])}</p>")
-    rows = [("compared", f"{c.get('finetuned')} against {c.get('base')}, {c.get('pairs')} sentence(s), same seeds"),
-            ("speaker-embedding distance (median, 1 − cosine)", change.number(c.get("speaker_distance"), ".4f")),
+    compared = f"{c.get('finetuned')} against {c.get('base')}, {c.get('pairs')} sentence(s), same seeds"
+    rows = [("compared", compared),
+            ("speaker-embedding distance (median, 1 − cosine)",
+             change.number(c.get("speaker_distance"), ".4f")),
             ("spectral distance (median MCD, dB)", change.number(c.get("spectral_distance"), ".2f")),
             ("renders identical to the base's", f"{c.get('identical')} of {c.get('pairs')}")]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)

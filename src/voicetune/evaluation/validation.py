@@ -34,7 +34,7 @@ from voicetune.utils.io import read_jsonl
 logger = logging.getLogger(__name__)
 
 PREFIX = "val_"
-DEFAULT_OVERFIT_EVALS: int = EvalOptions.__dataclass_fields__["overfit_evals"].default  # type: ignore[assignment]
+DEFAULT_OVERFIT_EVALS: int = EvalOptions.__dataclass_fields__["overfit_evals"].default  # type: ignore
 
 
 @dataclass
@@ -49,22 +49,26 @@ class ValidationSet:
         return len(self.store)
 
 
-def build_validation_set(backend: Backend, clips: Sequence[Clip], cache: Path,
-                         cfg: TrainConfig) -> ValidationSet | None:
+def build_validation_set(
+    backend: Backend, clips: Sequence[Clip], cache: Path, cfg: TrainConfig
+) -> ValidationSet | None:
     """Features of the eval-split ``clips`` (cached like the training features); None when none is usable."""
     if not clips:
         logger.info("validation losses are off: the dataset has no eval split")
         return None
     store = backend.build_features(list(clips), cache, None)
     if len(store) == 0:
-        logger.warning("validation losses are off: every eval-split clip was dropped (%s)",
-                       store.drop_summary() or "no usable clip")
+        logger.warning(
+            "validation losses are off: every eval-split clip was dropped (%s)",
+            store.drop_summary() or "no usable clip",
+        )
         return None
     return ValidationSet(store, cfg.batch_size, resolve_precision(cfg.precision, backend.device))
 
 
 def validation_losses(backend: Backend, vs: ValidationSet, cfg: TrainConfig) -> dict[str, float]:
-    """``{"val_loss": ..., "val_<part>": ...}``: each part averaged over the eval-split clips (batches weighted
+    """``{"val_loss": ..., "val_<part>": ...}``: each part averaged over the eval-split clips (batches
+    weighted
     by their size). The backend is left in inference mode (the training loop switches it back)."""
     backend.set_train(False)
     vs.store.set_epoch(0)  # random crops, if any, are the same at every evaluation (as a redone step's)
@@ -87,9 +91,13 @@ def validation_losses(backend: Backend, vs: ValidationSet, cfg: TrainConfig) -> 
 
 
 def tensorboard_layout(parts: Sequence[str]) -> dict[str, Any]:
-    """A TensorBoard custom-scalars layout: one chart per loss part with ``train/<part>`` and ``val/<part>``."""
-    return {"loss: training vs. validation": {
-        part: ["Multiline", [f"train/{part}", f"val/{part}"]] for part in ("loss", *parts)}}
+    """A TensorBoard custom-scalars layout: one chart per loss part with ``train/<part>`` and
+    ``val/<part>``."""
+    return {
+        "loss: training vs. validation": {
+            part: ["Multiline", [f"train/{part}", f"val/{part}"]] for part in ("loss", *parts)
+        }
+    }
 
 
 # ----------------------------------------------------------------------------------------- overfitting
@@ -111,10 +119,16 @@ def _finite(x: Any) -> bool:
 def points(records: Sequence[dict[str, Any]]) -> list[Point]:
     """Evaluation points from metrics.jsonl records (training steps and ``"kind": "eval"`` records, in any
     order): the train loss of an evaluation is the mean logged loss of the steps after the previous one."""
-    train = sorted((int(r["step"]), float(r["loss"])) for r in records
-                   if "kind" not in r and _finite(r.get("loss")) and "step" in r)
-    evals = sorted((int(r["step"]), float(r[PREFIX + "loss"])) for r in records
-                   if r.get("kind") == "eval" and _finite(r.get(PREFIX + "loss")))
+    train = sorted(
+        (int(r["step"]), float(r["loss"]))
+        for r in records
+        if "kind" not in r and _finite(r.get("loss")) and "step" in r
+    )
+    evals = sorted(
+        (int(r["step"]), float(r[PREFIX + "loss"]))
+        for r in records
+        if r.get("kind") == "eval" and _finite(r.get(PREFIX + "loss"))
+    )
     out, prev = [], -1
     for step, val in evals:
         window = [loss for s, loss in train if prev < s <= step]
@@ -125,7 +139,8 @@ def points(records: Sequence[dict[str, Any]]) -> list[Point]:
 
 
 def overfitting(pts: Sequence[Point], n: int) -> tuple[Point, Point] | None:
-    """(start, end) of the latest run of ``n`` or more consecutive evaluations at which the validation loss rose
+    """(start, end) of the latest run of ``n`` or more consecutive evaluations at which the validation loss
+    rose
     while the training loss fell; None when there is none (or ``n`` is 0: the check is off)."""
     if n <= 0 or len(pts) < n + 1:
         return None
@@ -141,10 +156,12 @@ def overfitting(pts: Sequence[Point], n: int) -> tuple[Point, Point] | None:
 def overfit_text(span: tuple[Point, Point]) -> str:
     """The warning in the report's words."""
     a, b = span
-    return (f"overfitting: from step {a.step} to step {b.step} the training loss kept falling "
-            f"({a.train:.3f} → {b.train:.3f}) while the validation loss on the eval split kept rising "
-            f"({a.val:.3f} → {b.val:.3f}); a checkpoint from step {a.step} or earlier may be the better voice, "
-            "and more data, fewer steps or a lower learning rate would help")
+    return (
+        f"overfitting: from step {a.step} to step {b.step} the training loss kept falling "
+        f"({a.train:.3f} → {b.train:.3f}) while the validation loss on the eval split kept rising "
+        f"({a.val:.3f} → {b.val:.3f}); a checkpoint from step {a.step} or earlier may be the better voice, "
+        "and more data, fewer steps or a lower learning rate would help"
+    )
 
 
 def notes(records: Sequence[dict[str, Any]], n: int) -> list[str]:
@@ -153,8 +170,13 @@ def notes(records: Sequence[dict[str, Any]], n: int) -> list[str]:
     if span is None:
         return []
     a, b = span
-    return [(f"overfitting seen in the validation loss (it rose {a.val:.3f} → {b.val:.3f} from step {a.step} to "
-            f"step {b.step} while the training loss fell {a.train:.3f} → {b.train:.3f})")]
+    return [
+        (
+            f"overfitting seen in the validation loss (it rose {a.val:.3f} → {b.val:.3f} "
+            f"from step {a.step} to "
+            f"step {b.step} while the training loss fell {a.train:.3f} → {b.train:.3f})"
+        )
+    ]
 
 
 def run_notes(run_dir: Path | str) -> list[str]:
@@ -164,7 +186,9 @@ def run_notes(run_dir: Path | str) -> list[str]:
 
     run_dir = Path(run_dir)
     try:
-        n = json.loads((run_dir / "eval" / "in_loop.json").read_text()).get("overfit_evals", DEFAULT_OVERFIT_EVALS)
+        n = json.loads((run_dir / "eval" / "in_loop.json").read_text()).get(
+            "overfit_evals", DEFAULT_OVERFIT_EVALS
+        )
     except (OSError, json.JSONDecodeError):
         n = DEFAULT_OVERFIT_EVALS
     return notes(read_jsonl(run_dir / "metrics.jsonl"), int(n))
