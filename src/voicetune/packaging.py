@@ -132,7 +132,7 @@ def check_export(trained: Backend, package: Path, base: Path, refs: list[Path], 
     """Load ``package`` back and compare its renders with the base model's and the ``trained`` backend's
     (:mod:`voicetune.evaluation.change`); raise :class:`ExportCheckError` when the export renders like the
     base model although the checkpoint does not. Returns what voicetune.json records ("export_check")."""
-    texts = probe_sentences(language, CHECK_SENTENCES)
+    texts = sorted(probe_sentences(language, 4), key=len)[:CHECK_SENTENCES]  # the shortest: cheap renders
     tuned = _renders(trained, texts, refs, language)
     renders = {}
     for what, folder in (("export", package), ("base", base)):  # one model in memory at a time

@@ -165,7 +165,9 @@ def _message(
     same: bool, finetuned: str, base: str, speaker: float, spectral: float, identical: int, pairs: int
 ) -> str:
     numbers = (
-        f"speaker-embedding distance {speaker:.4f}, spectral distance {spectral:.2f} dB, "
+        f"speaker-embedding distance {number(speaker, '.4f')}"
+        + (" (no speech found by the speaker encoder)" if not math.isfinite(speaker) else "")
+        + f", spectral distance {number(spectral, '.2f')} dB, "
         f"{identical} of {pairs} renders identical"
     )
     if same:
