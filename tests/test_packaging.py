@@ -14,6 +14,7 @@ from voicetune.evaluation import change
 from voicetune.packaging import ExportCheckError, export, read_package
 
 
+@pytest.mark.slow  # ~15 CPU-s: an export and three models rendering
 def test_the_export_check_passes_for_a_real_finetune_and_is_recorded(tiny_lora_run, tmp_path):
     package = export(tiny_lora_run, tmp_path / "package")
     check = read_package(package)["export_check"]
@@ -25,6 +26,7 @@ def test_the_export_check_passes_for_a_real_finetune_and_is_recorded(tiny_lora_r
     assert check["export_vs_base"]["spectral_distance"] > change.SPECTRAL_DISTANCE_MAX
 
 
+@pytest.mark.slow
 def test_an_export_that_drops_the_adapter_is_refused_and_no_check_skips_the_check(
     tiny_lora_run, tmp_path, monkeypatch, capsys
 ):
