@@ -171,8 +171,8 @@ def check_export(trained: Backend, package: Path, base: Path, refs: list[Path], 
             "spectral "
             f"distance {change.number(exported.spectral_distance, '.2f')} dB; {checkpoint} against the base: "
             f"{change.number(ckpt.spectral_distance, '.2f')} dB): the export lost the finetune (e.g. an "
-            "adapter that was not merged into the written weights). Nothing was written; --no-check writes it "
-            "anyway")
+            "adapter that was not merged into the written weights). Nothing was written; --no-check writes "
+            "it anyway")
     logger.info("export check passed: the export renders unlike the base model (spectral distance %.2f dB), "
                 "as %s does (%.2f dB)", exported.spectral_distance, checkpoint, ckpt.spectral_distance)
     return {**doc, "passed": True}
