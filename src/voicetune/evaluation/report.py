@@ -257,7 +257,7 @@ def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_
     ax.set_ylabel("loss")
     ax.set_title("training and validation loss" if val else "training loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not over them
     return _png(fig)
 
 
