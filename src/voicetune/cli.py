@@ -332,13 +332,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from voicetune.packaging import export, read_package
+    from voicetune.packaging import export, export_check_line, read_package
 
-    out = export(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force)
+    out = export(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
+                 check=not args.no_check)
     manifest = read_package(out)
     print(f"exported model package: {out}")
     print(f"packaged checkpoint {manifest['checkpoint']} ({manifest['checkpoint_choice']}, "
           f"step {manifest['steps']})")
+    print(export_check_line(manifest.get("export_check") or {}))
     return 0
 
 
@@ -618,6 +620,9 @@ def _add_result_commands(sub: Any, fmt: type) -> None:
                    help="'auto' (default: the best evaluation when training marked one, else the latest), "
                    "'best', 'latest' or a checkpoint folder name like step_100")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
+    s.add_argument("--no-check", action="store_true",
+                   help="skip the export check (the written package is loaded back and must not render "
+                   "like the base model when the checkpoint does not)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synthesize", help="speak text with an exported package",

@@ -271,6 +271,9 @@ class EvalOptions:
         True, "With a multi-speaker dataset, `voicetune evaluate` also scores every speaker separately (its "
         "own references, held-out clips and baseline) and says which voices the finetune improves or "
         "degrades.")
+    overfit_evals: int = opt(
+        3, "Warn of overfitting when, at this many consecutive evaluations, the validation loss on the eval "
+        "split rose while the training loss fell (0: no warning).", low=0)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from voicetune.backends.base import Backend, FeatureStore
-from voicetune.backends.registry import available_backends, backend_class, detect_backend, get_backend
+from voicetune.backends.registry import (
+    available_backends,
+    backend_class,
+    detect_backend,
+    get_backend,
+    load_train_config,
+)
 from voicetune.backends.tiny import make_tiny_base
 from voicetune.data.manifest import Dataset
 from voicetune.run import latest_checkpoint, trainable_path
@@ -104,7 +110,7 @@ def test_the_export_loads_back_and_renders_what_the_checkpoint_renders(cycle, ti
     from voicetune.packaging import export
 
     name, root, _, _, reference = cycle
-    package = export(reference.run_dir, root / "package")
+    package = export(reference.run_dir, root / "package", check=False)  # the check: the slow test below
     cls = backend_class(name)
     assert cls.is_native_folder(package) and detect_backend(package) == name
     assert (package / "voicetune.json").is_file() and (package / "README.md").is_file()
@@ -121,6 +127,20 @@ def test_the_export_loads_back_and_renders_what_the_checkpoint_renders(cycle, ti
     a, b = (m.synthesize(text, refs, "en", seed=3) for m in (trained, loaded))
     assert a.sample_rate == b.sample_rate and a.audio.size > 0
     np.testing.assert_array_equal(a.audio, b.audio)
+
+
+@pytest.mark.slow
+def test_the_export_check_reloads_the_export_and_compares_it_with_the_checkpoint_and_the_base(
+    cycle, tmp_path
+):
+    """voicetune export's check (packaging.check_export) through the contract alone: it passes, or, where the
+    short run did not move the renders, says it cannot tell; it never refuses a correct export."""
+    from voicetune.packaging import export, read_package
+
+    _, _, _, _, reference = cycle
+    check = read_package(export(reference.run_dir, tmp_path / "package"))["export_check"]
+    assert check["checked"] and check["passed"] in (True, None) and check["sentences"] == 2
+    assert check["passed"] is None or not check["export_vs_base"]["indistinguishable"]
 
 
 def test_synthesize_batch_defaults_to_one_by_one_with_errors_in_place(cycle, tiny_dataset):
@@ -143,6 +163,28 @@ def test_set_train_is_what_trainable_training_reports(cycle):
     for mode in (False, False, True, True, False, True):
         backend.set_train(mode)
         assert backend.trainable().training is mode
+
+
+def test_validation_loss_gives_the_trained_parts_on_the_eval_split_without_gradients(cycle, tiny_dataset):
+    """Backend.validation_loss (what the in-loop validation losses call, voicetune.evaluation.validation): the
+    declared parts, finite, the same twice in inference mode, and nothing for the optimizer to follow."""
+    from voicetune.evaluation.validation import build_validation_set, validation_losses
+
+    name, root, _, _, reference = cycle
+    cfg = load_train_config(reference.run_dir / "config.yaml")
+    (root / "val").mkdir()
+    backend = get_backend(name)
+    backend.load_base(reference.run_dir / ".." / "base", torch.device("cpu"))
+    texts = [(c.text, c.language) for c in Dataset.load(tiny_dataset).train]
+    backend.configure_model(cfg, root / "val", texts)
+    backend.load_trained(trainable_path(latest_checkpoint(reference.run_dir)))
+    vs = build_validation_set(backend, Dataset.load(tiny_dataset).eval, root / "val" / "features", cfg)
+    assert vs is not None and len(vs) == 2
+    first, second = (validation_losses(backend, vs, cfg) for _ in range(2))
+    assert set(first) == {"val_loss", *(f"val_{p}" for p in backend_class(name).loss_parts)}
+    assert all(np.isfinite(v) for v in first.values()) and first == second
+    assert backend.trainable().training is False
+    assert all(p.grad is None for p in backend.trainable().parameters())
 
 
 def test_registered_backends_include_the_real_ones():

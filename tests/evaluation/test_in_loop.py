@@ -23,7 +23,15 @@ from voicetune.finetune import train  # the loop with the in-loop evaluator (voi
 from voicetune.run import best_checkpoint, latest_checkpoint, list_checkpoints
 from voicetune.utils.io import read_jsonl
 
-TRAIN = {"max_steps": 4, "batch_size": 2, "lr": 5e-4, "seed": 3, "device": "cpu", "save_every": 1, "keep_last": 1}
+TRAIN = {
+    "max_steps": 4,
+    "batch_size": 2,
+    "lr": 5e-4,
+    "seed": 3,
+    "device": "cpu",
+    "save_every": 1,
+    "keep_last": 1,
+}
 SMALL_EVAL = {"eval_max_sentences": 1, "eval_probes": 1, "eval_num_references": 2, "eval_max_overhead": 0.0}
 
 
@@ -48,7 +56,9 @@ def evaluated_run(dataset, base, asr_model, tmp_path_factory):
 
 
 def _doc(path: Path) -> dict:
-    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {path}"))
+    return json.loads(
+        path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {path}")
+    )
 
 
 def test_baseline_and_step_evaluations_are_written_with_audio_and_deltas(evaluated_run):
@@ -116,7 +126,9 @@ def test_best_marker_points_to_a_kept_checkpoint_chosen_by_the_composite(evaluat
     assert best.name == f"step_{sel.best_step}"
     info = _doc(run / "best.json")
     assert info["checkpoint"] == best.name and info["step"] == sel.best_step
-    assert info["composite"] == pytest.approx(next(d["composite"] for d in docs if d["step"] == sel.best_step))
+    assert info["composite"] == pytest.approx(
+        next(d["composite"] for d in docs if d["step"] == sel.best_step)
+    )
     assert info["beats_baseline"] == (info["composite"] > 0)
 
 
@@ -148,8 +160,8 @@ def test_evaluation_does_not_change_the_training_trajectory(evaluated_run, datas
 
 def test_rescoring_reproduces_in_loop_renders_and_scores_a_base_alone(evaluated_run, dataset, base, asr_model,
                                                                       tmp_path):
-    """`voicetune evaluate RUN --checkpoints all`: the kept checkpoints rendered after the fact sound exactly like
-    their in-loop evaluation (which therefore used that step's weights); the baseline is reused."""
+    """`voicetune evaluate RUN --checkpoints all`: the kept checkpoints rendered after the fact sound exactly
+    like their in-loop evaluation (which therefore used that step's weights); the baseline is reused."""
     run = tmp_path / "run"
     shutil.copytree(evaluated_run[0], run)
     before = {s: _doc(run / "eval" / s / "metrics.json") for s in ("baseline", "step_2", "step_4")}
@@ -167,15 +179,39 @@ def test_rescoring_reproduces_in_loop_renders_and_scores_a_base_alone(evaluated_
     assert best_checkpoint(run).name == best_checkpoint(evaluated_run[0]).name
 
     out = tmp_path / "base_scores"
-    assert main(["evaluate", "--base", str(base), "--dataset", str(dataset), "--out", str(out), "--asr-model",
-                 asr_model, "--max-sentences", "1", "--probes", "1", "--num-references", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--base",
+                str(base),
+                "--dataset",
+                str(dataset),
+                "--out",
+                str(out),
+                "--asr-model",
+                asr_model,
+                "--max-sentences",
+                "1",
+                "--probes",
+                "1",
+                "--num-references",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     doc = _doc(out / "metrics.json")
     # n_sentences counts renders: 2 sentences x 2 seeds
     assert doc["kind"] == "baseline" and doc["base"]["aggregate"]["n_sentences"] == 4
     assert (out / "base" / "00.wav").is_file() and (out / "real" / "00.wav").is_file()
 
 
-def test_early_stopping_stops_when_the_score_stops_improving_and_keeps_the_best(dataset, base, asr_model, tmp_path):
+def test_early_stopping_stops_when_the_score_stops_improving_and_keeps_the_best(
+    dataset, base, asr_model, tmp_path
+):
     """patience 1 with an unreachable min_delta: the first evaluation is the best, the second stops training.
     keep_last=1 would prune step_1 when step_2 is saved, but the best checkpoint is protected."""
     run = tmp_path / "run"
@@ -183,7 +219,10 @@ def test_early_stopping_stops_when_the_score_stops_improving_and_keeps_the_best(
                    eval_asr_model=asr_model, eval_max_sentences=1, eval_probes=1, eval_num_references=1,
                    eval_max_overhead=0.0, **{**TRAIN, "max_steps": 8, "save_every": 0})
     assert result.steps == 2
-    assert sorted(p.name for p in (run / "eval").iterdir() if p.name.startswith("step_")) == ["step_1", "step_2"]
+    assert sorted(p.name for p in (run / "eval").iterdir() if p.name.startswith("step_")) == [
+        "step_1",
+        "step_2",
+    ]
     assert [c.name for c in list_checkpoints(run)] == ["step_1", "step_2"]
     assert best_checkpoint(run).name == "step_1" and latest_checkpoint(run).name == "step_2"
     cost = _doc(run / "eval" / "in_loop.json")
@@ -204,8 +243,17 @@ def test_overhead_cap_skips_scheduled_evaluations_but_always_evaluates_the_last_
 
 def test_a_resumed_run_reuses_its_baseline_and_continues_the_selection(dataset, base, asr_model, tmp_path):
     run = tmp_path / "run"
-    options = {**TRAIN, "save_every": 0, "eval_every": 2, "eval_asr_model": asr_model, "eval_max_sentences": 1,
-               "eval_probes": 1, "eval_num_references": 1, "eval_max_overhead": 0.0, "early_stop_patience": 0}
+    options = {
+        **TRAIN,
+        "save_every": 0,
+        "eval_every": 2,
+        "eval_asr_model": asr_model,
+        "eval_max_sentences": 1,
+        "eval_probes": 1,
+        "eval_num_references": 1,
+        "eval_max_overhead": 0.0,
+        "early_stop_patience": 0,
+    }
     train(dataset, base, run, **{**options, "max_steps": 2})
     baseline = run / "eval" / "baseline" / "metrics.json"
     mtime = baseline.stat().st_mtime_ns

@@ -10,7 +10,10 @@
    ``eval/baseline/``. Every later score is reported with its delta against it.
 2. ``on_step_end`` at the cadence: the probe set is rendered with the weights of that very step and
    scored; ``eval/step_N/`` (wavs + metrics.json), a ``"kind": "eval"`` record in metrics.jsonl and
-   ``eval/<metric>`` TensorBoard scalars (plus a few audio samples) are written. The composite score
+   ``eval/<metric>`` TensorBoard scalars (plus a few audio samples) are written. Every evaluation (the
+   baseline too) also computes the validation losses on the eval split
+   (:mod:`voicetune.evaluation.validation`: ``val_<part>`` in the record, ``val/<part>`` scalars) and warns of
+   overfitting (``--eval-overfit-evals``). The composite score
    (:mod:`voicetune.evaluation.selection`) decides whether this is the new best: if so the loop is asked
    for a checkpoint of this step, which ``on_checkpoint`` marks as ``checkpoints/best`` (pruning never
    removes it) and describes in ``best.json``. Early stopping (patience in evaluations) and the WER
@@ -35,6 +38,7 @@ from typing import Any
 
 from voicetune.backends.base import Progress
 from voicetune.data.manifest import DatasetError
+from voicetune.evaluation import change, validation
 from voicetune.evaluation.harness import EvalError, json_safe
 from voicetune.evaluation.selection import Decision, Selector, intervals_of
 from voicetune.evaluation.suite import (
@@ -59,7 +63,7 @@ from voicetune.evaluation.suite import (
 from voicetune.run import RunError, RunInfo, best_checkpoint, set_best
 from voicetune.training.checkpoint import restore_rng_state, rng_state
 from voicetune.training.loop import LoopState, TrainCallback
-from voicetune.utils.io import append_jsonl, atomic_write_json
+from voicetune.utils.io import append_jsonl, atomic_write_json, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +100,8 @@ def describe(aggregate: dict[str, Any], baseline: dict[str, Any] | None = None) 
     failed = round((aggregate.get("failure_rate") or 0) * n)
     errors = aggregate.get("synthesis_errors") or 0
     return (
-        f"similarity {_fmt_delta(aggregate.get('speaker_similarity'), b.get('speaker_similarity'), '{:.3f}')}  "
+        "similarity "
+        f"{_fmt_delta(aggregate.get('speaker_similarity'), b.get('speaker_similarity'), '{:.3f}')}  "
         f"WER {_fmt_delta(aggregate.get('wer'), b.get('wer'), '{:.3f}')}  "
         f"MOS {_fmt_delta(aggregate.get('mos'), b.get('mos'), '{:.2f}')}  flagged {failed}/{n}"
         + (f"  NOT SYNTHESIZED {errors}/{n}" if errors else "")
@@ -128,6 +133,9 @@ class InLoopEvaluator(TrainCallback):
         self._baseline_seconds = 0.0
         self._aggregates: dict[int, dict[str, Any]] = {}  # step -> aggregate metrics (for best.json)
         self._timed: list[float] = []  # seconds of each evaluation made by this process
+        self.validation: validation.ValidationSet | None = None  # eval-split features (validation losses)
+        self._losses: list[dict[str, Any]] = []  # {"step", "loss"} per step, and the eval records
+        self._overfit_warned = -1  # the step whose overfitting span was last warned about
 
     # ------------------------------------------------------------------------------ callback hooks
 
@@ -139,7 +147,8 @@ class InLoopEvaluator(TrainCallback):
             info = RunInfo.load(run_dir)
             from voicetune.data.manifest import Dataset
 
-            self.probe_set = build_probe_set(Dataset.load(info.dataset), Protocol.of(cfg.eval))
+            dataset = Dataset.load(info.dataset)
+            self.probe_set = build_probe_set(dataset, Protocol.of(cfg.eval))
         except (EvalError, DatasetError, RunError) as e:
             logger.warning("in-loop evaluation is off for this run: %s", e)
             return
@@ -151,21 +160,31 @@ class InLoopEvaluator(TrainCallback):
 
         with preserved_rng():
             try:
-                self.scorer = Scorer(self.probe_set, metric_device, str(device) if device.type == "cuda" else "cpu")
+                self.scorer = Scorer(
+                    self.probe_set, metric_device, str(device) if device.type == "cuda" else "cpu"
+                )
             except (AsrError, ValueError) as e:  # no ASR model for the language; no speech in held-out clips
                 logger.warning("in-loop evaluation is off for this run: %s", e)
                 self.enabled = False
                 return
             self.info["asr_model"] = self.scorer.asr_name
+            self.validation = validation.build_validation_set(state.backend, dataset.eval,
+                                                              run_dir / "features", cfg)
+            if self.validation is not None and self._tensorboard() is not None:  # train/X, val/X: one chart
+                self._writer.add_custom_scalars(validation.tensorboard_layout(type(state.backend).loss_parts))
             resumed_from = state.resumed_from  # the step a resumed run continues after (0: a new run)
             reused = self._reusable_baseline() if resumed_from else None
             if reused is None:
-                warm_up(state.backend, self.probe_set, self.scorer)  # so the baseline's time is the steady cost
+                warm_up(
+                    state.backend, self.probe_set, self.scorer
+                )  # so the baseline's time is the steady cost
+                val, val_seconds = self._validate(state)
                 ev = run_evaluation(state.backend, self.probe_set, self.scorer, BASELINE, 0, self.progress)
+                ev.extra.update(validation=val, val_seconds=val_seconds)
                 real = self.scorer.score_real()
         if reused is None:
             error = synthesis_failure(ev, state.backend.name)
-            info = {**self.info, "error": error} if error else self.info
+            info = {**self.info, "error": error} if error else {**self.info, "validation": val}
             self.baseline_doc = write_baseline(run_dir / "eval" / BASELINE, self.probe_set, ev, real, info)
             if error:  # a software error: no step is taken (the loop raises SoftwareError with it)
                 self._fail(state, error)
@@ -182,12 +201,19 @@ class InLoopEvaluator(TrainCallback):
         self._baseline_seconds = time.perf_counter() - t0
         if reused is None:
             self._record(ev, None, state)
-            logger.info("baseline (base model, zero-shot) on %d sentences (%d eval-split, %d probes) in %.1f s: %s",
-                        len(self.probe_set.texts), self.probe_set.n_eval, len(self.probe_set.probes),
-                        self._baseline_seconds, describe(base_agg))
+            logger.info(
+                "baseline (base model, zero-shot) on %d sentences (%d eval-split, %d probes) in %.1f s: %s",
+                len(self.probe_set.texts),
+                self.probe_set.n_eval,
+                len(self.probe_set.probes),
+                self._baseline_seconds,
+                describe(base_agg),
+            )
             self._warn_partial(BASELINE, base_agg)
         else:
             self._replay(resumed_from)
+            self._losses = [r for r in read_jsonl(run_dir / "metrics.jsonl")
+                            if int(r.get("step", 0)) <= resumed_from]
         self._t_train = time.perf_counter()
 
     def _reusable_baseline(self) -> dict[str, Any] | None:
@@ -221,18 +247,26 @@ class InLoopEvaluator(TrainCallback):
         if not self.enabled:
             return
         step = state.step
+        if "loss" in state.last:
+            self._losses.append({"step": step, "loss": state.last["loss"]})
         final = step >= state.total_steps or state.should_stop
         if not (final or self._due(step, state.steps_per_epoch)):
             return
         if not final and self._over_budget():
             self.skipped.append(step)
-            logger.info("evaluation at step %d skipped: it would take evaluation above %.0f%% of the wall time "
-                        "(--eval-max-overhead)", step, 100 * self.cfg.eval.max_overhead)
+            logger.info(
+                "evaluation at step %d skipped: it would take evaluation above %.0f%% of the wall time "
+                "(--eval-max-overhead)",
+                step,
+                100 * self.cfg.eval.max_overhead,
+            )
             return
         t0 = time.perf_counter()
         name = f"step_{step}"
         with preserved_rng():
+            val, val_seconds = self._validate(state)
             ev = run_evaluation(state.backend, self.probe_set, self.scorer, name, step, self.progress)
+        ev.extra.update(validation=val, val_seconds=val_seconds)
         error = synthesis_failure(ev, state.backend.name)
         if error:  # never scored, never the best: the loop saves this step, stops, and train() raises
             write_evaluation(self.run_dir / "eval" / name, self.probe_set, ev, self.baseline_doc,
@@ -249,13 +283,15 @@ class InLoopEvaluator(TrainCallback):
         self._aggregates[step] = ev.aggregate
         write_evaluation(self.run_dir / "eval" / name, self.probe_set, ev, self.baseline_doc,
                          selection=self._selection(decision), info={**self.info, "checkpoint": name,
-                                                                    "epoch": state.last.get("epoch")})
+                                                                    "epoch": state.last.get("epoch"),
+                                                                    "validation": val})
         self._record(ev, decision, state)
         seconds = time.perf_counter() - t0
         self._eval_seconds += seconds
         self._timed.append(seconds)
         self._estimate = sum(self._timed) / len(self._timed)  # the cost the overhead cap expects next time
-        self.evaluations.append({"step": step, "seconds": round(seconds, 3), "composite": decision.composite})
+        self.evaluations.append({"step": step, "seconds": round(seconds, 3), "composite": decision.composite,
+                                 "val_seconds": round(val_seconds, 3)})
         logger.info("eval step %d: composite %+.3f%s  %s  (%.1f s)", step, decision.composite,
                     " (new best)" if decision.is_best else f" (best: step {decision.best_step})",
                     describe(ev.aggregate, self.selector.baseline), seconds)
@@ -263,6 +299,7 @@ class InLoopEvaluator(TrainCallback):
             logger.warning("step %d: %s", step, w)
             self.warnings.append(f"step {step}: {w}")
         self._warn_partial(f"step {step}", ev.aggregate)
+        self._warn_overfitting()
         if decision.is_best:
             self.pending_best = decision
             state.save_requested = True
@@ -298,6 +335,7 @@ class InLoopEvaluator(TrainCallback):
             "max_overhead": self.cfg.eval.max_overhead,
             "stop_reason": self.stop_reason,
             "warnings": self.warnings,
+            "overfit_evals": self.cfg.eval.overfit_evals,
             "best_step": self.best.step if self.best else None,
             "error": self.error,
         }
@@ -308,6 +346,8 @@ class InLoopEvaluator(TrainCallback):
                     self._baseline_seconds)
         if self._writer is not None:
             self._writer.close()
+        if not self.error:  # did the finetune change the voice? (eval/change.json, shown in the report)
+            change.check_run(self.run_dir, device=self.scorer.device)
         self._write_report()
 
     def _write_report(self) -> None:
@@ -329,6 +369,25 @@ class InLoopEvaluator(TrainCallback):
         state.error, state.should_stop, state.stop_reason = error, True, error
         if state.step == 0:  # the baseline: training never starts, so on_train_end will not run
             self._write_report()
+
+    def _validate(self, state: LoopState) -> tuple[dict[str, float], float]:
+        """The validation losses of the current weights on the eval split ({} when off) and their seconds."""
+        if self.validation is None:
+            return {}, 0.0
+        t0 = time.perf_counter()
+        val = validation.validation_losses(state.backend, self.validation, self.cfg)
+        return val, time.perf_counter() - t0
+
+    def _warn_overfitting(self) -> None:
+        """Warn (once per span) when the validation loss rose while the training loss fell for N
+        evaluations."""
+        span = validation.overfitting(validation.points(self._losses), self.cfg.eval.overfit_evals)
+        if span is None or span[1].step == self._overfit_warned:
+            return
+        self._overfit_warned = span[1].step
+        text = validation.overfit_text(span)
+        logger.warning("%s", text)
+        self.warnings.append(text)
 
     def _warn_partial(self, name: str, aggregate: dict[str, Any]) -> None:
         warning = partial_errors(name, aggregate)
@@ -352,7 +411,9 @@ class InLoopEvaluator(TrainCallback):
             return False
         wall = time.perf_counter() - self._t_train
         train_seconds = wall - self._eval_seconds
-        return self._eval_seconds + self._estimate > cap * (train_seconds + self._eval_seconds + self._estimate)
+        return self._eval_seconds + self._estimate > cap * (
+            train_seconds + self._eval_seconds + self._estimate
+        )
 
     def _selection(self, d: Decision) -> dict[str, Any]:
         assert self.selector is not None
@@ -377,8 +438,10 @@ class InLoopEvaluator(TrainCallback):
             "best": bool(d and d.is_best), **{k: agg.get(k) for k in LOGGED_METRICS if k in agg},
             "delta": {k: agg[k] - base[k] for k in LOGGED_METRICS
                       if _finite(agg.get(k)) and _finite(base.get(k))},
+            **ev.extra.get("validation", {}),
         }
         append_jsonl(self.run_dir / "metrics.jsonl", json_safe(record))
+        self._losses.append(record)
         writer = self._tensorboard()
         if writer is None:
             return
@@ -386,6 +449,9 @@ class InLoopEvaluator(TrainCallback):
             if _finite(agg.get(k)):
                 writer.add_scalar(f"eval/{k}", agg[k], ev.step)
         writer.add_scalar("eval/composite", record["composite"], ev.step)
+        for k, v in ev.extra.get("validation", {}).items():  # val_loss -> val/loss, beside train/loss
+            if _finite(v):
+                writer.add_scalar(f"val/{k.removeprefix(validation.PREFIX)}", v, ev.step)
         self._audio(writer, ev)
         writer.flush()
 

@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voicetune.evaluation import change, validation
+from voicetune.evaluation.encoders import encoder_note
 from voicetune.evaluation.harness import TABLE_METRICS
 from voicetune.evaluation.metrics import DIRECTIONS
 from voicetune.evaluation.report_speakers import encoders_html, speakers_html, speakers_text
+from voicetune.evaluation.speakers import DEGRADES
 from voicetune.evaluation.suite import BASELINE, eval_docs, load_doc, partial_errors
 from voicetune.evaluation.verdict import Verdict, verdict
 from voicetune.run import best_checkpoint, list_checkpoints
+from voicetune.scoring import dvector
 from voicetune.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -50,9 +54,13 @@ class RunEvals:
     other_protocol: int = 0
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # software errors (every sentence failed to synthesize)
-    loss_parts: list[str] = field(default_factory=lambda: ["text_ce", "mel_ce"])  # run.json: the backend's parts
+    loss_parts: list[str] = field(
+        default_factory=lambda: ["text_ce", "mel_ce"]
+    )  # run.json: the backend's parts
     loss_note: str = ""  # run.json: how to read them (Backend.loss_note)
     verdict: Verdict | None = None  # the plain verdict (verdict.py), at the top of the report
+    val: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl eval records with val_ losses
+    change: dict[str, Any] | None = None  # EVAL_ROOT/change.json: did the finetune change the voice?
 
     @property
     def base_agg(self) -> dict[str, Any]:
@@ -84,7 +92,8 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
     key = (baseline or {}).get("protocol", {}).get("key")
     every = eval_docs(root)
     evals = [d for d in every if key is None or d.get("protocol", {}).get("key") == key]
-    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "kind" not in r and "loss" in r]
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in records if "kind" not in r and "loss" in r]
     best = load_doc((run_dir if main else root) / "best.json")
     marked = best_checkpoint(run_dir)
     if main and best and (marked is None or marked.name != best.get("checkpoint")):
@@ -97,6 +106,8 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
     if isinstance(training.get("loss_parts"), list):
         out.loss_parts = [str(p) for p in training["loss_parts"]]
     out.loss_note = str(training.get("loss_note") or "")
+    out.val = [x for x in records if main and x.get("kind") == "eval" and validation.PREFIX + "loss" in x]
+    out.change = change.load(root)
     out.warnings = _warnings(out)
     out.verdict = run_verdict(out)
     return out
@@ -122,9 +133,20 @@ def guard_lines(r: RunEvals) -> list[str]:
 
 
 def verdict_notes(r: RunEvals) -> list[str]:
-    """The "why" notes of the other checks (validation-loss overfitting, no-effect check, speakers), read
-    from the run folder; none yet."""
-    return []
+    """The "why" notes of the other checks, read from the run folder: the no-effect check (change.json),
+    overfitting seen in the validation loss (metrics.jsonl), a voice the finetune degrades (speakers.json)
+    and the two speaker encoders disagreeing on the chosen checkpoint."""
+    notes = change.notes(r.change) + validation.run_notes(r.run_dir)
+    voices = load_doc(r.eval_root / "speakers" / "speakers.json") or {}
+    if any(s.get("judgement") == DEGRADES for s in voices.get("speakers") or []):
+        notes.append(str(voices.get("verdict", "")).rstrip("."))
+    chosen = (r.best or {}).get("checkpoint")
+    doc = next((d for d in r.evals if (d.get("name") or f"step_{d.get('step')}") == chosen), None)
+    if doc and not dvector.unavailable():
+        disagreement = encoder_note(doc.get("summary") or {})
+        if disagreement:
+            notes.append(disagreement.rstrip("."))
+    return notes
 
 
 def run_verdict(r: RunEvals) -> Verdict:
@@ -191,9 +213,15 @@ def _warnings(r: RunEvals) -> list[str]:
         n = len(r.in_loop["skipped_steps"])
         out.append(f"{n} scheduled evaluation(s) skipped to keep evaluation under "
                    f"{100 * r.in_loop['max_overhead']:.0f}% of the wall time")
+    span = _overfit_span(r)
+    if span:
+        out.append(validation.overfit_text(span))
+    out += change.warnings(r.change)
     if r.other_protocol:
-        out.append(f"{r.other_protocol} evaluation(s) made with another protocol (sentences, seed, references or "
-                   "ASR model) are not compared here")
+        out.append(
+            f"{r.other_protocol} evaluation(s) made with another protocol (sentences, seed, references or "
+            "ASR model) are not compared here"
+        )
     return out
 
 
@@ -210,7 +238,9 @@ def _rows(r: RunEvals) -> list[dict[str, Any]]:
     """Table rows: the baseline, then each evaluation, with deltas against the baseline."""
     rows = []
     if r.baseline:
-        rows.append({"name": BASELINE, "step": 0, "composite": 0.0, "agg": r.base_agg, "kept": "", "best": False})
+        rows.append(
+            {"name": BASELINE, "step": 0, "composite": 0.0, "agg": r.base_agg, "kept": "", "best": False}
+        )
     for d in r.evals:
         name = d.get("name") or f"step_{d['step']}"
         failed = bool(d.get("error"))  # nothing was synthesized: no values, not the worst possible ones
@@ -245,7 +275,9 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
     text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(x, widths, strict=True))) for x in lines]
     if r.best:
-        where = "marked in checkpoints/best" if r.report_path == r.run_dir / "report.html" else "this protocol"
+        where = (
+            "marked in checkpoints/best" if r.report_path == r.run_dir / "report.html" else "this protocol"
+        )
         ci = r.best.get("composite_interval")
         ci_text = f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else ", no interval"
         text.append(f"best: {r.best['checkpoint']} (composite {r.best['composite']:+.3f}{ci_text}, {where})")
@@ -277,10 +309,18 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _overfit_span(r: RunEvals) -> tuple[validation.Point, validation.Point] | None:
+    """Where the validation loss rose while the training loss fell for --eval-overfit-evals evaluations."""
+    n = (r.in_loop or {}).get("overfit_evals", validation.DEFAULT_OVERFIT_EVALS)
+    return validation.overfitting(validation.points(r.train + r.val), int(n)) if r.val else None
+
+
 def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_step: int | None = None,
-              parts: Sequence[str] = ("text_ce", "mel_ce")) -> str | None:
-    """Base64 PNG of the training losses (the total and the backend's ``parts``) against the step;
-    evaluations dotted, the best one red."""
+              parts: Sequence[str] = ("text_ce", "mel_ce"), val: Sequence[dict[str, Any]] = (),
+              overfit: tuple[validation.Point, validation.Point] | None = None) -> str | None:
+    """Base64 PNG of the training losses (the total and the backend's ``parts``) against the step, and the
+    validation losses of the evaluations (``val``: ``val_<part>`` records) on the same axes, dashed with dots
+    in the colour of their training part; evaluations dotted, the best one red, an overfitting span shaded."""
     if not train:
         return None
     from matplotlib.figure import Figure
@@ -291,16 +331,23 @@ def loss_plot(train: list[dict[str, Any]], eval_steps: Sequence[int] = (), best_
     for key in ("loss", *parts):
         ys = [t.get(key) for t in train]
         if any(isinstance(y, (int, float)) for y in ys):
-            ax.plot(steps, ys, label=key, linewidth=1.2)
+            line = ax.plot(steps, ys, label=key, linewidth=1.2)[0]
+            pts = [(v["step"], v[validation.PREFIX + key]) for v in val
+                   if isinstance(v.get(validation.PREFIX + key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), linestyle="--", marker="o", markersize=4, linewidth=1.2,
+                        color=line.get_color(), label=f"{key} (validation)")
     if not ax.lines:  # no finite loss value at all
         return None
+    if overfit:
+        ax.axvspan(overfit[0].step, overfit[1].step, color="tab:red", alpha=0.08, label="overfitting")
     for step in eval_steps:
         ax.axvline(step, linestyle=":", linewidth=1, color="tab:red" if step == best_step else "grey")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("training loss")
+    ax.set_title("training and validation loss" if val else "training loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not over them
     return _png(fig)
 
 
@@ -499,7 +546,8 @@ def _audio_section(r: RunEvals) -> str:
     picks = [s for s in sentences if s["group"] == "eval"][:AUDIO_SENTENCES // 2]
     picks += [s for s in sentences if s["group"] == "probe"][: AUDIO_SENTENCES - len(picks)]
     label = f"step_{shown}" + (" (best)" if shown == r.best_step else " (last)") if doc else "—"
-    out = [f"<table><tr><th>sentence</th><th>ground truth</th><th>baseline</th><th>{html.escape(label)}</th></tr>"]
+    header = f"<th>sentence</th><th>ground truth</th><th>baseline</th><th>{html.escape(label)}</th>"
+    out = [f"<table><tr>{header}</tr>"]
     base_rows = r.baseline.get("base", {}).get("per_sentence", [])
     real_rows = r.baseline.get("real", {}).get("per_sentence", [])
     for s in picks:
@@ -508,7 +556,11 @@ def _audio_section(r: RunEvals) -> str:
         base = _file(r.eval_root / BASELINE, base_rows, i)
         ft = None
         if doc:
-            ft = _file(r.eval_root / doc.get("name", f"step_{shown}"), doc.get("finetuned", {}).get("per_sentence", []), i)
+            ft = _file(
+                r.eval_root / doc.get("name", f"step_{shown}"),
+                doc.get("finetuned", {}).get("per_sentence", []),
+                i,
+            )
         text = html.escape(s["text"]) + f' <span class="small">({s["group"]})</span>'
         where = r.report_path.parent
         out.append(f"<tr><td style='max-width:380px'>{text}</td>{_audio_tag(real, where)}"
@@ -584,7 +636,9 @@ def render_html(r: RunEvals) -> str:
         parts.append("<h2>Best checkpoint: none</h2><p class='small'>No evaluation qualified "
                      "(see the verdict, the selection column, the errors and warnings).</p>")
     if r.warnings:
-        parts.append("<h2>Warnings</h2>" + "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in r.warnings))
+        parts.append(
+            "<h2>Warnings</h2>" + "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in r.warnings)
+        )
     parts.append("<h2>Evaluations</h2>" + _table(r) if (r.baseline or r.evals) else "")
     parts.append(encoders_html(next((d for d in r.evals if d["step"] == r.best_step), r.evals[-1] if r.evals
                                     else None)))
@@ -595,7 +649,8 @@ def render_html(r: RunEvals) -> str:
                      f"{len(r.in_loop.get('evaluations', []))} in-loop evaluations "
                      f"({100 * (r.in_loop.get('overhead_fraction') or 0):.1f}% of the training wall time), "
                      f"{r.in_loop.get('baseline_seconds', 0):.1f} s for the baseline.</p>")
-    losses = loss_plot(r.train, [d["step"] for d in r.evals], r.best_step, r.loss_parts)
+    losses = loss_plot(r.train, [d["step"] for d in r.evals], r.best_step, r.loss_parts, r.val,
+                       _overfit_span(r))
     plots = (("Metrics", metric_plot(r), "No evaluation after the baseline yet: nothing to plot."),
              ("Training loss", losses, "No training step was logged: nothing to plot."))
     for title, png, empty in plots:
@@ -607,11 +662,44 @@ def render_html(r: RunEvals) -> str:
                          "baseline (dashed line); a bar that crosses the line is within the noise.</p>")
         if title == "Training loss" and png and r.loss_note:
             parts.append(f"<p class='small'>{html.escape(r.loss_note)}</p>")
+        if title == "Training loss" and png:
+            parts.append(_validation_note(r))
+    parts.append(_change_section(r))
     audio = _audio_section(r)
     if audio:
         parts.append("<h2>Listen</h2>" + audio)
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
+
+
+def _validation_note(r: RunEvals) -> str:
+    """One line under the loss plot: what the dashed validation curves are, or why there are none."""
+    if not r.val:
+        return ("<p class='small'>No validation losses: the run made no in-loop evaluation, or its dataset "
+                "has no usable eval-split clip.</p>") if r.train else ""
+    return ("<p class='small'>Dashed with dots: the same loss parts, teacher-forced on the eval split at "
+            "each evaluation (validation losses). Training loss falling while validation loss rises means "
+            "the "
+            "model is learning the training clips by heart (overfitting).</p>")
+
+
+def _change_section(r: RunEvals) -> str:
+    """"Did the finetune change the voice?": the base and the finetune rendered with the same sentences and
+    seeds, compared (voicetune.evaluation.change)."""
+    c = r.change
+    if not c:
+        return ""
+    verdict = (f"<div class='warn'>{html.escape(c['message'])}</div>" if c.get("indistinguishable")
+               else f"<p>{html.escape(c['message'])}</p>")
+    compared = f"{c.get('finetuned')} against {c.get('base')}, {c.get('pairs')} sentence(s), same seeds"
+    rows = [("compared", compared),
+            ("speaker-embedding distance (median, 1 − cosine)",
+             change.number(c.get("speaker_distance"), ".4f")),
+            ("spectral distance (median MCD, dB)", change.number(c.get("spectral_distance"), ".2f")),
+            ("renders identical to the base's", f"{c.get('identical')} of {c.get('pairs')}")]
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return ("<h2>Did the finetune change the voice?</h2>" + verdict + f"<table class='facts'>{table}</table>"
+            f"<p class='small'>{html.escape(change.METHOD)}</p>")
 
 
 def write_report(run_dir: Path | str, eval_root: Path | str | None = None) -> Path:

@@ -191,8 +191,10 @@ def rescore_run(
                           (dev, metric_device, asr_device), base_info, progress)
     if errors:
         _fail(run_dir, eval_root, errors)
+    from voicetune.evaluation.change import check_run
     from voicetune.evaluation.report import record_verdict, text_report, write_report
 
+    check_run(run_dir, eval_root, metric_device)  # did the finetune change the voice? (EVAL_ROOT/change.json)
     said = record_verdict(run_dir, eval_root)
     report = write_report(run_dir, eval_root)
     return RescoreResult(run_dir, eval_root, [c.name for c in ckpts], best, report,
