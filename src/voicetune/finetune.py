@@ -15,6 +15,7 @@ from voicetune.backends.base import Progress
 from voicetune.backends.registry import merge_options, resolve
 from voicetune.config import TrainConfig
 from voicetune.evaluation.in_loop import InLoopEvaluator
+from voicetune.run import best_checkpoint
 from voicetune.training import loop
 from voicetune.training.loop import TrainCallback, TrainResult
 from voicetune.training.resume import resume_config
@@ -41,12 +42,25 @@ def train(
     (or the caller passes an evaluator of its own).
     """
     callbacks = list(callbacks or [])
-    if _evaluates(cfg, config_file, resume, overrides) and not any(
-            isinstance(cb, InLoopEvaluator) for cb in callbacks):
+    evaluates = _evaluates(cfg, config_file, resume, overrides)
+    if evaluates and not any(isinstance(cb, InLoopEvaluator) for cb in callbacks):
         callbacks.append(InLoopEvaluator(progress=progress))
-    return loop.train(dataset_dir, base, out, cfg, config_file=config_file, progress=progress,
-                      callbacks=callbacks,
-                      resume=resume, **overrides)
+    result = loop.train(dataset_dir, base, out, cfg, config_file=config_file, progress=progress,
+                        callbacks=callbacks, resume=resume, **overrides)
+    if evaluates and not result.interrupted:
+        _every_voice(result.run_dir, progress)
+    return result
+
+
+def _every_voice(run_dir: Path, progress: Progress | None) -> None:
+    """A multi-speaker dataset: every voice judged on the chosen checkpoint (the in-loop evaluation scores
+    the speaker with the most clips), and the verdict recorded again with what it found."""
+    from voicetune.evaluation.report import record_verdict
+    from voicetune.evaluation.rescore import score_speakers
+
+    chosen = "best" if best_checkpoint(run_dir) is not None else "latest"
+    if score_speakers(run_dir, chosen, progress=progress) is not None:
+        record_verdict(run_dir)
 
 
 def _evaluates(cfg: TrainConfig | None, config_file: Path | str | None, resume: Path | str | None,
