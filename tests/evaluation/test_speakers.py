@@ -204,3 +204,21 @@ def _r(name: str, judgement: str) -> SpeakerResult:
 ])
 def test_the_verdict_names_improved_and_degraded_voices(judgements, expected):
     assert speaker_verdict([_r(n, j) for n, j in judgements.items()]).startswith(expected)
+
+
+@pytest.mark.slow  # ~60 s on 2 cores: a short run with its in-loop evaluations, then 4 per-speaker ones
+def test_train_ends_by_judging_every_voice_and_its_verdict_says_what_that_found(tmp_path, two_voices,
+                                                                                asr_model):
+    from voicetune.finetune import train
+
+    dataset, recordings = two_voices
+    base = FakeBackend.make_tiny_base(tmp_path / "base", recordings=recordings, snr_db=5.0)
+    run = tmp_path / "run"
+    train(dataset, base, run, backend="fake", max_steps=2, batch_size=2, lr=1e-2, eval_every=2,
+          eval_asr_model=asr_model, device="cpu", **PROTOCOL)
+    doc = json.loads((run / "eval" / "speakers" / "speakers.json").read_text())
+    assert {s["speaker"] for s in doc["speakers"]} == {"joe", "robo"}
+    assert "Every voice" in (run / "report.html").read_text()
+    recorded = json.loads((run / "eval" / "in_loop.json").read_text())["verdict"]
+    degraded = any(s["judgement"] == "degrades" for s in doc["speakers"])
+    assert (doc["verdict"].rstrip(".") in recorded["why"]) == degraded
