@@ -1,8 +1,21 @@
 """Atomic output helpers: a failed write leaves the old file (or nothing), never a partial one."""
 
+import json
+import shutil
+
 import pytest
 
-from voicetune.utils.io import append_jsonl, atomic_dir, atomic_path, atomic_write_json, read_jsonl
+from voicetune.utils.io import (
+    PARTIAL_MARKER,
+    append_jsonl,
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    clean_stale_tmp,
+    new_tmp_dir,
+    read_jsonl,
+    remove_partial,
+)
 
 
 def test_failed_atomic_write_keeps_the_previous_content(tmp_path):
@@ -50,3 +63,25 @@ def test_atomic_outputs_get_normal_permissions_not_mkstemp_0600(tmp_path):
         os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_kill_while_removing_a_replaced_folder_leaves_one_the_next_run_removes(tmp_path, monkeypatch):
+    """Kill trial seed 690305 (export): killed while the previous package was being deleted, the `.old`
+    folder kept its content but had lost its marker, so the next run left it behind. The marker goes last."""
+    out = tmp_path / "pkg"
+    trash = new_tmp_dir(out, ".old")
+    (trash / "pkg").mkdir()
+    (trash / "pkg" / "model.pth").write_bytes(b"x" * 1000)
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt  # the kill arrives during the first removal
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        remove_partial(trash)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert (trash / PARTIAL_MARKER).is_file() and (trash / "pkg" / "model.pth").is_file()
+    info = json.loads((trash / PARTIAL_MARKER).read_text())
+    (trash / PARTIAL_MARKER).write_text(json.dumps({**info, "pid": 2**22 + 12345}))  # its process is gone
+    assert clean_stale_tmp(out) == [trash] and not trash.exists()

@@ -128,6 +128,19 @@ def _abandoned(folder: Path) -> bool:
     return started is None or (info.get("started") is not None and abs(started - info["started"]) > 1e-3)
 
 
+def remove_partial(folder: Path) -> None:
+    """Remove a marked partial folder (:func:`new_tmp_dir`) with its marker last, so that a kill during the
+    removal leaves a folder that :func:`clean_stale_tmp` still recognises as voicetune's and removes."""
+    folder = Path(folder)
+    for p in folder.iterdir():
+        if p.name != PARTIAL_MARKER:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def clean_stale_tmp(path: Path) -> list[Path]:
     """Remove the partial folders ``.NAME.*.tmp`` / ``.NAME.*.old`` beside ``path`` that an interrupted
     voicetune left (killed: ``kill -9``, power loss). Only folders holding voicetune's partial marker whose
@@ -171,7 +184,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             trash = new_tmp_dir(path, ".old")  # marked: if killed before the rmtree, the next run removes it
             os.replace(path, trash / path.name)
             os.replace(tmp, path)
-            shutil.rmtree(trash)
+            remove_partial(trash)
         else:
             os.replace(tmp, path)
         (path / PARTIAL_MARKER).unlink()

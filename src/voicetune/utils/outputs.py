@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from voicetune.utils.io import PARTIAL_MARKER, atomic_write_json, new_tmp_dir
+from voicetune.utils.io import PARTIAL_MARKER, atomic_write_json, new_tmp_dir, remove_partial
 
 MARKER = ".voicetune-output.json"
 
@@ -185,7 +185,7 @@ def _publish(tmp: Path, out: Path, kind: str, ours_old: set[str], complete: tupl
             trash = new_tmp_dir(out, ".old")
             os.replace(out, trash / out.name)
             os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_partial(trash)
         else:
             os.replace(tmp, out)
         (out / PARTIAL_MARKER).unlink()
@@ -208,7 +208,7 @@ def _publish(tmp: Path, out: Path, kind: str, ours_old: set[str], complete: tupl
         os.replace(tmp / name, out / name)
     marker[kind] = _entry(new)
     atomic_write_json(out / MARKER, _marker_doc(marker))
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_partial(trash)
 
 
 def _umask() -> int:
