@@ -275,13 +275,13 @@ def number(value: Any, spec: str) -> str:
 
 
 def notes(doc: dict[str, Any] | None) -> list[str]:
-    """The verdict's "why" notes (``verdict(..., notes=...)``): ``["the adapter had no effect: ..."]``
+    """The verdict's "why" notes (``verdict(..., notes=...)``): ``["the finetune had no effect: ..."]``
     or []."""
     if not doc or not doc.get("indistinguishable"):
         return []
     return [
         (
-            f"the adapter had no effect: {doc.get('finetuned')} renders like the base model ("
+            f"the finetune had no effect: {doc.get('finetuned')} renders like the base model ("
             "speaker-embedding "
             f"distance {number(doc.get('speaker_distance'), '.4f')}, spectral distance "
             f"{number(doc.get('spectral_distance'), '.2f')} dB); likely {LIKELY_CAUSES[0]}, a learning rate "
