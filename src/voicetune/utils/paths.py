@@ -42,3 +42,18 @@ def display_name(path: Path | str) -> str:
     """``path`` as text that can always be printed and written as UTF-8: bytes of a file name that are not
     valid UTF-8 (Python keeps them as surrogate escapes) appear as ``\\xe9``."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def file_problem(p: Path) -> str | None:
+    """Why ``p`` is not a usable file ("missing", "empty"...), or None."""
+    if not p.exists():
+        return "missing"
+    if not p.is_file():
+        return "not a file"
+    try:
+        with open(p, "rb") as f:
+            if not f.read(1):
+                return "empty"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    return None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from voicetune.backends.base import BaseModelError
+from voicetune.utils.paths import file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +77,6 @@ def resolve(base: str | Path, download: bool = True) -> Path:
                              f"{_HINT}") from e
 
 
-def _file_problem(p: Path) -> str | None:
-    if not p.exists():
-        return "missing"
-    if not p.is_file():
-        return "not a file"
-    try:
-        with open(p, "rb") as f:
-            if not f.read(1):
-                return "empty"
-    except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    return None
-
-
 def _json(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -118,9 +105,9 @@ def _check_config(path: Path, problems: list[str]) -> None:
 
 def _weight_files(path: Path, problems: list[str]) -> list[Path]:
     single, index = path / WEIGHTS, path / WEIGHTS_INDEX
-    if _file_problem(single) is None:
+    if file_problem(single) is None:
         return [single]
-    if _file_problem(index) is None:
+    if file_problem(index) is None:
         data = _json(index, problems)
         shards = sorted(set((data.get("weight_map") or {}).values()))
         if not shards:
@@ -130,7 +117,7 @@ def _weight_files(path: Path, problems: list[str]) -> list[Path]:
             p = path / shard
             if Path(shard).name != shard:
                 problems.append(f"{index}: shard {shard!r} lies outside the folder")
-            elif (problem := _file_problem(p)) is not None:
+            elif (problem := file_problem(p)) is not None:
                 problems.append(f"{p}: {problem} (a weight shard named by {WEIGHTS_INDEX})")
             else:
                 files.append(p)
@@ -144,7 +131,7 @@ def _weight_files(path: Path, problems: list[str]) -> list[Path]:
 def _has_chat_template(path: Path) -> bool:
     for name in CHAT_TEMPLATE_FILES:
         p = path / name
-        if _file_problem(p) is not None:
+        if file_problem(p) is not None:
             continue
         if name.endswith(".jinja"):
             return True
@@ -157,10 +144,10 @@ def _has_chat_template(path: Path) -> bool:
 
 
 def _feature_extractor_file(path: Path) -> Path | None:
-    if _file_problem(path / PREPROCESSOR) is None:
+    if file_problem(path / PREPROCESSOR) is None:
         return path / PREPROCESSOR
     processor = path / "processor_config.json"
-    if _file_problem(processor) is None:
+    if file_problem(processor) is None:
         try:
             if isinstance(json.loads(processor.read_text(encoding="utf-8")).get("feature_extractor"), dict):
                 return processor
@@ -182,7 +169,7 @@ def validate_base_dir(path: Path | str) -> dict[str, Path]:
         ("tokenizer", TOKENIZER, "the text tokenizer"),
         ("tokenizer_config", TOKENIZER_CONFIG, "the tokenizer's settings and special tokens"),
     ):
-        problem = _file_problem(path / name)
+        problem = file_problem(path / name)
         if problem is None:
             found[role] = path / name
         else:

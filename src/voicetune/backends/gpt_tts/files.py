@@ -30,21 +30,6 @@ DVAE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def file_problem(p: Path) -> str | None:
-    """Why ``p`` is not a usable file ("missing", "empty"...), or None."""
-    if not p.exists():
-        return "missing"
-    if not p.is_file():
-        return "not a file"
-    try:
-        with open(p, "rb") as f:
-            if not f.read(1):
-                return "empty"
-    except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    return None
-
-
 def torch_load(path: Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; a :class:`BaseModelError` naming the file and
     ``what`` it should hold when it cannot be read."""

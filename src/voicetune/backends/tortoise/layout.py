@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from voicetune.backends.base import BaseModelError
-from voicetune.backends.gpt_tts.files import file_problem, torch_load, unwrap_model
+from voicetune.backends.gpt_tts.files import torch_load, unwrap_model
+from voicetune.utils.paths import file_problem
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 from voicetune.backends.base import BaseModelError
 from voicetune.backends.gpt_tts import files
 from voicetune.backends.gpt_tts.files import DVAE_DEFAULTS, check_mel_norms, infer_dvae_hparams
-from voicetune.backends.gpt_tts.files import file_problem as _file_problem
 from voicetune.backends.gpt_tts.files import unwrap_model as _unwrap_model
+from voicetune.utils.paths import file_problem as _file_problem
 
 __all__ = [
     "CONFIG",
