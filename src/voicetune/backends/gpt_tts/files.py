@@ -166,3 +166,27 @@ def load_dvae(path: Path, expected_tokens: int | None = None, *, expected_what: 
     for p in dvae.parameters():
         p.requires_grad_(False)
     return dvae
+
+
+def drop_kind(reason: str) -> str:
+    """The kind of a drop reason written by XTTS's or Tortoise's ``build_feature_store`` (for counting in
+    logs and run.json)."""
+    kinds = (
+        ("longer than max_wav_length", "too_long_audio"),
+        ("more than max_text_length", "too_long_text"),
+        ("shorter than", "too_short"),
+        ("[UNK]", "unknown_characters"),
+        ("empty transcript", "empty_text"),
+        ("cannot read the audio", "unreadable"),
+        ("is not supported", "unsupported_language"),
+    )
+    for fragment, kind in kinds:
+        if fragment in reason:
+            return kind
+    return "other"
+
+
+def has_untrained_note(config: Path) -> bool:
+    """Whether ``config`` (a base folder's config.json) carries the note voicetune's tiny makers write into
+    an UNTRAINED random model."""
+    return config.is_file() and "voicetune_note" in config.read_text(encoding="utf-8", errors="replace")

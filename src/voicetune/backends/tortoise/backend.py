@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from voicetune.backends.base import Backend, BaseModelError, Batch, FeatureStore, Progress, Waveform
+from voicetune.backends.gpt_tts.files import has_untrained_note
 from voicetune.backends.tortoise import layout
 from voicetune.backends.tortoise.options import TortoiseOptions
 from voicetune.backends.tortoise.synthesis import EVALUATION, PRESETS
@@ -67,8 +68,7 @@ class TortoiseBackend(Backend):
 
     @classmethod
     def is_untrained(cls, path: Path) -> bool:
-        config = Path(path) / layout.CONFIG
-        return config.is_file() and "voicetune_note" in config.read_text(encoding="utf-8", errors="replace")
+        return has_untrained_note(Path(path) / layout.CONFIG)
 
     @classmethod
     def usage(cls) -> list[str]:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from voicetune.backends.base import FeatureStore, Progress
+from voicetune.backends.gpt_tts.files import drop_kind
 from voicetune.data.manifest import Clip
 from voicetune.utils.io import atomic_torch_save, file_sha256
 
@@ -208,23 +209,6 @@ class TortoiseFeatureStore(FeatureStore):
         if pad > 0:
             crop = torch.cat([crop, self.silence.expand(-1, pad)], dim=1)
         return crop.contiguous()
-
-
-def drop_kind(reason: str) -> str:
-    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and
-    run.json)."""
-    kinds = (
-        ("longer than max_wav_length", "too_long_audio"),
-        ("more than max_text_length", "too_long_text"),
-        ("shorter than", "too_short"),
-        ("[UNK]", "unknown_characters"),
-        ("empty transcript", "empty_text"),
-        ("cannot read the audio", "unreadable"),
-    )
-    for fragment, kind in kinds:
-        if fragment in reason:
-            return kind
-    return "other"
 
 
 def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from voicetune.backends.base import Backend, BaseModelError, Batch, FeatureStore, Progress, Waveform
+from voicetune.backends.gpt_tts.files import has_untrained_note
 from voicetune.backends.xtts import layout
 from voicetune.backends.xtts.options import XttsOptions
 from voicetune.config import TrainConfig
@@ -66,8 +67,7 @@ class XttsBackend(Backend):
 
     @classmethod
     def is_untrained(cls, path: Path) -> bool:
-        config = Path(path) / layout.CONFIG
-        return config.is_file() and "voicetune_note" in config.read_text(encoding="utf-8", errors="replace")
+        return has_untrained_note(Path(path) / layout.CONFIG)
 
     @classmethod
     def usage(cls) -> list[str]:

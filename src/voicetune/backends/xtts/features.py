@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from voicetune.backends.base import FeatureStore, Progress
-from voicetune.backends.gpt_tts.files import load_wav_tensor
+from voicetune.backends.gpt_tts.files import drop_kind, load_wav_tensor
 from voicetune.data.manifest import Clip
 from voicetune.utils.io import atomic_torch_save, file_sha256
 
@@ -260,24 +260,6 @@ def cond_frames(max_cond_length: int, hop: int) -> int:
     same silence that already pads every crop shorter than 6 s."""
     frames = max_cond_length // hop + 1
     return -(-frames // COND_FRAME_MULTIPLE) * COND_FRAME_MULTIPLE
-
-
-def drop_kind(reason: str) -> str:
-    """The kind of a drop reason written by :func:`build_feature_store` (for counting in logs and
-    run.json)."""
-    kinds = (
-        ("longer than max_wav_length", "too_long_audio"),
-        ("more than max_text_length", "too_long_text"),
-        ("shorter than", "too_short"),
-        ("[UNK]", "unknown_characters"),
-        ("empty transcript", "empty_text"),
-        ("cannot read the audio", "unreadable"),
-        ("is not supported", "unsupported_language"),
-    )
-    for fragment, kind in kinds:
-        if fragment in reason:
-            return kind
-    return "other"
 
 
 def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:
