@@ -136,6 +136,7 @@ def test_rerun_processes_only_new_files_and_settings_rerun_only_their_stages(fau
     assert any(
         r.source_file == "new_take.flac" and r.status == "kept" for r in read_clips_jsonl(ds / "clips.jsonl")
     )
+    before = {r.id: r.quality for r in read_clips_jsonl(ds / "clips.jsonl") if r.status == "kept"}
     louder = prepare(new_src, ds, CFG, target_lufs=-18.0)
     assert louder.n_files_decoded == 0 and louder.n_asr_cached == again.n_asr_cached + len(
         [
@@ -144,7 +145,13 @@ def test_rerun_processes_only_new_files_and_settings_rerun_only_their_stages(fau
             if r.source_file == "new_take.flac" and r.asr.get("words")
         ]
     )
-    assert all(r.quality["gain_db"] != 0 for r in read_clips_jsonl(ds / "clips.jsonl") if r.status == "kept")
+    # the loudness stage re-ran with the new target: every kept clip got 5 dB more gain than before (a clip
+    # whose input happens to sit at -18 LUFS rightly gets none, so the gain itself is not the test)
+    after = {r.id: r.quality for r in read_clips_jsonl(ds / "clips.jsonl") if r.status == "kept"}
+    assert after.keys() == before.keys()
+    for clip_id, q in after.items():
+        assert q["input_lufs"] == before[clip_id]["input_lufs"], clip_id
+        assert q["gain_db"] - before[clip_id]["gain_db"] == pytest.approx(5.0, abs=0.011), clip_id
 
 
 def test_several_speakers_in_one_dataset_from_the_command_line(faults, piper_recordings, tmp_path):
