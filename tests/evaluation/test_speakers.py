@@ -30,8 +30,11 @@ from voicetune.evaluation.speakers import (
     NO_CHANGE,
     SpeakerResult,
     dataset_speakers,
+    judge,
     speaker_verdict,
 )
+from voicetune.evaluation.selection import SelectionRules, Selector
+from voicetune.evaluation.stats import MIN_SENTENCES, SentenceScores
 from voicetune.run import RunInfo, set_latest, trainable_path
 from voicetune.utils.io import atomic_write_json
 
@@ -189,6 +192,60 @@ def test_speakers_without_eval_clips_are_skipped_with_the_reason(tmp_path, two_v
     assert material.speaker == "joe" and all(c.speaker == "joe" for c in material.sentences)
     with pytest.raises(EvalError, match="'nobody'.*speakers are"):
         select_material(ds, 2, 2, speaker="nobody")
+
+
+def _assessed(change: float, n: int, seed: int = 0, rules: SelectionRules | None = None,
+              wer: tuple[float, float] = (0.0, 0.0)):
+    """One speaker's assessment: ``n`` sentences x 2 seeds whose speaker similarity moves by ``change``
+    from the base model's (sentence effects shared, render noise 0.03) and whose WER goes from ``wer[0]``
+    to ``wer[1]``, and the similarity guard's message."""
+    rng = np.random.default_rng(seed)
+    effects = 0.70 + rng.normal(0, 0.05, n)
+
+    def scores(shift: float, w: float) -> SentenceScores:
+        return SentenceScores.from_rows(
+            [{"sentence": i, "seed": j, "text": "one two three four", "speaker_similarity":
+              float(effects[i] + shift + rng.normal(0, 0.03)), "wer": w, "cer": w / 2, "mos": 3.0, "flags": []}
+             for j in range(2) for i in range(n)])
+
+    base, model = scores(0.0, wer[0]), scores(change, wer[1])
+    sel = Selector(base.point(), rules or SelectionRules(), 0.85, base)
+    a = sel.assess(model.point(), model)
+    guard, message = sel.blocked(a)
+    return a, message if guard == "similarity" else ""
+
+
+def test_a_speaker_is_judged_on_the_interval_of_its_composite_not_on_a_point_above_the_threshold():
+    better, guard = _assessed(+0.10, 12)
+    assert better.interval[0] > 0 and judge(better, guard, 0.01) == (IMPROVES, "")
+    worse, guard = _assessed(-0.10, 12)
+    assert worse.interval[1] < 0 and judge(worse, guard, 0.01)[0] == DEGRADES
+    # a change inside the noise: its composite is beyond the threshold, yet its interval holds 0
+    for seed in range(20):
+        noisy, guard = _assessed(+0.01, 6, seed=seed)
+        if noisy.interval[0] < 0 < noisy.interval[1] and noisy.composite > 0.01:
+            break
+    else:
+        pytest.fail("no noisy case found")
+    assert judge(noisy, guard, 0.01) == (NO_CHANGE, "")
+
+
+def test_a_voice_whose_similarity_falls_significantly_is_degraded_whatever_its_composite():
+    a, guard = _assessed(-0.04, 12, rules=SelectionRules(similarity_guard=True), wer=(0.5, 0.0))
+    assert a.interval[0] > 0  # far fewer word errors: the composite alone would say it improves
+    assert guard.startswith("similarity guard") and judge(a, guard, 0.01) == (DEGRADES, guard)
+
+
+def test_with_too_few_sentences_the_point_score_decides_and_the_judgement_says_so():
+    a, guard = _assessed(+0.10, MIN_SENTENCES - 1)
+    judgement, reason = judge(a, guard, 0.01)
+    assert a.interval is None and judgement == IMPROVES and "too few for an interval" in reason
+    line = SpeakerResult("alice", "01_alice", {}, a.composite, a.parts, judgement, reason=reason).line()
+    assert line.startswith("alice: improves") and "too few for an interval" in line and "95 % CI" not in line
+    b, guard = _assessed(+0.10, 12)
+    line = SpeakerResult("bob", "02_bob", {}, b.composite, b.parts, IMPROVES, interval=b.interval,
+                         deltas=b.deltas).line()
+    assert f"95 % CI {b.interval[0]:+.3f} to {b.interval[1]:+.3f}" in line
 
 
 def _r(name: str, judgement: str) -> SpeakerResult:

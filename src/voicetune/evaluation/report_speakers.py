@@ -62,9 +62,12 @@ def speakers_html(eval_root: Path, report_dir: Path) -> str:
     out = [f"<p class='{cls}'><b>{html.escape(doc.get('verdict', ''))}</b></p>",
            (f"<p class='small'>Checkpoint {html.escape(str(doc.get('checkpoint')))}, each speaker rendered "
             "with its own references and scored against its own held-out clips and its own baseline (the "
-            "base model on that speaker). A speaker improves or degrades when its composite score moves "
-            f"by more than {_f(doc.get('threshold'), '{:.3f}')} either way.</p>"),
-           ("<table><tr><th>speaker</th><th>verdict</th><th>composite</th><th>speaker similarity ↑</th>"
+            "base model on that speaker). A speaker improves or degrades when the 95 % paired interval of "
+            "its composite score lies above or below 0 (or its speaker similarity falls significantly below "
+            "the base model's); with too few held-out sentences for an interval, when its composite moves "
+            f"by more than {_f(doc.get('threshold'), '{:.3f}')} either way, and the row says so.</p>"),
+           ("<table><tr><th>speaker</th><th>verdict</th><th>composite (95 % CI)</th>"
+            "<th>speaker similarity ↑</th>"
             "<th>speaker similarity (d-vector) ↑</th><th>WER ↓</th><th>base</th><th>finetuned</th></tr>")]
     for s in doc.get("speakers", []):
         summary, folder = s.get("summary") or {}, root / str(s.get("folder"))
@@ -72,11 +75,14 @@ def speakers_html(eval_root: Path, report_dir: Path) -> str:
         mark = {IMPROVES: "good", DEGRADES: "bad"}.get(j, "")
         base = _audio(folder / BASELINE / "base" / "00.wav", report_dir)
         ft = _audio(folder / str(doc.get("checkpoint")) / "finetuned" / "00.wav", report_dir)
-        note = f"<br><span class='small'>{html.escape(s['speaker_encoders'])}</span>" \
-            if s.get("speaker_encoders") else ""
+        notes = [str(s[k]) for k in ("reason", "speaker_encoders") if s.get(k)]
+        note = "".join(f"<br><span class='small'>{html.escape(n)}</span>" for n in notes)
+        ci = s.get("interval") or []
+        ci_text = "" if len(ci) != 2 else (
+            f"<br><span class='small'>{_f(ci[0], '{:.3f}', True)} to {_f(ci[1], '{:.3f}', True)}</span>")
         out.append(f"<tr><td>{html.escape(str(s.get('speaker')))}</td><td><span class='{mark}'>"
                    f"{html.escape(s.get('error') and 'not judged: ' + s['error'] or j)}</span>{note}</td>"
-                   f"<td>{_f(s.get('composite'), '{:.3f}', True)}</td>"
+                   f"<td>{_f(s.get('composite'), '{:.3f}', True)}{ci_text}</td>"
                    f"<td>{_change(summary, 'speaker_similarity')}</td><td>{_change(summary, DV_KEY)}</td>"
                    f"<td>{_change(summary, 'wer', '{:.2f}')}</td><td>{base}</td><td>{ft}</td></tr>")
     out.append("</table>")

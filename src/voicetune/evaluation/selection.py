@@ -339,12 +339,12 @@ class Selector:
         if not _finite(a.composite) or blocked:
             return False, None, ""
         if self.best_assessment is None:
-            return True, None, "" if a.interval else _no_interval(a)
+            return True, None, "" if a.interval else no_interval_reason(a)
         best = self.best_assessment
         versus = self.compare(a, best)
         gain = a.composite - best.composite
         if versus is None:  # no intervals: the point scores decide
-            return gain > min_delta, None, _no_interval(a)
+            return gain > min_delta, None, no_interval_reason(a)
         versus["step"] = self.best_step
         beyond_base = significant(*(a.interval or [None, None])) > 0
         best_beyond_base = significant(*(best.interval or [None, None])) > 0
@@ -375,7 +375,8 @@ def _ci(lo_hi: Sequence[float | None]) -> str:
     return f"95% CI {lo:+.3f} to {hi:+.3f}" if lo is not None and hi is not None else "no interval"
 
 
-def _no_interval(a: Assessment) -> str:
+def no_interval_reason(a: Assessment) -> str:
+    """Why ``a`` has no interval (too few sentences, no per-sentence scores): the point scores decide."""
     if a.scores is None:
         return "no per-sentence scores: no interval, the point scores decide"
     if a.scores.n < MIN_SENTENCES:

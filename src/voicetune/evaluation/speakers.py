@@ -7,9 +7,13 @@ speaker: the speaker's own probe set (``build_probe_set(..., speaker=S)``: its l
 synthesis, its eval clips are the sentences and the similarity centroid), the base model's renders as that
 speaker's baseline, then the checkpoint's renders, each scored and compared with the same composite score
 and rules as the run's selection (:class:`voicetune.evaluation.selection.Selector`). Per speaker the result
-says "improves", "degrades" or "no clear change" (the composite beyond ``early_stop_min_delta`` either
-way, the threshold selection uses), and :func:`speaker_verdict` says it in words: a finetune that improves
-one voice and degrades another says so. A single-speaker dataset is not touched (None).
+says "improves", "degrades" or "no clear change" by the rules the run's verdict follows (:func:`judge`):
+the 95 % paired interval of the speaker's composite score lies above 0, below 0 (or the similarity guard
+finds its speaker similarity significantly below the base model's), or holds 0. With too few sentences for
+an interval (fewer than ``stats.MIN_SENTENCES`` held-out clips of that speaker) the point composite beyond
+``early_stop_min_delta`` decides, and the line says so. :func:`speaker_verdict` says it in words: a
+finetune that improves one voice and degrades another says so. A single-speaker dataset is not touched
+(None).
 
 On disk (``EVAL_ROOT/speakers/``)::
 
@@ -25,7 +29,7 @@ import collections
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,8 @@ from voicetune.backends.base import Backend, Progress
 from voicetune.data.manifest import Dataset
 from voicetune.evaluation.encoders import encoder_note
 from voicetune.evaluation.harness import json_safe
-from voicetune.evaluation.selection import SelectionRules, Selector
+from voicetune.evaluation.selection import Assessment, SelectionRules, Selector, no_interval_reason
+from voicetune.evaluation.stats import significant
 from voicetune.evaluation.suite import (
     BASELINE,
     ProbeSet,
@@ -42,6 +47,7 @@ from voicetune.evaluation.suite import (
     build_probe_set,
     load_doc,
     run_evaluation,
+    sentence_scores,
     synthesis_failure,
     write_baseline,
     write_evaluation,
@@ -88,16 +94,32 @@ class SpeakerResult:
     judgement: str  # IMPROVES, DEGRADES or NO_CHANGE
     encoders: str = ""  # encoder_note: the two speaker encoders disagree (or why the second is absent)
     error: str = ""
+    interval: list[float] | None = None  # 95 % paired interval of the composite (None: too few sentences)
+    deltas: dict[str, dict[str, Any]] = field(default_factory=dict)  # per metric: paired change + interval
+    reason: str = ""  # how the judgement was reached when it is not the composite's interval alone
 
     def line(self) -> str:
-        """"alice: improves (speaker similarity 0.712 → 0.803, +0.091; WER 0.10 → 0.05; composite +0.150)"."""
+        """"alice: improves (speaker similarity 0.712 → 0.803, +0.091, 95 % CI +0.05 to +0.13; WER 0.10 →
+        0.05; composite +0.150, 95 % CI +0.08 to +0.22)"."""
         sim, wer = self.summary.get("speaker_similarity", {}), self.summary.get("wer", {})
         if self.error:
             return f"{self.speaker}: not judged ({self.error})"
+        composite = _f(self.composite, signed=True) + (_ci(self.interval) if self.interval else "")
+        sim_ci = self.deltas.get("speaker_similarity") or {}
+        sim_ci_text = _ci([sim_ci.get("low"), sim_ci.get("high")])
+        why = f"; {self.reason}" if self.reason else ""
         return (f"{self.speaker}: {self.judgement} (speaker similarity {_f(sim.get('base'))} → "
-                f"{_f(sim.get('finetuned'))}, {_f(sim.get('delta'), signed=True)}; WER "
+                f"{_f(sim.get('finetuned'))}, {_f(sim.get('delta'), signed=True)}{sim_ci_text}; WER "
                 f"{_f(wer.get('base'), '{:.2f}')} → {_f(wer.get('finetuned'), '{:.2f}')}; "
-                f"composite {_f(self.composite, signed=True)})")
+                f"composite {composite}{why})")
+
+
+def _ci(lo_hi: list[Any] | None) -> str:
+    """", 95 % CI +0.05 to +0.13" ("" without both ends)."""
+    lo, hi = lo_hi or [None, None]
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi)):
+        return ""
+    return f", 95 % CI {lo:+.3f} to {hi:+.3f}"
 
 
 def _f(v: Any, fmt: str = "{:.3f}", signed: bool = False) -> str:
@@ -106,11 +128,23 @@ def _f(v: Any, fmt: str = "{:.3f}", signed: bool = False) -> str:
     return ("{:+" + fmt[2:]).format(v) if signed else fmt.format(v)
 
 
-def judge(composite: float, min_delta: float) -> str:
-    """improves / degrades / no clear change: the composite beyond ``min_delta`` (selection's threshold)."""
-    if not math.isfinite(composite) or abs(composite) <= min_delta:
-        return NO_CHANGE
-    return IMPROVES if composite > 0 else DEGRADES
+def judge(a: Assessment, guard_message: str, min_delta: float) -> tuple[str, str]:
+    """(judgement, reason): improves / degrades / no clear change of one speaker's assessment.
+
+    With an interval: above 0 improves, below 0 degrades, holding 0 is no clear change; a guard that
+    blocks the checkpoint for this voice (``guard_message``: speaker similarity significantly below the
+    base model's) degrades it whatever the composite. Without one (too few sentences): the point composite
+    beyond ``min_delta`` (selection's threshold) either way, and the reason says no interval backs it.
+    """
+    if guard_message:
+        return DEGRADES, guard_message
+    if a.interval:
+        side = significant(*a.interval)
+        return (IMPROVES if side > 0 else DEGRADES if side < 0 else NO_CHANGE), ""
+    reason = no_interval_reason(a)
+    if not math.isfinite(a.composite) or abs(a.composite) <= min_delta:
+        return NO_CHANGE, reason
+    return (IMPROVES if a.composite > 0 else DEGRADES), reason
 
 
 def speaker_verdict(results: list[SpeakerResult]) -> str:
@@ -183,6 +217,7 @@ def evaluate_speakers(
         "kind": "speakers", "checkpoint": checkpoint.name, "step": step,
         "speakers": [{"speaker": r.speaker, "folder": r.folder, "judgement": r.judgement,
                       "composite": r.composite, "composite_parts": r.parts, "summary": r.summary,
+                      "interval": r.interval, "deltas": r.deltas, "reason": r.reason,
                       "line": r.line(), "speaker_encoders": r.encoders, "error": r.error} for r in results],
         "skipped": skipped,
         "verdict": speaker_verdict(results),
@@ -200,14 +235,21 @@ def _evaluate_one(backend: Backend, speaker: str, folder: str, ps: ProbeSet, sco
     if baseline.get("error"):
         return SpeakerResult(speaker, folder, {}, math.nan, {}, NO_CHANGE, error=baseline["error"])
     real_sim = (baseline.get("real") or {}).get("aggregate", {}).get("speaker_similarity")
-    selector = Selector(baseline["base"]["aggregate"], rules, real_sim)
+    lang = ps.material.language
+    base_scores = sentence_scores(baseline["base"], lang)
+    selector = Selector(baseline["base"]["aggregate"], rules, real_sim, base_scores)
     ev = run_evaluation(backend, ps, scorer, checkpoint.name, step, progress)
-    composite, parts = selector.score(ev.aggregate)
+    a = selector.assess(ev.aggregate, sentence_scores(ev.scores, lang))
+    guard, blocked = selector.blocked(a)
     error = synthesis_failure(ev, backend.name)
+    judgement, reason = (NO_CHANGE, "") if error else judge(a, blocked if guard == "similarity" else "",
+                                                              rules.min_delta)
+    selection = {"decided_by": "speakers", "interval": a.interval, "deltas": a.deltas, "guard": guard,
+                 "blocked": blocked, "n_sentences": a.scores.n if a.scores else 0, "judgement": judgement,
+                 "reason": reason}
     doc = write_evaluation(
         root / folder / checkpoint.name, ps, ev, baseline,
-        selection={"composite": composite, "composite_parts": parts, "selection": {"decided_by": "speakers"}},
+        selection={"composite": a.composite, "composite_parts": a.parts, "selection": selection},
         info={**info, "checkpoint": checkpoint.name, **({"error": error} if error else {})})
-    judgement = NO_CHANGE if error else judge(composite, rules.min_delta)
-    return SpeakerResult(speaker, folder, doc["summary"], composite, parts, judgement,
-                         encoder_note(doc["summary"]), error)
+    return SpeakerResult(speaker, folder, doc["summary"], a.composite, a.parts, judgement,
+                         encoder_note(doc["summary"]), error, a.interval, a.deltas, reason)
