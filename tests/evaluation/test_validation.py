@@ -134,3 +134,30 @@ def test_the_report_says_overfitting_in_words_and_shades_it(tmp_path):
     atomic_write_json(run / "eval" / "in_loop.json", {"overfit_evals": 5, "evaluations": []})
     assert not any(w.startswith("overfitting") for w in collect(run).warnings)  # 4 rises < 5
     assert run_notes(run) == []
+
+
+def test_evaluate_records_the_validation_losses_of_each_checkpoint_and_of_the_base(fake_run, tmp_path):
+    """`voicetune evaluate` (here with another seed: a fresh baseline in its own protocol folder) computes
+    the same validation losses the in-loop evaluation logged for the same weights, and the report shows
+    them."""
+    import shutil
+
+    from voicetune.evaluation.report import collect
+    from voicetune.evaluation.rescore import rescore_run
+    from voicetune.run import list_checkpoints, read_meta
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    logged = {r["step"]: r for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "eval"}
+    result = rescore_run(run, "all", backend=FakeBackend(), device="cpu", seed=7)
+    assert result.eval_root != run / "eval"  # another protocol: its own baseline, rendered again
+    steps = [int(read_meta(c)["step"]) for c in list_checkpoints(run)]
+    assert steps
+    for name, step in [("baseline", 0)] + [(f"step_{s}", s) for s in steps]:
+        doc = json.loads((result.eval_root / name / "metrics.json").read_text())
+        for key in ("val_loss", *(f"val_{p}" for p in FakeBackend.loss_parts)):
+            assert doc["validation"][key] == pytest.approx(logged[step][key], rel=1e-5), (name, key)
+    r = collect(run, result.eval_root)
+    assert [v["step"] for v in r.val] == [0, *steps]
+    assert "val loss" in result.text.splitlines()[0]
+    assert "validation loss" in (result.eval_root / "report.html").read_text()

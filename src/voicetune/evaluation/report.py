@@ -106,11 +106,31 @@ def collect(run_dir: Path | str, eval_root: Path | str | None = None) -> RunEval
     if isinstance(training.get("loss_parts"), list):
         out.loss_parts = [str(p) for p in training["loss_parts"]]
     out.loss_note = str(training.get("loss_note") or "")
-    out.val = [x for x in records if main and x.get("kind") == "eval" and validation.PREFIX + "loss" in x]
+    out.val = _validation_records(records if main else [], [baseline] if baseline else [], evals)
     out.change = change.load(root)
     out.warnings = _warnings(out)
     out.verdict = run_verdict(out)
     return out
+
+
+def _validation_records(records: list[dict[str, Any]], *docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The validation losses per evaluation, in step order: metrics.jsonl's eval records (in-loop
+    evaluations), then those `voicetune evaluate` recorded in an evaluation's metrics.json ("validation")
+    for steps the log does not have."""
+    logged = [x for x in records if x.get("kind") == "eval" and validation.PREFIX + "loss" in x]
+    steps = {int(x["step"]) for x in logged}
+    for d in (d for group in docs for d in group):
+        val = d.get("validation")
+        if isinstance(val, dict) and validation.PREFIX + "loss" in val and int(d["step"]) not in steps:
+            logged.append({"kind": "eval", "step": int(d["step"]), **val})
+            steps.add(int(d["step"]))
+    return sorted(logged, key=lambda x: int(x["step"]))
+
+
+def _val_loss(r: RunEvals, step: int) -> float | None:
+    """The validation loss recorded for the evaluation at ``step`` (None: none was computed)."""
+    v = next((x.get(validation.PREFIX + "loss") for x in r.val if int(x["step"]) == step), None)
+    return v if isinstance(v, (int, float)) else None
 
 
 def guards(r: RunEvals) -> list[dict[str, str]]:
@@ -257,7 +277,8 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
     base = r.base_agg
     cols = [("speaker_similarity", "sim", "{:.3f}"), ("wer", "WER", "{:.3f}"), ("mos", "MOS", "{:.2f}"),
             ("failure_rate", "fail", "{:.2f}")]
-    header = ["evaluation", "composite"] + [c[1] for c in cols] + ["kept"]
+    with_val = bool(r.val)
+    header = ["evaluation", "composite", *(c[1] for c in cols), *(["val loss"] if with_val else []), "kept"]
     lines = [header]
     for row in _rows(r):
         ci = (row.get("selection") or {}).get("interval")
@@ -268,6 +289,8 @@ def text_report(run_dir: Path | str, eval_root: Path | str | None = None) -> str
             delta = "" if row["name"] == BASELINE or not isinstance(b, (int, float)) or not isinstance(
                 v, (int, float)) else f" ({_f(v - b, fmt, True)})"
             cells.append(_f(v, fmt) + delta)
+        if with_val:
+            cells.append(_f(_val_loss(r, row["step"]), "{:.3f}"))
         cells.append(row["kept"])
         lines.append(cells)
     widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
@@ -488,6 +511,7 @@ def _decided(row: dict[str, Any]) -> str:
 def _table(r: RunEvals) -> str:
     head = "".join(f"<th>{html.escape(label)} {'↑' if DIRECTIONS[k] == 'higher' else '↓'}</th>"
                    for k, label, _ in TABLE_METRICS)
+    head += "<th>validation loss ↓</th>" if r.val else ""
     out = [(f"<table><tr><th>evaluation</th><th>composite</th>{head}<th>selection</th>"
             "<th>checkpoint kept</th></tr>")]
     for row in _rows(r):
@@ -504,6 +528,7 @@ def _table(r: RunEvals) -> str:
 
         cells = "".join(_cell(row["agg"].get(k), r.base_agg.get(k), k, fmt, is_base, ci(k, "low", "high"),
                               ci(k, f"{own}_low", f"{own}_high")) for k, _, fmt in TABLE_METRICS)
+        cells += f"<td>{_f(_val_loss(r, row['step']), '{:.3f}')}</td>" if r.val else ""
         name = html.escape(row["name"])
         cls = ' class="best"' if row["best"] else ""
         composite = _f(row["composite"], "{:.3f}", True) + _interval(row.get("selection", {}).get("interval"),
@@ -675,8 +700,8 @@ def render_html(r: RunEvals) -> str:
 def _validation_note(r: RunEvals) -> str:
     """One line under the loss plot: what the dashed validation curves are, or why there are none."""
     if not r.val:
-        return ("<p class='small'>No validation losses: the run made no in-loop evaluation, or its dataset "
-                "has no usable eval-split clip.</p>") if r.train else ""
+        return ("<p class='small'>No validation losses: the run made no evaluation (in the loop or with "
+                "`voicetune evaluate`), or its dataset has no usable eval-split clip.</p>") if r.train else ""
     return ("<p class='small'>Dashed with dots: the same loss parts, teacher-forced on the eval split at "
             "each evaluation (validation losses). Training loss falling while validation loss rises means "
             "the "

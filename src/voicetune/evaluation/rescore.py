@@ -6,6 +6,9 @@
   protocol (more sentences, another seed or ASR model...) write a separate, self-contained set under
   ``RUN_DIR/eval/protocol_<key>/`` (baseline, steps, best.json, report.html): results of different
   protocols are never compared, and the run's ``checkpoints/best`` only follows its own protocol.
+* Both also compute the validation losses (:mod:`.validation`: the backend's training loss parts,
+  teacher-forced on the dataset's eval split) of each checkpoint and of the base model, recorded as
+  ``validation`` in each evaluation's metrics.json and shown in the report beside the in-loop ones.
 * :func:`evaluate_base` scores a base model alone (zero-shot on a dataset's speaker), as the
   baseline of a run would be.
 """
@@ -23,6 +26,7 @@ from voicetune.backends.base import Backend, Progress
 from voicetune.backends.registry import detect_backend, get_backend, load_train_config
 from voicetune.config import ConfigError, EvalOptions, TrainConfig
 from voicetune.data.manifest import Dataset
+from voicetune.evaluation import validation
 from voicetune.evaluation.harness import TABLE_METRICS, EvalError
 from voicetune.evaluation.selection import Decision, Selector, replay
 from voicetune.evaluation.speakers import evaluate_speakers, is_multi_speaker
@@ -111,17 +115,40 @@ def _checkpoints(run_dir: Path, checkpoints: str) -> list[Path]:
 
 def _baseline(
     eval_root: Path, probe_set: ProbeSet, scorer: Scorer, backend: Backend, info: dict[str, Any],
-    progress: Progress | None,
+    progress: Progress | None, val: Validation | None = None,
 ) -> dict[str, Any]:
-    """The baseline of this protocol: reused when eval_root holds one with the same key, else rendered."""
+    """The baseline of this protocol: reused when eval_root holds one with the same key, else rendered
+    (with the base model's validation losses when ``val`` is given)."""
     doc = load_doc(eval_root / BASELINE / "metrics.json")
     if doc and doc.get("protocol", {}).get("key") == probe_set.key() and not doc.get("error"):
         logger.info("baseline reused from %s", eval_root / BASELINE)
         return doc
+    losses = val.losses(backend) if val else {}
     ev = run_evaluation(backend, probe_set, scorer, BASELINE, 0, progress)
     error = synthesis_failure(ev, backend.name)
     return write_baseline(eval_root / BASELINE, probe_set, ev, scorer.score_real(),
-                          {**info, "error": error} if error else info)
+                          {**info, "validation": losses, **({"error": error} if error else {})})
+
+
+@dataclass
+class Validation:
+    """The eval split's features and the run's settings: validation losses of whatever weights the backend
+    holds (:func:`.validation.validation_losses`)."""
+
+    vs: validation.ValidationSet
+    cfg: TrainConfig
+
+    @classmethod
+    def build(cls, backend: Backend, dataset: Dataset, cache: Path, cfg: TrainConfig) -> Validation | None:
+        """None when the dataset has no usable eval-split clip (the reason is logged)."""
+        vs = validation.build_validation_set(backend, dataset.eval, cache, cfg)
+        return cls(vs, cfg) if vs is not None else None
+
+    def losses(self, backend: Backend) -> dict[str, float]:
+        out = validation.validation_losses(backend, self.vs, self.cfg)
+        logger.info("validation loss on the eval split: %s",
+                    ", ".join(f"{k.removeprefix(validation.PREFIX)} {v:.3f}" for k, v in out.items()))
+        return out
 
 
 def rescore_run(
@@ -158,7 +185,8 @@ def rescore_run(
     backend.load_base(Path(info.base), dev)
     base_info = {"backend": info.backend, "base_model": info.base, "dataset": info.dataset,
                  "asr_model": scorer.asr_name}
-    baseline_doc = _baseline(eval_root, probe_set, scorer, backend, base_info, progress)
+    val = Validation.build(backend, dataset, run_dir / "features", cfg)  # the run's own feature cache
+    baseline_doc = _baseline(eval_root, probe_set, scorer, backend, base_info, progress, val)
     if baseline_doc.get("error"):  # nothing to compare the checkpoints with: stop here, loudly
         _fail(run_dir, eval_root, [baseline_doc["error"]])
     rules = selection_rules(cfg.eval)
@@ -169,6 +197,7 @@ def rescore_run(
     for ckpt in ckpts:
         backend.load_trained(trainable_path(ckpt))
         step = int(read_meta(ckpt).get("step") or 0)
+        losses = val.losses(backend) if val else {}
         ev = run_evaluation(backend, probe_set, scorer, ckpt.name, step, progress)
         a = scorer0.assess(ev.aggregate, sentence_scores(ev.scores, lang))
         guard, blocked = scorer0.blocked(a)
@@ -181,7 +210,8 @@ def rescore_run(
         docs[ckpt.name] = write_evaluation(
             eval_root / ckpt.name, probe_set, ev, baseline_doc,
             selection={"composite": a.composite, "composite_parts": a.parts, "selection": selection},
-            info={**base_info, "checkpoint": ckpt.name, **({"error": error} if error else {})})
+            info={**base_info, "checkpoint": ckpt.name, **({"error": error} if error else {}),
+                  "validation": losses})
         logger.info("%s: composite %+.3f%s", ckpt.name, a.composite, f" ({blocked})" if blocked else "")
 
     best = _decide_best(run_dir, eval_root, own, baseline_doc, rules, probe_set.key())
