@@ -207,6 +207,10 @@ def test_rescoring_reproduces_in_loop_renders_and_scores_a_base_alone(evaluated_
     # n_sentences counts renders: 2 sentences x 2 seeds
     assert doc["kind"] == "baseline" and doc["base"]["aggregate"]["n_sentences"] == 4
     assert (out / "base" / "00.wav").is_file() and (out / "real" / "00.wav").is_file()
+    # the base's validation losses on the eval split: those the run's in-loop baseline computed
+    in_loop = before["baseline"]["validation"]
+    assert in_loop and doc["validation"] == pytest.approx(in_loop, rel=1e-4)
+    assert {p.name for p in out.iterdir()} == {".voicetune-output.json", "base", "metrics.json", "real"}
 
 
 def test_early_stopping_stops_when_the_score_stops_improving_and_keeps_the_best(

@@ -18,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voicetune.backends.base import Backend, Progress
-from voicetune.backends.registry import detect_backend, get_backend, load_train_config
+from voicetune.backends.registry import detect_backend, get_backend, load_train_config, train_config
 from voicetune.config import ConfigError, EvalOptions, TrainConfig
 from voicetune.data.manifest import Dataset
 from voicetune.evaluation import validation
@@ -343,16 +344,20 @@ def evaluate_base(
     check_output(out, "base-evaluation", force=force, inputs=inputs, known=BASE_EVAL_ENTRIES,
                  signature=_is_base_evaluation)  # before the evaluation: fail fast
     protocol = Protocol.of(protocol_options(EvalOptions(), overrides))
-    probe_set = build_probe_set(Dataset.load(dataset), protocol)
+    data = Dataset.load(dataset)
+    probe_set = build_probe_set(data, protocol)
     dev, metric_device, asr_device = _devices(device)
     scorer = Scorer(probe_set, metric_device, asr_device)
     if backend is None:
         backend = get_backend(backend_name or detect_backend(Path(base)))
     backend_name = type(backend).name
     backend.load_base(Path(base), dev)
+    with tempfile.TemporaryDirectory(prefix="voicetune-features-") as cache:  # nothing left beside `out`
+        val = Validation.build(backend, data, Path(cache), train_config(backend=backend_name))
+        losses = val.losses(backend) if val else {}
     ev = run_evaluation(backend, probe_set, scorer, BASELINE, 0, progress)
     info = {"backend": backend_name, "base_model": str(Path(base).resolve()),
-            "dataset": str(Path(dataset).resolve()), "asr_model": scorer.asr_name}
+            "dataset": str(Path(dataset).resolve()), "asr_model": scorer.asr_name, "validation": losses}
     error = synthesis_failure(ev, backend.name)
     doc = write_baseline(Path(out), probe_set, ev, scorer.score_real(),
                          {**info, "error": error} if error else info,
@@ -377,5 +382,13 @@ def base_table(doc: dict[str, Any]) -> str:
             cells.append(fmt.format(v) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a")
         lines.append(cells)
     widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                               enumerate(zip(row, widths, strict=True))) for row in lines)
+    table = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                                enumerate(zip(row, widths, strict=True))) for row in lines)
+    val = doc.get("validation") or {}
+    if validation.PREFIX + "loss" not in val:
+        return table
+    parts = ", ".join(f"{k.removeprefix(validation.PREFIX)} {v:.3f}" for k, v in val.items()
+                      if k != validation.PREFIX + "loss")
+    total = val[validation.PREFIX + "loss"]
+    return f"{table}\nvalidation loss on the eval split (teacher-forced): {total:.3f}" + (
+        f" ({parts})" if parts else "")
