@@ -107,6 +107,30 @@ def test_features_are_computed_once_and_conditioning_comes_from_the_speakers_oth
     assert torch.equal(store[2]["cond_mels"], first)  # a redone step draws the same crops
 
 
+class _Payload:
+    """Unpickling this creates ``marker``: the stand-in for running code from a cache file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cache_files_that_would_run_code_are_recomputed_not_loaded(tortoise_shared_backend, tortoise_clips,
+                                                                    tmp_path, caplog):
+    b, cache = tortoise_shared_backend, tmp_path / "features"
+    first = b.build_features(tortoise_clips, cache)
+    marker = tmp_path / "PWNED"
+    for f in first.files:
+        torch.save({"version": _Payload(marker), "audio_codes": torch.zeros(3)}, f)
+    again = b.build_features(tortoise_clips, cache)
+    assert not marker.exists()
+    assert again.computed == len(tortoise_clips) and again.reused == 0
+    assert "is unreadable or not voicetune's" in caplog.text
+    assert torch.equal(again[0]["audio_codes"], first[0]["audio_codes"])
+
+
 def test_loss_weights_and_a_few_steps_reduce_the_loss(tortoise_backend, tortoise_clips, tmp_path):
     b = tortoise_backend
     store = b.build_features(tortoise_clips, tmp_path / "features")

@@ -16,6 +16,8 @@ torchtune pattern: shared ``modules/`` under each family's ``_component_builders
 ``options``        the option fields both backends have (freeze, LoRA targets, dropout, the speed options) and
                    their checks
 ``files``          DVAE (dvae.pth) and mel-normaliser files, read with weights_only
+``features``       the per-clip feature cache: computing and reusing it (drops with reasons), its store's
+                   epochs, read counts and memory, and the shared part of the collate
 =================  ==========================================================================================
 
 Where things were before (``backends/xtts/``), for rebases: ``speed.py``'s model pieces (``_attention``,

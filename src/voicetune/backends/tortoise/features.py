@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from voicetune.backends.base import FeatureStore, Progress
-from voicetune.backends.gpt_tts.files import drop_kind
+from voicetune.backends.base import Progress
+from voicetune.backends.gpt_tts.features import CachedFeatureStore, Computed, collate_codes, compute_features
+from voicetune.backends.gpt_tts.files import load_wav_tensor
 from voicetune.data.manifest import Clip
-from voicetune.utils.io import atomic_torch_save, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,28 @@ class TortoiseFeatureExtractor:
         self.mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=SAMPLE_RATE)
         self.mel.mel_norms = self.mel_norms.to(device)
 
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def max_wav_length(self) -> int:
+        return self.settings.max_wav_length
+
     def tokens(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer.encode(text.strip()), dtype=torch.int32)
+
+    def tokens_of(self, clip: Clip) -> torch.Tensor:
+        return self.tokens(clip.text)
+
+    def cache_key(self, audio_hash: str, clip: Clip) -> str:
+        return self.settings.key(audio_hash, clip.text)
+
+    def load_wav(self, path: Path) -> torch.Tensor:
+        return load_wav_tensor(path, SAMPLE_RATE)
+
+    def record_extra(self, clip: Clip) -> dict[str, Any]:
+        return {}
 
     def text_problem(self, tokens: torch.Tensor) -> str | None:
         if tokens.numel() == 0:
@@ -130,61 +150,24 @@ class TortoiseFeatureExtractor:
         return {"mel": mel[0].float().cpu(), "audio_codes": codes.to(torch.int32).cpu()}
 
 
-class TortoiseFeatureStore(FeatureStore):
+class TortoiseFeatureStore(CachedFeatureStore):
     """Cached per-clip features; ``__getitem__`` loads one clip and draws its conditioning crops (module doc).
 
     ``random_crop`` False (an evaluation's fixed conditioning): the first crop of the speaker's next clip(s).
     """
 
-    def __init__(self, files: list[Path], lengths: list[int], speakers: list[str], settings: FeatureSettings,
-                 mel_norms: torch.Tensor, seed: int = 0):
-        self.files, self._lengths, self.settings = files, lengths, settings
+    def __init__(self, found: Computed, settings: FeatureSettings, mel_norms: torch.Tensor, seed: int = 0):
+        super().__init__(found, settings.code_stride / SAMPLE_RATE, seed)
+        self.settings = settings
         self.silence = (SILENCE_LOG / mel_norms.float().cpu())[:, None]  # [80, 1]: mel of digital silence
-        self.seed, self.epoch, self.random_crop = seed, 0, True
-        self._reads = [0] * len(files)
         by_speaker: dict[str, list[int]] = {}
+        speakers = [c.speaker for c in found.clips]
         for i, speaker in enumerate(speakers):
             by_speaker.setdefault(speaker, []).append(i)
         self._others = [[j for j in by_speaker[s] if j != i] or [i] for i, s in enumerate(speakers)]
-        self.dropped: list[tuple[str, str]] = []
-        self.computed = self.reused = 0
-        self._memory: dict[int, dict[str, torch.Tensor]] = {}  # loaded items stay in RAM (a clip: ~0.3 MB)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def lengths(self) -> list[int]:
-        """Audio codes per item (for length-bucketed batching)."""
-        return list(self._lengths)
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch = int(epoch)
-            self._reads = [0] * len(self.files)
-
-    def forget(self, indices: list[int]) -> None:
-        for i in indices:
-            self._reads[i] = 0
-
-    def durations(self) -> list[float]:
-        return [n * self.settings.code_stride / SAMPLE_RATE for n in self._lengths]
-
-    def drop_summary(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for _, reason in self.dropped:
-            kind = drop_kind(reason)
-            out[kind] = out.get(kind, 0) + 1
-        return out
-
-    def _load(self, i: int) -> dict[str, torch.Tensor]:
-        item = self._memory.get(i)
-        if item is None:
-            item = self._memory[i] = torch.load(self.files[i], map_location="cpu", weights_only=True)
-        return item
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self._load(i)
-        self._reads[i] += 1
+        item = self._read(i)
         rng = random.Random(f"{self.seed}/{self.epoch}/{i}/{self._reads[i]}") if self.random_crop else None
         others = self._others[i]
         n = self.settings.cond_clips
@@ -214,19 +197,8 @@ class TortoiseFeatureStore(FeatureStore):
 def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:
     """Pad items into the batch ``UnifiedVoice.forward`` takes (text padded with 0, as DL-Art-School's
     collate)."""
-    b = len(items)
-    text_lengths = torch.tensor([it["text_tokens"].numel() for it in items], dtype=torch.long)
-    code_lengths = [it["audio_codes"].numel() for it in items]
-    text = torch.zeros(b, int(text_lengths.max()), dtype=torch.long)
-    codes = torch.full((b, max(code_lengths)), stop_audio_token, dtype=torch.long)
-    for i, it in enumerate(items):
-        text[i, : text_lengths[i]] = it["text_tokens"]
-        codes[i, : code_lengths[i]] = it["audio_codes"]
     return {
-        "text_inputs": text,
-        "text_lengths": text_lengths,
-        "audio_codes": codes,
-        "wav_lengths": torch.stack([it["wav_length"] for it in items]),
+        **collate_codes(items, stop_audio_token),
         "cond_mels": torch.stack([it["cond_mels"] for it in items]),  # [B, n, 80, frames]
     }
 
@@ -234,76 +206,5 @@ def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict
 def build_feature_store(clips: Sequence[Clip], cache: Path, extractor: TortoiseFeatureExtractor,
                         progress: Progress | None = None, seed: int = 0) -> TortoiseFeatureStore:
     """Compute (or reuse) the features of every clip; unusable clips are skipped with a warning each."""
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    files, lengths, speakers, dropped, counts = [], [], [], [], {"computed": 0, "reused": 0}
-    total = len(clips)
-    for n, clip in enumerate(clips):
-        if progress:
-            progress(n, total, "Tortoise features")
-        target, n_codes, status = _clip_features(clip, cache, extractor)
-        if target is None:
-            logger.warning("skipping clip %s: %s", clip.audio_path, status)
-            dropped.append((str(clip.audio_path), status))
-            continue
-        files.append(target)
-        lengths.append(n_codes)
-        speakers.append(clip.speaker)
-        counts[status] += 1
-    if progress:
-        progress(total, total, "Tortoise features")
-    if dropped:
-        logger.warning("dropped %d of %d clips (see the warnings above)", len(dropped), total)
-    logger.info(
-        "Tortoise features: %d computed, %d reused from %s", counts["computed"], counts["reused"], cache
-    )
-    store = TortoiseFeatureStore(files, lengths, speakers, extractor.settings, extractor.mel_norms, seed)
-    store.dropped, store.computed, store.reused = dropped, counts["computed"], counts["reused"]
-    return store
-
-
-def _clip_features(
-    clip: Clip, cache: Path, extractor: TortoiseFeatureExtractor
-) -> tuple[Path | None, int, str]:
-    """(cache file, number of audio codes, "computed" | "reused") or (None, 0, why the clip is unusable)."""
-    from voicetune.audio.io import AudioDecodeError, audio_duration
-    from voicetune.backends.gpt_tts.files import load_wav_tensor
-
-    s, path = extractor.settings, Path(clip.audio_path)
-    tokens = extractor.tokens(clip.text)
-    problem = extractor.text_problem(tokens)
-    if problem:
-        return None, 0, problem
-    try:
-        approx = int(audio_duration(path) * SAMPLE_RATE)
-        if approx > s.max_wav_length + SAMPLE_RATE // 100:  # from the header: skip without decoding
-            return None, 0, str(extractor.wav_problem(approx))
-        target = cache / f"{s.key(file_sha256(path), clip.text)}.pt"
-        item = _load_cached(target)
-        if item is not None:
-            problem = extractor.wav_problem(int(item["wav_length"]))
-            return (None, 0, problem) if problem else (target, int(item["audio_codes"].numel()), "reused")
-        wav = load_wav_tensor(path, SAMPLE_RATE)
-    except (OSError, AudioDecodeError) as e:
-        return None, 0, f"cannot read the audio ({e})"
-    problem = extractor.wav_problem(wav.shape[-1])
-    if problem:
-        return None, 0, problem
-    feats = extractor.audio_features(wav)
-    record = {"text_tokens": tokens, "wav_length": int(wav.shape[-1]), **feats, "audio_path": str(path),
-              "text": clip.text, "version": FEATURE_VERSION}
-    atomic_torch_save(record, target)
-    return target, int(feats["audio_codes"].numel()), "computed"
-
-
-def _load_cached(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        item = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        logger.warning("feature cache file %s is unreadable (%s); recomputing it", path, e)
-        return None
-    if not isinstance(item, dict) or item.get("version") != FEATURE_VERSION:
-        return None
-    return item
+    found = compute_features(clips, cache, extractor, FEATURE_VERSION, "Tortoise features", progress)
+    return TortoiseFeatureStore(found, extractor.settings, extractor.mel_norms, seed)

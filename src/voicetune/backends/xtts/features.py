@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +34,10 @@ from typing import Any
 
 import torch
 
-from voicetune.backends.base import FeatureStore, Progress
-from voicetune.backends.gpt_tts.files import drop_kind, load_wav_tensor
+from voicetune.backends.base import Progress
+from voicetune.backends.gpt_tts.features import CachedFeatureStore, Computed, collate_codes, compute_features
+from voicetune.backends.gpt_tts.files import load_wav_tensor
 from voicetune.data.manifest import Clip
-from voicetune.utils.io import atomic_torch_save, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +108,28 @@ class XttsFeatureExtractor:
             m.mel_norms = self.mel_stats.to(device)
         self.unk_id = tokenizer.tokenizer.token_to_id("[UNK]")
 
+    @property
+    def sample_rate(self) -> int:
+        return self.settings.sample_rate
+
+    @property
+    def max_wav_length(self) -> int:
+        return self.settings.max_wav_length
+
     def tokens(self, text: str, language: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer.encode(text.strip(), language), dtype=torch.int32)
+
+    def tokens_of(self, clip: Clip) -> torch.Tensor:
+        try:
+            return self.tokens(clip.text, clip.language)
+        except NotImplementedError as e:  # the tokenizer has no cleaner for this language
+            raise ValueError(f"language {clip.language!r} is not supported ({e})") from e
+
+    def cache_key(self, audio_hash: str, clip: Clip) -> str:
+        return self.settings.key(audio_hash, clip.text, clip.language)
+
+    def record_extra(self, clip: Clip) -> dict[str, Any]:
+        return {"language": clip.language}
 
     def text_problem(self, tokens: torch.Tensor) -> str | None:
         if tokens.numel() <= 1:  # only the language token
@@ -152,7 +171,7 @@ class XttsFeatureExtractor:
         return {"audio_codes": codes.to(torch.int32).cpu(), "cond_mel": cond_mel.float().cpu()}
 
 
-class XttsFeatureStore(FeatureStore):
+class XttsFeatureStore(CachedFeatureStore):
     """Cached per-clip features; ``__getitem__`` loads one file and draws the conditioning crop.
 
     ``random_crop`` (default True, for training) draws a 3-6 s crop at a random position, seeded by
@@ -162,64 +181,14 @@ class XttsFeatureStore(FeatureStore):
     False gives Coqui's evaluation crop: 4.5 s from the start.
     """
 
-    def __init__(self, files: list[Path], lengths: list[int], settings: FeatureSettings,
-                 mel_stats: torch.Tensor, seed: int = 0):
-        self.files, self._lengths, self.settings = files, lengths, settings
+    def __init__(self, found: Computed, settings: FeatureSettings, mel_stats: torch.Tensor, seed: int = 0):
+        super().__init__(found, settings.code_stride / settings.sample_rate, seed)
+        self.settings = settings
         self.silence = (SILENCE_LOG / mel_stats.float().cpu())[:, None]  # [80, 1]: mel of digital silence
-        self.seed, self.epoch, self.random_crop = seed, 0, True
-        self._reads = [0] * len(files)
-        self.dropped: list[tuple[str, str]] = []  # (audio path, reason)
-        self.computed = 0
-        self.reused = 0
-        # Loaded items stay in RAM (a clip's features are ~0.2 MB: codes, tokens and its conditioning mel), so
-        # after the first epoch a step reads no file (the GPU benchmark measured 4 torch.load calls at 4.3
-        # ms).
-        self._memory: dict[int, dict[str, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def lengths(self) -> list[int]:
-        """Audio codes per item (for length-bucketed batching)."""
-        return list(self._lengths)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed the conditioning crops for ``epoch`` (the per-epoch read counts restart at a new epoch)."""
-        if int(epoch) != self.epoch:
-            self.epoch = int(epoch)
-            self._reads = [0] * len(self.files)
-
-    def forget(self, indices: list[int]) -> None:
-        """The next read of these items draws the crop of a first read in this epoch (the training loop reads
-        each clip once per epoch, so its crops depend only on (seed, epoch, clip), also when a step is
-        redone)."""
-        for i in indices:
-            self._reads[i] = 0
-
-    def durations(self) -> list[float]:
-        """Seconds of audio per item (from the audio-code counts: one code per ``code_stride`` samples)."""
-        return [n * self.settings.code_stride / self.settings.sample_rate for n in self._lengths]
-
-    def drop_summary(self) -> dict[str, int]:
-        """How many clips were dropped, by kind of reason (too_long_audio, too_long_text,
-        unknown_characters...)."""
-        out: dict[str, int] = {}
-        for _, reason in self.dropped:
-            kind = drop_kind(reason)
-            out[kind] = out.get(kind, 0) + 1
-        return out
-
-    def _load(self, i: int) -> dict[str, torch.Tensor]:
-        item = self._memory.get(i)
-        if item is None:
-            item = self._memory[i] = torch.load(self.files[i], map_location="cpu", weights_only=True)
-        return item
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self._load(i)
-        mel = item["cond_mel"]
-        self._reads[i] += 1
-        cond_mel, cond_len = self._crop(mel, int(item["wav_length"]), i)
+        item = self._read(i)
+        cond_mel, cond_len = self._crop(item["cond_mel"], int(item["wav_length"]), i)
         return {
             "text_tokens": item["text_tokens"].long(),
             "audio_codes": item["audio_codes"].long(),
@@ -264,19 +233,8 @@ def cond_frames(max_cond_length: int, hop: int) -> int:
 
 def collate(items: list[dict[str, torch.Tensor]], stop_audio_token: int) -> dict[str, torch.Tensor]:
     """Pad items into the batch GPT.forward takes (XTTSDataset.collate_fn + format_batch_on_device)."""
-    b = len(items)
-    text_lengths = torch.tensor([it["text_tokens"].numel() for it in items], dtype=torch.long)
-    code_lengths = [it["audio_codes"].numel() for it in items]
-    text = torch.zeros(b, int(text_lengths.max()), dtype=torch.long)
-    codes = torch.full((b, max(code_lengths)), stop_audio_token, dtype=torch.long)
-    for i, it in enumerate(items):
-        text[i, : text_lengths[i]] = it["text_tokens"]
-        codes[i, : code_lengths[i]] = it["audio_codes"]
     return {
-        "text_inputs": text,
-        "text_lengths": text_lengths,
-        "audio_codes": codes,
-        "wav_lengths": torch.stack([it["wav_length"] for it in items]),
+        **collate_codes(items, stop_audio_token),
         "cond_mels": torch.stack([it["cond_mel"] for it in items])[:, None],  # [B, 1, 80, frames]
         "cond_lens": torch.stack([it["cond_len"] for it in items]),
     }
@@ -287,75 +245,6 @@ def build_feature_store(
     seed: int = 0,
 ) -> XttsFeatureStore:
     """Compute (or reuse) the features of every clip; unusable clips are skipped with a warning each."""
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    files, lengths, dropped, computed, reused = [], [], [], 0, 0
-    total = len(clips)
-    for n, clip in enumerate(clips):
-        if progress:
-            progress(n, total, "features: XTTS audio codes and conditioning")
-        target, n_codes, status = _clip_features(clip, cache, extractor)
-        if target is None:
-            logger.warning("skipping clip %s: %s", clip.audio_path, status)
-            dropped.append((str(clip.audio_path), status))
-            continue
-        files.append(target)
-        lengths.append(n_codes)
-        computed += status == "computed"
-        reused += status == "reused"
-    if progress:
-        progress(total, total, "features: XTTS audio codes and conditioning")
-    if dropped:
-        logger.warning("dropped %d of %d clips (see the warnings above)", len(dropped), total)
-    logger.info("XTTS features: %d computed, %d reused from %s", computed, reused, cache)
-    store = XttsFeatureStore(files, lengths, extractor.settings, extractor.mel_stats, seed)
-    store.dropped, store.computed, store.reused = dropped, computed, reused
-    return store
-
-
-def _clip_features(clip: Clip, cache: Path, extractor: XttsFeatureExtractor) -> tuple[Path | None, int, str]:
-    """(cache file, number of audio codes, "computed" | "reused") or (None, 0, why the clip is unusable)."""
-    from voicetune.audio.io import AudioDecodeError, audio_duration
-
-    s, path = extractor.settings, Path(clip.audio_path)
-    try:
-        tokens = extractor.tokens(clip.text, clip.language)
-    except NotImplementedError as e:  # the tokenizer has no cleaner for this language
-        return None, 0, f"language {clip.language!r} is not supported ({e})"
-    problem = extractor.text_problem(tokens)
-    if problem:
-        return None, 0, problem
-    try:
-        approx = int(audio_duration(path) * s.sample_rate)
-        if approx > s.max_wav_length + s.sample_rate // 100:  # from the header: skip without decoding
-            return None, 0, str(extractor.wav_problem(approx))
-        target = cache / f"{s.key(file_sha256(path), clip.text, clip.language)}.pt"
-        item = _load_cached(target)
-        if item is not None:
-            problem = extractor.wav_problem(int(item["wav_length"]))
-            return (None, 0, problem) if problem else (target, int(item["audio_codes"].numel()), "reused")
-        wav = extractor.load_wav(path)
-    except (OSError, AudioDecodeError) as e:
-        return None, 0, f"cannot read the audio ({e})"
-    problem = extractor.wav_problem(wav.shape[-1])
-    if problem:
-        return None, 0, problem
-    feats = extractor.audio_features(wav)
-    record = {"text_tokens": tokens, "wav_length": int(wav.shape[-1]), **feats, "audio_path": str(path),
-              "text": clip.text, "language": clip.language, "version": FEATURE_VERSION}
-    atomic_torch_save(record, target)
-    return target, int(feats["audio_codes"].numel()), "computed"
-
-
-def _load_cached(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        item = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        logger.warning("feature cache file %s is unreadable or not voicetune's (%s); recomputing it", path,
-                       str(e).strip().splitlines()[0][:200])
-        return None
-    if not isinstance(item, dict) or item.get("version") != FEATURE_VERSION:
-        return None
-    return item
+    found = compute_features(clips, cache, extractor, FEATURE_VERSION,
+                             "features: XTTS audio codes and conditioning", progress)
+    return XttsFeatureStore(found, extractor.settings, extractor.mel_stats, seed)
