@@ -46,10 +46,11 @@ demo: setup
 	$(VENV)/bin/voicetune demo --workdir $(DEMO_DIR)
 
 # `make test` (what CI runs): the linter and the type checker first (`make lint`), then the fast tests. The
-# tests run even when lint fails, so one run reports both; either failing fails `make test`.
+# tests run even when lint fails, so one run reports both; either failing fails `make test`. The 15 slowest
+# tests are listed at the end (CI has 30 minutes on 2 cores: watch them).
 test: setup
 	@status=0; $(MAKE) --no-print-directory lint || status=1; \
-	  $(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS) || status=1; \
+	  $(PY) -m pytest -m "not slow and not gpu" --durations=15 $(PYTEST_ARGS) || status=1; \
 	  if [ $$status -ne 0 ]; then echo "make test: FAILED (see the lint or pytest output above)"; fi; exit $$status
 
 test-fast: setup

@@ -24,6 +24,7 @@ from voicetune.data.manifest import Dataset, write_metadata_csv
 from voicetune.demo_audio import espeak
 from voicetune.evaluation.harness import EvalError, select_material
 from voicetune.evaluation.rescore import rescore_run, score_speakers
+from voicetune.evaluation.selection import SelectionRules, Selector
 from voicetune.evaluation.speakers import (
     DEGRADES,
     IMPROVES,
@@ -33,7 +34,6 @@ from voicetune.evaluation.speakers import (
     judge,
     speaker_verdict,
 )
-from voicetune.evaluation.selection import SelectionRules, Selector
 from voicetune.evaluation.stats import MIN_SENTENCES, SentenceScores
 from voicetune.run import RunInfo, set_latest, trainable_path
 from voicetune.utils.io import atomic_write_json
@@ -204,8 +204,9 @@ def _assessed(change: float, n: int, seed: int = 0, rules: SelectionRules | None
 
     def scores(shift: float, w: float) -> SentenceScores:
         return SentenceScores.from_rows(
-            [{"sentence": i, "seed": j, "text": "one two three four", "speaker_similarity":
-              float(effects[i] + shift + rng.normal(0, 0.03)), "wer": w, "cer": w / 2, "mos": 3.0, "flags": []}
+            [{"sentence": i, "seed": j, "text": "one two three four",
+              "speaker_similarity": float(effects[i] + shift + rng.normal(0, 0.03)), "wer": w, "cer": w / 2,
+              "mos": 3.0, "flags": []}
              for j in range(2) for i in range(n)])
 
     base, model = scores(0.0, wer[0]), scores(change, wer[1])
