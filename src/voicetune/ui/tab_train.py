@@ -37,6 +37,12 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "value", "series"])
 
 
+def _curve(title: str, elem_id: str, **kwargs: Any) -> gr.LinePlot:
+    """One live chart of the Train tab: ``value`` per ``step``, a line per ``series``."""
+    return gr.LinePlot(x="step", y="value", color="series", title=title, height=260, elem_id=elem_id,
+                       **kwargs)
+
+
 def _doctor(ws: Workspace, base: str, backend: str, dataset: str | None) -> dict[str, Any]:
     """`voicetune doctor --json` in a process of its own (its GPU dry run must not hold memory in the UI)."""
     argv = [sys.executable, "-m", "voicetune.cli", "doctor", "--json", "--backend", backend]
@@ -140,34 +146,11 @@ def build(ws: Workspace) -> dict[str, Any]:
     control_msg = gr.HTML(elem_id="vt-control-msg")
     status = gr.HTML(elem_id="vt-run-status")
     with gr.Row():
-        loss_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            title="training loss (and validation loss)",
-            height=260,
-            elem_id="vt-loss-plot",
-        )
-        eval_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            title="evaluation: similarity, WER, failures",
-            height=260,
-            y_lim=[0.0, 1.05],
-            elem_id="vt-eval-plot",
-        )
+        loss_plot = _curve("training loss (and validation loss)", "vt-loss-plot")
+        eval_plot = _curve("evaluation: similarity, WER, failures", "vt-eval-plot", y_lim=[0.0, 1.05])
     with gr.Row():
-        quality_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            title="predicted MOS and composite score",
-            height=260,
-            elem_id="vt-quality-plot",
-        )
-        memory_plot = gr.LinePlot(x="step", y="value", color="series", title="memory (GiB)", height=260,
-                                  elem_id="vt-memory-plot")
+        quality_plot = _curve("predicted MOS and composite score", "vt-quality-plot")
+        memory_plot = _curve("memory (GiB)", "vt-memory-plot")
     log = gr.Textbox(
         label="console (its last lines: the whole of it is runs/.ui/RUN/console.log)",
         lines=LOG_LINES + 4,
