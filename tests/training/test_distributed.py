@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from _ddp import train_on_two_processes
 
 from voicetune.training.loop import train
 
@@ -59,25 +60,7 @@ def _losses(run) -> list[float]:
 @pytest.mark.slow
 def test_two_cpu_processes_follow_the_one_process_loss_trajectory(tiny_dataset, tiny_base, tmp_path):
     two = tmp_path / "two"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "voicetune.cli",
-        "train",
-        str(tiny_dataset),
-        "--base",
-        str(tiny_base),
-        "--out",
-        str(two),
-        "--gpus",
-        "2",
-        "--grad-accum",
-        "1",
-        *flags,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    done = train_on_two_processes(tiny_dataset, tiny_base, two, COMMON, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     one = train(tiny_dataset, tiny_base, tmp_path / "one", grad_accum=2, **COMMON)
     a, b = _losses(two), [h["loss"] for h in one.losses]
@@ -87,6 +70,7 @@ def test_two_cpu_processes_follow_the_one_process_loss_trajectory(tiny_dataset, 
     assert info["world_size"] == 2 and info["global_batch"] == 4
     assert len(list((two / "tensorboard").iterdir())) == 1  # rank 0 alone writes
     # resuming a 2-process run under 2 processes continues its trajectory
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     resumed = subprocess.run(
         [
             sys.executable,

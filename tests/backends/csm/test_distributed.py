@@ -4,12 +4,10 @@ trajectory, and torch.compile of the layers gives the eager loss and gradients."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from _ddp import train_on_two_processes
 
 from voicetune.training.loop import train
 
@@ -20,25 +18,7 @@ COMMON = {"backend": "csm", "finetune": "lora", "lora_dropout": 0.0, "max_steps"
 @pytest.mark.slow
 def test_two_cpu_processes_follow_the_one_process_loss_trajectory(spanish_dataset, csm_base, tmp_path):
     two = tmp_path / "two"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "voicetune.cli",
-        "train",
-        str(spanish_dataset),
-        "--base",
-        str(csm_base),
-        "--out",
-        str(two),
-        "--gpus",
-        "2",
-        "--grad-accum",
-        "1",
-        *flags,
-    ]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
+    done = train_on_two_processes(spanish_dataset, csm_base, two, COMMON, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     one = train(spanish_dataset, csm_base, tmp_path / "one", grad_accum=2, **COMMON)
     two_losses = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]

@@ -4,11 +4,9 @@ trajectory of one process that accumulates the same two micro-batches."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from _ddp import train_on_two_processes
 
 from voicetune.training.loop import train
 
@@ -23,25 +21,7 @@ def test_two_cpu_processes_follow_the_one_process_loss_trajectory(tiny_dataset, 
 
     base = make_tiny_base("tortoise", tmp_path / "base", dataset=tiny_dataset)
     two = tmp_path / "two"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "voicetune.cli",
-        "train",
-        str(tiny_dataset),
-        "--base",
-        str(base),
-        "--out",
-        str(two),
-        "--gpus",
-        "2",
-        "--grad-accum",
-        "1",
-        *flags,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+    done = train_on_two_processes(tiny_dataset, base, two, COMMON, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     one = train(tiny_dataset, base, tmp_path / "one", grad_accum=2, **COMMON)
     a = [json.loads(line)["loss"] for line in (two / "metrics.jsonl").read_text().splitlines()]
