@@ -127,43 +127,50 @@ def reset_split() -> None:
 
 
 class RowCaps:
-    """A logits processor after voicetune's sampler: row i emits the stop token once it holds caps[i] codes
-    (random weights never stop by themselves)."""
+    """A logits processor before the sampling: row i can only emit the stop token once it holds caps[i] codes
+    (random weights never stop by themselves). Graph-safe (no host reads): the codes made are the ids after
+    the prefix that are not the start-of-audio token, which the static loop's unwritten columns hold and
+    which :func:`never_start_audio` keeps the random model from sampling."""
 
     def __init__(self, caps: list[int], eos: int):
-        self.caps, self.eos, self.start = caps, eos, None
+        self.caps, self.eos, self.start, self.start_audio = caps, eos, None, None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.start = input_ids.shape[1] if self.start is None else self.start
-        made = input_ids.shape[1] - self.start
-        for i, cap in enumerate(self.caps):
-            if made >= cap:
-                scores[i] = float("-inf")
-                scores[i, self.eos] = 0.0
-        return scores
+        if self.start is None:  # the first call sees the prefix (batched.generate's inputs) alone
+            self.start, self.start_audio = input_ids.shape[1], input_ids[0, -1]
+            self.caps_t = torch.tensor(self.caps, device=scores.device)
+        made = (input_ids[:, self.start :] != self.start_audio).sum(-1)
+        only_stop = torch.full_like(scores, float("-inf"))
+        only_stop[:, self.eos] = 0.0
+        return torch.where((made >= self.caps_t).unsqueeze(-1), only_stop, scores)
+
+
+def never_start_audio(backend: Any) -> None:
+    """The random model's head cannot pick the start-of-audio token (a trained one does not: it only ever
+    begins the audio), so that RowCaps can count codes."""
+    gpt = backend.model.gpt
+    with torch.no_grad():
+        gpt.mel_head.bias[gpt.start_audio_token] = -1e4
 
 
 @contextlib.contextmanager
 def per_row_caps(backend: Any, caps_by_text: dict[tuple, int]):
     """Batched generation stops each row at its sentence's length (``RowCaps``)."""
+    from transformers import LogitsProcessorList
+
     from voicetune.backends.xtts import batched
 
-    generate, processors, decode = batched.generate, batched.processors, batched.decode
+    generate, warpers, decode = batched.generate, batched.warpers, batched.decode
 
     def capped_generate(gpt, latents, texts, generators, sampling, carry_on=None):
         caps = [caps_by_text[tuple(t.flatten().tolist())] for t in texts]
-
-        def capped_processors(sampling, generators, eos, carry_on=None):
-            out = processors(sampling, generators, eos, carry_on)
-            out.append(RowCaps(caps, eos))
-            return out
-
-        batched.processors = capped_processors
+        batched.warpers = lambda sampling: LogitsProcessorList([*warpers(sampling), RowCaps(caps, eos)])
+        eos = int(gpt.stop_audio_token)
         t0 = time.perf_counter()
         try:
             return generate(gpt, latents, texts, generators, sampling, carry_on)
         finally:
-            batched.processors = processors
+            batched.warpers = warpers
             sync(latents.device)
             SPLIT["generate_s"] += time.perf_counter() - t0
             SPLIT["generate_calls"] += 1
@@ -275,6 +282,7 @@ def main() -> None:
     base, t_build = timed(build, torch.device("cpu"))
     backend = XttsBackend()
     _, t_load = timed(lambda: backend.load_base(base, device), device)
+    never_start_audio(backend)
     asr_model = args.asr
     if asr_model == "packaged":
         from voicetune.data.transcribe import packaged_model_path
@@ -293,6 +301,7 @@ def main() -> None:
         from voicetune.evaluation import metrics as M
 
         scorer.centroid = M.speaker_centroid(probe_set.material.held_out, device=metric_device)
+        scorer.dv_centroid = suite.dvector_centroid(probe_set.material.held_out)
     refs = list(probe_set.material.references)
     caps = {}
     from voicetune.backends.xtts import batched

@@ -80,9 +80,8 @@ class PerRowSampler:
         return typing.cast(torch.FloatTensor, only)  # (transformers' LogitsProcessor signature)
 
 
-def processors(sampling: Sampling, generators: Sequence[torch.Generator], eos: int,
-               carry_on: Sequence[bool] | None = None) -> Any:
-    """transformers' processors in the order ``generate`` applies them when sampling, then the sampler."""
+def warpers(sampling: Sampling) -> Any:
+    """transformers' processors in the order ``generate`` applies them when sampling."""
     from transformers import (
         LogitsProcessorList,
         RepetitionPenaltyLogitsProcessor,
@@ -100,6 +99,13 @@ def processors(sampling: Sampling, generators: Sequence[torch.Generator], eos: i
         out.append(TopKLogitsWarper(top_k=int(sampling.top_k), min_tokens_to_keep=1))
     if sampling.top_p is not None and sampling.top_p < 1.0:
         out.append(TopPLogitsWarper(top_p=float(sampling.top_p), min_tokens_to_keep=1))
+    return out
+
+
+def processors(sampling: Sampling, generators: Sequence[torch.Generator], eos: int,
+               carry_on: Sequence[bool] | None = None) -> Any:
+    """:func:`warpers`, then the per-row sampler (for transformers' ``generate``)."""
+    out = warpers(sampling)
     out.append(PerRowSampler(generators, eos, carry_on))
     return out
 
@@ -114,10 +120,16 @@ def prefix(gpt: Any, cond_latents: torch.Tensor, text_tokens: torch.Tensor) -> t
 
 def generate(gpt: Any, cond_latents: torch.Tensor, texts: Sequence[torch.Tensor],
              generators: Sequence[torch.Generator], sampling: Sampling,
-             carry_on: Sequence[bool] | None = None) -> list[torch.Tensor]:
+             carry_on: Sequence[bool] | None = None, loop: str = "static") -> list[torch.Tensor]:
     """Audio codes ``[1, n]`` of each text (``[1, t]`` token ids), generated in one batch; each ends with the
     stop token unless it reached ``gpt.max_gen_mel_tokens``. ``carry_on``: which generators draw again later
-    (:class:`PerRowSampler`; default all)."""
+    (default all). ``loop``: ``"static"``, fixed buffers and a CUDA graph per token on a GPU (decode.py),
+    or ``"transformers"``, transformers' ``generate`` with :class:`PerRowSampler`; the static loop is used
+    only with an attention implementation it supports (decode.SUPPORTED_ATTENTION)."""
+    from voicetune.backends.xtts import decode as static
+
+    if loop not in ("static", "transformers"):
+        raise ValueError(f"generate: loop must be 'static' or 'transformers', not {loop!r}")
     rows = [prefix(gpt, cond_latents, t) for t in texts]
     width = max(r.shape[1] for r in rows)
     device = rows[0].device
@@ -129,14 +141,47 @@ def generate(gpt: Any, cond_latents: torch.Tensor, texts: Sequence[torch.Tensor]
         mask[i, : width - r.shape[1]] = 0
     gpt.gpt_inference.store_prefix_emb(emb)
     eos = int(gpt.stop_audio_token)
+    carry = list(carry_on) if carry_on is not None else [True] * len(rows)
+    attention = gpt.gpt_inference.transformer.config._attn_implementation
+    if loop == "static" and attention in static.SUPPORTED_ATTENTION:
+        return _generate_static(gpt, inputs, mask, generators, sampling, carry)
     out = gpt.gpt_inference.generate(
         inputs, bos_token_id=gpt.start_audio_token, pad_token_id=eos, eos_token_id=eos,
         max_length=gpt.max_gen_mel_tokens + inputs.shape[-1], attention_mask=mask, do_sample=False,
-        num_beams=1, num_return_sequences=1, logits_processor=processors(sampling, generators, eos, carry_on),
+        num_beams=1, num_return_sequences=1, logits_processor=processors(sampling, generators, eos, carry),
         output_attentions=False,
     )
+    return _codes(out[:, inputs.shape[1]:], eos)
+
+
+def _generate_static(gpt: Any, inputs: torch.Tensor, mask: torch.Tensor,
+                     generators: Sequence[torch.Generator], sampling: Sampling,
+                     carry: list[bool]) -> list[torch.Tensor]:
+    """The static loop (decode.py): the prefix through coqui's inference model as ``generate``'s first step,
+    its token sampled here, the rest by :func:`decode.run`; carried generators rewound to a lone render's
+    place."""
+    from voicetune.backends.xtts import decode as static
+
+    eos, max_new, device = int(gpt.stop_audio_token), int(gpt.max_gen_mel_tokens), inputs.device
+    states = [g.get_state() if c else None for g, c in zip(generators, carry, strict=True)]
+    out = gpt.gpt_inference(input_ids=inputs, attention_mask=mask, use_cache=True, return_dict=True)
+    warp = warpers(sampling)
+    scores = warp(inputs, out.logits[:, -1].float())
+    vocab = int(scores.shape[-1])
+    noise = static.draw_noise(generators, 1, vocab, device, [True] * len(generators))[0]
+    first = static.sample(scores, noise, torch.zeros_like(inputs[:, 0], dtype=torch.bool), eos)
+    decoder = static.Decoder(gpt, out.past_key_values, inputs, mask, first, warp, max_new, vocab)
+    codes = _codes(static.run(decoder, generators, max_new), eos)
+    for g, state, c in zip(generators, states, codes, strict=True):
+        if state is not None:
+            static.rewind(g, state, int(c.shape[1]), vocab, device)
+    return codes
+
+
+def _codes(generated: torch.Tensor, eos: int) -> list[torch.Tensor]:
+    """Each row's codes ``[1, n]``, up to and including its first stop token."""
     codes = []
-    for row in out[:, inputs.shape[1]:]:
+    for row in generated:
         stops = (row == eos).nonzero()
         end = int(stops[0]) + 1 if len(stops) else row.shape[0]
         codes.append(row[:end].unsqueeze(0))
