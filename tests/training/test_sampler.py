@@ -54,3 +54,12 @@ def test_ranks_split_a_step_like_accumulation_does_on_one_process():
     two_ranks = [mb for r in range(2) for mb in micro_batches(rank_share(step, r, 2), 2)]
     assert one_process == two_ranks
     assert sorted(i for mb in two_ranks for i, _ in mb) == sorted(i for i, _ in step)
+
+
+def test_peeking_gives_the_next_step_without_advancing():
+    s = StepSampler([5, 3, 8, 1, 9], step_size=2, seed=3, bucket_window=2)
+    for _ in range(7):  # across epoch ends (5 clips, steps of 2)
+        position = s.state_dict()
+        ahead = s.peek_step()
+        assert s.state_dict() == position
+        assert s.next_step() == ahead

@@ -109,3 +109,36 @@ def test_a_non_finite_loss_skips_the_step_and_a_streak_of_them_stops_training(ti
         engine.run(step, share)
     with pytest.raises(TrainError, match="non-finite"):
         engine.run(99, share)
+
+
+def test_the_next_steps_first_micro_batch_is_collated_during_this_step(tiny_dataset, tiny_base,
+                                                                       xtts_for_training):
+    """With ``upcoming``, a step collates the next step's first micro-batch before it waits for the device,
+    and the next step uses it: one collate per micro-batch, and the same weights as steps that do not look
+    ahead."""
+    from voicetune.backends.registry import train_config
+    from voicetune.training.distributed import Dist
+    from voicetune.training.optim import build_optimizer
+    from voicetune.training.sampler import StepSampler
+    from voicetune.training.step import StepEngine
+
+    cfg = train_config(batch_size=2, precision="fp32", dropout=0.0)
+    device = torch.device("cpu")
+    weights = {}
+    for ahead in (False, True):
+        torch.manual_seed(0)
+        backend, store = xtts_for_training(tiny_base, tiny_dataset, cfg, device)
+        optimizer = build_optimizer(backend.param_groups(cfg), cfg, device)
+        engine = StepEngine(backend, store, optimizer, cfg, device, "fp32", Dist(),
+                            oom.MicroBatchPlan(per_rank=2, size=1))  # two micro-batches a step
+        collated = []
+        collate = backend.collate
+        backend.collate = lambda items, c=collated, f=collate: c.append(len(items)) or f(items)
+        sampler = StepSampler(store.lengths(), step_size=2, seed=1)
+        for step in range(1, 4):
+            share = sampler.next_step()
+            engine.run(step, share, sampler.peek_step() if ahead and step < 3 else None)
+            assert (engine.ahead is not None) == (ahead and step < 3)
+        assert collated == [1] * 6  # no micro-batch collated twice
+        weights[ahead] = [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
+    assert all(torch.equal(a, b) for a, b in zip(weights[False], weights[True], strict=True))

@@ -473,7 +473,8 @@ def _loop(run: _Run, stopper: GracefulStop) -> None:
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
         for step in range(run.start_step + 1, total + 1):
             share = rank_share(run.sampler.next_step(), dist.rank, dist.world)
-            parts = run.engine.run(step, share)
+            upcoming = rank_share(run.sampler.peek_step(), dist.rank, dist.world) if step < total else None
+            parts = run.engine.run(step, share, upcoming)
             run.scheduler.step()
             log = dist.is_main and (step % cfg.log_every == 0 or step == total)
             mem = dist.is_main and bool(cfg.mem_every) and step % cfg.mem_every == 0

@@ -69,6 +69,14 @@ class StepSampler:
                 self.epoch, self.pos = self.epoch + 1, 0
         return items
 
+    def peek_step(self) -> list[tuple[int, int]]:
+        """What :meth:`next_step` will return, without advancing the position."""
+        epoch, pos = self.epoch, self.pos
+        try:
+            return self.next_step()
+        finally:
+            self.epoch, self.pos = epoch, pos
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         while True:
             yield self.next_step()

@@ -10,6 +10,9 @@ step.
   micro-batch is halved and the same step is redone on the same clips.
 * A non-finite loss or gradient norm never reaches the weights: the step is skipped with a warning; several in
   a row stop training with advice.
+* Reading the loss waits for the device. Before that wait, the first micro-batch of the next step
+  (``upcoming``) is read and collated, so the host's data work overlaps the device's step instead of leaving
+  the device idle between steps (on an H200, 9 of 28 ms a step before).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class StepEngine:
     skipped_in_a_row: int = 0
     skipped_total: int = 0
     graphs: Any = None  # voicetune.training.graphs.GraphedMicroBatches, or None (eager micro-batches)
+    ahead: tuple[tuple[tuple[int, int], ...], dict[str, Any]] | None = None  # (items, collated batch)
 
     def __post_init__(self) -> None:
         from voicetune.training import graphs
@@ -69,6 +73,9 @@ class StepEngine:
 
     # ------------------------------------------------------------------ micro-batches
     def _load(self, items: list[tuple[int, int]]) -> dict[str, Any]:
+        if self.ahead is not None and self.ahead[0] == tuple(items):
+            batch, self.ahead = self.ahead[1], None
+            return batch
         loaded = []
         for idx, epoch in items:
             # random crops follow (seed, epoch, clip): resumable, the same on any number of processes, and
@@ -78,8 +85,10 @@ class StepEngine:
             loaded.append(self.store[idx])
         return self.backend.collate(loaded)
 
-    def _accumulate(self, share: list[tuple[int, int]]) -> tuple[dict[str, float], str]:
-        """Forward/backward over the rank's share; returns (weighted loss parts + counts, problem).
+    def _accumulate(self, share: list[tuple[int, int]],
+                    upcoming: list[tuple[int, int]] | None = None) -> tuple[dict[str, float], str]:
+        """Forward/backward over the rank's share; returns (weighted loss parts + counts, problem). Loads the
+        first micro-batch of ``upcoming`` (the next step's share) while the device works.
 
         The loss parts stay on the device until every micro-batch is done, then are read in one transfer: no
         host-device synchronisation between forward and backward, so the host queues the backward while the
@@ -103,6 +112,9 @@ class StepEngine:
                     part = v.detach().float() * weight
                     sums[k] = sums[k] + part if k in sums else part
                 del batch, out
+            if upcoming:
+                first = micro_batches(upcoming, self.plan.size)[0]
+                self.ahead = (tuple(first), self._load(first))
         except torch.OutOfMemoryError:
             return self._out_of_memory()
         except RuntimeError as e:  # some kernels report CUDA OOM as a plain RuntimeError
@@ -135,10 +147,12 @@ class StepEngine:
         return {}, "oom"
 
     # ------------------------------------------------------------------ one step
-    def run(self, step: int, share: list[tuple[int, int]]) -> dict[str, float]:
-        """One optimizer step over ``share`` (this rank's clips); returns its logged values."""
+    def run(self, step: int, share: list[tuple[int, int]],
+            upcoming: list[tuple[int, int]] | None = None) -> dict[str, float]:
+        """One optimizer step over ``share`` (this rank's clips); returns its logged values. ``upcoming``: the
+        next step's share, loaded ahead (see the module docstring)."""
         while True:
-            parts, problem = self._accumulate(share)
+            parts, problem = self._accumulate(share, upcoming)
             oom_anywhere, problem_anywhere = self.dist.any_of((problem == "oom", bool(problem)), self.device)
             if oom_anywhere:
                 self.optimizer.zero_grad(set_to_none=True)
