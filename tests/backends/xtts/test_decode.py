@@ -160,3 +160,45 @@ def test_the_captured_loop_on_a_gpu_generates_the_tokens_generate_does(xtts_base
         assert torch.equal(s, g)
     for a, c in zip(out["static"][1], out["transformers"][1], strict=True):
         assert torch.equal(a, c)
+
+
+def test_under_bf16_autocast_the_static_loop_generates_the_tokens_generate_does(xtts_backend, xtts_clips,
+                                                                              monkeypatch):
+    """bf16 weights synthesize under autocast (gpt_tts/speed.py inference_context): the key/value buffers take
+    the prefix cache's dtype and the loop still makes generate's tokens."""
+    b = xtts_backend
+    b.set_train(False)
+    gpt = b.model.gpt
+    with torch.no_grad():
+        gpt.mel_head.bias[gpt.stop_audio_token] += 2.0
+    gpt.max_gen_mel_tokens = decode.CHUNK + 9
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _codes_both_ways(b, xtts_clips, [True, True, True], monkeypatch)
+    for s, g in zip(out["static"][0], out["transformers"][0], strict=True):
+        assert torch.equal(s, g)
+    _assert_same_steps(out, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_the_captured_loop_under_bf16_autocast_generates_the_tokens_generate_does(xtts_base, xtts_clips,
+                                                                                 monkeypatch):
+    """As above on a GPU: capture under autocast (cache disabled) with bf16 key/value buffers."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from voicetune.backends.base import get_backend
+
+    b = get_backend("xtts")
+    b.load_base(xtts_base, torch.device("cuda"))
+    b.set_train(False)
+    gpt = b.model.gpt
+    with torch.no_grad():
+        gpt.mel_head.bias[gpt.stop_audio_token] += 2.0
+    gpt.max_gen_mel_tokens = decode.CHUNK + 9
+    replays, capture = [], decode.capture
+    monkeypatch.setattr(decode, "capture", lambda d: replays.append(capture(d)) or replays[-1])
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = _codes_both_ways(b, xtts_clips, [True, True, True], monkeypatch, device=torch.device("cuda"),
+                               record=False)
+    assert replays and all(isinstance(r.__self__, torch.cuda.CUDAGraph) for r in replays)
+    for s, g in zip(out["static"][0], out["transformers"][0], strict=True):
+        assert torch.equal(s, g)
