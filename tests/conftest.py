@@ -108,8 +108,15 @@ def transformers_5_24(monkeypatch):
     test ends), for tests that break the stack part-way: ``generate`` hands the model no KV cache
     (``past_key_values=None``) on the decoding steps, so coqui's ``GPT2InferenceModel.forward`` fails at
     ``gpt_inference.py:62`` with ``'NoneType' object has no attribute 'get_seq_length'``. The real inference
-    path runs unchanged otherwise. 5.24 itself cannot be installed here: the lock pins 5.23."""
+    path runs unchanged otherwise. 5.24 itself cannot be installed here: the lock pins 5.23.
+
+    Batched synthesis (the evaluation's) generates with voicetune's static loop, which never runs
+    ``generate``'s decoding steps and so does not meet this failure; the function also routes it through
+    ``generate`` (``batched.LOOP``), where it met it before that loop existed, so that these tests still see
+    an evaluation whose every render fails."""
     from transformers.generation.utils import GenerationMixin
+
+    from voicetune.backends.xtts import batched
 
     original = GenerationMixin.prepare_inputs_for_generation
 
@@ -121,6 +128,7 @@ def transformers_5_24(monkeypatch):
 
     def apply() -> None:
         monkeypatch.setattr(GenerationMixin, "prepare_inputs_for_generation", without_cache)
+        monkeypatch.setattr(batched, "LOOP", "transformers")
 
     return apply
 

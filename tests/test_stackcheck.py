@@ -16,7 +16,8 @@ from voicetune.stackcheck import VERSION_PACKAGES, check_stack
 def test_the_locked_stack_works_end_to_end():
     report = check_stack()
     assert report.ok, report.text()
-    assert [r.component for r in report.results] == ["model", "synthesis", "ASR", "speaker encoder", "MOS"]
+    assert [r.component for r in report.results] == ["model", "synthesis", "batched synthesis", "ASR",
+                                                     "speaker encoder", "MOS"]
     assert set(report.versions) == set(VERSION_PACKAGES)
     assert report.versions["transformers"] == md.version("transformers")
     by_name = {r.component: r for r in report.results}

@@ -214,11 +214,25 @@ def check_stack(workdir: Path | str | None = None) -> StackCheck:
             state["synth"] = (out, int(wav.sample_rate))
             return f"spoke {SENTENCE!r}: {out.size / wav.sample_rate:.2f} s of audio"
 
+        def synthesize_batch() -> str:
+            one = state["synth"][0]
+            [wav] = state["backend"].synthesize_batch([SENTENCE], [folder / "reference.wav"], "en", [0])
+            if isinstance(wav, Exception):
+                raise wav
+            out = np.asarray(wav.audio, dtype=np.float32)
+            if out.shape != one.shape or not np.allclose(out, one, rtol=0, atol=1e-4):
+                differ = float(np.abs(out - one).max()) if out.shape == one.shape else "length"
+                raise ValueError(f"batched synthesis does not render the sentence as XTTS inference does "
+                                 f"({out.size} samples against {one.size}; largest difference {differ})")
+            return "the evaluation's batched generation renders the sentence as XTTS inference does"
+
         xtts_hint = _range_note(report.versions, "transformers")
         versions_hint = f" [transformers {report.versions.get('transformers')}, " \
                         f"coqui-tts {report.versions.get('coqui-tts')}{xtts_hint}]"
-        if runner.run("model", "coqui-tts XTTS model", build_model, versions_hint):
-            runner.run("synthesis", "coqui-tts XTTS inference", synthesize, versions_hint)
+        if (runner.run("model", "coqui-tts XTTS model", build_model, versions_hint)
+                and runner.run("synthesis", "coqui-tts XTTS inference", synthesize, versions_hint)):
+            runner.run("batched synthesis", "voicetune's static generation loop", synthesize_batch,
+                       versions_hint)
         clips = [("reference", audio, sr)]
         if "synth" in state:
             clips.append(("synthesized", *state["synth"]))

@@ -47,6 +47,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+LOOP = "static"
+"""The generation loop :func:`generate` uses unless told: ``"static"`` (decode.py) or ``"transformers"``."""
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -125,14 +128,15 @@ def prefix(gpt: Any, cond_latents: torch.Tensor, text_tokens: torch.Tensor) -> t
 
 def generate(gpt: Any, cond_latents: torch.Tensor, texts: Sequence[torch.Tensor],
              generators: Sequence[torch.Generator], sampling: Sampling,
-             carry_on: Sequence[bool] | None = None, loop: str = "static") -> list[torch.Tensor]:
+             carry_on: Sequence[bool] | None = None, loop: str | None = None) -> list[torch.Tensor]:
     """Audio codes ``[1, n]`` of each text (``[1, t]`` token ids), generated in one batch; each ends with the
     stop token unless it reached ``gpt.max_gen_mel_tokens``. ``carry_on``: which generators draw again later
-    (default all). ``loop``: ``"static"``, fixed buffers and a CUDA graph per token on a GPU (decode.py),
-    or ``"transformers"``, transformers' ``generate`` with :class:`PerRowSampler`; the static loop is used
-    only with an attention implementation it supports (decode.SUPPORTED_ATTENTION)."""
+    (default all). ``loop`` (default :data:`LOOP`): ``"static"``, fixed buffers and a CUDA graph per token
+    on a GPU (decode.py), or ``"transformers"``, transformers' ``generate`` with :class:`PerRowSampler`; the
+    static loop is used only with an attention implementation it supports (decode.SUPPORTED_ATTENTION)."""
     from voicetune.backends.xtts import decode as static
 
+    loop = LOOP if loop is None else loop
     if loop not in ("static", "transformers"):
         raise ValueError(f"generate: loop must be 'static' or 'transformers', not {loop!r}")
     rows = [prefix(gpt, cond_latents, t) for t in texts]
