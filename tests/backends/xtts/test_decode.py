@@ -8,6 +8,8 @@ then differ where such a difference moves a sampling boundary (the GPU test allo
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from transformers import LogitsProcessorList
@@ -137,31 +139,6 @@ def test_an_unknown_loop_is_refused(xtts_shared_backend, xtts_clips):
         batched.generate(xtts_shared_backend.model.gpt, None, [], [], SAMPLING, loop="fast")
 
 
-@pytest.mark.gpu
-def test_the_captured_loop_on_a_gpu_generates_the_tokens_generate_does(xtts_base, xtts_clips, monkeypatch):
-    """The CUDA-graph replay of the step: the same codes and generator states as generate on the GPU."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    from voicetune.backends.base import get_backend
-
-    b = get_backend("xtts")
-    b.load_base(xtts_base, torch.device("cuda"))
-    b.set_train(False)
-    gpt = b.model.gpt
-    with torch.no_grad():
-        gpt.mel_head.bias[gpt.stop_audio_token] += 2.0
-    gpt.max_gen_mel_tokens = decode.CHUNK + 9
-    replays, capture = [], decode.capture
-    monkeypatch.setattr(decode, "capture", lambda d: replays.append(capture(d)) or replays[-1])
-    out = _codes_both_ways(b, xtts_clips, [True, True, True], monkeypatch, device=torch.device("cuda"),
-                           record=False)
-    assert replays and all(isinstance(r.__self__, torch.cuda.CUDAGraph) for r in replays)  # not the fallback
-    for s, g in zip(out["static"][0], out["transformers"][0], strict=True):
-        assert torch.equal(s, g)
-    for a, c in zip(out["static"][1], out["transformers"][1], strict=True):
-        assert torch.equal(a, c)
-
-
 def test_under_bf16_autocast_the_static_loop_generates_the_tokens_generate_does(xtts_backend, xtts_clips,
                                                                               monkeypatch):
     """bf16 weights synthesize under autocast (gpt_tts/speed.py inference_context): the key/value buffers take
@@ -180,9 +157,11 @@ def test_under_bf16_autocast_the_static_loop_generates_the_tokens_generate_does(
 
 
 @pytest.mark.gpu
-def test_the_captured_loop_under_bf16_autocast_generates_the_tokens_generate_does(xtts_base, xtts_clips,
-                                                                                 monkeypatch):
-    """As above on a GPU: capture under autocast (cache disabled) with bf16 key/value buffers."""
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_the_captured_loop_on_a_gpu_generates_the_tokens_generate_does(xtts_base, xtts_clips, monkeypatch,
+                                                                       bf16):
+    """The CUDA-graph replay of the step (captured under autocast with its cache off, bf16 key/value
+    buffers, for bf16 weights): the same codes and generator states as generate on the GPU."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from voicetune.backends.base import get_backend
@@ -196,9 +175,12 @@ def test_the_captured_loop_under_bf16_autocast_generates_the_tokens_generate_doe
     gpt.max_gen_mel_tokens = decode.CHUNK + 9
     replays, capture = [], decode.capture
     monkeypatch.setattr(decode, "capture", lambda d: replays.append(capture(d)) or replays[-1])
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    context = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with context:
         out = _codes_both_ways(b, xtts_clips, [True, True, True], monkeypatch, device=torch.device("cuda"),
                                record=False)
-    assert replays and all(isinstance(r.__self__, torch.cuda.CUDAGraph) for r in replays)
+    assert replays and all(isinstance(r.__self__, torch.cuda.CUDAGraph) for r in replays)  # not the fallback
     for s, g in zip(out["static"][0], out["transformers"][0], strict=True):
         assert torch.equal(s, g)
+    for a, c in zip(out["static"][1], out["transformers"][1], strict=True):
+        assert torch.equal(a, c)
