@@ -127,7 +127,7 @@ def test_a_person_prepares_trains_listens_and_exports(browser, recordings, tiny_
             page.locator("#vt-uploads").get_by_text(Path(f).stem).first.wait_for(timeout=60_000)
         _fill(page, "vt-dataset-name", "voice")
         page.locator("#vt-prepare").click()
-        _wait_text(page, "#vt-prepare-status", r"\(\d+/\d+\)", 60)  # live progress of prepare
+        _wait_text(page, "#vt-prepare-status", r"\(\d+(\.\d)?/\d+(\.\d)?\)", 60)  # prepare's progress
         _wait_text(page, "#vt-prepare-status", r"clip\(s\) kept", 300)
         clock("upload + prepare")
         dataset = ws / "datasets" / "voice"

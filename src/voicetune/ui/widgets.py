@@ -49,13 +49,18 @@ def message(kind: str, text: str) -> str:
     return f"<div class='vt-msg vt-msg-{kind}'>{html.escape(text)}</div>"
 
 
-def progress_html(done: int, total: int, what: str, running: bool = True) -> str:
+def progress_html(done: float, total: float, what: str, running: bool = True) -> str:
+    """A progress bar with "what (done/total)"; counts as integers, amounts (seconds of audio) to 0.1."""
     pct = 100.0 * done / total if total else 0.0
     state = "running" if running else "done"
     return (
         f"<div class='vt-progress vt-{state}'><div class='vt-bar'><div style='width:{pct:.1f}%'></div></div>"
-        f"<span>{html.escape(what)} ({done}/{total})</span></div>"
+        f"<span>{html.escape(what)} ({_amount(done)}/{_amount(total)})</span></div>"
     )
+
+
+def _amount(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
 def choices_update(choices: list[str], current: str | None = None) -> Any:
