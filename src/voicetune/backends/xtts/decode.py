@@ -118,8 +118,8 @@ class Decoder:
         device, batch, width = inputs.device, inputs.shape[0], inputs.shape[1]
         self.gpt, self.warpers, self.eos, self.width = gpt, warpers, int(gpt.stop_audio_token), width
         self.length = width + max_new
-        self.step_index = torch.ones((1,), dtype=torch.long, device=device)  # the token being fed: 1, 2, ...
-        self.column = torch.full((1,), width, dtype=torch.long, device=device)  # where its key/value goes
+        # where the fed token's key/value goes; the token is generated token number column - (width - 1)
+        self.column = torch.full((1,), width, dtype=torch.long, device=device)
         self.kv = StaticKV.from_prefix(prefix_cache, self.length, self.column)
         start = int(gpt.start_audio_token)
         self.ids = torch.full((batch, self.length), start, dtype=torch.long, device=device)
@@ -143,12 +143,13 @@ class Decoder:
             ~allowed, torch.finfo(dtype).min)
 
     def step(self) -> None:
-        """Feed ``token`` (generated token number ``step_index``), write the next token and done flags."""
+        """Feed ``token`` (at cache column ``column``), write the next token and done flags."""
         inference = self.gpt.gpt_inference
-        emb = inference.embeddings(self.token.view(-1, 1)) + inference.pos_embedding.emb(self.step_index)
+        position = self.column - (self.width - 1)  # its audio position: 1 for the first generated token
+        emb = inference.embeddings(self.token.view(-1, 1)) + inference.pos_embedding.emb(position)
         hidden = inference.transformer(
             inputs_embeds=emb, past_key_values=self.kv, attention_mask=self._mask(emb.dtype),
-            position_ids=self.step_index.view(1, 1), use_cache=True, return_dict=True,
+            position_ids=position.view(1, 1), use_cache=True, return_dict=True,
         ).last_hidden_state
         scores = inference.lm_head(hidden)[:, -1].float()
         self.ids.index_copy_(1, self.column, self.token.view(-1, 1))  # (idempotent: the fed token's column)
@@ -161,7 +162,6 @@ class Decoder:
         """Move the state to the next token (outside the graph: a graph replays one fixed step)."""
         self.token.copy_(self.next_token)
         self.done.copy_(self.next_done)
-        self.step_index.add_(1)
         self.column.add_(1)
 
 
